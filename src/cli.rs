@@ -1,0 +1,301 @@
+//! Command-line interface: run, check, explain, catalog, token new, certs dev.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use keyward::config::{self, Options, Source};
+use keyward::policy::{Verdict, authorize};
+
+#[derive(Parser)]
+#[command(
+    name = "keyward",
+    version,
+    about = "Egress proxy that holds your payments API keys"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve: the proxy on `server.listen`.
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Log format: text or json.
+        #[arg(long, default_value = "text")]
+        log_format: String,
+    },
+    /// Validate the configuration, its catalog, certificates and secrets.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show how a call would be classified and decided for a service.
+    Explain {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        service: String,
+        /// Extra request header, e.g. --header 'Stripe-Account: acct_123'.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        method: String,
+        path: String,
+    },
+    /// List the catalog: which permission each endpoint needs.
+    Catalog {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only entries whose permission base or path contains this text.
+        filter: Option<String>,
+    },
+    /// Tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token for SERVICE: prints it once, with the config snippet holding its hash.
+    New {
+        service: String,
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Make a development CA and a certificate for localhost in DIR.
+    Dev {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Command::Run { log_format, .. } => log_format.as_str(),
+        _ => "text",
+    };
+    init_logging(log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        match cli.command {
+            Command::Run { config, .. } => run(config.as_deref()).await,
+            Command::Check { config } => check(config.as_deref()).await,
+            Command::Explain {
+                config,
+                service,
+                headers,
+                json,
+                method,
+                path,
+            } => explain(config.as_deref(), &service, &headers, json, &method, &path).await,
+            Command::Catalog { config, filter } => {
+                catalog(config.as_deref(), filter.as_deref()).await
+            }
+            Command::Token {
+                command: TokenCommand::New { service, id },
+            } => token_new(&service, id),
+            Command::Certs {
+                command: CertsCommand::Dev { dir },
+            } => certs_dev(&dir),
+        }
+    })
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn fail(errors: impl IntoIterator<Item = impl std::fmt::Display>) -> ExitCode {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    ExitCode::FAILURE
+}
+
+async fn load(path: Option<&Path>, opts: Options) -> Result<keyward::snapshot::Snapshot, ExitCode> {
+    let src = Source::locate(path).map_err(fail)?;
+    config::compile(&src, opts).await.map_err(fail)
+}
+
+async fn run(path: Option<&Path>) -> ExitCode {
+    let src = match Source::locate(path) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    match keyward::app::start(&src).await {
+        Ok(running) => {
+            running.until_signal().await;
+            ExitCode::SUCCESS
+        }
+        Err(msg) => fail(msg.lines()),
+    }
+}
+
+async fn check(path: Option<&Path>) -> ExitCode {
+    match load(path, Options::FULL).await {
+        Ok(snap) => {
+            let tokens: usize = snap.services.iter().map(|s| s.tokens.len()).sum();
+            println!(
+                "ok: {} services, {} tokens, {} upstreams, {} catalog entries, version {}",
+                snap.services.len(),
+                tokens,
+                snap.upstreams.len(),
+                snap.catalog.entries.len(),
+                snap.version
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn explain(
+    path: Option<&Path>,
+    service: &str,
+    headers: &[String],
+    json: bool,
+    method: &str,
+    target: &str,
+) -> ExitCode {
+    let snap = match load(path, Options::POLICY_ONLY).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let Some(svc) = snap.services.iter().find(|s| &*s.name == service) else {
+        return fail([format!("no service named `{service}`")]);
+    };
+    let mut req = http::Request::builder()
+        .method(method.to_ascii_uppercase().as_str())
+        .uri(target);
+    for h in headers {
+        let Some((k, v)) = h.split_once(':') else {
+            return fail([format!("header `{h}` is not `Name: value`")]);
+        };
+        req = req.header(k.trim(), v.trim());
+    }
+    let parts = match req.body(()) {
+        Ok(r) => r.into_parts().0,
+        Err(e) => return fail([format!("bad request: {e}")]),
+    };
+    let d = authorize(&snap, svc, &parts, "kw_***");
+    let (decision, reason, message) = match &d.verdict {
+        Verdict::Allow => ("allow", "ok", None),
+        Verdict::WouldDeny(f) => ("would_deny", f.code(), Some(f.message())),
+        Verdict::Deny(f) => ("deny", f.code(), Some(f.message())),
+    };
+    let permission = d
+        .entry
+        .map(|e| keyward::error::permission_name(snap.catalog.permission(e.permission), e.access));
+    let upstream = d.upstream.map(|i| snap.upstreams[i].name.clone());
+    let out = serde_json::json!({
+        "service": service,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "template": d.entry.map(|e| e.template.clone()),
+        "permission": permission,
+        "access": d.entry.map(|e| e.access.as_str()),
+        "upstream": upstream,
+        "decision": decision,
+        "reason": reason,
+        "message": message,
+    });
+    if json {
+        println!("{out}");
+    } else {
+        for (k, v) in out.as_object().into_iter().flatten() {
+            if !v.is_null() {
+                println!(
+                    "{k:>10}: {}",
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn catalog(path: Option<&Path>, filter: Option<&str>) -> ExitCode {
+    let snap = match load(path, Options::POLICY_ONLY).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    for e in &snap.catalog.entries {
+        let perm = keyward::error::permission_name(snap.catalog.permission(e.permission), e.access);
+        if filter.is_some_and(|f| !perm.contains(f) && !e.template.contains(f)) {
+            continue;
+        }
+        let direct = if e.direct { " (direct)" } else { "" };
+        println!(
+            "{:<7}{:<60}{:<40}{}{}",
+            e.method.as_str(),
+            e.template,
+            perm,
+            e.upstream,
+            direct
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn token_new(service: &str, id: Option<String>) -> ExitCode {
+    let token = keyward::token::new_token();
+    let date = time::OffsetDateTime::now_utc().date();
+    let id = id.unwrap_or_else(|| format!("{service}-{date}"));
+    println!(
+        "token (shown once; give it to the {service} service, store it nowhere else):\n\n  {token}\n"
+    );
+    println!("add to the [[service]] named \"{service}\" in the config:\n");
+    print!("{}", keyward::token::snippet(&id, &token));
+    ExitCode::SUCCESS
+}
+
+fn certs_dev(dir: &Path) -> ExitCode {
+    match keyward::tls::ensure_dev_certs(&dir.join("keyward.crt"), &dir.join("keyward.key")) {
+        Ok(true) => {
+            println!(
+                "wrote {0}/ca.crt, {0}/keyward.crt, {0}/keyward.key",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!(
+                "{}/keyward.crt and keyward.key exist; left as they are",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail([e]),
+    }
+}

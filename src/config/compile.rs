@@ -1,0 +1,435 @@
+//! Compile a configuration file into a complete `Snapshot`, or report every error at once.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use toml::Spanned;
+
+use super::file::{FileConfig, Level, SecretFile, ServiceFile};
+use super::{ConfigError, Source, line_of};
+use crate::catalog::{Catalog, STRIPE_CATALOG};
+use crate::secret::{EnvSource, FileSource, Loaded, Secret, SecretSource};
+use crate::snapshot::{Accounts, Limits, Service, Snapshot, Timeouts, Token, TokenRef};
+use crate::upstream::Upstream;
+
+/// What to build beyond the policy: `keyward explain` needs none of it, `run` and `check` all.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub secrets: bool,
+    pub tls: bool,
+    pub clients: bool,
+}
+
+impl Options {
+    pub const FULL: Options = Options {
+        secrets: true,
+        tls: true,
+        clients: true,
+    };
+    pub const POLICY_ONLY: Options = Options {
+        secrets: false,
+        tls: false,
+        clients: false,
+    };
+}
+
+struct Errors<'a> {
+    src: &'a Source,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn at(
+        &mut self,
+        span: Option<std::ops::Range<usize>>,
+        key: impl AsRef<str>,
+        msg: impl Into<String>,
+    ) {
+        let line = span.map(|s| line_of(&self.src.text, s.start));
+        self.list
+            .push(ConfigError::new(&self.src.name, line, key.as_ref(), msg));
+    }
+}
+
+pub async fn compile(src: &Source, opts: Options) -> Result<Snapshot, Vec<ConfigError>> {
+    let file: FileConfig = toml::from_str(&src.text).map_err(|e| {
+        let line = e.span().map(|s| line_of(&src.text, s.start));
+        vec![ConfigError::new(&src.name, line, "", scrub(e.message()))]
+    })?;
+    let mut errs = Errors {
+        src,
+        list: Vec::new(),
+    };
+
+    let (catalog, catalog_text) = load_catalog(&file, &mut errs);
+    let upstreams = build_upstreams(&file, opts, &mut errs);
+    let routes = catalog
+        .entries
+        .iter()
+        .map(|e| upstreams.iter().position(|u| u.name == e.upstream))
+        .collect();
+    let (secrets, secret_index) = load_secrets(&file, opts, &mut errs).await;
+    let (services, tokens) = build_services(&file, &catalog, &secret_index, &mut errs);
+
+    if file.limits.max_header_bytes < 8192 {
+        errs.at(None, "limits.max_header_bytes", "must be at least 8192");
+    }
+    let tls = if opts.tls {
+        load_tls(&file, &mut errs)
+    } else {
+        None
+    };
+
+    if !errs.list.is_empty() {
+        return Err(errs.list);
+    }
+    let digest = Sha256::new()
+        .chain_update(&src.text)
+        .chain_update(&catalog_text)
+        .finalize();
+    Ok(Snapshot {
+        version: hex::encode(&digest[..6]),
+        listen: file.server.listen,
+        admin_listen: file.server.admin_listen,
+        tls,
+        limits: Limits {
+            max_body_bytes: file.limits.max_body_bytes,
+            max_header_bytes: file.limits.max_header_bytes,
+        },
+        timeouts: Timeouts {
+            handshake: file.timeouts.handshake,
+            request_head: file.timeouts.request_head,
+            upstream: file.timeouts.upstream,
+            shutdown_grace: file.timeouts.shutdown_grace,
+        },
+        audit_path: file.audit.path.clone(),
+        catalog,
+        routes,
+        upstreams,
+        secrets,
+        services,
+        tokens,
+    })
+}
+
+fn load_catalog(file: &FileConfig, errs: &mut Errors) -> (Catalog, String) {
+    let (name, text) = match &file.catalog.path {
+        None => (
+            "<built-in Stripe catalog>".into(),
+            STRIPE_CATALOG.to_string(),
+        ),
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => (p.display().to_string(), t),
+            Err(e) => {
+                errs.at(None, "catalog.path", format!("{}: {e}", p.display()));
+                return (Catalog::default(), String::new());
+            }
+        },
+    };
+    match Catalog::parse(&text) {
+        Ok(c) => (c, text),
+        Err(lines) => {
+            for l in lines {
+                errs.list.push(ConfigError::new(
+                    Path::new(&name),
+                    Some(l.line),
+                    "",
+                    l.message,
+                ));
+            }
+            (Catalog::default(), text)
+        }
+    }
+}
+
+fn build_upstreams(file: &FileConfig, opts: Options, errs: &mut Errors) -> Vec<Upstream> {
+    if file.upstream.is_empty() {
+        errs.at(None, "upstream", "no [upstream.NAME] is configured");
+    }
+    let service_egress: HashSet<Option<IpAddr>> = file
+        .service
+        .iter()
+        .filter_map(|s| s.egress_ip)
+        .map(Some)
+        .collect();
+    let mut out = Vec::new();
+    for (name, u) in &file.upstream {
+        let mut egress = service_egress.clone();
+        egress.insert(u.egress_ip);
+        let egress = if opts.clients { egress } else { HashSet::new() };
+        match Upstream::build(
+            name,
+            u.url.get_ref(),
+            u.ca.as_deref(),
+            egress,
+            file.timeouts.upstream_connect,
+        ) {
+            Ok(up) => out.push(up.with_egress(u.egress_ip)),
+            Err(msg) => errs.at(Some(u.url.span()), format!("upstream.{name}.url"), msg),
+        }
+    }
+    out
+}
+
+async fn load_secrets(
+    file: &FileConfig,
+    opts: Options,
+    errs: &mut Errors<'_>,
+) -> (Vec<Arc<Loaded>>, HashMap<String, usize>) {
+    let used: HashSet<&str> = file
+        .service
+        .iter()
+        .map(|s| s.secret.get_ref().as_str())
+        .collect();
+    let mut secrets = Vec::new();
+    let mut index = HashMap::new();
+    for (name, def) in &file.secret {
+        if !used.contains(name.as_str()) {
+            continue;
+        }
+        let loaded = if opts.secrets {
+            let source: Box<dyn SecretSource> = match def {
+                SecretFile::File { path, key } => Box::new(FileSource {
+                    path: path.clone(),
+                    key: key.clone(),
+                }),
+                SecretFile::Env { var } => Box::new(EnvSource { var: var.clone() }),
+            };
+            match source.load().await {
+                Ok(l) => l,
+                Err(msg) => {
+                    errs.at(None, format!("secret.{name}"), msg);
+                    continue;
+                }
+            }
+        } else {
+            Loaded {
+                value: Secret::new(String::new()),
+                version: None,
+            }
+        };
+        index.insert(name.clone(), secrets.len());
+        secrets.push(Arc::new(loaded));
+    }
+    (secrets, index)
+}
+
+fn build_services(
+    file: &FileConfig,
+    catalog: &Catalog,
+    secret_index: &HashMap<String, usize>,
+    errs: &mut Errors,
+) -> (Vec<Service>, HashMap<[u8; 32], TokenRef>) {
+    let mut services = Vec::new();
+    let mut tokens = HashMap::new();
+    let mut names = HashSet::new();
+    for (i, s) in file.service.iter().enumerate() {
+        let key = format!("service[{i}]");
+        if !names.insert(s.name.get_ref().as_str()) {
+            errs.at(
+                Some(s.name.span()),
+                format!("{key}.name"),
+                format!("service `{}` is defined twice", s.name.get_ref()),
+            );
+        }
+        let secret = match secret_index.get(s.secret.get_ref()) {
+            Some(idx) => *idx,
+            None if file.secret.contains_key(s.secret.get_ref()) => usize::MAX, // failed to load: reported
+            None => {
+                errs.at(
+                    Some(s.secret.span()),
+                    format!("{key}.secret"),
+                    format!("no [secret.{}] is defined", s.secret.get_ref()),
+                );
+                usize::MAX
+            }
+        };
+        if s.source_ips.is_empty() {
+            errs.at(
+                Some(s.name.span()),
+                format!("{key}.source_ips"),
+                "is empty: list the networks allowed to call, e.g. [\"10.0.0.0/8\"]",
+            );
+        }
+        let svc_tokens = build_tokens(s, &key, services.len() as u32, &mut tokens, errs);
+        services.push(Service {
+            name: s.name.get_ref().as_str().into(),
+            mode: s.mode,
+            source_ips: s.source_ips.clone(),
+            accounts: accounts(s, &key, errs),
+            scope: scope(s, &key, catalog, errs),
+            secret,
+            egress_ip: s.egress_ip,
+            tokens: svc_tokens,
+        });
+    }
+    (services, tokens)
+}
+
+fn build_tokens(
+    s: &ServiceFile,
+    key: &str,
+    service: u32,
+    index: &mut HashMap<[u8; 32], TokenRef>,
+    errs: &mut Errors,
+) -> Vec<Token> {
+    let mut out = Vec::new();
+    let mut ids = HashSet::new();
+    for (j, t) in s.token.iter().enumerate() {
+        let tkey = format!("{key}.token[{j}]");
+        if !ids.insert(t.id.get_ref().as_str()) {
+            errs.at(
+                Some(t.id.span()),
+                format!("{tkey}.id"),
+                "token id is used twice in this service",
+            );
+        }
+        let hash = t.sha256.get_ref();
+        let mut digest = [0u8; 32];
+        if hash.len() != 64 || hex::decode_to_slice(hash.to_ascii_lowercase(), &mut digest).is_err()
+        {
+            errs.at(
+                Some(t.sha256.span()),
+                format!("{tkey}.sha256"),
+                "must be 64 hex digits (the SHA-256 of the token; see `keyward token new`)",
+            );
+        } else if index
+            .insert(
+                digest,
+                TokenRef {
+                    service,
+                    token: j as u32,
+                },
+            )
+            .is_some()
+        {
+            errs.at(
+                Some(t.sha256.span()),
+                format!("{tkey}.sha256"),
+                "the same token hash is configured twice",
+            );
+        }
+        out.push(Token {
+            id: t.id.get_ref().as_str().into(),
+            expires: timestamp(t.expires.as_ref(), &format!("{tkey}.expires"), errs),
+            not_before: timestamp(t.not_before.as_ref(), &format!("{tkey}.not_before"), errs),
+            source_ips: t.source_ips.clone(),
+        });
+    }
+    out
+}
+
+fn timestamp(v: Option<&Spanned<String>>, key: &str, errs: &mut Errors) -> Option<i64> {
+    let v = v?;
+    match OffsetDateTime::parse(v.get_ref(), &Rfc3339) {
+        Ok(t) => Some(t.unix_timestamp()),
+        Err(_) => {
+            errs.at(
+                Some(v.span()),
+                key,
+                "must be an RFC 3339 time such as 2027-01-31T00:00:00Z",
+            );
+            None
+        }
+    }
+}
+
+fn accounts(s: &ServiceFile, key: &str, errs: &mut Errors) -> Accounts {
+    match s.accounts.as_slice() {
+        [] => Accounts::PlatformOnly,
+        [one] if one == "*" => Accounts::Any,
+        list => {
+            if list.iter().any(|a| a == "*") {
+                errs.at(
+                    Some(s.name.span()),
+                    format!("{key}.accounts"),
+                    "\"*\" must stand alone",
+                );
+            }
+            for a in list.iter().filter(|a| !is_account_id(a)) {
+                errs.at(
+                    Some(s.name.span()),
+                    format!("{key}.accounts"),
+                    format!("`{a}` is not an account id like acct_1Nv0FGQ9RKHgCVdK"),
+                );
+            }
+            Accounts::Only(list.to_vec())
+        }
+    }
+}
+
+fn is_account_id(a: &str) -> bool {
+    a.strip_prefix("acct_")
+        .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+fn scope(s: &ServiceFile, key: &str, catalog: &Catalog, errs: &mut Errors) -> Vec<Level> {
+    let default = s
+        .scope
+        .iter()
+        .find(|(k, _)| k.get_ref() == "*")
+        .map(|(_, l)| *l)
+        .unwrap_or(Level::None);
+    let mut levels = vec![default; catalog.permission_count()];
+    for (name, level) in &s.scope {
+        if name.get_ref() == "*" {
+            continue;
+        }
+        match catalog.permission_id(name.get_ref()) {
+            Some(id) => levels[id.0 as usize] = *level,
+            None => errs.at(
+                Some(name.span()),
+                format!("{key}.scope.{}", name.get_ref()),
+                "names no permission in the catalog (see `keyward catalog`)",
+            ),
+        }
+    }
+    levels
+}
+
+fn load_tls(file: &FileConfig, errs: &mut Errors) -> Option<Arc<rustls::ServerConfig>> {
+    let (cert, key) = (&file.server.tls_cert, &file.server.tls_key);
+    if file.server.dev_certs {
+        match crate::tls::ensure_dev_certs(cert, key) {
+            Ok(true) => {
+                tracing::warn!(cert = %cert.display(), "made development certificates; do not use them in production")
+            }
+            Ok(false) => {}
+            Err(msg) => errs.at(None, "server.dev_certs", msg),
+        }
+    }
+    match crate::tls::server_config(cert, key) {
+        Ok(cfg) => Some(Arc::new(cfg)),
+        Err(msg) => {
+            errs.at(None, "server.tls_cert", msg);
+            None
+        }
+    }
+}
+
+/// serde messages quote the offending value (`invalid type: string "…"`); a config may hold
+/// a secret in the wrong place, so drop anything quoted.
+fn scrub(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        match c {
+            '"' if !quoted => {
+                quoted = true;
+                out.push_str("\"…");
+            }
+            '"' => {
+                quoted = false;
+                out.push('"');
+            }
+            _ if quoted => {}
+            _ => out.push(c),
+        }
+    }
+    out.trim_end().to_string()
+}

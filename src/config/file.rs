@@ -1,0 +1,166 @@
+//! The configuration file as users write it: plain serde types, unknown keys rejected.
+//! Compiled into a runtime `Snapshot` by `compile`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: ServerFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    #[serde(default)]
+    pub catalog: CatalogFile,
+    #[serde(default)]
+    pub upstream: BTreeMap<String, UpstreamFile>,
+    #[serde(default)]
+    pub secret: BTreeMap<String, SecretFile>,
+    #[serde(default)]
+    pub audit: AuditFile,
+    #[serde(default)]
+    pub service: Vec<ServiceFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub admin_listen: Option<SocketAddr>,
+    /// Make a self-signed development CA and certificate at the paths above if missing.
+    #[serde(default)]
+    pub dev_certs: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        // Stripe's file uploads go up to 16 MB (plus multipart framing).
+        LimitsFile {
+            max_body_bytes: 20 * 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsFile {
+    #[serde(with = "humantime_serde")]
+    pub handshake: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_head: Duration,
+    #[serde(with = "humantime_serde")]
+    pub upstream_connect: Duration,
+    #[serde(with = "humantime_serde")]
+    pub upstream: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for TimeoutsFile {
+    fn default() -> Self {
+        TimeoutsFile {
+            handshake: Duration::from_secs(10),
+            request_head: Duration::from_secs(30),
+            upstream_connect: Duration::from_secs(5),
+            // Stripe's SDKs give up after 80 s; answer before they do.
+            upstream: Duration::from_secs(75),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogFile {
+    /// A catalog file of your own; default: the Stripe catalog built into keyward.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub url: Spanned<String>,
+    pub ca: Option<PathBuf>,
+    pub egress_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "source", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SecretFile {
+    File { path: PathBuf, key: String },
+    Env { var: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// A file to append JSON lines to, or "-" for stdout.
+    pub path: String,
+}
+
+impl Default for AuditFile {
+    fn default() -> Self {
+        AuditFile { path: "-".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Report,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    None,
+    Read,
+    Write,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub name: Spanned<String>,
+    pub secret: Spanned<String>,
+    pub source_ips: Vec<IpNet>,
+    #[serde(default)]
+    pub mode: Mode,
+    pub egress_ip: Option<IpAddr>,
+    #[serde(default)]
+    pub accounts: Vec<String>,
+    #[serde(default)]
+    pub token: Vec<TokenFile>,
+    #[serde(default)]
+    pub scope: BTreeMap<Spanned<String>, Level>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFile {
+    pub id: Spanned<String>,
+    pub sha256: Spanned<String>,
+    pub expires: Option<Spanned<String>>,
+    pub not_before: Option<Spanned<String>>,
+    pub source_ips: Option<Vec<IpNet>>,
+}

@@ -1,0 +1,92 @@
+//! Configuration: read the file (`file`), compile it into a `Snapshot` (`compile`).
+
+pub mod compile;
+pub mod file;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use compile::{Options, compile};
+
+/// The configuration `keyward run` uses when no `--config` is given and `config/keyward.toml`
+/// does not exist.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/keyward.toml");
+pub const DEFAULT_PATH: &str = "config/keyward.toml";
+
+/// A configuration text and where it came from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: PathBuf,
+    pub text: String,
+}
+
+impl Source {
+    pub fn read(path: &Path) -> Result<Source, Vec<ConfigError>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Source {
+                name: path.to_path_buf(),
+                text,
+            }),
+            Err(e) => Err(vec![ConfigError::new(
+                path,
+                None,
+                "",
+                format!("cannot read: {e}"),
+            )]),
+        }
+    }
+
+    /// `--config PATH`, else `config/keyward.toml`, else the embedded default.
+    pub fn locate(path: Option<&Path>) -> Result<Source, Vec<ConfigError>> {
+        match path {
+            Some(p) => Source::read(p),
+            None if Path::new(DEFAULT_PATH).exists() => Source::read(Path::new(DEFAULT_PATH)),
+            None => Ok(Source {
+                name: "<embedded default>".into(),
+                text: EMBEDDED_DEFAULT.to_string(),
+            }),
+        }
+    }
+}
+
+/// One configuration problem: file, line, key, message. Never quotes a value from the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(file: &Path, line: Option<usize>, key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// 1-based line of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}

@@ -1,0 +1,187 @@
+//! Every client-facing failure, and the one place that turns it into a Stripe-shaped response.
+
+use http::StatusCode;
+
+use crate::catalog::Access;
+
+/// Why a request was refused or failed. Each has a status, a stable snake_case `code()` (used
+/// in the response, the access record and metrics) and a Stripe error `type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    MissingToken,
+    InvalidToken {
+        redacted: String,
+    },
+    ExpiredToken {
+        redacted: String,
+    },
+    TokenNotYetValid {
+        redacted: String,
+    },
+    IpNotAllowed,
+    NonCanonical(&'static str),
+    UnknownEndpoint,
+    MissingPermission {
+        redacted: String,
+        permission: String,
+    },
+    AccountNotAllowed {
+        account: String,
+    },
+    DirectPermission {
+        permission: String,
+    },
+    UpstreamNotConfigured(String),
+    BodyTooLarge {
+        limit: u64,
+    },
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    Internal,
+}
+
+impl Failure {
+    pub fn status(&self) -> StatusCode {
+        use Failure::*;
+        match self {
+            MissingToken | InvalidToken { .. } | ExpiredToken { .. } | TokenNotYetValid { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
+            IpNotAllowed
+            | UnknownEndpoint
+            | MissingPermission { .. }
+            | AccountNotAllowed { .. }
+            | DirectPermission { .. } => StatusCode::FORBIDDEN,
+            NonCanonical(_) => StatusCode::BAD_REQUEST,
+            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            UpstreamNotConfigured(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        use Failure::*;
+        match self {
+            MissingToken => "api_key_missing",
+            InvalidToken { .. } => "api_key_invalid",
+            ExpiredToken { .. } => "api_key_expired",
+            TokenNotYetValid { .. } => "api_key_not_yet_valid",
+            IpNotAllowed => "ip_not_allowed",
+            NonCanonical(_) => "non_canonical_request",
+            UnknownEndpoint => "endpoint_not_in_catalog",
+            MissingPermission { .. } => "more_permissions_required",
+            AccountNotAllowed { .. } => "account_not_allowed",
+            DirectPermission { .. } => "direct_permission_on_connected_account",
+            UpstreamNotConfigured(_) => "upstream_not_configured",
+            BodyTooLarge { .. } => "request_too_large",
+            UpstreamUnavailable => "upstream_unavailable",
+            UpstreamTimeout => "upstream_timeout",
+            Internal => "internal_error",
+        }
+    }
+
+    /// Stripe's error `type`: SDKs pick their exception class from status and type.
+    pub fn kind(&self) -> &'static str {
+        match self.status().as_u16() {
+            500.. => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        use Failure::*;
+        match self {
+            MissingToken => "You did not provide an API key. Provide your keyward token in the \
+                             Authorization header, using Bearer auth."
+                .into(),
+            InvalidToken { redacted } => format!("Invalid API Key provided: {redacted}"),
+            ExpiredToken { redacted } => format!("Expired API Key provided: {redacted}"),
+            TokenNotYetValid { redacted } => {
+                format!("API Key provided is not valid yet: {redacted}")
+            }
+            IpNotAllowed => {
+                "The API key provided does not allow requests from your IP address.".into()
+            }
+            NonCanonical(what) => format!("Request refused: the request target {what}."),
+            UnknownEndpoint => "Unrecognized request URL: keyward does not know this endpoint, \
+                                so it is not allowed."
+                .into(),
+            MissingPermission {
+                redacted,
+                permission,
+            } => format!(
+                "The provided key '{redacted}' does not have the required permissions for this \
+                 endpoint. Having the 'rak_{permission}' permission would allow this request to continue."
+            ),
+            AccountNotAllowed { account } => {
+                format!(
+                    "The provided key is not allowed to make requests on behalf of account '{account}'."
+                )
+            }
+            DirectPermission { permission } => format!(
+                "The '{permission}' permission is a direct permission: it cannot be used on behalf \
+                 of a connected account (Stripe-Account)."
+            ),
+            UpstreamNotConfigured(name) => {
+                format!(
+                    "This endpoint is served by upstream '{name}', which keyward has not configured."
+                )
+            }
+            BodyTooLarge { limit } => {
+                format!("The request body is larger than the {limit} bytes allowed.")
+            }
+            UpstreamUnavailable => "keyward could not reach the upstream API.".into(),
+            UpstreamTimeout => "The upstream API did not answer in time.".into(),
+            Internal => "keyward hit an internal error.".into(),
+        }
+    }
+
+    /// SDKs retry 5xx and connection errors; tell them not to retry a decision.
+    pub fn should_retry(&self) -> bool {
+        self.status().is_server_error()
+    }
+
+    /// The JSON body, shaped like Stripe's own errors.
+    pub fn body(&self) -> String {
+        serde_json::json!({
+            "error": { "type": self.kind(), "code": self.code(), "message": self.message() }
+        })
+        .to_string()
+    }
+}
+
+/// `charge` + read → `charge_read`, the name Stripe uses in `rak_charge_read`.
+pub fn permission_name(base: &str, access: Access) -> String {
+    format!("{base}_{}", access.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_error_is_stripe_shaped() {
+        let f = Failure::MissingPermission {
+            redacted: "kw_***abcd".into(),
+            permission: "charge_read".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&f.body()).unwrap();
+        assert_eq!(f.status(), 403);
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "more_permissions_required");
+        assert_eq!(
+            v["error"]["message"],
+            "The provided key 'kw_***abcd' does not have the required permissions for this endpoint. \
+             Having the 'rak_charge_read' permission would allow this request to continue."
+        );
+    }
+
+    #[test]
+    fn upstream_failures_are_api_errors() {
+        assert_eq!(Failure::UpstreamUnavailable.status(), 502);
+        assert_eq!(Failure::UpstreamTimeout.status(), 504);
+        assert_eq!(Failure::UpstreamTimeout.kind(), "api_error");
+        assert!(Failure::UpstreamTimeout.should_retry() && !Failure::IpNotAllowed.should_retry());
+    }
+}

@@ -1,0 +1,21 @@
+//! keyward: an egress proxy that holds the payments API's secret key so services do not.
+//!
+//! Request path: `server` (TLS, HTTP) → `proxy` (phases, access record) → `policy::decide`
+//! (pure: `identity`, `canonical`, `catalog`, scope) → `upstream` (header rewrite, pooled TLS).
+
+pub mod app;
+pub mod audit;
+pub mod body;
+pub mod canonical;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod policy;
+pub mod proxy;
+pub mod secret;
+pub mod server;
+pub mod snapshot;
+pub mod tls;
+pub mod token;
+pub mod upstream;

@@ -1,0 +1,199 @@
+//! The pure policy core: who is calling, may they make this call, and where does it go.
+//! No sockets, clocks or files: everything it needs is in its arguments.
+
+use std::net::IpAddr;
+
+use http::header::AUTHORIZATION;
+use http::request::Parts;
+use ipnet::IpNet;
+
+use crate::canonical;
+use crate::catalog::Entry;
+use crate::config::file::{Level, Mode};
+use crate::error::{Failure, permission_name};
+use crate::identity::{hash_token, redact, token_from};
+use crate::snapshot::{Service, Snapshot, Token};
+
+/// The facts of a request that the policy reads.
+pub struct RequestFacts<'a> {
+    pub parts: &'a Parts,
+    pub client_ip: IpAddr,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Report mode: forwarded, but enforcing would have refused it for this reason.
+    WouldDeny(Failure),
+    Deny(Failure),
+}
+
+/// What was decided, with everything the proxy and the access record need.
+#[derive(Debug)]
+pub struct Decision<'s> {
+    pub verdict: Verdict,
+    pub service: Option<&'s Service>,
+    pub token: Option<&'s Token>,
+    pub entry: Option<&'s Entry>,
+    /// Index into `Snapshot::upstreams` of where an allowed call goes.
+    pub upstream: Option<usize>,
+    /// The connected account the call acts for (`Stripe-Account`), if any.
+    pub account: Option<&'s str>,
+}
+
+impl<'s> Decision<'s> {
+    fn deny(failure: Failure) -> Self {
+        Decision {
+            verdict: Verdict::Deny(failure),
+            service: None,
+            token: None,
+            entry: None,
+            upstream: None,
+            account: None,
+        }
+    }
+
+    pub fn forwards(&self) -> bool {
+        !matches!(self.verdict, Verdict::Deny(_))
+    }
+}
+
+/// Decide a request: identify, check the source address, then authorize.
+pub fn decide<'s>(snap: &'s Snapshot, facts: &RequestFacts<'s>) -> Decision<'s> {
+    let Some(token) = token_from(&facts.parts.headers, AUTHORIZATION) else {
+        return Decision::deny(Failure::MissingToken);
+    };
+    let Some(found) = snap.tokens.get(&hash_token(&token)) else {
+        return Decision::deny(Failure::InvalidToken {
+            redacted: redact(&token),
+        });
+    };
+    let service = &snap.services[found.service as usize];
+    let tok = &service.tokens[found.token as usize];
+    let fail = |f| Decision {
+        service: Some(service),
+        token: Some(tok),
+        ..Decision::deny(f)
+    };
+    if tok.expires.is_some_and(|t| facts.now >= t) {
+        return fail(Failure::ExpiredToken {
+            redacted: redact(&token),
+        });
+    }
+    if tok.not_before.is_some_and(|t| facts.now < t) {
+        return fail(Failure::TokenNotYetValid {
+            redacted: redact(&token),
+        });
+    }
+    let allowed = |nets: &[IpNet]| nets.iter().any(|n| n.contains(&facts.client_ip));
+    if !allowed(&service.source_ips) || tok.source_ips.as_deref().is_some_and(|n| !allowed(n)) {
+        return fail(Failure::IpNotAllowed);
+    }
+    let mut d = authorize(snap, service, facts.parts, &redact(&token));
+    d.token = Some(tok);
+    d
+}
+
+/// Whether `service` may make this call, whoever presented it (also `keyward explain`).
+pub fn authorize<'s>(
+    snap: &'s Snapshot,
+    service: &'s Service,
+    parts: &'s Parts,
+    redacted: &str,
+) -> Decision<'s> {
+    let mut d = Decision {
+        service: Some(service),
+        ..Decision::deny(Failure::Internal)
+    };
+    let path = match canonical::check(&parts.method, &parts.uri, parts.version, &parts.headers) {
+        Ok(p) => p,
+        Err(why) => {
+            d.verdict = Verdict::Deny(Failure::NonCanonical(why));
+            return d;
+        }
+    };
+    let account = stripe_account(parts);
+    d.account = account;
+    d.entry = snap.catalog.classify(&parts.method, path);
+    d.upstream = match d.entry {
+        Some(e) => snap.routes[e.index],
+        // Report mode forwards unknown calls too, to the main API, so the record shows them.
+        None => snap.upstreams.iter().position(|u| u.name == "api"),
+    };
+    let failure = match d.entry {
+        None => Some(Failure::UnknownEndpoint),
+        Some(e) => check_entry(snap, service, e, parts, path, account, redacted),
+    };
+    d.verdict = match (failure, service.mode) {
+        (None, _) => Verdict::Allow,
+        (Some(f), Mode::Report) if d.upstream.is_some() => Verdict::WouldDeny(f),
+        (Some(f), _) => Verdict::Deny(f),
+    };
+    if d.entry.is_some() && d.upstream.is_none() {
+        let name = d.entry.map(|e| e.upstream.clone()).unwrap_or_default();
+        d.verdict = Verdict::Deny(Failure::UpstreamNotConfigured(name));
+    }
+    d
+}
+
+fn check_entry(
+    snap: &Snapshot,
+    service: &Service,
+    entry: &Entry,
+    parts: &Parts,
+    path: &str,
+    account: Option<&str>,
+    redacted: &str,
+) -> Option<Failure> {
+    for acct in connect_accounts(parts, entry, path) {
+        if !service.accounts.allows(acct) {
+            return Some(Failure::AccountNotAllowed {
+                account: acct.to_string(),
+            });
+        }
+    }
+    let permission = || permission_name(snap.catalog.permission(entry.permission), entry.access);
+    if entry.direct && account.is_some() {
+        return Some(Failure::DirectPermission {
+            permission: permission(),
+        });
+    }
+    let needed = match entry.access {
+        crate::catalog::Access::Read => Level::Read,
+        crate::catalog::Access::Write => Level::Write,
+    };
+    (service.level(entry.permission) < needed).then(|| Failure::MissingPermission {
+        redacted: redacted.to_string(),
+        permission: permission(),
+    })
+}
+
+fn stripe_account(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get("stripe-account")
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Every connected account a call acts for: `Stripe-Account`, each account in a
+/// `Stripe-Context` path, and the `{account}` of `/v1/accounts/{account}/…`.
+fn connect_accounts<'a>(parts: &'a Parts, entry: &Entry, path: &'a str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    for name in ["stripe-account", "stripe-context"] {
+        for v in parts.headers.get_all(name) {
+            // An unreadable header names an account we cannot check: refuse it as that.
+            out.extend(
+                v.to_str()
+                    .unwrap_or("<unreadable>")
+                    .split('/')
+                    .map(str::trim),
+            );
+        }
+    }
+    if entry.template.starts_with("/v1/accounts/{") {
+        out.extend(path.split('/').nth(3));
+    }
+    out
+}

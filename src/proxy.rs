@@ -1,0 +1,257 @@
+//! The request path, as phases over one per-request `Exchange`: decide → forward → respond,
+//! with the access record written exactly once, when the exchange ends.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::audit::{AccessRecord, AuditLog};
+use crate::body::Metered;
+use crate::error::{Failure, permission_name};
+use crate::policy::{Decision, RequestFacts, Verdict, decide};
+use crate::snapshot::Snapshot;
+use crate::upstream::{self, Body, BoxError};
+
+pub const REQUEST_ID: &str = "keyward-request-id";
+
+/// Shared by every connection: the current snapshot and the access log.
+pub struct Proxy {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub audit: AuditLog,
+    ids: RequestIds,
+}
+
+impl Proxy {
+    pub fn new(snapshot: Arc<Snapshot>, audit: AuditLog) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            snapshot: ArcSwap::new(snapshot),
+            audit,
+            ids: RequestIds::new(),
+        })
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        client_ip: IpAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        // One snapshot for the whole request, however long it streams.
+        let snap = self.snapshot.load_full();
+        let (parts, body) = req.into_parts();
+        let mut ex = Exchange::start(self.clone(), &snap, client_ip, &parts);
+        let facts = RequestFacts {
+            parts: &parts,
+            client_ip,
+            now: OffsetDateTime::now_utc().unix_timestamp(),
+        };
+        let decision = decide(&snap, &facts);
+        ex.note(&snap, &decision);
+        let outcome = match &decision.verdict {
+            Verdict::Deny(f) => Err(f.clone()),
+            Verdict::Allow | Verdict::WouldDeny(_) => {
+                forward(&snap, &decision, &parts, body, &mut ex).await
+            }
+        };
+        let response = outcome.unwrap_or_else(|f| {
+            if matches!(decision.verdict, Verdict::Allow | Verdict::WouldDeny(_)) {
+                ex.record.reason = f.code();
+            }
+            failure_response(&f)
+        });
+        Ok(ex.respond(response))
+    }
+}
+
+/// Forward an allowed call and stream the answer back.
+async fn forward(
+    snap: &Snapshot,
+    d: &Decision<'_>,
+    parts: &Parts,
+    body: Incoming,
+    ex: &mut Exchange,
+) -> Result<Response<Body>, Failure> {
+    let (Some(service), Some(up_idx)) = (d.service, d.upstream) else {
+        return Err(Failure::Internal);
+    };
+    let up = &snap.upstreams[up_idx];
+    let limit = snap.limits.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Failure::BodyTooLarge { limit });
+    }
+    let secret = &snap.secrets[service.secret];
+    ex.record.secret_version = secret.version;
+    let headers = upstream::request_headers(&parts.headers, secret.value.expose(), &up.host)
+        .map_err(|_| Failure::Internal)?;
+    let egress = service.egress_ip.or(up.egress_ip);
+    ex.record.egress_ip = egress;
+    let client = up.client(egress).ok_or(Failure::Internal)?;
+
+    let body = Limited::new(Metered::new(body, ex.bytes_in.clone(), ()), limit as usize);
+    let mut req = Request::new(body.map_err(BoxError::from).boxed());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = up.uri(parts.uri.path_and_query());
+    *req.headers_mut() = headers;
+
+    let started = Instant::now();
+    let answer = tokio::time::timeout(snap.timeouts.upstream, client.request(req)).await;
+    ex.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+    let mut resp = match answer {
+        Err(_) => return Err(Failure::UpstreamTimeout),
+        Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
+            return Err(Failure::BodyTooLarge { limit });
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %up.name, error = %e, "upstream request failed");
+            return Err(Failure::UpstreamUnavailable);
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    upstream::strip_response_headers(resp.headers_mut());
+    ex.record.upstream_request_id = resp
+        .headers()
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Ok(resp.map(|b| b.map_err(BoxError::from).boxed()))
+}
+
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The one place a failure becomes a response.
+pub fn failure_response(f: &Failure) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(f.body()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *resp.status_mut() = f.status();
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let retry = if f.should_retry() { "true" } else { "false" };
+    h.insert("stripe-should-retry", HeaderValue::from_static(retry));
+    resp
+}
+
+/// One request's context. Dropping it writes the access record: whatever happened, exactly once.
+struct Exchange {
+    proxy: Arc<Proxy>,
+    record: AccessRecord,
+    started: Instant,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+}
+
+impl Exchange {
+    fn start(proxy: Arc<Proxy>, snap: &Snapshot, client_ip: IpAddr, parts: &Parts) -> Exchange {
+        let path = parts.uri.path();
+        let record = AccessRecord {
+            time: OffsetDateTime::now_utc()
+                .format(&Rfc3339)
+                .unwrap_or_default(),
+            request_id: proxy.ids.next(),
+            client_ip: Some(client_ip),
+            method: parts.method.to_string(),
+            path: path[..path.len().min(crate::canonical::MAX_PATH)].to_string(),
+            config_version: snap.version.clone(),
+            ..AccessRecord::default()
+        };
+        Exchange {
+            proxy,
+            record,
+            started: Instant::now(),
+            bytes_in: Default::default(),
+            bytes_out: Default::default(),
+        }
+    }
+
+    fn note(&mut self, snap: &Snapshot, d: &Decision<'_>) {
+        let r = &mut self.record;
+        r.service = d.service.map(|s| s.name.clone());
+        r.token_id = d.token.map(|t| t.id.clone());
+        r.stripe_account = d.account.map(str::to_string);
+        if let Some(e) = d.entry {
+            r.template = Some(e.template.clone());
+            r.permission = Some(permission_name(
+                snap.catalog.permission(e.permission),
+                e.access,
+            ));
+            r.access = Some(e.access.as_str());
+        }
+        r.upstream = d.upstream.map(|i| snap.upstreams[i].name.clone());
+        (r.decision, r.reason) = match &d.verdict {
+            Verdict::Allow => ("allow", "ok"),
+            Verdict::WouldDeny(f) => ("would_deny", f.code()),
+            Verdict::Deny(f) => ("deny", f.code()),
+        };
+    }
+
+    /// Tag the response and hand it back with this exchange riding on its body.
+    fn respond(mut self, resp: Response<Body>) -> Response<Body> {
+        self.record.status = resp.status().as_u16();
+        let id = HeaderValue::from_str(&self.record.request_id).expect("request ids are ASCII");
+        let (mut parts, body) = resp.into_parts();
+        parts.headers.insert(REQUEST_ID, id);
+        let count = self.bytes_out.clone();
+        Response::from_parts(parts, Metered::new(body, count, self).boxed())
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let r = &mut self.record;
+        r.duration_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        r.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        r.bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        self.proxy.audit.write(r);
+    }
+}
+
+/// Request ids: a random per-process prefix and a counter; unique, cheap, not secret.
+struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut b = [0u8; 4];
+        getrandom::fill(&mut b).expect("the OS has randomness");
+        RequestIds {
+            prefix: u32::from_le_bytes(b),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "kwreq_{:08x}{:010x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}

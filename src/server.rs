@@ -1,0 +1,80 @@
+//! The listener: accept TCP, handshake TLS, serve HTTP/1.1 and HTTP/2, drain on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::proxy::Proxy;
+
+/// Serve `listener` until `shutdown` resolves, then stop accepting and give in-flight
+/// requests the snapshot's grace period to finish.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = &mut shutdown => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends pass; never end the server over one accept.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let snap = proxy.snapshot.load();
+        let Some(tls) = snap.tls.clone() else {
+            tracing::error!("no TLS configuration loaded; refusing connection");
+            continue;
+        };
+        let (timeouts, limits) = (snap.timeouts, snap.limits);
+        drop(snap);
+        let _ = tcp.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(timeouts.handshake, TlsAcceptor::from(tls).accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeouts.request_head)
+                .max_buf_size(limits.max_header_bytes.max(8192));
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(limits.max_header_bytes as u32)
+                .keep_alive_interval(timeouts.request_head)
+                .keep_alive_timeout(timeouts.handshake);
+            let ip = peer.ip();
+            let svc = service_fn(move |req| proxy.clone().handle(ip, req));
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let grace = proxy.snapshot.load().timeouts.shutdown_grace;
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+    }
+}

@@ -1,0 +1,102 @@
+//! The compiled, immutable runtime configuration. One `Snapshot` decides a request from start
+//! to end; a reload builds a new one and swaps it in whole.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::catalog::{Catalog, PermId};
+use crate::config::file::{Level, Mode};
+use crate::identity::TokenHash;
+use crate::secret::Loaded;
+use crate::upstream::Upstream;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Short hash of the compiled configuration, carried by every access record.
+    pub version: String,
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub audit_path: String,
+    pub catalog: Catalog,
+    /// For each catalog entry, the index of its upstream (`None`: not configured here).
+    pub routes: Vec<Option<usize>>,
+    pub upstreams: Vec<Upstream>,
+    pub secrets: Vec<Arc<Loaded>>,
+    pub services: Vec<Service>,
+    pub tokens: HashMap<TokenHash, TokenRef>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub handshake: Duration,
+    pub request_head: Duration,
+    pub upstream: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRef {
+    pub service: u32,
+    pub token: u32,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub name: Arc<str>,
+    pub mode: Mode,
+    pub source_ips: Vec<IpNet>,
+    pub accounts: Accounts,
+    /// Granted level per catalog permission, indexed by `PermId`.
+    pub scope: Vec<Level>,
+    /// Index into `Snapshot::secrets`.
+    pub secret: usize,
+    pub egress_ip: Option<IpAddr>,
+    pub tokens: Vec<Token>,
+}
+
+impl Service {
+    pub fn level(&self, perm: PermId) -> Level {
+        self.scope[perm.0 as usize]
+    }
+}
+
+#[derive(Debug)]
+pub enum Accounts {
+    /// `[]`: calls on behalf of connected accounts are refused.
+    PlatformOnly,
+    /// `["*"]`
+    Any,
+    Only(Vec<String>),
+}
+
+impl Accounts {
+    pub fn allows(&self, account: &str) -> bool {
+        match self {
+            Accounts::PlatformOnly => false,
+            Accounts::Any => true,
+            Accounts::Only(list) => list.iter().any(|a| a == account),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Token {
+    pub id: Arc<str>,
+    /// Unix seconds.
+    pub not_before: Option<i64>,
+    pub expires: Option<i64>,
+    pub source_ips: Option<Vec<IpNet>>,
+}

@@ -1,0 +1,285 @@
+//! Upstream APIs: pooled TLS clients (one per egress address) and the header rewrite that
+//! swaps the caller's token for the real secret.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http_body_util::combinators::BoxBody;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+pub struct Upstream {
+    pub name: String,
+    pub url: String,
+    scheme: Scheme,
+    authority: Authority,
+    pub host: HeaderValue,
+    pub egress_ip: Option<IpAddr>,
+    clients: HashMap<Option<IpAddr>, HttpClient>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// Parse `url` (https, no path) and build one pooled client per egress address in `egress`.
+    pub fn build(
+        name: &str,
+        url: &str,
+        ca: Option<&Path>,
+        egress: impl IntoIterator<Item = Option<IpAddr>>,
+        connect_timeout: Duration,
+    ) -> Result<Upstream, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("url `{url}` is not a URL: {e}"))?;
+        if uri.scheme() != Some(&Scheme::HTTPS) {
+            return Err(format!("url `{url}` must start with https://"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!("url `{url}` must have no path or query"));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("url `{url}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("url `{url}` must not carry credentials"));
+        }
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("url `{url}`: bad host"))?;
+        let tls = Arc::new(client_tls(ca)?);
+        let clients = egress
+            .into_iter()
+            .map(|ip| (ip, client(tls.clone(), ip, connect_timeout)))
+            .collect();
+        Ok(Upstream {
+            name: name.to_string(),
+            url: url.to_string(),
+            scheme: Scheme::HTTPS,
+            authority,
+            host,
+            egress_ip: None,
+            clients,
+        })
+    }
+
+    pub fn with_egress(mut self, ip: Option<IpAddr>) -> Self {
+        self.egress_ip = ip;
+        self
+    }
+
+    /// The client bound to `egress` (built at compile time for every address in use).
+    pub fn client(&self, egress: Option<IpAddr>) -> Option<&HttpClient> {
+        self.clients.get(&egress)
+    }
+
+    pub fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = path_and_query.cloned();
+        Uri::from_parts(parts).expect("scheme, authority and a path make a URI")
+    }
+}
+
+fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        // A configured CA replaces the public roots: the upstream is pinned to it.
+        Some(path) => {
+            let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect())
+                .map_err(|e| format!("ca {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("ca {}: no certificate found", path.display()));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("ca {}: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    // hyper-rustls sets ALPN itself.
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn client(
+    tls: Arc<rustls::ClientConfig>,
+    egress: Option<IpAddr>,
+    connect_timeout: Duration,
+) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_local_address(egress);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls).clone())
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https)
+}
+
+/// Connection-scoped headers (RFC 9110 §7.6.1), never forwarded in either direction.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Whether a header must not cross keyward: hop-by-hop ones, those `Connection` names, and
+/// in requests also credentials, keyward's own, and what would reveal internal addresses.
+fn dropped(name: &HeaderName, connection: &HeaderMap, request: bool) -> bool {
+    if HOP_BY_HOP.contains(name) || named_in_connection(name, connection) {
+        return true;
+    }
+    request
+        && (name == header::AUTHORIZATION
+            || name == header::PROXY_AUTHORIZATION
+            || name == header::HOST
+            || name == header::FORWARDED
+            || name.as_str().starts_with("keyward-")
+            || name.as_str().starts_with("x-forwarded-"))
+}
+
+fn named_in_connection(name: &HeaderName, headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .unwrap_or("")
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+    })
+}
+
+/// The headers sent upstream: the caller's, less what must not cross, plus the real secret
+/// and the upstream's `Host`. Stripe's own headers pass untouched.
+pub fn request_headers(
+    from: &HeaderMap,
+    secret: &str,
+    host: &HeaderValue,
+) -> Result<HeaderMap, ()> {
+    let mut out = HeaderMap::with_capacity(from.len() + 2);
+    for (name, value) in from {
+        if !dropped(name, from, true) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    let mut auth = HeaderValue::try_from(format!("Bearer {secret}")).map_err(|_| ())?;
+    auth.set_sensitive(true);
+    out.insert(header::AUTHORIZATION, auth);
+    out.insert(header::HOST, host.clone());
+    Ok(out)
+}
+
+/// The upstream's response headers as the caller gets them.
+pub fn strip_response_headers(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| dropped(n, headers, false))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_credentials_and_strips_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer kw_token"),
+            ("proxy-authorization", "Basic xyz"),
+            ("host", "keyward.internal"),
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("keyward-debug", "1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("stripe-version", "2026-07-29"),
+            ("stripe-account", "acct_1"),
+            ("idempotency-key", "abc"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ] {
+            h.append(k, v.parse().unwrap());
+        }
+        let out = request_headers(
+            &h,
+            "sk_test_real",
+            &HeaderValue::from_static("api.stripe.com"),
+        )
+        .unwrap();
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "authorization",
+                "content-type",
+                "host",
+                "idempotency-key",
+                "stripe-account",
+                "stripe-version"
+            ]
+        );
+        assert_eq!(out["authorization"], "Bearer sk_test_real");
+        assert!(out["authorization"].is_sensitive());
+        assert_eq!(out["host"], "api.stripe.com");
+        assert!(request_headers(&h, "bad\nsecret", &HeaderValue::from_static("x")).is_err());
+    }
+
+    #[test]
+    fn refuses_non_https_and_paths() {
+        let t = Duration::from_secs(1);
+        for url in [
+            "http://api.stripe.com",
+            "https://api.stripe.com/v1",
+            "https://u:p@api.stripe.com",
+            "nope",
+        ] {
+            assert!(
+                Upstream::build("api", url, None, [None], t).is_err(),
+                "{url}"
+            );
+        }
+    }
+}
