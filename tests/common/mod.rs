@@ -1,0 +1,459 @@
+//! The test harness: keyward on port 0 in front of a recording TLS upstream, with
+//! certificates made at test time by rcgen, and clients that can pick their source address.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+pub const SECRET: &str = "sk_test_REALSECRET_4242424242";
+
+/// A CA and a leaf for localhost / 127.0.0.1, written to a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = keyward::tls::dev_pki(&["localhost", "127.0.0.1"]).unwrap();
+        let (ca, cert, key) = (
+            dir.path().join("ca.crt"),
+            dir.path().join("leaf.crt"),
+            dir.path().join("leaf.key"),
+        );
+        std::fs::write(&ca, &pki.ca_pem).unwrap();
+        std::fs::write(&cert, &pki.cert_pem).unwrap();
+        std::fs::write(&key, &pki.key_pem).unwrap();
+        Pki { dir, ca, cert, key }
+    }
+
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&self.ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let chain: Vec<_> = CertificateDer::pem_file_iter(&self.cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&self.key).unwrap();
+        Arc::new(
+            rustls::ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap(),
+        )
+    }
+}
+
+/// What the test upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub peer: SocketAddr,
+}
+
+/// The stand-in for the payments API: TLS, records every request, answers Stripe-like JSON.
+/// A request with `x-test-delay-ms` is answered that much later.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub async fn start(pki: &Pki) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = TlsAcceptor::from(pki.server_config());
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, log) = (acceptor.clone(), log.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req| answer(req, peer, log.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    log: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if let Some(ms) = parts
+        .headers
+        .get("x-test-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let path = parts.uri.path().to_string();
+    let n = {
+        let mut log = log.lock().unwrap();
+        log.push(Seen {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            headers: parts.headers,
+            body,
+            peer,
+        });
+        log.len()
+    };
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let last = segs.last().copied().unwrap_or("");
+    let json = if last.contains('_') && segs.len() >= 3 {
+        let kind = segs[segs.len() - 2].trim_end_matches('s');
+        serde_json::json!({ "id": last, "object": kind, "livemode": false })
+    } else {
+        serde_json::json!({ "object": "list", "data": [], "has_more": false, "url": path })
+    };
+    let resp = Response::builder()
+        .header("content-type", "application/json")
+        .header("request-id", format!("req_upstream_{n}"))
+        .header("x-upstream-says", "hello")
+        .body(Full::new(Bytes::from(json.to_string())))
+        .unwrap();
+    Ok(resp)
+}
+
+/// A `[[service]]` block for the test config.
+#[derive(Clone)]
+pub struct Svc {
+    pub name: String,
+    pub tokens: Vec<(String, String, String)>, // id, token, extra toml lines
+    pub scope: Vec<(String, String)>,
+    pub source_ips: Vec<String>,
+    pub extra: String,
+}
+
+impl Svc {
+    pub fn new(name: &str) -> Svc {
+        Svc {
+            name: name.into(),
+            tokens: vec![],
+            scope: vec![],
+            source_ips: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            extra: String::new(),
+        }
+    }
+    pub fn token(mut self, id: &str, token: &str) -> Svc {
+        self.tokens.push((id.into(), token.into(), String::new()));
+        self
+    }
+    pub fn token_with(mut self, id: &str, token: &str, extra: &str) -> Svc {
+        self.tokens.push((id.into(), token.into(), extra.into()));
+        self
+    }
+    pub fn scope(mut self, perm: &str, level: &str) -> Svc {
+        self.scope.push((perm.into(), level.into()));
+        self
+    }
+    pub fn source_ips(mut self, ips: &[&str]) -> Svc {
+        self.source_ips = ips.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    pub fn extra(mut self, toml: &str) -> Svc {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    fn toml(&self) -> String {
+        let ips: Vec<String> = self.source_ips.iter().map(|s| format!("{s:?}")).collect();
+        let mut out = format!(
+            "[[service]]\nname = {:?}\nsecret = \"stripe\"\nsource_ips = [{}]\n{}",
+            self.name,
+            ips.join(", "),
+            self.extra
+        );
+        for (id, token, extra) in &self.tokens {
+            out += &format!(
+                "[[service.token]]\nid = {id:?}\nsha256 = {:?}\n{extra}\n",
+                sha256_hex(token)
+            );
+        }
+        out += "[service.scope]\n";
+        for (p, l) in &self.scope {
+            out += &format!("{p:?} = {l:?}\n");
+        }
+        out
+    }
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+pub struct Harness {
+    pub services: Vec<Svc>,
+    pub extra_top: String,
+    pub upstream_extra: String,
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        Harness {
+            services: vec![],
+            extra_top: String::new(),
+            upstream_extra: String::new(),
+        }
+    }
+    pub fn service(mut self, s: Svc) -> Harness {
+        self.services.push(s);
+        self
+    }
+    /// TOML placed before the upstream section (e.g. `[limits]`).
+    pub fn top(mut self, toml: &str) -> Harness {
+        self.extra_top.push_str(toml);
+        self.extra_top.push('\n');
+        self
+    }
+    /// Extra keys in `[upstream.api]`.
+    pub fn upstream(mut self, toml: &str) -> Harness {
+        self.upstream_extra.push_str(toml);
+        self.upstream_extra.push('\n');
+        self
+    }
+
+    /// The configuration text for an upstream at `upstream_url`.
+    pub fn config(&self, pki: &Pki, upstream_url: &str, dir: &Path) -> String {
+        let secrets = dir.join("secrets.toml");
+        std::fs::write(&secrets, format!("stripe = {SECRET:?}\n")).unwrap();
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut cfg = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\n{}\n\
+             [upstream.api]\nurl = {upstream_url:?}\nca = {:?}\n{}\n\
+             [secret.stripe]\nsource = \"file\"\npath = {:?}\nkey = \"stripe\"\n\n\
+             [audit]\npath = {:?}\n\n",
+            pki.cert,
+            pki.key,
+            self.extra_top,
+            pki.ca,
+            self.upstream_extra,
+            secrets,
+            dir.join("audit.jsonl"),
+        );
+        for s in &self.services {
+            cfg += &s.toml();
+        }
+        cfg
+    }
+
+    pub async fn start(self) -> Running {
+        let pki = Pki::new();
+        let upstream = Upstream::start(&pki).await;
+        let dir = tempfile::tempdir().unwrap();
+        let text = self.config(&pki, &upstream.url(), dir.path());
+        let config_path = dir.path().join("keyward.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let src = keyward::config::Source {
+            name: config_path.clone(),
+            text,
+        };
+        let app = keyward::app::start(&src)
+            .await
+            .unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
+        Running {
+            app: Some(app),
+            upstream,
+            client: pki.client_config(),
+            pki,
+            dir,
+            config_path,
+        }
+    }
+}
+
+pub struct Running {
+    pub app: Option<keyward::app::Running>,
+    pub upstream: Upstream,
+    pub pki: Pki,
+    pub client: Arc<rustls::ClientConfig>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+impl Running {
+    pub fn addr(&self) -> SocketAddr {
+        self.app.as_ref().unwrap().addr
+    }
+
+    /// Send one request over a fresh TLS connection from `from`.
+    pub async fn send_from(&self, from: IpAddr, req: Request<Full<Bytes>>) -> Reply {
+        send(self.addr(), self.client.clone(), from, req).await
+    }
+
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
+        self.send_from("127.0.0.1".parse().unwrap(), req).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.send(req("GET", path, token, "")).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &str) -> Reply {
+        self.send(req("POST", path, token, body)).await
+    }
+
+    /// Raw bytes over TLS (for targets no client library would send); returns the whole answer.
+    pub async fn raw(&self, bytes: &[u8]) -> String {
+        let tcp = tokio::net::TcpStream::connect(self.addr()).await.unwrap();
+        let mut tls = TlsConnector::from(self.client.clone())
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The access records, waiting (bounded) until at least `n` are written.
+    pub async fn records(&self, n: usize) -> Vec<serde_json::Value> {
+        let path = self.dir.path().join("audit.jsonl");
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let recs: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if recs.len() >= n {
+                return recs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("fewer than {n} access records in {}", path.display());
+    }
+
+    pub async fn last_record(&self, n: usize) -> serde_json::Value {
+        self.records(n).await.pop().unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await;
+        }
+    }
+}
+
+pub fn req(method: &str, path: &str, token: &str, body: &str) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "keyward.internal");
+    if !token.is_empty() {
+        b = b.header("authorization", format!("Bearer {token}"));
+    }
+    if !body.is_empty() {
+        b = b.header("content-type", "application/x-www-form-urlencoded");
+    }
+    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+pub async fn send(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    from: IpAddr,
+    req: Request<Full<Bytes>>,
+) -> Reply {
+    let sock = if from.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .unwrap();
+    sock.bind(SocketAddr::new(from, 0)).unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
+    let tls = TlsConnector::from(tls)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
