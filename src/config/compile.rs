@@ -415,6 +415,10 @@ fn load_tls(file: &FileConfig, errs: &mut Errors) -> Option<Arc<rustls::ServerCo
 /// serde messages quote the offending value (`invalid type: string "…"`); a config may hold
 /// a secret in the wrong place, so drop anything quoted.
 fn scrub(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        let tail = rest.split_once('`').map_or("", |(_, t)| t);
+        return format!("unknown variant{tail}").trim_end().to_string();
+    }
     let mut out = String::with_capacity(message.len());
     let mut quoted = false;
     for c in message.chars() {
