@@ -83,7 +83,7 @@ fn check_segment(seg: &str) -> Result<(), Reason> {
                 if matches!(decoded, b'/' | b'\\' | b'.' | b'%' | b';') {
                     return Err("percent-encodes a path delimiter (/ \\ . % ;)");
                 }
-                if decoded < 0x20 || decoded >= 0x7f {
+                if !(0x20..0x7f).contains(&decoded) {
                     return Err("percent-encodes a control or non-ASCII byte");
                 }
                 i += 3;
@@ -103,7 +103,7 @@ fn check_segment(seg: &str) -> Result<(), Reason> {
 }
 
 fn check_query(q: &str) -> Result<(), Reason> {
-    if q.bytes().any(|c| c < 0x20 || c >= 0x7f) {
+    if q.bytes().any(|c| !(0x20..0x7f).contains(&c)) {
         return Err("query has a control or non-ASCII byte");
     }
     if q.split('&')

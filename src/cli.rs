@@ -250,20 +250,25 @@ async fn catalog(path: Option<&Path>, filter: Option<&str>) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     for e in &snap.catalog.entries {
         let perm = keyward::error::permission_name(snap.catalog.permission(e.permission), e.access);
         if filter.is_some_and(|f| !perm.contains(f) && !e.template.contains(f)) {
             continue;
         }
         let direct = if e.direct { " (direct)" } else { "" };
-        println!(
-            "{:<7}{:<60}{:<40}{}{}",
+        let line = format!(
+            "{:<7}{:<60}{:<40}{}{direct}",
             e.method.as_str(),
             e.template,
             perm,
-            e.upstream,
-            direct
+            e.upstream
         );
+        // A closed pipe (`keyward catalog | head`) ends the listing quietly.
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
     }
     ExitCode::SUCCESS
 }

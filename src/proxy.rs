@@ -97,7 +97,7 @@ async fn forward(
     let secret = &snap.secrets[service.secret];
     ex.record.secret_version = secret.version;
     let headers = upstream::request_headers(&parts.headers, secret.value.expose(), &up.host)
-        .map_err(|_| Failure::Internal)?;
+        .ok_or(Failure::Internal)?;
     let egress = service.egress_ip.or(up.egress_ip);
     ex.record.egress_ip = egress;
     let client = up.client(egress).ok_or(Failure::Internal)?;

@@ -187,23 +187,20 @@ fn named_in_connection(name: &HeaderName, headers: &HeaderMap) -> bool {
 }
 
 /// The headers sent upstream: the caller's, less what must not cross, plus the real secret
-/// and the upstream's `Host`. Stripe's own headers pass untouched.
-pub fn request_headers(
-    from: &HeaderMap,
-    secret: &str,
-    host: &HeaderValue,
-) -> Result<HeaderMap, ()> {
+/// and the upstream's `Host`. Stripe's own headers pass untouched. `None`: the secret cannot
+/// be a header value.
+pub fn request_headers(from: &HeaderMap, secret: &str, host: &HeaderValue) -> Option<HeaderMap> {
     let mut out = HeaderMap::with_capacity(from.len() + 2);
     for (name, value) in from {
         if !dropped(name, from, true) {
             out.append(name.clone(), value.clone());
         }
     }
-    let mut auth = HeaderValue::try_from(format!("Bearer {secret}")).map_err(|_| ())?;
+    let mut auth = HeaderValue::try_from(format!("Bearer {secret}")).ok()?;
     auth.set_sensitive(true);
     out.insert(header::AUTHORIZATION, auth);
     out.insert(header::HOST, host.clone());
-    Ok(out)
+    Some(out)
 }
 
 /// The upstream's response headers as the caller gets them.
@@ -264,7 +261,7 @@ mod tests {
         assert_eq!(out["authorization"], "Bearer sk_test_real");
         assert!(out["authorization"].is_sensitive());
         assert_eq!(out["host"], "api.stripe.com");
-        assert!(request_headers(&h, "bad\nsecret", &HeaderValue::from_static("x")).is_err());
+        assert!(request_headers(&h, "bad\nsecret", &HeaderValue::from_static("x")).is_none());
     }
 
     #[test]

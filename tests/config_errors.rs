@@ -11,7 +11,11 @@ use common::*;
 const CANARY: &str = "sk_live_CANARY_7f3a9";
 
 fn base(pki: &Pki, dir: &std::path::Path) -> String {
-    let mut h = Harness::new().service(Svc::new("billing").token("b1", "kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa").scope("charge", "read"));
+    let mut h = Harness::new().service(
+        Svc::new("billing")
+            .token("b1", "kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa")
+            .scope("charge", "read"),
+    );
     h.extra_top = String::new();
     h.config(pki, "https://localhost:9", dir)
 }
@@ -25,7 +29,11 @@ fn check(dir: &std::path::Path, text: &str) -> (bool, String) {
         .env("KEYWARD_LOG", "warn")
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -45,30 +53,143 @@ fn broken_configs_are_refused_with_file_line_and_key() {
     let good = base(&pki, dir.path());
     let svc_at = good.find("[[service]]").unwrap();
     let (head, svc) = good.split_at(svc_at);
-    let cidr_line = format!("keyward.toml:{}:", good[..good.find("127.0.0.0/8").unwrap()].lines().count());
+    let cidr_line = format!(
+        "keyward.toml:{}:",
+        good[..good.find("127.0.0.0/8").unwrap()].lines().count()
+    );
     let second_svc = svc.replace("name = \"billing\"", "name = \"other\"");
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
-        ("typo in a key", good.replace("[service.scope]", "tokn = 1\n[service.scope]"), vec!["keyward.toml:", "unknown field `tokn`"]),
-        ("truncated file", good[..good.len() - 30].to_string() + "charge = \"re", vec!["keyward.toml:"]),
-        ("bad CIDR", good.replace("127.0.0.0/8", "127.0.0.300/8"), vec![&cidr_line, "invalid IP address syntax"]),
-        ("bad level", good.replace("\"charge\" = \"read\"", "\"charge\" = \"reed\""), vec!["unknown variant"]),
-        ("unknown scope key", good.replace("\"charge\" = \"read\"", "\"chrage\" = \"read\""), vec!["service[0].scope.chrage", "names no permission"]),
-        ("hash not hex", good.replace(&sha256_hex("kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa"), "zz"), vec!["service[0].token[0].sha256", "64 hex digits"]),
-        ("same token twice", format!("{head}{svc}{second_svc}"), vec!["service[1].token[0].sha256", "configured twice"]),
-        ("same service twice", format!("{head}{svc}{}", svc.replace("kw_", "")).replace(&sha256_hex("kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa"), &sha256_hex("x")), vec!["defined twice"]),
-        ("unknown secret", good.replace("secret = \"stripe\"", "secret = \"nope\""), vec!["service[0].secret", "no [secret.nope]"]),
-        ("env secret missing", good.replacen("source = \"file\"\npath", "source = \"env\"\nvar = \"KEYWARD_TEST_UNSET_VAR\"\n#path", 1).replace("key = \"stripe\"", ""), vec!["secret.stripe", "KEYWARD_TEST_UNSET_VAR is not set"]),
-        ("http upstream", good.replace("https://localhost:9", "http://localhost:9"), vec!["upstream.api.url", "https://"]),
-        ("bad expiry", good.replace("sha256 =", "expires = \"next tuesday\"\nsha256 ="), vec!["service[0].token[0].expires", "RFC 3339"]),
-        ("no server", good.replace("[server]", "[serverr]"), vec!["unknown field `serverr`"]),
-        ("missing cert", good.replace("leaf.crt", "missing.crt"), vec!["server.tls_cert", "missing.crt"]),
-        ("empty source_ips", good.replace("source_ips = [\"127.0.0.0/8\", \"::1/128\"]", "source_ips = []"), vec!["service[0].source_ips", "is empty"]),
-        ("bad account", good.replace("source_ips =", "accounts = [\"bob\"]\nsource_ips ="), vec!["service[0].accounts", "`bob`"]),
-        ("tiny header limit", good.replace("[upstream.api]", "[limits]\nmax_header_bytes = 10\n[upstream.api]"), vec!["limits.max_header_bytes"]),
-        ("secret value in a wrong key", good.replace("key = \"stripe\"", &format!("key = \"stripe\"\nvalue = \"{CANARY}\"")), vec!["unknown field `value`"]),
-        ("secret value in a wrong type", good.replace("mode = ", "x = ").replace("source_ips =", &format!("mode = [\"{CANARY}\"]\nsource_ips =")), vec!["keyward.toml:"]),
-        ("secret as a variant", good.replace("source_ips =", &format!("mode = \"{CANARY}\"\nsource_ips =")), vec!["unknown variant"]),
-        ("secret as a timeout", good.replace("[upstream.api]", &format!("[timeouts]\nupstream = \"{CANARY}\"\n[upstream.api]")), vec!["keyward.toml:"]),
+        (
+            "typo in a key",
+            good.replace("[service.scope]", "tokn = 1\n[service.scope]"),
+            vec!["keyward.toml:", "unknown field `tokn`"],
+        ),
+        (
+            "truncated file",
+            good[..good.len() - 30].to_string() + "charge = \"re",
+            vec!["keyward.toml:"],
+        ),
+        (
+            "bad CIDR",
+            good.replace("127.0.0.0/8", "127.0.0.300/8"),
+            vec![&cidr_line, "invalid IP address syntax"],
+        ),
+        (
+            "bad level",
+            good.replace("\"charge\" = \"read\"", "\"charge\" = \"reed\""),
+            vec!["unknown variant"],
+        ),
+        (
+            "unknown scope key",
+            good.replace("\"charge\" = \"read\"", "\"chrage\" = \"read\""),
+            vec!["service[0].scope.chrage", "names no permission"],
+        ),
+        (
+            "hash not hex",
+            good.replace(&sha256_hex("kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa"), "zz"),
+            vec!["service[0].token[0].sha256", "64 hex digits"],
+        ),
+        (
+            "same token twice",
+            format!("{head}{svc}{second_svc}"),
+            vec!["service[1].token[0].sha256", "configured twice"],
+        ),
+        (
+            "same service twice",
+            format!("{head}{svc}{}", svc.replace("kw_", "")).replace(
+                &sha256_hex("kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa"),
+                &sha256_hex("x"),
+            ),
+            vec!["defined twice"],
+        ),
+        (
+            "unknown secret",
+            good.replace("secret = \"stripe\"", "secret = \"nope\""),
+            vec!["service[0].secret", "no [secret.nope]"],
+        ),
+        (
+            "env secret missing",
+            good.replacen(
+                "source = \"file\"\npath",
+                "source = \"env\"\nvar = \"KEYWARD_TEST_UNSET_VAR\"\n#path",
+                1,
+            )
+            .replace("key = \"stripe\"", ""),
+            vec!["secret.stripe", "KEYWARD_TEST_UNSET_VAR is not set"],
+        ),
+        (
+            "http upstream",
+            good.replace("https://localhost:9", "http://localhost:9"),
+            vec!["upstream.api.url", "https://"],
+        ),
+        (
+            "bad expiry",
+            good.replace("sha256 =", "expires = \"next tuesday\"\nsha256 ="),
+            vec!["service[0].token[0].expires", "RFC 3339"],
+        ),
+        (
+            "no server",
+            good.replace("[server]", "[serverr]"),
+            vec!["unknown field `serverr`"],
+        ),
+        (
+            "missing cert",
+            good.replace("leaf.crt", "missing.crt"),
+            vec!["server.tls_cert", "missing.crt"],
+        ),
+        (
+            "empty source_ips",
+            good.replace(
+                "source_ips = [\"127.0.0.0/8\", \"::1/128\"]",
+                "source_ips = []",
+            ),
+            vec!["service[0].source_ips", "is empty"],
+        ),
+        (
+            "bad account",
+            good.replace("source_ips =", "accounts = [\"bob\"]\nsource_ips ="),
+            vec!["service[0].accounts", "`bob`"],
+        ),
+        (
+            "tiny header limit",
+            good.replace(
+                "[upstream.api]",
+                "[limits]\nmax_header_bytes = 10\n[upstream.api]",
+            ),
+            vec!["limits.max_header_bytes"],
+        ),
+        (
+            "secret value in a wrong key",
+            good.replace(
+                "key = \"stripe\"",
+                &format!("key = \"stripe\"\nvalue = \"{CANARY}\""),
+            ),
+            vec!["unknown field `value`"],
+        ),
+        (
+            "secret value in a wrong type",
+            good.replace("mode = ", "x = ").replace(
+                "source_ips =",
+                &format!("mode = [\"{CANARY}\"]\nsource_ips ="),
+            ),
+            vec!["keyward.toml:"],
+        ),
+        (
+            "secret as a variant",
+            good.replace(
+                "source_ips =",
+                &format!("mode = \"{CANARY}\"\nsource_ips ="),
+            ),
+            vec!["unknown variant"],
+        ),
+        (
+            "secret as a timeout",
+            good.replace(
+                "[upstream.api]",
+                &format!("[timeouts]\nupstream = \"{CANARY}\"\n[upstream.api]"),
+            ),
+            vec!["keyward.toml:"],
+        ),
     ];
     for (what, text, wants) in cases {
         let (ok, out) = check(dir.path(), &text);
@@ -76,7 +197,10 @@ fn broken_configs_are_refused_with_file_line_and_key() {
         for w in wants {
             assert!(out.contains(w), "{what}: wanted `{w}` in:\n{out}");
         }
-        assert!(!out.contains(CANARY) && !out.contains(SECRET), "{what}: echoed a secret:\n{out}");
+        assert!(
+            !out.contains(CANARY) && !out.contains(SECRET),
+            "{what}: echoed a secret:\n{out}"
+        );
         assert!(!out.contains("panicked"), "{what}: panicked:\n{out}");
     }
 }
@@ -86,11 +210,18 @@ fn every_error_is_reported_at_once() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let text = base(&pki, dir.path())
-        .replace("\"charge\" = \"read\"", "\"chrage\" = \"read\"\n\"custmer\" = \"write\"")
+        .replace(
+            "\"charge\" = \"read\"",
+            "\"chrage\" = \"read\"\n\"custmer\" = \"write\"",
+        )
         .replace("secret = \"stripe\"", "secret = \"nope\"");
     let (ok, out) = check(dir.path(), &text);
     assert!(!ok);
-    assert_eq!(out.lines().filter(|l| l.starts_with("error: ")).count(), 3, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("error: ")).count(),
+        3,
+        "{out}"
+    );
 }
 
 #[test]
@@ -98,17 +229,28 @@ fn loose_secret_file_permissions_are_refused() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let text = base(&pki, dir.path());
-    std::fs::set_permissions(dir.path().join("secrets.toml"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("secrets.toml"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let (ok, out) = check(dir.path(), &text);
     assert!(!ok);
-    assert!(out.contains("secret.stripe") && out.contains("chmod 600"), "{out}");
+    assert!(
+        out.contains("secret.stripe") && out.contains("chmod 600"),
+        "{out}"
+    );
     assert!(!out.contains(SECRET));
 }
 
 #[test]
 fn run_refuses_to_start_on_a_broken_config() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("k.toml"), "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("k.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args(["run", "--config", "k.toml"])
         .current_dir(dir.path())

@@ -1,0 +1,146 @@
+//! Canary: a secret and a token of distinctive values go through a mix of requests, at the most
+//! verbose log level; neither may appear in the access log, keyward's output, or any response.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const TOKEN: &str = "kw_CANARYTOKEN_5e1f0c9a7b3d2e4f6a8c";
+const EXPIRED: &str = "kw_CANARYEXPIRED_00112233445566778899";
+
+#[tokio::test]
+async fn no_secret_or_token_escapes() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new()
+        .service(
+            Svc::new("billing")
+                .token("live", TOKEN)
+                .token_with("old", EXPIRED, "expires = \"2021-01-01T00:00:00Z\"")
+                .scope("charge", "read"),
+        )
+        .top("[timeouts]\nupstream = \"200ms\"");
+    let text = h.config(&pki, &upstream.url(), dir.path());
+    let path = dir.path().join("keyward.toml");
+    std::fs::write(&path, text).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args([
+            "run",
+            "--log-format",
+            "json",
+            "--config",
+            path.to_str().unwrap(),
+        ])
+        .env("KEYWARD_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
+    let logs = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("keyward listening") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                addr_tx
+                    .send(v["fields"]["addr"].as_str().unwrap().parse().unwrap())
+                    .unwrap();
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("keyward started");
+    let tls = pki.client_config();
+    let local = "127.0.0.1".parse().unwrap();
+
+    let mut bodies = String::new();
+    let mut slow = req("GET", "/v1/charges", TOKEN, "");
+    slow.headers_mut()
+        .insert("x-test-delay-ms", "1000".parse().unwrap());
+    let mut basic = req("GET", "/v1/charges/ch_1", "", "");
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{TOKEN}:"));
+    basic
+        .headers_mut()
+        .insert("authorization", format!("Basic {b64}").parse().unwrap());
+    let mix = vec![
+        req("GET", "/v1/charges/ch_1", TOKEN, ""),
+        req("POST", "/v1/charges", TOKEN, "amount=100"),
+        req("GET", "/v1/charges", &format!("{TOKEN}x"), ""),
+        req("GET", "/v1/charges", EXPIRED, ""),
+        req("GET", "/v1/../charges", TOKEN, ""),
+        req("GET", "/v1/unknown", TOKEN, ""),
+        slow,
+        basic,
+    ];
+    let n = mix.len();
+    for r in mix {
+        let reply = send(addr, tls.clone(), local, r).await;
+        bodies.push_str(&String::from_utf8_lossy(&reply.body));
+        for (_, v) in reply.headers.iter() {
+            bodies.push_str(v.to_str().unwrap_or(""));
+        }
+    }
+    // The upstream did get the secret: the canary is live.
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .any(|s| s.headers["authorization"] == format!("Bearer {SECRET}").as_str())
+    );
+
+    let audit_path = dir.path().join("audit.jsonl");
+    for _ in 0..100 {
+        if std::fs::read_to_string(&audit_path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= n
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "keyward exited with {status}");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    let stderr = logs.join().unwrap();
+    let audit = std::fs::read_to_string(&audit_path).unwrap();
+    assert_eq!(audit.lines().count(), n);
+    assert!(
+        stderr.contains("TRACE") || stderr.contains("DEBUG"),
+        "logs ran verbose"
+    );
+
+    for (place, text) in [
+        ("access log", &audit),
+        ("stderr", &stderr),
+        ("stdout", &stdout),
+        ("responses", &bodies),
+    ] {
+        for canary in ["CANARYTOKEN", "CANARYEXPIRED", "REALSECRET", SECRET, TOKEN] {
+            assert!(!text.contains(canary), "{canary} appears in {place}");
+        }
+    }
+    assert!(
+        bodies.contains("kw_***6a8c"),
+        "redacted token shown to the caller"
+    );
+}

@@ -1,0 +1,49 @@
+"""The official Stripe Python SDK pointed at keyward: prints one JSON line per scenario.
+
+Environment: KW_BASE (https://localhost:PORT), KW_TOKEN, KW_CA (CA bundle for keyward's cert).
+"""
+
+import json
+import os
+import sys
+
+import stripe
+
+stripe.api_base = os.environ["KW_BASE"]
+stripe.upload_api_base = os.environ["KW_BASE"]
+stripe.connect_api_base = os.environ["KW_BASE"]
+stripe.ca_bundle_path = os.environ["KW_CA"]
+stripe.max_network_retries = 0
+TOKEN = os.environ["KW_TOKEN"]
+
+
+def run(name, call):
+    try:
+        obj = call()
+        out = {"scenario": name, "ok": True, "object": getattr(obj, "object", None), "id": getattr(obj, "id", None)}
+    except stripe.StripeError as e:
+        out = {
+            "scenario": name,
+            "ok": False,
+            "exception": type(e).__name__,
+            "status": e.http_status,
+            "code": e.code or (e.error.code if e.error else None),
+            "message": e.user_message,
+        }
+    print(json.dumps(out), flush=True)
+
+
+def main():
+    stripe.api_key = TOKEN
+    run("retrieve_customer", lambda: stripe.Customer.retrieve("cus_123"))
+    run("list_charges", lambda: stripe.Charge.list(limit=3))
+    run("create_charge", lambda: stripe.Charge.create(amount=100, currency="usd", source="tok_visa"))
+    run("create_refund", lambda: stripe.Refund.create(charge="ch_123"))
+    client = stripe.StripeClient(TOKEN, base_addresses={"api": os.environ["KW_BASE"]})
+    run("client_retrieve_customer", lambda: client.customers.retrieve("cus_456"))
+    stripe.api_key = "kw_not_a_real_token_000000000000"
+    run("bad_token", lambda: stripe.Customer.retrieve("cus_123"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+//! The official Stripe Python SDK against keyward: allowed calls return objects, denied calls
+//! raise the SDK's own exceptions.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+
+const TOKEN: &str = "kw_sdk_token_0123456789abcdefWXYZ";
+
+#[tokio::test]
+async fn stripe_python_sees_stripe_shaped_answers() {
+    let kw = Harness::new()
+        .service(
+            Svc::new("billing")
+                .token("sdk", TOKEN)
+                .scope("customer", "read")
+                .scope("charge", "read"),
+        )
+        .start()
+        .await;
+    let base = format!("https://localhost:{}", kw.addr().port());
+    let out = tokio::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/sdk/stripe_calls.py"
+        ))
+        .env("KW_BASE", &base)
+        .env("KW_TOKEN", TOKEN)
+        .env("KW_CA", &kw.pki.ca)
+        .output()
+        .await
+        .expect("python3 runs (the test command installs the stripe package)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stripe_calls.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: HashMap<String, serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["scenario"].as_str().unwrap().to_string(), v))
+        .collect();
+    let r = |name: &str| {
+        results
+            .get(name)
+            .unwrap_or_else(|| panic!("no result for {name}:\n{stdout}"))
+    };
+
+    assert_eq!(r("retrieve_customer")["ok"], true);
+    assert_eq!(r("retrieve_customer")["id"], "cus_123");
+    assert_eq!(r("retrieve_customer")["object"], "customer");
+    assert_eq!(r("list_charges")["object"], "list");
+    assert_eq!(r("client_retrieve_customer")["id"], "cus_456");
+    for denied in ["create_charge", "create_refund"] {
+        assert_eq!(r(denied)["exception"], "PermissionError", "{denied}");
+        assert_eq!(r(denied)["status"], 403);
+        assert_eq!(r(denied)["code"], "more_permissions_required");
+        assert!(
+            r(denied)["message"]
+                .as_str()
+                .unwrap()
+                .contains("rak_charge_write")
+        );
+    }
+    assert_eq!(r("bad_token")["exception"], "AuthenticationError");
+    assert_eq!(r("bad_token")["status"], 401);
+
+    let seen = kw.upstream.requests();
+    assert_eq!(seen.len(), 3, "only the allowed calls reach the upstream");
+    assert!(
+        seen.iter()
+            .all(|s| s.headers["authorization"] == format!("Bearer {SECRET}").as_str())
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.headers.contains_key("stripe-version")),
+        "SDK headers pass"
+    );
+    kw.stop().await;
+}
