@@ -74,7 +74,7 @@ fn benches(c: &mut Criterion) {
 
     let tok = token(SERVICES / 2, 1);
     c.bench_function("token_lookup_1000_services", |b| {
-        b.iter(|| snap.tokens.get(&hash_token(black_box(&tok))).is_some())
+        b.iter(|| snap.tokens.get(&hash_token(black_box(&tok))).map(|t| t.token))
     });
 
     let ops = operations();
