@@ -47,13 +47,7 @@ fn operations() -> Vec<(http::Method, String)> {
             let path = cols.next()?;
             let path: Vec<String> = path
                 .split('/')
-                .map(|s| {
-                    if s.starts_with('{') {
-                        "obj_3NxAbCdEfGhIjK".to_string()
-                    } else {
-                        s.to_string()
-                    }
-                })
+                .map(|s| if s.starts_with('{') { "obj_3NxAbCdEfGhIjK".to_string() } else { s.to_string() })
                 .collect();
             Some((method, path.join("/")))
         })
@@ -61,16 +55,9 @@ fn operations() -> Vec<(http::Method, String)> {
 }
 
 fn benches(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let src = Source {
-        name: "bench.toml".into(),
-        text: config(),
-    };
-    let snap = rt
-        .block_on(compile(&src, Options::POLICY_ONLY))
-        .expect("bench config compiles");
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let src = Source { name: "bench.toml".into(), text: config() };
+    let snap = rt.block_on(compile(&src, Options::POLICY_ONLY)).expect("bench config compiles");
 
     let tok = token(SERVICES / 2, 1);
     c.bench_function("token_lookup_1000_services", |b| {
@@ -81,19 +68,10 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("classify");
     g.throughput(Throughput::Elements(ops.len() as u64));
     g.bench_function("all_stripe_operations", |b| {
-        b.iter(|| {
-            ops.iter()
-                .filter(|(m, p)| snap.catalog.classify(m, black_box(p)).is_some())
-                .count()
-        })
+        b.iter(|| ops.iter().filter(|(m, p)| snap.catalog.classify(m, black_box(p)).is_some()).count())
     });
     g.finish();
-    assert_eq!(
-        ops.iter()
-            .filter(|(m, p)| snap.catalog.classify(m, p).is_some())
-            .count(),
-        ops.len()
-    );
+    assert_eq!(ops.iter().filter(|(m, p)| snap.catalog.classify(m, p).is_some()).count(), ops.len());
 
     let request = |method: &str, path: &str| {
         Request::builder()
@@ -109,16 +87,9 @@ fn benches(c: &mut Criterion) {
     let allow = request("GET", "/v1/charges/ch_3NxAbCdEfGhIjK");
     let deny = request("POST", "/v1/charges/ch_3NxAbCdEfGhIjK/refund");
     let ip = "10.1.2.3".parse().unwrap();
-    let facts = |parts| RequestFacts {
-        parts,
-        client_ip: ip,
-        now: 1_800_000_000,
-    };
+    let facts = |parts| RequestFacts { parts, client_ip: ip, now: 1_800_000_000 };
     assert_eq!(decide(&snap, &facts(&allow)).verdict, Verdict::Allow);
-    assert!(matches!(
-        decide(&snap, &facts(&deny)).verdict,
-        Verdict::Deny(_)
-    ));
+    assert!(matches!(decide(&snap, &facts(&deny)).verdict, Verdict::Deny(_)));
     c.bench_function("decide_allow_1000_services", |b| {
         b.iter(|| decide(&snap, black_box(&facts(&allow))).forwards())
     });

@@ -21,17 +21,13 @@ pub struct Running {
 /// Compile the configuration, open the access log, bind the listener and start serving.
 /// Every configuration error is returned at once, one per line.
 pub async fn start(src: &Source) -> Result<Running, String> {
-    let snap = config::compile(src, Options::FULL).await.map_err(|errs| {
-        errs.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
-    let audit = AuditLog::open(&snap.audit_path)
-        .map_err(|e| format!("audit log {}: {e}", snap.audit_path))?;
-    let listener = TcpListener::bind(snap.listen)
+    let snap = config::compile(src, Options::FULL)
         .await
-        .map_err(|e| format!("listen {}: {e}", snap.listen))?;
+        .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
+    let audit =
+        AuditLog::open(&snap.audit_path).map_err(|e| format!("audit log {}: {e}", snap.audit_path))?;
+    let listener =
+        TcpListener::bind(snap.listen).await.map_err(|e| format!("listen {}: {e}", snap.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, config = %src.name.display(), version = %snap.version,
         services = snap.services.len(), "keyward listening");
@@ -40,12 +36,7 @@ pub async fn start(src: &Source) -> Result<Running, String> {
     let task = tokio::spawn(crate::server::serve(listener, proxy.clone(), async {
         let _ = stopped.await;
     }));
-    Ok(Running {
-        addr,
-        proxy,
-        stop,
-        task,
-    })
+    Ok(Running { addr, proxy, stop, task })
 }
 
 impl Running {

@@ -48,22 +48,12 @@ impl AuditLog {
         let out: Box<dyn Write + Send> = if path == "-" {
             Box::new(std::io::stdout())
         } else {
-            if let Some(dir) = Path::new(path)
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-            {
+            if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
-            Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            )
+            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
         };
-        Ok(AuditLog {
-            out: Mutex::new(out),
-        })
+        Ok(AuditLog { out: Mutex::new(out) })
     }
 
     pub fn write(&self, record: &AccessRecord) {

@@ -17,11 +17,7 @@ pub struct Metered<B, G> {
 
 impl<B, G> Metered<B, G> {
     pub fn new(inner: B, count: Arc<AtomicU64>, guard: G) -> Self {
-        Metered {
-            inner,
-            count,
-            _guard: guard,
-        }
+        Metered { inner, count, _guard: guard }
     }
 }
 

@@ -7,12 +7,8 @@ use http::{HeaderMap, Method, Uri, Version};
 pub const MAX_PATH: usize = 1024;
 
 /// Headers some frameworks use to swap the method: the upstream might honour them.
-const METHOD_OVERRIDES: [&str; 4] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-method",
-];
+const METHOD_OVERRIDES: [&str; 4] =
+    ["x-http-method-override", "x-http-method", "x-method-override", "x-original-method"];
 
 /// Why a target is refused; the text completes "the request target …".
 pub type Reason = &'static str;
@@ -93,9 +89,7 @@ fn check_segment(seg: &str) -> Result<(), Reason> {
             0 => return Err("has a NUL byte"),
             c if c < 0x20 || c == 0x7f => return Err("has a control byte"),
             c if c >= 0x80 => return Err("has a non-ASCII byte"),
-            c if c.is_ascii_alphanumeric() || b"-_~!$&'()*+,=:@".contains(&c) || c == b'.' => {
-                i += 1
-            }
+            c if c.is_ascii_alphanumeric() || b"-_~!$&'()*+,=:@".contains(&c) || c == b'.' => i += 1,
             _ => return Err("has a character that must be percent-encoded"),
         }
     }
@@ -106,9 +100,7 @@ fn check_query(q: &str) -> Result<(), Reason> {
     if q.bytes().any(|c| !(0x20..0x7f).contains(&c)) {
         return Err("query has a control or non-ASCII byte");
     }
-    if q.split('&')
-        .any(|kv| kv.split('=').next() == Some("_method"))
-    {
+    if q.split('&').any(|kv| kv.split('=').next() == Some("_method")) {
         return Err("query carries a _method override");
     }
     Ok(())
@@ -120,12 +112,7 @@ mod tests {
 
     #[test]
     fn path_table() {
-        let ok = [
-            "/v1/charges",
-            "/v1/charges/ch_3NxAbc",
-            "/v1/coupons/25%20OFF",
-            "/v1/customers/search",
-        ];
+        let ok = ["/v1/charges", "/v1/charges/ch_3NxAbc", "/v1/coupons/25%20OFF", "/v1/customers/search"];
         for p in ok {
             assert_eq!(check_path(p), Ok(()), "{p}");
         }
@@ -157,10 +144,6 @@ mod tests {
             let got = check_path(p).unwrap_err();
             assert!(got.contains(want), "{p}: {got}");
         }
-        assert!(
-            check_path(&format!("/v1/{}", "a".repeat(MAX_PATH)))
-                .unwrap_err()
-                .contains("too long")
-        );
+        assert!(check_path(&format!("/v1/{}", "a".repeat(MAX_PATH))).unwrap_err().contains("too long"));
     }
 }

@@ -98,11 +98,7 @@ impl Catalog {
                 }),
             }
         }
-        if errors.is_empty() {
-            Ok(cat)
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(cat) } else { Err(errors) }
     }
 
     fn add_line(&mut self, content: &str) -> Result<u32, AddError> {
@@ -112,34 +108,25 @@ impl Catalog {
                 "expected: METHOD TEMPLATE PERMISSION ACCESS UPSTREAM [direct]".into(),
             ));
         };
-        let method: Method = method
-            .parse()
-            .map_err(|_| AddError::Message(format!("bad method `{method}`")))?;
-        let slot = method_slot(&method).ok_or_else(|| {
-            AddError::Message(format!("method `{method}` is not one of GET, POST, DELETE"))
-        })?;
+        let method: Method =
+            method.parse().map_err(|_| AddError::Message(format!("bad method `{method}`")))?;
+        let slot = method_slot(&method)
+            .ok_or_else(|| AddError::Message(format!("method `{method}` is not one of GET, POST, DELETE")))?;
         let access = match *access {
             "read" => Access::Read,
             "write" => Access::Write,
             other => {
-                return Err(AddError::Message(format!(
-                    "access `{other}` is not read or write"
-                )));
+                return Err(AddError::Message(format!("access `{other}` is not read or write")));
             }
         };
         if !is_name(permission) {
-            return Err(AddError::Message(format!(
-                "permission `{permission}` is not a snake_case name"
-            )));
+            return Err(AddError::Message(format!("permission `{permission}` is not a snake_case name")));
         }
         let direct = match rest {
             [] => false,
             ["direct"] => true,
             _ => {
-                return Err(AddError::Message(format!(
-                    "unknown flags `{}`",
-                    rest.join(" ")
-                )));
+                return Err(AddError::Message(format!("unknown flags `{}`", rest.join(" "))));
             }
         };
         let segments = template_segments(template).map_err(AddError::Message)?;
@@ -220,20 +207,15 @@ enum Segment<'a> {
 }
 
 fn template_segments(template: &str) -> Result<Vec<Segment<'_>>, String> {
-    let rest = template
-        .strip_prefix('/')
-        .ok_or_else(|| format!("template `{template}` does not start with /"))?;
+    let rest =
+        template.strip_prefix('/').ok_or_else(|| format!("template `{template}` does not start with /"))?;
     rest.split('/')
         .map(|s| {
             if let Some(name) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                {
+                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                     return Ok(Segment::Param);
                 }
-            } else if !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-            {
+            } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
                 return Ok(Segment::Literal(s));
             }
             Err(format!("template `{template}` has a bad segment `{s}`"))
@@ -242,9 +224,7 @@ fn template_segments(template: &str) -> Result<Vec<Segment<'_>>, String> {
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 #[cfg(test)]
@@ -266,8 +246,7 @@ mod tests {
     fn classifies_literals_before_params() {
         let c = Catalog::parse(SMALL).unwrap();
         let t = |m: Method, p: &str| {
-            c.classify(&m, p)
-                .map(|e| (e.template.as_str(), c.permission(e.permission), e.access))
+            c.classify(&m, p).map(|e| (e.template.as_str(), c.permission(e.permission), e.access))
         };
         assert_eq!(
             t(Method::GET, "/v1/customers/search"),
@@ -277,14 +256,8 @@ mod tests {
             t(Method::GET, "/v1/customers/cus_123"),
             Some(("/v1/customers/{customer}", "customer", Access::Read))
         );
-        assert_eq!(
-            t(Method::POST, "/v1/customers/cus_123").unwrap().2,
-            Access::Write
-        );
-        assert_eq!(
-            t(Method::POST, "/v1/charges/ch_1/refund").unwrap().1,
-            "charge"
-        );
+        assert_eq!(t(Method::POST, "/v1/customers/cus_123").unwrap().2, Access::Write);
+        assert_eq!(t(Method::POST, "/v1/charges/ch_1/refund").unwrap().1, "charge");
         assert!(c.classify(&Method::GET, "/v1/account").unwrap().direct);
     }
 

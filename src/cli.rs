@@ -8,11 +8,7 @@ use keyward::config::{self, Options, Source};
 use keyward::policy::{Verdict, authorize};
 
 #[derive(Parser)]
-#[command(
-    name = "keyward",
-    version,
-    about = "Egress proxy that holds your payments API keys"
-)]
+#[command(name = "keyward", version, about = "Egress proxy that holds your payments API keys")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,31 +88,17 @@ pub fn main() -> ExitCode {
         _ => "text",
     };
     init_logging(log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async {
         match cli.command {
             Command::Run { config, .. } => run(config.as_deref()).await,
             Command::Check { config } => check(config.as_deref()).await,
-            Command::Explain {
-                config,
-                service,
-                headers,
-                json,
-                method,
-                path,
-            } => explain(config.as_deref(), &service, &headers, json, &method, &path).await,
-            Command::Catalog { config, filter } => {
-                catalog(config.as_deref(), filter.as_deref()).await
+            Command::Explain { config, service, headers, json, method, path } => {
+                explain(config.as_deref(), &service, &headers, json, &method, &path).await
             }
-            Command::Token {
-                command: TokenCommand::New { service, id },
-            } => token_new(&service, id),
-            Command::Certs {
-                command: CertsCommand::Dev { dir },
-            } => certs_dev(&dir),
+            Command::Catalog { config, filter } => catalog(config.as_deref(), filter.as_deref()).await,
+            Command::Token { command: TokenCommand::New { service, id } } => token_new(&service, id),
+            Command::Certs { command: CertsCommand::Dev { dir } } => certs_dev(&dir),
         }
     })
 }
@@ -124,9 +106,7 @@ pub fn main() -> ExitCode {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -193,9 +173,7 @@ async fn explain(
     let Some(svc) = snap.services.iter().find(|s| &*s.name == service) else {
         return fail([format!("no service named `{service}`")]);
     };
-    let mut req = http::Request::builder()
-        .method(method.to_ascii_uppercase().as_str())
-        .uri(target);
+    let mut req = http::Request::builder().method(method.to_ascii_uppercase().as_str()).uri(target);
     for h in headers {
         let Some((k, v)) = h.split_once(':') else {
             return fail([format!("header `{h}` is not `Name: value`")]);
@@ -212,10 +190,20 @@ async fn explain(
         Verdict::WouldDeny(f) => ("would_deny", f.code(), Some(f.message())),
         Verdict::Deny(f) => ("deny", f.code(), Some(f.message())),
     };
-    let permission = d
-        .entry
-        .map(|e| keyward::error::permission_name(snap.catalog.permission(e.permission), e.access));
+    let permission =
+        d.entry.map(|e| keyward::error::permission_name(snap.catalog.permission(e.permission), e.access));
     let upstream = d.upstream.map(|i| snap.upstreams[i].name.clone());
+    let expansions: Vec<serde_json::Value> = snap
+        .expansions
+        .required(parts.uri.query().unwrap_or(""))
+        .map(|(field, perm)| {
+            serde_json::json!({
+                "field": field,
+                "permission": format!("{}_read", snap.catalog.permission(perm)),
+                "granted": svc.level(perm) >= keyward::config::file::Level::Read,
+            })
+        })
+        .collect();
     let out = serde_json::json!({
         "service": service,
         "method": parts.method.as_str(),
@@ -224,6 +212,7 @@ async fn explain(
         "permission": permission,
         "access": d.entry.map(|e| e.access.as_str()),
         "upstream": upstream,
+        "expansions": expansions,
         "decision": decision,
         "reason": reason,
         "message": message,
@@ -232,13 +221,8 @@ async fn explain(
         println!("{out}");
     } else {
         for (k, v) in out.as_object().into_iter().flatten() {
-            if !v.is_null() {
-                println!(
-                    "{k:>10}: {}",
-                    v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string())
-                );
+            if !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()) {
+                println!("{k:>10}: {}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
             }
         }
     }
@@ -258,13 +242,7 @@ async fn catalog(path: Option<&Path>, filter: Option<&str>) -> ExitCode {
             continue;
         }
         let direct = if e.direct { " (direct)" } else { "" };
-        let line = format!(
-            "{:<7}{:<60}{:<40}{}{direct}",
-            e.method.as_str(),
-            e.template,
-            perm,
-            e.upstream
-        );
+        let line = format!("{:<7}{:<60}{:<40}{}{direct}", e.method.as_str(), e.template, perm, e.upstream);
         // A closed pipe (`keyward catalog | head`) ends the listing quietly.
         if writeln!(out, "{line}").is_err() {
             break;
@@ -277,9 +255,7 @@ fn token_new(service: &str, id: Option<String>) -> ExitCode {
     let token = keyward::token::new_token();
     let date = time::OffsetDateTime::now_utc().date();
     let id = id.unwrap_or_else(|| format!("{service}-{date}"));
-    println!(
-        "token (shown once; give it to the {service} service, store it nowhere else):\n\n  {token}\n"
-    );
+    println!("token (shown once; give it to the {service} service, store it nowhere else):\n\n  {token}\n");
     println!("add to the [[service]] named \"{service}\" in the config:\n");
     print!("{}", keyward::token::snippet(&id, &token));
     ExitCode::SUCCESS
@@ -288,17 +264,11 @@ fn token_new(service: &str, id: Option<String>) -> ExitCode {
 fn certs_dev(dir: &Path) -> ExitCode {
     match keyward::tls::ensure_dev_certs(&dir.join("keyward.crt"), &dir.join("keyward.key")) {
         Ok(true) => {
-            println!(
-                "wrote {0}/ca.crt, {0}/keyward.crt, {0}/keyward.key",
-                dir.display()
-            );
+            println!("wrote {0}/ca.crt, {0}/keyward.crt, {0}/keyward.key", dir.display());
             ExitCode::SUCCESS
         }
         Ok(false) => {
-            println!(
-                "{}/keyward.crt and keyward.key exist; left as they are",
-                dir.display()
-            );
+            println!("{}/keyward.crt and keyward.key exist; left as they are", dir.display());
             ExitCode::SUCCESS
         }
         Err(e) => fail([e]),

@@ -9,32 +9,19 @@ use crate::catalog::Access;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     MissingToken,
-    InvalidToken {
-        redacted: String,
-    },
-    ExpiredToken {
-        redacted: String,
-    },
-    TokenNotYetValid {
-        redacted: String,
-    },
+    InvalidToken { redacted: String },
+    ExpiredToken { redacted: String },
+    TokenNotYetValid { redacted: String },
     IpNotAllowed,
     NonCanonical(&'static str),
     UnknownEndpoint,
-    MissingPermission {
-        redacted: String,
-        permission: String,
-    },
-    AccountNotAllowed {
-        account: String,
-    },
-    DirectPermission {
-        permission: String,
-    },
+    MissingPermission { redacted: String, permission: String },
+    AccountNotAllowed { account: String },
+    DirectPermission { permission: String },
     UpstreamNotConfigured(String),
-    BodyTooLarge {
-        limit: u64,
-    },
+    BodyTooLarge { limit: u64 },
+    FormTooLarge { limit: usize },
+    BodyUnreadable,
     UpstreamUnavailable,
     UpstreamTimeout,
     Internal,
@@ -53,7 +40,8 @@ impl Failure {
             | AccountNotAllowed { .. }
             | DirectPermission { .. } => StatusCode::FORBIDDEN,
             NonCanonical(_) => StatusCode::BAD_REQUEST,
-            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTooLarge { .. } | FormTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyUnreadable => StatusCode::BAD_REQUEST,
             UpstreamNotConfigured(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -75,6 +63,8 @@ impl Failure {
             DirectPermission { .. } => "direct_permission_on_connected_account",
             UpstreamNotConfigured(_) => "upstream_not_configured",
             BodyTooLarge { .. } => "request_too_large",
+            FormTooLarge { .. } => "form_body_too_large",
+            BodyUnreadable => "request_body_unreadable",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             Internal => "internal_error",
@@ -100,37 +90,33 @@ impl Failure {
             TokenNotYetValid { redacted } => {
                 format!("API Key provided is not valid yet: {redacted}")
             }
-            IpNotAllowed => {
-                "The API key provided does not allow requests from your IP address.".into()
-            }
+            IpNotAllowed => "The API key provided does not allow requests from your IP address.".into(),
             NonCanonical(what) => format!("Request refused: the request target {what}."),
             UnknownEndpoint => "Unrecognized request URL: keyward does not know this endpoint, \
                                 so it is not allowed."
                 .into(),
-            MissingPermission {
-                redacted,
-                permission,
-            } => format!(
+            MissingPermission { redacted, permission } => format!(
                 "The provided key '{redacted}' does not have the required permissions for this \
                  endpoint. Having the 'rak_{permission}' permission would allow this request to continue."
             ),
             AccountNotAllowed { account } => {
-                format!(
-                    "The provided key is not allowed to make requests on behalf of account '{account}'."
-                )
+                format!("The provided key is not allowed to make requests on behalf of account '{account}'.")
             }
             DirectPermission { permission } => format!(
                 "The '{permission}' permission is a direct permission: it cannot be used on behalf \
                  of a connected account (Stripe-Account)."
             ),
             UpstreamNotConfigured(name) => {
-                format!(
-                    "This endpoint is served by upstream '{name}', which keyward has not configured."
-                )
+                format!("This endpoint is served by upstream '{name}', which keyward has not configured.")
             }
             BodyTooLarge { limit } => {
                 format!("The request body is larger than the {limit} bytes allowed.")
             }
+            FormTooLarge { limit } => format!(
+                "Form bodies are read whole to check `expand[]`, and this one is larger than the \
+                 {limit} bytes allowed. Send fewer parameters per request."
+            ),
+            BodyUnreadable => "The request body could not be read.".into(),
             UpstreamUnavailable => "keyward could not reach the upstream API.".into(),
             UpstreamTimeout => "The upstream API did not answer in time.".into(),
             Internal => "keyward hit an internal error.".into(),
@@ -162,10 +148,8 @@ mod tests {
 
     #[test]
     fn permission_error_is_stripe_shaped() {
-        let f = Failure::MissingPermission {
-            redacted: "kw_***abcd".into(),
-            permission: "charge_read".into(),
-        };
+        let f =
+            Failure::MissingPermission { redacted: "kw_***abcd".into(), permission: "charge_read".into() };
         let v: serde_json::Value = serde_json::from_str(&f.body()).unwrap();
         assert_eq!(f.status(), 403);
         assert_eq!(v["error"]["type"], "invalid_request_error");

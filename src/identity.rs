@@ -1,5 +1,7 @@
 //! Who is calling: the token from the request, its hash, and how it may be shown.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -10,28 +12,25 @@ const MAX_TOKEN: usize = 256;
 /// The token a request presents: `Authorization: Bearer T`, or Basic with T as the user name
 /// and an empty password (what Stripe SDKs and `curl -u T:` send). `Proxy-Authorization` is
 /// read the same way when `proxy` is set (forward mode).
-pub fn token_from(headers: &HeaderMap, header: http::header::HeaderName) -> Option<String> {
+pub fn token_from(headers: &HeaderMap, header: http::header::HeaderName) -> Option<Cow<'_, str>> {
     let value = headers.get(header)?.to_str().ok()?.trim();
     let (scheme, rest) = value.split_once(' ')?;
     let rest = rest.trim();
     let token = if scheme.eq_ignore_ascii_case("bearer") {
-        rest.to_string()
+        Cow::Borrowed(rest)
     } else if scheme.eq_ignore_ascii_case("basic") {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .ok()?;
+        let raw = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
         let text = String::from_utf8(raw).ok()?;
         let (user, password) = text.split_once(':').unwrap_or((&text, ""));
         if !password.is_empty() {
             return None;
         }
-        user.to_string()
+        Cow::Owned(user.to_string())
     } else {
         return None;
     };
-    let plausible = !token.is_empty()
-        && token.len() <= MAX_TOKEN
-        && token.bytes().all(|b| b.is_ascii_graphic());
+    let plausible =
+        !token.is_empty() && token.len() <= MAX_TOKEN && token.bytes().all(|b| b.is_ascii_graphic());
     plausible.then_some(token)
 }
 
@@ -81,11 +80,7 @@ mod tests {
             (&format!("Bearer {}", "a".repeat(300)), None),
         ];
         for (h, want) in cases {
-            assert_eq!(
-                token_from(&headers(h), AUTHORIZATION).as_deref(),
-                want,
-                "{h}"
-            );
+            assert_eq!(token_from(&headers(h), AUTHORIZATION).as_deref(), want, "{h}");
         }
         assert_eq!(token_from(&HeaderMap::new(), AUTHORIZATION), None);
     }

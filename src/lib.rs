@@ -10,6 +10,7 @@ pub mod canonical;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod expand;
 pub mod identity;
 pub mod policy;
 pub mod proxy;

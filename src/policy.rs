@@ -66,47 +66,35 @@ pub fn decide<'s>(snap: &'s Snapshot, facts: &RequestFacts<'s>) -> Decision<'s> 
         return Decision::deny(Failure::MissingToken);
     };
     let Some(found) = snap.tokens.get(&hash_token(&token)) else {
-        return Decision::deny(Failure::InvalidToken {
-            redacted: redact(&token),
-        });
+        return Decision::deny(Failure::InvalidToken { redacted: redact(&token) });
     };
     let service = &snap.services[found.service as usize];
     let tok = &service.tokens[found.token as usize];
-    let fail = |f| Decision {
-        service: Some(service),
-        token: Some(tok),
-        ..Decision::deny(f)
-    };
+    let fail = |f| Decision { service: Some(service), token: Some(tok), ..Decision::deny(f) };
     if tok.expires.is_some_and(|t| facts.now >= t) {
-        return fail(Failure::ExpiredToken {
-            redacted: redact(&token),
-        });
+        return fail(Failure::ExpiredToken { redacted: redact(&token) });
     }
     if tok.not_before.is_some_and(|t| facts.now < t) {
-        return fail(Failure::TokenNotYetValid {
-            redacted: redact(&token),
-        });
+        return fail(Failure::TokenNotYetValid { redacted: redact(&token) });
     }
     let allowed = |nets: &[IpNet]| nets.iter().any(|n| n.contains(&facts.client_ip));
     if !allowed(&service.source_ips) || tok.source_ips.as_deref().is_some_and(|n| !allowed(n)) {
         return fail(Failure::IpNotAllowed);
     }
-    let mut d = authorize(snap, service, facts.parts, &redact(&token));
+    let mut d = authorize(snap, service, facts.parts, &token);
     d.token = Some(tok);
     d
 }
 
 /// Whether `service` may make this call, whoever presented it (also `keyward explain`).
+/// `token` is only ever shown redacted.
 pub fn authorize<'s>(
     snap: &'s Snapshot,
     service: &'s Service,
     parts: &'s Parts,
-    redacted: &str,
+    token: &str,
 ) -> Decision<'s> {
-    let mut d = Decision {
-        service: Some(service),
-        ..Decision::deny(Failure::Internal)
-    };
+    let mut d = Decision { service: Some(service), ..Decision::deny(Failure::Internal) };
     let path = match canonical::check(&parts.method, &parts.uri, parts.version, &parts.headers) {
         Ok(p) => p,
         Err(why) => {
@@ -124,7 +112,7 @@ pub fn authorize<'s>(
     };
     let failure = match d.entry {
         None => Some(Failure::UnknownEndpoint),
-        Some(e) => check_entry(snap, service, e, parts, path, account, redacted),
+        Some(e) => check_entry(snap, service, e, parts, path, account, token),
     };
     d.verdict = match (failure, service.mode) {
         (None, _) => Verdict::Allow,
@@ -145,55 +133,47 @@ fn check_entry(
     parts: &Parts,
     path: &str,
     account: Option<&str>,
-    redacted: &str,
+    token: &str,
 ) -> Option<Failure> {
     for acct in connect_accounts(parts, entry, path) {
         if !service.accounts.allows(acct) {
-            return Some(Failure::AccountNotAllowed {
-                account: acct.to_string(),
-            });
+            return Some(Failure::AccountNotAllowed { account: acct.to_string() });
         }
     }
     let permission = || permission_name(snap.catalog.permission(entry.permission), entry.access);
     if entry.direct && account.is_some() {
-        return Some(Failure::DirectPermission {
-            permission: permission(),
-        });
+        return Some(Failure::DirectPermission { permission: permission() });
     }
     let needed = match entry.access {
         crate::catalog::Access::Read => Level::Read,
         crate::catalog::Access::Write => Level::Write,
     };
-    (service.level(entry.permission) < needed).then(|| Failure::MissingPermission {
-        redacted: redacted.to_string(),
-        permission: permission(),
-    })
+    if service.level(entry.permission) < needed {
+        return Some(Failure::MissingPermission { redacted: redact(token), permission: permission() });
+    }
+    parts.uri.query().and_then(|q| expansion_failure(snap, service, q, token))
+}
+
+/// The first `expand[]` field in `encoded` (a query string or form body) that the service
+/// may not read.
+pub fn expansion_failure(snap: &Snapshot, service: &Service, encoded: &str, token: &str) -> Option<Failure> {
+    let (_, perm) = snap.expansions.required(encoded).find(|(_, p)| service.level(*p) < Level::Read)?;
+    let permission = permission_name(snap.catalog.permission(perm), crate::catalog::Access::Read);
+    Some(Failure::MissingPermission { redacted: redact(token), permission })
 }
 
 fn stripe_account(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get("stripe-account")
-        .and_then(|v| v.to_str().ok())
+    parts.headers.get("stripe-account").and_then(|v| v.to_str().ok())
 }
 
 /// Every connected account a call acts for: `Stripe-Account`, each account in a
 /// `Stripe-Context` path, and the `{account}` of `/v1/accounts/{account}/…`.
-fn connect_accounts<'a>(parts: &'a Parts, entry: &Entry, path: &'a str) -> Vec<&'a str> {
-    let mut out = Vec::new();
-    for name in ["stripe-account", "stripe-context"] {
-        for v in parts.headers.get_all(name) {
-            // An unreadable header names an account we cannot check: refuse it as that.
-            out.extend(
-                v.to_str()
-                    .unwrap_or("<unreadable>")
-                    .split('/')
-                    .map(str::trim),
-            );
-        }
-    }
-    if entry.template.starts_with("/v1/accounts/{") {
-        out.extend(path.split('/').nth(3));
-    }
-    out
+fn connect_accounts<'a>(parts: &'a Parts, entry: &Entry, path: &'a str) -> impl Iterator<Item = &'a str> {
+    let headers = ["stripe-account", "stripe-context"]
+        .into_iter()
+        .flat_map(|name| parts.headers.get_all(name))
+        // An unreadable header names an account we cannot check: refuse it as that.
+        .flat_map(|v| v.to_str().unwrap_or("<unreadable>").split('/').map(str::trim));
+    let in_path = entry.template.starts_with("/v1/accounts/{").then(|| path.split('/').nth(3)).flatten();
+    headers.chain(in_path)
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -19,8 +19,10 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::audit::{AccessRecord, AuditLog};
 use crate::body::Metered;
+use crate::config::file::Mode;
 use crate::error::{Failure, permission_name};
-use crate::policy::{Decision, RequestFacts, Verdict, decide};
+use crate::identity;
+use crate::policy::{Decision, RequestFacts, Verdict, decide, expansion_failure};
 use crate::snapshot::Snapshot;
 use crate::upstream::{self, Body, BoxError};
 
@@ -35,11 +37,7 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(snapshot: Arc<Snapshot>, audit: AuditLog) -> Arc<Proxy> {
-        Arc::new(Proxy {
-            snapshot: ArcSwap::new(snapshot),
-            audit,
-            ids: RequestIds::new(),
-        })
+        Arc::new(Proxy { snapshot: ArcSwap::new(snapshot), audit, ids: RequestIds::new() })
     }
 
     pub async fn handle(
@@ -51,18 +49,13 @@ impl Proxy {
         let snap = self.snapshot.load_full();
         let (parts, body) = req.into_parts();
         let mut ex = Exchange::start(self.clone(), &snap, client_ip, &parts);
-        let facts = RequestFacts {
-            parts: &parts,
-            client_ip,
-            now: OffsetDateTime::now_utc().unix_timestamp(),
-        };
+        let facts =
+            RequestFacts { parts: &parts, client_ip, now: OffsetDateTime::now_utc().unix_timestamp() };
         let decision = decide(&snap, &facts);
         ex.note(&snap, &decision);
         let outcome = match &decision.verdict {
             Verdict::Deny(f) => Err(f.clone()),
-            Verdict::Allow | Verdict::WouldDeny(_) => {
-                forward(&snap, &decision, &parts, body, &mut ex).await
-            }
+            Verdict::Allow | Verdict::WouldDeny(_) => forward(&snap, &decision, &parts, body, &mut ex).await,
         };
         let response = outcome.unwrap_or_else(|f| {
             if matches!(decision.verdict, Verdict::Allow | Verdict::WouldDeny(_)) {
@@ -87,10 +80,7 @@ async fn forward(
     };
     let up = &snap.upstreams[up_idx];
     let limit = snap.limits.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(Failure::BodyTooLarge { limit });
     }
@@ -102,8 +92,25 @@ async fn forward(
     ex.record.egress_ip = egress;
     let client = up.client(egress).ok_or(Failure::Internal)?;
 
-    let body = Limited::new(Metered::new(body, ex.bytes_in.clone(), ()), limit as usize);
-    let mut req = Request::new(body.map_err(BoxError::from).boxed());
+    let body = if is_form(parts) {
+        // Small form bodies are read whole: an `expand[]` in them needs checking too.
+        let form = read_form(body, snap.limits.max_form_bytes).await.map_err(|f| ex.deny(f))?;
+        ex.bytes_in.store(form.len() as u64, Ordering::Relaxed);
+        let token = identity::token_from(&parts.headers, AUTHORIZATION).unwrap_or_default();
+        let encoded = String::from_utf8_lossy(&form);
+        if let Some(f) = expansion_failure(snap, service, &encoded, &token) {
+            match service.mode {
+                Mode::Enforce => return Err(ex.deny(f)),
+                Mode::Report => ex.would_deny(&f),
+            }
+        }
+        Full::new(form).map_err(|e| match e {}).boxed()
+    } else {
+        Limited::new(Metered::new(body, ex.bytes_in.clone(), ()), limit as usize)
+            .map_err(BoxError::from)
+            .boxed()
+    };
+    let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = up.uri(parts.uri.path_and_query());
     *req.headers_mut() = headers;
@@ -123,12 +130,28 @@ async fn forward(
         Ok(Ok(resp)) => resp,
     };
     upstream::strip_response_headers(resp.headers_mut());
-    ex.record.upstream_request_id = resp
-        .headers()
-        .get("request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    ex.record.upstream_request_id =
+        resp.headers().get("request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     Ok(resp.map(|b| b.map_err(BoxError::from).boxed()))
+}
+
+fn is_form(parts: &Parts) -> bool {
+    parts.method == http::Method::POST
+        && parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+async fn read_form(body: Incoming, limit: usize) -> Result<Bytes, Failure> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(Failure::FormTooLarge { limit }),
+        Err(_) => Err(Failure::BodyUnreadable),
+    }
 }
 
 fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -144,11 +167,7 @@ fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stati
 
 /// The one place a failure becomes a response.
 pub fn failure_response(f: &Failure) -> Response<Body> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from(f.body()))
-            .map_err(|e| match e {})
-            .boxed(),
-    );
+    let mut resp = Response::new(Full::new(Bytes::from(f.body())).map_err(|e| match e {}).boxed());
     *resp.status_mut() = f.status();
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -170,9 +189,7 @@ impl Exchange {
     fn start(proxy: Arc<Proxy>, snap: &Snapshot, client_ip: IpAddr, parts: &Parts) -> Exchange {
         let path = parts.uri.path();
         let record = AccessRecord {
-            time: OffsetDateTime::now_utc()
-                .format(&Rfc3339)
-                .unwrap_or_default(),
+            time: OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
             request_id: proxy.ids.next(),
             client_ip: Some(client_ip),
             method: parts.method.to_string(),
@@ -196,10 +213,7 @@ impl Exchange {
         r.stripe_account = d.account.map(str::to_string);
         if let Some(e) = d.entry {
             r.template = Some(e.template.clone());
-            r.permission = Some(permission_name(
-                snap.catalog.permission(e.permission),
-                e.access,
-            ));
+            r.permission = Some(permission_name(snap.catalog.permission(e.permission), e.access));
             r.access = Some(e.access.as_str());
         }
         r.upstream = d.upstream.map(|i| snap.upstreams[i].name.clone());
@@ -208,6 +222,16 @@ impl Exchange {
             Verdict::WouldDeny(f) => ("would_deny", f.code()),
             Verdict::Deny(f) => ("deny", f.code()),
         };
+    }
+
+    /// A refusal found after the policy allowed the call (form-body expansions).
+    fn deny(&mut self, f: Failure) -> Failure {
+        (self.record.decision, self.record.reason) = ("deny", f.code());
+        f
+    }
+
+    fn would_deny(&mut self, f: &Failure) {
+        (self.record.decision, self.record.reason) = ("would_deny", f.code());
     }
 
     /// Tag the response and hand it back with this exchange riding on its body.
@@ -241,17 +265,10 @@ impl RequestIds {
     fn new() -> Self {
         let mut b = [0u8; 4];
         getrandom::fill(&mut b).expect("the OS has randomness");
-        RequestIds {
-            prefix: u32::from_le_bytes(b),
-            next: AtomicU64::new(1),
-        }
+        RequestIds { prefix: u32::from_le_bytes(b), next: AtomicU64::new(1) }
     }
 
     fn next(&self) -> String {
-        format!(
-            "kwreq_{:08x}{:010x}",
-            self.prefix,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
+        format!("kwreq_{:08x}{:010x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
     }
 }

@@ -77,10 +77,7 @@ impl SecretSource for EnvSource {
     fn load(&self) -> LoadFuture<'_> {
         Box::pin(async move {
             match std::env::var(&self.var) {
-                Ok(v) if !v.trim().is_empty() => Ok(Loaded {
-                    value: Secret::new(v),
-                    version: None,
-                }),
+                Ok(v) if !v.trim().is_empty() => Ok(Loaded { value: Secret::new(v), version: None }),
                 Ok(_) => Err(format!("environment variable {} is empty", self.var)),
                 Err(_) => Err(format!("environment variable {} is not set", self.var)),
             }
@@ -105,10 +102,7 @@ fn read_secret_file(path: &Path, key: &str) -> Result<Loaded, String> {
         format!("{shown}: not valid TOML (line {})", line.unwrap_or(0))
     })?;
     match table.remove(key) {
-        Some(toml::Value::String(v)) if !v.is_empty() => Ok(Loaded {
-            value: Secret::new(v),
-            version: None,
-        }),
+        Some(toml::Value::String(v)) if !v.is_empty() => Ok(Loaded { value: Secret::new(v), version: None }),
         Some(_) => Err(format!("{shown}: key `{key}` is not a non-empty string")),
         None => Err(format!("{shown}: no key `{key}`")),
     }
@@ -131,15 +125,9 @@ mod tests {
         std::fs::write(&path, "stripe = \"sk_test_canary\"\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = read_secret_file(&path, "stripe").unwrap_err();
-        assert!(
-            err.contains("chmod 600") && !err.contains("canary"),
-            "{err}"
-        );
+        assert!(err.contains("chmod 600") && !err.contains("canary"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(
-            read_secret_file(&path, "stripe").unwrap().value.expose(),
-            "sk_test_canary"
-        );
+        assert_eq!(read_secret_file(&path, "stripe").unwrap().value.expose(), "sk_test_canary");
         let err = read_secret_file(&path, "other").unwrap_err();
         assert!(err.contains("no key `other`"), "{err}");
     }
@@ -151,9 +139,6 @@ mod tests {
         std::fs::write(&path, "stripe = \"sk_test_canary\nbroken").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let err = read_secret_file(&path, "stripe").unwrap_err();
-        assert!(
-            err.contains("not valid TOML") && !err.contains("canary"),
-            "{err}"
-        );
+        assert!(err.contains("not valid TOML") && !err.contains("canary"), "{err}");
     }
 }

@@ -44,9 +44,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         let proxy = proxy.clone();
         tokio::spawn(async move {
             let stream =
-                match tokio::time::timeout(timeouts.handshake, TlsAcceptor::from(tls).accept(tcp))
-                    .await
-                {
+                match tokio::time::timeout(timeouts.handshake, TlsAcceptor::from(tls).accept(tcp)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 
 use crate::catalog::{Catalog, PermId};
 use crate::config::file::{Level, Mode};
+use crate::expand::Expansions;
 use crate::identity::TokenHash;
 use crate::secret::Loaded;
 use crate::upstream::Upstream;
@@ -25,6 +26,7 @@ pub struct Snapshot {
     pub timeouts: Timeouts,
     pub audit_path: String,
     pub catalog: Catalog,
+    pub expansions: Expansions,
     /// For each catalog entry, the index of its upstream (`None`: not configured here).
     pub routes: Vec<Option<usize>>,
     pub upstreams: Vec<Upstream>,
@@ -37,6 +39,8 @@ pub struct Snapshot {
 pub struct Limits {
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
+    /// Form bodies are read whole (to check `expand[]`) up to this size.
+    pub max_form_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -18,8 +18,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
         return Err(format!("{}: no certificate found", cert.display()));
     }
     // The key's parse error never quotes key material.
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
@@ -37,8 +36,7 @@ pub struct DevPki {
 
 pub fn dev_pki(names: &[&str]) -> Result<DevPki, rcgen::Error> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name
-        .push(DnType::CommonName, "keyward development CA");
+    ca.distinguished_name.push(DnType::CommonName, "keyward development CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_key = KeyPair::generate()?;
@@ -46,17 +44,10 @@ pub fn dev_pki(names: &[&str]) -> Result<DevPki, rcgen::Error> {
     let issuer = Issuer::new(ca, ca_key);
 
     let mut leaf = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-    leaf.distinguished_name.push(
-        DnType::CommonName,
-        names.first().copied().unwrap_or("keyward"),
-    );
+    leaf.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("keyward"));
     let leaf_key = KeyPair::generate()?;
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
-    Ok(DevPki {
-        ca_pem: ca_cert.pem(),
-        cert_pem: leaf_cert.pem(),
-        key_pem: leaf_key.serialize_pem(),
-    })
+    Ok(DevPki { ca_pem: ca_cert.pem(), cert_pem: leaf_cert.pem(), key_pem: leaf_key.serialize_pem() })
 }
 
 pub const DEV_NAMES: [&str; 4] = ["localhost", "keyward.internal", "127.0.0.1", "::1"];
@@ -67,12 +58,8 @@ pub fn ensure_dev_certs(cert: &Path, key: &Path) -> Result<bool, String> {
     if cert.exists() && key.exists() {
         return Ok(false);
     }
-    let pki =
-        dev_pki(&DEV_NAMES).map_err(|e| format!("cannot make development certificates: {e}"))?;
-    let dir = cert
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let pki = dev_pki(&DEV_NAMES).map_err(|e| format!("cannot make development certificates: {e}"))?;
+    let dir = cert.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     write_file(&dir.join("ca.crt"), &pki.ca_pem, 0o644)?;
     write_file(cert, &pki.cert_pem, 0o644)?;

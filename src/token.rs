@@ -23,10 +23,7 @@ pub fn new_token() -> String {
 
 /// The `[[service.token]]` block that admits `token`.
 pub fn snippet(id: &str, token: &str) -> String {
-    format!(
-        "[[service.token]]\nid = \"{id}\"\nsha256 = \"{}\"\n",
-        hex::encode(hash_token(token))
-    )
+    format!("[[service.token]]\nid = \"{id}\"\nsha256 = \"{}\"\n", hex::encode(hash_token(token)))
 }
 
 #[cfg(test)]

@@ -35,10 +35,7 @@ pub struct Upstream {
 
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upstream")
-            .field("name", &self.name)
-            .field("url", &self.url)
-            .finish()
+        f.debug_struct("Upstream").field("name", &self.name).field("url", &self.url).finish()
     }
 }
 
@@ -51,29 +48,20 @@ impl Upstream {
         egress: impl IntoIterator<Item = Option<IpAddr>>,
         connect_timeout: Duration,
     ) -> Result<Upstream, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("url `{url}` is not a URL: {e}"))?;
+        let uri: Uri = url.parse().map_err(|e| format!("url `{url}` is not a URL: {e}"))?;
         if uri.scheme() != Some(&Scheme::HTTPS) {
             return Err(format!("url `{url}` must start with https://"));
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(format!("url `{url}` must have no path or query"));
         }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("url `{url}` has no host"))?;
+        let authority = uri.authority().cloned().ok_or_else(|| format!("url `{url}` has no host"))?;
         if authority.as_str().contains('@') {
             return Err(format!("url `{url}` must not carry credentials"));
         }
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| format!("url `{url}`: bad host"))?;
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| format!("url `{url}`: bad host"))?;
         let tls = Arc::new(client_tls(ca)?);
-        let clients = egress
-            .into_iter()
-            .map(|ip| (ip, client(tls.clone(), ip, connect_timeout)))
-            .collect();
+        let clients = egress.into_iter().map(|ip| (ip, client(tls.clone(), ip, connect_timeout))).collect();
         Ok(Upstream {
             name: name.to_string(),
             url: url.to_string(),
@@ -116,24 +104,16 @@ fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
                 return Err(format!("ca {}: no certificate found", path.display()));
             }
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("ca {}: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| format!("ca {}: {e}", path.display()))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     // hyper-rustls sets ALPN itself.
-    Ok(rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
 }
 
-fn client(
-    tls: Arc<rustls::ClientConfig>,
-    egress: Option<IpAddr>,
-    connect_timeout: Duration,
-) -> HttpClient {
+fn client(tls: Arc<rustls::ClientConfig>, egress: Option<IpAddr>, connect_timeout: Duration) -> HttpClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_local_address(egress);
@@ -178,12 +158,10 @@ fn dropped(name: &HeaderName, connection: &HeaderMap, request: bool) -> bool {
 }
 
 fn named_in_connection(name: &HeaderName, headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .unwrap_or("")
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
-    })
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().unwrap_or("").split(',').any(|t| t.trim().eq_ignore_ascii_case(name.as_str())))
 }
 
 /// The headers sent upstream: the caller's, less what must not cross, plus the real secret
@@ -205,11 +183,7 @@ pub fn request_headers(from: &HeaderMap, secret: &str, host: &HeaderValue) -> Op
 
 /// The upstream's response headers as the caller gets them.
 pub fn strip_response_headers(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| dropped(n, headers, false))
-        .cloned()
-        .collect();
+    let names: Vec<HeaderName> = headers.keys().filter(|n| dropped(n, headers, false)).cloned().collect();
     for n in names {
         headers.remove(n);
     }
@@ -239,24 +213,12 @@ mod tests {
         ] {
             h.append(k, v.parse().unwrap());
         }
-        let out = request_headers(
-            &h,
-            "sk_test_real",
-            &HeaderValue::from_static("api.stripe.com"),
-        )
-        .unwrap();
+        let out = request_headers(&h, "sk_test_real", &HeaderValue::from_static("api.stripe.com")).unwrap();
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(
             names,
-            [
-                "authorization",
-                "content-type",
-                "host",
-                "idempotency-key",
-                "stripe-account",
-                "stripe-version"
-            ]
+            ["authorization", "content-type", "host", "idempotency-key", "stripe-account", "stripe-version"]
         );
         assert_eq!(out["authorization"], "Bearer sk_test_real");
         assert!(out["authorization"].is_sensitive());
@@ -267,16 +229,10 @@ mod tests {
     #[test]
     fn refuses_non_https_and_paths() {
         let t = Duration::from_secs(1);
-        for url in [
-            "http://api.stripe.com",
-            "https://api.stripe.com/v1",
-            "https://u:p@api.stripe.com",
-            "nope",
-        ] {
-            assert!(
-                Upstream::build("api", url, None, [None], t).is_err(),
-                "{url}"
-            );
+        for url in
+            ["http://api.stripe.com", "https://api.stripe.com/v1", "https://u:p@api.stripe.com", "nope"]
+        {
+            assert!(Upstream::build("api", url, None, [None], t).is_err(), "{url}");
         }
     }
 }

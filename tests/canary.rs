@@ -31,13 +31,7 @@ async fn no_secret_or_token_escapes() {
     std::fs::write(&path, text).unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args([
-            "run",
-            "--log-format",
-            "json",
-            "--config",
-            path.to_str().unwrap(),
-        ])
+        .args(["run", "--log-format", "json", "--config", path.to_str().unwrap()])
         .env("KEYWARD_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -50,31 +44,24 @@ async fn no_secret_or_token_escapes() {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("keyward listening") {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                addr_tx
-                    .send(v["fields"]["addr"].as_str().unwrap().parse().unwrap())
-                    .unwrap();
+                addr_tx.send(v["fields"]["addr"].as_str().unwrap().parse().unwrap()).unwrap();
             }
             all.push_str(&line);
             all.push('\n');
         }
         all
     });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("keyward started");
+    let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("keyward started");
     let tls = pki.client_config();
     let local = "127.0.0.1".parse().unwrap();
 
     let mut bodies = String::new();
     let mut slow = req("GET", "/v1/charges", TOKEN, "");
-    slow.headers_mut()
-        .insert("x-test-delay-ms", "1000".parse().unwrap());
+    slow.headers_mut().insert("x-test-delay-ms", "1000".parse().unwrap());
     let mut basic = req("GET", "/v1/charges/ch_1", "", "");
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{TOKEN}:"));
-    basic
-        .headers_mut()
-        .insert("authorization", format!("Basic {b64}").parse().unwrap());
+    basic.headers_mut().insert("authorization", format!("Basic {b64}").parse().unwrap());
     let mix = vec![
         req("GET", "/v1/charges/ch_1", TOKEN, ""),
         req("POST", "/v1/charges", TOKEN, "amount=100"),
@@ -95,28 +82,17 @@ async fn no_secret_or_token_escapes() {
     }
     // The upstream did get the secret: the canary is live.
     assert!(
-        upstream
-            .requests()
-            .iter()
-            .any(|s| s.headers["authorization"] == format!("Bearer {SECRET}").as_str())
+        upstream.requests().iter().any(|s| s.headers["authorization"] == format!("Bearer {SECRET}").as_str())
     );
 
     let audit_path = dir.path().join("audit.jsonl");
     for _ in 0..100 {
-        if std::fs::read_to_string(&audit_path)
-            .unwrap_or_default()
-            .lines()
-            .count()
-            >= n
-        {
+        if std::fs::read_to_string(&audit_path).unwrap_or_default().lines().count() >= n {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "keyward exited with {status}");
     let mut stdout = String::new();
@@ -124,23 +100,14 @@ async fn no_secret_or_token_escapes() {
     let stderr = logs.join().unwrap();
     let audit = std::fs::read_to_string(&audit_path).unwrap();
     assert_eq!(audit.lines().count(), n);
-    assert!(
-        stderr.contains("TRACE") || stderr.contains("DEBUG"),
-        "logs ran verbose"
-    );
+    assert!(stderr.contains("TRACE") || stderr.contains("DEBUG"), "logs ran verbose");
 
-    for (place, text) in [
-        ("access log", &audit),
-        ("stderr", &stderr),
-        ("stdout", &stdout),
-        ("responses", &bodies),
-    ] {
+    for (place, text) in
+        [("access log", &audit), ("stderr", &stderr), ("stdout", &stdout), ("responses", &bodies)]
+    {
         for canary in ["CANARYTOKEN", "CANARYEXPIRED", "REALSECRET", SECRET, TOKEN] {
             assert!(!text.contains(canary), "{canary} appears in {place}");
         }
     }
-    assert!(
-        bodies.contains("kw_***6a8c"),
-        "redacted token shown to the caller"
-    );
+    assert!(bodies.contains("kw_***6a8c"), "redacted token shown to the caller");
 }

@@ -11,11 +11,8 @@ use common::*;
 const CANARY: &str = "sk_live_CANARY_7f3a9";
 
 fn base(pki: &Pki, dir: &std::path::Path) -> String {
-    let mut h = Harness::new().service(
-        Svc::new("billing")
-            .token("b1", "kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa")
-            .scope("charge", "read"),
-    );
+    let mut h = Harness::new()
+        .service(Svc::new("billing").token("b1", "kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa").scope("charge", "read"));
     h.extra_top = String::new();
     h.config(pki, "https://localhost:9", dir)
 }
@@ -29,11 +26,7 @@ fn check(dir: &std::path::Path, text: &str) -> (bool, String) {
         .env("KEYWARD_LOG", "warn")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -53,10 +46,7 @@ fn broken_configs_are_refused_with_file_line_and_key() {
     let good = base(&pki, dir.path());
     let svc_at = good.find("[[service]]").unwrap();
     let (head, svc) = good.split_at(svc_at);
-    let cidr_line = format!(
-        "keyward.toml:{}:",
-        good[..good.find("127.0.0.0/8").unwrap()].lines().count()
-    );
+    let cidr_line = format!("keyward.toml:{}:", good[..good.find("127.0.0.0/8").unwrap()].lines().count());
     let second_svc = svc.replace("name = \"billing\"", "name = \"other\"");
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         (
@@ -64,11 +54,7 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             good.replace("[service.scope]", "tokn = 1\n[service.scope]"),
             vec!["keyward.toml:", "unknown field `tokn`"],
         ),
-        (
-            "truncated file",
-            good[..good.len() - 30].to_string() + "charge = \"re",
-            vec!["keyward.toml:"],
-        ),
+        ("truncated file", good[..good.len() - 30].to_string() + "charge = \"re", vec!["keyward.toml:"]),
         (
             "bad CIDR",
             good.replace("127.0.0.0/8", "127.0.0.300/8"),
@@ -96,10 +82,8 @@ fn broken_configs_are_refused_with_file_line_and_key() {
         ),
         (
             "same service twice",
-            format!("{head}{svc}{}", svc.replace("kw_", "")).replace(
-                &sha256_hex("kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa"),
-                &sha256_hex("x"),
-            ),
+            format!("{head}{svc}{}", svc.replace("kw_", ""))
+                .replace(&sha256_hex("kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa"), &sha256_hex("x")),
             vec!["defined twice"],
         ),
         (
@@ -127,22 +111,11 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             good.replace("sha256 =", "expires = \"next tuesday\"\nsha256 ="),
             vec!["service[0].token[0].expires", "RFC 3339"],
         ),
-        (
-            "no server",
-            good.replace("[server]", "[serverr]"),
-            vec!["unknown field `serverr`"],
-        ),
-        (
-            "missing cert",
-            good.replace("leaf.crt", "missing.crt"),
-            vec!["server.tls_cert", "missing.crt"],
-        ),
+        ("no server", good.replace("[server]", "[serverr]"), vec!["unknown field `serverr`"]),
+        ("missing cert", good.replace("leaf.crt", "missing.crt"), vec!["server.tls_cert", "missing.crt"]),
         (
             "empty source_ips",
-            good.replace(
-                "source_ips = [\"127.0.0.0/8\", \"::1/128\"]",
-                "source_ips = []",
-            ),
+            good.replace("source_ips = [\"127.0.0.0/8\", \"::1/128\"]", "source_ips = []"),
             vec!["service[0].source_ips", "is empty"],
         ),
         (
@@ -152,42 +125,28 @@ fn broken_configs_are_refused_with_file_line_and_key() {
         ),
         (
             "tiny header limit",
-            good.replace(
-                "[upstream.api]",
-                "[limits]\nmax_header_bytes = 10\n[upstream.api]",
-            ),
+            good.replace("[upstream.api]", "[limits]\nmax_header_bytes = 10\n[upstream.api]"),
             vec!["limits.max_header_bytes"],
         ),
         (
             "secret value in a wrong key",
-            good.replace(
-                "key = \"stripe\"",
-                &format!("key = \"stripe\"\nvalue = \"{CANARY}\""),
-            ),
+            good.replace("key = \"stripe\"", &format!("key = \"stripe\"\nvalue = \"{CANARY}\"")),
             vec!["unknown field `value`"],
         ),
         (
             "secret value in a wrong type",
-            good.replace("mode = ", "x = ").replace(
-                "source_ips =",
-                &format!("mode = [\"{CANARY}\"]\nsource_ips ="),
-            ),
+            good.replace("mode = ", "x = ")
+                .replace("source_ips =", &format!("mode = [\"{CANARY}\"]\nsource_ips =")),
             vec!["keyward.toml:"],
         ),
         (
             "secret as a variant",
-            good.replace(
-                "source_ips =",
-                &format!("mode = \"{CANARY}\"\nsource_ips ="),
-            ),
+            good.replace("source_ips =", &format!("mode = \"{CANARY}\"\nsource_ips =")),
             vec!["unknown variant"],
         ),
         (
             "secret as a timeout",
-            good.replace(
-                "[upstream.api]",
-                &format!("[timeouts]\nupstream = \"{CANARY}\"\n[upstream.api]"),
-            ),
+            good.replace("[upstream.api]", &format!("[timeouts]\nupstream = \"{CANARY}\"\n[upstream.api]")),
             vec!["keyward.toml:"],
         ),
     ];
@@ -197,10 +156,7 @@ fn broken_configs_are_refused_with_file_line_and_key() {
         for w in wants {
             assert!(out.contains(w), "{what}: wanted `{w}` in:\n{out}");
         }
-        assert!(
-            !out.contains(CANARY) && !out.contains(SECRET),
-            "{what}: echoed a secret:\n{out}"
-        );
+        assert!(!out.contains(CANARY) && !out.contains(SECRET), "{what}: echoed a secret:\n{out}");
         assert!(!out.contains("panicked"), "{what}: panicked:\n{out}");
     }
 }
@@ -210,18 +166,11 @@ fn every_error_is_reported_at_once() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let text = base(&pki, dir.path())
-        .replace(
-            "\"charge\" = \"read\"",
-            "\"chrage\" = \"read\"\n\"custmer\" = \"write\"",
-        )
+        .replace("\"charge\" = \"read\"", "\"chrage\" = \"read\"\n\"custmer\" = \"write\"")
         .replace("secret = \"stripe\"", "secret = \"nope\"");
     let (ok, out) = check(dir.path(), &text);
     assert!(!ok);
-    assert_eq!(
-        out.lines().filter(|l| l.starts_with("error: ")).count(),
-        3,
-        "{out}"
-    );
+    assert_eq!(out.lines().filter(|l| l.starts_with("error: ")).count(), 3, "{out}");
 }
 
 #[test]
@@ -229,28 +178,18 @@ fn loose_secret_file_permissions_are_refused() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let text = base(&pki, dir.path());
-    std::fs::set_permissions(
-        dir.path().join("secrets.toml"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
+    std::fs::set_permissions(dir.path().join("secrets.toml"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
     let (ok, out) = check(dir.path(), &text);
     assert!(!ok);
-    assert!(
-        out.contains("secret.stripe") && out.contains("chmod 600"),
-        "{out}"
-    );
+    assert!(out.contains("secret.stripe") && out.contains("chmod 600"), "{out}");
     assert!(!out.contains(SECRET));
 }
 
 #[test]
 fn run_refuses_to_start_on_a_broken_config() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("k.toml"),
-        "[server]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("k.toml"), "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args(["run", "--config", "k.toml"])
         .current_dir(dir.path())

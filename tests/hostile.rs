@@ -10,244 +10,51 @@ const TOKEN: &str = "kw_hostile_token_0123456789abcdWXYZ";
 /// `(request line, extra header, status, code)`. A `code` of `-` means the HTTP parser itself
 /// refuses the request (a bare 400 before keyward's policy runs).
 const CASES: &[(&str, &str, u16, &str)] = &[
-    (
-        "GET /v1/charges/../customers HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/./charges HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/customers/cus_1/../../charges HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges/%2e%2e/customers HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges/%2E%2E/customers HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges/ch_1%2e HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges%2fch_1 HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges%2Fch_1 HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges%5cch_1 HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges%5Cch_1 HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges/%252e%252e HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges\\ch_1 HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET //v1/charges HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1//charges HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges/ HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges;jsessionid=1 HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges/ch_1;v=2 HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges/ch_1%00 HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges/ch_1%0d%0aX-Injected:1 HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges/ch_1%C3%A9 HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges/%zz HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges. HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges/ch_1. HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/charges.. HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET https://evil.example/v1/charges HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET http://api.stripe.com/v1/charges HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/customers/cus_1 HTTP/1.1",
-        "X-HTTP-Method-Override: DELETE",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/customers/cus_1 HTTP/1.1",
-        "X-HTTP-Method: DELETE",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/customers/cus_1 HTTP/1.1",
-        "X-Method-Override: POST",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /v1/customers/cus_1?_method=DELETE HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "CONNECT api.stripe.com:443 HTTP/1.1",
-        "",
-        400,
-        "non_canonical_request",
-    ),
-    (
-        "GET /V1/CHARGES HTTP/1.1",
-        "",
-        403,
-        "endpoint_not_in_catalog",
-    ),
-    (
-        "GET /v1/Charges HTTP/1.1",
-        "",
-        403,
-        "endpoint_not_in_catalog",
-    ),
-    (
-        "Get /v1/charges HTTP/1.1",
-        "",
-        403,
-        "endpoint_not_in_catalog",
-    ),
-    (
-        "TRACE /v1/charges HTTP/1.1",
-        "",
-        403,
-        "endpoint_not_in_catalog",
-    ),
-    (
-        "PUT /v1/customers/cus_1 HTTP/1.1",
-        "",
-        403,
-        "endpoint_not_in_catalog",
-    ),
-    (
-        "GET /v1/customers/cus_1/extra HTTP/1.1",
-        "",
-        403,
-        "endpoint_not_in_catalog",
-    ),
+    ("GET /v1/charges/../customers HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/./charges HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1/../../charges HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges/%2e%2e/customers HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges/%2E%2E/customers HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges/ch_1%2e HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges%2fch_1 HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges%2Fch_1 HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges%5cch_1 HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges%5Cch_1 HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges/%252e%252e HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges\\ch_1 HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET //v1/charges HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1//charges HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges/ HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges;jsessionid=1 HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges/ch_1;v=2 HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges/ch_1%00 HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges/ch_1%0d%0aX-Injected:1 HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges/ch_1%C3%A9 HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges/%zz HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges. HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges/ch_1. HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/charges.. HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET https://evil.example/v1/charges HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET http://api.stripe.com/v1/charges HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "X-HTTP-Method-Override: DELETE", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "X-HTTP-Method: DELETE", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "X-Method-Override: POST", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1?_method=DELETE HTTP/1.1", "", 400, "non_canonical_request"),
+    ("CONNECT api.stripe.com:443 HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /V1/CHARGES HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
+    ("GET /v1/Charges HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
+    ("Get /v1/charges HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
+    ("TRACE /v1/charges HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
+    ("PUT /v1/customers/cus_1 HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
+    ("GET /v1/customers/cus_1/extra HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
     // The Host header is not where a call goes: keyward picks the upstream.
-    (
-        "GET /v1/customers/cus_1 HTTP/1.1",
-        "Host: evil.example",
-        200,
-        "",
-    ),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "Host: evil.example", 200, ""),
     ("GET /v1/customers/cus_1?expand[]=x HTTP/1.1", "", 200, ""),
 ];
 
 #[tokio::test]
 async fn hostile_request_table() {
-    let kw = Harness::new()
-        .service(Svc::new("svc").token("t", TOKEN).scope("*", "write"))
-        .start()
-        .await;
+    let kw = Harness::new().service(Svc::new("svc").token("t", TOKEN).scope("*", "write")).start().await;
     let mut failures = Vec::new();
     let overlong = format!("GET /v1/customers/{} HTTP/1.1", "a".repeat(2000));
     let nul = "GET /v1/charges/ch_1\0 HTTP/1.1".to_string();
@@ -257,10 +64,7 @@ async fn hostile_request_table() {
         (nul, "", 400, "-"),
         (utf8, "", 400, "non_canonical_request"),
     ];
-    let all = CASES
-        .iter()
-        .map(|(l, h, s, c)| (l.to_string(), *h, *s, *c))
-        .chain(extra);
+    let all = CASES.iter().map(|(l, h, s, c)| (l.to_string(), *h, *s, *c)).chain(extra);
     let mut rows = 0;
     for (line, header, status, code) in all {
         rows += 1;
@@ -278,41 +82,20 @@ async fn hostile_request_table() {
         let got_code = serde_json::from_str::<serde_json::Value>(body)
             .ok()
             .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
-            .unwrap_or_else(|| {
-                if got_status == 200 {
-                    String::new()
-                } else {
-                    "-".into()
-                }
-            });
-        let shown: String = line
-            .chars()
-            .take(60)
-            .collect::<String>()
-            .escape_debug()
-            .to_string();
+            .unwrap_or_else(|| if got_status == 200 { String::new() } else { "-".into() });
+        let shown: String = line.chars().take(60).collect::<String>().escape_debug().to_string();
         println!("{shown:<62} {header:<32} -> {got_status} {got_code}");
         if got_status != status || got_code != code {
-            failures.push(format!(
-                "{shown} [{header}]: got {got_status} {got_code}, want {status} {code}"
-            ));
+            failures.push(format!("{shown} [{header}]: got {got_status} {got_code}, want {status} {code}"));
         }
     }
     assert!(rows >= 30);
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
     // Only the rows that should reach the upstream did.
-    assert_eq!(
-        kw.upstream.requests().len(),
-        CASES.iter().filter(|c| c.2 == 200).count()
-    );
+    assert_eq!(kw.upstream.requests().len(), CASES.iter().filter(|c| c.2 == 200).count());
     for seen in kw.upstream.requests() {
         assert!(seen.uri.starts_with("/v1/customers/cus_1"));
-        assert!(
-            seen.headers["host"]
-                .to_str()
-                .unwrap()
-                .starts_with("localhost:")
-        );
+        assert!(seen.headers["host"].to_str().unwrap().starts_with("localhost:"));
     }
     kw.stop().await;
 }

@@ -7,17 +7,14 @@ use common::*;
 const TOKEN: &str = "kw_billing_token_0123456789abcdWXYZ";
 
 fn billing() -> Svc {
-    Svc::new("billing")
-        .token("billing-1", TOKEN)
-        .scope("charge", "read")
-        .scope("customer", "write")
+    Svc::new("billing").token("billing-1", TOKEN).scope("charge", "read").scope("customer", "write")
 }
 
 #[tokio::test]
 async fn allowed_call_injects_the_secret_and_streams_both_ways() {
     let kw = Harness::new().service(billing()).start().await;
     let body = "name=Jenny+Rosen&email=jenny%40example.com&metadata[order]=6735";
-    let mut r = req("POST", "/v1/customers?expand[]=default_source", TOKEN, body);
+    let mut r = req("POST", "/v1/customers?expand[]=tax", TOKEN, body);
     for (k, v) in [
         ("stripe-version", "2026-07-29"),
         ("idempotency-key", "idem-123"),
@@ -31,25 +28,17 @@ async fn allowed_call_injects_the_secret_and_streams_both_ways() {
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(reply.headers["request-id"], "req_upstream_1");
     assert_eq!(reply.headers["x-upstream-says"], "hello");
-    assert!(
-        reply.headers["keyward-request-id"]
-            .to_str()
-            .unwrap()
-            .starts_with("kwreq_")
-    );
+    assert!(reply.headers["keyward-request-id"].to_str().unwrap().starts_with("kwreq_"));
 
     let seen = kw.upstream.requests();
     assert_eq!(seen.len(), 1);
     let up = &seen[0];
     assert_eq!(up.method, "POST");
-    assert_eq!(up.uri, "/v1/customers?expand[]=default_source");
+    assert_eq!(up.uri, "/v1/customers?expand[]=tax");
     assert_eq!(up.body, body.as_bytes());
     let auth: Vec<_> = up.headers.get_all("authorization").iter().collect();
     assert_eq!(auth, [format!("Bearer {SECRET}").as_str()]);
-    assert_eq!(
-        up.headers["host"],
-        format!("localhost:{}", kw.upstream.addr.port()).as_str()
-    );
+    assert_eq!(up.headers["host"], format!("localhost:{}", kw.upstream.addr.port()).as_str());
     assert_eq!(up.headers["stripe-version"], "2026-07-29");
     assert_eq!(up.headers["idempotency-key"], "idem-123");
     for gone in ["keyward-debug", "proxy-authorization", "x-forwarded-for"] {
@@ -61,18 +50,12 @@ async fn allowed_call_injects_the_secret_and_streams_both_ways() {
     assert_eq!(rec["service"], "billing");
     assert_eq!(rec["token_id"], "billing-1");
     assert_eq!(rec["permission"], "customer_write");
-    assert_eq!(
-        rec["path"], "/v1/customers",
-        "no query string in the record"
-    );
+    assert_eq!(rec["path"], "/v1/customers", "no query string in the record");
     assert_eq!(rec["status"], 200);
     assert_eq!(rec["upstream_request_id"], "req_upstream_1");
     assert_eq!(rec["bytes_in"], body.len());
     assert_eq!(rec["bytes_out"].as_u64().unwrap(), reply.body.len() as u64);
-    assert_eq!(
-        rec["request_id"],
-        reply.headers["keyward-request-id"].to_str().unwrap()
-    );
+    assert_eq!(rec["request_id"], reply.headers["keyward-request-id"].to_str().unwrap());
     kw.stop().await;
 }
 
@@ -82,8 +65,7 @@ async fn basic_auth_with_the_token_as_user_name_works() {
     use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{TOKEN}:"));
     let mut r = req("GET", "/v1/charges/ch_3NxAbc", "", "");
-    r.headers_mut()
-        .insert("authorization", format!("Basic {basic}").parse().unwrap());
+    r.headers_mut().insert("authorization", format!("Basic {basic}").parse().unwrap());
     assert_eq!(kw.send(r).await.status, 200);
     kw.stop().await;
 }
@@ -104,46 +86,18 @@ async fn refusals_are_stripe_shaped_and_recorded() {
         .start()
         .await;
     let cases: Vec<(Reply, u16, &str, &str)> = vec![
-        (
-            kw.post("/v1/charges", TOKEN, "amount=100").await,
-            403,
-            "more_permissions_required",
-            "charge_write",
-        ),
+        (kw.post("/v1/charges", TOKEN, "amount=100").await, 403, "more_permissions_required", "charge_write"),
         (kw.get("/v1/charges", "").await, 401, "api_key_missing", ""),
+        (kw.get("/v1/charges", "kw_unknown_token_000000000000wxyz").await, 401, "api_key_invalid", ""),
+        (kw.get("/v1/charges", "kw_billing_old_token_000000000000").await, 401, "api_key_expired", ""),
         (
-            kw.get("/v1/charges", "kw_unknown_token_000000000000wxyz")
-                .await,
-            401,
-            "api_key_invalid",
-            "",
-        ),
-        (
-            kw.get("/v1/charges", "kw_billing_old_token_000000000000")
-                .await,
-            401,
-            "api_key_expired",
-            "",
-        ),
-        (
-            kw.get("/v1/charges", "kw_later_future_token_0000000000000")
-                .await,
+            kw.get("/v1/charges", "kw_later_future_token_0000000000000").await,
             401,
             "api_key_not_yet_valid",
             "",
         ),
-        (
-            kw.get("/v1/not_an_endpoint", TOKEN).await,
-            403,
-            "endpoint_not_in_catalog",
-            "",
-        ),
-        (
-            kw.get("/v1/payouts", TOKEN).await,
-            403,
-            "more_permissions_required",
-            "payout_read",
-        ),
+        (kw.get("/v1/not_an_endpoint", TOKEN).await, 403, "endpoint_not_in_catalog", ""),
+        (kw.get("/v1/payouts", TOKEN).await, 403, "more_permissions_required", "payout_read"),
     ];
     for (i, (reply, status, code, perm)) in cases.iter().enumerate() {
         assert_eq!(reply.status, *status, "case {i}");
@@ -154,30 +108,19 @@ async fn refusals_are_stripe_shaped_and_recorded() {
         assert!(reply.headers.contains_key("keyward-request-id"));
         if !perm.is_empty() {
             let msg = v["error"]["message"].as_str().unwrap();
-            assert!(
-                msg.contains(&format!("'rak_{perm}'")) && msg.contains("'kw_***WXYZ'"),
-                "{msg}"
-            );
+            assert!(msg.contains(&format!("'rak_{perm}'")) && msg.contains("'kw_***WXYZ'"), "{msg}");
         }
     }
     assert!(
-        kw.get("/v1/charges", "kw_unknown_token_000000000000wxyz")
-            .await
-            .json()["error"]["message"]
+        kw.get("/v1/charges", "kw_unknown_token_000000000000wxyz").await.json()["error"]["message"]
             .as_str()
             .unwrap()
             .ends_with("kw_***wxyz")
     );
-    assert!(
-        kw.upstream.requests().is_empty(),
-        "nothing refused reaches the upstream"
-    );
+    assert!(kw.upstream.requests().is_empty(), "nothing refused reaches the upstream");
     let recs = kw.records(cases.len()).await;
     let codes: Vec<&str> = recs.iter().map(|r| r["reason"].as_str().unwrap()).collect();
-    assert_eq!(
-        codes[..cases.len()],
-        cases.iter().map(|c| c.2).collect::<Vec<_>>()[..]
-    );
+    assert_eq!(codes[..cases.len()], cases.iter().map(|c| c.2).collect::<Vec<_>>()[..]);
     assert!(recs.iter().all(|r| r["decision"] == "deny"));
     assert_eq!(recs[3]["token_id"], "old");
     kw.stop().await;
@@ -185,19 +128,11 @@ async fn refusals_are_stripe_shaped_and_recorded() {
 
 #[tokio::test]
 async fn report_mode_forwards_and_records_would_deny() {
-    let kw = Harness::new()
-        .service(billing().extra("mode = \"report\""))
-        .start()
-        .await;
+    let kw = Harness::new().service(billing().extra("mode = \"report\"")).start().await;
     let reply = kw.post("/v1/refunds", TOKEN, "charge=ch_1").await;
     assert_eq!(reply.status, 200);
     assert_eq!(kw.get("/v1/unknown_thing", TOKEN).await.status, 200);
-    assert_eq!(
-        kw.get("/v1/charges", "kw_unknown_token_000000000000wxyz")
-            .await
-            .status,
-        401
-    );
+    assert_eq!(kw.get("/v1/charges", "kw_unknown_token_000000000000wxyz").await.status, 401);
     let recs = kw.records(3).await;
     assert_eq!(
         (recs[0]["decision"].as_str(), recs[0]["reason"].as_str()),
@@ -205,10 +140,7 @@ async fn report_mode_forwards_and_records_would_deny() {
     );
     assert_eq!(recs[0]["permission"], "charge_write");
     assert_eq!(recs[1]["reason"], "endpoint_not_in_catalog");
-    assert_eq!(
-        recs[2]["decision"], "deny",
-        "report mode still authenticates"
-    );
+    assert_eq!(recs[2]["decision"], "deny", "report mode still authenticates");
     assert_eq!(kw.upstream.requests().len(), 2);
     kw.stop().await;
 }
@@ -216,36 +148,19 @@ async fn report_mode_forwards_and_records_would_deny() {
 #[tokio::test]
 async fn source_ips_and_egress_pinning() {
     let kw = Harness::new()
-        .service(
-            billing()
-                .source_ips(&["127.0.0.1/32"])
-                .extra("egress_ip = \"127.0.0.2\""),
-        )
+        .service(billing().source_ips(&["127.0.0.1/32"]).extra("egress_ip = \"127.0.0.2\""))
         .service(
             Svc::new("narrow")
-                .token_with(
-                    "n1",
-                    "kw_narrow_token_00000000000000abcd",
-                    "source_ips = [\"127.0.0.4/32\"]",
-                )
+                .token_with("n1", "kw_narrow_token_00000000000000abcd", "source_ips = [\"127.0.0.4/32\"]")
                 .scope("*", "read"),
         )
         .start()
         .await;
     let ok = kw.get("/v1/charges", TOKEN).await;
     assert_eq!(ok.status, 200);
-    assert_eq!(
-        kw.upstream.requests()[0].peer.ip().to_string(),
-        "127.0.0.2",
-        "egress bound to 127.0.0.2"
-    );
+    assert_eq!(kw.upstream.requests()[0].peer.ip().to_string(), "127.0.0.2", "egress bound to 127.0.0.2");
 
-    let from3 = kw
-        .send_from(
-            "127.0.0.3".parse().unwrap(),
-            req("GET", "/v1/charges", TOKEN, ""),
-        )
-        .await;
+    let from3 = kw.send_from("127.0.0.3".parse().unwrap(), req("GET", "/v1/charges", TOKEN, "")).await;
     assert_eq!(from3.status, 403);
     assert_eq!(from3.error_code(), "ip_not_allowed");
     assert_eq!(
@@ -255,12 +170,7 @@ async fn source_ips_and_egress_pinning() {
     // The token's own list narrows the service's (127.0.0.0/8 by default).
     let narrow = "kw_narrow_token_00000000000000abcd";
     assert_eq!(kw.get("/v1/balance", narrow).await.status, 403);
-    let from4 = kw
-        .send_from(
-            "127.0.0.4".parse().unwrap(),
-            req("GET", "/v1/balance", narrow, ""),
-        )
-        .await;
+    let from4 = kw.send_from("127.0.0.4".parse().unwrap(), req("GET", "/v1/balance", narrow, "")).await;
     assert_eq!(from4.status, 200);
     assert_eq!(kw.upstream.requests()[1].peer.ip().to_string(), "127.0.0.1");
     let recs = kw.records(4).await;
@@ -282,8 +192,7 @@ async fn body_limits_and_upstream_failures() {
     assert_eq!(reply.error_code(), "request_too_large");
 
     let mut slow = req("GET", "/v1/charges", TOKEN, "");
-    slow.headers_mut()
-        .insert("x-test-delay-ms", "2000".parse().unwrap());
+    slow.headers_mut().insert("x-test-delay-ms", "2000".parse().unwrap());
     let reply = kw.send(slow).await;
     assert_eq!(reply.status, 504);
     assert_eq!(reply.json()["error"]["type"], "api_error");
@@ -295,10 +204,7 @@ async fn body_limits_and_upstream_failures() {
     let dead = Harness::new().service(billing());
     let dir = tempfile::tempdir().unwrap();
     let text = dead.config(&pki, "https://localhost:1", dir.path());
-    let src = keyward::config::Source {
-        name: dir.path().join("k.toml"),
-        text,
-    };
+    let src = keyward::config::Source { name: dir.path().join("k.toml"), text };
     let app = keyward::app::start(&src).await.unwrap();
     let reply = send(
         app.addr,
@@ -319,10 +225,7 @@ async fn http2_clients_are_served() {
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(kw.addr()).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
+        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -335,10 +238,7 @@ async fn http2_clients_are_served() {
     tokio::spawn(conn);
     for _ in 0..3 {
         let r = http::Request::builder()
-            .uri(format!(
-                "https://localhost:{}/v1/customers/cus_123",
-                kw.addr().port()
-            ))
+            .uri(format!("https://localhost:{}/v1/customers/cus_123", kw.addr().port()))
             .header("authorization", format!("Bearer {TOKEN}"))
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap();

@@ -16,16 +16,14 @@ async fn stripe_python_sees_stripe_shaped_answers() {
             Svc::new("billing")
                 .token("sdk", TOKEN)
                 .scope("customer", "read")
-                .scope("charge", "read"),
+                .scope("charge", "read")
+                .extra("accounts = [\"acct_1Allowed\"]"),
         )
         .start()
         .await;
     let base = format!("https://localhost:{}", kw.addr().port());
     let out = tokio::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sdk/stripe_calls.py"
-        ))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/stripe_calls.py"))
         .env("KW_BASE", &base)
         .env("KW_TOKEN", TOKEN)
         .env("KW_CA", &kw.pki.ca)
@@ -43,11 +41,7 @@ async fn stripe_python_sees_stripe_shaped_answers() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .map(|v| (v["scenario"].as_str().unwrap().to_string(), v))
         .collect();
-    let r = |name: &str| {
-        results
-            .get(name)
-            .unwrap_or_else(|| panic!("no result for {name}:\n{stdout}"))
-    };
+    let r = |name: &str| results.get(name).unwrap_or_else(|| panic!("no result for {name}:\n{stdout}"));
 
     assert_eq!(r("retrieve_customer")["ok"], true);
     assert_eq!(r("retrieve_customer")["id"], "cus_123");
@@ -58,26 +52,22 @@ async fn stripe_python_sees_stripe_shaped_answers() {
         assert_eq!(r(denied)["exception"], "PermissionError", "{denied}");
         assert_eq!(r(denied)["status"], 403);
         assert_eq!(r(denied)["code"], "more_permissions_required");
-        assert!(
-            r(denied)["message"]
-                .as_str()
-                .unwrap()
-                .contains("rak_charge_write")
-        );
+        assert!(r(denied)["message"].as_str().unwrap().contains("rak_charge_write"));
     }
+    assert_eq!(r("connect_allowed")["id"], "cus_789");
+    assert_eq!(r("connect_denied")["exception"], "PermissionError");
+    assert_eq!(r("connect_denied")["code"], "account_not_allowed");
+    assert_eq!(r("expand_allowed")["id"], "ch_123");
+    assert_eq!(r("expand_denied")["exception"], "PermissionError");
+    assert!(r("expand_denied")["message"].as_str().unwrap().contains("rak_balance_read"));
     assert_eq!(r("bad_token")["exception"], "AuthenticationError");
     assert_eq!(r("bad_token")["status"], 401);
 
     let seen = kw.upstream.requests();
-    assert_eq!(seen.len(), 3, "only the allowed calls reach the upstream");
-    assert!(
-        seen.iter()
-            .all(|s| s.headers["authorization"] == format!("Bearer {SECRET}").as_str())
-    );
-    assert!(
-        seen.iter()
-            .all(|s| s.headers.contains_key("stripe-version")),
-        "SDK headers pass"
-    );
+    assert_eq!(seen.len(), 5, "only the allowed calls reach the upstream");
+    assert_eq!(seen[2].headers["stripe-account"], "acct_1Allowed");
+    assert!(seen[3].uri.contains("expand"), "{}", seen[3].uri);
+    assert!(seen.iter().all(|s| s.headers["authorization"] == format!("Bearer {SECRET}").as_str()));
+    assert!(seen.iter().all(|s| s.headers.contains_key("stripe-version")), "SDK headers pass");
     kw.stop().await;
 }

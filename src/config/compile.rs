@@ -13,6 +13,7 @@ use toml::Spanned;
 use super::file::{FileConfig, Level, SecretFile, ServiceFile};
 use super::{ConfigError, Source, line_of};
 use crate::catalog::{Catalog, STRIPE_CATALOG};
+use crate::expand::{Expansions, STRIPE_EXPANSIONS};
 use crate::secret::{EnvSource, FileSource, Loaded, Secret, SecretSource};
 use crate::snapshot::{Accounts, Limits, Service, Snapshot, Timeouts, Token, TokenRef};
 use crate::upstream::Upstream;
@@ -26,16 +27,8 @@ pub struct Options {
 }
 
 impl Options {
-    pub const FULL: Options = Options {
-        secrets: true,
-        tls: true,
-        clients: true,
-    };
-    pub const POLICY_ONLY: Options = Options {
-        secrets: false,
-        tls: false,
-        clients: false,
-    };
+    pub const FULL: Options = Options { secrets: true, tls: true, clients: true };
+    pub const POLICY_ONLY: Options = Options { secrets: false, tls: false, clients: false };
 }
 
 struct Errors<'a> {
@@ -44,15 +37,9 @@ struct Errors<'a> {
 }
 
 impl Errors<'_> {
-    fn at(
-        &mut self,
-        span: Option<std::ops::Range<usize>>,
-        key: impl AsRef<str>,
-        msg: impl Into<String>,
-    ) {
+    fn at(&mut self, span: Option<std::ops::Range<usize>>, key: impl AsRef<str>, msg: impl Into<String>) {
         let line = span.map(|s| line_of(&self.src.text, s.start));
-        self.list
-            .push(ConfigError::new(&self.src.name, line, key.as_ref(), msg));
+        self.list.push(ConfigError::new(&self.src.name, line, key.as_ref(), msg));
     }
 }
 
@@ -61,29 +48,20 @@ pub async fn compile(src: &Source, opts: Options) -> Result<Snapshot, Vec<Config
         let line = e.span().map(|s| line_of(&src.text, s.start));
         vec![ConfigError::new(&src.name, line, "", scrub(e.message()))]
     })?;
-    let mut errs = Errors {
-        src,
-        list: Vec::new(),
-    };
+    let mut errs = Errors { src, list: Vec::new() };
 
     let (catalog, catalog_text) = load_catalog(&file, &mut errs);
+    let (expansions, expansions_text) = load_expansions(&file, &catalog, &mut errs);
     let upstreams = build_upstreams(&file, opts, &mut errs);
-    let routes = catalog
-        .entries
-        .iter()
-        .map(|e| upstreams.iter().position(|u| u.name == e.upstream))
-        .collect();
+    let routes =
+        catalog.entries.iter().map(|e| upstreams.iter().position(|u| u.name == e.upstream)).collect();
     let (secrets, secret_index) = load_secrets(&file, opts, &mut errs).await;
     let (services, tokens) = build_services(&file, &catalog, &secret_index, &mut errs);
 
     if file.limits.max_header_bytes < 8192 {
         errs.at(None, "limits.max_header_bytes", "must be at least 8192");
     }
-    let tls = if opts.tls {
-        load_tls(&file, &mut errs)
-    } else {
-        None
-    };
+    let tls = if opts.tls { load_tls(&file, &mut errs) } else { None };
 
     if !errs.list.is_empty() {
         return Err(errs.list);
@@ -91,6 +69,7 @@ pub async fn compile(src: &Source, opts: Options) -> Result<Snapshot, Vec<Config
     let digest = Sha256::new()
         .chain_update(&src.text)
         .chain_update(&catalog_text)
+        .chain_update(&expansions_text)
         .finalize();
     Ok(Snapshot {
         version: hex::encode(&digest[..6]),
@@ -100,6 +79,7 @@ pub async fn compile(src: &Source, opts: Options) -> Result<Snapshot, Vec<Config
         limits: Limits {
             max_body_bytes: file.limits.max_body_bytes,
             max_header_bytes: file.limits.max_header_bytes,
+            max_form_bytes: file.limits.max_form_bytes,
         },
         timeouts: Timeouts {
             handshake: file.timeouts.handshake,
@@ -109,6 +89,7 @@ pub async fn compile(src: &Source, opts: Options) -> Result<Snapshot, Vec<Config
         },
         audit_path: file.audit.path.clone(),
         catalog,
+        expansions,
         routes,
         upstreams,
         secrets,
@@ -119,10 +100,7 @@ pub async fn compile(src: &Source, opts: Options) -> Result<Snapshot, Vec<Config
 
 fn load_catalog(file: &FileConfig, errs: &mut Errors) -> (Catalog, String) {
     let (name, text) = match &file.catalog.path {
-        None => (
-            "<built-in Stripe catalog>".into(),
-            STRIPE_CATALOG.to_string(),
-        ),
+        None => ("<built-in Stripe catalog>".into(), STRIPE_CATALOG.to_string()),
         Some(p) => match std::fs::read_to_string(p) {
             Ok(t) => (p.display().to_string(), t),
             Err(e) => {
@@ -135,14 +113,34 @@ fn load_catalog(file: &FileConfig, errs: &mut Errors) -> (Catalog, String) {
         Ok(c) => (c, text),
         Err(lines) => {
             for l in lines {
-                errs.list.push(ConfigError::new(
-                    Path::new(&name),
-                    Some(l.line),
-                    "",
-                    l.message,
-                ));
+                errs.list.push(ConfigError::new(Path::new(&name), Some(l.line), "", l.message));
             }
             (Catalog::default(), text)
+        }
+    }
+}
+
+fn load_expansions(file: &FileConfig, catalog: &Catalog, errs: &mut Errors) -> (Expansions, String) {
+    let (name, text) = match &file.catalog.expansions {
+        None => ("<built-in Stripe expansions>".into(), STRIPE_EXPANSIONS.to_string()),
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => (p.display().to_string(), t),
+            Err(e) => {
+                errs.at(None, "catalog.expansions", format!("{}: {e}", p.display()));
+                return (Expansions::default(), String::new());
+            }
+        },
+    };
+    match Expansions::parse(&text, catalog) {
+        Ok(x) => (x, text),
+        Err(lines) => {
+            // A broken catalog already said why; its names are then missing here too.
+            if catalog.permission_count() > 0 {
+                for l in lines {
+                    errs.list.push(ConfigError::new(Path::new(&name), Some(l.line), "", l.message));
+                }
+            }
+            (Expansions::default(), text)
         }
     }
 }
@@ -151,24 +149,15 @@ fn build_upstreams(file: &FileConfig, opts: Options, errs: &mut Errors) -> Vec<U
     if file.upstream.is_empty() {
         errs.at(None, "upstream", "no [upstream.NAME] is configured");
     }
-    let service_egress: HashSet<Option<IpAddr>> = file
-        .service
-        .iter()
-        .filter_map(|s| s.egress_ip)
-        .map(Some)
-        .collect();
+    let service_egress: HashSet<Option<IpAddr>> =
+        file.service.iter().filter_map(|s| s.egress_ip).map(Some).collect();
     let mut out = Vec::new();
     for (name, u) in &file.upstream {
         let mut egress = service_egress.clone();
         egress.insert(u.egress_ip);
         let egress = if opts.clients { egress } else { HashSet::new() };
-        match Upstream::build(
-            name,
-            u.url.get_ref(),
-            u.ca.as_deref(),
-            egress,
-            file.timeouts.upstream_connect,
-        ) {
+        match Upstream::build(name, u.url.get_ref(), u.ca.as_deref(), egress, file.timeouts.upstream_connect)
+        {
             Ok(up) => out.push(up.with_egress(u.egress_ip)),
             Err(msg) => errs.at(Some(u.url.span()), format!("upstream.{name}.url"), msg),
         }
@@ -181,11 +170,7 @@ async fn load_secrets(
     opts: Options,
     errs: &mut Errors<'_>,
 ) -> (Vec<Arc<Loaded>>, HashMap<String, usize>) {
-    let used: HashSet<&str> = file
-        .service
-        .iter()
-        .map(|s| s.secret.get_ref().as_str())
-        .collect();
+    let used: HashSet<&str> = file.service.iter().map(|s| s.secret.get_ref().as_str()).collect();
     let mut secrets = Vec::new();
     let mut index = HashMap::new();
     for (name, def) in &file.secret {
@@ -194,10 +179,9 @@ async fn load_secrets(
         }
         let loaded = if opts.secrets {
             let source: Box<dyn SecretSource> = match def {
-                SecretFile::File { path, key } => Box::new(FileSource {
-                    path: path.clone(),
-                    key: key.clone(),
-                }),
+                SecretFile::File { path, key } => {
+                    Box::new(FileSource { path: path.clone(), key: key.clone() })
+                }
                 SecretFile::Env { var } => Box::new(EnvSource { var: var.clone() }),
             };
             match source.load().await {
@@ -208,10 +192,7 @@ async fn load_secrets(
                 }
             }
         } else {
-            Loaded {
-                value: Secret::new(String::new()),
-                version: None,
-            }
+            Loaded { value: Secret::new(String::new()), version: None }
         };
         index.insert(name.clone(), secrets.len());
         secrets.push(Arc::new(loaded));
@@ -283,31 +264,17 @@ fn build_tokens(
     for (j, t) in s.token.iter().enumerate() {
         let tkey = format!("{key}.token[{j}]");
         if !ids.insert(t.id.get_ref().as_str()) {
-            errs.at(
-                Some(t.id.span()),
-                format!("{tkey}.id"),
-                "token id is used twice in this service",
-            );
+            errs.at(Some(t.id.span()), format!("{tkey}.id"), "token id is used twice in this service");
         }
         let hash = t.sha256.get_ref();
         let mut digest = [0u8; 32];
-        if hash.len() != 64 || hex::decode_to_slice(hash.to_ascii_lowercase(), &mut digest).is_err()
-        {
+        if hash.len() != 64 || hex::decode_to_slice(hash.to_ascii_lowercase(), &mut digest).is_err() {
             errs.at(
                 Some(t.sha256.span()),
                 format!("{tkey}.sha256"),
                 "must be 64 hex digits (the SHA-256 of the token; see `keyward token new`)",
             );
-        } else if index
-            .insert(
-                digest,
-                TokenRef {
-                    service,
-                    token: j as u32,
-                },
-            )
-            .is_some()
-        {
+        } else if index.insert(digest, TokenRef { service, token: j as u32 }).is_some() {
             errs.at(
                 Some(t.sha256.span()),
                 format!("{tkey}.sha256"),
@@ -329,11 +296,7 @@ fn timestamp(v: Option<&Spanned<String>>, key: &str, errs: &mut Errors) -> Optio
     match OffsetDateTime::parse(v.get_ref(), &Rfc3339) {
         Ok(t) => Some(t.unix_timestamp()),
         Err(_) => {
-            errs.at(
-                Some(v.span()),
-                key,
-                "must be an RFC 3339 time such as 2027-01-31T00:00:00Z",
-            );
+            errs.at(Some(v.span()), key, "must be an RFC 3339 time such as 2027-01-31T00:00:00Z");
             None
         }
     }
@@ -345,11 +308,7 @@ fn accounts(s: &ServiceFile, key: &str, errs: &mut Errors) -> Accounts {
         [one] if one == "*" => Accounts::Any,
         list => {
             if list.iter().any(|a| a == "*") {
-                errs.at(
-                    Some(s.name.span()),
-                    format!("{key}.accounts"),
-                    "\"*\" must stand alone",
-                );
+                errs.at(Some(s.name.span()), format!("{key}.accounts"), "\"*\" must stand alone");
             }
             for a in list.iter().filter(|a| !is_account_id(a)) {
                 errs.at(
@@ -364,17 +323,11 @@ fn accounts(s: &ServiceFile, key: &str, errs: &mut Errors) -> Accounts {
 }
 
 fn is_account_id(a: &str) -> bool {
-    a.strip_prefix("acct_")
-        .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+    a.strip_prefix("acct_").is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 fn scope(s: &ServiceFile, key: &str, catalog: &Catalog, errs: &mut Errors) -> Vec<Level> {
-    let default = s
-        .scope
-        .iter()
-        .find(|(k, _)| k.get_ref() == "*")
-        .map(|(_, l)| *l)
-        .unwrap_or(Level::None);
+    let default = s.scope.iter().find(|(k, _)| k.get_ref() == "*").map(|(_, l)| *l).unwrap_or(Level::None);
     let mut levels = vec![default; catalog.permission_count()];
     for (name, level) in &s.scope {
         if name.get_ref() == "*" {

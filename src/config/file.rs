@@ -47,6 +47,7 @@ pub struct ServerFile {
 pub struct LimitsFile {
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
+    pub max_form_bytes: usize,
 }
 
 impl Default for LimitsFile {
@@ -55,6 +56,7 @@ impl Default for LimitsFile {
         LimitsFile {
             max_body_bytes: 20 * 1024 * 1024,
             max_header_bytes: 16 * 1024,
+            max_form_bytes: 1024 * 1024,
         }
     }
 }
@@ -92,6 +94,8 @@ impl Default for TimeoutsFile {
 pub struct CatalogFile {
     /// A catalog file of your own; default: the Stripe catalog built into keyward.
     pub path: Option<PathBuf>,
+    /// An expansion table of your own; default: the Stripe table built into keyward.
+    pub expansions: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

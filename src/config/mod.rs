@@ -23,16 +23,8 @@ pub struct Source {
 impl Source {
     pub fn read(path: &Path) -> Result<Source, Vec<ConfigError>> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Source {
-                name: path.to_path_buf(),
-                text,
-            }),
-            Err(e) => Err(vec![ConfigError::new(
-                path,
-                None,
-                "",
-                format!("cannot read: {e}"),
-            )]),
+            Ok(text) => Ok(Source { name: path.to_path_buf(), text }),
+            Err(e) => Err(vec![ConfigError::new(path, None, "", format!("cannot read: {e}"))]),
         }
     }
 
@@ -41,10 +33,7 @@ impl Source {
         match path {
             Some(p) => Source::read(p),
             None if Path::new(DEFAULT_PATH).exists() => Source::read(Path::new(DEFAULT_PATH)),
-            None => Ok(Source {
-                name: "<embedded default>".into(),
-                text: EMBEDDED_DEFAULT.to_string(),
-            }),
+            None => Ok(Source { name: "<embedded default>".into(), text: EMBEDDED_DEFAULT.to_string() }),
         }
     }
 }
@@ -60,12 +49,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(file: &Path, line: Option<usize>, key: &str, message: impl Into<String>) -> Self {
-        ConfigError {
-            file: file.to_path_buf(),
-            line,
-            key: key.to_string(),
-            message: message.into(),
-        }
+        ConfigError { file: file.to_path_buf(), line, key: key.to_string(), message: message.into() }
     }
 }
 
@@ -84,9 +68,5 @@ impl fmt::Display for ConfigError {
 
 /// 1-based line of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }

@@ -2,6 +2,7 @@
 //! certificates made at test time by rcgen, and clients that can pick their source address.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
@@ -35,11 +36,8 @@ impl Pki {
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let pki = keyward::tls::dev_pki(&["localhost", "127.0.0.1"]).unwrap();
-        let (ca, cert, key) = (
-            dir.path().join("ca.crt"),
-            dir.path().join("leaf.crt"),
-            dir.path().join("leaf.key"),
-        );
+        let (ca, cert, key) =
+            (dir.path().join("ca.crt"), dir.path().join("leaf.crt"), dir.path().join("leaf.key"));
         std::fs::write(&ca, &pki.ca_pem).unwrap();
         std::fs::write(&cert, &pki.cert_pem).unwrap();
         std::fs::write(&key, &pki.key_pem).unwrap();
@@ -51,25 +49,15 @@ impl Pki {
         for c in CertificateDer::pem_file_iter(&self.ca).unwrap() {
             roots.add(c.unwrap()).unwrap();
         }
-        let mut cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(cfg)
     }
 
     fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        let chain: Vec<_> = CertificateDer::pem_file_iter(&self.cert)
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let chain: Vec<_> = CertificateDer::pem_file_iter(&self.cert).unwrap().map(Result::unwrap).collect();
         let key = PrivateKeyDer::from_pem_file(&self.key).unwrap();
-        Arc::new(
-            rustls::ServerConfig::builder()
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .unwrap(),
-        )
+        Arc::new(rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap())
     }
 }
 
@@ -132,16 +120,8 @@ async fn answer(
     log: Arc<Mutex<Vec<Seen>>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    if let Some(ms) = parts
-        .headers
-        .get("x-test-delay-ms")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-    {
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if let Some(ms) = parts.headers.get("x-test-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let path = parts.uri.path().to_string();
@@ -224,10 +204,7 @@ impl Svc {
             self.extra
         );
         for (id, token, extra) in &self.tokens {
-            out += &format!(
-                "[[service.token]]\nid = {id:?}\nsha256 = {:?}\n{extra}\n",
-                sha256_hex(token)
-            );
+            out += &format!("[[service.token]]\nid = {id:?}\nsha256 = {:?}\n{extra}\n", sha256_hex(token));
         }
         out += "[service.scope]\n";
         for (p, l) in &self.scope {
@@ -242,6 +219,7 @@ pub fn sha256_hex(s: &str) -> String {
 }
 
 pub struct Harness {
+    pub extra_upstreams: Vec<String>,
     pub services: Vec<Svc>,
     pub extra_top: String,
     pub upstream_extra: String,
@@ -250,6 +228,7 @@ pub struct Harness {
 impl Harness {
     pub fn new() -> Harness {
         Harness {
+            extra_upstreams: vec![],
             services: vec![],
             extra_top: String::new(),
             upstream_extra: String::new(),
@@ -265,6 +244,12 @@ impl Harness {
         self.extra_top.push('\n');
         self
     }
+    /// Another recording upstream, configured as `[upstream.NAME]`.
+    pub fn also_upstream(mut self, name: &str) -> Harness {
+        self.extra_upstreams.push(name.into());
+        self
+    }
+
     /// Extra keys in `[upstream.api]`.
     pub fn upstream(mut self, toml: &str) -> Harness {
         self.upstream_extra.push_str(toml);
@@ -300,30 +285,27 @@ impl Harness {
         let pki = Pki::new();
         let upstream = Upstream::start(&pki).await;
         let dir = tempfile::tempdir().unwrap();
-        let text = self.config(&pki, &upstream.url(), dir.path());
+        let mut text = self.config(&pki, &upstream.url(), dir.path());
+        let mut others = HashMap::new();
+        for name in &self.extra_upstreams {
+            let up = Upstream::start(&pki).await;
+            let section = format!("[upstream.{name}]\nurl = {:?}\nca = {:?}\n\n", up.url(), pki.ca);
+            text = text.replacen("[secret.stripe]", &format!("{section}[secret.stripe]"), 1);
+            others.insert(name.clone(), up);
+        }
         let config_path = dir.path().join("keyward.toml");
         std::fs::write(&config_path, &text).unwrap();
-        let src = keyward::config::Source {
-            name: config_path.clone(),
-            text,
-        };
-        let app = keyward::app::start(&src)
-            .await
-            .unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
-        Running {
-            app: Some(app),
-            upstream,
-            client: pki.client_config(),
-            pki,
-            dir,
-            config_path,
-        }
+        let src = keyward::config::Source { name: config_path.clone(), text };
+        let app = keyward::app::start(&src).await.unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
+        Running { app: Some(app), upstream, others, client: pki.client_config(), pki, dir, config_path }
     }
 }
 
 pub struct Running {
     pub app: Option<keyward::app::Running>,
     pub upstream: Upstream,
+    /// The upstreams added with `also_upstream`, by name.
+    pub others: HashMap<String, Upstream>,
     pub pki: Pki,
     pub client: Arc<rustls::ClientConfig>,
     pub dir: tempfile::TempDir,
@@ -342,10 +324,7 @@ impl Reply {
             .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn error_code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
+        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
     }
 }
 
@@ -389,10 +368,8 @@ impl Running {
         let path = self.dir.path().join("audit.jsonl");
         for _ in 0..200 {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let recs: Vec<serde_json::Value> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+            let recs: Vec<serde_json::Value> =
+                text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
             if recs.len() >= n {
                 return recs;
             }
@@ -413,10 +390,7 @@ impl Running {
 }
 
 pub fn req(method: &str, path: &str, token: &str, body: &str) -> Request<Full<Bytes>> {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "keyward.internal");
+    let mut b = Request::builder().method(method).uri(path).header("host", "keyward.internal");
     if !token.is_empty() {
         b = b.header("authorization", format!("Bearer {token}"));
     }
@@ -432,28 +406,14 @@ pub async fn send(
     from: IpAddr,
     req: Request<Full<Bytes>>,
 ) -> Reply {
-    let sock = if from.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .unwrap();
+    let sock = if from.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.unwrap();
     sock.bind(SocketAddr::new(from, 0)).unwrap();
     let tcp = sock.connect(addr).await.unwrap();
-    let tls = TlsConnector::from(tls)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
+    let tls = TlsConnector::from(tls).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
     tokio::spawn(conn);
     let resp = sender.send_request(req).await.unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    Reply {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-    }
+    Reply { status: parts.status.as_u16(), headers: parts.headers, body }
 }

@@ -39,6 +39,10 @@ def main():
     run("list_charges", lambda: stripe.Charge.list(limit=3))
     run("create_charge", lambda: stripe.Charge.create(amount=100, currency="usd", source="tok_visa"))
     run("create_refund", lambda: stripe.Refund.create(charge="ch_123"))
+    run("connect_allowed", lambda: stripe.Customer.retrieve("cus_789", stripe_account="acct_1Allowed"))
+    run("connect_denied", lambda: stripe.Customer.retrieve("cus_789", stripe_account="acct_1Other"))
+    run("expand_allowed", lambda: stripe.Charge.retrieve("ch_123", expand=["customer"]))
+    run("expand_denied", lambda: stripe.Charge.retrieve("ch_123", expand=["balance_transaction"]))
     client = stripe.StripeClient(TOKEN, base_addresses={"api": os.environ["KW_BASE"]})
     run("client_retrieve_customer", lambda: client.customers.retrieve("cus_456"))
     stripe.api_key = "kw_not_a_real_token_000000000000"
