@@ -10,17 +10,24 @@ use tokio::task::JoinHandle;
 use crate::audit::AuditLog;
 use crate::config::{self, Options, Source};
 use crate::proxy::Proxy;
+use crate::reload::Reloader;
 
 pub struct Running {
     pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
+    pub reloader: Arc<Reloader>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    admin: Option<JoinHandle<()>>,
+    _watch: Option<notify::RecommendedWatcher>,
 }
 
-/// Compile the configuration, open the access log, bind the listener and start serving.
-/// Every configuration error is returned at once, one per line.
+/// Compile the configuration, open the access log, bind the listeners, start serving and
+/// watching the config's files. Every configuration error is returned at once, one per line.
+/// Reloads read the same file again (the embedded default: refresh secrets only).
 pub async fn start(src: &Source) -> Result<Running, String> {
+    let path = src.path().map(ToOwned::to_owned);
     let snap = config::compile(src, Options::FULL)
         .await
         .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
@@ -29,14 +36,28 @@ pub async fn start(src: &Source) -> Result<Running, String> {
     let listener =
         TcpListener::bind(snap.listen).await.map_err(|e| format!("listen {}: {e}", snap.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, config = %src.name.display(), version = %snap.version,
+    let admin_listener = match snap.admin_listen {
+        Some(a) => Some(TcpListener::bind(a).await.map_err(|e| format!("admin_listen {a}: {e}"))?),
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    tracing::info!(%addr, admin = ?admin_addr, config = %src.name.display(), version = %snap.version,
         services = snap.services.len(), "keyward listening");
+
     let proxy = Proxy::new(Arc::new(snap), audit);
+    let reloader = Reloader::new(proxy.clone(), path.clone());
+    let watch = match path {
+        Some(_) => crate::watch::spawn_file_watch(reloader.clone())
+            .map_err(|e| tracing::warn!(error = %e, "config file watch unavailable; use SIGHUP or the admin endpoint"))
+            .ok(),
+        None => None,
+    };
+    let admin = admin_listener.map(|l| tokio::spawn(crate::admin::serve(l, reloader.clone())));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(crate::server::serve(listener, proxy.clone(), async {
         let _ = stopped.await;
     }));
-    Ok(Running { addr, proxy, stop, task })
+    Ok(Running { addr, admin_addr, proxy, reloader, stop, task, admin, _watch: watch })
 }
 
 impl Running {
@@ -44,10 +65,14 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
+        if let Some(admin) = self.admin {
+            admin.abort();
+        }
     }
 
-    /// Run until SIGTERM or SIGINT, then drain.
+    /// Run until SIGTERM or SIGINT (reloading on SIGHUP), then drain.
     pub async fn until_signal(self) {
+        crate::watch::spawn_sighup(self.reloader.clone());
         shutdown_signal().await;
         tracing::info!("shutting down: draining in-flight requests");
         self.stop().await;

@@ -28,6 +28,17 @@ enum Command {
     Check {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Warn about tokens that expire within this long (e.g. 14d, 36h).
+        #[arg(long, default_value = "14d", value_parser = humantime::parse_duration)]
+        expiry_warning: std::time::Duration,
+    },
+    /// Ask the running keyward to reload its configuration (POST /-/reload on the admin port).
+    Reload {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The admin address; default: `server.admin_listen` from the config.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Show how a call would be classified and decided for a service.
     Explain {
@@ -92,7 +103,8 @@ pub fn main() -> ExitCode {
     rt.block_on(async {
         match cli.command {
             Command::Run { config, .. } => run(config.as_deref()).await,
-            Command::Check { config } => check(config.as_deref()).await,
+            Command::Check { config, expiry_warning } => check(config.as_deref(), expiry_warning).await,
+            Command::Reload { config, admin } => reload(config.as_deref(), admin).await,
             Command::Explain { config, service, headers, json, method, path } => {
                 explain(config.as_deref(), &service, &headers, json, &method, &path).await
             }
@@ -140,9 +152,25 @@ async fn run(path: Option<&Path>) -> ExitCode {
     }
 }
 
-async fn check(path: Option<&Path>) -> ExitCode {
+async fn check(path: Option<&Path>, expiry_warning: std::time::Duration) -> ExitCode {
     match load(path, Options::FULL).await {
         Ok(snap) => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let horizon = now + expiry_warning.as_secs() as i64;
+            for s in &snap.services {
+                for t in s.tokens.iter().filter(|t| t.expires.is_some_and(|e| e <= horizon)) {
+                    let left = t.expires.unwrap_or(now) - now;
+                    let when = if left <= 0 {
+                        "has expired".to_string()
+                    } else {
+                        format!(
+                            "expires in {}",
+                            humantime::format_duration(std::time::Duration::from_secs(left as u64))
+                        )
+                    };
+                    println!("warning: service {} token {} {when}", s.name, t.id);
+                }
+            }
             let tokens: usize = snap.services.iter().map(|s| s.tokens.len()).sum();
             println!(
                 "ok: {} services, {} tokens, {} upstreams, {} catalog entries, version {}",
@@ -156,6 +184,52 @@ async fn check(path: Option<&Path>) -> ExitCode {
         }
         Err(code) => code,
     }
+}
+
+async fn reload(path: Option<&Path>, admin: Option<std::net::SocketAddr>) -> ExitCode {
+    let addr = match admin {
+        Some(a) => a,
+        None => {
+            let src = match Source::locate(path) {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            match toml::from_str::<config::file::FileConfig>(&src.text).map(|f| f.server.admin_listen) {
+                Ok(Some(a)) => a,
+                Ok(None) => return fail(["server.admin_listen is not set; pass --admin ADDR"]),
+                Err(_) => {
+                    return fail([format!(
+                        "{}: cannot read server.admin_listen; pass --admin ADDR",
+                        src.name.display()
+                    )]);
+                }
+            }
+        }
+    };
+    match post_reload(addr).await {
+        Ok((status, body)) => {
+            let pretty = serde_json::from_str::<serde_json::Value>(&body)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or(body);
+            println!("{pretty}");
+            if status == 200 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => fail([format!("admin endpoint {addr}: {e}")]),
+    }
+}
+
+async fn post_reload(addr: std::net::SocketAddr) -> Result<(u16, String), Box<dyn std::error::Error>> {
+    use http_body_util::{BodyExt, Empty};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::post("/-/reload")
+        .header("host", addr.to_string())
+        .body(Empty::<bytes::Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 async fn explain(

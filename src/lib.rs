@@ -3,6 +3,7 @@
 //! Request path: `server` (TLS, HTTP) → `proxy` (phases, access record) → `policy::decide`
 //! (pure: `identity`, `canonical`, `catalog`, scope) → `upstream` (header rewrite, pooled TLS).
 
+pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod body;
@@ -14,9 +15,11 @@ pub mod expand;
 pub mod identity;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod watch;

@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub audit_path: String,
+    /// Every file this snapshot was compiled from: a change to any of them triggers a reload.
+    pub files: Vec<std::path::PathBuf>,
     pub catalog: Catalog,
     pub expansions: Expansions,
     /// For each catalog entry, the index of its upstream (`None`: not configured here).

@@ -88,6 +88,7 @@ pub async fn compile(src: &Source, opts: Options) -> Result<Snapshot, Vec<Config
             shutdown_grace: file.timeouts.shutdown_grace,
         },
         audit_path: file.audit.path.clone(),
+        files: input_files(src, &file),
         catalog,
         expansions,
         routes,
@@ -96,6 +97,19 @@ pub async fn compile(src: &Source, opts: Options) -> Result<Snapshot, Vec<Config
         services,
         tokens,
     })
+}
+
+/// The files a configuration reads: the config itself, its catalog, secret files, certificates.
+fn input_files(src: &Source, file: &FileConfig) -> Vec<std::path::PathBuf> {
+    let mut files = vec![src.name.clone(), file.server.tls_cert.clone(), file.server.tls_key.clone()];
+    files.extend(file.catalog.path.iter().chain(&file.catalog.expansions).cloned());
+    files.extend(file.upstream.values().filter_map(|u| u.ca.clone()));
+    for s in file.secret.values() {
+        if let SecretFile::File { path, .. } = s {
+            files.push(path.clone());
+        }
+    }
+    files
 }
 
 fn load_catalog(file: &FileConfig, errs: &mut Errors) -> (Catalog, String) {

@@ -12,6 +12,7 @@ pub use compile::{Options, compile};
 /// does not exist.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/keyward.toml");
 pub const DEFAULT_PATH: &str = "config/keyward.toml";
+const EMBEDDED_NAME: &str = "<embedded default>";
 
 /// A configuration text and where it came from.
 #[derive(Debug, Clone)]
@@ -21,6 +22,11 @@ pub struct Source {
 }
 
 impl Source {
+    /// The file this came from; `None` for the embedded default.
+    pub fn path(&self) -> Option<&Path> {
+        (self.name.as_os_str() != EMBEDDED_NAME).then_some(self.name.as_path())
+    }
+
     pub fn read(path: &Path) -> Result<Source, Vec<ConfigError>> {
         match std::fs::read_to_string(path) {
             Ok(text) => Ok(Source { name: path.to_path_buf(), text }),
@@ -33,7 +39,7 @@ impl Source {
         match path {
             Some(p) => Source::read(p),
             None if Path::new(DEFAULT_PATH).exists() => Source::read(Path::new(DEFAULT_PATH)),
-            None => Ok(Source { name: "<embedded default>".into(), text: EMBEDDED_DEFAULT.to_string() }),
+            None => Ok(Source { name: EMBEDDED_NAME.into(), text: EMBEDDED_DEFAULT.to_string() }),
         }
     }
 }

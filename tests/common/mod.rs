@@ -263,7 +263,7 @@ impl Harness {
         std::fs::write(&secrets, format!("stripe = {SECRET:?}\n")).unwrap();
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
         let mut cfg = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\n{}\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\n{}\n\
              [upstream.api]\nurl = {upstream_url:?}\nca = {:?}\n{}\n\
              [secret.stripe]\nsource = \"file\"\npath = {:?}\nkey = \"stripe\"\n\n\
              [audit]\npath = {:?}\n\n",
@@ -282,6 +282,16 @@ impl Harness {
     }
 
     pub async fn start(self) -> Running {
+        self.start_with(|dir, text| {
+            let path = dir.join("keyward.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .await
+    }
+
+    /// Start with the config file laid out by `place(dir, text)`, which returns its path.
+    pub async fn start_with(self, place: impl FnOnce(&Path, &str) -> PathBuf) -> Running {
         let pki = Pki::new();
         let upstream = Upstream::start(&pki).await;
         let dir = tempfile::tempdir().unwrap();
@@ -293,8 +303,7 @@ impl Harness {
             text = text.replacen("[secret.stripe]", &format!("{section}[secret.stripe]"), 1);
             others.insert(name.clone(), up);
         }
-        let config_path = dir.path().join("keyward.toml");
-        std::fs::write(&config_path, &text).unwrap();
+        let config_path = place(dir.path(), &text);
         let src = keyward::config::Source { name: config_path.clone(), text };
         let app = keyward::app::start(&src).await.unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
         Running { app: Some(app), upstream, others, client: pki.client_config(), pki, dir, config_path }
@@ -331,6 +340,54 @@ impl Reply {
 impl Running {
     pub fn addr(&self) -> SocketAddr {
         self.app.as_ref().unwrap().addr
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.app.as_ref().unwrap().admin_addr.unwrap()
+    }
+
+    /// The version of the snapshot serving now.
+    pub fn version(&self) -> String {
+        self.app.as_ref().unwrap().proxy.snapshot.load().version.clone()
+    }
+
+    /// Wait (bounded) until the serving version is `want`.
+    pub async fn wait_version(&self, want: &str) -> bool {
+        for _ in 0..150 {
+            if self.version() == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// A keep-alive HTTP/1.1 connection from 127.0.0.1.
+    pub async fn connect(&self) -> Conn {
+        let tcp = tokio::net::TcpStream::connect(self.addr()).await.unwrap();
+        let tls = TlsConnector::from(self.client.clone())
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        Conn { sender }
+    }
+
+    /// `POST /-/reload` on the admin port: (status, body).
+    pub async fn admin_reload(&self) -> (u16, serde_json::Value) {
+        let tcp = tokio::net::TcpStream::connect(self.admin()).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        let r = Request::post("/-/reload").header("host", "admin").body(Full::new(Bytes::new())).unwrap();
+        let resp = sender.send_request(r).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config_path).unwrap()
     }
 
     /// Send one request over a fresh TLS connection from `from`.
@@ -387,6 +444,26 @@ impl Running {
             app.stop().await;
         }
     }
+}
+
+pub struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Reply, String> {
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = self.sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
+    }
+}
+
+/// The version a configuration text compiles to.
+pub async fn version_of(text: &str) -> String {
+    let src = keyward::config::Source { name: "v.toml".into(), text: text.to_string() };
+    keyward::config::compile(&src, keyward::config::Options::POLICY_ONLY).await.unwrap().version
 }
 
 pub fn req(method: &str, path: &str, token: &str, body: &str) -> Request<Full<Bytes>> {

@@ -1,0 +1,92 @@
+//! Hot reload: compile the whole new snapshot, and swap it in only if every check passes.
+//! Reloads are serialised; in-flight requests finish on the snapshot they started with.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::config::{self, Options, Source};
+use crate::proxy::Proxy;
+use crate::snapshot::Snapshot;
+
+pub struct Reloader {
+    proxy: Arc<Proxy>,
+    /// `None`: the embedded default (a reload then refreshes secrets only).
+    path: Option<PathBuf>,
+    lock: tokio::sync::Mutex<()>,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// What a reload did, as the admin endpoint and `keyward reload` report it.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub ok: bool,
+    /// The version serving after this reload (the old one if it failed).
+    pub version: String,
+    pub errors: Vec<String>,
+    /// Settings that changed but only take effect after a restart.
+    pub restart_required: Vec<String>,
+}
+
+impl Reloader {
+    pub fn new(proxy: Arc<Proxy>, path: Option<PathBuf>) -> Arc<Reloader> {
+        Arc::new(Reloader {
+            proxy,
+            path,
+            lock: tokio::sync::Mutex::new(()),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        })
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    pub async fn reload(&self, trigger: &str) -> Outcome {
+        let _one_at_a_time = self.lock.lock().await;
+        let current = self.proxy.snapshot.load_full();
+        let compiled = match Source::locate(self.path.as_deref()) {
+            Ok(src) => config::compile(&src, Options::FULL).await,
+            Err(e) => Err(e),
+        };
+        match compiled {
+            Ok(next) => {
+                let restart_required = needs_restart(&current, &next);
+                let version = next.version.clone();
+                for setting in &restart_required {
+                    tracing::warn!(setting, "changed setting needs a restart; keeping the running one");
+                }
+                self.proxy.snapshot.store(Arc::new(next));
+                self.succeeded.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(trigger, from = %current.version, to = %version, "configuration reloaded");
+                Outcome { ok: true, version, errors: vec![], restart_required }
+            }
+            Err(errors) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                tracing::error!(trigger, version = %current.version, errors = %errors.join("; "),
+                    "reload refused; still serving the previous configuration");
+                Outcome { ok: false, version: current.version.clone(), errors, restart_required: vec![] }
+            }
+        }
+    }
+}
+
+/// Settings bound at start (sockets, the open access log): reported, never half-applied.
+fn needs_restart(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.listen != new.listen {
+        out.push(format!("server.listen ({} -> {})", old.listen, new.listen));
+    }
+    if old.admin_listen != new.admin_listen {
+        out.push("server.admin_listen".to_string());
+    }
+    if old.audit_path != new.audit_path {
+        out.push("audit.path".to_string());
+    }
+    out
+}

@@ -1,0 +1,87 @@
+//! Reload triggers that come from outside: file changes and SIGHUP.
+//!
+//! The watch is on the *directories* holding the config and the files it reads, so a
+//! Kubernetes ConfigMap update (a `..data` symlink swapped by rename) is seen as well as an
+//! in-place write or a rename over the file. Bursts of events become one reload.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::reload::Reloader;
+
+/// Quiet time after the first event of a burst before reloading.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Watch the snapshot's input files until the reloader is dropped. Returns the watcher,
+/// which must be kept alive.
+pub fn spawn_file_watch(reloader: Arc<Reloader>) -> notify::Result<notify::RecommendedWatcher> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            for path in event.paths {
+                let _ = tx.send(path);
+            }
+        }
+    })?;
+    let (dirs, names) = targets(&reloader.proxy().snapshot.load().files);
+    for dir in &dirs {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory for changes");
+        }
+    }
+    tokio::spawn(async move {
+        let mut names = names;
+        while let Some(path) = rx.recv().await {
+            if !relevant(&path, &names) {
+                continue;
+            }
+            tokio::time::sleep(SETTLE).await;
+            while rx.try_recv().is_ok() {}
+            reloader.reload("file change").await;
+            names = targets(&reloader.proxy().snapshot.load().files).1;
+        }
+    });
+    Ok(watcher)
+}
+
+/// The directories to watch and the file names in them that matter. `..data` is the
+/// symlink a ConfigMap volume swaps on every update.
+fn targets(files: &[PathBuf]) -> (HashSet<PathBuf>, HashSet<OsString>) {
+    let mut dirs = HashSet::new();
+    let mut names: HashSet<OsString> = HashSet::from([OsString::from("..data")]);
+    for f in files.iter().filter(|f| !f.as_os_str().is_empty() && !f.starts_with("<")) {
+        let dir = match f.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        dirs.insert(dir);
+        if let Some(n) = f.file_name() {
+            names.insert(n.to_os_string());
+        }
+    }
+    (dirs, names)
+}
+
+fn relevant(path: &Path, names: &HashSet<OsString>) -> bool {
+    path.file_name().is_some_and(|n| names.contains(n))
+}
+
+/// Reload on every SIGHUP.
+pub fn spawn_sighup(reloader: Arc<Reloader>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reloader.reload("SIGHUP").await;
+        }
+    });
+}
