@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::audit::AuditLog;
+use crate::audit::AuditSink;
 use crate::config::{self, Options, Source};
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
@@ -32,7 +32,7 @@ pub async fn start(src: &Source) -> Result<Running, String> {
         .await
         .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
     let audit =
-        AuditLog::open(&snap.audit_path).map_err(|e| format!("audit log {}: {e}", snap.audit_path))?;
+        AuditSink::open(snap.audit.clone()).map_err(|e| format!("audit log {}: {e}", snap.audit.path))?;
     let listener =
         TcpListener::bind(snap.listen).await.map_err(|e| format!("listen {}: {e}", snap.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -65,6 +65,7 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
+        self.proxy.audit.flush().await;
         if let Some(admin) = self.admin {
             admin.abort();
         }

@@ -23,6 +23,7 @@ pub enum Failure {
     FormTooLarge { limit: usize },
     BodyUnreadable,
     UpstreamUnavailable,
+    AuditUnavailable,
     UpstreamTimeout,
     Internal,
 }
@@ -44,6 +45,7 @@ impl Failure {
             BodyUnreadable => StatusCode::BAD_REQUEST,
             UpstreamNotConfigured(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -67,6 +69,7 @@ impl Failure {
             BodyUnreadable => "request_body_unreadable",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
+            AuditUnavailable => "audit_log_unavailable",
             Internal => "internal_error",
         }
     }
@@ -119,6 +122,10 @@ impl Failure {
             BodyUnreadable => "The request body could not be read.".into(),
             UpstreamUnavailable => "keyward could not reach the upstream API.".into(),
             UpstreamTimeout => "The upstream API did not answer in time.".into(),
+            AuditUnavailable => {
+                "keyward cannot write its access log, so it serves no request until it can. Retry later."
+                    .into()
+            }
             Internal => "keyward hit an internal error.".into(),
         }
     }
