@@ -25,7 +25,9 @@ fn config(dir: &std::path::Path) -> String {
         cfg += &format!("[[service]]\nname = \"svc{i}\"\nsecret = \"s\"\nsource_ips = [\"10.0.0.0/8\"]\n");
         for j in 0..2 {
             let hash = hex::encode(Sha256::digest(format!("kw_bench_{i}_{j}").as_bytes()));
-            cfg += &format!("[[service.token]]\nid = \"t{i}-{j}\"\nsha256 = \"{hash}\"\nexpires = \"2099-01-01T00:00:00Z\"\n");
+            cfg += &format!(
+                "[[service.token]]\nid = \"t{i}-{j}\"\nsha256 = \"{hash}\"\nexpires = \"2099-01-01T00:00:00Z\"\n"
+            );
         }
         cfg += "[service.scope]\ncharge = \"read\"\ncustomer = \"write\"\npayment_intent = \"write\"\n";
     }
@@ -43,7 +45,9 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("reload");
     g.sample_size(10);
-    g.bench_function("compile_10000_services_full", |b| b.iter(|| rt.block_on(compile(black_box(&src), Options::FULL)).is_ok()));
+    g.bench_function("compile_10000_services_full", |b| {
+        b.iter(|| rt.block_on(compile(black_box(&src), Options::FULL)).is_ok())
+    });
     g.finish();
 
     let swap = ArcSwap::new(Arc::new(snap));
@@ -57,12 +61,16 @@ fn benches(c: &mut Criterion) {
     c.bench_function("snapshot_load_full", |b| b.iter(|| swap.load_full().version.len()));
     c.bench_function("decide_10000_services", |b| {
         let snap = swap.load_full();
-        b.iter(|| decide(&snap, black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000 })).forwards())
+        b.iter(|| {
+            decide(&snap, black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000 }))
+                .forwards()
+        })
     });
     c.bench_function("load_full_then_decide_10000_services", |b| {
         b.iter(|| {
             let snap = swap.load_full();
-            decide(&snap, black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000 })).forwards()
+            decide(&snap, black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000 }))
+                .forwards()
         })
     });
 }

@@ -23,6 +23,9 @@ enum Command {
         /// Log format: text or json.
         #[arg(long, default_value = "text")]
         log_format: String,
+        /// Worker threads (default: one per CPU). 1 runs everything on one thread.
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Validate the configuration, its catalog, certificates and secrets.
     Check {
@@ -130,7 +133,18 @@ pub fn main() -> ExitCode {
         _ => "text",
     };
     init_logging(log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let workers = match &cli.command {
+        Command::Run { workers, .. } => *workers,
+        _ => None,
+    };
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = workers.filter(|n| *n > 1) {
+        builder.worker_threads(n);
+    }
+    let rt = builder.enable_all().build().expect("tokio runtime");
     rt.block_on(async {
         match cli.command {
             Command::Run { config, .. } => run(config.as_deref()).await,

@@ -23,7 +23,8 @@ const SETTLE: Duration = Duration::from_millis(100);
 pub fn spawn_file_watch(reloader: Arc<Reloader>) -> notify::Result<notify::RecommendedWatcher> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
+        // Reads (ours included: a reload opens these files) are not changes.
+        if let Some(event) = event.ok().filter(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             for path in event.paths {
                 let _ = tx.send(path);
             }

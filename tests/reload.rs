@@ -112,6 +112,13 @@ async fn every_trigger_applies_a_valid_file_and_refuses_a_broken_one() {
         )
     };
 
+    // Reading the files (a reload does) is no change: nothing reloads by itself.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    kw.admin_reload().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reloads = kw.app.as_ref().unwrap().reloader.succeeded.load(Ordering::Relaxed);
+    assert_eq!(reloads, 1, "only the reload asked for");
+
     // In-place rewrite.
     std::fs::write(&path, variant(1)).unwrap();
     assert!(kw.wait_version(&version_of(&variant(1)).await).await, "in-place write");
