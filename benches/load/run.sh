@@ -107,7 +107,7 @@ CONF
 } > "$W/nginx.conf"
 
 # --- HAProxy peer: the same, one thread
-for i in $(seq 1 $SERVICES); do printf 'Bearer\\ kw_load_service_%s_token_abcdefghijklmnop 1\n' "$i"; done > "$W/tokens.map"
+for i in $(seq 1 $SERVICES); do printf 'kw_load_service_%s_token_abcdefghijklmnop 1\n' "$i"; done > "$W/tokens.map"
 cat > "$W/haproxy.cfg" <<CONF
 global
   nbthread 1
@@ -123,7 +123,7 @@ defaults
   http-reuse always
 frontend fe
   bind 127.0.0.1:8445 ssl crt $W/certs/haproxy.pem
-  http-request return status 401 unless { req.hdr(authorization),map($W/tokens.map) -m found }
+  http-request return status 401 unless { req.hdr(authorization),word(2,' '),map($W/tokens.map) -m found }
   http-request return status 403 unless { path_reg ^/v1/(charges|customers)(/[A-Za-z0-9_]+)?\$ }
   http-request set-header Authorization "Bearer $SECRET"
   http-request set-header Host localhost
