@@ -192,9 +192,13 @@ async fn run(path: Option<&Path>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    let shutdown = match keyward::app::shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => return fail([format!("cannot listen for signals: {e}")]),
+    };
     match keyward::app::start(&src).await {
         Ok(running) => {
-            running.until_signal().await;
+            running.until(shutdown).await;
             ExitCode::SUCCESS
         }
         Err(msg) => fail(msg.lines()),
