@@ -107,6 +107,9 @@ struct Writer {
 /// (which then holds requests back at their queue slot).
 const MAX_PENDING: usize = 100_000;
 const RETRY: Duration = Duration::from_millis(250);
+/// Records gathered into one write when they arrive faster than they are written.
+const BATCH: usize = 256;
+const COALESCE: Duration = Duration::from_millis(2);
 
 impl Writer {
     async fn run(mut self) {
@@ -127,11 +130,12 @@ impl Writer {
             if let Some(m) = msg {
                 self.take(m, &mut flushes);
             }
-            while self.pending.len() < MAX_PENDING {
-                match self.rx.try_recv() {
-                    Ok(m) => self.take(m, &mut flushes),
-                    Err(_) => break,
-                }
+            self.drain(&mut flushes);
+            // Under load, wait a moment so one write carries many records.
+            if self.pending.len() < BATCH && flushes.is_empty() && self.state.healthy.load(Ordering::Relaxed)
+            {
+                tokio::time::sleep(COALESCE).await;
+                self.drain(&mut flushes);
             }
             self.write_pending();
             if self.pending.is_empty() {
@@ -143,6 +147,15 @@ impl Writer {
         self.write_pending();
     }
 
+    fn drain(&mut self, flushes: &mut Vec<oneshot::Sender<()>>) {
+        while self.pending.len() < MAX_PENDING {
+            match self.rx.try_recv() {
+                Ok(m) => self.take(m, flushes),
+                Err(_) => break,
+            }
+        }
+    }
+
     fn take(&mut self, msg: Msg, flushes: &mut Vec<oneshot::Sender<()>>) {
         match msg {
             Msg::Flush(done) => flushes.push(done),
@@ -150,7 +163,8 @@ impl Writer {
                 self.seq += 1;
                 rec.seq = self.seq;
                 rec.prev = std::mem::take(&mut self.prev);
-                let line = serde_json::to_vec(&rec).expect("records serialize");
+                let mut line = Vec::with_capacity(1024);
+                serde_json::to_writer(&mut line, &rec).expect("records serialize");
                 self.prev = line_hash(&line);
                 self.pending.push_back(line);
             }
