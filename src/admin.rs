@@ -40,7 +40,12 @@ async fn route(reloader: Arc<Reloader>, req: Request<Incoming>) -> Result<Respon
     let snap = reloader.proxy().snapshot.load();
     let reply = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-        // A snapshot only exists once config and secrets loaded; reloads never unset it.
+        // Ready once config and secrets loaded (a reload never unsets that), unless every
+        // request would be refused because the access log cannot be written.
+        (&Method::GET, "/readyz") if !reloader.proxy().audit.admits() => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "ready": false, "version": snap.version, "reason": "access log unavailable" }),
+        ),
         (&Method::GET, "/readyz") => {
             json(StatusCode::OK, serde_json::json!({ "ready": true, "version": snap.version }))
         }

@@ -20,7 +20,7 @@ pub struct Running {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
     admin: Option<JoinHandle<()>>,
-    _watch: Option<notify::RecommendedWatcher>,
+    watch: Option<JoinHandle<()>>,
 }
 
 /// Compile the configuration, open the access log, bind the listeners, start serving and
@@ -41,9 +41,6 @@ pub async fn start(src: &Source) -> Result<Running, String> {
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-    tracing::info!(%addr, admin = ?admin_addr, config = %src.name.display(), version = %snap.version,
-        services = snap.services.len(), "keyward listening");
-
     let proxy = Proxy::new(Arc::new(snap), audit);
     let reloader = Reloader::new(proxy.clone(), path.clone());
     let watch = match path {
@@ -59,7 +56,11 @@ pub async fn start(src: &Source) -> Result<Running, String> {
     let task = tokio::spawn(crate::server::serve(listener, proxy.clone(), async {
         let _ = stopped.await;
     }));
-    Ok(Running { addr, admin_addr, proxy, reloader, stop, task, admin, _watch: watch })
+    let snap = proxy.snapshot.load();
+    tracing::info!(%addr, admin = ?admin_addr, config = %src.name.display(), version = %snap.version,
+        services = snap.services.len(), "keyward listening");
+    drop(snap);
+    Ok(Running { addr, admin_addr, proxy, reloader, stop, task, admin, watch })
 }
 
 impl Running {
@@ -68,8 +69,8 @@ impl Running {
         let _ = self.stop.send(());
         let _ = self.task.await;
         self.proxy.audit.flush().await;
-        if let Some(admin) = self.admin {
-            admin.abort();
+        for task in self.admin.into_iter().chain(self.watch) {
+            task.abort();
         }
     }
 

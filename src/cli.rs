@@ -169,7 +169,8 @@ fn init_logging(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only for a person at a terminal, never into a log file.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if format == "json" {
         builder.json().init();
     } else {
@@ -249,12 +250,11 @@ async fn reload(path: Option<&Path>, admin: Option<std::net::SocketAddr>) -> Exi
                 Ok(s) => s,
                 Err(e) => return fail(e),
             };
-            match toml::from_str::<config::file::FileConfig>(&src.text).map(|f| f.server.admin_listen) {
-                Ok(Some(a)) => a,
-                Ok(None) => return fail(["server.admin_listen is not set; pass --admin ADDR"]),
-                Err(_) => {
+            match admin_listen(&src.text) {
+                Some(a) => a,
+                None => {
                     return fail([format!(
-                        "{}: cannot read server.admin_listen; pass --admin ADDR",
+                        "{}: no server.admin_listen; pass --admin ADDR",
                         src.name.display()
                     )]);
                 }
@@ -271,6 +271,17 @@ async fn reload(path: Option<&Path>, admin: Option<std::net::SocketAddr>) -> Exi
         }
         Err(e) => fail([format!("admin endpoint {addr}: {e}")]),
     }
+}
+
+/// `server.admin_listen`, read leniently: a config with other errors is exactly the one whose
+/// reload report the operator wants to see.
+fn admin_listen(text: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(t) = toml::from_str::<toml::Table>(text) {
+        return t.get("server")?.get("admin_listen")?.as_str()?.parse().ok();
+    }
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("admin_listen")?.trim().strip_prefix('='))
+        .find_map(|v| v.trim().trim_matches('"').parse().ok())
 }
 
 async fn post_reload(addr: std::net::SocketAddr) -> Result<(u16, String), Box<dyn std::error::Error>> {
@@ -465,5 +476,17 @@ fn certs_dev(dir: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail([e]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn admin_listen_is_found_even_in_a_broken_config() {
+        let ok = "[server]\nadmin_listen = \"127.0.0.1:9090\"\n";
+        assert_eq!(super::admin_listen(ok), Some("127.0.0.1:9090".parse().unwrap()));
+        let broken = "[server]\nadmin_listen = \"127.0.0.1:9091\"\n[service\nname = ";
+        assert_eq!(super::admin_listen(broken), Some("127.0.0.1:9091".parse().unwrap()));
+        assert_eq!(super::admin_listen("[server]\n"), None);
     }
 }

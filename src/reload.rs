@@ -16,6 +16,8 @@ pub struct Reloader {
     /// `None`: the embedded default (a reload then refreshes secrets only).
     path: Option<PathBuf>,
     lock: tokio::sync::Mutex<()>,
+    /// What the process bound at start: changing these needs a restart.
+    bound: Bound,
     pub succeeded: AtomicU64,
     pub failed: AtomicU64,
 }
@@ -33,7 +35,9 @@ pub struct Outcome {
 
 impl Reloader {
     pub fn new(proxy: Arc<Proxy>, path: Option<PathBuf>) -> Arc<Reloader> {
+        let bound = Bound::of(&proxy.snapshot.load());
         Arc::new(Reloader {
+            bound,
             proxy,
             path,
             lock: tokio::sync::Mutex::new(()),
@@ -55,7 +59,7 @@ impl Reloader {
         };
         match compiled {
             Ok(next) => {
-                let restart_required = needs_restart(&current, &next);
+                let restart_required = self.bound.differs(&next);
                 let version = next.version.clone();
                 for setting in &restart_required {
                     tracing::warn!(setting, "changed setting needs a restart; keeping the running one");
@@ -77,16 +81,29 @@ impl Reloader {
 }
 
 /// Settings bound at start (sockets, the open access log): reported, never half-applied.
-fn needs_restart(old: &Snapshot, new: &Snapshot) -> Vec<String> {
-    let mut out = Vec::new();
-    if old.listen != new.listen {
-        out.push(format!("server.listen ({} -> {})", old.listen, new.listen));
+struct Bound {
+    listen: std::net::SocketAddr,
+    admin_listen: Option<std::net::SocketAddr>,
+    audit: crate::audit::writer::Settings,
+}
+
+impl Bound {
+    fn of(s: &Snapshot) -> Bound {
+        Bound { listen: s.listen, admin_listen: s.admin_listen, audit: s.audit.clone() }
     }
-    if old.admin_listen != new.admin_listen {
-        out.push("server.admin_listen".to_string());
+
+    /// What `next` asks for that only a restart gives, compared with what is running.
+    fn differs(&self, next: &Snapshot) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.listen != next.listen {
+            out.push(format!("server.listen (running {}, configured {})", self.listen, next.listen));
+        }
+        if self.admin_listen != next.admin_listen {
+            out.push("server.admin_listen".to_string());
+        }
+        if self.audit != next.audit {
+            out.push("audit".to_string());
+        }
+        out
     }
-    if old.audit != new.audit {
-        out.push("audit".to_string());
-    }
-    out
 }

@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::reload::Reloader;
 
 /// Quiet time after the first event of a burst before reloading.
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// Watch the snapshot's input files until the reloader is dropped. Returns the watcher,
-/// which must be kept alive.
-pub fn spawn_file_watch(reloader: Arc<Reloader>) -> notify::Result<notify::RecommendedWatcher> {
+/// Watch the serving snapshot's input files; the task owns the watcher (abort it to stop).
+pub fn spawn_file_watch(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<()>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reads (ours included: a reload opens these files) are not changes.
@@ -30,25 +30,35 @@ pub fn spawn_file_watch(reloader: Arc<Reloader>) -> notify::Result<notify::Recom
             }
         }
     })?;
-    let (dirs, names) = targets(&reloader.proxy().snapshot.load().files);
-    for dir in &dirs {
-        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory for changes");
-        }
-    }
-    tokio::spawn(async move {
-        let mut names = names;
+    let mut watched = HashSet::new();
+    watch_new_dirs(&mut watcher, &mut watched, &reloader);
+    Ok(tokio::spawn(async move {
         while let Some(path) = rx.recv().await {
-            if !relevant(&path, &names) {
+            // Judged against the files of the snapshot serving now, whoever reloaded it.
+            if !relevant(&path, &targets(&reloader.proxy().snapshot.load().files).1) {
                 continue;
             }
             tokio::time::sleep(SETTLE).await;
             while rx.try_recv().is_ok() {}
             reloader.reload("file change").await;
-            names = targets(&reloader.proxy().snapshot.load().files).1;
+            watch_new_dirs(&mut watcher, &mut watched, &reloader);
         }
-    });
-    Ok(watcher)
+    }))
+}
+
+/// Start watching directories the current snapshot reads from that are not watched yet.
+fn watch_new_dirs(watcher: &mut impl Watcher, watched: &mut HashSet<PathBuf>, reloader: &Reloader) {
+    for dir in targets(&reloader.proxy().snapshot.load().files).0 {
+        if watched.contains(&dir) {
+            continue;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                watched.insert(dir);
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory for changes"),
+        }
+    }
 }
 
 /// The directories to watch and the file names in them that matter. `..data` is the

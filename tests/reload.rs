@@ -161,6 +161,16 @@ async fn every_trigger_applies_a_valid_file_and_refuses_a_broken_one() {
         assert_eq!(kw.version(), good, "{what} applied");
         assert_eq!(kw.get("/v1/charges", TOKEN).await.status, 200, "{what}: still serving");
     }
+    // `keyward reload` shows the operator the same report, and fails. (Async: keyward
+    // serves the admin port from this very runtime.)
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["reload", "--admin", &kw.admin().to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("\"ok\": false") && shown.contains("names no permission"), "{shown}");
     kw.stop().await;
 }
 
