@@ -44,6 +44,7 @@ pub async fn start(src: &Source) -> Result<Running, String> {
     tracing::info!(%addr, admin = ?admin_addr, config = %src.name.display(), version = %snap.version,
         services = snap.services.len(), "keyward listening");
 
+    crate::secret::spawn_refresh(&snap.secrets);
     let proxy = Proxy::new(Arc::new(snap), audit);
     let reloader = Reloader::new(proxy.clone(), path.clone());
     let watch = match path {

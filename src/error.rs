@@ -24,6 +24,7 @@ pub enum Failure {
     BodyUnreadable,
     UpstreamUnavailable,
     UpstreamTimeout,
+    SecretStale,
     Internal,
 }
 
@@ -44,6 +45,7 @@ impl Failure {
             BodyUnreadable => StatusCode::BAD_REQUEST,
             UpstreamNotConfigured(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            SecretStale => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -67,6 +69,7 @@ impl Failure {
             BodyUnreadable => "request_body_unreadable",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
+            SecretStale => "secret_stale",
             Internal => "internal_error",
         }
     }
@@ -119,6 +122,9 @@ impl Failure {
             BodyUnreadable => "The request body could not be read.".into(),
             UpstreamUnavailable => "keyward could not reach the upstream API.".into(),
             UpstreamTimeout => "The upstream API did not answer in time.".into(),
+            SecretStale => "keyward's copy of the upstream API key could not be refreshed from the vault \
+                            for longer than allowed (max_staleness)."
+                .into(),
             Internal => "keyward hit an internal error.".into(),
         }
     }
