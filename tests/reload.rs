@@ -303,3 +303,17 @@ fn sighup_reloads_the_running_binary() {
     kill("-TERM");
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test]
+async fn reading_the_watched_files_does_not_reload() {
+    let kw = Harness::new().service(billing()).start().await;
+    // keyward's own reads, and anyone else's, are not changes (inotify reports opens too).
+    for _ in 0..3 {
+        let _ = std::fs::read_to_string(&kw.config_path).unwrap();
+        let _ = std::fs::read(&kw.pki.cert).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let app = kw.app.as_ref().unwrap();
+    assert_eq!(app.reloader.succeeded.load(Ordering::Relaxed), 0);
+    kw.stop().await;
+}
