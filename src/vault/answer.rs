@@ -456,7 +456,12 @@ mod tests {
                 "{\"errors\":[\"bad\\n\\u001b[31m  request\"]}".into(),
                 "vault answered 400: bad [31m request",
             ),
-            ("deep nesting", 200, format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)), "(line 1, column 128)"),
+            (
+                "deep nesting",
+                200,
+                format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
+                "(line 1, column 128)",
+            ),
             ("huge", 200, format!(r#"{{"x":"{}"}}"#, "a".repeat(MAX_BODY)), "larger than"),
         ];
         for (name, status, body, want) in cases {

@@ -232,8 +232,10 @@ impl VaultSource {
             self.call(Method::POST, "v1/auth/token/renew-self", Some(&s.token), Some(body)).await?;
         let lease = answer::auth(status, &answer)?;
         tracing::debug!(path = %self.spec.data_path(), ttl = ?lease.ttl, "vault token renewed");
-        s.expires = lease.ttl.map(|t| started + t);
-        s.ttl = lease.ttl.unwrap_or_default();
+        // A renewal answers 0 once the token's max TTL is reached: it expires now.
+        let ttl = lease.ttl.unwrap_or_default();
+        s.expires = Some(started + ttl);
+        s.ttl = ttl;
         s.renewable = lease.renewable;
         Ok(())
     }
