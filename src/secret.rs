@@ -199,6 +199,11 @@ impl SecretCell {
         self.failing.load(Ordering::Relaxed)
     }
 
+    /// Older than its `max_staleness` (never, for a secret that is not refreshed).
+    pub fn is_stale(&self) -> bool {
+        self.refresh.as_ref().is_some_and(|r| self.age() > r.max_staleness)
+    }
+
     /// Load again from the source; on failure keep the last good value. Logs only changes:
     /// a new version, healthy → failing, failing → healthy, fresh → stale.
     pub async fn refresh(&self) {
@@ -300,6 +305,56 @@ mod tests {
     fn secret_never_prints() {
         let s = Secret::new("sk_live_canary123".into());
         assert_eq!(format!("{s:?} {s}"), "Secret(***) ***");
+    }
+
+    /// A source that answers from a script, one answer per load.
+    #[derive(Debug)]
+    struct Scripted(std::sync::Mutex<Vec<Result<(&'static str, u64), &'static str>>>);
+
+    impl SecretSource for Scripted {
+        fn load(&self) -> LoadFuture<'_> {
+            let next = self.0.lock().unwrap().remove(0);
+            Box::pin(async move {
+                next.map(|(v, n)| Loaded { value: Secret::new(v.into()), version: Some(n) })
+                    .map_err(String::from)
+            })
+        }
+    }
+
+    fn cell(on_stale: OnStale, script: Vec<Result<(&'static str, u64), &'static str>>) -> SecretCell {
+        let source = Box::new(Scripted(std::sync::Mutex::new(script)));
+        let refresh =
+            Refresh::new(source, Duration::from_secs(1), Duration::from_secs(60), on_stale, [0; 32]);
+        let first = Loaded { value: Secret::new("v1".into()), version: Some(1) };
+        SecretCell::new("stripe", first, Some(refresh))
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_the_last_good_value() {
+        let c = cell(OnStale::Serve, vec![Err("vault down"), Err("vault down"), Ok(("v2", 2))]);
+        c.refresh().await;
+        c.refresh().await;
+        assert_eq!(c.serving().unwrap().value.expose(), "v1");
+        assert!(c.is_failing());
+        assert_eq!(c.refresh_failures.load(Ordering::Relaxed), 2);
+        c.refresh().await;
+        let now = c.serving().unwrap();
+        assert_eq!((now.value.expose(), now.version), ("v2", Some(2)));
+        assert!(!c.is_failing());
+    }
+
+    #[tokio::test]
+    async fn past_max_staleness_refuse_serves_nothing_and_serve_goes_on() {
+        let long_ago = now_ms() - 61_000;
+        for (policy, serves) in [(OnStale::Serve, true), (OnStale::Refuse, false)] {
+            let c = cell(policy, vec![Err("vault down"), Ok(("v2", 2))]);
+            c.last_success_ms.store(long_ago, Ordering::Relaxed);
+            c.refresh().await;
+            assert!(c.is_stale());
+            assert_eq!(c.serving().is_some(), serves, "{policy:?}");
+            c.refresh().await;
+            assert!(!c.is_stale() && c.serving().is_some());
+        }
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub struct UpstreamFile {
 pub enum SecretFile {
     File { path: PathBuf, key: String },
     Env { var: String },
-    Vault(VaultFile),
+    Vault(Box<VaultFile>),
 }
 
 /// A field of a KV v2 secret in HashiCorp Vault or OpenBao. Checked by `vault::Spec::parse`.
@@ -128,8 +128,8 @@ pub struct VaultFile {
     pub token_env: Option<String>,
     pub role_id: Option<String>,
     pub secret_id_file: Option<PathBuf>,
-    #[serde(default = "default_approle_mount")]
-    pub approle_mount: String,
+    /// Where AppRole is enabled; default `approle`.
+    pub approle_mount: Option<String>,
     pub namespace: Option<String>,
     #[serde(default = "default_refresh", with = "humantime_serde")]
     pub refresh: Duration,
@@ -143,10 +143,6 @@ pub struct VaultFile {
 
 fn default_mount() -> String {
     "secret".into()
-}
-
-fn default_approle_mount() -> String {
-    "approle".into()
 }
 
 fn default_refresh() -> Duration {

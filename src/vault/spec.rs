@@ -42,7 +42,12 @@ impl Spec {
         let addr = parse_addr(&f.addr).map_err(|m| errs.push(("addr", m))).ok();
         let mount = vault_path(&f.mount).map_err(|m| errs.push(("mount", m))).ok();
         let path = vault_path(&f.path).map_err(|m| errs.push(("path", m))).ok();
-        let approle_mount = vault_path(&f.approle_mount).map_err(|m| errs.push(("approle_mount", m))).ok();
+        let approle_mount = vault_path(f.approle_mount.as_deref().unwrap_or("approle"))
+            .map_err(|m| errs.push(("approle_mount", m)))
+            .ok();
+        if f.approle_mount.is_some() && f.role_id.is_none() {
+            errs.push(("approle_mount", "is only used with `role_id` and `secret_id_file`".into()));
+        }
         if f.field.is_empty() {
             errs.push(("field", "must name the secret's field, e.g. \"api_key\"".into()));
         }
@@ -193,6 +198,7 @@ mod tests {
             ("token_env = \"T\"\nrefresh = \"10ms\"", "refresh", "at least 100ms"),
             ("token_env = \"T\"\nrefresh = \"2h\"", "max_staleness", "at least `refresh`"),
             ("token_env = \"T\"\ntimeout = \"0s\"", "timeout", "at least 100ms"),
+            ("token_env = \"T\"\napprole_mount = \"ar\"", "approle_mount", "only used with"),
         ];
         for (extra, key, want) in cases {
             let errs = Spec::parse(&file(extra)).unwrap_err();
