@@ -572,3 +572,28 @@ async fn canary_no_vault_token_or_key_escapes() {
     assert!(count("secret has a new version") >= 1);
     assert!(stderr.contains("cannot reach the vault"), "the failure says why");
 }
+
+#[tokio::test]
+async fn vault_table_mistakes_are_config_errors() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let compile = async |vault: &str| {
+        let src =
+            keyward::config::Source { name: "k.toml".into(), text: config_text(&pki, dir.path(), vault) };
+        keyward::config::compile(&src, keyward::config::Options::POLICY_ONLY).await
+    };
+    let base = "addr = \"http://127.0.0.1:1\"\npath = \"p\"\nfield = \"api_key\"\ntoken_env = \"T\"\n";
+    // `explain` compiles the policy only: no vault is contacted (nothing listens on port 1).
+    assert!(compile(base).await.is_ok());
+    let cases = [
+        (format!("{base}tokne_file = \"t\""), "", "unknown field"),
+        (base.replace("127.0.0.1", "vault.internal"), "secret.stripe.addr", "loopback addresses only"),
+        (format!("{base}role_id = \"r\"\nsecret_id_file = \"s\""), "secret.stripe.auth", "only one"),
+        (format!("{base}on_stale = \"maybe\""), "", "unknown variant"),
+        (base.replace("path = \"p\"", "path = \"../sys\""), "secret.stripe.path", "not a vault path"),
+    ];
+    for (vault, key, want) in cases {
+        let errs = compile(&vault).await.expect_err(want);
+        assert!(errs.iter().any(|e| e.key == key && e.message.contains(want)), "{vault}: {errs:?}");
+    }
+}
