@@ -215,7 +215,7 @@ impl SecretCell {
             Ok(loaded) => {
                 let before = self.version();
                 if loaded.version != before {
-                    tracing::info!(secret = %self.name, from = ?before, to = ?loaded.version, "secret has a new version");
+                    tracing::info!(secret = %self.name, from = before, to = loaded.version, "secret has a new version");
                 }
                 self.current.store(Arc::new(loaded));
                 self.last_success_ms.store(now_ms(), Ordering::Relaxed);
