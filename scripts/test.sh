@@ -5,10 +5,14 @@ cd "$(dirname "$0")/.."
 
 echo "== installing test tools (tests/requirements.txt)"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-for tool in python3 hadolint; do
+if ! command -v chromium >/dev/null; then
+  echo "== installing chromium (the HTML audit report is rendered headless in a test)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+for tool in python3 hadolint bao chromium mount; do
   command -v "$tool" >/dev/null || { echo "missing $tool after install" >&2; exit 1; }
 done
-python3 -c "import stripe" || { echo "the stripe package did not install" >&2; exit 1; }
+python3 -c "import stripe, prometheus_client" || { echo "python test packages did not install" >&2; exit 1; }
 
 echo "== hadolint Dockerfile"
 hadolint Dockerfile

@@ -12,7 +12,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use std::fmt::Write;
+
+use crate::metrics::label;
 use crate::reload::Reloader;
+use crate::snapshot::Snapshot;
 
 pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>) {
     loop {
@@ -40,7 +44,7 @@ async fn route(reloader: Arc<Reloader>, req: Request<Incoming>) -> Result<Respon
         (&Method::GET, "/readyz") => {
             json(StatusCode::OK, serde_json::json!({ "ready": true, "version": snap.version }))
         }
-        (&Method::GET, "/metrics") => text(StatusCode::OK, metrics(&reloader, &snap.version)),
+        (&Method::GET, "/metrics") => text(StatusCode::OK, metrics(&reloader, &snap)),
         (&Method::POST, "/-/reload") => {
             let outcome = reloader.reload("admin endpoint").await;
             let status = if outcome.ok { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
@@ -54,10 +58,15 @@ async fn route(reloader: Arc<Reloader>, req: Request<Incoming>) -> Result<Respon
     Ok(reply)
 }
 
-fn metrics(reloader: &Reloader, version: &str) -> String {
+fn metrics(reloader: &Reloader, snap: &Snapshot) -> String {
+    let proxy = reloader.proxy();
+    let mut out = String::with_capacity(4096);
+    proxy.metrics.render(&mut out);
     let ok = reloader.succeeded.load(Ordering::Relaxed);
     let failed = reloader.failed.load(Ordering::Relaxed);
-    format!(
+    let version = &snap.version;
+    let _ = write!(
+        out,
         "# HELP keyward_reloads_total Configuration reloads by result.\n\
          # TYPE keyward_reloads_total counter\n\
          keyward_reloads_total{{result=\"ok\"}} {ok}\n\
@@ -65,7 +74,65 @@ fn metrics(reloader: &Reloader, version: &str) -> String {
          # HELP keyward_config_info The configuration version serving.\n\
          # TYPE keyward_config_info gauge\n\
          keyward_config_info{{version=\"{version}\"}} 1\n"
-    )
+    );
+    let audit = &proxy.audit.state;
+    let gauge = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n");
+    };
+    gauge(
+        &mut out,
+        "keyward_audit_queue_depth",
+        "gauge",
+        "Access records waiting for the writer.",
+        proxy.audit.depth() as u64,
+    );
+    gauge(
+        &mut out,
+        "keyward_audit_records_written_total",
+        "counter",
+        "Access records written.",
+        audit.written.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "keyward_audit_write_errors_total",
+        "counter",
+        "Failed writes of the access log.",
+        audit.write_errors.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "keyward_audit_refused_total",
+        "counter",
+        "Requests refused because the access log could not be written.",
+        audit.refused.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "keyward_audit_healthy",
+        "gauge",
+        "1 while the access log is writable.",
+        audit.healthy.load(Ordering::Relaxed) as u64,
+    );
+    out.push_str(
+        "# HELP keyward_token_expiry_seconds Seconds until each token expires (negative: expired).\n",
+    );
+    out.push_str("# TYPE keyward_token_expiry_seconds gauge\n");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for s in &snap.services {
+        for t in &s.tokens {
+            if let Some(exp) = t.expires {
+                let _ = writeln!(
+                    out,
+                    "keyward_token_expiry_seconds{{service=\"{}\",token_id=\"{}\"}} {}",
+                    label(&s.name),
+                    label(&t.id),
+                    exp - now
+                );
+            }
+        }
+    }
+    out
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::audit::AuditLog;
+use crate::audit::AuditSink;
 use crate::config::{self, Options, Source};
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
@@ -32,7 +32,7 @@ pub async fn start(src: &Source) -> Result<Running, String> {
         .await
         .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
     let audit =
-        AuditLog::open(&snap.audit_path).map_err(|e| format!("audit log {}: {e}", snap.audit_path))?;
+        AuditSink::open(snap.audit.clone()).map_err(|e| format!("audit log {}: {e}", snap.audit.path))?;
     let listener =
         TcpListener::bind(snap.listen).await.map_err(|e| format!("listen {}: {e}", snap.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -53,6 +53,8 @@ pub async fn start(src: &Source) -> Result<Running, String> {
             .ok(),
         None => None,
     };
+    // Before anyone can learn we are up, so an early SIGHUP cannot kill us.
+    crate::watch::spawn_sighup(reloader.clone());
     let admin = admin_listener.map(|l| tokio::spawn(crate::admin::serve(l, reloader.clone())));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(crate::server::serve(listener, proxy.clone(), async {
@@ -66,25 +68,29 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
+        self.proxy.audit.flush().await;
         if let Some(admin) = self.admin {
             admin.abort();
         }
     }
 
-    /// Run until SIGTERM or SIGINT (reloading on SIGHUP), then drain.
-    pub async fn until_signal(self) {
-        crate::watch::spawn_sighup(self.reloader.clone());
-        shutdown_signal().await;
+    /// Run until `shutdown` (SIGTERM or SIGINT, see [`shutdown_signal`]), then drain.
+    pub async fn until(self, shutdown: impl std::future::Future<Output = ()>) {
+        shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
         self.stop().await;
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. Listens from the moment it is called, so call it before starting.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

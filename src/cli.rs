@@ -23,6 +23,9 @@ enum Command {
         /// Log format: text or json.
         #[arg(long, default_value = "text")]
         log_format: String,
+        /// Worker threads (default: one per CPU). 1 runs everything on one thread.
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Validate the configuration, its catalog, certificates and secrets.
     Check {
@@ -61,6 +64,11 @@ enum Command {
         /// Only entries whose permission base or path contains this text.
         filter: Option<String>,
     },
+    /// The access log: verify its chain, summarise it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Tokens.
     Token {
         #[command(subcommand)]
@@ -84,6 +92,32 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Check that no record was edited, dropped, reordered, inserted or truncated.
+    /// Give rotated files oldest first: audit.jsonl.2 audit.jsonl.1 audit.jsonl
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Summarise: decisions per service and permission, top denials, would-deny, tokens, upstreams.
+    Report {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// RFC 3339 time, inclusive.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 time, exclusive.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+        /// table, json or html.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum CertsCommand {
     /// Make a development CA and a certificate for localhost in DIR.
     Dev {
@@ -99,7 +133,18 @@ pub fn main() -> ExitCode {
         _ => "text",
     };
     init_logging(log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let workers = match &cli.command {
+        Command::Run { workers, .. } => *workers,
+        _ => None,
+    };
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = workers.filter(|n| *n > 1) {
+        builder.worker_threads(n);
+    }
+    let rt = builder.enable_all().build().expect("tokio runtime");
     rt.block_on(async {
         match cli.command {
             Command::Run { config, .. } => run(config.as_deref()).await,
@@ -110,6 +155,10 @@ pub fn main() -> ExitCode {
             }
             Command::Catalog { config, filter } => catalog(config.as_deref(), filter.as_deref()).await,
             Command::Token { command: TokenCommand::New { service, id } } => token_new(&service, id),
+            Command::Audit { command: AuditCommand::Verify { files } } => audit_verify(&files),
+            Command::Audit { command: AuditCommand::Report { files, since, until, service, format } } => {
+                audit_report(&files, since.as_deref(), until.as_deref(), service, &format)
+            }
             Command::Certs { command: CertsCommand::Dev { dir } } => certs_dev(&dir),
         }
     })
@@ -118,7 +167,10 @@ pub fn main() -> ExitCode {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal, never into a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if format == "json" {
         builder.json().init();
     } else {
@@ -143,9 +195,13 @@ async fn run(path: Option<&Path>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    let shutdown = match keyward::app::shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => return fail([format!("cannot listen for signals: {e}")]),
+    };
     match keyward::app::start(&src).await {
         Ok(running) => {
-            running.until_signal().await;
+            running.until(shutdown).await;
             ExitCode::SUCCESS
         }
         Err(msg) => fail(msg.lines()),
@@ -321,6 +377,70 @@ async fn catalog(path: Option<&Path>, filter: Option<&str>) -> ExitCode {
         if writeln!(out, "{line}").is_err() {
             break;
         }
+    }
+    ExitCode::SUCCESS
+}
+
+fn read_all(files: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, ExitCode> {
+    files
+        .iter()
+        .map(|f| std::fs::read(f).map(|b| (f.display().to_string(), b)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail([format!("cannot read: {e}")]))
+}
+
+fn audit_verify(files: &[PathBuf]) -> ExitCode {
+    let data = match read_all(files) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    match keyward::audit::verify::verify(&data) {
+        Ok(v) => {
+            let from = if v.from_genesis {
+                "from the first record ever written".to_string()
+            } else {
+                format!("from seq {}", v.first_seq)
+            };
+            println!(
+                "OK: {} records, seq {}..{} ({from}); head {}",
+                v.records, v.first_seq, v.last_seq, v.head
+            );
+            ExitCode::SUCCESS
+        }
+        Err(b) => fail([format!("chain broken: {b}")]),
+    }
+}
+
+fn audit_report(
+    files: &[PathBuf],
+    since: Option<&str>,
+    until: Option<&str>,
+    service: Option<String>,
+    format: &str,
+) -> ExitCode {
+    use keyward::audit::report;
+    let parse = |s: Option<&str>| {
+        s.map(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)).transpose()
+    };
+    let (since, until) = match (parse(since), parse(until)) {
+        (Ok(s), Ok(u)) => (s, u),
+        _ => return fail(["--since and --until take RFC 3339 times such as 2026-11-01T00:00:00Z"]),
+    };
+    let data = match read_all(files) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let records: Vec<keyward::audit::AccessRecord> = data
+        .iter()
+        .flat_map(|(_, b)| b.split(|&c| c == b'\n'))
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    let rep = report::build(&records, &report::Filter { since, until, service });
+    match format {
+        "table" => print!("{}", report::table(&rep)),
+        "json" => println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default()),
+        "html" => print!("{}", report::html(&rep)),
+        other => return fail([format!("unknown format `{other}`: use table, json or html")]),
     }
     ExitCode::SUCCESS
 }

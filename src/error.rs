@@ -23,6 +23,7 @@ pub enum Failure {
     FormTooLarge { limit: usize },
     BodyUnreadable,
     UpstreamUnavailable,
+    AuditUnavailable,
     UpstreamTimeout,
     SecretStale,
     Internal,
@@ -46,6 +47,7 @@ impl Failure {
             UpstreamNotConfigured(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             SecretStale => StatusCode::SERVICE_UNAVAILABLE,
+            AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -70,6 +72,7 @@ impl Failure {
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             SecretStale => "secret_stale",
+            AuditUnavailable => "audit_log_unavailable",
             Internal => "internal_error",
         }
     }
@@ -125,6 +128,10 @@ impl Failure {
             SecretStale => "keyward's copy of the upstream API key could not be refreshed from the vault \
                             for longer than allowed (max_staleness)."
                 .into(),
+            AuditUnavailable => {
+                "keyward cannot write its access log, so it serves no request until it can. Retry later."
+                    .into()
+            }
             Internal => "keyward hit an internal error.".into(),
         }
     }

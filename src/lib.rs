@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod expand;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

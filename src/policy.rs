@@ -162,8 +162,10 @@ pub fn expansion_failure(snap: &Snapshot, service: &Service, encoded: &str, toke
     Some(Failure::MissingPermission { redacted: redact(token), permission })
 }
 
+/// The connected account a call acts for: `Stripe-Account`, else `Stripe-Context`.
 fn stripe_account(parts: &Parts) -> Option<&str> {
-    parts.headers.get("stripe-account").and_then(|v| v.to_str().ok())
+    let h = &parts.headers;
+    h.get("stripe-account").or_else(|| h.get("stripe-context")).map(|v| v.to_str().unwrap_or("<unreadable>"))
 }
 
 /// Every connected account a call acts for: `Stripe-Account`, each account in a

@@ -17,11 +17,12 @@ use hyper::body::Incoming;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::audit::{AccessRecord, AuditLog};
+use crate::audit::{AccessRecord, AuditSink, Slot};
 use crate::body::Metered;
 use crate::config::file::Mode;
 use crate::error::{Failure, permission_name};
 use crate::identity;
+use crate::metrics::Metrics;
 use crate::policy::{Decision, RequestFacts, Verdict, decide, expansion_failure};
 use crate::snapshot::Snapshot;
 use crate::upstream::{self, Body, BoxError};
@@ -31,13 +32,19 @@ pub const REQUEST_ID: &str = "keyward-request-id";
 /// Shared by every connection: the current snapshot and the access log.
 pub struct Proxy {
     pub snapshot: ArcSwap<Snapshot>,
-    pub audit: AuditLog,
+    pub audit: AuditSink,
+    pub metrics: Metrics,
     ids: RequestIds,
 }
 
 impl Proxy {
-    pub fn new(snapshot: Arc<Snapshot>, audit: AuditLog) -> Arc<Proxy> {
-        Arc::new(Proxy { snapshot: ArcSwap::new(snapshot), audit, ids: RequestIds::new() })
+    pub fn new(snapshot: Arc<Snapshot>, audit: AuditSink) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            snapshot: ArcSwap::new(snapshot),
+            audit,
+            metrics: Metrics::default(),
+            ids: RequestIds::new(),
+        })
     }
 
     pub async fn handle(
@@ -48,7 +55,18 @@ impl Proxy {
         // One snapshot for the whole request, however long it streams.
         let snap = self.snapshot.load_full();
         let (parts, body) = req.into_parts();
-        let mut ex = Exchange::start(self.clone(), &snap, client_ip, &parts);
+        // No record, no request: fail closed while the access log cannot be written.
+        let slot = match self.audit.admits() {
+            true => self.audit.slot().await,
+            false => None,
+        };
+        let Some(slot) = slot else {
+            self.audit.state.refused.fetch_add(1, Ordering::Relaxed);
+            let mut resp = failure_response(&Failure::AuditUnavailable);
+            resp.headers_mut().insert(REQUEST_ID, HeaderValue::from_static("kwreq_unrecorded"));
+            return Ok(resp);
+        };
+        let mut ex = Exchange::start(self.clone(), slot, &snap, client_ip, &parts);
         let facts =
             RequestFacts { parts: &parts, client_ip, now: OffsetDateTime::now_utc().unix_timestamp() };
         let decision = decide(&snap, &facts);
@@ -59,7 +77,7 @@ impl Proxy {
         };
         let response = outcome.unwrap_or_else(|f| {
             if matches!(decision.verdict, Verdict::Allow | Verdict::WouldDeny(_)) {
-                ex.record.reason = f.code();
+                ex.record.reason = f.code().into();
             }
             failure_response(&f)
         });
@@ -179,6 +197,7 @@ pub fn failure_response(f: &Failure) -> Response<Body> {
 /// One request's context. Dropping it writes the access record: whatever happened, exactly once.
 struct Exchange {
     proxy: Arc<Proxy>,
+    slot: Option<Slot>,
     record: AccessRecord,
     started: Instant,
     bytes_in: Arc<AtomicU64>,
@@ -186,7 +205,7 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn start(proxy: Arc<Proxy>, snap: &Snapshot, client_ip: IpAddr, parts: &Parts) -> Exchange {
+    fn start(proxy: Arc<Proxy>, slot: Slot, snap: &Snapshot, client_ip: IpAddr, parts: &Parts) -> Exchange {
         let path = parts.uri.path();
         let record = AccessRecord {
             time: OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
@@ -199,6 +218,7 @@ impl Exchange {
         };
         Exchange {
             proxy,
+            slot: Some(slot),
             record,
             started: Instant::now(),
             bytes_in: Default::default(),
@@ -214,24 +234,25 @@ impl Exchange {
         if let Some(e) = d.entry {
             r.template = Some(e.template.clone());
             r.permission = Some(permission_name(snap.catalog.permission(e.permission), e.access));
-            r.access = Some(e.access.as_str());
+            r.access = Some(e.access.as_str().into());
         }
         r.upstream = d.upstream.map(|i| snap.upstreams[i].name.clone());
-        (r.decision, r.reason) = match &d.verdict {
+        let (decision, reason) = match &d.verdict {
             Verdict::Allow => ("allow", "ok"),
             Verdict::WouldDeny(f) => ("would_deny", f.code()),
             Verdict::Deny(f) => ("deny", f.code()),
         };
+        (r.decision, r.reason) = (decision.into(), reason.into());
     }
 
     /// A refusal found after the policy allowed the call (form-body expansions).
     fn deny(&mut self, f: Failure) -> Failure {
-        (self.record.decision, self.record.reason) = ("deny", f.code());
+        (self.record.decision, self.record.reason) = ("deny".into(), f.code().into());
         f
     }
 
     fn would_deny(&mut self, f: &Failure) {
-        (self.record.decision, self.record.reason) = ("would_deny", f.code());
+        (self.record.decision, self.record.reason) = ("would_deny".into(), f.code().into());
     }
 
     /// Tag the response and hand it back with this exchange riding on its body.
@@ -251,7 +272,10 @@ impl Drop for Exchange {
         r.duration_ms = self.started.elapsed().as_secs_f64() * 1e3;
         r.bytes_in = self.bytes_in.load(Ordering::Relaxed);
         r.bytes_out = self.bytes_out.load(Ordering::Relaxed);
-        self.proxy.audit.write(r);
+        self.proxy.metrics.observe(r);
+        if let Some(slot) = self.slot.take() {
+            slot.send(std::mem::take(r));
+        }
     }
 }
 

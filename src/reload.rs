@@ -87,8 +87,8 @@ fn needs_restart(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     if old.admin_listen != new.admin_listen {
         out.push("server.admin_listen".to_string());
     }
-    if old.audit_path != new.audit_path {
-        out.push("audit.path".to_string());
+    if old.audit != new.audit {
+        out.push("audit".to_string());
     }
     out
 }

@@ -24,7 +24,7 @@ pub struct Snapshot {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub limits: Limits,
     pub timeouts: Timeouts,
-    pub audit_path: String,
+    pub audit: crate::audit::writer::Settings,
     /// Every file this snapshot was compiled from: a change to any of them triggers a reload.
     pub files: Vec<std::path::PathBuf>,
     pub catalog: Catalog,

@@ -4,6 +4,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
@@ -19,12 +20,27 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
     }
     // The key's parse error never quotes key material.
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let mut cfg = rustls::ServerConfig::builder()
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
         .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.ignore_client_order = true;
     Ok(cfg)
+}
+
+/// rustls' defaults, with AES-128-GCM first. Both are strong; AES-128 is cheaper per byte,
+/// and its SHA-256 key schedule runs on the CPU's SHA extensions where SHA-384 does not.
+fn provider() -> rustls::crypto::CryptoProvider {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites.sort_by_key(|s| match s.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+        _ => 2,
+    });
+    p
 }
 
 /// A development CA and a leaf for the names keyward answers locally.

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -24,16 +23,11 @@ const SETTLE: Duration = Duration::from_millis(100);
 pub fn spawn_file_watch(reloader: Arc<Reloader>) -> notify::Result<notify::RecommendedWatcher> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // inotify also reports opens and read-only closes: reacting to those, keyward would
-        // reload on its own reads (and every reload reads the vault) in an endless loop.
-        let Ok(event) = event else {
-            return;
-        };
-        if matches!(event.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write)) {
-            return;
-        }
-        for path in event.paths {
-            let _ = tx.send(path);
+        // Reads (ours included: a reload opens these files) are not changes.
+        if let Some(event) = event.ok().filter(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            for path in event.paths {
+                let _ = tx.send(path);
+            }
         }
     })?;
     let (dirs, names) = targets(&reloader.proxy().snapshot.load().files);

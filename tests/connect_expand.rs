@@ -81,6 +81,12 @@ async fn connect_accounts_are_checked_in_headers_and_paths() {
             "direct_permission_on_connected_account",
         ),
         ("direct on own platform", get(TOKEN, "/v1/account"), 200, ""),
+        (
+            "direct via context",
+            with(get("kw_any_token_00000000000000000000", "/v1/account"), "stripe-context", "acct_1Zzz"),
+            403,
+            "direct_permission_on_connected_account",
+        ),
     ];
     for (what, r, status, code) in cases {
         let reply = kw.send(r).await;
@@ -90,7 +96,7 @@ async fn connect_accounts_are_checked_in_headers_and_paths() {
             assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
         }
     }
-    let recs = kw.records(12).await;
+    let recs = kw.records(13).await;
     assert_eq!(recs[0]["stripe_account"], ALLOWED);
     assert_eq!(recs[1]["reason"], "account_not_allowed");
     kw.stop().await;

@@ -168,16 +168,39 @@ pub enum OnStale {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AuditFile {
     /// A file to append JSON lines to, or "-" for stdout.
     pub path: String,
+    /// Rotate the file when it would grow past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files to keep.
+    pub keep: usize,
+    /// Records queued for the writer before new requests wait.
+    pub queue: usize,
+    pub on_failure: OnFailure,
 }
 
 impl Default for AuditFile {
     fn default() -> Self {
-        AuditFile { path: "-".into() }
+        AuditFile {
+            path: "-".into(),
+            max_bytes: 100 * 1024 * 1024,
+            keep: 10,
+            queue: 8192,
+            on_failure: OnFailure::FailClosed,
+        }
     }
+}
+
+/// What to do while access records cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Refuse new requests with 503 until records can be written again.
+    FailClosed,
+    /// Keep serving; records wait in memory (bounded) until the log is writable.
+    KeepServing,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

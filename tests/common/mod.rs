@@ -219,6 +219,8 @@ pub fn sha256_hex(s: &str) -> String {
 }
 
 pub struct Harness {
+    /// Lines for `[audit]`; the harness adds `path` unless these set it.
+    pub audit: String,
     pub extra_upstreams: Vec<String>,
     pub services: Vec<Svc>,
     pub extra_top: String,
@@ -228,6 +230,7 @@ pub struct Harness {
 impl Harness {
     pub fn new() -> Harness {
         Harness {
+            audit: String::new(),
             extra_upstreams: vec![],
             services: vec![],
             extra_top: String::new(),
@@ -250,6 +253,12 @@ impl Harness {
         self
     }
 
+    pub fn audit(mut self, toml: &str) -> Harness {
+        self.audit.push_str(toml);
+        self.audit.push('\n');
+        self
+    }
+
     /// Extra keys in `[upstream.api]`.
     pub fn upstream(mut self, toml: &str) -> Harness {
         self.upstream_extra.push_str(toml);
@@ -266,14 +275,18 @@ impl Harness {
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\n{}\n\
              [upstream.api]\nurl = {upstream_url:?}\nca = {:?}\n{}\n\
              [secret.stripe]\nsource = \"file\"\npath = {:?}\nkey = \"stripe\"\n\n\
-             [audit]\npath = {:?}\n\n",
+             [audit]\n{}\n",
             pki.cert,
             pki.key,
             self.extra_top,
             pki.ca,
             self.upstream_extra,
             secrets,
-            dir.join("audit.jsonl"),
+            if self.audit.contains("path =") {
+                self.audit.clone()
+            } else {
+                format!("path = {:?}\n{}", dir.join("audit.jsonl"), self.audit)
+            },
         );
         for s in &self.services {
             cfg += &s.toml();
@@ -439,10 +452,12 @@ impl Running {
         self.records(n).await.pop().unwrap()
     }
 
-    pub async fn stop(mut self) {
+    /// Stop keyward; the returned dir (config, access log) lives on until dropped.
+    pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(app) = self.app.take() {
             app.stop().await;
         }
+        self.dir
     }
 }
 

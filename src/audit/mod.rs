@@ -1,0 +1,55 @@
+//! The access log: one JSON line per request, chained so that any edit, drop, reorder or
+//! insert is found. Records have no field that could hold a token or a secret.
+
+pub mod report;
+pub mod verify;
+pub mod writer;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use writer::{AuditSink, Slot};
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct AccessRecord {
+    /// Position in the chain: one more than the record before it, across rotated files.
+    pub seq: u64,
+    /// SHA-256 (hex) of the previous record's line as written.
+    pub prev: String,
+    pub time: String,
+    pub request_id: String,
+    pub service: Option<Arc<str>>,
+    pub token_id: Option<Arc<str>>,
+    pub client_ip: Option<IpAddr>,
+    pub method: String,
+    /// Path only: a query string can carry personal data.
+    pub path: String,
+    pub template: Option<String>,
+    pub permission: Option<String>,
+    pub access: Option<Cow<'static, str>>,
+    pub decision: Cow<'static, str>,
+    pub reason: Cow<'static, str>,
+    pub status: u16,
+    pub upstream: Option<String>,
+    pub upstream_request_id: Option<String>,
+    pub stripe_account: Option<String>,
+    pub egress_ip: Option<IpAddr>,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub config_version: String,
+    pub secret_version: Option<u64>,
+}
+
+/// The `prev` of the very first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The chain hash of a line as written (without its newline).
+pub fn line_hash(line: &[u8]) -> String {
+    hex::encode(Sha256::digest(line))
+}

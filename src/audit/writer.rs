@@ -1,0 +1,338 @@
+//! The audit writer: requests reserve a queue slot when they start (so a full queue slows
+//! admission instead of dropping records), and one task chains, writes and rotates.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AccessRecord, GENESIS, line_hash};
+
+/// How the access log is written, from `[audit]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// A file, or "-" for stdout.
+    pub path: String,
+    /// Rotate when the file would grow past this.
+    pub max_bytes: u64,
+    /// Rotated files kept (`path.1` … `path.N`).
+    pub keep: usize,
+    pub queue: usize,
+    /// Refuse new requests (503) while records cannot be written.
+    pub fail_closed: bool,
+}
+
+enum Msg {
+    Record(Box<AccessRecord>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Counters the metrics and the request path read.
+#[derive(Debug, Default)]
+pub struct SinkState {
+    pub healthy: AtomicBool,
+    pub written: AtomicU64,
+    pub write_errors: AtomicU64,
+    /// Requests refused because the log could not be written (fail closed).
+    pub refused: AtomicU64,
+}
+
+pub struct AuditSink {
+    tx: mpsc::Sender<Msg>,
+    pub state: Arc<SinkState>,
+    pub settings: Settings,
+}
+
+/// A reserved place in the queue: sending on it never waits and never fails.
+pub struct Slot(mpsc::OwnedPermit<Msg>);
+
+impl Slot {
+    pub fn send(self, record: AccessRecord) {
+        self.0.send(Msg::Record(Box::new(record)));
+    }
+}
+
+impl AuditSink {
+    /// Open the log (continuing the chain of what is already there) and start the writer.
+    pub fn open(settings: Settings) -> std::io::Result<AuditSink> {
+        let out = Output::open(&settings)?;
+        let (seq, prev) = out.chain_tail()?;
+        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        let state = Arc::new(SinkState { healthy: AtomicBool::new(true), ..Default::default() });
+        let writer = Writer { out, rx, state: state.clone(), seq, prev, pending: VecDeque::new() };
+        tokio::spawn(writer.run());
+        Ok(AuditSink { tx, state, settings })
+    }
+
+    /// Wait for a place in the queue: back-pressure when the writer falls behind.
+    pub async fn slot(&self) -> Option<Slot> {
+        self.tx.clone().reserve_owned().await.ok().map(Slot)
+    }
+
+    /// Whether a request may be served now: not while records cannot be written, unless
+    /// configured to keep serving.
+    pub fn admits(&self) -> bool {
+        !self.settings.fail_closed || self.state.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Returns once everything queued before it is written (or the writer gave up).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+        }
+    }
+}
+
+struct Writer {
+    out: Output,
+    rx: mpsc::Receiver<Msg>,
+    state: Arc<SinkState>,
+    seq: u64,
+    prev: String,
+    /// Chained lines not yet written (kept across write failures, in order).
+    pending: VecDeque<Vec<u8>>,
+}
+
+/// Lines held in memory while the sink fails, before the writer stops taking more
+/// (which then holds requests back at their queue slot).
+const MAX_PENDING: usize = 100_000;
+const RETRY: Duration = Duration::from_millis(250);
+/// Records gathered into one write when they arrive faster than they are written.
+const BATCH: usize = 256;
+const COALESCE: Duration = Duration::from_millis(2);
+
+impl Writer {
+    async fn run(mut self) {
+        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        loop {
+            let msg = if self.pending.is_empty() {
+                match self.rx.recv().await {
+                    Some(m) => Some(m),
+                    None => break,
+                }
+            } else if self.pending.len() < MAX_PENDING {
+                // Failing: keep taking records (in memory) while retrying the sink.
+                tokio::time::timeout(RETRY, self.rx.recv()).await.ok().flatten()
+            } else {
+                tokio::time::sleep(RETRY).await;
+                None
+            };
+            if let Some(m) = msg {
+                self.take(m, &mut flushes);
+            }
+            self.drain(&mut flushes);
+            // Under load, wait a moment so one write carries many records.
+            if self.pending.len() < BATCH && flushes.is_empty() && self.state.healthy.load(Ordering::Relaxed)
+            {
+                tokio::time::sleep(COALESCE).await;
+                self.drain(&mut flushes);
+            }
+            self.write_pending();
+            if self.pending.is_empty() {
+                for f in flushes.drain(..) {
+                    let _ = f.send(());
+                }
+            }
+        }
+        self.write_pending();
+    }
+
+    fn drain(&mut self, flushes: &mut Vec<oneshot::Sender<()>>) {
+        while self.pending.len() < MAX_PENDING {
+            match self.rx.try_recv() {
+                Ok(m) => self.take(m, flushes),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn take(&mut self, msg: Msg, flushes: &mut Vec<oneshot::Sender<()>>) {
+        match msg {
+            Msg::Flush(done) => flushes.push(done),
+            Msg::Record(mut rec) => {
+                self.seq += 1;
+                rec.seq = self.seq;
+                rec.prev = std::mem::take(&mut self.prev);
+                let mut line = Vec::with_capacity(1024);
+                serde_json::to_writer(&mut line, &rec).expect("records serialize");
+                self.prev = line_hash(&line);
+                self.pending.push_back(line);
+            }
+        }
+    }
+
+    fn write_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        match self.out.write_lines(&mut self.pending) {
+            Ok(n) => {
+                self.state.written.fetch_add(n, Ordering::Relaxed);
+                if !self.state.healthy.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("access log writable again; serving resumes");
+                }
+            }
+            Err(e) => {
+                self.state.write_errors.fetch_add(1, Ordering::Relaxed);
+                if self.state.healthy.swap(false, Ordering::Relaxed) {
+                    tracing::error!(error = %e, pending = self.pending.len(), "cannot write the access log");
+                }
+            }
+        }
+    }
+}
+
+/// The file (or stdout) records go to, with size-based rotation.
+struct Output {
+    path: Option<PathBuf>,
+    file: Option<File>,
+    size: u64,
+    max_bytes: u64,
+    keep: usize,
+}
+
+impl Output {
+    fn open(s: &Settings) -> std::io::Result<Output> {
+        if s.path == "-" {
+            return Ok(Output { path: None, file: None, size: 0, max_bytes: u64::MAX, keep: 0 });
+        }
+        let path = PathBuf::from(&s.path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut out =
+            Output { path: Some(path), file: None, size: 0, max_bytes: s.max_bytes.max(1), keep: s.keep };
+        out.reopen()?;
+        Ok(out)
+    }
+
+    fn reopen(&mut self) -> std::io::Result<()> {
+        if let Some(path) = &self.path {
+            let f = OpenOptions::new().create(true).append(true).open(path)?;
+            self.size = f.metadata()?.len();
+            self.file = Some(f);
+        }
+        Ok(())
+    }
+
+    /// The last record already written (here or in the newest rotated file), so a restart
+    /// continues the chain.
+    fn chain_tail(&self) -> std::io::Result<(u64, String)> {
+        let Some(path) = &self.path else { return Ok((0, GENESIS.to_string())) };
+        for candidate in [path.clone(), rotated(path, 1)] {
+            if let Some(line) = last_line(&candidate)? {
+                let seq = serde_json::from_slice::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64())
+                    .unwrap_or(0);
+                return Ok((seq, line_hash(&line)));
+            }
+        }
+        Ok((0, GENESIS.to_string()))
+    }
+
+    /// Write lines from the front; those written leave the queue. Returns how many.
+    fn write_lines(&mut self, lines: &mut VecDeque<Vec<u8>>) -> std::io::Result<u64> {
+        if self.path.is_none() {
+            let mut out = std::io::stdout().lock();
+            for line in lines.iter() {
+                out.write_all(line)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            let n = lines.len() as u64;
+            lines.clear();
+            return Ok(n);
+        }
+        if self.file.is_none() {
+            self.reopen()?;
+        }
+        let mut n = 0;
+        while !lines.is_empty() {
+            // As many lines as fit in the current file (always at least one in an empty file).
+            let (mut batch, mut k) = (Vec::new(), 0);
+            for line in lines.iter() {
+                let fits = self.size + (batch.len() + line.len() + 1) as u64 <= self.max_bytes;
+                if !fits && (self.size > 0 || k > 0) || batch.len() >= 1 << 20 {
+                    break;
+                }
+                batch.extend_from_slice(line);
+                batch.push(b'\n');
+                k += 1;
+            }
+            if k == 0 {
+                self.rotate()?;
+                continue;
+            }
+            self.append(&batch)?;
+            lines.drain(..k);
+            n += k as u64;
+        }
+        Ok(n)
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let f = self.file.as_mut().ok_or_else(|| std::io::Error::other("access log not open"))?;
+        if let Err(e) = f.write_all(bytes).and_then(|_| f.flush()) {
+            // Cut any partial line (a full disk takes what fits), so the chain stays whole,
+            // and reopen next time: the file may have been replaced or fixed.
+            let _ = f.set_len(self.size);
+            self.file = None;
+            return Err(e);
+        }
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let Some(path) = self.path.clone() else { return Ok(()) };
+        self.file = None;
+        if self.keep == 0 {
+            std::fs::remove_file(&path)?;
+        } else {
+            let _ = std::fs::remove_file(rotated(&path, self.keep));
+            for i in (1..self.keep).rev() {
+                let from = rotated(&path, i);
+                if from.exists() {
+                    std::fs::rename(&from, rotated(&path, i + 1))?;
+                }
+            }
+            std::fs::rename(&path, rotated(&path, 1))?;
+        }
+        self.reopen()
+    }
+}
+
+/// `audit.jsonl` → `audit.jsonl.N`
+pub fn rotated(path: &Path, n: usize) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// The last complete line of a file, if any.
+fn last_line(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(256 * 1024);
+    f.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail)?;
+    let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+    let line = body.rsplit(|&b| b == b'\n').next().unwrap_or(body);
+    Ok((!line.is_empty()).then(|| line.to_vec()))
+}

@@ -1,0 +1,352 @@
+//! The access log auditors rely on: complete under load, chained across rotation, tamper
+//! found where it happened, fail-closed when the disk fills; metrics that match the traffic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+
+const TOKEN: &str = "kw_audit_token_0123456789abcdefWXYZ";
+
+fn keyward(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn verify(files: &[PathBuf]) -> (bool, String) {
+    let mut args = vec!["audit", "verify"];
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    keyward(&args)
+}
+
+/// The log and its rotated files, oldest first.
+fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let base = dir.join("audit.jsonl");
+    let mut rotated: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            let n = p.file_name()?.to_str()?.strip_prefix("audit.jsonl.")?.parse().ok()?;
+            Some((n, p))
+        })
+        .collect();
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
+    rotated.into_iter().map(|(_, p)| p).chain([base]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_give_exactly_one_chained_record_each() {
+    let kw = Arc::new(
+        Harness::new()
+            .service(Svc::new("billing").token("b1", TOKEN).scope("charge", "read"))
+            .audit("max_bytes = 20000\nkeep = 100")
+            .start()
+            .await,
+    );
+    const N: usize = 400;
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let kw = kw.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = kw.connect().await;
+            for i in 0..N / 16 {
+                let path = if (t + i) % 3 == 0 { "/v1/refunds" } else { "/v1/charges/ch_1" };
+                let method = if path == "/v1/refunds" { "POST" } else { "GET" };
+                conn.send(req(method, path, TOKEN, "")).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let dir = Arc::try_unwrap(kw).ok().unwrap().stop().await;
+    let files = log_files(dir.path());
+    assert!(files.len() >= 3, "rotated into {} files", files.len());
+    let lines: usize = files.iter().map(|f| std::fs::read_to_string(f).unwrap().lines().count()).sum();
+    assert_eq!(lines, N, "exactly one record per request");
+    let (ok, out) = verify(&files);
+    assert!(ok, "{out}");
+    assert!(out.starts_with(&format!("OK: {N} records, seq 1..{N}")), "{out}");
+
+    // A middle rotated file removed: found at the first line after the gap.
+    let (ok, out) = verify(&[files[0].clone(), files[2].clone()]);
+    assert!(!ok);
+    assert!(out.contains(&format!("{} line 1", files[2].display())) && out.contains("missing"), "{out}");
+}
+
+#[tokio::test]
+async fn tampering_with_a_real_log_is_found_where_it_happened() {
+    let kw =
+        Harness::new().service(Svc::new("billing").token("b1", TOKEN).scope("charge", "read")).start().await;
+    for i in 0..10 {
+        let path = if i % 2 == 0 { "/v1/charges" } else { "/v1/customers" };
+        kw.get(path, TOKEN).await;
+    }
+    kw.records(10).await;
+    let dir = kw.stop().await;
+    let dir = dir.path();
+    let log = dir.join("audit.jsonl");
+    let original = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    assert!(verify(std::slice::from_ref(&log)).0);
+
+    let write = |name: &str, lines: &[String], tail: &str| {
+        let p = dir.join(format!("{name}.jsonl"));
+        std::fs::write(&p, lines.join("\n") + tail).unwrap();
+        p
+    };
+    let owned: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    let mut edited = owned.clone();
+    edited[4] = edited[4].replace("\"client_ip\":\"127.0.0.1\"", "\"client_ip\":\"10.9.9.9\"");
+    assert_ne!(edited[4], owned[4]);
+    let mut dropped = owned.clone();
+    dropped.remove(6);
+    let mut swapped = owned.clone();
+    swapped.swap(2, 3);
+    let mut forged = owned.clone();
+    forged.insert(5, owned[4].replace("\"status\":200", "\"status\":201"));
+    let cases = [
+        ("edit one field", write("edited", &edited, "\n"), "line 5:", "edited"),
+        ("delete a line", write("dropped", &dropped, "\n"), "line 7:", "missing"),
+        ("swap two lines", write("swapped", &swapped, "\n"), "line 3:", "reordered"),
+        ("insert a forged line", write("forged", &forged, "\n"), "line 6:", "inserted"),
+        ("truncate the last line", write("truncated", &owned, ""), "line 10:", "truncated"),
+    ];
+    for (what, file, at, why) in cases {
+        let file = if what.starts_with("truncate") {
+            let mut bytes = original.clone().into_bytes();
+            bytes.truncate(bytes.len() - 15);
+            std::fs::write(&file, bytes).unwrap();
+            file
+        } else {
+            file
+        };
+        let (ok, out) = verify(&[file]);
+        assert!(!ok, "{what}: not detected");
+        assert!(out.contains(at) && out.contains(why), "{what}: {out}");
+    }
+}
+
+/// A tiny tmpfs for the access log, unmounted when dropped.
+struct TinyDisk(PathBuf);
+
+impl TinyDisk {
+    fn mount(dir: &Path, size: &str) -> TinyDisk {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status();
+        assert!(
+            ok.is_ok_and(|s| s.success()),
+            "mounting a tmpfs needs root (the test command runs as root in CI)"
+        );
+        TinyDisk(dir.to_path_buf())
+    }
+    fn resize(&self, size: &str) {
+        let s = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(s.success());
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        // Lazily: the writer task may still hold the file for a moment.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_closed_and_recovers_without_losing_a_record() {
+    let disk_dir = tempfile::tempdir().unwrap();
+    let disk = TinyDisk::mount(disk_dir.path(), "12k");
+    let log = disk_dir.path().join("audit.jsonl");
+    let kw = Harness::new()
+        .service(Svc::new("billing").token("b1", TOKEN).scope("charge", "read"))
+        .audit(&format!("path = {:?}", log.display().to_string()))
+        .start()
+        .await;
+    let mut served = 0;
+    let mut refused = None;
+    for _ in 0..200 {
+        let r = kw.get("/v1/charges", TOKEN).await;
+        match r.status {
+            200 => served += 1,
+            503 => {
+                refused = Some(r);
+                break;
+            }
+            s => panic!("unexpected status {s}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let refused = refused.expect("the full disk was noticed");
+    assert_eq!(refused.error_code(), "audit_log_unavailable");
+    assert_eq!(refused.json()["error"]["type"], "api_error");
+    assert_eq!(kw.get("/v1/charges", TOKEN).await.status, 503, "still closed");
+    let upstream_before = kw.upstream.requests().len();
+
+    disk.resize("1m");
+    let mut back = false;
+    for _ in 0..100 {
+        if kw.get("/v1/charges", TOKEN).await.status == 200 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(back, "serving resumed once the disk had room");
+    assert!(kw.upstream.requests().len() > upstream_before);
+    kw.stop().await;
+    let (ok, out) = verify(std::slice::from_ref(&log));
+    assert!(ok, "{out}");
+    let written = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert!(
+        written > served,
+        "every served request has its record ({written} records, {served} served before the failure)"
+    );
+}
+
+#[tokio::test]
+async fn metrics_match_the_traffic_and_parse_as_prometheus_text() {
+    let kw = Harness::new()
+        .service(
+            Svc::new("billing")
+                .token_with("b1", TOKEN, "expires = \"2099-01-01T00:00:00Z\"")
+                .scope("charge", "read"),
+        )
+        .start()
+        .await;
+    for _ in 0..3 {
+        assert_eq!(kw.get("/v1/charges", TOKEN).await.status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(kw.post("/v1/refunds", TOKEN, "charge=ch_1").await.status, 403);
+    }
+    assert_eq!(kw.get("/v1/charges", "kw_nobody_000000000000000000000").await.status, 401);
+    kw.records(6).await;
+    let tcp = tokio::net::TcpStream::connect(kw.admin()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let r = http::Request::get("/metrics")
+        .header("host", "admin")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(r).await.unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    kw.stop().await;
+
+    let want = [
+        r#"keyward_requests_total{service="billing",permission="charge_read",decision="allow",status="2xx"} 3"#,
+        r#"keyward_requests_total{service="billing",permission="charge_write",decision="deny",status="4xx"} 2"#,
+        r#"keyward_requests_total{service="",permission="",decision="deny",status="4xx"} 1"#,
+        "keyward_request_duration_seconds_count 6",
+        "keyward_upstream_duration_seconds_count 3",
+        "keyward_audit_healthy 1",
+        r#"keyward_token_expiry_seconds{service="billing",token_id="b1"}"#,
+    ];
+    for w in want {
+        assert!(text.contains(w), "missing `{w}` in:\n{text}");
+    }
+    // A real parser must accept all of it.
+    let parsed = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
+             fams = list(p(sys.stdin.read()))\nprint(len(fams), sum(len(f.samples) for f in fams))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(text.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("python3 with prometheus_client (installed by the test command)");
+    assert!(parsed.status.success(), "{}", String::from_utf8_lossy(&parsed.stderr));
+    let families: usize =
+        String::from_utf8_lossy(&parsed.stdout).split_whitespace().next().unwrap().parse().unwrap();
+    assert!(families >= 10, "{families} metric families");
+}
+
+#[tokio::test]
+async fn report_summarises_and_renders_in_a_browser() {
+    let kw = Harness::new()
+        .service(Svc::new("billing").token("b1", TOKEN).scope("charge", "read"))
+        .service(
+            Svc::new("shadow").token("s1", "kw_shadow_token_000000000000000000").extra("mode = \"report\""),
+        )
+        .start()
+        .await;
+    for _ in 0..4 {
+        kw.get("/v1/charges", TOKEN).await;
+    }
+    kw.post("/v1/refunds", TOKEN, "charge=ch_1").await;
+    kw.get("/v1/customers", "kw_shadow_token_000000000000000000").await;
+    kw.records(6).await;
+    let log = kw.dir.path().join("audit.jsonl");
+    let (ok, json) = keyward(&["audit", "report", "--format", "json", log.to_str().unwrap()]);
+    assert!(ok, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["records"], 6);
+    let row = v["decisions"].as_array().unwrap().iter().find(|r| r["permission"] == "charge_read").unwrap();
+    assert_eq!((row["service"].as_str(), row["allow"].as_u64()), (Some("billing"), Some(4)));
+    assert_eq!(v["top_denied"][0]["endpoint"], "POST /v1/refunds");
+    assert_eq!(v["would_deny"][0]["service"], "shadow");
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 2);
+    let (_, only) =
+        keyward(&["audit", "report", "--format", "json", "--service", "shadow", log.to_str().unwrap()]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&only).unwrap()["records"], 1);
+    let (_, none) = keyward(&[
+        "audit",
+        "report",
+        "--format",
+        "json",
+        "--since",
+        "2999-01-01T00:00:00Z",
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&none).unwrap()["records"], 0);
+    let (ok, table) = keyward(&["audit", "report", log.to_str().unwrap()]);
+    assert!(ok && table.contains("TOP DENIED") && table.contains("billing"), "{table}");
+
+    let (ok, html) = keyward(&["audit", "report", "--format", "html", log.to_str().unwrap()]);
+    assert!(ok && html.starts_with("<!doctype html>"));
+    let page = kw.dir.path().join("report.html");
+    let shot = kw.dir.path().join("report.png");
+    std::fs::write(&page, html).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1200,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium (installed by the test command)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 5000, "{} bytes", png.len());
+    kw.stop().await;
+}
