@@ -41,6 +41,7 @@ pub async fn start(src: &Source) -> Result<Running, String> {
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    crate::secret::spawn_refresh(&snap.secrets);
     let proxy = Proxy::new(Arc::new(snap), audit);
     let reloader = Reloader::new(proxy.clone(), path.clone());
     let watch = match path {

@@ -25,6 +25,7 @@ pub enum Failure {
     UpstreamUnavailable,
     AuditUnavailable,
     UpstreamTimeout,
+    SecretStale,
     Internal,
 }
 
@@ -45,6 +46,7 @@ impl Failure {
             BodyUnreadable => StatusCode::BAD_REQUEST,
             UpstreamNotConfigured(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            SecretStale => StatusCode::SERVICE_UNAVAILABLE,
             AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -69,6 +71,7 @@ impl Failure {
             BodyUnreadable => "request_body_unreadable",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
+            SecretStale => "secret_stale",
             AuditUnavailable => "audit_log_unavailable",
             Internal => "internal_error",
         }
@@ -122,6 +125,9 @@ impl Failure {
             BodyUnreadable => "The request body could not be read.".into(),
             UpstreamUnavailable => "keyward could not reach the upstream API.".into(),
             UpstreamTimeout => "The upstream API did not answer in time.".into(),
+            SecretStale => "keyward's copy of the upstream API key could not be refreshed from the vault \
+                            for longer than allowed (max_staleness)."
+                .into(),
             AuditUnavailable => {
                 "keyward cannot write its access log, so it serves no request until it can. Retry later."
                     .into()

@@ -23,4 +23,5 @@ pub mod snapshot;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod vault;
 pub mod watch;

@@ -102,7 +102,7 @@ async fn forward(
     if declared.is_some_and(|n| n > limit) {
         return Err(Failure::BodyTooLarge { limit });
     }
-    let secret = &snap.secrets[service.secret];
+    let secret = snap.secrets[service.secret].serving().ok_or(Failure::SecretStale)?;
     ex.record.secret_version = secret.version;
     let headers = upstream::request_headers(&parts.headers, secret.value.expose(), &up.host)
         .ok_or(Failure::Internal)?;

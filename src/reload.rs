@@ -54,7 +54,7 @@ impl Reloader {
         let _one_at_a_time = self.lock.lock().await;
         let current = self.proxy.snapshot.load_full();
         let compiled = match Source::locate(self.path.as_deref()) {
-            Ok(src) => config::compile(&src, Options::FULL).await,
+            Ok(src) => config::compile_with(&src, Options::FULL, Some(&current)).await,
             Err(e) => Err(e),
         };
         match compiled {
@@ -64,7 +64,9 @@ impl Reloader {
                 for setting in &restart_required {
                     tracing::warn!(setting, "changed setting needs a restart; keeping the running one");
                 }
-                self.proxy.snapshot.store(Arc::new(next));
+                let next = Arc::new(next);
+                crate::secret::spawn_refresh(&next.secrets);
+                self.proxy.snapshot.store(next);
                 self.succeeded.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(trigger, from = %current.version, to = %version, "configuration reloaded");
                 Outcome { ok: true, version, errors: vec![], restart_required }

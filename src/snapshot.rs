@@ -12,7 +12,7 @@ use crate::catalog::{Catalog, PermId};
 use crate::config::file::{Level, Mode};
 use crate::expand::Expansions;
 use crate::identity::TokenHash;
-use crate::secret::Loaded;
+use crate::secret::SecretCell;
 use crate::upstream::Upstream;
 
 #[derive(Debug)]
@@ -32,7 +32,8 @@ pub struct Snapshot {
     /// For each catalog entry, the index of its upstream (`None`: not configured here).
     pub routes: Vec<Option<usize>>,
     pub upstreams: Vec<Upstream>,
-    pub secrets: Vec<Arc<Loaded>>,
+    /// Read once per request (`SecretCell::serving`); vault cells refresh in place.
+    pub secrets: Vec<Arc<SecretCell>>,
     pub services: Vec<Service>,
     pub tokens: HashMap<TokenHash, TokenRef>,
 }

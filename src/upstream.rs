@@ -92,7 +92,7 @@ impl Upstream {
     }
 }
 
-fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+pub(crate) fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         // A configured CA replaces the public roots: the upstream is pinned to it.

@@ -14,9 +14,10 @@ use super::file::{FileConfig, Level, SecretFile, ServiceFile};
 use super::{ConfigError, Source, line_of};
 use crate::catalog::{Catalog, STRIPE_CATALOG};
 use crate::expand::{Expansions, STRIPE_EXPANSIONS};
-use crate::secret::{EnvSource, FileSource, Loaded, Secret, SecretSource};
+use crate::secret::{EnvSource, FileSource, Loaded, Refresh, Secret, SecretCell, SecretSource};
 use crate::snapshot::{Accounts, Limits, Service, Snapshot, Timeouts, Token, TokenRef};
 use crate::upstream::Upstream;
+use crate::vault::{Spec, VaultSource};
 
 /// What to build beyond the policy: `keyward explain` needs none of it, `run` and `check` all.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +45,16 @@ impl Errors<'_> {
 }
 
 pub async fn compile(src: &Source, opts: Options) -> Result<Snapshot, Vec<ConfigError>> {
+    compile_with(src, opts, None).await
+}
+
+/// `compile` for a reload: a vault secret whose configuration is unchanged keeps its cell from
+/// `previous` (refreshed now), so a vault outage does not block a reload and counters go on.
+pub async fn compile_with(
+    src: &Source,
+    opts: Options,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Vec<ConfigError>> {
     let file: FileConfig = toml::from_str(&src.text).map_err(|e| {
         let line = e.span().map(|s| line_of(&src.text, s.start));
         vec![ConfigError::new(&src.name, line, "", scrub(e.message()))]
@@ -55,7 +66,7 @@ pub async fn compile(src: &Source, opts: Options) -> Result<Snapshot, Vec<Config
     let upstreams = build_upstreams(&file, opts, &mut errs);
     let routes =
         catalog.entries.iter().map(|e| upstreams.iter().position(|u| u.name == e.upstream)).collect();
-    let (secrets, secret_index) = load_secrets(&file, opts, &mut errs).await;
+    let (secrets, secret_index) = load_secrets(&file, opts, previous, &mut errs).await;
     let (services, tokens) = build_services(&file, &catalog, &secret_index, &mut errs);
 
     if file.limits.max_header_bytes < 8192 {
@@ -111,8 +122,10 @@ fn input_files(src: &Source, file: &FileConfig) -> Vec<std::path::PathBuf> {
     files.extend(file.catalog.path.iter().chain(&file.catalog.expansions).cloned());
     files.extend(file.upstream.values().filter_map(|u| u.ca.clone()));
     for s in file.secret.values() {
-        if let SecretFile::File { path, .. } = s {
-            files.push(path.clone());
+        match s {
+            SecretFile::File { path, .. } => files.push(path.clone()),
+            SecretFile::Vault(v) => files.extend(v.ca.clone()),
+            SecretFile::Env { .. } => {}
         }
     }
     files
@@ -188,8 +201,9 @@ fn build_upstreams(file: &FileConfig, opts: Options, errs: &mut Errors) -> Vec<U
 async fn load_secrets(
     file: &FileConfig,
     opts: Options,
+    previous: Option<&Snapshot>,
     errs: &mut Errors<'_>,
-) -> (Vec<Arc<Loaded>>, HashMap<String, usize>) {
+) -> (Vec<Arc<SecretCell>>, HashMap<String, usize>) {
     let used: HashSet<&str> = file.service.iter().map(|s| s.secret.get_ref().as_str()).collect();
     let mut secrets = Vec::new();
     let mut index = HashMap::new();
@@ -197,27 +211,79 @@ async fn load_secrets(
         if !used.contains(name.as_str()) {
             continue;
         }
-        let loaded = if opts.secrets {
-            let source: Box<dyn SecretSource> = match def {
-                SecretFile::File { path, key } => {
-                    Box::new(FileSource { path: path.clone(), key: key.clone() })
-                }
-                SecretFile::Env { var } => Box::new(EnvSource { var: var.clone() }),
-            };
-            match source.load().await {
-                Ok(l) => l,
-                Err(msg) => {
-                    errs.at(None, format!("secret.{name}"), msg);
-                    continue;
+        let key = format!("secret.{name}");
+        let cell = match def {
+            SecretFile::Vault(v) => {
+                let spec = match Spec::parse(v) {
+                    Ok(spec) => spec,
+                    Err(list) => {
+                        for (k, msg) in list {
+                            errs.at(None, format!("{key}.{k}"), msg);
+                        }
+                        continue;
+                    }
+                };
+                if !opts.secrets {
+                    placeholder(name)
+                } else {
+                    match vault_cell(name, spec, v, previous).await {
+                        Ok(cell) => cell,
+                        Err(msg) => {
+                            errs.at(None, &key, msg);
+                            continue;
+                        }
+                    }
                 }
             }
-        } else {
-            Loaded { value: Secret::new(String::new()), version: None }
+            SecretFile::File { .. } | SecretFile::Env { .. } if !opts.secrets => placeholder(name),
+            SecretFile::File { path, key: k } => {
+                match (FileSource { path: path.clone(), key: k.clone() }).load().await {
+                    Ok(l) => Arc::new(SecretCell::new(name, l, None)),
+                    Err(msg) => {
+                        errs.at(None, &key, msg);
+                        continue;
+                    }
+                }
+            }
+            SecretFile::Env { var } => match (EnvSource { var: var.clone() }).load().await {
+                Ok(l) => Arc::new(SecretCell::new(name, l, None)),
+                Err(msg) => {
+                    errs.at(None, &key, msg);
+                    continue;
+                }
+            },
         };
         index.insert(name.clone(), secrets.len());
-        secrets.push(Arc::new(loaded));
+        secrets.push(cell);
     }
     (secrets, index)
+}
+
+fn placeholder(name: &str) -> Arc<SecretCell> {
+    Arc::new(SecretCell::new(name, Loaded { value: Secret::new(String::new()), version: None }, None))
+}
+
+/// The running cell if its configuration is unchanged (refreshed now: a failure keeps the
+/// last good value), else a new source loaded for the first time (a failure is an error).
+async fn vault_cell(
+    name: &str,
+    spec: Spec,
+    file: &crate::config::file::VaultFile,
+    previous: Option<&Snapshot>,
+) -> Result<Arc<SecretCell>, String> {
+    let source = VaultSource::connect(spec, file)?;
+    let kept = previous
+        .and_then(|p| p.secrets.iter().find(|c| &*c.name == name))
+        .filter(|c| c.refresh_plan().is_some_and(|r| r.origin == source.origin()));
+    if let Some(cell) = kept {
+        cell.refresh().await;
+        return Ok(cell.clone());
+    }
+    let loaded = source.load().await?;
+    let s = source.spec();
+    let (every, max_staleness, on_stale, origin) = (s.refresh, s.max_staleness, s.on_stale, source.origin());
+    let refresh = Refresh::new(Box::new(source), every, max_staleness, on_stale, origin);
+    Ok(Arc::new(SecretCell::new(name, loaded, Some(refresh))))
 }
 
 fn build_services(

@@ -111,6 +111,60 @@ pub struct UpstreamFile {
 pub enum SecretFile {
     File { path: PathBuf, key: String },
     Env { var: String },
+    Vault(Box<VaultFile>),
+}
+
+/// A field of a KV v2 secret in HashiCorp Vault or OpenBao. Checked by `vault::Spec::parse`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultFile {
+    pub addr: String,
+    pub ca: Option<PathBuf>,
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    pub path: String,
+    pub field: String,
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    pub role_id: Option<String>,
+    pub secret_id_file: Option<PathBuf>,
+    /// Where AppRole is enabled; default `approle`.
+    pub approle_mount: Option<String>,
+    pub namespace: Option<String>,
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+    #[serde(default = "default_max_staleness", with = "humantime_serde")]
+    pub max_staleness: Duration,
+    #[serde(default)]
+    pub on_stale: OnStale,
+    #[serde(default = "default_vault_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_mount() -> String {
+    "secret".into()
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_staleness() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_vault_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// What to do once a vault secret is older than `max_staleness` (the README says why
+/// `serve` is the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStale {
+    #[default]
+    Serve,
+    Refuse,
 }
 
 #[derive(Debug, Deserialize)]

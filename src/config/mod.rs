@@ -6,7 +6,7 @@ pub mod file;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use compile::{Options, compile};
+pub use compile::{Options, compile, compile_with};
 
 /// The configuration `keyward run` uses when no `--config` is given and `config/keyward.toml`
 /// does not exist.
