@@ -119,6 +119,7 @@ fn metrics(reloader: &Reloader, snap: &Snapshot) -> String {
         "1 while the access log is writable.",
         audit.healthy.load(Ordering::Relaxed) as u64,
     );
+    secret_metrics(&mut out, snap);
     out.push_str(
         "# HELP keyward_token_expiry_seconds Seconds until each token expires (negative: expired).\n",
     );
@@ -138,6 +139,29 @@ fn metrics(reloader: &Reloader, snap: &Snapshot) -> String {
         }
     }
     out
+}
+
+/// name, type, help, value of one cell.
+type SecretFamily = (&'static str, &'static str, &'static str, fn(&crate::secret::SecretCell) -> u64);
+
+fn secret_metrics(out: &mut String, snap: &Snapshot) {
+    let families: [SecretFamily; 3] = [
+        ("keyward_secret_refresh_failures_total", "counter", "Failed refreshes of each secret.", |c| {
+            c.refresh_failures.load(Ordering::Relaxed)
+        }),
+        ("keyward_secret_age_seconds", "gauge", "Seconds since each secret was last loaded.", |c| {
+            c.age().as_secs()
+        }),
+        ("keyward_secret_stale", "gauge", "1 while a secret is past its max_staleness.", |c| {
+            c.is_stale() as u64
+        }),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for c in &snap.secrets {
+            let _ = writeln!(out, "{name}{{secret=\"{}\"}} {}", label(&c.name), value(c));
+        }
+    }
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -254,6 +254,8 @@ async fn metrics_match_the_traffic_and_parse_as_prometheus_text() {
         "keyward_request_duration_seconds_count 6",
         "keyward_upstream_duration_seconds_count 3",
         "keyward_audit_healthy 1",
+        r#"keyward_secret_refresh_failures_total{secret="stripe"} 0"#,
+        r#"keyward_secret_stale{secret="stripe"} 0"#,
         r#"keyward_token_expiry_seconds{service="billing",token_id="b1"}"#,
     ];
     for w in want {
