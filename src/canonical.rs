@@ -1,14 +1,19 @@
 //! Canonical request targets. keyward must read a path exactly as the upstream will, so any
 //! target that some server could read two ways is refused outright: never "normalise and go on".
 
+use http::header::HeaderName;
 use http::{HeaderMap, Method, Uri, Version};
 
 /// Longest path accepted (Stripe's longest template is well under 100 bytes).
 pub const MAX_PATH: usize = 1024;
 
 /// Headers some frameworks use to swap the method: the upstream might honour them.
-const METHOD_OVERRIDES: [&str; 4] =
-    ["x-http-method-override", "x-http-method", "x-method-override", "x-original-method"];
+const METHOD_OVERRIDES: [HeaderName; 4] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-method"),
+];
 
 /// Why a target is refused; the text completes "the request target …".
 pub type Reason = &'static str;
@@ -28,7 +33,7 @@ pub fn check<'a>(
     if *method == Method::CONNECT {
         return Err("uses CONNECT, which this listener does not serve");
     }
-    if METHOD_OVERRIDES.iter().any(|h| headers.contains_key(*h)) {
+    if METHOD_OVERRIDES.iter().any(|h| headers.contains_key(h)) {
         return Err("carries a method-override header");
     }
     let path = uri.path();

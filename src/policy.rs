@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, HeaderName};
 use http::request::Parts;
 use ipnet::IpNet;
 
@@ -13,6 +13,9 @@ use crate::config::file::{Level, Mode};
 use crate::error::{Failure, permission_name};
 use crate::identity::{hash_token, redact, token_from};
 use crate::snapshot::{Service, Snapshot, Token};
+
+static STRIPE_ACCOUNT: HeaderName = HeaderName::from_static("stripe-account");
+static STRIPE_CONTEXT: HeaderName = HeaderName::from_static("stripe-context");
 
 /// The facts of a request that the policy reads.
 pub struct RequestFacts<'a> {
@@ -165,13 +168,13 @@ pub fn expansion_failure(snap: &Snapshot, service: &Service, encoded: &str, toke
 /// The connected account a call acts for: `Stripe-Account`, else `Stripe-Context`.
 fn stripe_account(parts: &Parts) -> Option<&str> {
     let h = &parts.headers;
-    h.get("stripe-account").or_else(|| h.get("stripe-context")).map(|v| v.to_str().unwrap_or("<unreadable>"))
+    h.get(&STRIPE_ACCOUNT).or_else(|| h.get(&STRIPE_CONTEXT)).map(|v| v.to_str().unwrap_or("<unreadable>"))
 }
 
 /// Every connected account a call acts for: `Stripe-Account`, each account in a
 /// `Stripe-Context` path, and the `{account}` of `/v1/accounts/{account}/…`.
 fn connect_accounts<'a>(parts: &'a Parts, entry: &Entry, path: &'a str) -> impl Iterator<Item = &'a str> {
-    let headers = ["stripe-account", "stripe-context"]
+    let headers = [&STRIPE_ACCOUNT, &STRIPE_CONTEXT]
         .into_iter()
         .flat_map(|name| parts.headers.get_all(name))
         // An unreadable header names an account we cannot check: refuse it as that.

@@ -142,6 +142,9 @@ start keyward "$KW" run --workers 1 --config "$W/keyward.toml"
 start nginx nginx -c "$W/nginx.conf" -p "$W"
 start haproxy haproxy -db -f "$W/haproxy.cfg"
 sleep 2
+for name in upstream keyward nginx haproxy; do
+  kill -0 "$(cat "$W/run/$name.pid.real")" 2>/dev/null || { echo "$name did not start (port taken?):" >&2; cat "$W/logs/$name.err" >&2; exit 1; }
+done
 
 # The process that does the proxying (nginx: its single worker, not the master).
 proxy_pid() {

@@ -109,7 +109,7 @@ const MAX_PENDING: usize = 100_000;
 const RETRY: Duration = Duration::from_millis(250);
 /// Records gathered into one write when they arrive faster than they are written.
 const BATCH: usize = 256;
-const COALESCE: Duration = Duration::from_millis(2);
+const COALESCE: Duration = Duration::from_millis(10);
 
 impl Writer {
     async fn run(mut self) {
