@@ -198,3 +198,21 @@ fn run_refuses_to_start_on_a_broken_config() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing field `tls_cert`"));
 }
+
+#[test]
+fn a_catalog_of_your_own_for_another_api() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("widgets.txt");
+    std::fs::write(&catalog, "GET /v1/widgets widget read api\nPOST /v1/widgets widget write api\n").unwrap();
+    let text = base(&pki, dir.path())
+        .replace("[upstream.api]", &format!("[catalog]\npath = {:?}\n\n[upstream.api]", catalog))
+        .replace("\"charge\" = \"read\"", "\"widget\" = \"read\"");
+    let (ok, out) = check(dir.path(), &text);
+    assert!(ok, "{out}");
+    assert!(out.contains("2 catalog entries"), "{out}");
+    std::fs::write(&catalog, "GET /v1/widgets widget read api\nGET /v1/widgets/{id} widget reed api\n")
+        .unwrap();
+    let (ok, out) = check(dir.path(), &text);
+    assert!(!ok && out.contains("widgets.txt:2") && out.contains("reed"), "{out}");
+}

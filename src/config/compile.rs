@@ -131,51 +131,53 @@ fn input_files(src: &Source, file: &FileConfig) -> Vec<std::path::PathBuf> {
     files
 }
 
-fn load_catalog(file: &FileConfig, errs: &mut Errors) -> (Catalog, String) {
-    let (name, text) = match &file.catalog.path {
-        None => ("<built-in Stripe catalog>".into(), STRIPE_CATALOG.to_string()),
+/// A line-based table (catalog, expansions): the built-in one, or the file configured at
+/// `key`. Every bad line is reported with its file and line; a broken table compiles empty.
+fn load_table<T: Default>(
+    path: Option<&Path>,
+    builtin: (&str, &str),
+    key: &str,
+    parse: impl FnOnce(&str) -> Result<T, Vec<crate::catalog::LineError>>,
+    errs: &mut Errors,
+) -> (T, String) {
+    let (name, text) = match path {
+        None => (builtin.0.to_string(), builtin.1.to_string()),
         Some(p) => match std::fs::read_to_string(p) {
             Ok(t) => (p.display().to_string(), t),
             Err(e) => {
-                errs.at(None, "catalog.path", format!("{}: {e}", p.display()));
-                return (Catalog::default(), String::new());
+                errs.at(None, key, format!("{}: {e}", p.display()));
+                return (T::default(), String::new());
             }
         },
     };
-    match Catalog::parse(&text) {
-        Ok(c) => (c, text),
+    match parse(&text) {
+        Ok(t) => (t, text),
         Err(lines) => {
             for l in lines {
                 errs.list.push(ConfigError::new(Path::new(&name), Some(l.line), "", l.message));
             }
-            (Catalog::default(), text)
+            (T::default(), text)
         }
     }
 }
 
+fn load_catalog(file: &FileConfig, errs: &mut Errors) -> (Catalog, String) {
+    let builtin = ("<built-in Stripe catalog>", STRIPE_CATALOG);
+    load_table(file.catalog.path.as_deref(), builtin, "catalog.path", Catalog::parse, errs)
+}
+
 fn load_expansions(file: &FileConfig, catalog: &Catalog, errs: &mut Errors) -> (Expansions, String) {
-    let (name, text) = match &file.catalog.expansions {
-        None => ("<built-in Stripe expansions>".into(), STRIPE_EXPANSIONS.to_string()),
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(t) => (p.display().to_string(), t),
-            Err(e) => {
-                errs.at(None, "catalog.expansions", format!("{}: {e}", p.display()));
-                return (Expansions::default(), String::new());
-            }
-        },
-    };
-    match Expansions::parse(&text, catalog) {
-        Ok(x) => (x, text),
-        Err(lines) => {
-            // A broken catalog already said why; its names are then missing here too.
-            if catalog.permission_count() > 0 {
-                for l in lines {
-                    errs.list.push(ConfigError::new(Path::new(&name), Some(l.line), "", l.message));
-                }
-            }
-            (Expansions::default(), text)
-        }
+    // A broken catalog already said why; its names would be missing here too.
+    if catalog.permission_count() == 0 {
+        return (Expansions::default(), String::new());
     }
+    // The built-in table names Stripe's permissions: it goes with the built-in catalog only.
+    let builtin = match file.catalog.path {
+        None => ("<built-in Stripe expansions>", STRIPE_EXPANSIONS),
+        Some(_) => ("<no expansions>", ""),
+    };
+    let parse = |text: &str| Expansions::parse(text, catalog);
+    load_table(file.catalog.expansions.as_deref(), builtin, "catalog.expansions", parse, errs)
 }
 
 fn build_upstreams(file: &FileConfig, opts: Options, errs: &mut Errors) -> Vec<Upstream> {
