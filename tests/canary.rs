@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -30,28 +28,7 @@ async fn no_secret_or_token_escapes() {
     let path = dir.path().join("keyward.toml");
     std::fs::write(&path, text).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["run", "--log-format", "json", "--config", path.to_str().unwrap()])
-        .env("KEYWARD_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
-    let logs = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("keyward listening") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                addr_tx.send(v["fields"]["addr"].as_str().unwrap().parse().unwrap()).unwrap();
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("keyward started");
+    let KeywardProcess { mut child, addr, logs } = spawn_keyward(&path, &[]);
     let tls = pki.client_config();
     let local = "127.0.0.1".parse().unwrap();
 

@@ -481,6 +481,43 @@ pub async fn version_of(text: &str) -> String {
     keyward::config::compile(&src, keyward::config::Options::POLICY_ONLY).await.unwrap().version
 }
 
+/// `keyward run` as a child process, logging JSON at trace level.
+pub struct KeywardProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// Everything the child wrote to stderr, once it has exited.
+    pub logs: std::thread::JoinHandle<String>,
+}
+
+pub fn spawn_keyward(config: &Path, env: &[(&str, &str)]) -> KeywardProcess {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["run", "--log-format", "json", "--config", config.to_str().unwrap()])
+        .env("KEYWARD_LOG", "trace")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
+    let logs = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("keyward listening") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let _ = addr_tx.send(v["fields"]["addr"].as_str().unwrap().parse().unwrap());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("keyward started");
+    KeywardProcess { child, addr, logs }
+}
+
 pub fn req(method: &str, path: &str, token: &str, body: &str) -> Request<Full<Bytes>> {
     let mut b = Request::builder().method(method).uri(path).header("host", "keyward.internal");
     if !token.is_empty() {
