@@ -24,4 +24,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
 echo "== cargo test"
-cargo test --locked
+log=$(mktemp)
+cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
+# One closing line for the whole run.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' "$log"
+rm -f "$log"
