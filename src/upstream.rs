@@ -23,8 +23,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
+#[derive(Clone)]
 pub struct Upstream {
     pub name: String,
+    /// Hash of everything the clients were built from: equal means they can be reused.
+    pub identity: [u8; 32],
     pub url: String,
     scheme: Scheme,
     authority: Authority,
@@ -63,6 +66,7 @@ impl Upstream {
         let tls = Arc::new(client_tls(ca)?);
         let clients = egress.into_iter().map(|ip| (ip, client(tls.clone(), ip, connect_timeout))).collect();
         Ok(Upstream {
+            identity: [0; 32],
             name: name.to_string(),
             url: url.to_string(),
             scheme: Scheme::HTTPS,
@@ -75,6 +79,11 @@ impl Upstream {
 
     pub fn with_egress(mut self, ip: Option<IpAddr>) -> Self {
         self.egress_ip = ip;
+        self
+    }
+
+    pub fn with_identity(mut self, identity: [u8; 32]) -> Self {
+        self.identity = identity;
         self
     }
 

@@ -320,3 +320,16 @@ fn sighup_reloads_the_running_binary() {
     kill("-TERM");
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test]
+async fn a_reload_keeps_warm_upstream_connections() {
+    let kw = Harness::new().service(billing()).start().await;
+    assert_eq!(kw.get("/v1/charges", TOKEN).await.status, 200);
+    let next = kw.config_text().replace("\"charge\" = \"read\"", "\"charge\" = \"write\"");
+    std::fs::write(&kw.config_path, &next).unwrap();
+    assert!(kw.wait_version(&version_of(&next).await).await);
+    assert_eq!(kw.post("/v1/charges", TOKEN, "amount=1").await.status, 200);
+    let seen = kw.upstream.requests();
+    assert_eq!(seen[0].peer, seen[1].peer, "the same pooled connection before and after the reload");
+    kw.stop().await;
+}

@@ -63,7 +63,7 @@ pub async fn compile_with(
 
     let (catalog, catalog_text) = load_catalog(&file, &mut errs);
     let (expansions, expansions_text) = load_expansions(&file, &catalog, &mut errs);
-    let upstreams = build_upstreams(&file, opts, &mut errs);
+    let upstreams = build_upstreams(&file, opts, previous, &mut errs);
     let routes =
         catalog.entries.iter().map(|e| upstreams.iter().position(|u| u.name == e.upstream)).collect();
     let (secrets, secret_index) = load_secrets(&file, opts, previous, &mut errs).await;
@@ -180,7 +180,15 @@ fn load_expansions(file: &FileConfig, catalog: &Catalog, errs: &mut Errors) -> (
     load_table(file.catalog.expansions.as_deref(), builtin, "catalog.expansions", parse, errs)
 }
 
-fn build_upstreams(file: &FileConfig, opts: Options, errs: &mut Errors) -> Vec<Upstream> {
+/// Upstreams and their pooled clients. A reload keeps an upstream whose clients would be
+/// built the same (same URL, CA file content, egress addresses, connect timeout), so its
+/// warm connections survive the swap.
+fn build_upstreams(
+    file: &FileConfig,
+    opts: Options,
+    previous: Option<&Snapshot>,
+    errs: &mut Errors,
+) -> Vec<Upstream> {
     if file.upstream.is_empty() {
         errs.at(None, "upstream", "no [upstream.NAME] is configured");
     }
@@ -191,13 +199,40 @@ fn build_upstreams(file: &FileConfig, opts: Options, errs: &mut Errors) -> Vec<U
         let mut egress = service_egress.clone();
         egress.insert(u.egress_ip);
         let egress = if opts.clients { egress } else { HashSet::new() };
+        let identity =
+            upstream_identity(u.url.get_ref(), u.ca.as_deref(), &egress, file.timeouts.upstream_connect);
+        let kept =
+            previous.and_then(|p| p.upstreams.iter().find(|o| o.name == *name && o.identity == identity));
+        if let Some(old) = kept {
+            out.push(old.clone().with_egress(u.egress_ip));
+            continue;
+        }
         match Upstream::build(name, u.url.get_ref(), u.ca.as_deref(), egress, file.timeouts.upstream_connect)
         {
-            Ok(up) => out.push(up.with_egress(u.egress_ip)),
+            Ok(up) => out.push(up.with_egress(u.egress_ip).with_identity(identity)),
             Err(msg) => errs.at(Some(u.url.span()), format!("upstream.{name}.url"), msg),
         }
     }
     out
+}
+
+fn upstream_identity(
+    url: &str,
+    ca: Option<&Path>,
+    egress: &HashSet<Option<IpAddr>>,
+    connect: std::time::Duration,
+) -> [u8; 32] {
+    let mut egress: Vec<String> = egress.iter().map(|e| format!("{e:?}")).collect();
+    egress.sort();
+    let ca_bytes = ca.map(|p| std::fs::read(p).unwrap_or_default()).unwrap_or_default();
+    Sha256::new()
+        .chain_update(url)
+        .chain_update([0])
+        .chain_update(&ca_bytes)
+        .chain_update(egress.join(","))
+        .chain_update(connect.as_millis().to_le_bytes())
+        .finalize()
+        .into()
 }
 
 async fn load_secrets(
