@@ -235,51 +235,24 @@ pub fn html(r: &Report) -> String {
     for (title, rows) in
         [("Top denied endpoints", &r.top_denied), ("Would be denied if enforced", &r.would_deny)]
     {
-        let _ = write!(
-            body,
-            "<h2>{title}</h2><table><tr><th>count</th><th>service</th><th>endpoint</th><th>reason</th></tr>"
-        );
-        for e in rows.iter() {
-            let _ = write!(
-                body,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                e.count,
-                esc(&e.service),
-                esc(&e.endpoint),
-                esc(&e.reason)
-            );
-        }
-        body.push_str("</table>");
+        let cells =
+            rows.iter().map(|e| vec![e.count.to_string(), esc(&e.service), esc(&e.endpoint), esc(&e.reason)]);
+        table_html(&mut body, title, &["count", "service", "endpoint", "reason"], cells);
     }
-    let _ = write!(
-        body,
-        "<h2>Tokens in use</h2><table><tr><th>service</th><th>token id</th><th>requests</th><th>last seen</th></tr>"
-    );
-    for t in &r.tokens {
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&t.service),
-            esc(&t.token_id),
-            t.requests,
-            esc(&t.last_seen)
-        );
-    }
-    let _ = write!(
-        body,
-        "</table><h2>Upstreams</h2><table><tr><th>upstream</th><th>requests</th><th>errors</th><th>error rate</th></tr>"
-    );
-    for u in &r.upstreams {
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}%</td></tr>",
+    let cells = r
+        .tokens
+        .iter()
+        .map(|t| vec![esc(&t.service), esc(&t.token_id), t.requests.to_string(), esc(&t.last_seen)]);
+    table_html(&mut body, "Tokens in use", &["service", "token id", "requests", "last seen"], cells);
+    let cells = r.upstreams.iter().map(|u| {
+        vec![
             esc(&u.upstream),
-            u.requests,
-            u.errors,
-            u.error_rate * 100.0
-        );
-    }
-    body.push_str("</table>");
+            u.requests.to_string(),
+            u.errors.to_string(),
+            format!("{:.2}%", u.error_rate * 100.0),
+        ]
+    });
+    table_html(&mut body, "Upstreams", &["upstream", "requests", "errors", "error rate"], cells);
     format!(
         "<!doctype html><html><head><meta charset=utf-8><title>keyward access report</title><style>\
          body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
@@ -293,6 +266,23 @@ pub fn html(r: &Report) -> String {
         esc(r.first.as_deref().unwrap_or("-")),
         esc(r.last.as_deref().unwrap_or("-")),
     )
+}
+
+/// A titled table; cells are already escaped.
+fn table_html(out: &mut String, title: &str, head: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let _ = write!(out, "<h2>{title}</h2><table><tr>");
+    for h in head {
+        let _ = write!(out, "<th>{h}</th>");
+    }
+    out.push_str("</tr>");
+    for row in rows {
+        out.push_str("<tr>");
+        for cell in row {
+            let _ = write!(out, "<td>{cell}</td>");
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table>");
 }
 
 fn esc(s: &str) -> String {
