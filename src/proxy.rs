@@ -104,8 +104,8 @@ async fn forward(
     }
     let secret = snap.secrets[service.secret].serving().ok_or(Failure::SecretStale)?;
     ex.record.secret_version = secret.version;
-    let headers = upstream::request_headers(&parts.headers, secret.value.expose(), &up.host)
-        .ok_or(Failure::Internal)?;
+    let headers =
+        upstream::request_headers(&parts.headers, secret.value.expose()).ok_or(Failure::Internal)?;
     let egress = service.egress_ip.or(up.egress_ip);
     ex.record.egress_ip = egress;
     let client = up.client(egress).ok_or(Failure::Internal)?;

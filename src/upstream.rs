@@ -31,7 +31,6 @@ pub struct Upstream {
     pub url: String,
     scheme: Scheme,
     authority: Authority,
-    pub host: HeaderValue,
     pub egress_ip: Option<IpAddr>,
     clients: HashMap<Option<IpAddr>, HttpClient>,
 }
@@ -62,7 +61,6 @@ impl Upstream {
         if authority.as_str().contains('@') {
             return Err(format!("url `{url}` must not carry credentials"));
         }
-        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| format!("url `{url}`: bad host"))?;
         let tls = Arc::new(client_tls(ca)?);
         let clients = egress.into_iter().map(|ip| (ip, client(tls.clone(), ip, connect_timeout))).collect();
         Ok(Upstream {
@@ -71,7 +69,6 @@ impl Upstream {
             url: url.to_string(),
             scheme: Scheme::HTTPS,
             authority,
-            host,
             egress_ip: None,
             clients,
         })
@@ -133,6 +130,7 @@ fn client(tls: Arc<rustls::ClientConfig>, egress: Option<IpAddr>, connect_timeou
         .with_tls_config((*tls).clone())
         .https_only()
         .enable_http1()
+        .enable_http2()
         .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
@@ -173,11 +171,11 @@ fn named_in_connection(name: &HeaderName, headers: &HeaderMap) -> bool {
         .any(|v| v.to_str().unwrap_or("").split(',').any(|t| t.trim().eq_ignore_ascii_case(name.as_str())))
 }
 
-/// The headers sent upstream: the caller's, less what must not cross, plus the real secret
-/// and the upstream's `Host`. Stripe's own headers pass untouched. `None`: the secret cannot
-/// be a header value.
-pub fn request_headers(from: &HeaderMap, secret: &str, host: &HeaderValue) -> Option<HeaderMap> {
-    let mut out = HeaderMap::with_capacity(from.len() + 2);
+/// The headers sent upstream: the caller's, less what must not cross, plus the real secret.
+/// Stripe's own headers pass untouched; the client derives `Host` (HTTP/1.1) or `:authority`
+/// (HTTP/2) from the upstream URI. `None`: the secret cannot be a header value.
+pub fn request_headers(from: &HeaderMap, secret: &str) -> Option<HeaderMap> {
+    let mut out = HeaderMap::with_capacity(from.len() + 1);
     for (name, value) in from {
         if !dropped(name, from, true) {
             out.append(name.clone(), value.clone());
@@ -186,7 +184,6 @@ pub fn request_headers(from: &HeaderMap, secret: &str, host: &HeaderValue) -> Op
     let mut auth = HeaderValue::try_from(format!("Bearer {secret}")).ok()?;
     auth.set_sensitive(true);
     out.insert(header::AUTHORIZATION, auth);
-    out.insert(header::HOST, host.clone());
     Some(out)
 }
 
@@ -222,17 +219,16 @@ mod tests {
         ] {
             h.append(k, v.parse().unwrap());
         }
-        let out = request_headers(&h, "sk_test_real", &HeaderValue::from_static("api.stripe.com")).unwrap();
+        let out = request_headers(&h, "sk_test_real").unwrap();
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(
             names,
-            ["authorization", "content-type", "host", "idempotency-key", "stripe-account", "stripe-version"]
+            ["authorization", "content-type", "idempotency-key", "stripe-account", "stripe-version"]
         );
         assert_eq!(out["authorization"], "Bearer sk_test_real");
         assert!(out["authorization"].is_sensitive());
-        assert_eq!(out["host"], "api.stripe.com");
-        assert!(request_headers(&h, "bad\nsecret", &HeaderValue::from_static("x")).is_none());
+        assert!(request_headers(&h, "bad\nsecret").is_none());
     }
 
     #[test]

@@ -11,8 +11,17 @@ fn billing() -> Svc {
 }
 
 #[tokio::test]
-async fn allowed_call_injects_the_secret_and_streams_both_ways() {
-    let kw = Harness::new().service(billing()).start().await;
+async fn allowed_call_injects_the_secret_over_http2_when_the_upstream_offers_it() {
+    injects_the_secret_and_streams_both_ways(Harness::new(), http::Version::HTTP_2).await;
+}
+
+#[tokio::test]
+async fn allowed_call_injects_the_secret_over_http1_to_an_http1_upstream() {
+    injects_the_secret_and_streams_both_ways(Harness::new().http1_upstream(), http::Version::HTTP_11).await;
+}
+
+async fn injects_the_secret_and_streams_both_ways(harness: Harness, upstream_version: http::Version) {
+    let kw = harness.service(billing()).start().await;
     let body = "name=Jenny+Rosen&email=jenny%40example.com&metadata[order]=6735";
     let mut r = req("POST", "/v1/customers?expand[]=tax", TOKEN, body);
     for (k, v) in [
@@ -34,11 +43,13 @@ async fn allowed_call_injects_the_secret_and_streams_both_ways() {
     assert_eq!(seen.len(), 1);
     let up = &seen[0];
     assert_eq!(up.method, "POST");
+    assert_eq!(up.version, upstream_version);
     assert_eq!(up.uri, "/v1/customers?expand[]=tax");
     assert_eq!(up.body, body.as_bytes());
     let auth: Vec<_> = up.headers.get_all("authorization").iter().collect();
     assert_eq!(auth, [format!("Bearer {SECRET}").as_str()]);
-    assert_eq!(up.headers["host"], format!("localhost:{}", kw.upstream.addr.port()).as_str());
+    assert_eq!(up.authority, format!("localhost:{}", kw.upstream.addr.port()));
+    assert!(up.headers.get_all("host").iter().count() <= 1, "one Host at most");
     assert_eq!(up.headers["stripe-version"], "2026-07-29");
     assert_eq!(up.headers["idempotency-key"], "idem-123");
     for gone in ["keyward-debug", "proxy-authorization", "x-forwarded-for"] {

@@ -31,7 +31,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   server {
-    listen 127.0.0.1:9443 ssl;
+    listen 127.0.0.1:9443 ssl http2;
     ssl_certificate $W/certs/keyward.crt; ssl_certificate_key $W/certs/keyward.key;
     keepalive_requests 1000000;
     location / {
@@ -203,13 +203,17 @@ run() { # mode target wrk-args...
   echo "| $mode | $t | $rps | ${P50[$mode/$t]} | ${P99[$mode/$t]} | $cpu | $rss |" | tee -a "$OUT"
 }
 
-for t in direct keyward nginx haproxy; do run keepalive-64 "$t" -t1 -c64; done
-for t in direct keyward nginx haproxy; do run one-connection "$t" -t1 -c1; done
-for t in direct keyward nginx haproxy; do run new-connection "$t" -t1 -c16 -H "Connection: close"; done
+TARGETS=${TARGETS:-direct keyward nginx haproxy}
+MODES=${MODES:-keepalive-64 one-connection new-connection}
+wants() { [[ " $MODES " == *" $1 "* ]]; }
+wants keepalive-64 && for t in $TARGETS; do run keepalive-64 "$t" -t1 -c64; done
+wants one-connection && for t in $TARGETS; do run one-connection "$t" -t1 -c1; done
+wants new-connection && for t in $TARGETS; do run new-connection "$t" -t1 -c16 -H "Connection: close"; done
 
 # Idle keep-alive connections: RSS of keyward holding 1,000 of them.
 KPID=$(proxy_pid keyward)
-IDLE_RSS=$(python3 - "$W/certs/ca.crt" "$TOKEN" "$KPID" <<'PY'
+IDLE_RSS=-
+[ "${IDLE:-1}" = 1 ] && IDLE_RSS=$(python3 - "$W/certs/ca.crt" "$TOKEN" "$KPID" <<'PY'
 import resource, socket, ssl, sys, time
 resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
 ctx = ssl.create_default_context(cafile=sys.argv[1])
@@ -227,7 +231,7 @@ for s in conns:
 PY
 )
 
-ratio() { python3 -c "a,b='$1','$2'; print('-' if '-' in (a,b) else round(float(a)/float(b), 2))"; }
+ratio() { python3 -c "a,b='$1','$2'; print('-' if '-' in (a,b) or '' in (a,b) else round(float(a)/float(b), 2))"; }
 {
   echo
   echo "RSS of keyward holding 1,000 idle keep-alive connections: ${IDLE_RSS} MiB (target ≤ 64)."
@@ -235,7 +239,7 @@ ratio() { python3 -c "a,b='$1','$2'; print('-' if '-' in (a,b) else round(float(
   echo "| ratio | keep-alive req/s | keep-alive CPU/req | 1-conn p50 | 1-conn p99 | new-conn req/s |"
   echo "|---|---:|---:|---:|---:|---:|"
   for peer in nginx haproxy direct; do
-    echo "| keyward / $peer | $(ratio "${RPS[keepalive-64/keyward]}" "${RPS[keepalive-64/$peer]}") | $(ratio "${CPU[keepalive-64/keyward]}" "${CPU[keepalive-64/$peer]}") | $(ratio "${P50[one-connection/keyward]}" "${P50[one-connection/$peer]}") | $(ratio "${P99[one-connection/keyward]}" "${P99[one-connection/$peer]}") | $(ratio "${RPS[new-connection/keyward]}" "${RPS[new-connection/$peer]}") |"
+    echo "| keyward / $peer | $(ratio "${RPS[keepalive-64/keyward]:-}" "${RPS[keepalive-64/$peer]:-}") | $(ratio "${CPU[keepalive-64/keyward]:-}" "${CPU[keepalive-64/$peer]:-}") | $(ratio "${P50[one-connection/keyward]:-}" "${P50[one-connection/$peer]:-}") | $(ratio "${P99[one-connection/keyward]:-}" "${P99[one-connection/$peer]:-}") | $(ratio "${RPS[new-connection/keyward]:-}" "${RPS[new-connection/$peer]:-}") |"
   done
   echo
   echo "Targets: keep-alive req/s ≥ 1.25 × nginx and CPU/req ≤ 0.7 × nginx; one connection p50 and p99 ≤ nginx; new connection req/s ≥ nginx."

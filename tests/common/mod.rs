@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
@@ -54,10 +54,13 @@ impl Pki {
         Arc::new(cfg)
     }
 
-    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+    fn server_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
         let chain: Vec<_> = CertificateDer::pem_file_iter(&self.cert).unwrap().map(Result::unwrap).collect();
         let key = PrivateKeyDer::from_pem_file(&self.key).unwrap();
-        Arc::new(rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap())
+        let mut cfg =
+            rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
     }
 }
 
@@ -65,14 +68,19 @@ impl Pki {
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
+    /// Path and query.
     pub uri: String,
+    /// `:authority` (HTTP/2) or `Host` (HTTP/1.1).
+    pub authority: String,
+    pub version: http::Version,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub peer: SocketAddr,
 }
 
 /// The stand-in for the payments API: TLS, records every request, answers Stripe-like JSON.
-/// A request with `x-test-delay-ms` is answered that much later.
+/// Like Stripe it offers HTTP/2 and HTTP/1.1 by ALPN. A request with `x-test-delay-ms` is
+/// answered that much later.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -80,10 +88,15 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(pki: &Pki) -> Upstream {
+        Upstream::start_alpn(pki, &[b"h2", b"http/1.1"]).await
+    }
+
+    /// An upstream that speaks only the protocols in `alpn`.
+    pub async fn start_alpn(pki: &Pki, alpn: &[&[u8]]) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let acceptor = TlsAcceptor::from(pki.server_config());
+        let acceptor = TlsAcceptor::from(pki.server_config(alpn));
         let log = seen.clone();
         tokio::spawn(async move {
             loop {
@@ -96,7 +109,7 @@ impl Upstream {
                         return;
                     };
                     let svc = service_fn(move |req| answer(req, peer, log.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), svc)
                         .await;
                 });
@@ -120,6 +133,10 @@ async fn answer(
     log: Arc<Mutex<Vec<Seen>>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
+    let authority = match parts.uri.authority() {
+        Some(a) => a.to_string(),
+        None => parts.headers.get("host").map(|h| h.to_str().unwrap().to_string()).unwrap_or_default(),
+    };
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     if let Some(ms) = parts.headers.get("x-test-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -129,7 +146,9 @@ async fn answer(
         let mut log = log.lock().unwrap();
         log.push(Seen {
             method: parts.method.to_string(),
-            uri: parts.uri.to_string(),
+            uri: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+            authority,
+            version: parts.version,
             headers: parts.headers,
             body,
             peer,
@@ -225,6 +244,8 @@ pub struct Harness {
     pub services: Vec<Svc>,
     pub extra_top: String,
     pub upstream_extra: String,
+    /// ALPN protocols the upstreams offer.
+    pub upstream_alpn: Vec<&'static [u8]>,
 }
 
 impl Harness {
@@ -235,6 +256,7 @@ impl Harness {
             services: vec![],
             extra_top: String::new(),
             upstream_extra: String::new(),
+            upstream_alpn: vec![b"h2", b"http/1.1"],
         }
     }
     pub fn service(mut self, s: Svc) -> Harness {
@@ -245,6 +267,11 @@ impl Harness {
     pub fn top(mut self, toml: &str) -> Harness {
         self.extra_top.push_str(toml);
         self.extra_top.push('\n');
+        self
+    }
+    /// Upstreams that speak only HTTP/1.1.
+    pub fn http1_upstream(mut self) -> Harness {
+        self.upstream_alpn = vec![b"http/1.1"];
         self
     }
     /// Another recording upstream, configured as `[upstream.NAME]`.
@@ -306,12 +333,12 @@ impl Harness {
     /// Start with the config file laid out by `place(dir, text)`, which returns its path.
     pub async fn start_with(self, place: impl FnOnce(&Path, &str) -> PathBuf) -> Running {
         let pki = Pki::new();
-        let upstream = Upstream::start(&pki).await;
+        let upstream = Upstream::start_alpn(&pki, &self.upstream_alpn).await;
         let dir = tempfile::tempdir().unwrap();
         let mut text = self.config(&pki, &upstream.url(), dir.path());
         let mut others = HashMap::new();
         for name in &self.extra_upstreams {
-            let up = Upstream::start(&pki).await;
+            let up = Upstream::start_alpn(&pki, &self.upstream_alpn).await;
             let section = format!("[upstream.{name}]\nurl = {:?}\nca = {:?}\n\n", up.url(), pki.ca);
             text = text.replacen("[secret.stripe]", &format!("{section}[secret.stripe]"), 1);
             others.insert(name.clone(), up);
