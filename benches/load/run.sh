@@ -13,8 +13,9 @@ trap cleanup EXIT
 
 need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
 need nginx nginx; need haproxy haproxy; need wrk wrk; need taskset util-linux; need curl curl
-cargo build --release --quiet
-KW=$ROOT/target/release/keyward
+# KEYWARD_BIN measures another build (e.g. to compare allocators) instead of this checkout's.
+if [ -z "${KEYWARD_BIN:-}" ]; then cargo build --release --quiet; fi
+KW=${KEYWARD_BIN:-$ROOT/target/release/keyward}
 
 SECRET=sk_test_loadbench_real_secret_0123456789
 SERVICES=120
