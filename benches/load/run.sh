@@ -25,14 +25,16 @@ cat "$W/certs/keyward.crt" "$W/certs/keyward.key" > "$W/certs/haproxy.pem"
 mkdir -p "$W/logs" "$W/run"
 BODY=$(python3 -c 'import json;print(json.dumps({"id":"ch_3NxAbCdEfGhIjKlM","object":"charge","amount":2000,"amount_captured":2000,"currency":"usd","description":"load test "+"x"*700,"livemode":False,"metadata":{"order_id":"6735"},"paid":True,"status":"succeeded"}))')
 
-# --- upstream stand-in: nginx answering only the real secret
+# --- upstream stand-in: nginx answering only the real secret; it offers HTTP/2 like Stripe
+# (UPSTREAM_H2=0: HTTP/1.1 only, to see what HTTP/2 upstream buys keyward)
+H2=" http2"; [ "${UPSTREAM_H2:-1}" = 1 ] || H2=
 cat > "$W/upstream.conf" <<CONF
 worker_processes 1; daemon off; pid $W/run/upstream.pid; error_log $W/logs/upstream-error.log;
 events { worker_connections 4096; }
 http {
   access_log off;
   server {
-    listen 127.0.0.1:9443 ssl http2;
+    listen 127.0.0.1:9443 ssl$H2;
     ssl_certificate $W/certs/keyward.crt; ssl_certificate_key $W/certs/keyward.key;
     keepalive_requests 1000000;
     location / {
