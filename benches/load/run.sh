@@ -132,7 +132,7 @@ frontend fe
   http-request set-header Host localhost
   default_backend stripe
 backend stripe
-  server s1 127.0.0.1:9443 ssl verify required ca-file $W/certs/ca.crt sni str(localhost)
+  server s1 127.0.0.1:9443 ssl verify required ca-file $W/certs/ca.crt sni str(localhost) alpn h2,http/1.1
 CONF
 
 start() { # name, command...
