@@ -15,7 +15,7 @@ use http_body_util::combinators::BoxBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
@@ -133,8 +133,14 @@ fn client(tls: Arc<rustls::ClientConfig>, egress: Option<IpAddr>, connect_timeou
         .enable_http2()
         .wrap_connector(http);
     Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
+        // One HTTP/2 connection carries every call: find out that it died (a NAT or load
+        // balancer dropping it silently) from a missed ping, not from calls hanging.
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .http2_keep_alive_timeout(Duration::from_secs(10))
         .build(https)
 }
 
