@@ -85,6 +85,28 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Record a request that hyper refused while parsing it, before keyward saw it: hyper
+    /// has already answered it with a bare `status`. Such a record has no method or path.
+    pub async fn record_unparsed(&self, client_ip: IpAddr, status: u16, reason: &'static str) {
+        let Some(slot) = self.audit.slot().await else {
+            return;
+        };
+        let record = AccessRecord {
+            time: OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
+            request_id: self.ids.next(),
+            client_ip: Some(client_ip),
+            decision: "deny".into(),
+            reason: reason.into(),
+            status,
+            config_version: self.snapshot.load().version.clone(),
+            ..AccessRecord::default()
+        };
+        self.metrics.observe(&record);
+        slot.send(record);
+    }
+}
+
 /// Forward an allowed call and stream the answer back.
 async fn forward(
     snap: &Snapshot,

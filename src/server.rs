@@ -50,7 +50,8 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
             let ip = peer.ip();
-            let svc = service_fn(move |req| proxy.clone().handle(ip, req));
+            let handler = proxy.clone();
+            let svc = service_fn(move |req| handler.clone().handle(ip, req));
             // ALPN has chosen the protocol: no need to sniff the first bytes for it.
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = TokioIo::new(stream);
@@ -72,6 +73,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             };
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
+                if let Some((status, reason)) = parser_refusal(&e) {
+                    proxy.record_unparsed(ip, status, reason).await;
+                }
             }
         });
     }
@@ -81,4 +85,18 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
     }
+}
+
+/// What hyper answered, by itself, to a request it could not parse (its `on_error`): the
+/// status and the reason recorded for it. `None` where it answered nothing.
+fn parser_refusal(e: &hyper::Error) -> Option<(u16, &'static str)> {
+    if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
+        return None;
+    }
+    Some(match e.is_parse_too_large() {
+        // hyper's public API tells these two apart only by their message.
+        true if e.to_string().contains("URI") => (414, "request_uri_too_long"),
+        true => (431, "request_head_too_large"),
+        false => (400, "malformed_request"),
+    })
 }

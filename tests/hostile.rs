@@ -99,3 +99,24 @@ async fn hostile_request_table() {
     }
     kw.stop().await;
 }
+
+/// hyper answers what it cannot parse itself, with a bare status: keyward still records it.
+#[tokio::test]
+async fn requests_the_parser_refuses_are_recorded() {
+    let kw = Harness::new().service(Svc::new("svc").token("t", TOKEN).scope("*", "write")).start().await;
+    let nul = "GET /v1/charges/ch_1\0 HTTP/1.1\r\nHost: k\r\n\r\n".to_string();
+    let huge = format!("GET /v1/charges HTTP/1.1\r\nHost: k\r\nX-Big: {}\r\n\r\n", "a".repeat(40_000));
+    for (raw, status, reason) in [(nul, 400, "malformed_request"), (huge, 431, "request_head_too_large")] {
+        let answer = kw.raw(raw.as_bytes()).await;
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{answer:.80}");
+        let rec = kw.last_record(if status == 400 { 1 } else { 2 }).await;
+        assert_eq!(rec["status"], status);
+        assert_eq!(rec["reason"], reason);
+        assert_eq!(rec["decision"], "deny");
+        assert_eq!(rec["client_ip"], "127.0.0.1");
+        assert_eq!(rec["method"], "");
+        assert!(rec["request_id"].as_str().unwrap().starts_with("kwreq_"));
+    }
+    assert!(kw.upstream.requests().is_empty());
+    kw.stop().await;
+}
