@@ -1,13 +1,18 @@
-//! Body wrappers: count the bytes that stream through, and keep a guard alive until the body
-//! is done (the access record is written when the response body is dropped).
+//! Body wrappers: count the bytes that stream through, keep a guard alive until the body is
+//! done (the access record is written when the response body is dropped), and cut off an
+//! upstream answer that is still streaming at its deadline.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use crate::upstream::BoxError;
 
 pub struct Metered<B, G> {
     inner: B,
@@ -40,6 +45,57 @@ where
             self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Ends a body with an error once `deadline` passes, and raises `cut`: an upstream that
+/// stalls mid-answer does not hold the caller forever. The timer is only armed if the body
+/// ever has to wait, so an answer that is already in (the usual case) costs none.
+pub struct Deadline<B> {
+    inner: B,
+    deadline: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+    cut: Arc<AtomicBool>,
+}
+
+impl<B> Deadline<B> {
+    pub fn new(inner: B, deadline: Instant, cut: Arc<AtomicBool>) -> Self {
+        Deadline { inner, deadline, sleep: None, cut }
+    }
+}
+
+impl<B> Body for Deadline<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                let deadline = self.deadline;
+                let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.cut.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err("the upstream answer did not finish in time".into())))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

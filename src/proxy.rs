@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::audit::{AccessRecord, AuditSink, Slot};
-use crate::body::Metered;
+use crate::body::{Deadline, Metered};
 use crate::config::file::Mode;
 use crate::error::{Failure, permission_name};
 use crate::identity;
@@ -156,7 +156,9 @@ async fn forward(
     *req.headers_mut() = headers;
 
     let started = Instant::now();
-    let answer = tokio::time::timeout(snap.timeouts.upstream, client.request(req)).await;
+    // One deadline for the whole answer: its head, then the rest of its body.
+    let deadline = tokio::time::Instant::from_std(started) + snap.timeouts.upstream;
+    let answer = tokio::time::timeout_at(deadline, client.request(req)).await;
     ex.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1e3);
     let mut resp = match answer {
         Err(_) => return Err(Failure::UpstreamTimeout),
@@ -172,7 +174,7 @@ async fn forward(
     upstream::strip_response_headers(resp.headers_mut());
     ex.record.upstream_request_id =
         resp.headers().get("request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-    Ok(resp.map(|b| b.map_err(BoxError::from).boxed()))
+    Ok(resp.map(|b| Deadline::new(b, deadline, ex.answer_cut.clone()).boxed()))
 }
 
 fn is_form(parts: &Parts) -> bool {
@@ -224,6 +226,8 @@ struct Exchange {
     started: Instant,
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
+    /// Raised when the upstream's answer was cut off at its deadline.
+    answer_cut: Arc<AtomicBool>,
 }
 
 impl Exchange {
@@ -245,6 +249,7 @@ impl Exchange {
             started: Instant::now(),
             bytes_in: Default::default(),
             bytes_out: Default::default(),
+            answer_cut: Default::default(),
         }
     }
 
@@ -294,6 +299,9 @@ impl Drop for Exchange {
         r.duration_ms = self.started.elapsed().as_secs_f64() * 1e3;
         r.bytes_in = self.bytes_in.load(Ordering::Relaxed);
         r.bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        if self.answer_cut.load(Ordering::Relaxed) {
+            r.reason = Failure::UpstreamTimeout.code().into();
+        }
         self.proxy.metrics.observe(r);
         if let Some(slot) = self.slot.take() {
             slot.send(std::mem::take(r));

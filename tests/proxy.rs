@@ -208,6 +208,17 @@ async fn body_limits_and_upstream_failures() {
     assert_eq!(reply.status, 504);
     assert_eq!(reply.json()["error"]["type"], "api_error");
     assert_eq!(reply.error_code(), "upstream_timeout");
+
+    // The deadline covers the whole answer: a body that stalls after its head is cut off.
+    let stalled = "GET /v1/charges HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer kw_billing_token_0123456789abcdWXYZ\r\n\
+                   x-test-body-stall-ms: 5000\r\nConnection: close\r\n\r\n";
+    let started = std::time::Instant::now();
+    let answer = kw.raw(stalled.as_bytes()).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "cut off at the deadline");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.80}");
+    assert!(!answer.ends_with("\r\n0\r\n\r\n"), "the cut answer must not look complete:\n{answer}");
+    let rec = kw.last_record(3).await;
+    assert_eq!((rec["status"].as_u64(), rec["reason"].as_str()), (Some(200), Some("upstream_timeout")));
     kw.stop().await;
 
     // An upstream nobody listens on: 502.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -80,7 +81,8 @@ pub struct Seen {
 
 /// The stand-in for the payments API: TLS, records every request, answers Stripe-like JSON.
 /// Like Stripe it offers HTTP/2 and HTTP/1.1 by ALPN. A request with `x-test-delay-ms` is
-/// answered that much later.
+/// answered that much later; with `x-test-body-stall-ms`, the answer's body stalls that long
+/// after its first bytes.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -131,7 +133,7 @@ async fn answer(
     req: Request<hyper::body::Incoming>,
     peer: SocketAddr,
     log: Arc<Mutex<Vec<Seen>>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<UnsyncBoxBody<Bytes, Infallible>>, Infallible> {
     let (parts, body) = req.into_parts();
     let authority = match parts.uri.authority() {
         Some(a) => a.to_string(),
@@ -141,6 +143,8 @@ async fn answer(
     if let Some(ms) = parts.headers.get("x-test-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    let stall_ms: Option<u64> =
+        parts.headers.get("x-test-body-stall-ms").and_then(|v| v.to_str().ok()?.parse().ok());
     let path = parts.uri.path().to_string();
     let n = {
         let mut log = log.lock().unwrap();
@@ -167,9 +171,24 @@ async fn answer(
         .header("content-type", "application/json")
         .header("request-id", format!("req_upstream_{n}"))
         .header("x-upstream-says", "hello")
-        .body(Full::new(Bytes::from(json.to_string())))
+        .body(stalling(json.to_string(), stall_ms))
         .unwrap();
     Ok(resp)
+}
+
+/// `text` as a body; with `stall_ms`, its first half now and the rest that much later.
+fn stalling(text: String, stall_ms: Option<u64>) -> UnsyncBoxBody<Bytes, Infallible> {
+    let Some(ms) = stall_ms else {
+        return Full::new(Bytes::from(text)).boxed_unsync();
+    };
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(2);
+    tokio::spawn(async move {
+        let (head, tail) = text.split_at(text.len() / 2);
+        let _ = tx.send_data(Bytes::copy_from_slice(head.as_bytes())).await;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let _ = tx.send_data(Bytes::copy_from_slice(tail.as_bytes())).await;
+    });
+    body.boxed_unsync()
 }
 
 /// A `[[service]]` block for the test config.
