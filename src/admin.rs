@@ -114,6 +114,13 @@ fn metrics(reloader: &Reloader, snap: &Snapshot) -> String {
     );
     gauge(
         &mut out,
+        "keyward_audit_unrecorded_total",
+        "counter",
+        "Requests refused unparsed by the HTTP parser whose record found the access-log queue full.",
+        audit.unrecorded.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
         "keyward_audit_healthy",
         "gauge",
         "1 while the access log is writable.",

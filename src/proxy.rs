@@ -88,8 +88,11 @@ impl Proxy {
 impl Proxy {
     /// Record a request that hyper refused while parsing it, before keyward saw it: hyper
     /// has already answered it with a bare `status`. Such a record has no method or path.
-    pub async fn record_unparsed(&self, client_ip: IpAddr, status: u16, reason: &'static str) {
-        let Some(slot) = self.audit.slot().await else {
+    /// Never waits: with the queue full the record is dropped and counted, so that a flood
+    /// of garbage cannot queue ahead of real requests.
+    pub fn record_unparsed(&self, client_ip: IpAddr, status: u16, reason: &'static str) {
+        let Some(slot) = self.audit.try_slot() else {
+            self.audit.state.unrecorded.fetch_add(1, Ordering::Relaxed);
             return;
         };
         let record = AccessRecord {
@@ -162,7 +165,9 @@ async fn forward(
     ex.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1e3);
     let mut resp = match answer {
         Err(_) => return Err(Failure::UpstreamTimeout),
-        Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
+        // Over HTTP/2 the body is sent by another task and the limit's error may not come
+        // back in the chain: the byte count tells too.
+        Ok(Err(e)) if caused_by::<LengthLimitError>(&e) || ex.bytes_in.load(Ordering::Relaxed) > limit => {
             return Err(Failure::BodyTooLarge { limit });
         }
         Ok(Err(e)) => {
@@ -172,6 +177,8 @@ async fn forward(
         Ok(Ok(resp)) => resp,
     };
     upstream::strip_response_headers(resp.headers_mut());
+    // The caller's protocol, not the upstream's, frames the answer.
+    *resp.version_mut() = parts.version;
     ex.record.upstream_request_id =
         resp.headers().get("request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     Ok(resp.map(|b| Deadline::new(b, deadline, ex.answer_cut.clone()).boxed()))

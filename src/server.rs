@@ -74,7 +74,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                 if let Some((status, reason)) = parser_refusal(&e) {
-                    proxy.record_unparsed(ip, status, reason).await;
+                    proxy.record_unparsed(ip, status, reason);
                 }
             }
         });
@@ -90,7 +90,8 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
 /// What hyper answered, by itself, to a request it could not parse (its `on_error`): the
 /// status and the reason recorded for it. `None` where it answered nothing.
 fn parser_refusal(e: &hyper::Error) -> Option<(u16, &'static str)> {
-    if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
+    // hyper answers nothing to these (nor to its own internal errors).
+    if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() || e.to_string().contains("internal") {
         return None;
     }
     Some(match e.is_parse_too_large() {

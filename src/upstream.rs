@@ -42,13 +42,15 @@ impl fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Parse `url` (https, no path) and build one pooled client per egress address in `egress`.
+    /// Parse `url` (https, no path) and build one pooled client per egress address in `egress`;
+    /// `http2` also offers HTTP/2 by ALPN.
     pub fn build(
         name: &str,
         url: &str,
         ca: Option<&Path>,
         egress: impl IntoIterator<Item = Option<IpAddr>>,
         connect_timeout: Duration,
+        http2: bool,
     ) -> Result<Upstream, String> {
         let uri: Uri = url.parse().map_err(|e| format!("url `{url}` is not a URL: {e}"))?;
         if uri.scheme() != Some(&Scheme::HTTPS) {
@@ -62,7 +64,8 @@ impl Upstream {
             return Err(format!("url `{url}` must not carry credentials"));
         }
         let tls = Arc::new(client_tls(ca)?);
-        let clients = egress.into_iter().map(|ip| (ip, client(tls.clone(), ip, connect_timeout))).collect();
+        let clients =
+            egress.into_iter().map(|ip| (ip, client(tls.clone(), ip, connect_timeout, http2))).collect();
         Ok(Upstream {
             identity: [0; 32],
             name: name.to_string(),
@@ -119,19 +122,26 @@ pub(crate) fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, Stri
     Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
 }
 
-fn client(tls: Arc<rustls::ClientConfig>, egress: Option<IpAddr>, connect_timeout: Duration) -> HttpClient {
+fn client(
+    tls: Arc<rustls::ClientConfig>,
+    egress: Option<IpAddr>,
+    connect_timeout: Duration,
+    http2: bool,
+) -> HttpClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_local_address(egress);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*tls).clone())
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls).clone()).https_only();
+    // HTTP/1.1 by default: each call has a connection of its own, so a caller that reads its
+    // answer slowly holds only that. Over HTTP/2 all calls share one connection's flow-control
+    // window and stream limit.
+    let https = match http2 {
+        true => https.enable_all_versions().wrap_connector(http),
+        false => https.enable_http1().wrap_connector(http),
+    };
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -141,6 +151,10 @@ fn client(tls: Arc<rustls::ClientConfig>, egress: Option<IpAddr>, connect_timeou
         // balancer dropping it silently) from a missed ping, not from calls hanging.
         .http2_keep_alive_interval(Duration::from_secs(20))
         .http2_keep_alive_timeout(Duration::from_secs(10))
+        // Unread answers count against the shared connection window: keep each call's share
+        // small and the connection's large, so a few slow readers cannot stall the others.
+        .http2_initial_stream_window_size(256 * 1024)
+        .http2_initial_connection_window_size(16 * 1024 * 1024)
         .build(https)
 }
 
@@ -243,7 +257,7 @@ mod tests {
         for url in
             ["http://api.stripe.com", "https://api.stripe.com/v1", "https://u:p@api.stripe.com", "nope"]
         {
-            assert!(Upstream::build("api", url, None, [None], t).is_err(), "{url}");
+            assert!(Upstream::build("api", url, None, [None], t, false).is_err(), "{url}");
         }
     }
 }

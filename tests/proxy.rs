@@ -11,13 +11,20 @@ fn billing() -> Svc {
 }
 
 #[tokio::test]
-async fn allowed_call_injects_the_secret_over_http2_when_the_upstream_offers_it() {
-    injects_the_secret_and_streams_both_ways(Harness::new(), http::Version::HTTP_2).await;
+async fn allowed_call_injects_the_secret_over_http1_by_default() {
+    injects_the_secret_and_streams_both_ways(Harness::new(), http::Version::HTTP_11).await;
 }
 
 #[tokio::test]
-async fn allowed_call_injects_the_secret_over_http1_to_an_http1_upstream() {
-    injects_the_secret_and_streams_both_ways(Harness::new().http1_upstream(), http::Version::HTTP_11).await;
+async fn allowed_call_injects_the_secret_over_http2_when_enabled_and_offered() {
+    let h2 = Harness::new().upstream("http2 = true");
+    injects_the_secret_and_streams_both_ways(h2, http::Version::HTTP_2).await;
+}
+
+#[tokio::test]
+async fn http2_enabled_falls_back_to_http1_when_the_upstream_offers_only_that() {
+    let h2 = Harness::new().upstream("http2 = true").http1_upstream();
+    injects_the_secret_and_streams_both_ways(h2, http::Version::HTTP_11).await;
 }
 
 async fn injects_the_secret_and_streams_both_ways(harness: Harness, upstream_version: http::Version) {
@@ -269,4 +276,29 @@ async fn http2_clients_are_served() {
     }
     assert_eq!(kw.upstream.requests().len(), 3);
     kw.stop().await;
+}
+
+/// A streamed (chunked) body over the limit gets 413 whichever protocol goes upstream.
+#[tokio::test]
+async fn oversized_chunked_bodies_get_413_over_either_protocol() {
+    for extra in ["", "http2 = true"] {
+        let kw = Harness::new()
+            .service(billing())
+            .top("[limits]\nmax_body_bytes = 1000")
+            .upstream(extra)
+            .start()
+            .await;
+        let chunk = "x".repeat(1500);
+        let raw = format!(
+            "POST /v1/customers HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             {:x}\r\n{chunk}\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+            chunk.len(),
+            chunk.len()
+        );
+        let answer = kw.raw(raw.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "[{extra}] {answer:.200}");
+        assert!(answer.contains("request_too_large"), "[{extra}] {answer}");
+        kw.stop().await;
+    }
 }

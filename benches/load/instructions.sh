@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-10}
-W=$(ls -dt /tmp/keyward-load.* 2>/dev/null | head -1)
+W=$(ls -dt /tmp/keyward-load.* 2>/dev/null | head -1 || true)
 [ -f "${W:-}/keyward.toml" ] || { echo "run benches/load/run.sh first" >&2; exit 1; }
 command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 KW=${KEYWARD_BIN:-$PWD/target/release/keyward}
@@ -27,8 +27,9 @@ measure() { # name port command...
   callgrind_control -i on "$vg" > /dev/null 2>&1
   local reqs; reqs=$(wrk -t1 -c8 -d"${SECS}s" -H "Authorization: $TOKEN" "$url" | awk '/requests in/{print $1}')
   callgrind_control -i off "$vg" > /dev/null 2>&1; callgrind_control -d "$vg" > /dev/null 2>&1; sleep 1
-  kill "$vg"; wait "$vg" 2>/dev/null || true
-  local ir; ir=$(callgrind_annotate "$out".1 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",", ""); print $1}')
+  kill "$vg" 2>/dev/null || true; wait "$vg" 2>/dev/null || true
+  local ir; ir=$(callgrind_annotate "$out".1 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",", ""); print $1}' || true)
+  if [ -z "$reqs" ] || [ -z "$ir" ]; then echo "$name: no measurement (see $W/logs/$name-callgrind.log)" >&2; exit 1; fi
   echo "$name: $reqs requests, $((ir / reqs)) instructions per request"
 }
 measure keyward 8443 "$KW" run --workers 1 --config "$W/keyward.toml"

@@ -3,6 +3,8 @@
 # loopback. Proxy and upstream share CPU 0; wrk runs on CPU 1; one worker per proxy.
 # Usage: benches/load/run.sh [seconds-per-run]   (writes benches/load/last-run.md)
 set -euo pipefail
+# A relative KEYWARD_BIN means relative to where the script was started.
+[ -n "${KEYWARD_BIN:-}" ] && KEYWARD_BIN=$(realpath "$KEYWARD_BIN")
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SECS=${1:-8}
@@ -58,6 +60,7 @@ tls_key = "$W/certs/keyward.key"
 [upstream.api]
 url = "https://localhost:9443"
 ca = "$W/certs/ca.crt"
+http2 = $([ "${KEYWARD_HTTP2:-1}" = 1 ] && echo true || echo false)
 [secret.stripe]
 source = "file"
 path = "$W/secrets.toml"
@@ -208,6 +211,8 @@ run() { # mode target wrk-args...
 
 TARGETS=${TARGETS:-direct keyward nginx haproxy}
 MODES=${MODES:-keepalive-64 one-connection new-connection}
+for t in $TARGETS; do [ -n "${PORT[$t]:-}" ] || { echo "unknown target $t (direct keyward nginx haproxy)" >&2; exit 1; }; done
+for m in $MODES; do case $m in keepalive-64|one-connection|new-connection) ;; *) echo "unknown mode $m" >&2; exit 1;; esac; done
 wants() { [[ " $MODES " == *" $1 "* ]]; }
 wants keepalive-64 && for t in $TARGETS; do run keepalive-64 "$t" -t1 -c64; done
 wants one-connection && for t in $TARGETS; do run one-connection "$t" -t1 -c1; done

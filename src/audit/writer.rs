@@ -40,6 +40,8 @@ pub struct SinkState {
     pub write_errors: AtomicU64,
     /// Requests refused because the log could not be written (fail closed).
     pub refused: AtomicU64,
+    /// Requests hyper refused unparsed whose record found the queue full.
+    pub unrecorded: AtomicU64,
 }
 
 pub struct AuditSink {
@@ -72,6 +74,11 @@ impl AuditSink {
     /// Wait for a place in the queue: back-pressure when the writer falls behind.
     pub async fn slot(&self) -> Option<Slot> {
         self.tx.clone().reserve_owned().await.ok().map(Slot)
+    }
+
+    /// A place in the queue if one is free now.
+    pub fn try_slot(&self) -> Option<Slot> {
+        self.tx.clone().try_reserve_owned().ok().map(Slot)
     }
 
     /// Whether a request may be served now: not while records cannot be written, unless

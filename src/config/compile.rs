@@ -199,16 +199,21 @@ fn build_upstreams(
         let mut egress = service_egress.clone();
         egress.insert(u.egress_ip);
         let egress = if opts.clients { egress } else { HashSet::new() };
-        let identity =
-            upstream_identity(u.url.get_ref(), u.ca.as_deref(), &egress, file.timeouts.upstream_connect);
+        let identity = upstream_identity(
+            u.url.get_ref(),
+            u.ca.as_deref(),
+            &egress,
+            file.timeouts.upstream_connect,
+            u.http2,
+        );
         let kept =
             previous.and_then(|p| p.upstreams.iter().find(|o| o.name == *name && o.identity == identity));
         if let Some(old) = kept {
             out.push(old.clone().with_egress(u.egress_ip));
             continue;
         }
-        match Upstream::build(name, u.url.get_ref(), u.ca.as_deref(), egress, file.timeouts.upstream_connect)
-        {
+        let connect = file.timeouts.upstream_connect;
+        match Upstream::build(name, u.url.get_ref(), u.ca.as_deref(), egress, connect, u.http2) {
             Ok(up) => out.push(up.with_egress(u.egress_ip).with_identity(identity)),
             Err(msg) => errs.at(Some(u.url.span()), format!("upstream.{name}.url"), msg),
         }
@@ -221,6 +226,7 @@ fn upstream_identity(
     ca: Option<&Path>,
     egress: &HashSet<Option<IpAddr>>,
     connect: std::time::Duration,
+    http2: bool,
 ) -> [u8; 32] {
     let mut egress: Vec<String> = egress.iter().map(|e| format!("{e:?}")).collect();
     egress.sort();
@@ -231,6 +237,7 @@ fn upstream_identity(
         .chain_update(&ca_bytes)
         .chain_update(egress.join(","))
         .chain_update(connect.as_millis().to_le_bytes())
+        .chain_update([u8::from(http2)])
         .finalize()
         .into()
 }

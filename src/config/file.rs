@@ -104,6 +104,9 @@ pub struct UpstreamFile {
     pub url: Spanned<String>,
     pub ca: Option<PathBuf>,
     pub egress_ip: Option<IpAddr>,
+    /// Offer HTTP/2: one connection shared by every service's calls (see the README).
+    #[serde(default)]
+    pub http2: bool,
 }
 
 #[derive(Debug, Deserialize)]
