@@ -86,6 +86,17 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// A record's common start: when, which request, from where, under which configuration.
+    fn new_record(&self, client_ip: IpAddr, config_version: &str) -> AccessRecord {
+        AccessRecord {
+            time: OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
+            request_id: self.ids.next(),
+            client_ip: Some(client_ip),
+            config_version: config_version.to_string(),
+            ..AccessRecord::default()
+        }
+    }
+
     /// Record a request that hyper refused while parsing it, before keyward saw it: hyper
     /// has already answered it with a bare `status`. Such a record has no method or path.
     /// Never waits: with the queue full the record is dropped and counted, so that a flood
@@ -96,14 +107,10 @@ impl Proxy {
             return;
         };
         let record = AccessRecord {
-            time: OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
-            request_id: self.ids.next(),
-            client_ip: Some(client_ip),
             decision: "deny".into(),
             reason: reason.into(),
             status,
-            config_version: self.snapshot.load().version.clone(),
-            ..AccessRecord::default()
+            ..self.new_record(client_ip, &self.snapshot.load().version)
         };
         self.metrics.observe(&record);
         slot.send(record);
@@ -241,13 +248,9 @@ impl Exchange {
     fn start(proxy: Arc<Proxy>, slot: Slot, snap: &Snapshot, client_ip: IpAddr, parts: &Parts) -> Exchange {
         let path = parts.uri.path();
         let record = AccessRecord {
-            time: OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
-            request_id: proxy.ids.next(),
-            client_ip: Some(client_ip),
             method: parts.method.to_string(),
             path: path[..path.len().min(crate::canonical::MAX_PATH)].to_string(),
-            config_version: snap.version.clone(),
-            ..AccessRecord::default()
+            ..proxy.new_record(client_ip, &snap.version)
         };
         Exchange {
             proxy,

@@ -13,6 +13,16 @@ const EXPIRED: &str = "kw_CANARYEXPIRED_00112233445566778899";
 
 #[tokio::test]
 async fn no_secret_or_token_escapes() {
+    canary("").await;
+}
+
+/// The HTTP/2 client and its header compression log at trace level too.
+#[tokio::test]
+async fn no_secret_or_token_escapes_over_http2_upstream() {
+    canary("http2 = true").await;
+}
+
+async fn canary(upstream_extra: &str) {
     let pki = Pki::new();
     let upstream = Upstream::start(&pki).await;
     let dir = tempfile::tempdir().unwrap();
@@ -23,7 +33,8 @@ async fn no_secret_or_token_escapes() {
                 .token_with("old", EXPIRED, "expires = \"2021-01-01T00:00:00Z\"")
                 .scope("charge", "read"),
         )
-        .top("[timeouts]\nupstream = \"200ms\"");
+        .top("[timeouts]\nupstream = \"200ms\"")
+        .upstream(upstream_extra);
     let text = h.config(&pki, &upstream.url(), dir.path());
     let path = dir.path().join("keyward.toml");
     std::fs::write(&path, text).unwrap();
@@ -57,9 +68,13 @@ async fn no_secret_or_token_escapes() {
             bodies.push_str(v.to_str().unwrap_or(""));
         }
     }
-    // The upstream did get the secret: the canary is live.
+    // The upstream did get the secret, over the protocol meant: the canary is live.
+    let want = if upstream_extra.is_empty() { http::Version::HTTP_11 } else { http::Version::HTTP_2 };
     assert!(
-        upstream.requests().iter().any(|s| s.headers["authorization"] == format!("Bearer {SECRET}").as_str())
+        upstream
+            .requests()
+            .iter()
+            .any(|s| s.version == want && s.headers["authorization"] == format!("Bearer {SECRET}").as_str())
     );
 
     let audit_path = dir.path().join("audit.jsonl");
