@@ -172,9 +172,9 @@ async fn forward(
     ex.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1e3);
     let mut resp = match answer {
         Err(_) => return Err(Failure::UpstreamTimeout),
-        // Over HTTP/2 the body is sent by another task and the limit's error may not come
-        // back in the chain: the byte count tells too.
-        Ok(Err(e)) if caused_by::<LengthLimitError>(&e) || ex.bytes_in.load(Ordering::Relaxed) > limit => {
+        // The byte count, not the error chain, tells that the body passed the limit: over
+        // HTTP/2 the body is sent by another task and the limit's error does not come back.
+        Ok(Err(_)) if ex.bytes_in.load(Ordering::Relaxed) > limit => {
             return Err(Failure::BodyTooLarge { limit });
         }
         Ok(Err(e)) => {
@@ -208,17 +208,6 @@ async fn read_form(body: Incoming, limit: usize) -> Result<Bytes, Failure> {
         Err(e) if e.is::<LengthLimitError>() => Err(Failure::FormTooLarge { limit }),
         Err(_) => Err(Failure::BodyUnreadable),
     }
-}
-
-fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<E>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
 }
 
 /// The one place a failure becomes a response.
