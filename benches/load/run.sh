@@ -27,6 +27,10 @@ cat "$W/certs/keyward.crt" "$W/certs/keyward.key" > "$W/certs/haproxy.pem"
 mkdir -p "$W/logs" "$W/run"
 BODY=$(python3 -c 'import json;print(json.dumps({"id":"ch_3NxAbCdEfGhIjKlM","object":"charge","amount":2000,"amount_captured":2000,"currency":"usd","description":"load test "+"x"*700,"livemode":False,"metadata":{"order_id":"6735"},"paid":True,"status":"succeeded"}))')
 
+# Every server here negotiates what keyward's listener does: TLS 1.3, AES-128-GCM preferred.
+SUITES13=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
+SUITES="ssl_conf_command Ciphersuites $SUITES13; ssl_prefer_server_ciphers on;"
+
 # --- upstream stand-in: nginx answering only the real secret; it offers HTTP/2 like Stripe
 # (UPSTREAM_H2=0: HTTP/1.1 only, to see what HTTP/2 upstream buys keyward)
 H2=" http2"; [ "${UPSTREAM_H2:-1}" = 1 ] || H2=
@@ -38,6 +42,7 @@ http {
   server {
     listen 127.0.0.1:9443 ssl$H2;
     ssl_certificate $W/certs/keyward.crt; ssl_certificate_key $W/certs/keyward.key;
+    ssl_protocols TLSv1.2 TLSv1.3; $SUITES
     keepalive_requests 1000000;
     location / {
       if (\$http_authorization != "Bearer $SECRET") { return 401 '{"error":{"type":"invalid_request_error"}}'; }
@@ -94,6 +99,9 @@ CONF
   server {
     listen 127.0.0.1:8444 ssl;
     ssl_certificate $W/certs/keyward.crt; ssl_certificate_key $W/certs/keyward.key;
+    # nginx before 1.23.4 leaves TLS 1.3 off by default; without this line the peer would
+    # resume TLS 1.2 sessions (no key exchange) while keyward does TLS 1.3 (X25519 each time).
+    ssl_protocols TLSv1.2 TLSv1.3; $SUITES
     keepalive_requests 1000000;
     if (\$kw_allowed = 0) { return 401; }
     location ~ ^/v1/(charges|customers)(/[A-Za-z0-9_]+)?\$ {
@@ -128,7 +136,7 @@ defaults
   timeout server 30s
   http-reuse always
 frontend fe
-  bind 127.0.0.1:8445 ssl crt $W/certs/haproxy.pem
+  bind 127.0.0.1:8445 ssl crt $W/certs/haproxy.pem ciphersuites $SUITES13
   http-request return status 401 unless { req.hdr(authorization),word(2,' '),map($W/tokens.map) -m found }
   http-request return status 403 unless { path_reg ^/v1/(charges|customers)(/[A-Za-z0-9_]+)?\$ }
   http-request set-header Authorization "Bearer $SECRET"
@@ -172,7 +180,10 @@ for t in direct keyward nginx haproxy; do
   bad=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$W/certs/ca.crt" -H "Authorization: Bearer kw_nobody" "$u/v1/charges/ch_1")
   if [ $t = direct ]; then path=401; else
   path=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$W/certs/ca.crt" -H "Authorization: $(auth $t)" "$u/v1/payouts"); fi
-  echo "$t: allowed $ok, bad token $bad, denied path $path"
+  # Like with like: every target must terminate TLS 1.3, as keyward does.
+  tls=$(curl -sv -o /dev/null --cacert "$W/certs/ca.crt" -H "Authorization: $(auth $t)" "$u/v1/charges/ch_1" 2>&1 | sed -n 's/.*SSL connection using \(TLSv[0-9.]* \/ [A-Z0-9_]*\).*/\1/p')
+  echo "$t: allowed $ok, bad token $bad, denied path $path, $tls"
+  [ "$tls" = "TLSv1.3 / TLS_AES_128_GCM_SHA256" ] || { echo "$t negotiates $tls, not keyward's TLS 1.3 suite" >&2; exit 1; }
   [ "$ok" = 200 ] && [ "$bad" = 401 ] && { [ $t = direct ] || [ "$path" = 403 ]; } || { echo "$t answers wrongly" >&2; exit 1; }
 done
 
