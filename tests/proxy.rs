@@ -27,6 +27,25 @@ async fn http2_enabled_falls_back_to_http1_when_the_upstream_offers_only_that() 
     injects_the_secret_and_streams_both_ways(h2, http::Version::HTTP_11).await;
 }
 
+#[tokio::test]
+async fn a_connection_the_upstream_closed_is_replaced_for_the_next_call() {
+    for extra in ["", "http2 = true"] {
+        let kw = Harness::new().upstream(extra).service(billing()).start().await;
+        assert_eq!(kw.get("/v1/charges/ch_1", TOKEN).await.status, 200, "{extra}");
+        kw.upstream.close_connections();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        for _ in 0..3 {
+            let r = kw.get("/v1/charges/ch_1", TOKEN).await;
+            assert_eq!(r.status, 200, "{extra}: {:?} {:?}", r.body, kw.last_record(2).await);
+        }
+        let peers: Vec<_> = kw.upstream.requests().iter().map(|s| s.peer).collect();
+        assert_ne!(peers[0], peers[1], "{extra}: a new connection after the close");
+        if !extra.is_empty() {
+            assert!(peers[1..].iter().all(|p| *p == peers[1]), "{extra}: one multiplexed connection");
+        }
+    }
+}
+
 async fn injects_the_secret_and_streams_both_ways(harness: Harness, upstream_version: http::Version) {
     let kw = harness.service(billing()).start().await;
     let body = "name=Jenny+Rosen&email=jenny%40example.com&metadata[order]=6735";
@@ -164,8 +183,18 @@ async fn report_mode_forwards_and_records_would_deny() {
 }
 
 #[tokio::test]
-async fn source_ips_and_egress_pinning() {
+async fn source_ips_and_egress_pinning_over_http1() {
+    source_ips_and_egress_pinning("").await;
+}
+
+#[tokio::test]
+async fn source_ips_and_egress_pinning_over_http2() {
+    source_ips_and_egress_pinning("http2 = true").await;
+}
+
+async fn source_ips_and_egress_pinning(upstream: &str) {
     let kw = Harness::new()
+        .upstream(upstream)
         .service(billing().source_ips(&["127.0.0.1/32"]).extra("egress_ip = \"127.0.0.2\""))
         .service(
             Svc::new("narrow")

@@ -86,6 +86,7 @@ pub struct Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    close: tokio::sync::watch::Sender<u64>,
 }
 
 impl Upstream {
@@ -100,24 +101,37 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let acceptor = TlsAcceptor::from(pki.server_config(alpn));
         let log = seen.clone();
+        let (close, closing) = tokio::sync::watch::channel(0);
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, peer)) = listener.accept().await else {
                     continue;
                 };
-                let (acceptor, log) = (acceptor.clone(), log.clone());
+                let (acceptor, log, mut closing) = (acceptor.clone(), log.clone(), closing.clone());
+                closing.mark_unchanged();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let svc = service_fn(move |req| answer(req, peer, log.clone()));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = closing.changed() => conn.as_mut().graceful_shutdown(),
+                    }
+                    let _ = conn.await;
                 });
             }
         });
-        Upstream { addr, seen }
+        Upstream { addr, seen, close }
+    }
+
+    /// Close every open connection gracefully (HTTP/2: GOAWAY), as a server being
+    /// redeployed does; new connections are still accepted.
+    pub fn close_connections(&self) {
+        self.close.send_modify(|n| *n += 1);
     }
 
     pub fn url(&self) -> String {

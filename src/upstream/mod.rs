@@ -1,19 +1,25 @@
-//! Upstream APIs: pooled TLS clients (one per egress address) and the header rewrite that
-//! swaps the caller's token for the real secret.
+//! Upstream APIs: TLS clients (one per egress address) and the header rewrite that swaps
+//! the caller's token for the real secret.
+
+mod http2;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
@@ -21,7 +27,7 @@ use rustls::pki_types::pem::PemObject;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub type HttpClient = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Body>;
 
 #[derive(Clone)]
 pub struct Upstream {
@@ -32,7 +38,7 @@ pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     pub egress_ip: Option<IpAddr>,
-    clients: HashMap<Option<IpAddr>, HttpClient>,
+    clients: HashMap<Option<IpAddr>, Client>,
 }
 
 impl fmt::Debug for Upstream {
@@ -63,9 +69,25 @@ impl Upstream {
         if authority.as_str().contains('@') {
             return Err(format!("url `{url}` must not carry credentials"));
         }
-        let tls = Arc::new(client_tls(ca)?);
-        let clients =
-            egress.into_iter().map(|ip| (ip, client(tls.clone(), ip, connect_timeout, http2))).collect();
+        let tls = client_tls(ca)?;
+        let h2_tls = http2.then(|| {
+            let mut tls = tls.clone();
+            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Arc::new(tls)
+        });
+        let (host, port) = (authority.host(), authority.port_u16().unwrap_or(443));
+        let clients = egress
+            .into_iter()
+            .map(|ip| {
+                let h2 = match &h2_tls {
+                    Some(tls) => {
+                        Some(Arc::new(http2::H2::new(tls.clone(), host, port, ip, connect_timeout)?))
+                    }
+                    None => None,
+                };
+                Ok((ip, Client { pooled: pooled(&tls, ip, connect_timeout), h2 }))
+            })
+            .collect::<Result<_, String>>()?;
         Ok(Upstream {
             identity: [0; 32],
             name: name.to_string(),
@@ -88,7 +110,7 @@ impl Upstream {
     }
 
     /// The client bound to `egress` (built at compile time for every address in use).
-    pub fn client(&self, egress: Option<IpAddr>) -> Option<&HttpClient> {
+    pub fn client(&self, egress: Option<IpAddr>) -> Option<&Client> {
         self.clients.get(&egress)
     }
 
@@ -122,39 +144,79 @@ pub(crate) fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, Stri
     Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
 }
 
-fn client(
-    tls: Arc<rustls::ClientConfig>,
-    egress: Option<IpAddr>,
-    connect_timeout: Duration,
-    http2: bool,
-) -> HttpClient {
+/// How one upstream is reached from one egress address. HTTP/1.1 by default: each call has
+/// a connection of its own, so a caller that reads its answer slowly holds only that. With
+/// `http2`, all calls share one connection's flow-control window and stream limit.
+#[derive(Clone)]
+pub struct Client {
+    /// Pooled HTTP/1.1: the default, and what an upstream that does not offer `h2` gets.
+    pooled: HttpClient,
+    h2: Option<Arc<http2::H2>>,
+}
+
+impl Client {
+    pub async fn request(&self, req: Request<Body>) -> Result<Response<Answer>, BoxError> {
+        if let Some(h2) = &self.h2
+            && let Some(tx) = h2.sender().await?
+        {
+            return Ok(http2::send(tx, req).await?.map(Answer::H2));
+        }
+        Ok(self.pooled.request(req).await?.map(Answer::H1))
+    }
+}
+
+/// An upstream answer's body, whichever protocol carried it.
+pub enum Answer {
+    H1(Incoming),
+    H2(http2::RecvBody),
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Answer::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Answer::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Answer::H1(b) => b.is_end_stream(),
+            Answer::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Answer::H1(b) => b.size_hint(),
+            Answer::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+fn pooled(tls: &rustls::ClientConfig, egress: Option<IpAddr>, connect_timeout: Duration) -> HttpClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_local_address(egress);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls).clone()).https_only();
-    // HTTP/1.1 by default: each call has a connection of its own, so a caller that reads its
-    // answer slowly holds only that. Over HTTP/2 all calls share one connection's flow-control
-    // window and stream limit.
-    let https = match http2 {
-        true => https.enable_all_versions().wrap_connector(http),
-        false => https.enable_http1().wrap_connector(http),
-    };
-    Client::builder(TokioExecutor::new())
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
-        // One HTTP/2 connection carries every call: find out that it died (a NAT or load
-        // balancer dropping it silently) from a missed ping, not from calls hanging.
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .http2_keep_alive_timeout(Duration::from_secs(10))
-        // Unread answers count against the shared connection window: keep each call's share
-        // small and the connection's large, so a few slow readers cannot stall the others.
-        .http2_initial_stream_window_size(256 * 1024)
-        .http2_initial_connection_window_size(16 * 1024 * 1024)
         .build(https)
 }
 

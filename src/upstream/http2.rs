@@ -1,0 +1,334 @@
+//! HTTP/2 to an upstream without a pool in between: one multiplexed connection per upstream
+//! and egress address, driven by a task of its own, while each call is sent and awaited
+//! from the caller's task. hyper-util's pooled client would add, per call, a pool check-out,
+//! a channel to hyper's dispatch task and a spawned task awaiting the answer.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::{Connection, SendRequest};
+use h2::{Ping, Reason, RecvStream, SendStream};
+use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::{Body, BoxError};
+
+/// While calls are in flight, a ping this often finds out that the connection died (a NAT
+/// or load balancer dropping it silently) instead of calls hanging.
+const PING_EVERY: Duration = Duration::from_secs(20);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that carried no call for this many ping periods is closed.
+const IDLE_PERIODS: u32 = 5;
+/// Unread answers count against the connection window: keep each call's share small and
+/// the connection's large, so that a few slow readers cannot stall the other calls.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+pub struct H2 {
+    tls: TlsConnector,
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+    egress: Option<IpAddr>,
+    connect_timeout: Duration,
+    live: Arc<Mutex<Option<Live>>>,
+    connecting: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+    /// The upstream chose HTTP/1.1 by ALPN: calls go to the pooled HTTP/1.1 client instead.
+    http1_only: AtomicBool,
+}
+
+#[derive(Clone)]
+struct Live {
+    generation: u64,
+    tx: SendRequest<Bytes>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A sender ready for one call, counted in flight until the call's answer is dropped.
+pub struct Ready {
+    tx: SendRequest<Bytes>,
+    _call: InFlight,
+}
+
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl H2 {
+    /// `tls` must offer `h2` (and `http/1.1`, so that an HTTP/1.1-only upstream is told apart).
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        host: &str,
+        port: u16,
+        egress: Option<IpAddr>,
+        connect_timeout: Duration,
+    ) -> Result<H2, String> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name =
+            ServerName::try_from(bare.to_string()).map_err(|e| format!("host `{host}`: {e}"))?;
+        Ok(H2 {
+            tls: TlsConnector::from(tls),
+            host: bare.to_string(),
+            port,
+            server_name,
+            egress,
+            connect_timeout,
+            live: Arc::default(),
+            connecting: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
+            http1_only: AtomicBool::new(false),
+        })
+    }
+
+    /// A sender ready for one more call, connecting if there is no live connection; `None`
+    /// when the upstream speaks only HTTP/1.1. A connection found dead (closed, or gone away)
+    /// before the call was handed to it is replaced once.
+    pub async fn sender(&self) -> Result<Option<Ready>, BoxError> {
+        for _ in 0..2 {
+            if self.http1_only.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let Some(live) = self.current().await? else { return Ok(None) };
+            let call = InFlight::new(&live.in_flight);
+            match live.tx.ready().await {
+                Ok(tx) => return Ok(Some(Ready { tx, _call: call })),
+                Err(e) => {
+                    tracing::debug!(host = %self.host, error = %e, "upstream HTTP/2 connection is gone");
+                    self.forget(live.generation);
+                }
+            }
+        }
+        Err("no usable HTTP/2 connection to the upstream".into())
+    }
+
+    async fn current(&self) -> Result<Option<Live>, BoxError> {
+        if let Some(live) = self.cached() {
+            return Ok(Some(live));
+        }
+        // One connection attempt at a time; the calls waiting behind it use its result.
+        let _one = self.connecting.lock().await;
+        if let Some(live) = self.cached() {
+            return Ok(Some(live));
+        }
+        let Some(tls) = self.connect().await? else {
+            self.http1_only.store(true, Ordering::Relaxed);
+            return Ok(None);
+        };
+        let (tx, conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake(tls)
+            .await?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let live = Live { generation, tx, in_flight: Arc::default() };
+        *self.live.lock().expect("not poisoned") = Some(live.clone());
+        tokio::spawn(drive(conn, Arc::downgrade(&self.live), generation, live.in_flight.clone()));
+        Ok(Some(live))
+    }
+
+    fn cached(&self) -> Option<Live> {
+        self.live.lock().expect("not poisoned").clone()
+    }
+
+    fn forget(&self, generation: u64) {
+        forget(&self.live, generation);
+    }
+
+    /// TCP (from the egress address) and TLS; `None` if the upstream did not choose `h2`.
+    async fn connect(&self) -> Result<Option<TlsStream<TcpStream>>, BoxError> {
+        let addrs = tokio::net::lookup_host((self.host.as_str(), self.port)).await?;
+        let mut last: BoxError = format!("{} resolves to no usable address", self.host).into();
+        for addr in addrs.filter(|a| self.egress.is_none_or(|ip| ip.is_ipv4() == a.is_ipv4())) {
+            match tokio::time::timeout(self.connect_timeout, self.tcp(addr)).await {
+                Ok(Ok(tcp)) => {
+                    let tls = self.tls.connect(self.server_name.clone(), tcp).await?;
+                    return Ok((tls.get_ref().1.alpn_protocol() == Some(b"h2")).then_some(tls));
+                }
+                Ok(Err(e)) => last = e.into(),
+                Err(_) => last = format!("connecting to {addr} timed out").into(),
+            }
+        }
+        Err(last)
+    }
+
+    async fn tcp(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        if let Some(ip) = self.egress {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        socket.set_keepalive(true)?;
+        let tcp = socket.connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
+}
+
+fn forget(live: &Mutex<Option<Live>>, generation: u64) {
+    let mut live = live.lock().expect("not poisoned");
+    if live.as_ref().is_some_and(|l| l.generation == generation) {
+        *live = None;
+    }
+}
+
+/// Drive one connection until it fails, goes away, misses a ping or stays idle; then make
+/// sure no new call picks it. Holds only a weak reference: once the upstream is dropped (a
+/// reload that changed it), h2 closes the connection when its last call is done.
+async fn drive(
+    mut conn: Connection<TlsStream<TcpStream>, Bytes>,
+    live: Weak<Mutex<Option<Live>>>,
+    generation: u64,
+    in_flight: Arc<AtomicUsize>,
+) {
+    let mut ping = conn.ping_pong().expect("the first call takes it");
+    let keepalive = async {
+        let mut idle = 0;
+        loop {
+            tokio::time::sleep(PING_EVERY).await;
+            if in_flight.load(Ordering::Relaxed) == 0 {
+                idle += 1;
+                if idle >= IDLE_PERIODS {
+                    return "idle";
+                }
+                continue;
+            }
+            idle = 0;
+            match tokio::time::timeout(PING_TIMEOUT, ping.ping(Ping::opaque())).await {
+                Ok(Ok(_)) => {}
+                _ => return "missed a ping",
+            }
+        }
+    };
+    let why = tokio::select! {
+        end = &mut conn => match end {
+            Ok(()) => "closed",
+            Err(e) if e.is_go_away() => "went away",
+            Err(_) => "failed",
+        },
+        why = keepalive => why,
+    };
+    tracing::debug!(why, "upstream HTTP/2 connection ends");
+    if let Some(slot) = live.upgrade() {
+        forget(&slot, generation);
+    }
+}
+
+/// Send one call on `tx` and wait for the answer's head; the body streams after it.
+pub async fn send(ready: Ready, req: Request<Body>) -> Result<Response<RecvBody>, BoxError> {
+    let Ready { mut tx, _call: call } = ready;
+    let (head, body) = req.into_parts();
+    let eos = body.is_end_stream();
+    let (answer, stream) = tx.send_request(Request::from_parts(head, ()), eos)?;
+    let mut answer = std::pin::pin!(answer);
+    let mut pipe = (!eos).then(|| Pipe { body, stream });
+    let resp = std::future::poll_fn(|cx| {
+        // The request body goes out while the answer is awaited: an upstream may answer first.
+        if let Some(p) = &mut pipe
+            && Pin::new(p).poll(cx).is_ready()
+        {
+            pipe = None;
+        }
+        answer.as_mut().poll(cx)
+    })
+    .await?;
+    if let Some(p) = pipe {
+        // Answered before the request body was all sent: finish sending it on the side.
+        tokio::spawn(p);
+    }
+    Ok(resp.map(|stream| RecvBody { stream, data_done: false, _call: call }))
+}
+
+/// Copies a request body into its stream. Bodies here are bounded (`max_body_bytes`), so
+/// the stream may buffer what flow control does not let out yet.
+struct Pipe {
+    body: Body,
+    stream: SendStream<Bytes>,
+}
+
+impl Future for Pipe {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        loop {
+            let (sent, last) = match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let last = this.body.is_end_stream();
+                        (this.stream.send_data(data, last), last)
+                    }
+                    Err(frame) => match frame.into_trailers() {
+                        Ok(trailers) => (this.stream.send_trailers(trailers), true),
+                        Err(_) => continue,
+                    },
+                },
+                None => (this.stream.send_data(Bytes::new(), true), true),
+                Some(Err(_)) => {
+                    // Unreadable or over the limit: the upstream must not take a cut-off body.
+                    this.stream.send_reset(Reason::CANCEL);
+                    return Poll::Ready(());
+                }
+            };
+            if sent.is_err() || last {
+                return Poll::Ready(());
+            }
+        }
+    }
+}
+
+/// An answer's body, handing flow-control credit back as the caller takes each chunk.
+pub struct RecvBody {
+    stream: RecvStream,
+    data_done: bool,
+    _call: InFlight,
+}
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match ready!(self.stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => self.data_done = true,
+            }
+        }
+        Poll::Ready(ready!(self.stream.poll_trailers(cx)).transpose().map(|t| t.map(Frame::trailers)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
