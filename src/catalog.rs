@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use http::Method;
 
@@ -33,8 +34,10 @@ pub struct Entry {
     /// Position in `Catalog::entries`.
     pub index: usize,
     pub method: Method,
-    pub template: String,
+    pub template: Arc<str>,
     pub permission: PermId,
+    /// `charge_read`: the permission and access, as Stripe names it.
+    pub name: Arc<str>,
     pub access: Access,
     pub upstream: String,
     /// Stripe's "(Direct)" permissions: never valid on behalf of a connected account.
@@ -130,7 +133,7 @@ impl Catalog {
             }
         };
         let segments = template_segments(template).map_err(AddError::Message)?;
-        let permission = self.intern(permission);
+        let perm_id = self.intern(permission);
         let idx = self.entries.len() as u32;
         let mut node = &mut self.root;
         for seg in segments {
@@ -146,8 +149,9 @@ impl Catalog {
         self.entries.push(Entry {
             index: idx as usize,
             method,
-            template: template.to_string(),
-            permission,
+            template: (*template).into(),
+            name: crate::error::permission_name(permission, access).into(),
+            permission: perm_id,
             access,
             upstream: upstream.to_string(),
             direct,
@@ -246,7 +250,7 @@ mod tests {
     fn classifies_literals_before_params() {
         let c = Catalog::parse(SMALL).unwrap();
         let t = |m: Method, p: &str| {
-            c.classify(&m, p).map(|e| (e.template.as_str(), c.permission(e.permission), e.access))
+            c.classify(&m, p).map(|e| (&*e.template, c.permission(e.permission), e.access))
         };
         assert_eq!(
             t(Method::GET, "/v1/customers/search"),

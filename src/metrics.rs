@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::audit::AccessRecord;
 
@@ -36,14 +36,17 @@ impl Histogram {
     }
 }
 
-type RequestKey = (String, String, String, &'static str);
+/// Shared names, so counting a request allocates nothing.
+type RequestKey = (Option<Arc<str>>, Option<Arc<str>>, &'static str, &'static str);
+/// (upstream, kind of failure)
+type UpstreamErrorKey = (Option<Arc<str>>, &'static str);
 
 #[derive(Default)]
 pub struct Metrics {
     /// (service, permission, decision, status class) → count
     requests: Mutex<BTreeMap<RequestKey, u64>>,
     /// (upstream, kind) → count
-    upstream_errors: Mutex<BTreeMap<(String, String), u64>>,
+    upstream_errors: Mutex<BTreeMap<UpstreamErrorKey, u64>>,
     pub duration: Histogram,
     pub upstream_duration: Histogram,
 }
@@ -57,19 +60,19 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        let key = (
-            r.service.as_deref().unwrap_or("").to_string(),
-            r.permission.clone().unwrap_or_default(),
-            r.decision.to_string(),
-            class,
-        );
+        let decision = match &*r.decision {
+            "allow" => "allow",
+            "would_deny" => "would_deny",
+            _ => "deny",
+        };
+        let key = (r.service.clone(), r.permission.clone(), decision, class);
         *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
         self.duration.observe(r.duration_ms / 1e3);
         if let Some(ms) = r.upstream_ms {
             self.upstream_duration.observe(ms / 1e3);
         }
-        if let Some(kind) = r.reason.strip_prefix("upstream_") {
-            let key = (r.upstream.clone().unwrap_or_default(), kind.to_string());
+        if let Some(kind) = upstream_failure(&r.reason) {
+            let key = (r.upstream.clone(), kind);
             *self.upstream_errors.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
         }
     }
@@ -82,6 +85,8 @@ impl Metrics {
         for ((service, permission, decision, class), n) in
             self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter()
         {
+            let (service, permission) =
+                (service.as_deref().unwrap_or(""), permission.as_deref().unwrap_or(""));
             let _ = writeln!(
                 out,
                 "keyward_requests_total{{service=\"{}\",permission=\"{}\",decision=\"{}\",status=\"{class}\"}} {n}",
@@ -103,6 +108,7 @@ impl Metrics {
         out.push_str("# HELP keyward_upstream_errors_total Upstream failures by upstream and kind.\n");
         out.push_str("# TYPE keyward_upstream_errors_total counter\n");
         for ((upstream, kind), n) in self.upstream_errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let upstream = upstream.as_deref().unwrap_or("");
             let _ = writeln!(
                 out,
                 "keyward_upstream_errors_total{{upstream=\"{}\",kind=\"{}\"}} {n}",
@@ -110,6 +116,16 @@ impl Metrics {
                 label(kind)
             );
         }
+    }
+}
+
+/// `upstream_timeout` → `timeout`: the kinds of upstream failure a record's reason names.
+fn upstream_failure(reason: &str) -> Option<&'static str> {
+    match reason {
+        "upstream_timeout" => Some("timeout"),
+        "upstream_unavailable" => Some("unavailable"),
+        "upstream_not_configured" => Some("not_configured"),
+        _ => None,
     }
 }
 

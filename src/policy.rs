@@ -111,7 +111,7 @@ pub fn authorize<'s>(
     d.upstream = match d.entry {
         Some(e) => snap.routes[e.index],
         // Report mode forwards unknown calls too, to the main API, so the record shows them.
-        None => snap.upstreams.iter().position(|u| u.name == "api"),
+        None => snap.upstreams.iter().position(|u| &*u.name == "api"),
     };
     let failure = match d.entry {
         None => Some(Failure::UnknownEndpoint),

@@ -20,7 +20,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::audit::{AccessRecord, AuditSink, Slot};
 use crate::body::{Deadline, Metered};
 use crate::config::file::Mode;
-use crate::error::{Failure, permission_name};
+use crate::error::Failure;
 use crate::identity;
 use crate::metrics::Metrics;
 use crate::policy::{Decision, RequestFacts, Verdict, decide, expansion_failure};
@@ -87,12 +87,12 @@ impl Proxy {
 
 impl Proxy {
     /// A record's common start: when, which request, from where, under which configuration.
-    fn new_record(&self, client_ip: IpAddr, config_version: &str) -> AccessRecord {
+    fn new_record(&self, client_ip: IpAddr, config_version: &Arc<str>) -> AccessRecord {
         AccessRecord {
             time: OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
             request_id: self.ids.next(),
             client_ip: Some(client_ip),
-            config_version: config_version.to_string(),
+            config_version: config_version.clone(),
             ..AccessRecord::default()
         }
     }
@@ -259,7 +259,7 @@ impl Exchange {
         r.stripe_account = d.account.map(str::to_string);
         if let Some(e) = d.entry {
             r.template = Some(e.template.clone());
-            r.permission = Some(permission_name(snap.catalog.permission(e.permission), e.access));
+            r.permission = Some(e.name.clone());
             r.access = Some(e.access.as_str().into());
         }
         r.upstream = d.upstream.map(|i| snap.upstreams[i].name.clone());

@@ -69,14 +69,14 @@ impl Reloader {
                 self.proxy.snapshot.store(next);
                 self.succeeded.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(trigger, from = %current.version, to = %version, "configuration reloaded");
-                Outcome { ok: true, version, errors: vec![], restart_required }
+                Outcome { ok: true, version: version.to_string(), errors: vec![], restart_required }
             }
             Err(errors) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 tracing::error!(trigger, version = %current.version, errors = %errors.join("; "),
                     "reload refused; still serving the previous configuration");
-                Outcome { ok: false, version: current.version.clone(), errors, restart_required: vec![] }
+                Outcome { ok: false, version: current.version.to_string(), errors, restart_required: vec![] }
             }
         }
     }

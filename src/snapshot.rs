@@ -18,7 +18,7 @@ use crate::upstream::Upstream;
 #[derive(Debug)]
 pub struct Snapshot {
     /// Short hash of the compiled configuration, carried by every access record.
-    pub version: String,
+    pub version: Arc<str>,
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub tls: Option<Arc<rustls::ServerConfig>>,

@@ -179,7 +179,7 @@ fn no_two_entries_share_a_shape() {
     let mut seen: HashMap<(String, String), String> = HashMap::new();
     for e in catalog().entries {
         let key = (e.method.to_string(), shape(&e.template));
-        if let Some(other) = seen.insert(key, e.template.clone()) {
+        if let Some(other) = seen.insert(key, e.template.to_string()) {
             panic!("{} and {} overlap", other, e.template);
         }
     }

@@ -28,13 +28,13 @@ pub struct AccessRecord {
     pub method: String,
     /// Path only: a query string can carry personal data.
     pub path: String,
-    pub template: Option<String>,
-    pub permission: Option<String>,
+    pub template: Option<Arc<str>>,
+    pub permission: Option<Arc<str>>,
     pub access: Option<Cow<'static, str>>,
     pub decision: Cow<'static, str>,
     pub reason: Cow<'static, str>,
     pub status: u16,
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     pub upstream_request_id: Option<String>,
     pub stripe_account: Option<String>,
     pub egress_ip: Option<IpAddr>,
@@ -42,7 +42,7 @@ pub struct AccessRecord {
     pub upstream_ms: Option<f64>,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub config_version: String,
+    pub config_version: Arc<str>,
     pub secret_version: Option<u64>,
 }
 
@@ -51,5 +51,15 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// The chain hash of a line as written (without its newline).
 pub fn line_hash(line: &[u8]) -> String {
-    hex::encode(Sha256::digest(line))
+    let mut hash = String::with_capacity(64);
+    write_line_hash(line, &mut hash);
+    hash
+}
+
+/// [`line_hash`] into `out`, replacing what it held: the writer reuses one buffer.
+pub fn write_line_hash(line: &[u8], out: &mut String) {
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(line), &mut hex).expect("64 hex digits for 32 bytes");
+    out.clear();
+    out.push_str(std::str::from_utf8(&hex).expect("hex is ASCII"));
 }

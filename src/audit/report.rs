@@ -93,7 +93,7 @@ pub fn build<'a>(records: impl IntoIterator<Item = &'a AccessRecord>, filter: &F
         }
         rep.last = Some(r.time.clone());
         let service = r.service.as_deref().unwrap_or("(unidentified)").to_string();
-        let permission = r.permission.clone().unwrap_or_else(|| "(none)".into());
+        let permission = r.permission.as_deref().unwrap_or("(none)").to_string();
         let slot = match &*r.decision {
             "allow" => 0,
             "deny" => 1,
@@ -115,7 +115,7 @@ pub fn build<'a>(records: impl IntoIterator<Item = &'a AccessRecord>, filter: &F
         if let Some(u) = &r.upstream
             && r.decision != "deny"
         {
-            let e = upstreams.entry(u.clone()).or_default();
+            let e = upstreams.entry(u.to_string()).or_default();
             e.0 += 1;
             if r.status >= 500 {
                 e.1 += 1;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AccessRecord, GENESIS, line_hash};
+use super::{AccessRecord, GENESIS, line_hash, write_line_hash};
 
 /// How the access log is written, from `[audit]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +66,7 @@ impl AuditSink {
         let (seq, prev) = out.chain_tail()?;
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let state = Arc::new(SinkState { healthy: AtomicBool::new(true), ..Default::default() });
-        let writer = Writer { out, rx, state: state.clone(), seq, prev, pending: VecDeque::new() };
+        let writer = Writer { out, rx, state: state.clone(), seq, prev, pending: Pending::default() };
         tokio::spawn(writer.run());
         Ok(AuditSink { tx, state, settings })
     }
@@ -107,7 +107,43 @@ struct Writer {
     seq: u64,
     prev: String,
     /// Chained lines not yet written (kept across write failures, in order).
-    pending: VecDeque<Vec<u8>>,
+    pending: Pending,
+}
+
+/// Lines back to back, each with its newline, serialized in place: no buffer per record,
+/// and a batch is written straight from here.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Where each line ends in `bytes` (after its newline).
+    ends: VecDeque<usize>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of the first `k` lines.
+    fn prefix(&self, k: usize) -> usize {
+        if k == 0 { 0 } else { self.ends[k - 1] }
+    }
+
+    /// Drop the first `k` lines (written).
+    fn consume(&mut self, k: usize) {
+        let cut = self.prefix(k);
+        self.bytes.drain(..cut);
+        self.ends.drain(..k);
+        self.ends.iter_mut().for_each(|e| *e -= cut);
+        // Give back what a long outage made the buffer grow to.
+        if self.bytes.is_empty() && self.bytes.capacity() > 4 << 20 {
+            self.bytes = Vec::new();
+        }
+    }
 }
 
 /// Lines held in memory while the sink fails, before the writer stops taking more
@@ -170,10 +206,14 @@ impl Writer {
                 self.seq += 1;
                 rec.seq = self.seq;
                 rec.prev = std::mem::take(&mut self.prev);
-                let mut line = Vec::with_capacity(1024);
-                serde_json::to_writer(&mut line, &rec).expect("records serialize");
-                self.prev = line_hash(&line);
-                self.pending.push_back(line);
+                let p = &mut self.pending;
+                let start = p.bytes.len();
+                serde_json::to_writer(&mut p.bytes, &rec).expect("records serialize");
+                // The record's `prev` buffer becomes the next one.
+                self.prev = std::mem::take(&mut rec.prev);
+                write_line_hash(&p.bytes[start..], &mut self.prev);
+                p.bytes.push(b'\n');
+                p.ends.push_back(p.bytes.len());
             }
         }
     }
@@ -249,17 +289,14 @@ impl Output {
     }
 
     /// Write lines from the front; those written leave the queue. Returns how many.
-    fn write_lines(&mut self, lines: &mut VecDeque<Vec<u8>>) -> std::io::Result<u64> {
+    fn write_lines(&mut self, lines: &mut Pending) -> std::io::Result<u64> {
         if self.path.is_none() {
             let mut out = std::io::stdout().lock();
-            for line in lines.iter() {
-                out.write_all(line)?;
-                out.write_all(b"\n")?;
-            }
+            out.write_all(&lines.bytes)?;
             out.flush()?;
-            let n = lines.len() as u64;
-            lines.clear();
-            return Ok(n);
+            let n = lines.len();
+            lines.consume(n);
+            return Ok(n as u64);
         }
         if self.file.is_none() {
             self.reopen()?;
@@ -267,22 +304,21 @@ impl Output {
         let mut n = 0;
         while !lines.is_empty() {
             // As many lines as fit in the current file (always at least one in an empty file).
-            let (mut batch, mut k) = (Vec::new(), 0);
-            for line in lines.iter() {
-                let fits = self.size + (batch.len() + line.len() + 1) as u64 <= self.max_bytes;
-                if !fits && (self.size > 0 || k > 0) || batch.len() >= 1 << 20 {
+            let mut k = 0;
+            while k < lines.len() {
+                let (len, end) = (lines.prefix(k + 1), lines.prefix(k));
+                let fits = self.size + len as u64 <= self.max_bytes;
+                if !fits && (self.size > 0 || k > 0) || end >= 1 << 20 {
                     break;
                 }
-                batch.extend_from_slice(line);
-                batch.push(b'\n');
                 k += 1;
             }
             if k == 0 {
                 self.rotate()?;
                 continue;
             }
-            self.append(&batch)?;
-            lines.drain(..k);
+            self.append(&lines.bytes[..lines.prefix(k)])?;
+            lines.consume(k);
             n += k as u64;
         }
         Ok(n)

@@ -65,7 +65,7 @@ pub async fn compile_with(
     let (expansions, expansions_text) = load_expansions(&file, &catalog, &mut errs);
     let upstreams = build_upstreams(&file, opts, previous, &mut errs);
     let routes =
-        catalog.entries.iter().map(|e| upstreams.iter().position(|u| u.name == e.upstream)).collect();
+        catalog.entries.iter().map(|e| upstreams.iter().position(|u| *u.name == *e.upstream)).collect();
     let (secrets, secret_index) = load_secrets(&file, opts, previous, &mut errs).await;
     let (services, tokens) = build_services(&file, &catalog, &secret_index, &mut errs);
 
@@ -83,7 +83,7 @@ pub async fn compile_with(
         .chain_update(&expansions_text)
         .finalize();
     Ok(Snapshot {
-        version: hex::encode(&digest[..6]),
+        version: hex::encode(&digest[..6]).into(),
         listen: file.server.listen,
         admin_listen: file.server.admin_listen,
         tls,
@@ -207,7 +207,7 @@ fn build_upstreams(
             u.http2,
         );
         let kept =
-            previous.and_then(|p| p.upstreams.iter().find(|o| o.name == *name && o.identity == identity));
+            previous.and_then(|p| p.upstreams.iter().find(|o| *o.name == **name && o.identity == identity));
         if let Some(old) = kept {
             out.push(old.clone().with_egress(u.egress_ip));
             continue;

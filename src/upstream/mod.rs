@@ -31,7 +31,7 @@ pub type HttpClient = hyper_util::client::legacy::Client<HttpsConnector<HttpConn
 
 #[derive(Clone)]
 pub struct Upstream {
-    pub name: String,
+    pub name: Arc<str>,
     /// Hash of everything the clients were built from: equal means they can be reused.
     pub identity: [u8; 32],
     pub url: String,
@@ -90,7 +90,7 @@ impl Upstream {
             .collect::<Result<_, String>>()?;
         Ok(Upstream {
             identity: [0; 32],
-            name: name.to_string(),
+            name: name.into(),
             url: url.to_string(),
             scheme: Scheme::HTTPS,
             authority,

@@ -421,7 +421,7 @@ impl Running {
 
     /// The version of the snapshot serving now.
     pub fn version(&self) -> String {
-        self.app.as_ref().unwrap().proxy.snapshot.load().version.clone()
+        self.app.as_ref().unwrap().proxy.snapshot.load().version.to_string()
     }
 
     /// Wait (bounded) until the serving version is `want`.
@@ -538,7 +538,7 @@ impl Conn {
 /// The version a configuration text compiles to.
 pub async fn version_of(text: &str) -> String {
     let src = keyward::config::Source { name: "v.toml".into(), text: text.to_string() };
-    keyward::config::compile(&src, keyward::config::Options::POLICY_ONLY).await.unwrap().version
+    keyward::config::compile(&src, keyward::config::Options::POLICY_ONLY).await.unwrap().version.to_string()
 }
 
 /// `keyward run` as a child process, logging JSON at trace level.
