@@ -257,23 +257,27 @@ async fn body_limits_and_upstream_failures() {
     assert_eq!((rec["status"].as_u64(), rec["reason"].as_str()), (Some(200), Some("upstream_timeout")));
     kw.stop().await;
 
-    // An upstream nobody listens on: 502.
-    let pki = Pki::new();
-    let dead = Harness::new().service(billing());
-    let dir = tempfile::tempdir().unwrap();
-    let text = dead.config(&pki, "https://localhost:1", dir.path());
-    let src = keyward::config::Source { name: dir.path().join("k.toml"), text };
-    let app = keyward::app::start(&src).await.unwrap();
-    let reply = send(
-        app.addr,
-        pki.client_config(),
-        "127.0.0.1".parse().unwrap(),
-        req("GET", "/v1/charges", TOKEN, ""),
-    )
-    .await;
-    assert_eq!(reply.status, 502);
-    assert_eq!(reply.error_code(), "upstream_unavailable");
-    app.stop().await;
+    // An upstream nobody listens on: 502, for calls that arrive together too.
+    for extra in ["", "http2 = true"] {
+        let pki = Pki::new();
+        let dead = Harness::new().upstream(extra).service(billing());
+        let dir = tempfile::tempdir().unwrap();
+        let text = dead.config(&pki, "https://localhost:1", dir.path());
+        let src = keyward::config::Source { name: dir.path().join("k.toml"), text };
+        let app = keyward::app::start(&src).await.unwrap();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (addr, client) = (app.addr, pki.client_config());
+            calls.spawn(async move {
+                send(addr, client, "127.0.0.1".parse().unwrap(), req("GET", "/v1/charges", TOKEN, "")).await
+            });
+        }
+        while let Some(reply) = calls.join_next().await {
+            let reply = reply.unwrap();
+            assert_eq!((reply.status, reply.error_code()), (502, "upstream_unavailable".into()), "{extra}");
+        }
+        app.stop().await;
+    }
 }
 
 #[tokio::test]

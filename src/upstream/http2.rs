@@ -42,6 +42,9 @@ pub struct H2 {
     connect_timeout: Duration,
     live: Arc<Mutex<Option<Live>>>,
     connecting: tokio::sync::Mutex<()>,
+    /// Connection attempts begun: a call that waited behind a failed attempt fails with it
+    /// instead of queueing another (a blackholed upstream would cost each call a timeout).
+    attempts: AtomicU64,
     generation: AtomicU64,
     /// The upstream chose HTTP/1.1 by ALPN: calls go to the pooled HTTP/1.1 client instead.
     http1_only: AtomicBool,
@@ -96,6 +99,7 @@ impl H2 {
             connect_timeout,
             live: Arc::default(),
             connecting: tokio::sync::Mutex::new(()),
+            attempts: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             http1_only: AtomicBool::new(false),
         })
@@ -127,9 +131,17 @@ impl H2 {
             return Ok(Some(live));
         }
         // One connection attempt at a time; the calls waiting behind it use its result.
+        let before = self.attempts.load(Ordering::Relaxed);
         let _one = self.connecting.lock().await;
         if let Some(live) = self.cached() {
             return Ok(Some(live));
+        }
+        if self.http1_only.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        if self.attempts.fetch_add(1, Ordering::Relaxed) != before {
+            self.attempts.fetch_sub(1, Ordering::Relaxed);
+            return Err("the connection attempt this call waited for failed".into());
         }
         let Some(tls) = self.connect().await? else {
             self.http1_only.store(true, Ordering::Relaxed);
