@@ -2,6 +2,8 @@
 # Load benchmark: keyward against nginx and HAProxy doing the crude version of its job, all on
 # loopback. Proxy and upstream share CPU 0; wrk runs on CPU 1; one worker per proxy.
 # Usage: benches/load/run.sh [seconds-per-run]   (writes benches/load/last-run.md)
+# Knobs (environment): TARGETS, MODES, IDLE=0, KEYWARD_HTTP2=0, UPSTREAM_H2=0, KEYWARD_BIN, and
+# NGINX_LOG_BUFFER=64k (nginx buffers its access log, flushing every 10 ms, as keyward batches).
 set -euo pipefail
 # A relative KEYWARD_BIN means relative to where the script was started.
 [ -n "${KEYWARD_BIN:-}" ] && KEYWARD_BIN=$(realpath "$KEYWARD_BIN")
@@ -87,7 +89,7 @@ worker_processes 1; daemon off; pid $W/run/nginx.pid; error_log $W/logs/nginx-er
 events { worker_connections 4096; }
 http {
   log_format kw '\$time_iso8601 \$remote_addr \$request_method \$uri \$status \$upstream_status \$request_time';
-  access_log $W/logs/nginx-access.log kw;
+  access_log $W/logs/nginx-access.log kw${NGINX_LOG_BUFFER:+ buffer=$NGINX_LOG_BUFFER flush=10ms};
   upstream stripe { server 127.0.0.1:9443; keepalive 64; }
   map_hash_bucket_size 128;
   map \$http_authorization \$kw_allowed {
