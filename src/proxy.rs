@@ -168,7 +168,7 @@ async fn forward(
     let started = Instant::now();
     // One deadline for the whole answer: its head, then the rest of its body.
     let deadline = tokio::time::Instant::from_std(started) + snap.timeouts.upstream;
-    let answer = tokio::time::timeout_at(deadline, client.request(req)).await;
+    let answer = tokio::time::timeout_at(deadline, client.request(req, deadline)).await;
     ex.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1e3);
     let mut resp = match answer {
         Err(_) => return Err(Failure::UpstreamTimeout),

@@ -17,10 +17,13 @@ use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::{Body, BoxError};
+
+type Conn = Connection<TlsStream<TcpStream>, Bytes>;
 
 /// While calls are in flight, a ping this often finds out that the connection died (a NAT
 /// or load balancer dropping it silently) instead of calls hanging.
@@ -42,9 +45,10 @@ pub struct H2 {
     connect_timeout: Duration,
     live: Arc<Mutex<Option<Live>>>,
     connecting: tokio::sync::Mutex<()>,
-    /// Connection attempts begun: a call that waited behind a failed attempt fails with it
-    /// instead of queueing another (a blackholed upstream would cost each call a timeout).
-    attempts: AtomicU64,
+    /// Connection attempts that failed: a call that waited behind a failed attempt fails with
+    /// it instead of queueing another (a blackholed upstream would cost each call a timeout).
+    /// An attempt abandoned by its caller (gone, or out of time) counts for nothing.
+    failures: AtomicU64,
     generation: AtomicU64,
     /// The upstream chose HTTP/1.1 by ALPN: calls go to the pooled HTTP/1.1 client instead.
     http1_only: AtomicBool,
@@ -54,7 +58,14 @@ pub struct H2 {
 struct Live {
     generation: u64,
     tx: SendRequest<Bytes>,
-    in_flight: Arc<AtomicUsize>,
+    load: Arc<Load>,
+}
+
+/// A connection's calls: in flight now, and started so far (to tell idle from busy).
+#[derive(Default)]
+struct Load {
+    in_flight: AtomicUsize,
+    started: AtomicU64,
 }
 
 /// A sender ready for one call, counted in flight until the call's answer is dropped.
@@ -63,18 +74,19 @@ pub struct Ready {
     _call: InFlight,
 }
 
-struct InFlight(Arc<AtomicUsize>);
+struct InFlight(Arc<Load>);
 
 impl InFlight {
-    fn new(count: &Arc<AtomicUsize>) -> InFlight {
-        count.fetch_add(1, Ordering::Relaxed);
-        InFlight(count.clone())
+    fn new(load: &Arc<Load>) -> InFlight {
+        load.started.fetch_add(1, Ordering::Relaxed);
+        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(load.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -99,7 +111,7 @@ impl H2 {
             connect_timeout,
             live: Arc::default(),
             connecting: tokio::sync::Mutex::new(()),
-            attempts: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             http1_only: AtomicBool::new(false),
         })
@@ -114,7 +126,7 @@ impl H2 {
                 return Ok(None);
             }
             let Some(live) = self.current().await? else { return Ok(None) };
-            let call = InFlight::new(&live.in_flight);
+            let call = InFlight::new(&live.load);
             match live.tx.ready().await {
                 Ok(tx) => return Ok(Some(Ready { tx, _call: call })),
                 Err(e) => {
@@ -131,7 +143,7 @@ impl H2 {
             return Ok(Some(live));
         }
         // One connection attempt at a time; the calls waiting behind it use its result.
-        let before = self.attempts.load(Ordering::Relaxed);
+        let before = self.failures.load(Ordering::Relaxed);
         let _one = self.connecting.lock().await;
         if let Some(live) = self.cached() {
             return Ok(Some(live));
@@ -139,24 +151,36 @@ impl H2 {
         if self.http1_only.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        if self.attempts.fetch_add(1, Ordering::Relaxed) != before {
-            self.attempts.fetch_sub(1, Ordering::Relaxed);
+        if self.failures.load(Ordering::Relaxed) != before {
             return Err("the connection attempt this call waited for failed".into());
         }
-        let Some(tls) = self.connect().await? else {
-            self.http1_only.store(true, Ordering::Relaxed);
-            return Ok(None);
+        let (tx, conn) = match self.handshake().await {
+            Ok(Some(both)) => both,
+            Ok(None) => {
+                self.http1_only.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
         };
-        let (tx, conn) = h2::client::Builder::new()
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let live = Live { generation, tx, load: Arc::default() };
+        *self.live.lock().expect("not poisoned") = Some(live.clone());
+        tokio::spawn(drive(conn, Arc::downgrade(&self.live), generation, live.load.clone()));
+        Ok(Some(live))
+    }
+
+    /// A new HTTP/2 connection; `None` if the upstream did not choose `h2`.
+    async fn handshake(&self) -> Result<Option<(SendRequest<Bytes>, Conn)>, BoxError> {
+        let Some(tls) = self.connect().await? else { return Ok(None) };
+        let both = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake(tls)
             .await?;
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let live = Live { generation, tx, in_flight: Arc::default() };
-        *self.live.lock().expect("not poisoned") = Some(live.clone());
-        tokio::spawn(drive(conn, Arc::downgrade(&self.live), generation, live.in_flight.clone()));
-        Ok(Some(live))
+        Ok(Some(both))
     }
 
     fn cached(&self) -> Option<Live> {
@@ -167,16 +191,23 @@ impl H2 {
         forget(&self.live, generation);
     }
 
-    /// TCP (from the egress address) and TLS; `None` if the upstream did not choose `h2`.
+    /// TCP (from the egress address) and TLS, each address in turn, each try bounded by the
+    /// connect timeout; `None` if the upstream did not choose `h2`.
     async fn connect(&self) -> Result<Option<TlsStream<TcpStream>>, BoxError> {
-        let addrs = tokio::net::lookup_host((self.host.as_str(), self.port)).await?;
+        let addrs = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::lookup_host((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| format!("resolving {} timed out", self.host))??;
         let mut last: BoxError = format!("{} resolves to no usable address", self.host).into();
         for addr in addrs.filter(|a| self.egress.is_none_or(|ip| ip.is_ipv4() == a.is_ipv4())) {
-            match tokio::time::timeout(self.connect_timeout, self.tcp(addr)).await {
-                Ok(Ok(tcp)) => {
-                    let tls = self.tls.connect(self.server_name.clone(), tcp).await?;
-                    return Ok((tls.get_ref().1.alpn_protocol() == Some(b"h2")).then_some(tls));
-                }
+            let attempt = async {
+                let tcp = self.tcp(addr).await?;
+                self.tls.connect(self.server_name.clone(), tcp).await
+            };
+            match tokio::time::timeout(self.connect_timeout, attempt).await {
+                Ok(Ok(tls)) => return Ok((tls.get_ref().1.alpn_protocol() == Some(b"h2")).then_some(tls)),
                 Ok(Err(e)) => last = e.into(),
                 Err(_) => last = format!("connecting to {addr} timed out").into(),
             }
@@ -206,18 +237,14 @@ fn forget(live: &Mutex<Option<Live>>, generation: u64) {
 /// Drive one connection until it fails, goes away, misses a ping or stays idle; then make
 /// sure no new call picks it. Holds only a weak reference: once the upstream is dropped (a
 /// reload that changed it), h2 closes the connection when its last call is done.
-async fn drive(
-    mut conn: Connection<TlsStream<TcpStream>, Bytes>,
-    live: Weak<Mutex<Option<Live>>>,
-    generation: u64,
-    in_flight: Arc<AtomicUsize>,
-) {
+async fn drive(mut conn: Conn, live: Weak<Mutex<Option<Live>>>, generation: u64, load: Arc<Load>) {
     let mut ping = conn.ping_pong().expect("the first call takes it");
     let keepalive = async {
-        let mut idle = 0;
+        let (mut idle, mut seen) = (0, load.started.load(Ordering::Relaxed));
         loop {
             tokio::time::sleep(PING_EVERY).await;
-            if in_flight.load(Ordering::Relaxed) == 0 {
+            let now = load.started.load(Ordering::Relaxed);
+            if load.in_flight.load(Ordering::Relaxed) == 0 && std::mem::replace(&mut seen, now) == now {
                 idle += 1;
                 if idle >= IDLE_PERIODS {
                     return "idle";
@@ -243,10 +270,19 @@ async fn drive(
     if let Some(slot) = live.upgrade() {
         forget(&slot, generation);
     }
+    if why == "idle" {
+        // No new call can pick it now: h2 closes it cleanly once a call that just started ends.
+        let _ = conn.await;
+    }
 }
 
-/// Send one call on `tx` and wait for the answer's head; the body streams after it.
-pub async fn send(ready: Ready, req: Request<Body>) -> Result<Response<RecvBody>, BoxError> {
+/// Send one call on `tx` and wait for the answer's head; the body streams after it. What is
+/// left of the request body after the answer came is sent until `deadline`.
+pub async fn send(
+    ready: Ready,
+    req: Request<Body>,
+    deadline: Instant,
+) -> Result<Response<RecvBody>, BoxError> {
     let Ready { mut tx, _call: call } = ready;
     let (head, body) = req.into_parts();
     let eos = body.is_end_stream();
@@ -265,7 +301,12 @@ pub async fn send(ready: Ready, req: Request<Body>) -> Result<Response<RecvBody>
     .await?;
     if let Some(p) = pipe {
         // Answered before the request body was all sent: finish sending it on the side.
-        tokio::spawn(p);
+        tokio::spawn(async move {
+            let mut p = p;
+            if tokio::time::timeout_at(deadline, &mut p).await.is_err() {
+                p.stream.send_reset(Reason::CANCEL);
+            }
+        });
     }
     Ok(resp.map(|stream| RecvBody { stream, data_done: false, _call: call }))
 }
@@ -289,10 +330,10 @@ impl Future for Pipe {
                         let last = this.body.is_end_stream();
                         (this.stream.send_data(data, last), last)
                     }
-                    Err(frame) => match frame.into_trailers() {
-                        Ok(trailers) => (this.stream.send_trailers(trailers), true),
-                        Err(_) => continue,
-                    },
+                    // Trailers are not forwarded (over HTTP/1.1 hyper drops them too): a trailer
+                    // could carry what the header filter keeps from the upstream.
+                    Err(frame) if frame.is_trailers() => (this.stream.send_data(Bytes::new(), true), true),
+                    Err(_) => continue,
                 },
                 None => (this.stream.send_data(Bytes::new(), true), true),
                 Some(Err(_)) => {
@@ -301,7 +342,12 @@ impl Future for Pipe {
                     return Poll::Ready(());
                 }
             };
-            if sent.is_err() || last {
+            if sent.is_err() {
+                // Never leave the upstream waiting for the rest of a body that will not come.
+                this.stream.send_reset(Reason::CANCEL);
+                return Poll::Ready(());
+            }
+            if last {
                 return Poll::Ready(());
             }
         }

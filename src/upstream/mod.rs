@@ -24,6 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use tokio::time::Instant;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -155,11 +156,12 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn request(&self, req: Request<Body>) -> Result<Response<Answer>, BoxError> {
+    /// One call; `deadline` bounds what the call may still do on the side once answered.
+    pub async fn request(&self, req: Request<Body>, deadline: Instant) -> Result<Response<Answer>, BoxError> {
         if let Some(h2) = &self.h2
             && let Some(tx) = h2.sender().await?
         {
-            return Ok(http2::send(tx, req).await?.map(Answer::H2));
+            return Ok(http2::send(tx, req, deadline).await?.map(Answer::H2));
         }
         Ok(self.pooled.request(req).await?.map(Answer::H1))
     }
