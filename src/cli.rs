@@ -330,8 +330,7 @@ async fn explain(
         Verdict::WouldDeny(f) => ("would_deny", f.code(), Some(f.message())),
         Verdict::Deny(f) => ("deny", f.code(), Some(f.message())),
     };
-    let permission =
-        d.entry.map(|e| keyward::error::permission_name(snap.catalog.permission(e.permission), e.access));
+    let permission = d.entry.map(|e| e.name.clone());
     let upstream = d.upstream.map(|i| snap.upstreams[i].name.clone());
     let expansions: Vec<serde_json::Value> = snap
         .expansions
@@ -377,7 +376,7 @@ async fn catalog(path: Option<&Path>, filter: Option<&str>) -> ExitCode {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     for e in &snap.catalog.entries {
-        let perm = keyward::error::permission_name(snap.catalog.permission(e.permission), e.access);
+        let perm = &e.name;
         if filter.is_some_and(|f| !perm.contains(f) && !e.template.contains(f)) {
             continue;
         }

@@ -1,6 +1,7 @@
 //! Prometheus metrics, kept by hand: a few counters and two histograms, fed once per request
 //! from the access record, rendered on the admin port.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,7 +72,7 @@ impl Metrics {
         if let Some(ms) = r.upstream_ms {
             self.upstream_duration.observe(ms / 1e3);
         }
-        if let Some(kind) = upstream_failure(&r.reason) {
+        if let Some(kind) = upstream_failure(r) {
             let key = (r.upstream.clone(), kind);
             *self.upstream_errors.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
         }
@@ -119,13 +120,12 @@ impl Metrics {
     }
 }
 
-/// `upstream_timeout` → `timeout`: the kinds of upstream failure a record's reason names.
-fn upstream_failure(reason: &str) -> Option<&'static str> {
-    match reason {
-        "upstream_timeout" => Some("timeout"),
-        "upstream_unavailable" => Some("unavailable"),
-        "upstream_not_configured" => Some("not_configured"),
-        _ => None,
+/// `upstream_timeout` → `timeout`: the kind of upstream failure a record's reason names.
+/// Reasons on the request path are the static codes of `Failure::code`.
+fn upstream_failure(r: &AccessRecord) -> Option<&'static str> {
+    match r.reason {
+        Cow::Borrowed(code) => code.strip_prefix("upstream_"),
+        Cow::Owned(_) => None,
     }
 }
 

@@ -143,7 +143,7 @@ fn check_entry(
             return Some(Failure::AccountNotAllowed { account: acct.to_string() });
         }
     }
-    let permission = || permission_name(snap.catalog.permission(entry.permission), entry.access);
+    let permission = || entry.name.to_string();
     if entry.direct && account.is_some() {
         return Some(Failure::DirectPermission { permission: permission() });
     }
