@@ -15,9 +15,8 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-use crate::audit::{AccessRecord, AuditSink, Slot};
+use crate::audit::{self, AccessRecord, AuditSink, Slot};
 use crate::body::{Deadline, Metered};
 use crate::config::file::Mode;
 use crate::error::Failure;
@@ -89,7 +88,7 @@ impl Proxy {
     /// A record's common start: when, which request, from where, under which configuration.
     fn new_record(&self, client_ip: IpAddr, config_version: &Arc<str>) -> AccessRecord {
         AccessRecord {
-            time: OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
+            time: audit::timestamp(OffsetDateTime::now_utc()),
             request_id: self.ids.next(),
             client_ip: Some(client_ip),
             config_version: config_version.clone(),

@@ -1,6 +1,7 @@
 //! The access log: one JSON line per request, chained so that any edit, drop, reorder or
 //! insert is found. Records have no field that could hold a token or a secret.
 
+mod line;
 pub mod report;
 pub mod verify;
 pub mod writer;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use line::timestamp;
 pub use writer::{AuditSink, Slot};
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -174,11 +174,21 @@ impl Writer {
                 self.take(m, &mut flushes);
             }
             self.drain(&mut flushes);
-            // Under load, wait a moment so one write carries many records.
-            if self.pending.len() < BATCH && flushes.is_empty() && self.state.healthy.load(Ordering::Relaxed)
-            {
-                tokio::time::sleep(COALESCE).await;
-                self.drain(&mut flushes);
+            // Wait a moment so one write carries many records, chaining each as it comes (in
+            // the request path's idle moments) rather than all at once before the write.
+            if self.state.healthy.load(Ordering::Relaxed) {
+                let window = tokio::time::sleep(COALESCE);
+                tokio::pin!(window);
+                while self.pending.len() < BATCH && flushes.is_empty() {
+                    tokio::select! {
+                        biased;
+                        Some(m) = self.rx.recv() => {
+                            self.take(m, &mut flushes);
+                            self.drain(&mut flushes);
+                        }
+                        _ = &mut window => break,
+                    }
+                }
             }
             self.write_pending();
             if self.pending.is_empty() {
@@ -208,7 +218,7 @@ impl Writer {
                 rec.prev = std::mem::take(&mut self.prev);
                 let p = &mut self.pending;
                 let start = p.bytes.len();
-                serde_json::to_writer(&mut p.bytes, &rec).expect("records serialize");
+                rec.write_json(&mut p.bytes);
                 // The record's `prev` buffer becomes the next one.
                 self.prev = std::mem::take(&mut rec.prev);
                 write_line_hash(&p.bytes[start..], &mut self.prev);

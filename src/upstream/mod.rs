@@ -235,8 +235,10 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Whether a header must not cross keyward: hop-by-hop ones, those `Connection` names, and
 /// in requests also credentials, keyward's own, and what would reveal internal addresses.
-fn dropped(name: &HeaderName, connection: &HeaderMap, request: bool) -> bool {
-    if HOP_BY_HOP.contains(name) || named_in_connection(name, connection) {
+/// `headers` is the message's own map, `None` when it has no `Connection` header (the usual
+/// case, told once per message rather than looked up per header).
+fn dropped(name: &HeaderName, headers: Option<&HeaderMap>, request: bool) -> bool {
+    if HOP_BY_HOP.contains(name) || headers.is_some_and(|h| named_in_connection(name, h)) {
         return true;
     }
     request
@@ -260,8 +262,9 @@ fn named_in_connection(name: &HeaderName, headers: &HeaderMap) -> bool {
 /// (HTTP/2) from the upstream URI. `None`: the secret cannot be a header value.
 pub fn request_headers(from: &HeaderMap, secret: &str) -> Option<HeaderMap> {
     let mut out = HeaderMap::with_capacity(from.len() + 1);
+    let connection = from.contains_key(header::CONNECTION).then_some(from);
     for (name, value) in from {
-        if !dropped(name, from, true) {
+        if !dropped(name, connection, true) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -273,7 +276,8 @@ pub fn request_headers(from: &HeaderMap, secret: &str) -> Option<HeaderMap> {
 
 /// The upstream's response headers as the caller gets them.
 pub fn strip_response_headers(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> = headers.keys().filter(|n| dropped(n, headers, false)).cloned().collect();
+    let connection = headers.contains_key(header::CONNECTION).then_some(&*headers);
+    let names: Vec<HeaderName> = headers.keys().filter(|n| dropped(n, connection, false)).cloned().collect();
     for n in names {
         headers.remove(n);
     }
