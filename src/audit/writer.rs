@@ -150,9 +150,10 @@ impl Pending {
 /// (which then holds requests back at their queue slot).
 const MAX_PENDING: usize = 100_000;
 const RETRY: Duration = Duration::from_millis(250);
-/// Records gathered into one write when they arrive faster than they are written.
-const BATCH: usize = 256;
-const COALESCE: Duration = Duration::from_millis(10);
+/// Records gathered into one write. Each write stalls the one thread for tens of µs
+/// whatever its size, so few writes: about one per 50 ms, or per 1,024 records.
+const BATCH: usize = 1024;
+const COALESCE: Duration = Duration::from_millis(50);
 
 impl Writer {
     async fn run(mut self) {
@@ -174,19 +175,26 @@ impl Writer {
                 self.take(m, &mut flushes);
             }
             self.drain(&mut flushes);
-            // Wait a moment so one write carries many records, chaining each as it comes (in
-            // the request path's idle moments) rather than all at once before the write.
+            // Gather records for a moment so one write carries many, chaining each as it comes.
+            // The write is made when a record arrives after the window: a record arrives
+            // just after its response went out, when the request path has nothing to do.
+            // The timer (twice the window) is only a fallback for a quiet moment, so that it
+            // seldom fires in the middle of someone's request.
             if self.state.healthy.load(Ordering::Relaxed) {
-                let window = tokio::time::sleep(COALESCE);
-                tokio::pin!(window);
+                let due = tokio::time::Instant::now() + COALESCE;
+                let fallback = tokio::time::sleep_until(due + COALESCE);
+                tokio::pin!(fallback);
                 while self.pending.len() < BATCH && flushes.is_empty() {
                     tokio::select! {
                         biased;
                         Some(m) = self.rx.recv() => {
                             self.take(m, &mut flushes);
                             self.drain(&mut flushes);
+                            if tokio::time::Instant::now() >= due {
+                                break;
+                            }
                         }
-                        _ = &mut window => break,
+                        _ = &mut fallback => break,
                     }
                 }
             }

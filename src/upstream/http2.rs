@@ -139,9 +139,15 @@ impl H2 {
     }
 
     async fn current(&self) -> Result<Option<Live>, BoxError> {
-        if let Some(live) = self.cached() {
-            return Ok(Some(live));
+        match self.cached() {
+            Some(live) => Ok(Some(live)),
+            // Boxed: connecting is rare, and its state (DNS, TCP, TLS, handshake: kilobytes)
+            // would otherwise be carried, and moved, by every call's future.
+            None => Box::pin(self.connect_once()).await,
         }
+    }
+
+    async fn connect_once(&self) -> Result<Option<Live>, BoxError> {
         // One connection attempt at a time; the calls waiting behind it use its result.
         let before = self.failures.load(Ordering::Relaxed);
         let _one = self.connecting.lock().await;
