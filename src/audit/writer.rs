@@ -91,12 +91,16 @@ impl AuditSink {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    /// Returns once everything queued before it is written (or the writer gave up).
+    /// Returns once everything queued before it is written, or after 10 s (a failing sink
+    /// with a full queue must not hold shutdown forever).
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Flush(done)).await.is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            if self.tx.send(Msg::Flush(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        })
+        .await;
     }
 }
 
@@ -166,7 +170,16 @@ impl Writer {
                 }
             } else if self.pending.len() < MAX_PENDING {
                 // Failing: keep taking records (in memory) while retrying the sink.
-                tokio::time::timeout(RETRY, self.rx.recv()).await.ok().flatten()
+                match tokio::time::timeout(RETRY, self.rx.recv()).await {
+                    Ok(Some(m)) => Some(m),
+                    // Every sender is gone (shutting down): still retry, but with a pause, not
+                    // in a busy loop (a closed channel answers at once).
+                    Ok(None) => {
+                        tokio::time::sleep(RETRY).await;
+                        None
+                    }
+                    Err(_) => None,
+                }
             } else {
                 tokio::time::sleep(RETRY).await;
                 None
@@ -396,4 +409,36 @@ fn last_line(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
     let line = body.rsplit(|&b| b == b'\n').next().unwrap_or(body);
     Ok((!line.is_empty()).then(|| line.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_sink_retries_with_a_pause_once_every_sender_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory that does not exist: every write attempt fails.
+        let path = dir.path().join("gone/audit.jsonl");
+        let out = Output { path: Some(path), file: None, size: 0, max_bytes: u64::MAX, keep: 0 };
+        let (tx, rx) = mpsc::channel(4);
+        let state = Arc::new(SinkState::default());
+        let writer = Writer {
+            out,
+            rx,
+            state: state.clone(),
+            seq: 0,
+            prev: GENESIS.into(),
+            pending: Pending::default(),
+        };
+        let task = tokio::spawn(writer.run());
+        tx.send(Msg::Record(Box::default())).await.unwrap();
+        drop(tx);
+        // The writer used to retry here in a busy loop (thousands of tries a second).
+        tokio::time::sleep(RETRY * 2).await;
+        let tries = state.write_errors.load(Ordering::Relaxed);
+        assert!((2..=5).contains(&tries), "{tries} tries in {:?}: retried, with a pause", RETRY * 2);
+        assert!(!task.is_finished(), "still holding the record it could not write");
+        task.abort();
+    }
 }
