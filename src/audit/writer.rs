@@ -66,7 +66,8 @@ impl AuditSink {
         let (seq, prev) = out.chain_tail()?;
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let state = Arc::new(SinkState { healthy: AtomicBool::new(true), ..Default::default() });
-        let writer = Writer { out, rx, state: state.clone(), seq, prev, pending: Pending::default() };
+        let writer =
+            Writer { out, rx, state: state.clone(), seq, prev, pending: Pending::default(), failed_at: None };
         tokio::spawn(writer.run());
         Ok(AuditSink { tx, state, settings })
     }
@@ -112,6 +113,9 @@ struct Writer {
     prev: String,
     /// Chained lines not yet written (kept across write failures, in order).
     pending: Pending,
+    /// When the last write failed: while failing, the sink is tried once per `RETRY`, not
+    /// once per record that arrives.
+    failed_at: Option<std::time::Instant>,
 }
 
 /// Lines back to back, each with its newline, serialized in place: no buffer per record,
@@ -211,7 +215,7 @@ impl Writer {
                     }
                 }
             }
-            self.write_pending();
+            self.write_pending_paced();
             if self.pending.is_empty() {
                 for f in flushes.drain(..) {
                     let _ = f.send(());
@@ -249,10 +253,18 @@ impl Writer {
         }
     }
 
+    /// [`Self::write_pending`], unless the last try failed less than `RETRY` ago.
+    fn write_pending_paced(&mut self) {
+        if self.failed_at.is_none_or(|t| t.elapsed() >= RETRY) {
+            self.write_pending();
+        }
+    }
+
     fn write_pending(&mut self) {
         if self.pending.is_empty() {
             return;
         }
+        self.failed_at = None;
         match self.out.write_lines(&mut self.pending) {
             Ok(n) => {
                 self.state.written.fetch_add(n, Ordering::Relaxed);
@@ -261,6 +273,7 @@ impl Writer {
                 }
             }
             Err(e) => {
+                self.failed_at = Some(std::time::Instant::now());
                 self.state.write_errors.fetch_add(1, Ordering::Relaxed);
                 if self.state.healthy.swap(false, Ordering::Relaxed) {
                     tracing::error!(error = %e, pending = self.pending.len(), "cannot write the access log");
@@ -415,22 +428,27 @@ fn last_line(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 mod tests {
     use super::*;
 
+    /// A writer whose every write fails (its directory does not exist), and its sender.
+    fn failing(dir: &Path) -> (Writer, mpsc::Sender<Msg>, Arc<SinkState>) {
+        let out = Output {
+            path: Some(dir.join("gone/audit.jsonl")),
+            file: None,
+            size: 0,
+            max_bytes: u64::MAX,
+            keep: 0,
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let state = Arc::new(SinkState::default());
+        let pending = Pending::default();
+        let writer =
+            Writer { out, rx, state: state.clone(), seq: 0, prev: GENESIS.into(), pending, failed_at: None };
+        (writer, tx, state)
+    }
+
     #[tokio::test]
     async fn a_failing_sink_retries_with_a_pause_once_every_sender_is_gone() {
         let dir = tempfile::tempdir().unwrap();
-        // A directory that does not exist: every write attempt fails.
-        let path = dir.path().join("gone/audit.jsonl");
-        let out = Output { path: Some(path), file: None, size: 0, max_bytes: u64::MAX, keep: 0 };
-        let (tx, rx) = mpsc::channel(4);
-        let state = Arc::new(SinkState::default());
-        let writer = Writer {
-            out,
-            rx,
-            state: state.clone(),
-            seq: 0,
-            prev: GENESIS.into(),
-            pending: Pending::default(),
-        };
+        let (writer, tx, state) = failing(dir.path());
         let task = tokio::spawn(writer.run());
         tx.send(Msg::Record(Box::default())).await.unwrap();
         drop(tx);
@@ -439,6 +457,21 @@ mod tests {
         let tries = state.write_errors.load(Ordering::Relaxed);
         assert!((2..=5).contains(&tries), "{tries} tries in {:?}: retried, with a pause", RETRY * 2);
         assert!(!task.is_finished(), "still holding the record it could not write");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_failing_sink_is_tried_once_per_pause_not_once_per_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, tx, state) = failing(dir.path());
+        let task = tokio::spawn(writer.run());
+        for _ in 0..40 {
+            tx.send(Msg::Record(Box::default())).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // 40 records over about 200 ms (less than a pause): the first write, one retry at most.
+        let tries = state.write_errors.load(Ordering::Relaxed);
+        assert!((1..=3).contains(&tries), "{tries} tries for 40 records");
         task.abort();
     }
 }
