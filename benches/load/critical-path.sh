@@ -72,7 +72,7 @@ for before, r, after in zip(runs, runs[1:], runs[2:]):
         answer.append(r[3][0])
         tail.append(r[2] - r[1] - r[3][0])
 text = open(wrk).read()
-p50 = re.search(r'50%\s+(\S+)', text)[1]
+p50 = re.search(r'^\s+50%\s+(\S+)', text, re.M)[1]
 rps = re.search(r'Requests/sec:\s+(\S+)', text)[1]
 print(f"{name:8s} request {med(request):5.1f} µs | upstream {med(upstream):5.1f} µs | answer {med(answer):5.1f} µs"
       f" | tail {med(tail):5.1f} µs | wrk p50 {p50}, {rps} req/s")
