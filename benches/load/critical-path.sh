@@ -5,7 +5,7 @@
 #   upstream - the upstream stand-in's run that answers it,
 #   answer   - proxy woken by the answer until it writes the response to the client,
 #   tail     - what the proxy still does after that before it sleeps (records, clean-up).
-# Medians hold still on this noisy machine where wrk's percentiles wander.
+# Medians hold still on this noisy machine where wrk's percentiles wander; each phase's p99 follows.
 # Reuses the work directory of the last `benches/load/run.sh`; needs perf (linux-perf).
 # Usage: benches/load/critical-path.sh [seconds]
 set -euo pipefail
@@ -60,6 +60,7 @@ for line in open(trace):
         if fd and int(fd[1], 0) in sockets:
             cur[2].append(t - cur[1])
 med = lambda xs: statistics.median(xs) if xs else float('nan')
+p99 = lambda xs: statistics.quantiles(xs, n=100)[98] if len(xs) > 100 else float('nan')
 request, answer, tail, upstream = [], [], [], []
 for before, r, after in zip(runs, runs[1:], runs[2:]):
     if r[0] == up and r[2] - r[1] > 15:
@@ -76,6 +77,9 @@ p50 = re.search(r'^\s+50%\s+(\S+)', text, re.M)[1]
 rps = re.search(r'Requests/sec:\s+(\S+)', text)[1]
 print(f"{name:8s} request {med(request):5.1f} µs | upstream {med(upstream):5.1f} µs | answer {med(answer):5.1f} µs"
       f" | tail {med(tail):5.1f} µs | wrk p50 {p50}, {rps} req/s")
+wrk99 = re.search(r'^\s+99%\s+(\S+)', text, re.M)[1]
+print(f"{'  p99':8s} request {p99(request):5.1f} µs | upstream {p99(upstream):5.1f} µs | answer {p99(answer):5.1f} µs"
+      f" | tail {p99(tail):5.1f} µs | wrk p99 {wrk99}")
 PY
 }
 measure keyward "${PIDS[1]}" 8443
