@@ -15,6 +15,9 @@ W=$(ls -dt /tmp/keyward-load.* 2>/dev/null | head -1 || true)
 [ -f "${W:-}/keyward.toml" ] || { echo "run benches/load/run.sh first" >&2; exit 1; }
 command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
 KW=${KEYWARD_BIN:-$PWD/target/release/keyward}
+# Trace files go below the work directory: keyward watches the directory of its config, and
+# perf writing there would wake its watcher thousands of times a second on the measured core.
+T="$W/trace"; mkdir -p "$T"
 TOKEN="Bearer kw_load_service_60_token_abcdefghijklmnop"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -30,16 +33,16 @@ UP=$(worker "${PIDS[0]}")
 measure() { # name pid port
   local name=$1 pid=$2 port=$3
   taskset -c 1 wrk --latency -t1 -c1 -d"$((SECS + 2))s" -H "Authorization: $TOKEN" \
-    "https://localhost:$port/v1/charges/ch_3NxAbCdEfGhIjKlM" > "$W/cp-wrk.txt" &
+    "https://localhost:$port/v1/charges/ch_3NxAbCdEfGhIjKlM" > "$T/cp-wrk.txt" &
   local w=$!
   sleep 1
   # The proxy's sockets, wrk's connection among them.
-  find "/proc/$pid/fd" -lname 'socket:*' -printf '%f\n' > "$W/cp-sockets.txt"
+  find "/proc/$pid/fd" -lname 'socket:*' -printf '%f\n' > "$T/cp-sockets.txt"
   perf record -q -C 0 -e sched:sched_switch -e syscalls:sys_enter_writev -e syscalls:sys_enter_write \
-    -e syscalls:sys_enter_sendto -e syscalls:sys_enter_sendmsg -o "$W/cp.data" -- sleep "$SECS" > /dev/null 2>&1
+    -e syscalls:sys_enter_sendto -e syscalls:sys_enter_sendmsg -o "$T/cp.data" -- sleep "$SECS" > /dev/null 2>&1
   wait "$w"
-  perf script -i "$W/cp.data" -F tid,time,event,trace 2> /dev/null > "$W/cp.txt"
-  python3 - "$name" "$pid" "$UP" "$W/cp.txt" "$W/cp-wrk.txt" "$W/cp-sockets.txt" <<'PY'
+  perf script -i "$T/cp.data" -F tid,time,event,trace 2> /dev/null > "$T/cp.txt"
+  python3 - "$name" "$pid" "$UP" "$T/cp.txt" "$T/cp-wrk.txt" "$T/cp-sockets.txt" <<'PY'
 import re, statistics, sys
 name, pid, up, trace, wrk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 # Writes to sockets only (not the access log, not the runtime's eventfd).
