@@ -236,7 +236,7 @@ impl Exchange {
     fn start(proxy: Arc<Proxy>, slot: Slot, snap: &Snapshot, client_ip: IpAddr, parts: &Parts) -> Exchange {
         let path = parts.uri.path();
         let record = AccessRecord {
-            method: parts.method.to_string(),
+            method: parts.method.as_str().to_owned(),
             path: path[..path.len().min(crate::canonical::MAX_PATH)].to_string(),
             ..proxy.new_record(client_ip, &snap.version)
         };
@@ -320,7 +320,35 @@ impl RequestIds {
         RequestIds { prefix: u32::from_le_bytes(b), next: AtomicU64::new(1) }
     }
 
+    /// `kwreq_` then the prefix in 8 and the counter in 10 lowercase hex digits, written
+    /// without the formatting machinery: this runs for every request.
     fn next(&self) -> String {
-        format!("kwreq_{:08x}{:010x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        if n > 0xff_ffff_ffff {
+            return format!("kwreq_{:08x}{n:010x}", self.prefix); // after 2^40 requests: longer
+        }
+        let mut b = *b"kwreq_000000000000000000";
+        let hex = |digits: &mut [u8], mut v: u64| {
+            for d in digits.iter_mut().rev() {
+                *d = b"0123456789abcdef"[(v & 0xf) as usize];
+                v >>= 4;
+            }
+        };
+        hex(&mut b[6..14], self.prefix.into());
+        hex(&mut b[14..], n);
+        String::from_utf8(b.to_vec()).expect("hex digits are ASCII")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_prefix_and_counter_in_fixed_width_hex() {
+        for (prefix, n) in [(0, 1), (0xdead_beef, 0x12_3456_789a), (u32::MAX, 0xff_ffff_ffff), (7, 1 << 40)] {
+            let ids = RequestIds { prefix, next: AtomicU64::new(n) };
+            assert_eq!(ids.next(), format!("kwreq_{prefix:08x}{n:010x}"));
+        }
     }
 }
