@@ -172,13 +172,21 @@ fn stripe_account(parts: &Parts) -> Option<&str> {
 }
 
 /// Every connected account a call acts for: `Stripe-Account`, each account in a
-/// `Stripe-Context` path, and the `{account}` of `/v1/accounts/{account}/…`.
+/// `Stripe-Context` path, and the `{account}` of `/v1/accounts/{account}/…` and
+/// `/v2/core/accounts/{account}/…` (the catalog's convention, docs/catalog.md).
 fn connect_accounts<'a>(parts: &'a Parts, entry: &Entry, path: &'a str) -> impl Iterator<Item = &'a str> {
     let headers = [&STRIPE_ACCOUNT, &STRIPE_CONTEXT]
         .into_iter()
         .flat_map(|name| parts.headers.get_all(name))
         // An unreadable header names an account we cannot check: refuse it as that.
         .flat_map(|v| v.to_str().unwrap_or("<unreadable>").split('/').map(str::trim));
-    let in_path = entry.template.starts_with("/v1/accounts/{").then(|| path.split('/').nth(3)).flatten();
+    let segment = if entry.template.starts_with("/v1/accounts/{") {
+        Some(3)
+    } else if entry.template.starts_with("/v2/core/accounts/{") {
+        Some(4)
+    } else {
+        None
+    };
+    let in_path = segment.and_then(|n| path.split('/').nth(n));
     headers.chain(in_path)
 }

@@ -24,6 +24,7 @@ async fn connect_accounts_are_checked_in_headers_and_paths() {
             .token(name, token)
             .scope("charge", "read")
             .scope("connected_account", "write")
+            .scope("v2_account_storer", "write")
             .extra(&format!("accounts = {accounts}"))
     };
     let kw = Harness::new()
@@ -68,6 +69,14 @@ async fn connect_accounts_are_checked_in_headers_and_paths() {
             "account_not_allowed",
         ),
         ("path: own account", get(TOKEN, "/v1/accounts/acct_1Allowed/capabilities"), 200, ""),
+        (
+            "v2 path: other account",
+            req("POST", "/v2/core/accounts/acct_1Other/close", TOKEN, ""),
+            403,
+            "account_not_allowed",
+        ),
+        ("v2 path: own account", get(TOKEN, "/v2/core/accounts/acct_1Allowed/person_tokens/pt_1"), 200, ""),
+        ("v2 list: no account in path", get(TOKEN, "/v2/core/accounts"), 200, ""),
         (
             "path: platform-only",
             get("kw_platform_token_000000000000000", "/v1/accounts/acct_1Allowed"),
