@@ -237,7 +237,8 @@ impl Exchange {
         let path = parts.uri.path();
         let record = AccessRecord {
             method: parts.method.as_str().to_owned(),
-            path: path[..path.len().min(crate::canonical::MAX_PATH)].to_string(),
+            // Cut on a character boundary: hyper passes UTF-8 in paths (refused later).
+            path: path[..path.floor_char_boundary(crate::canonical::MAX_PATH)].to_string(),
             ..proxy.new_record(client_ip, &snap.version)
         };
         Exchange {
