@@ -49,7 +49,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
-            let ip = peer.ip();
+            // A dual-stack listener sees IPv4 callers as `::ffff:a.b.c.d`: allowlists and
+            // records speak of them as IPv4.
+            let ip = peer.ip().to_canonical();
             let handler = proxy.clone();
             let svc = service_fn(move |req| handler.clone().handle(ip, req));
             // ALPN has chosen the protocol: no need to sniff the first bytes for it.

@@ -226,6 +226,21 @@ async fn source_ips_and_egress_pinning(upstream: &str) {
     kw.stop().await;
 }
 
+/// On a dual-stack listener IPv4 callers arrive as `::ffff:a.b.c.d`; their IPv4 allowlists
+/// must still match, and records show the plain IPv4 address.
+#[tokio::test]
+async fn ipv4_callers_of_a_dual_stack_listener_match_ipv4_allowlists() {
+    let mut h = Harness::new().service(billing().source_ips(&["127.0.0.1/32"]));
+    h.listen = "[::]:0".into();
+    let kw = h.start().await;
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], kw.addr().port()));
+    let ok =
+        send(v4, kw.client.clone(), "127.0.0.1".parse().unwrap(), req("GET", "/v1/charges", TOKEN, "")).await;
+    assert_eq!(ok.status, 200, "{:?}", ok.body);
+    assert_eq!(kw.records(1).await[0]["client_ip"], "127.0.0.1");
+    kw.stop().await;
+}
+
 #[tokio::test]
 async fn body_limits_and_upstream_failures() {
     let kw = Harness::new()

@@ -279,6 +279,8 @@ pub struct Harness {
     pub upstream_extra: String,
     /// ALPN protocols the upstreams offer.
     pub upstream_alpn: Vec<&'static [u8]>,
+    /// keyward's `listen` address.
+    pub listen: String,
 }
 
 impl Harness {
@@ -290,6 +292,7 @@ impl Harness {
             extra_top: String::new(),
             upstream_extra: String::new(),
             upstream_alpn: vec![b"h2", b"http/1.1"],
+            listen: "127.0.0.1:0".into(),
         }
     }
     pub fn service(mut self, s: Svc) -> Harness {
@@ -332,10 +335,11 @@ impl Harness {
         std::fs::write(&secrets, format!("stripe = {SECRET:?}\n")).unwrap();
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
         let mut cfg = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\n{}\n\
+            "[server]\nlisten = {:?}\nadmin_listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\n{}\n\
              [upstream.api]\nurl = {upstream_url:?}\nca = {:?}\n{}\n\
              [secret.stripe]\nsource = \"file\"\npath = {:?}\nkey = \"stripe\"\n\n\
              [audit]\n{}\n",
+            self.listen,
             pki.cert,
             pki.key,
             self.extra_top,
