@@ -82,15 +82,30 @@ impl SecretSource for FileSource {
 
 impl SecretSource for EnvSource {
     fn load(&self) -> LoadFuture<'_> {
-        Box::pin(async move {
-            match std::env::var(&self.var) {
-                Ok(v) if !v.trim().is_empty() => Ok(Loaded { value: Secret::new(v), version: None }),
-                Ok(_) => Err(format!("environment variable {} is empty", self.var)),
-                Err(_) => Err(format!("environment variable {} is not set", self.var)),
-            }
-        })
+        Box::pin(async move { from_env(&self.var, std::env::var(&self.var).ok()) })
     }
 }
+
+fn from_env(var: &str, value: Option<String>) -> Result<Loaded, String> {
+    let Some(value) = value.map(Secret::new) else {
+        return Err(format!("environment variable {var} is not set"));
+    };
+    match value.expose() {
+        v if v.trim().is_empty() => Err(format!("environment variable {var} is empty")),
+        v if !header_safe(v) => Err(format!("environment variable {var} {UNUSABLE}")),
+        _ => Ok(Loaded { value, version: None }),
+    }
+}
+
+/// Whether a secret can go into a header as it is: no whitespace at its ends (a trailing
+/// newline from a file or `echo`) and no control characters. Every source is held to this
+/// when it loads, so that a bad value fails the load, not every request.
+pub fn header_safe(v: &str) -> bool {
+    v.trim() == v && !v.bytes().any(|b| b.is_ascii_control())
+}
+
+const UNUSABLE: &str = "has whitespace at its ends or control characters: it cannot be sent as a header \
+                        (a trailing newline?)";
 
 /// A secret as a snapshot holds it. Requests take the current value once (`serving`); a
 /// refreshing source replaces it in place, so a new vault version needs no config reload.
@@ -291,7 +306,13 @@ fn read_secret_file(path: &Path, key: &str) -> Result<Loaded, String> {
         format!("{shown}: not valid TOML (line {})", line.unwrap_or(0))
     })?;
     match table.remove(key) {
-        Some(toml::Value::String(v)) if !v.is_empty() => Ok(Loaded { value: Secret::new(v), version: None }),
+        Some(toml::Value::String(v)) if !v.is_empty() => {
+            let value = Secret::new(v);
+            match header_safe(value.expose()) {
+                true => Ok(Loaded { value, version: None }),
+                false => Err(format!("{shown}: key `{key}` {UNUSABLE}")),
+            }
+        }
         Some(_) => Err(format!("{shown}: key `{key}` is not a non-empty string")),
         None => Err(format!("{shown}: no key `{key}`")),
     }
@@ -300,6 +321,27 @@ fn read_secret_file(path: &Path, key: &str) -> Result<Loaded, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_a_header_cannot_carry_fail_the_load() {
+        assert!(from_env("K", Some("sk_test_ok".into())).is_ok());
+        for (value, error) in [
+            (None, "K is not set"),
+            (Some(" \n"), "K is empty"),
+            (Some("sk_test_canary1\n"), "K has whitespace at its ends"),
+            (Some(" sk_test_canary1"), "K has whitespace at its ends"),
+            (Some("sk_test_\x01canary1"), "control characters"),
+        ] {
+            let e = from_env("K", value.map(String::from)).err().unwrap();
+            assert!(e.contains(error) && !e.contains("canary"), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "stripe = \"sk_test_canary2\\n\"\n").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let e = read_secret_file(&path, "stripe").err().unwrap();
+        assert!(e.contains("key `stripe` has whitespace at its ends") && !e.contains("canary"), "{e}");
+    }
 
     #[test]
     fn secret_never_prints() {

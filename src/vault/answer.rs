@@ -269,7 +269,7 @@ pub fn kv_read(status: u16, body: &[u8], field: &str) -> Result<Loaded, Refusal>
             let v = value.expose();
             if v.is_empty() {
                 Err(Refusal::FieldEmpty { field: field_name })
-            } else if v.trim() != v || v.bytes().any(|b| b.is_ascii_control()) {
+            } else if !crate::secret::header_safe(v) {
                 Err(Refusal::FieldUnusable { field: field_name })
             } else {
                 Ok(Loaded { value, version: Some(version) })
