@@ -15,6 +15,14 @@ const METHOD_OVERRIDES: [HeaderName; 4] = [
     HeaderName::from_static("x-original-method"),
 ];
 
+/// Headers keyward decides on. A `Connection` header naming one would have it dropped on the
+/// way: keyward would check (and record) one request and forward another.
+const DECISIVE: [HeaderName; 3] = [
+    http::header::CONTENT_TYPE,
+    HeaderName::from_static("stripe-account"),
+    HeaderName::from_static("stripe-context"),
+];
+
 /// Why a target is refused; the text completes "the request target …".
 pub type Reason = &'static str;
 
@@ -35,6 +43,14 @@ pub fn check<'a>(
     }
     if METHOD_OVERRIDES.iter().any(|h| headers.contains_key(h)) {
         return Err("carries a method-override header");
+    }
+    if headers.get_all(http::header::CONNECTION).iter().any(|v| {
+        // An unreadable list could name anything.
+        v.to_str().map_or(true, |list| {
+            list.split(',').any(|t| DECISIVE.iter().any(|h| t.trim().eq_ignore_ascii_case(h.as_str())))
+        })
+    }) {
+        return Err("comes with a Connection header naming a header keyward checks");
     }
     let path = uri.path();
     check_path(path)?;

@@ -38,6 +38,17 @@ const CASES: &[(&str, &str, u16, &str)] = &[
     ("GET http://api.stripe.com/v1/charges HTTP/1.1", "", 400, "non_canonical_request"),
     ("GET /v1/customers/cus_1 HTTP/1.1", "X-HTTP-Method-Override: DELETE", 400, "non_canonical_request"),
     ("GET /v1/customers/cus_1 HTTP/1.1", "X-HTTP-Method: DELETE", 400, "non_canonical_request"),
+    // A header named in `Connection` is dropped on the way: keyward would check one request
+    // (and record one account) and forward another.
+    ("GET /v1/customers/cus_1 HTTP/1.1", "Connection: Stripe-Account", 400, "non_canonical_request"),
+    (
+        "GET /v1/customers/cus_1 HTTP/1.1",
+        "Connection: keep-alive, stripe-context",
+        400,
+        "non_canonical_request",
+    ),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "Connection: content-type", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "Connection: keep-alive", 200, ""),
     ("GET /v1/customers/cus_1 HTTP/1.1", "X-Method-Override: POST", 400, "non_canonical_request"),
     ("GET /v1/customers/cus_1?_method=DELETE HTTP/1.1", "", 400, "non_canonical_request"),
     ("CONNECT api.stripe.com:443 HTTP/1.1", "", 400, "non_canonical_request"),
