@@ -44,6 +44,9 @@ pub fn check<'a>(
     if METHOD_OVERRIDES.iter().any(|h| headers.contains_key(h)) {
         return Err("carries a method-override header");
     }
+    if headers.get_all(http::header::CONTENT_TYPE).iter().nth(1).is_some() {
+        return Err("carries more than one Content-Type");
+    }
     if headers.get_all(http::header::CONNECTION).iter().any(|v| {
         // An unreadable list could name anything.
         v.to_str().map_or(true, |list| {

@@ -141,6 +141,11 @@ async fn forward(
     ex.record.egress_ip = egress;
     let client = up.client(egress).ok_or(Failure::Internal)?;
 
+    // Stripe's GET and DELETE calls take their parameters in the query, where they are
+    // checked; a body there could carry unchecked ones to a lenient server.
+    if parts.method != http::Method::POST && !http_body::Body::is_end_stream(&body) {
+        return Err(ex.deny(Failure::NonCanonical("has a body, which only POST calls may have")));
+    }
     let body = if is_form(parts) {
         // Small form bodies are read whole: an `expand[]` in them needs checking too.
         let form = read_form(body, snap.limits.max_form_bytes).await.map_err(|f| ex.deny(f))?;
@@ -190,14 +195,18 @@ async fn forward(
     Ok(resp.map(|b| Deadline::new(b, deadline, ex.answer_cut.clone()).boxed()))
 }
 
+/// A POST body the upstream may read as a form: declared as one, or not declared at all
+/// (frameworks read an untyped body as a form), so its `expand[]` fields are checked.
 fn is_form(parts: &Parts) -> bool {
     parts.method == http::Method::POST
-        && parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-            ct.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        && parts.headers.get(CONTENT_TYPE).is_none_or(|v| {
+            v.to_str().is_ok_and(|ct| {
+                ct.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
         })
 }
 

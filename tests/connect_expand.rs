@@ -121,7 +121,7 @@ async fn expansions_need_read_on_what_they_expand() {
             Svc::new("wide")
                 .token("w", "kw_wide_token_000000000000000000000")
                 .scope("charge", "read")
-                .scope("customer", "read")
+                .scope("customer", "write")
                 .scope("payment_intent", "write"),
         )
         .service(
@@ -170,6 +170,18 @@ async fn expansions_need_read_on_what_they_expand() {
     );
     assert_eq!(recs[5]["decision"], "deny");
     assert_eq!(recs[5]["reason"], "more_permissions_required");
+
+    // A body with no Content-Type may still be read as a form upstream: it is checked as one.
+    let mut untyped = req("POST", "/v1/payment_intents", TOKEN, form);
+    untyped.headers_mut().remove("content-type");
+    let deny = kw.send(untyped).await;
+    assert_eq!(deny.status, 403, "{:?}", deny.body);
+    assert!(deny.json()["error"]["message"].as_str().unwrap().contains("'rak_customer_read'"));
+    // GET and DELETE take their parameters in the query only.
+    for method in ["GET", "DELETE"] {
+        let with_body = kw.send(req(method, "/v1/customers/cus_1", wide, "expand[]=customer")).await;
+        assert_eq!((with_body.status, with_body.error_code().as_str()), (400, "non_canonical_request"));
+    }
     kw.stop().await;
 }
 

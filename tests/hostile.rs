@@ -49,6 +49,12 @@ const CASES: &[(&str, &str, u16, &str)] = &[
     ),
     ("GET /v1/customers/cus_1 HTTP/1.1", "Connection: content-type", 400, "non_canonical_request"),
     ("GET /v1/customers/cus_1 HTTP/1.1", "Connection: keep-alive", 200, ""),
+    (
+        "POST /v1/customers/cus_1 HTTP/1.1",
+        "Content-Type: text/plain\r\nContent-Type: application/x-www-form-urlencoded",
+        400,
+        "non_canonical_request",
+    ),
     ("GET /v1/customers/cus_1 HTTP/1.1", "X-Method-Override: POST", 400, "non_canonical_request"),
     ("GET /v1/customers/cus_1?_method=DELETE HTTP/1.1", "", 400, "non_canonical_request"),
     ("CONNECT api.stripe.com:443 HTTP/1.1", "", 400, "non_canonical_request"),
