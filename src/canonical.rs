@@ -106,6 +106,10 @@ fn check_segment(seg: &str) -> Result<(), Reason> {
                 if !(0x20..0x7f).contains(&decoded) {
                     return Err("percent-encodes a control or non-ASCII byte");
                 }
+                // `%63harges` is `charges` to the upstream but a parameter to the catalog.
+                if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'_' | b'~') {
+                    return Err("percent-encodes a letter, digit, -, _ or ~, which need no encoding");
+                }
                 i += 3;
             }
             b'\\' => return Err("has a backslash"),
@@ -124,10 +128,33 @@ fn check_query(q: &str) -> Result<(), Reason> {
     if q.bytes().any(|c| !(0x20..0x7f).contains(&c)) {
         return Err("query has a control or non-ASCII byte");
     }
-    if q.split('&').any(|kv| kv.split('=').next() == Some("_method")) {
+    if overrides_method(q) {
         return Err("query carries a _method override");
     }
     Ok(())
+}
+
+/// Whether form-encoded fields (a query string or a form body) carry `_method`, which some
+/// frameworks honour as the method, in any spelling of its percent-encoding.
+pub fn overrides_method(encoded: &str) -> bool {
+    encoded.split('&').any(|kv| percent_decoded(kv.split('=').next().unwrap_or("")) == b"_method")
+}
+
+fn percent_decoded(s: &str) -> Vec<u8> {
+    let (b, mut out, mut i) = (s.as_bytes(), Vec::with_capacity(s.len()), 0);
+    while i < b.len() {
+        let hex = b.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        if b[i] == b'%'
+            && let Some(c) = hex
+        {
+            out.push(c);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -161,6 +188,9 @@ mod tests {
             ("/v1/charges/\u{e9}", "non-ASCII"),
             ("/v1/charges/a b", "percent-encoded"),
             ("/v1/charges/%25", "delimiter"),
+            ("/v1/%63harges", "need no encoding"),
+            ("/v1/customers/%73earch", "need no encoding"),
+            ("/v1/charges/ch%5F1", "need no encoding"),
             ("v1/charges", "start with"),
             ("/", "empty"),
         ];
@@ -169,5 +199,22 @@ mod tests {
             assert!(got.contains(want), "{p}: {got}");
         }
         assert!(check_path(&format!("/v1/{}", "a".repeat(MAX_PATH))).unwrap_err().contains("too long"));
+    }
+
+    #[test]
+    fn method_overrides_in_any_encoding() {
+        for q in [
+            "_method=DELETE",
+            "a=1&_method=DELETE",
+            "%5Fmethod=DELETE",
+            "%5fmethod=delete",
+            "%5F%6Dethod=x",
+            "_method",
+        ] {
+            assert!(overrides_method(q), "{q}");
+        }
+        for q in ["method=DELETE", "a=_method", "x_method=1", "metadata[_method]=1"] {
+            assert!(!overrides_method(q), "{q}");
+        }
     }
 }

@@ -144,7 +144,7 @@ async fn forward(
     // Stripe's GET and DELETE calls take their parameters in the query, where they are
     // checked; a body there could carry unchecked ones to a lenient server.
     if parts.method != http::Method::POST && !http_body::Body::is_end_stream(&body) {
-        return Err(ex.deny(Failure::NonCanonical("has a body, which only POST calls may have")));
+        return Err(ex.deny(Failure::NonCanonical("comes with a body, which only POST calls may have")));
     }
     let body = if is_form(parts) {
         // Small form bodies are read whole: an `expand[]` in them needs checking too.
@@ -152,6 +152,9 @@ async fn forward(
         ex.bytes_in.store(form.len() as u64, Ordering::Relaxed);
         let token = identity::token_from(&parts.headers, AUTHORIZATION).unwrap_or_default();
         let encoded = String::from_utf8_lossy(&form);
+        if crate::canonical::overrides_method(&encoded) {
+            return Err(ex.deny(Failure::NonCanonical("comes with a form body carrying a _method override")));
+        }
         if let Some(f) = expansion_failure(snap, service, &encoded, &token) {
             match service.mode {
                 Mode::Enforce => return Err(ex.deny(f)),

@@ -177,6 +177,11 @@ async fn expansions_need_read_on_what_they_expand() {
     let deny = kw.send(untyped).await;
     assert_eq!(deny.status, 403, "{:?}", deny.body);
     assert!(deny.json()["error"]["message"].as_str().unwrap().contains("'rak_customer_read'"));
+    // Some frameworks take the method from a `_method` form field.
+    for body in ["amount=1&_method=DELETE", "%5Fmethod=DELETE"] {
+        let overridden = kw.post("/v1/payment_intents", wide, body).await;
+        assert_eq!((overridden.status, overridden.error_code().as_str()), (400, "non_canonical_request"));
+    }
     // GET and DELETE take their parameters in the query only.
     for method in ["GET", "DELETE"] {
         let with_body = kw.send(req(method, "/v1/customers/cus_1", wide, "expand[]=customer")).await;

@@ -49,6 +49,8 @@ const CASES: &[(&str, &str, u16, &str)] = &[
     ),
     ("GET /v1/customers/cus_1 HTTP/1.1", "Connection: content-type", 400, "non_canonical_request"),
     ("GET /v1/customers/cus_1 HTTP/1.1", "Connection: keep-alive", 200, ""),
+    ("GET /v1/customers/%73earch HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1?%5Fmethod=DELETE HTTP/1.1", "", 400, "non_canonical_request"),
     (
         "POST /v1/customers/cus_1 HTTP/1.1",
         "Content-Type: text/plain\r\nContent-Type: application/x-www-form-urlencoded",

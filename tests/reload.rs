@@ -333,3 +333,22 @@ async fn a_reload_keeps_warm_upstream_connections() {
     assert_eq!(seen[0].peer, seen[1].peer, "the same pooled connection before and after the reload");
     kw.stop().await;
 }
+
+/// Settings bound at start are reported by every reload until keyward restarts, including
+/// one that comes after the file watch has already applied the rest.
+#[tokio::test]
+async fn settings_bound_at_start_are_reported_until_restart() {
+    let kw = Harness::new().service(billing()).start().await;
+    let moved = kw.config_text().replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.2:0\"", 1);
+    std::fs::write(&kw.config_path, &moved).unwrap();
+    let reloader = &kw.app.as_ref().unwrap().reloader;
+    for _ in 0..2 {
+        let outcome = reloader.reload("test").await;
+        assert!(outcome.ok, "{:?}", outcome.errors);
+        assert_eq!(outcome.restart_required.len(), 1, "{:?}", outcome.restart_required);
+        assert!(outcome.restart_required[0].starts_with("server.listen"), "{:?}", outcome.restart_required);
+    }
+    // Still served on the address bound at start.
+    assert_eq!(kw.get("/v1/charges/ch_1", TOKEN).await.status, 200);
+    kw.stop().await;
+}
