@@ -121,7 +121,7 @@ fn broken_configs_are_refused_with_file_line_and_key() {
         (
             "bad account",
             good.replace("source_ips =", "accounts = [\"bob\"]\nsource_ips ="),
-            vec!["service[0].accounts", "`bob`"],
+            vec!["service[0].accounts[0]", "is not an account id"],
         ),
         (
             "tiny header limit",
@@ -143,6 +143,21 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             "secret as a variant",
             good.replace("source_ips =", &format!("mode = \"{CANARY}\"\nsource_ips =")),
             vec!["unknown variant"],
+        ),
+        (
+            "credentials in the upstream url",
+            good.replace("https://localhost:9", &format!("https://user:{CANARY}@localhost:9")),
+            vec!["upstream.api", "https://***@localhost:9", "must not carry credentials"],
+        ),
+        (
+            "credentials in an upstream url that does not parse",
+            good.replace("https://localhost:9", &format!("https://user:{CANARY} x@localhost:9")),
+            vec!["upstream.api", "is not a URL"],
+        ),
+        (
+            "secret as an account id",
+            good.replace("source_ips =", &format!("accounts = [\"acct_1Ok\", \"{CANARY}\"]\nsource_ips =")),
+            vec!["accounts[1]", "is not an account id"],
         ),
         (
             "secret as a timeout",

@@ -440,11 +440,12 @@ fn accounts(s: &ServiceFile, key: &str, errs: &mut Errors) -> Accounts {
             if list.iter().any(|a| a == "*") {
                 errs.at(Some(s.name.span()), format!("{key}.accounts"), "\"*\" must stand alone");
             }
-            for a in list.iter().filter(|a| !is_account_id(a)) {
+            // Not repeated: a value pasted into the wrong place could be a secret.
+            for (n, _) in list.iter().enumerate().filter(|(_, a)| !is_account_id(a)) {
                 errs.at(
                     Some(s.name.span()),
-                    format!("{key}.accounts"),
-                    format!("`{a}` is not an account id like acct_1Nv0FGQ9RKHgCVdK"),
+                    format!("{key}.accounts[{n}]"),
+                    "is not an account id like acct_1Nv0FGQ9RKHgCVdK",
                 );
             }
             Accounts::Only(list.to_vec())

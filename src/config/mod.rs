@@ -73,6 +73,16 @@ impl fmt::Display for ConfigError {
 }
 
 /// 1-based line of a byte offset.
+/// A URL as an error may show it: any `user:password@` replaced, parseable or not.
+pub fn url_shown(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}***@{}", &url[..start], &url[start + at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 pub fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }

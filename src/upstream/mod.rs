@@ -59,16 +59,17 @@ impl Upstream {
         connect_timeout: Duration,
         http2: bool,
     ) -> Result<Upstream, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("url `{url}` is not a URL: {e}"))?;
+        let shown = crate::config::url_shown(url);
+        let uri: Uri = url.parse().map_err(|e| format!("url `{shown}` is not a URL: {e}"))?;
         if uri.scheme() != Some(&Scheme::HTTPS) {
-            return Err(format!("url `{url}` must start with https://"));
+            return Err(format!("url `{shown}` must start with https://"));
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!("url `{url}` must have no path or query"));
+            return Err(format!("url `{shown}` must have no path or query"));
         }
-        let authority = uri.authority().cloned().ok_or_else(|| format!("url `{url}` has no host"))?;
+        let authority = uri.authority().cloned().ok_or_else(|| format!("url `{shown}` has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!("url `{url}` must not carry credentials"));
+            return Err(format!("url `{shown}` must not carry credentials"));
         }
         let tls = client_tls(ca)?;
         let h2_tls = http2.then(|| {

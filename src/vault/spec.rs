@@ -104,13 +104,14 @@ impl Spec {
 /// `https://host[:port]`; plain `http://` only to a loopback address (a local dev server or a
 /// vault agent on the same host), since the token would cross the network in the clear.
 fn parse_addr(addr: &str) -> Result<(Scheme, Authority), String> {
-    let uri: Uri = addr.parse().map_err(|_| format!("`{addr}` is not a URL"))?;
-    let authority = uri.authority().cloned().ok_or_else(|| format!("`{addr}` has no host"))?;
+    let shown = crate::config::url_shown(addr);
+    let uri: Uri = addr.parse().map_err(|_| format!("`{shown}` is not a URL"))?;
+    let authority = uri.authority().cloned().ok_or_else(|| format!("`{shown}` has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(format!("`{addr}` must not carry credentials"));
+        return Err(format!("`{shown}` must not carry credentials"));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("`{addr}` must have no path or query"));
+        return Err(format!("`{shown}` must have no path or query"));
     }
     let host = authority.host().trim_start_matches('[').trim_end_matches(']');
     let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
@@ -118,9 +119,9 @@ fn parse_addr(addr: &str) -> Result<(Scheme, Authority), String> {
         Some(s) if *s == Scheme::HTTPS => Ok((Scheme::HTTPS, authority)),
         Some(s) if *s == Scheme::HTTP && loopback => Ok((Scheme::HTTP, authority)),
         Some(s) if *s == Scheme::HTTP => Err(format!(
-            "`{addr}` must start with https:// (http:// is accepted for loopback addresses only)"
+            "`{shown}` must start with https:// (http:// is accepted for loopback addresses only)"
         )),
-        _ => Err(format!("`{addr}` must start with https://")),
+        _ => Err(format!("`{shown}` must start with https://")),
     }
 }
 
@@ -223,6 +224,15 @@ mod tests {
             "vault:8200",
         ] {
             assert!(parse_addr(bad).is_err(), "{bad}");
+        }
+        // Credentials in an address are refused without being repeated, parseable or not.
+        for (addr, why) in [
+            ("https://root:hvs.CANARY1@vault:8200", "must not carry credentials"),
+            ("https://root:hvs.CANARY1@vault:8200/v1", "must not carry credentials"),
+            ("https://root:hvs CANARY1@vault:8200", "is not a URL"),
+        ] {
+            let e = parse_addr(addr).unwrap_err();
+            assert!(e.contains(why) && e.contains("https://***@vault") && !e.contains("CANARY"), "{e}");
         }
     }
 
