@@ -292,6 +292,14 @@ pub struct Lease {
     pub renewable: bool,
 }
 
+/// The longest token TTL taken as given (ten years): a hostile or broken answer of 2^63
+/// seconds must not overflow the deadline arithmetic.
+const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
+
+fn ttl_of(seconds: Option<u64>) -> Option<Duration> {
+    seconds.filter(|s| *s > 0).map(|s| Duration::from_secs(s.min(MAX_TTL_SECS)))
+}
+
 /// An AppRole login or `renew-self`: `auth.client_token`, `auth.lease_duration`, `auth.renewable`.
 pub fn auth(status: u16, body: &[u8]) -> Result<Lease, Refusal> {
     if status != 200 {
@@ -307,9 +315,9 @@ pub fn auth(status: u16, body: &[u8]) -> Result<Lease, Refusal> {
     if token.expose().is_empty() || token.expose().bytes().any(|b| !b.is_ascii_graphic()) {
         return Err(Refusal::Malformed("auth.client_token is not a usable token".into()));
     }
-    let ttl = auth.get("lease_duration").and_then(Json::number).filter(|s| *s > 0);
+    let ttl = ttl_of(auth.get("lease_duration").and_then(Json::number));
     let renewable = matches!(auth.get("renewable"), Some(Json::Bool(true)));
-    Ok(Lease { token, ttl: ttl.map(Duration::from_secs), renewable })
+    Ok(Lease { token, ttl, renewable })
 }
 
 /// `lookup-self` on a configured token: its remaining `ttl` (`None`: never expires) and
@@ -319,9 +327,9 @@ pub fn lookup(status: u16, body: &[u8]) -> Result<(Option<Duration>, bool), Refu
         return Err(refusal_for_status(status, body));
     }
     let tree = parse(body)?;
-    let ttl = tree.at(&["data", "ttl"]).and_then(Json::number).filter(|s| *s > 0);
+    let ttl = ttl_of(tree.at(&["data", "ttl"]).and_then(Json::number));
     let renewable = matches!(tree.at(&["data", "renewable"]), Some(Json::Bool(true)));
-    Ok((ttl.map(Duration::from_secs), renewable))
+    Ok((ttl, renewable))
 }
 
 /// What `sys/internal/ui/mounts/PATH` says the mount is: `(type, KV version)`.
@@ -488,6 +496,13 @@ mod tests {
         let root =
             auth(200, br#"{"auth":{"client_token":"s.x","lease_duration":0,"renewable":false}}"#).unwrap();
         assert_eq!((root.ttl, root.renewable), (None, false));
+        // A TTL no deadline could hold is taken as ten years, for logins and look-ups alike.
+        let huge = format!(r#"{{"auth":{{"client_token":"s.x","lease_duration":{}}}}}"#, u64::MAX);
+        let ten_years = Some(Duration::from_secs(MAX_TTL_SECS));
+        assert_eq!(auth(200, huge.as_bytes()).unwrap().ttl, ten_years);
+        let huge = format!(r#"{{"data":{{"ttl":{}}}}}"#, u64::MAX / 2);
+        assert_eq!(lookup(200, huge.as_bytes()).unwrap().0, ten_years);
+        assert!(std::time::Instant::now().checked_add(ten_years.unwrap()).is_some());
         for (status, body, want) in [
             (200, r#"{"auth":null}"#, "no `auth` object"),
             (200, r#"{"auth":{"lease_duration":3}}"#, "no auth.client_token"),

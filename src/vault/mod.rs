@@ -221,7 +221,7 @@ impl VaultSource {
         let Some(expires) = s.expires else {
             return false;
         };
-        let margin = (self.spec.refresh * 2).max(s.ttl / 3);
+        let margin = self.spec.refresh.saturating_mul(2).max(s.ttl / 3);
         expires.saturating_duration_since(Instant::now()) < margin
     }
 
