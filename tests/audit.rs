@@ -105,6 +105,11 @@ async fn tampering_with_a_real_log_is_found_where_it_happened() {
     let mut edited = owned.clone();
     edited[4] = edited[4].replace("\"client_ip\":\"127.0.0.1\"", "\"client_ip\":\"10.9.9.9\"");
     assert_ne!(edited[4], owned[4]);
+    // Its own link to the line before: still that line (5) is named.
+    let mut relinked = owned.clone();
+    let at = relinked[4].find("\"prev\":\"").unwrap() + 8;
+    let flipped = if &relinked[4][at..at + 1] == "0" { "1" } else { "0" };
+    relinked[4].replace_range(at..at + 1, flipped);
     let mut dropped = owned.clone();
     dropped.remove(6);
     let mut swapped = owned.clone();
@@ -113,6 +118,7 @@ async fn tampering_with_a_real_log_is_found_where_it_happened() {
     forged.insert(5, owned[4].replace("\"status\":200", "\"status\":201"));
     let cases = [
         ("edit one field", write("edited", &edited, "\n"), "line 5:", "edited"),
+        ("edit the link to the line before", write("relinked", &relinked, "\n"), "line 5:", "edited"),
         ("delete a line", write("dropped", &dropped, "\n"), "line 7:", "missing"),
         ("swap two lines", write("swapped", &swapped, "\n"), "line 3:", "reordered"),
         ("insert a forged line", write("forged", &forged, "\n"), "line 6:", "inserted"),

@@ -72,24 +72,39 @@ pub fn verify(files: &[(String, Vec<u8>)]) -> Result<Verified, Break> {
     }
     for i in 1..lines.len() {
         let (before, this) = (&lines[i - 1], &lines[i]);
-        if this.seq != before.seq + 1 {
+        if before.seq.checked_add(1) != Some(this.seq) {
             let problem = if this.seq <= before.seq {
                 format!(
                     "seq {} comes after seq {}: a line was inserted or lines were reordered",
                     this.seq, before.seq
                 )
-            } else if lines.get(i + 1).is_some_and(|next| next.seq == before.seq + 1) {
-                format!("seq {} comes before seq {}: lines were reordered", this.seq, before.seq + 1)
+            } else if lines.get(i + 1).is_some_and(|next| Some(next.seq) == before.seq.checked_add(1)) {
+                format!(
+                    "seq {} comes before seq {}: lines were reordered",
+                    this.seq,
+                    before.seq.saturating_add(1)
+                )
             } else {
                 format!(
                     "records seq {}..{} are missing before this line: lines or a rotated file were removed",
-                    before.seq + 1,
+                    before.seq.saturating_add(1),
                     this.seq - 1
                 )
             };
             return Err(brk(this, &problem));
         }
         if this.prev != line_hash(before.bytes) {
+            // Its own `prev` was edited if the next record no longer matches it either.
+            if lines.get(i + 1).is_some_and(|next| next.prev != line_hash(this.bytes)) {
+                let problem = format!(
+                    "this record does not match the hash that {} line {} (seq {}) holds for it, and its own \
+                     prev does not match the line before: it was edited",
+                    lines[i + 1].file,
+                    lines[i + 1].no,
+                    lines[i + 1].seq
+                );
+                return Err(brk(this, &problem));
+            }
             let problem = format!(
                 "this record does not match the hash that {} line {} (seq {}) holds for it: it was edited",
                 this.file, this.no, this.seq
