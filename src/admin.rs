@@ -46,9 +46,15 @@ async fn route(reloader: Arc<Reloader>, req: Request<Incoming>) -> Result<Respon
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "ready": false, "version": snap.version, "reason": "access log unavailable" }),
         ),
-        (&Method::GET, "/readyz") => {
-            json(StatusCode::OK, serde_json::json!({ "ready": true, "version": snap.version }))
-        }
+        (&Method::GET, "/readyz") => match snap.secrets.iter().find(|s| s.serving().is_none()) {
+            // Stale past `max_staleness` with `on_stale = "refuse"`: every call using it fails.
+            Some(s) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "ready": false, "version": snap.version,
+                    "reason": format!("secret {} is stale and refused", s.name) }),
+            ),
+            None => json(StatusCode::OK, serde_json::json!({ "ready": true, "version": snap.version })),
+        },
         (&Method::GET, "/metrics") => text(StatusCode::OK, metrics(&reloader, &snap)),
         (&Method::POST, "/-/reload") => {
             let outcome = reloader.reload("admin endpoint").await;

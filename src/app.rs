@@ -69,7 +69,7 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
-        self.proxy.audit.flush().await;
+        self.proxy.audit.close().await;
         for task in self.admin.into_iter().chain(self.watch) {
             task.abort();
         }

@@ -358,3 +358,62 @@ async fn report_summarises_and_renders_in_a_browser() {
     assert!(png.starts_with(b"\x89PNG") && png.len() > 5000, "{} bytes", png.len());
     kw.stop().await;
 }
+
+/// `keyward run` that is expected to refuse to start: its output, or a panic if it runs.
+fn run_refused(config: &Path) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            assert!(!out.status.success());
+            return String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("keyward started");
+}
+
+/// A restart continues the chain; a partial last line (a write cut short) is cut off first;
+/// a last line that is no record stops keyward from starting rather than being chained over;
+/// and a second process cannot write the same log.
+#[tokio::test]
+async fn restarts_continue_the_chain_and_refuse_what_they_cannot_continue() {
+    let logs = tempfile::tempdir().unwrap();
+    let path = logs.path().join("audit.jsonl");
+    let start =
+        || Harness::new().service(Svc::new("svc").token("t", TOKEN)).audit(&format!("path = {path:?}"));
+    let kw = start().start().await;
+    for _ in 0..3 {
+        kw.get("/v1/charges", TOKEN).await;
+    }
+    for _ in 0..100 {
+        if std::fs::read_to_string(&path).unwrap_or_default().lines().count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = run_refused(&kw.config_path);
+    assert!(out.contains("another process is writing this access log"), "{out}");
+    kw.stop().await;
+
+    let mut torn = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut torn, b"{\"seq\":4,\"time\":\"2026-11-").unwrap();
+    drop(torn);
+    let kw = start().start().await;
+    kw.get("/v1/charges", TOKEN).await;
+    let Running { app, config_path, pki, dir, .. } = kw;
+    app.unwrap().stop().await;
+    let (ok, out) = verify(std::slice::from_ref(&path));
+    assert!(ok && out.contains("4 records, seq 1..4"), "{out}");
+
+    std::fs::write(&path, "not a record\n").unwrap();
+    let out = run_refused(&config_path);
+    assert!(out.contains("is not an access record"), "{out}");
+    drop((pki, dir));
+}

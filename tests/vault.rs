@@ -249,6 +249,9 @@ async fn past_max_staleness_the_refuse_policy_answers_503() {
     assert!(stopped.elapsed() >= Duration::from_millis(750), "refused after {:?}", stopped.elapsed());
     let rec = kw.last_record(sent).await;
     assert_eq!((rec["status"].as_u64(), rec["reason"].as_str()), (Some(503), Some("secret_stale")));
+    // Not ready while every call would fail: a load balancer can take the instance out.
+    let (status, ready) = kw.admin_call("GET", "/readyz").await;
+    assert_eq!((status, ready["reason"].as_str()), (503, Some("secret stripe is stale and refused")));
 
     bao.restart().await;
     bao.kv_put(PATH, json!({ "api_key": V2 })).await;
@@ -258,6 +261,7 @@ async fn past_max_staleness_the_refuse_policy_answers_503() {
     }
     assert_eq!(kw.get("/v1/charges", TOKEN).await.status, 200);
     assert_eq!(last_key(&kw), V2);
+    assert_eq!(kw.admin_call("GET", "/readyz").await.0, 200);
     kw.stop().await;
 }
 

@@ -29,7 +29,8 @@ pub struct Settings {
 
 enum Msg {
     Record(Box<AccessRecord>),
-    Flush(oneshot::Sender<()>),
+    /// Write what is queued, then close the file (and its lock): shutting down.
+    Close(oneshot::Sender<()>),
 }
 
 /// Counters the metrics and the request path read.
@@ -84,20 +85,23 @@ impl AuditSink {
 
     /// Whether a request may be served now: not while records cannot be written, unless
     /// configured to keep serving.
+    /// Whether requests can be recorded: the writer is running, and the log writable or
+    /// failures tolerated (`keep_serving`).
     pub fn admits(&self) -> bool {
-        !self.settings.fail_closed || self.state.healthy.load(Ordering::Relaxed)
+        !self.tx.is_closed() && (!self.settings.fail_closed || self.state.healthy.load(Ordering::Relaxed))
     }
 
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    /// Returns once everything queued before it is written, or after 10 s (a failing sink
-    /// with a full queue must not hold shutdown forever).
-    pub async fn flush(&self) {
+    /// Write everything queued, then close the log, releasing its lock for whoever opens it
+    /// next. Returns once done, or after 10 s (a failing sink with a full queue must not hold
+    /// shutdown forever). Records sent later are refused.
+    pub async fn close(&self) {
         let (done, wait) = oneshot::channel();
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            if self.tx.send(Msg::Close(done)).await.is_ok() {
                 let _ = wait.await;
             }
         })
@@ -165,7 +169,7 @@ const COALESCE: Duration = Duration::from_millis(50);
 
 impl Writer {
     async fn run(mut self) {
-        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut closers: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
             let msg = if self.pending.is_empty() {
                 match self.rx.recv().await {
@@ -189,9 +193,9 @@ impl Writer {
                 None
             };
             if let Some(m) = msg {
-                self.take(m, &mut flushes);
+                self.take(m, &mut closers);
             }
-            self.drain(&mut flushes);
+            self.drain(&mut closers);
             // Gather records for a moment so one write carries many, chaining each as it comes.
             // The write is made when a record arrives after the window: a record arrives
             // just after its response went out, when the request path has nothing to do.
@@ -201,12 +205,12 @@ impl Writer {
                 let due = tokio::time::Instant::now() + COALESCE;
                 let fallback = tokio::time::sleep_until(due + COALESCE);
                 tokio::pin!(fallback);
-                while self.pending.len() < BATCH && flushes.is_empty() {
+                while self.pending.len() < BATCH && closers.is_empty() {
                     tokio::select! {
                         biased;
                         Some(m) = self.rx.recv() => {
-                            self.take(m, &mut flushes);
-                            self.drain(&mut flushes);
+                            self.take(m, &mut closers);
+                            self.drain(&mut closers);
                             if tokio::time::Instant::now() >= due {
                                 break;
                             }
@@ -216,27 +220,29 @@ impl Writer {
                 }
             }
             self.write_pending_paced();
-            if self.pending.is_empty() {
-                for f in flushes.drain(..) {
-                    let _ = f.send(());
-                }
+            if self.pending.is_empty() && !closers.is_empty() {
+                break;
             }
         }
         self.write_pending();
+        self.out.file = None;
+        for f in closers {
+            let _ = f.send(());
+        }
     }
 
-    fn drain(&mut self, flushes: &mut Vec<oneshot::Sender<()>>) {
+    fn drain(&mut self, closers: &mut Vec<oneshot::Sender<()>>) {
         while self.pending.len() < MAX_PENDING {
             match self.rx.try_recv() {
-                Ok(m) => self.take(m, flushes),
+                Ok(m) => self.take(m, closers),
                 Err(_) => break,
             }
         }
     }
 
-    fn take(&mut self, msg: Msg, flushes: &mut Vec<oneshot::Sender<()>>) {
+    fn take(&mut self, msg: Msg, closers: &mut Vec<oneshot::Sender<()>>) {
         match msg {
-            Msg::Flush(done) => flushes.push(done),
+            Msg::Close(done) => closers.push(done),
             Msg::Record(mut rec) => {
                 self.seq += 1;
                 rec.seq = self.seq;
@@ -304,15 +310,51 @@ impl Output {
         let mut out =
             Output { path: Some(path), file: None, size: 0, max_bytes: s.max_bytes.max(1), keep: s.keep };
         out.reopen()?;
+        out.cut_torn_tail()?;
         Ok(out)
     }
 
+    /// Open the current file for appending, locked: two processes continuing one chain would
+    /// fork it and interleave their lines.
     fn reopen(&mut self) -> std::io::Result<()> {
         if let Some(path) = &self.path {
             let f = OpenOptions::new().create(true).append(true).open(path)?;
+            f.try_lock().map_err(|e| match e {
+                std::fs::TryLockError::WouldBlock => std::io::Error::other(
+                    "another process is writing this access log (it holds the file's lock)",
+                ),
+                std::fs::TryLockError::Error(e) => e,
+            })?;
             self.size = f.metadata()?.len();
             self.file = Some(f);
         }
+        Ok(())
+    }
+
+    /// A write cut short (the process killed mid-write, power lost) leaves a partial line
+    /// that was never a record: cut it off, say so, and continue from the last whole one.
+    fn cut_torn_tail(&mut self) -> std::io::Result<()> {
+        let (Some(path), Some(file)) = (&self.path, &self.file) else { return Ok(()) };
+        if self.size == 0 {
+            return Ok(());
+        }
+        let mut f = File::open(path)?;
+        let start = self.size.saturating_sub(256 * 1024);
+        f.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail)?;
+        if tail.ends_with(b"\n") {
+            return Ok(());
+        }
+        let keep = match tail.iter().rposition(|&b| b == b'\n') {
+            Some(i) => start + i as u64 + 1,
+            None if start == 0 => 0,
+            None => return Err(std::io::Error::other("its last line is over 256 KiB long: not a record")),
+        };
+        file.set_len(keep)?;
+        tracing::warn!(path = %path.display(), cut_bytes = self.size - keep,
+            "the access log ended in a partial line (an interrupted write): cut off; the chain continues from the last whole record");
+        self.size = keep;
         Ok(())
     }
 
@@ -322,10 +364,18 @@ impl Output {
         let Some(path) = &self.path else { return Ok((0, GENESIS.to_string())) };
         for candidate in [path.clone(), rotated(path, 1)] {
             if let Some(line) = last_line(&candidate)? {
+                // Fail closed: a chain continued from something that is not a record would
+                // hide what happened to the log.
                 let seq = serde_json::from_slice::<serde_json::Value>(&line)
                     .ok()
                     .and_then(|v| v["seq"].as_u64())
-                    .unwrap_or(0);
+                    .ok_or_else(|| {
+                        std::io::Error::other(format!(
+                            "the last line of {} is not an access record: its chain cannot be continued \
+                             (run `keyward audit verify` on it, then move it aside)",
+                            candidate.display()
+                        ))
+                    })?;
                 return Ok((seq, line_hash(&line)));
             }
         }

@@ -453,10 +453,20 @@ impl Running {
 
     /// `POST /-/reload` on the admin port: (status, body).
     pub async fn admin_reload(&self) -> (u16, serde_json::Value) {
+        self.admin_call("POST", "/-/reload").await
+    }
+
+    /// A call to the admin port answered in JSON: (status, body).
+    pub async fn admin_call(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
         let tcp = tokio::net::TcpStream::connect(self.admin()).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
         tokio::spawn(conn);
-        let r = Request::post("/-/reload").header("host", "admin").body(Full::new(Bytes::new())).unwrap();
+        let r = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "admin")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         let resp = sender.send_request(r).await.unwrap();
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
