@@ -19,6 +19,9 @@ use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
 
 pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>) {
+    if listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+        tracing::warn!(addr = ?listener.local_addr().ok(), "the admin port has no authentication and is not on loopback");
+    }
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(a) => a,
@@ -31,12 +34,21 @@ pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>) {
         let reloader = reloader.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| route(reloader.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
         });
     }
 }
 
 async fn route(reloader: Arc<Reloader>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Browsers send `Origin` on cross-site requests: a web page must not reload keyward
+    // or read its metrics through a browser on the same host. Tools send none.
+    if req.headers().contains_key(http::header::ORIGIN) {
+        return Ok(text(StatusCode::FORBIDDEN, "requests from web pages are refused\n".into()));
+    }
     let snap = reloader.proxy().snapshot.load();
     let reply = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),

@@ -124,6 +124,11 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             vec!["service[0].accounts[0]", "is not an account id"],
         ),
         (
+            "audit keep and queue out of bounds",
+            good.replace("[audit]\n", "[audit]\nkeep = 100000000\nqueue = 100000000000\n"),
+            vec!["audit.keep", "at most 1000", "audit.queue", "at most 1000000"],
+        ),
+        (
             "tiny header limit",
             good.replace("[upstream.api]", "[limits]\nmax_header_bytes = 10\n[upstream.api]"),
             vec!["limits.max_header_bytes"],

@@ -115,6 +115,9 @@ async fn every_trigger_applies_a_valid_file_and_refuses_a_broken_one() {
     // Reading the files (a reload does) is no change: nothing reloads by itself.
     tokio::time::sleep(Duration::from_millis(400)).await;
     kw.admin_reload().await;
+    // A web page in a browser on this host cannot reload (nor read) through the admin port.
+    let (status, _) = kw.admin_raw("POST", "/-/reload", &[("origin", "https://evil.example")]).await;
+    assert_eq!(status, 403);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let reloads = kw.app.as_ref().unwrap().reloader.succeeded.load(Ordering::Relaxed);
     assert_eq!(reloads, 1, "only the reload asked for");

@@ -420,14 +420,17 @@ impl Output {
 
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let f = self.file.as_mut().ok_or_else(|| std::io::Error::other("access log not open"))?;
+        // Where this write starts, from the file itself: it may have been truncated under us
+        // (logrotate's copytruncate), and cutting back to a stale size would pad it with NULs.
+        let start = f.metadata()?.len();
         if let Err(e) = f.write_all(bytes).and_then(|_| f.flush()) {
             // Cut any partial line (a full disk takes what fits), so the chain stays whole,
             // and reopen next time: the file may have been replaced or fixed.
-            let _ = f.set_len(self.size);
+            let _ = f.set_len(start);
             self.file = None;
             return Err(e);
         }
-        self.size += bytes.len() as u64;
+        self.size = start + bytes.len() as u64;
         Ok(())
     }
 

@@ -69,6 +69,13 @@ pub async fn compile_with(
     let (secrets, secret_index) = load_secrets(&file, opts, previous, &mut errs).await;
     let (services, tokens) = build_services(&file, &catalog, &secret_index, &mut errs);
 
+    // Bounds that keep a typo from becoming an allocation or a loop of that size.
+    if file.audit.keep > 1000 {
+        errs.at(None, "audit.keep", "must be at most 1000");
+    }
+    if file.audit.queue > 1_000_000 {
+        errs.at(None, "audit.queue", "must be at most 1000000");
+    }
     if file.limits.max_header_bytes < 8192 {
         errs.at(None, "limits.max_header_bytes", "must be at least 8192");
     }

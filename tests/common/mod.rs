@@ -458,19 +458,23 @@ impl Running {
 
     /// A call to the admin port answered in JSON: (status, body).
     pub async fn admin_call(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = self.admin_raw(method, path, &[]).await;
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// A call to the admin port with extra headers: (status, body).
+    pub async fn admin_raw(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Bytes) {
         let tcp = tokio::net::TcpStream::connect(self.admin()).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
         tokio::spawn(conn);
-        let r = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "admin")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let mut r = Request::builder().method(method).uri(path).header("host", "admin");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let r = r.body(Full::new(Bytes::new())).unwrap();
         let resp = sender.send_request(r).await.unwrap();
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&body).unwrap())
+        (status, resp.into_body().collect().await.unwrap().to_bytes())
     }
 
     pub fn config_text(&self) -> String {
