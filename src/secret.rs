@@ -115,8 +115,11 @@ pub struct SecretCell {
     refresh: Option<Refresh>,
     /// Failed refreshes since the cell was made (a reload keeps an unchanged vault cell).
     pub refresh_failures: AtomicU64,
-    /// Unix milliseconds of the last successful load.
+    /// Unix milliseconds of the last successful load (shown in metrics).
     last_success_ms: AtomicU64,
+    /// The same moment on the monotonic clock (`mono_ms`), for ages: a wall clock stepped
+    /// forward must not make a fresh secret stale, nor one stepped back keep a stale one.
+    last_success_mono: AtomicU64,
     /// Whether the last refresh failed / the value is older than `max_staleness`: each
     /// change is logged once, not every attempt.
     failing: AtomicBool,
@@ -175,6 +178,7 @@ impl SecretCell {
             refresh,
             refresh_failures: AtomicU64::new(0),
             last_success_ms: AtomicU64::new(now_ms()),
+            last_success_mono: AtomicU64::new(mono_ms()),
             failing: AtomicBool::new(false),
             stale: AtomicBool::new(false),
         }
@@ -207,7 +211,7 @@ impl SecretCell {
 
     /// Time since the last successful load.
     pub fn age(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.last_success_ms.load(Ordering::Relaxed)))
+        Duration::from_millis(mono_ms().saturating_sub(self.last_success_mono.load(Ordering::Relaxed)))
     }
 
     pub fn is_failing(&self) -> bool {
@@ -234,6 +238,7 @@ impl SecretCell {
                 }
                 self.current.store(Arc::new(loaded));
                 self.last_success_ms.store(now_ms(), Ordering::Relaxed);
+                self.last_success_mono.store(mono_ms(), Ordering::Relaxed);
                 self.stale.store(false, Ordering::Relaxed);
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(secret = %self.name, failures = self.refresh_failures.load(Ordering::Relaxed),
@@ -287,6 +292,13 @@ pub fn spawn_refresh(cells: &[Arc<SecretCell>]) {
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Milliseconds on the monotonic clock, counted from a point a million seconds before the
+/// first call, so that "some time ago" never goes below zero.
+fn mono_ms() -> u64 {
+    static START: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
+    1_000_000_000 + START.elapsed().as_millis() as u64
 }
 
 fn read_secret_file(path: &Path, key: &str) -> Result<Loaded, String> {
@@ -387,10 +399,10 @@ mod tests {
 
     #[tokio::test]
     async fn past_max_staleness_refuse_serves_nothing_and_serve_goes_on() {
-        let long_ago = now_ms() - 61_000;
+        let long_ago = mono_ms() - 61_000;
         for (policy, serves) in [(OnStale::Serve, true), (OnStale::Refuse, false)] {
             let c = cell(policy, vec![Err("vault down"), Ok(("v2", 2))]);
-            c.last_success_ms.store(long_ago, Ordering::Relaxed);
+            c.last_success_mono.store(long_ago, Ordering::Relaxed);
             c.refresh().await;
             assert!(c.is_stale());
             assert_eq!(c.serving().is_some(), serves, "{policy:?}");
