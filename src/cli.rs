@@ -439,11 +439,20 @@ fn audit_report(
         Ok(d) => d,
         Err(code) => return code,
     };
-    let records: Vec<keyward::audit::AccessRecord> = data
-        .iter()
-        .flat_map(|(_, b)| b.split(|&c| c == b'\n'))
-        .filter_map(|l| serde_json::from_slice(l).ok())
-        .collect();
+    let lines = data.iter().flat_map(|(_, b)| b.split(|&c| c == b'\n')).filter(|l| !l.is_empty());
+    let (mut records, mut unreadable) = (Vec::new(), 0u64);
+    for line in lines {
+        match serde_json::from_slice::<keyward::audit::AccessRecord>(line) {
+            Ok(r) => records.push(r),
+            Err(_) => unreadable += 1,
+        }
+    }
+    // Said on stderr, so that json and html output stay clean: `keyward audit verify` tells why.
+    if unreadable > 0 {
+        eprintln!(
+            "warning: {unreadable} lines are not access records and were left out (see `keyward audit verify`)"
+        );
+    }
     let rep = report::build(&records, &report::Filter { since, until, service });
     match format {
         "table" => print!("{}", report::table(&rep)),

@@ -318,6 +318,11 @@ async fn report_summarises_and_renders_in_a_browser() {
     let (_, only) =
         keyward(&["audit", "report", "--format", "json", "--service", "shadow", log.to_str().unwrap()]);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&only).unwrap()["records"], 1);
+    // Lines that are not records are left out, and said to be.
+    let mangled = kw.dir.path().join("mangled.jsonl");
+    std::fs::write(&mangled, std::fs::read_to_string(&log).unwrap() + "not a record\n").unwrap();
+    let (ok, out) = keyward(&["audit", "report", mangled.to_str().unwrap()]);
+    assert!(ok && out.contains("1 lines are not access records"), "{out}");
     let (_, none) = keyward(&[
         "audit",
         "report",

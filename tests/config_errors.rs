@@ -124,6 +124,11 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             vec!["service[0].accounts[0]", "is not an account id"],
         ),
         (
+            "a service name the report uses for no service",
+            good.replace("name = \"billing\"", "name = \"(unidentified)\""),
+            vec!["service[0].name", "not start with `(`"],
+        ),
+        (
             "audit keep and queue out of bounds",
             good.replace("[audit]\n", "[audit]\nkeep = 100000000\nqueue = 100000000000\n"),
             vec!["audit.keep", "at most 1000", "audit.queue", "at most 1000000"],

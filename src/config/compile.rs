@@ -348,6 +348,15 @@ fn build_services(
     let mut names = HashSet::new();
     for (i, s) in file.service.iter().enumerate() {
         let key = format!("service[{i}]");
+        // Records, reports and metrics name a service by this; `(…)` is theirs for "none".
+        let name = s.name.get_ref().as_str();
+        if name.is_empty() || name.starts_with('(') || name.chars().any(char::is_control) {
+            errs.at(
+                Some(s.name.span()),
+                format!("{key}.name"),
+                "must be non-empty, not start with `(`, and have no control characters",
+            );
+        }
         if !names.insert(s.name.get_ref().as_str()) {
             errs.at(
                 Some(s.name.span()),
