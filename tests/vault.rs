@@ -580,3 +580,34 @@ async fn vault_table_mistakes_are_config_errors() {
         assert!(errs.iter().any(|e| e.key == key && e.message.contains(want)), "{vault}: {errs:?}");
     }
 }
+
+/// A vault (or a proxy in front of it) that quotes the login request in its error: the
+/// secret_id must not reach keyward's error.
+#[tokio::test]
+async fn an_approle_error_quoting_the_secret_id_is_redacted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SECRET_ID: &str = "CANARY-QUOTED-SECRETID-5d1f";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut buf = vec![0; 8192];
+            let _ = tcp.read(&mut buf).await;
+            let body = format!(r#"{{"errors":["invalid secret_id {SECRET_ID} for role r"]}}"#);
+            let head = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = tcp.write_all((head + &body).as_bytes()).await;
+        }
+    });
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_id_file = private_file(dir.path(), "secret_id", SECRET_ID);
+    let vault = format!(
+        "addr = \"http://{addr}\"\npath = \"{PATH}\"\nfield = \"api_key\"\nrole_id = \"r\"\nsecret_id_file = {secret_id_file:?}\n"
+    );
+    let err = startup_error(&pki, dir.path(), &vault).await;
+    assert!(err.contains("AppRole login refused") && err.contains("***"), "{err}");
+    assert!(!err.contains(SECRET_ID), "the secret_id leaks: {err}");
+}

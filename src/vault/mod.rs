@@ -245,10 +245,17 @@ impl VaultSource {
         let body = serde_json::json!({ "role_id": role_id, "secret_id": secret_id.expose() }).to_string();
         let (status, answer) =
             self.call(Method::POST, &format!("v1/auth/{mount}/login"), None, Some(Bytes::from(body))).await?;
+        // There is no session token to redact yet: the secret_id is what must not be echoed
+        // if a vault (or a proxy before it) quotes the request in its error.
+        let scrub = |m: String| m.replace(secret_id.expose(), "***");
         answer::auth(status, &answer).map_err(|r| match r {
-            Refusal::Status(400, msg) => {
-                Fault::Local(format!("AppRole login refused (400: {msg}): check role_id and the secret_id"))
-            }
+            Refusal::Status(400, msg) => Fault::Local(format!(
+                "AppRole login refused (400: {}): check role_id and the secret_id",
+                scrub(msg)
+            )),
+            Refusal::Status(code, msg) => Fault::Refused(Refusal::Status(code, scrub(msg))),
+            Refusal::Forbidden(msg) => Fault::Refused(Refusal::Forbidden(scrub(msg))),
+            Refusal::Sealed(msg) => Fault::Refused(Refusal::Sealed(scrub(msg))),
             r => Fault::Refused(r),
         })
     }
