@@ -73,11 +73,11 @@ impl fmt::Display for ConfigError {
 }
 
 /// 1-based line of a byte offset.
-/// A URL as an error may show it: any `user:password@` replaced, parseable or not.
+/// A URL as an error may show it: everything up to its last `@` replaced (a password may
+/// hold `/` or `?` when written unencoded), parseable or not.
 pub fn url_shown(url: &str) -> String {
     let start = url.find("://").map_or(0, |i| i + 3);
-    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
-    match url[start..end].rfind('@') {
+    match url[start..].rfind('@') {
         Some(at) => format!("{}***@{}", &url[..start], &url[start + at + 1..]),
         None => url.to_string(),
     }

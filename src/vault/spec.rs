@@ -230,6 +230,7 @@ mod tests {
             ("https://root:hvs.CANARY1@vault:8200", "must not carry credentials"),
             ("https://root:hvs.CANARY1@vault:8200/v1", "must not carry credentials"),
             ("https://root:hvs CANARY1@vault:8200", "is not a URL"),
+            ("https://root:hvs/CANARY1@vault:8200", "must have no path"),
         ] {
             let e = parse_addr(addr).unwrap_err();
             assert!(e.contains(why) && e.contains("https://***@vault") && !e.contains("CANARY"), "{e}");
