@@ -137,24 +137,9 @@ fn check_query(q: &str) -> Result<(), Reason> {
 /// Whether form-encoded fields (a query string or a form body) carry `_method`, which some
 /// frameworks honour as the method, in any spelling of its percent-encoding.
 pub fn overrides_method(encoded: &str) -> bool {
-    encoded.split('&').any(|kv| percent_decoded(kv.split('=').next().unwrap_or("")) == b"_method")
-}
-
-fn percent_decoded(s: &str) -> Vec<u8> {
-    let (b, mut out, mut i) = (s.as_bytes(), Vec::with_capacity(s.len()), 0);
-    while i < b.len() {
-        let hex = b.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-        if b[i] == b'%'
-            && let Some(c) = hex
-        {
-            out.push(c);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    encoded
+        .split('&')
+        .any(|kv| crate::expand::decode(kv.split('=').next().unwrap_or("")).as_deref() == Some("_method"))
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ fn expand_values(encoded: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// `application/x-www-form-urlencoded` decoding (`+` is a space). `None` if malformed.
-fn decode(s: &str) -> Option<String> {
+pub fn decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
