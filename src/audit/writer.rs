@@ -440,14 +440,22 @@ impl Output {
         if self.keep == 0 {
             std::fs::remove_file(&path)?;
         } else {
-            let _ = std::fs::remove_file(rotated(&path, self.keep));
-            for i in (1..self.keep).rev() {
-                let from = rotated(&path, i);
-                if from.exists() {
-                    std::fs::rename(&from, rotated(&path, i + 1))?;
+            // With `.1` free the older files have moved already (a retry after the last step
+            // failed): moving them again would delete one more old file per retry.
+            if rotated(&path, 1).exists() {
+                let _ = std::fs::remove_file(rotated(&path, self.keep));
+                for i in (1..self.keep).rev() {
+                    let from = rotated(&path, i);
+                    if from.exists() {
+                        std::fs::rename(&from, rotated(&path, i + 1))?;
+                    }
                 }
             }
-            std::fs::rename(&path, rotated(&path, 1))?;
+            match std::fs::rename(&path, rotated(&path, 1)) {
+                // Removed from under us: nothing to keep, start a new file.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r?,
+            }
         }
         self.reopen()
     }
@@ -480,6 +488,20 @@ fn last_line(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotation_retried_after_its_last_step_failed_loses_no_older_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(rotated(&path, 1), "A").unwrap();
+        std::fs::write(rotated(&path, 2), "B").unwrap();
+        let mut out = Output { path: Some(path.clone()), file: None, size: 0, max_bytes: 10, keep: 2 };
+        // The current file is gone, so the last step (current → .1) finds nothing to move.
+        out.rotate().unwrap();
+        out.rotate().unwrap();
+        assert_eq!(std::fs::read_to_string(rotated(&path, 2)).unwrap(), "A", "the retry kept .2");
+        assert!(path.exists(), "a new current file");
+    }
 
     /// A writer whose every write fails (its directory does not exist), and its sender.
     fn failing(dir: &Path) -> (Writer, mpsc::Sender<Msg>, Arc<SinkState>) {
