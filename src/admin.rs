@@ -134,7 +134,7 @@ fn metrics(reloader: &Reloader, snap: &Snapshot) -> String {
         &mut out,
         "keyward_audit_unrecorded_total",
         "counter",
-        "Requests refused unparsed by the HTTP parser whose record found the access-log queue full.",
+        "Refusals whose record found the refusals' share of the access-log queue full.",
         audit.unrecorded.load(Ordering::Relaxed),
     );
     gauge(
@@ -143,6 +143,20 @@ fn metrics(reloader: &Reloader, snap: &Snapshot) -> String {
         "gauge",
         "1 while the access log is writable.",
         audit.healthy.load(Ordering::Relaxed) as u64,
+    );
+    gauge(
+        &mut out,
+        "keyward_connections_open",
+        "gauge",
+        "Open connections on the proxy listener.",
+        proxy.admission.open() as u64,
+    );
+    gauge(
+        &mut out,
+        "keyward_connections_refused_total",
+        "counter",
+        "Connections closed at once because their address had max_connections_per_ip open.",
+        proxy.admission.refused_per_ip.load(Ordering::Relaxed),
     );
     secret_metrics(&mut out, snap);
     out.push_str(

@@ -1,6 +1,7 @@
 //! Body wrappers: count the bytes that stream through, keep a guard alive until the body is
-//! done (the access record is written when the response body is dropped), and cut off an
-//! upstream answer that is still streaming at its deadline.
+//! done (the access record is written when the response body is dropped), cut off an
+//! upstream answer that is still streaming at its deadline, and a request body whose caller
+//! pauses too long.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use crate::stall::Watch;
 use crate::upstream::BoxError;
 
 pub struct Metered<B, G> {
@@ -94,6 +96,59 @@ where
                 }
                 self.cut.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err("the upstream answer did not finish in time".into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Ends a request body with an error when its caller sends nothing for `idle`
+/// (`timeouts.request_body_idle`), and raises `late`: a caller that stops half-way through a
+/// body does not hold its connection and access-log slot for long.
+pub struct Idle<B> {
+    inner: B,
+    watch: Watch,
+    late: Arc<AtomicBool>,
+}
+
+impl<B> Idle<B> {
+    pub fn new(inner: B, idle: std::time::Duration, late: Arc<AtomicBool>) -> Self {
+        Idle { inner, watch: Watch::new(idle), late }
+    }
+
+    pub fn late(&self) -> Arc<AtomicBool> {
+        self.late.clone()
+    }
+}
+
+impl<B> Body for Idle<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                self.watch.progressed();
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending if !self.watch.expired(cx) => Poll::Pending,
+            Poll::Pending => {
+                self.late.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err("the caller paused its request body too long".into())))
             }
         }
     }

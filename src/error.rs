@@ -9,19 +9,38 @@ use crate::catalog::Access;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     MissingToken,
-    InvalidToken { redacted: String },
-    ExpiredToken { redacted: String },
-    TokenNotYetValid { redacted: String },
+    InvalidToken {
+        redacted: String,
+    },
+    ExpiredToken {
+        redacted: String,
+    },
+    TokenNotYetValid {
+        redacted: String,
+    },
     IpNotAllowed,
     NonCanonical(&'static str),
     UnknownEndpoint,
-    MissingPermission { redacted: String, permission: String },
-    AccountNotAllowed { account: String },
-    DirectPermission { permission: String },
+    MissingPermission {
+        redacted: String,
+        permission: String,
+    },
+    AccountNotAllowed {
+        account: String,
+    },
+    DirectPermission {
+        permission: String,
+    },
     UpstreamNotConfigured(String),
-    BodyTooLarge { limit: u64 },
-    FormTooLarge { limit: usize },
+    BodyTooLarge {
+        limit: u64,
+    },
+    FormTooLarge {
+        limit: usize,
+    },
     BodyUnreadable,
+    /// The caller paused its request body longer than allowed.
+    BodyTimeout,
     UpstreamUnavailable,
     AuditUnavailable,
     UpstreamTimeout,
@@ -44,6 +63,7 @@ impl Failure {
             NonCanonical(_) => StatusCode::BAD_REQUEST,
             BodyTooLarge { .. } | FormTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyUnreadable => StatusCode::BAD_REQUEST,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             UpstreamNotConfigured(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             SecretStale => StatusCode::SERVICE_UNAVAILABLE,
@@ -69,6 +89,7 @@ impl Failure {
             BodyTooLarge { .. } => "request_too_large",
             FormTooLarge { .. } => "form_body_too_large",
             BodyUnreadable => "request_body_unreadable",
+            BodyTimeout => "request_body_timeout",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             SecretStale => "secret_stale",
@@ -123,6 +144,7 @@ impl Failure {
                  {limit} bytes allowed. Send fewer parameters per request."
             ),
             BodyUnreadable => "The request body could not be read.".into(),
+            BodyTimeout => "The request body did not arrive in time: keyward stopped waiting for it.".into(),
             UpstreamUnavailable => "keyward could not reach the upstream API.".into(),
             UpstreamTimeout => "The upstream API did not answer in time.".into(),
             SecretStale => "keyward's copy of the upstream API key could not be refreshed from the vault \

@@ -4,6 +4,7 @@
 //! (pure: `identity`, `canonical`, `catalog`, scope) → `upstream` (header rewrite, pooled TLS).
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod audit;
 pub mod body;
@@ -20,6 +21,7 @@ pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod snapshot;
+pub mod stall;
 pub mod tls;
 pub mod token;
 pub mod upstream;

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -16,23 +16,29 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use time::OffsetDateTime;
 
+use crate::admission::Admission;
 use crate::audit::{self, AccessRecord, AuditSink, Slot};
-use crate::body::{Deadline, Metered};
+use crate::body::{Deadline, Idle, Metered};
 use crate::config::file::Mode;
 use crate::error::Failure;
 use crate::identity;
 use crate::metrics::Metrics;
 use crate::policy::{Decision, RequestFacts, Verdict, decide, expansion_failure};
 use crate::snapshot::Snapshot;
+use crate::stall::{Progress, Pulled};
 use crate::upstream::{self, Body, BoxError};
 
 pub const REQUEST_ID: &str = "keyward-request-id";
+/// The reason recorded for an answer cut off because its caller stopped taking it.
+pub const CLIENT_STALLED: &str = "client_stalled";
 
 /// Shared by every connection: the current snapshot and the access log.
 pub struct Proxy {
     pub snapshot: ArcSwap<Snapshot>,
     pub audit: AuditSink,
     pub metrics: Metrics,
+    /// Open connections, per address and in all.
+    pub admission: Arc<Admission>,
     ids: RequestIds,
 }
 
@@ -42,46 +48,65 @@ impl Proxy {
             snapshot: ArcSwap::new(snapshot),
             audit,
             metrics: Metrics::default(),
+            admission: Arc::default(),
             ids: RequestIds::new(),
         })
     }
 
     pub async fn handle(
         self: Arc<Self>,
-        client_ip: IpAddr,
+        caller: Caller,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         // One snapshot for the whole request, however long it streams.
         let snap = self.snapshot.load_full();
         let (parts, body) = req.into_parts();
         // No record, no request: fail closed while the access log cannot be written.
-        let slot = match self.audit.admits() {
-            true => self.audit.slot().await,
-            false => None,
+        if !self.audit.admits() {
+            return Ok(self.unrecorded());
+        }
+        let facts = RequestFacts {
+            parts: &parts,
+            client_ip: caller.ip,
+            now: OffsetDateTime::now_utc().unix_timestamp(),
         };
-        let Some(slot) = slot else {
-            self.audit.state.refused.fetch_add(1, Ordering::Relaxed);
-            let mut resp = failure_response(&Failure::AuditUnavailable);
-            resp.headers_mut().insert(REQUEST_ID, HeaderValue::from_static("kwreq_unrecorded"));
-            return Ok(resp);
-        };
-        let mut ex = Exchange::start(self.clone(), slot, &snap, client_ip, &parts);
-        let facts =
-            RequestFacts { parts: &parts, client_ip, now: OffsetDateTime::now_utc().unix_timestamp() };
         let decision = decide(&snap, &facts);
-        ex.note(&snap, &decision);
-        let outcome = match &decision.verdict {
-            Verdict::Deny(f) => Err(f.clone()),
-            Verdict::Allow | Verdict::WouldDeny(_) => forward(&snap, &decision, &parts, body, &mut ex).await,
+        if let Verdict::Deny(f) = &decision.verdict {
+            // Refused before anything is read or sent: answered and recorded at once, so the
+            // caller (token or not) holds no place in the access-log queue while it reads.
+            let mut ex = Exchange::start(self.clone(), &caller, &snap, &parts);
+            ex.note(&snap, &decision);
+            return Ok(ex.refuse(failure_response(f)));
+        }
+        let Some(slot) = self.audit.slot().await else {
+            return Ok(self.unrecorded());
         };
-        let response = outcome.unwrap_or_else(|f| {
-            if matches!(decision.verdict, Verdict::Allow | Verdict::WouldDeny(_)) {
-                ex.record.reason = f.code().into();
-            }
+        let mut ex = Exchange::start(self.clone(), &caller, &snap, &parts);
+        ex.slot = Some(slot);
+        ex.note(&snap, &decision);
+        let response = forward(&snap, &decision, &parts, body, &mut ex).await.unwrap_or_else(|f| {
+            ex.record.reason = f.code().into();
             failure_response(&f)
         });
         Ok(ex.respond(response))
     }
+
+    /// 503 for a request that cannot be recorded: the log is failing (fail closed), or its
+    /// writer is gone or stuck.
+    fn unrecorded(&self) -> Response<Body> {
+        self.audit.state.refused.fetch_add(1, Ordering::Relaxed);
+        let mut resp = failure_response(&Failure::AuditUnavailable);
+        resp.headers_mut().insert(REQUEST_ID, HeaderValue::from_static("kwreq_unrecorded"));
+        resp
+    }
+}
+
+/// The connection a request came on: who is calling, and whether keyward cut it off for
+/// not reading (`timeouts.client_send`).
+#[derive(Clone)]
+pub struct Caller {
+    pub ip: IpAddr,
+    pub cut: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -98,11 +123,11 @@ impl Proxy {
 
     /// Record a request that hyper refused while parsing it, before keyward saw it: hyper
     /// has already answered it with a bare `status`. Such a record has no method or path.
-    /// Never waits: with the queue full the record is dropped and counted, so that a flood
-    /// of garbage cannot queue ahead of real requests.
+    /// Like every refusal's it never waits: with the refusals' share of the queue full the
+    /// record is dropped and counted, so that a flood of garbage cannot queue ahead of real
+    /// requests.
     pub fn record_unparsed(&self, client_ip: IpAddr, status: u16, reason: &'static str) {
-        let Some(slot) = self.audit.try_slot() else {
-            self.audit.state.unrecorded.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = self.audit.refusal_slot() else {
             return;
         };
         let record = AccessRecord {
@@ -146,9 +171,12 @@ async fn forward(
     if parts.method != http::Method::POST && !http_body::Body::is_end_stream(&body) {
         return Err(ex.deny(Failure::NonCanonical("comes with a body, which only POST calls may have")));
     }
+    let body = Idle::new(body, snap.timeouts.request_body_idle, ex.body_late.clone());
     let body = if is_form(parts) {
         // Small form bodies are read whole: an `expand[]` in them needs checking too.
-        let form = read_form(body, snap.limits.max_form_bytes).await.map_err(|f| ex.deny(f))?;
+        let form = read_form(body, snap.limits.max_form_bytes, snap.timeouts.form_body)
+            .await
+            .map_err(|f| ex.deny(f))?;
         ex.bytes_in.store(form.len() as u64, Ordering::Relaxed);
         let token = identity::token_from(&parts.headers, AUTHORIZATION).unwrap_or_default();
         let encoded = String::from_utf8_lossy(&form);
@@ -184,6 +212,7 @@ async fn forward(
         Ok(Err(_)) if ex.bytes_in.load(Ordering::Relaxed) > limit => {
             return Err(Failure::BodyTooLarge { limit });
         }
+        Ok(Err(_)) if ex.body_late.load(Ordering::Relaxed) => return Err(Failure::BodyTimeout),
         Ok(Err(e)) => {
             tracing::warn!(upstream = %up.name, error = %e, "upstream request failed");
             return Err(Failure::UpstreamUnavailable);
@@ -213,11 +242,16 @@ fn is_form(parts: &Parts) -> bool {
         })
 }
 
-async fn read_form(body: Incoming, limit: usize) -> Result<Bytes, Failure> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(Failure::FormTooLarge { limit }),
-        Err(_) => Err(Failure::BodyUnreadable),
+/// A form body, whole: at most `limit` bytes, arriving within `within` (and with no pause
+/// longer than the body's own idle timeout).
+async fn read_form(body: Idle<Incoming>, limit: usize, within: Duration) -> Result<Bytes, Failure> {
+    let late = body.late();
+    match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(Failure::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Failure::FormTooLarge { limit }),
+        Ok(Err(_)) if late.load(Ordering::Relaxed) => Err(Failure::BodyTimeout),
+        Ok(Err(_)) => Err(Failure::BodyUnreadable),
     }
 }
 
@@ -242,25 +276,35 @@ struct Exchange {
     bytes_out: Arc<AtomicU64>,
     /// Raised when the upstream's answer was cut off at its deadline.
     answer_cut: Arc<AtomicBool>,
+    /// Raised when the caller paused its request body too long.
+    body_late: Arc<AtomicBool>,
+    /// Raised when the caller's connection was cut off for not reading.
+    caller_cut: Arc<AtomicBool>,
+    /// The HTTP/2 stream's watchdog, if the request came on one.
+    stream: Option<Arc<Progress>>,
 }
 
 impl Exchange {
-    fn start(proxy: Arc<Proxy>, slot: Slot, snap: &Snapshot, client_ip: IpAddr, parts: &Parts) -> Exchange {
+    /// An exchange with no place in the access-log queue yet.
+    fn start(proxy: Arc<Proxy>, caller: &Caller, snap: &Snapshot, parts: &Parts) -> Exchange {
         let path = parts.uri.path();
         let record = AccessRecord {
             method: parts.method.as_str().to_owned(),
             // Cut on a character boundary: hyper passes UTF-8 in paths (refused later).
             path: path[..path.floor_char_boundary(crate::canonical::MAX_PATH)].to_string(),
-            ..proxy.new_record(client_ip, &snap.version)
+            ..proxy.new_record(caller.ip, &snap.version)
         };
         Exchange {
             proxy,
-            slot: Some(slot),
+            slot: None,
             record,
             started: Instant::now(),
             bytes_in: Default::default(),
             bytes_out: Default::default(),
             answer_cut: Default::default(),
+            body_late: Default::default(),
+            caller_cut: caller.cut.clone(),
+            stream: Progress::current(),
         }
     }
 
@@ -294,13 +338,34 @@ impl Exchange {
     }
 
     /// Tag the response and hand it back with this exchange riding on its body.
-    fn respond(mut self, resp: Response<Body>) -> Response<Body> {
-        self.record.status = resp.status().as_u16();
-        let id = HeaderValue::from_str(&self.record.request_id).expect("request ids are ASCII");
-        let (mut parts, body) = resp.into_parts();
-        parts.headers.insert(REQUEST_ID, id);
+    fn respond(mut self, mut resp: Response<Body>) -> Response<Body> {
+        self.tag(&mut resp);
+        let (parts, body) = resp.into_parts();
+        let body = match &self.stream {
+            Some(progress) => {
+                progress.answering();
+                Pulled::new(body, progress.clone()).boxed()
+            }
+            None => body,
+        };
         let count = self.bytes_out.clone();
         Response::from_parts(parts, Metered::new(body, count, self).boxed())
+    }
+
+    /// Tag a refusal and record it now, from the refusals' share of the access-log queue
+    /// (dropped and counted if that is full): its answer is all in `resp`.
+    fn refuse(mut self, mut resp: Response<Body>) -> Response<Body> {
+        self.tag(&mut resp);
+        let size = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+        self.bytes_out.store(size, Ordering::Relaxed);
+        self.slot = self.proxy.audit.refusal_slot();
+        resp
+    }
+
+    fn tag(&mut self, resp: &mut Response<Body>) {
+        self.record.status = resp.status().as_u16();
+        let id = HeaderValue::from_str(&self.record.request_id).expect("request ids are ASCII");
+        resp.headers_mut().insert(REQUEST_ID, id);
     }
 }
 
@@ -312,6 +377,10 @@ impl Drop for Exchange {
         r.bytes_out = self.bytes_out.load(Ordering::Relaxed);
         if self.answer_cut.load(Ordering::Relaxed) {
             r.reason = Failure::UpstreamTimeout.code().into();
+        } else if self.caller_cut.load(Ordering::Relaxed)
+            || self.stream.as_ref().is_some_and(|s| s.cut.load(Ordering::Relaxed))
+        {
+            r.reason = CLIENT_STALLED.into();
         }
         self.proxy.metrics.observe(r);
         if let Some(slot) = self.slot.take() {

@@ -1,17 +1,20 @@
-//! The listener: accept TCP, handshake TLS, serve HTTP/1.1 and HTTP/2, drain on shutdown.
+//! The listener: accept TCP (within the connection limits), handshake TLS, serve HTTP/1.1
+//! and HTTP/2 with every caller-facing timeout, drain on shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::proxy::Proxy;
+use crate::proxy::{Caller, Proxy};
+use crate::stall::{StallGuard, StreamExec};
 
 /// Serve `listener` until `shutdown` resolves, then stop accepting and give in-flight
 /// requests the snapshot's grace period to finish.
@@ -19,8 +22,13 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        let max = proxy.snapshot.load().limits.max_connections;
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = async {
+                // Past `max_connections`, new connections wait in the kernel's backlog.
+                proxy.admission.room(max).await;
+                listener.accept().await
+            } => a,
             _ = &mut shutdown => break,
         };
         let (tcp, peer) = match accepted {
@@ -32,9 +40,16 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                 continue;
             }
         };
+        // A dual-stack listener sees IPv4 callers as `::ffff:a.b.c.d`: allowlists and
+        // records speak of them as IPv4.
+        let ip = peer.ip().to_canonical();
         let snap = proxy.snapshot.load();
         let Some(tls) = snap.tls.clone() else {
             tracing::error!("no TLS configuration loaded; refusing connection");
+            continue;
+        };
+        let Some(counted) = proxy.admission.admit(ip, snap.limits.max_connections_per_ip) else {
+            tracing::debug!(%peer, "connection closed: too many from this address (max_connections_per_ip)");
             continue;
         };
         let (timeouts, limits) = (snap.timeouts, snap.limits);
@@ -43,25 +58,30 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         let watcher = graceful.watcher();
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(timeouts.handshake, TlsAcceptor::from(tls).accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                };
-            // A dual-stack listener sees IPv4 callers as `::ffff:a.b.c.d`: allowlists and
-            // records speak of them as IPv4.
-            let ip = peer.ip().to_canonical();
+            let _counted = counted;
+            let cut = Arc::new(AtomicBool::new(false));
+            let tcp = StallGuard::new(tcp, timeouts.client_send, cut.clone());
+            let handshake = async {
+                let _turn = proxy.admission.handshake(limits.max_handshakes).await;
+                TlsAcceptor::from(tls).accept(tcp).await
+            };
+            let stream = match tokio::time::timeout(timeouts.handshake, handshake).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
             let handler = proxy.clone();
-            let svc = service_fn(move |req| handler.clone().handle(ip, req));
+            let caller = Caller { ip, cut };
+            let svc = service_fn(move |req| handler.clone().handle(caller.clone(), req));
             // ALPN has chosen the protocol: no need to sniff the first bytes for it.
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = TokioIo::new(stream);
             let served = if h2 {
-                let mut builder = http2::Builder::new(TokioExecutor::new());
+                let mut builder = http2::Builder::new(StreamExec { limit: timeouts.client_send });
                 builder
                     .timer(TokioTimer::new())
                     .max_header_list_size(limits.max_header_bytes as u32)
+                    .max_concurrent_streams(limits.max_streams_per_connection)
                     .keep_alive_interval(timeouts.request_head)
                     .keep_alive_timeout(timeouts.handshake);
                 watcher.watch(builder.serve_connection(io, svc)).await

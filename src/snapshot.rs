@@ -44,6 +44,10 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Form bodies are read whole (to check `expand[]`) up to this size.
     pub max_form_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_handshakes: usize,
+    pub max_streams_per_connection: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +56,12 @@ pub struct Timeouts {
     pub request_head: Duration,
     pub upstream: Duration,
     pub shutdown_grace: Duration,
+    /// Longest pause between two pieces of a request body.
+    pub request_body_idle: Duration,
+    /// Longest a form body (read whole) may take to arrive.
+    pub form_body: Duration,
+    /// Longest keyward waits for a caller to take more of its answer.
+    pub client_send: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -1,5 +1,6 @@
-//! The audit writer: requests reserve a queue slot when they start (so a full queue slows
-//! admission instead of dropping records), and one task chains, writes and rotates.
+//! The audit writer: forwarded requests reserve a queue slot when they start (so a full queue
+//! slows admission instead of dropping records), refusals take one from their own share of the
+//! queue and write at once; one task chains, writes and rotates.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::{AccessRecord, GENESIS, line_hash, write_line_hash};
 
@@ -28,7 +29,8 @@ pub struct Settings {
 }
 
 enum Msg {
-    Record(Box<AccessRecord>),
+    /// With the refusal share's permit, if it is a refusal's: given back once the writer has it.
+    Record(Box<AccessRecord>, Option<OwnedSemaphorePermit>),
     /// Write what is queued, then close the file (and its lock): shutting down.
     Close(oneshot::Sender<()>),
 }
@@ -41,46 +43,70 @@ pub struct SinkState {
     pub write_errors: AtomicU64,
     /// Requests refused because the log could not be written (fail closed).
     pub refused: AtomicU64,
-    /// Requests hyper refused unparsed whose record found the queue full.
+    /// Refusals (by keyward or by the HTTP parser) whose record found the refusals' share of
+    /// the queue full.
     pub unrecorded: AtomicU64,
 }
 
 pub struct AuditSink {
     tx: mpsc::Sender<Msg>,
+    /// The places refusals may hold: a quarter of the queue. Their callers, with or without a
+    /// token, cannot crowd out the records of calls being forwarded.
+    refusals: Arc<Semaphore>,
     pub state: Arc<SinkState>,
     pub settings: Settings,
 }
 
 /// A reserved place in the queue: sending on it never waits and never fails.
-pub struct Slot(mpsc::OwnedPermit<Msg>);
+pub struct Slot {
+    place: mpsc::OwnedPermit<Msg>,
+    share: Option<OwnedSemaphorePermit>,
+}
 
 impl Slot {
     pub fn send(self, record: AccessRecord) {
-        self.0.send(Msg::Record(Box::new(record)));
+        self.place.send(Msg::Record(Box::new(record), self.share));
     }
 }
+
+/// The longest a forwarded request waits for a place in the queue before it is refused with
+/// 503 (the writer is stuck: a dead disk under `keep_serving`).
+pub const SLOT_WAIT: Duration = Duration::from_secs(10);
 
 impl AuditSink {
     /// Open the log (continuing the chain of what is already there) and start the writer.
     pub fn open(settings: Settings) -> std::io::Result<AuditSink> {
         let out = Output::open(&settings)?;
         let (seq, prev) = out.chain_tail()?;
-        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        let queue = settings.queue.max(1);
+        let (tx, rx) = mpsc::channel(queue);
+        let refusals = Arc::new(Semaphore::new((queue / 4).max(1)));
         let state = Arc::new(SinkState { healthy: AtomicBool::new(true), ..Default::default() });
         let writer =
             Writer { out, rx, state: state.clone(), seq, prev, pending: Pending::default(), failed_at: None };
         tokio::spawn(writer.run());
-        Ok(AuditSink { tx, state, settings })
+        Ok(AuditSink { tx, refusals, state, settings })
     }
 
-    /// Wait for a place in the queue: back-pressure when the writer falls behind.
+    /// Wait for a place in the queue, at most [`SLOT_WAIT`]: back-pressure when the writer
+    /// falls behind. `None`: the writer is gone or stuck.
     pub async fn slot(&self) -> Option<Slot> {
-        self.tx.clone().reserve_owned().await.ok().map(Slot)
+        let reserve = self.tx.clone().reserve_owned();
+        let place = tokio::time::timeout(SLOT_WAIT, reserve).await.ok()?.ok()?;
+        Some(Slot { place, share: None })
     }
 
-    /// A place in the queue if one is free now.
-    pub fn try_slot(&self) -> Option<Slot> {
-        self.tx.clone().try_reserve_owned().ok().map(Slot)
+    /// A place for a refusal's record, from the refusals' share, if one is free now: a
+    /// refusal never waits. `None` is counted in `unrecorded`.
+    pub fn refusal_slot(&self) -> Option<Slot> {
+        let taken = self.refusals.clone().try_acquire_owned().ok().and_then(|share| {
+            let place = self.tx.clone().try_reserve_owned().ok()?;
+            Some(Slot { place, share: Some(share) })
+        });
+        if taken.is_none() {
+            self.state.unrecorded.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
     }
 
     /// Whether a request may be served now: not while records cannot be written, unless
@@ -243,7 +269,7 @@ impl Writer {
     fn take(&mut self, msg: Msg, closers: &mut Vec<oneshot::Sender<()>>) {
         match msg {
             Msg::Close(done) => closers.push(done),
-            Msg::Record(mut rec) => {
+            Msg::Record(mut rec, _share) => {
                 self.seq += 1;
                 rec.seq = self.seq;
                 rec.prev = std::mem::take(&mut self.prev);
@@ -503,6 +529,34 @@ mod tests {
         assert!(path.exists(), "a new current file");
     }
 
+    #[tokio::test]
+    async fn refusals_hold_at_most_a_quarter_of_the_queue_and_never_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl").display().to_string();
+        let settings = Settings { path, max_bytes: u64::MAX, keep: 0, queue: 8, fail_closed: true };
+        let sink = AuditSink::open(settings).unwrap();
+        let refusals: Vec<Slot> = std::iter::from_fn(|| sink.refusal_slot()).take(10).collect();
+        assert_eq!(refusals.len(), 2, "a quarter of 8");
+        assert_eq!(sink.state.unrecorded.load(Ordering::Relaxed), 1, "the one refused is counted");
+        // Forwarded requests still find the rest.
+        let forwarded: Vec<Slot> = std::iter::from_fn(|| sink.tx.clone().try_reserve_owned().ok())
+            .map(|place| Slot { place, share: None })
+            .collect();
+        assert_eq!(forwarded.len(), 6);
+        // A refusal's share comes back once the writer has taken its record.
+        for slot in refusals {
+            slot.send(AccessRecord::default());
+        }
+        drop(forwarded);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while sink.refusals.available_permits() < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("shares given back");
+    }
+
     /// A writer whose every write fails (its directory does not exist), and its sender.
     fn failing(dir: &Path) -> (Writer, mpsc::Sender<Msg>, Arc<SinkState>) {
         let out = Output {
@@ -525,7 +579,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (writer, tx, state) = failing(dir.path());
         let task = tokio::spawn(writer.run());
-        tx.send(Msg::Record(Box::default())).await.unwrap();
+        tx.send(Msg::Record(Box::default(), None)).await.unwrap();
         drop(tx);
         // The writer used to retry here in a busy loop (thousands of tries a second).
         tokio::time::sleep(RETRY * 2).await;
@@ -541,7 +595,7 @@ mod tests {
         let (writer, tx, state) = failing(dir.path());
         let task = tokio::spawn(writer.run());
         for _ in 0..40 {
-            tx.send(Msg::Record(Box::default())).await.unwrap();
+            tx.send(Msg::Record(Box::default(), None)).await.unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // 40 records over about 200 ms (less than a pause): the first write, one retry at most.

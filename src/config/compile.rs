@@ -79,6 +79,27 @@ pub async fn compile_with(
     if file.limits.max_header_bytes < 8192 {
         errs.at(None, "limits.max_header_bytes", "must be at least 8192");
     }
+    let l = &file.limits;
+    for (key, n) in [
+        ("limits.max_connections", l.max_connections),
+        ("limits.max_connections_per_ip", l.max_connections_per_ip),
+        ("limits.max_handshakes", l.max_handshakes),
+        ("limits.max_streams_per_connection", l.max_streams_per_connection as usize),
+    ] {
+        if n == 0 {
+            errs.at(None, key, "must be at least 1");
+        }
+    }
+    let t = &file.timeouts;
+    for (key, d) in [
+        ("timeouts.request_body_idle", t.request_body_idle),
+        ("timeouts.form_body", t.form_body),
+        ("timeouts.client_send", t.client_send),
+    ] {
+        if d.is_zero() {
+            errs.at(None, key, "must be longer than zero, e.g. \"10s\"");
+        }
+    }
     let tls = if opts.tls { load_tls(&file, &mut errs) } else { None };
 
     if !errs.list.is_empty() {
@@ -98,12 +119,19 @@ pub async fn compile_with(
             max_body_bytes: file.limits.max_body_bytes,
             max_header_bytes: file.limits.max_header_bytes,
             max_form_bytes: file.limits.max_form_bytes,
+            max_connections: file.limits.max_connections,
+            max_connections_per_ip: file.limits.max_connections_per_ip,
+            max_handshakes: file.limits.max_handshakes,
+            max_streams_per_connection: file.limits.max_streams_per_connection,
         },
         timeouts: Timeouts {
             handshake: file.timeouts.handshake,
             request_head: file.timeouts.request_head,
             upstream: file.timeouts.upstream,
             shutdown_grace: file.timeouts.shutdown_grace,
+            request_body_idle: file.timeouts.request_body_idle,
+            form_body: file.timeouts.form_body,
+            client_send: file.timeouts.client_send,
         },
         audit: crate::audit::writer::Settings {
             path: file.audit.path.clone(),

@@ -48,6 +48,10 @@ pub struct LimitsFile {
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
     pub max_form_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_handshakes: usize,
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for LimitsFile {
@@ -57,6 +61,10 @@ impl Default for LimitsFile {
             max_body_bytes: 20 * 1024 * 1024,
             max_header_bytes: 16 * 1024,
             max_form_bytes: 1024 * 1024,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            max_handshakes: 256,
+            max_streams_per_connection: 100,
         }
     }
 }
@@ -74,6 +82,12 @@ pub struct TimeoutsFile {
     pub upstream: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_body_idle: Duration,
+    #[serde(with = "humantime_serde")]
+    pub form_body: Duration,
+    #[serde(with = "humantime_serde")]
+    pub client_send: Duration,
 }
 
 impl Default for TimeoutsFile {
@@ -85,6 +99,9 @@ impl Default for TimeoutsFile {
             // Stripe's SDKs give up after 80 s; answer before they do.
             upstream: Duration::from_secs(75),
             shutdown_grace: Duration::from_secs(30),
+            request_body_idle: Duration::from_secs(10),
+            form_body: Duration::from_secs(30),
+            client_send: Duration::from_secs(30),
         }
     }
 }

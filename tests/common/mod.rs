@@ -82,7 +82,7 @@ pub struct Seen {
 /// The stand-in for the payments API: TLS, records every request, answers Stripe-like JSON.
 /// Like Stripe it offers HTTP/2 and HTTP/1.1 by ALPN. A request with `x-test-delay-ms` is
 /// answered that much later; with `x-test-body-stall-ms`, the answer's body stalls that long
-/// after its first bytes.
+/// after its first bytes; with `x-test-body-bytes: N`, the answer is N bytes of `x`.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -159,6 +159,8 @@ async fn answer(
     }
     let stall_ms: Option<u64> =
         parts.headers.get("x-test-body-stall-ms").and_then(|v| v.to_str().ok()?.parse().ok());
+    let size: Option<usize> =
+        parts.headers.get("x-test-body-bytes").and_then(|v| v.to_str().ok()?.parse().ok());
     let path = parts.uri.path().to_string();
     let n = {
         let mut log = log.lock().unwrap();
@@ -181,11 +183,15 @@ async fn answer(
     } else {
         serde_json::json!({ "object": "list", "data": [], "has_more": false, "url": path })
     };
+    let text = match size {
+        Some(n) => "x".repeat(n),
+        None => json.to_string(),
+    };
     let resp = Response::builder()
         .header("content-type", "application/json")
         .header("request-id", format!("req_upstream_{n}"))
         .header("x-upstream-says", "hello")
-        .body(stalling(json.to_string(), stall_ms))
+        .body(stalling(text, stall_ms))
         .unwrap();
     Ok(resp)
 }
@@ -441,14 +447,24 @@ impl Running {
 
     /// A keep-alive HTTP/1.1 connection from 127.0.0.1.
     pub async fn connect(&self) -> Conn {
-        let tcp = tokio::net::TcpStream::connect(self.addr()).await.unwrap();
-        let tls = TlsConnector::from(self.client.clone())
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
+        let tls = self.tls_from("127.0.0.1".parse().unwrap(), b"http/1.1").await.unwrap();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
         tokio::spawn(conn);
         Conn { sender }
+    }
+
+    /// A TLS connection from `from`, offering one ALPN protocol (`h2` or `http/1.1`).
+    pub async fn tls_from(&self, from: IpAddr, alpn: &[u8]) -> std::io::Result<TlsClientStream> {
+        tls_connect(self.addr(), self.client.clone(), from, alpn).await
+    }
+
+    /// One metric's value from the admin port (the first sample of that name).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.admin_raw("GET", "/metrics", &[]).await;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
     }
 
     /// `POST /-/reload` on the admin port: (status, body).
@@ -605,6 +621,39 @@ pub fn req(method: &str, path: &str, token: &str, body: &str) -> Request<Full<By
         b = b.header("content-type", "application/x-www-form-urlencoded");
     }
     b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+/// Whether `check` comes true within 10 s (polled every 20 ms).
+pub async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+pub type TlsClientStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection to `addr` from `from`, offering one ALPN protocol.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    from: IpAddr,
+    alpn: &[u8],
+) -> std::io::Result<TlsClientStream> {
+    let sock = if from.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
+    sock.bind(SocketAddr::new(from, 0))?;
+    let tcp = sock.connect(addr).await?;
+    let mut cfg = (*tls).clone();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    TlsConnector::from(Arc::new(cfg)).connect(ServerName::try_from("localhost").unwrap(), tcp).await
 }
 
 pub async fn send(
