@@ -239,8 +239,10 @@ import resource, socket, ssl, sys, time
 resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
 ctx = ssl.create_default_context(cafile=sys.argv[1])
 conns = []
-for _ in range(1000):
-    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", 8443)), server_hostname="localhost")
+for i in range(1000):
+    # From eight loopback addresses: keyward's default max_connections_per_ip is 256.
+    src = (f"127.0.0.{1 + i % 8}", 0)
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", 8443), source_address=src), server_hostname="localhost")
     s.sendall(b"GET /v1/charges/ch_1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer " + sys.argv[2].encode() + b"\r\n\r\n")
     s.recv(65536)
     conns.append(s)
