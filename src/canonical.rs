@@ -23,16 +23,52 @@ const DECISIVE: [HeaderName; 3] = [
     HeaderName::from_static("stripe-context"),
 ];
 
+/// Headers keyward checks, sets or drops. CGI-style servers (Rack on Puma or WEBrick, many
+/// Python servers) read `_` in a header name as `-`: `Stripe_Account` is `Stripe-Account` to
+/// them, so a name that spells one of these with `_` is refused (names with `keyward-` and
+/// `x-forwarded-` as prefix too). Other names with `_` pass: keyward decides nothing on them,
+/// and dropping them (as nginx does) would change the request without saying so.
+const ALIASED: [&str; 20] = [
+    "authorization",
+    "proxy-authorization",
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "forwarded",
+    "stripe-account",
+    "stripe-context",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "expect",
+];
+
 /// Why a target is refused; the text completes "the request target …".
 pub type Reason = &'static str;
 
-/// Checks the target and the headers that could change how it is read. Returns the path.
+/// A request target keyward reads as the upstream will: its path, and the `expand` fields of
+/// its query string.
+#[derive(Debug)]
+pub struct Target<'a> {
+    pub path: &'a str,
+    pub expand: Vec<String>,
+}
+
+/// Checks the target and the headers that could change how it is read.
 pub fn check<'a>(
     method: &Method,
     uri: &'a Uri,
     version: Version,
     headers: &HeaderMap,
-) -> Result<&'a str, Reason> {
+) -> Result<Target<'a>, Reason> {
     // HTTP/2 always carries :authority; in HTTP/1 an absolute-form target names a host
     // the client hopes to reach, which reverse mode never forwards to.
     if uri.authority().is_some() && version < Version::HTTP_2 {
@@ -41,11 +77,30 @@ pub fn check<'a>(
     if *method == Method::CONNECT {
         return Err("uses CONNECT, which this listener does not serve");
     }
+    check_headers(headers)?;
+    let path = uri.path();
+    check_path(path)?;
+    let expand = match uri.query() {
+        Some(q) => check_query(q)?,
+        None => Vec::new(),
+    };
+    Ok(Target { path, expand })
+}
+
+fn check_headers(headers: &HeaderMap) -> Result<(), Reason> {
     if METHOD_OVERRIDES.iter().any(|h| headers.contains_key(h)) {
         return Err("carries a method-override header");
     }
-    if headers.get_all(http::header::CONTENT_TYPE).iter().nth(1).is_some() {
-        return Err("carries more than one Content-Type");
+    if headers.keys().any(|name| is_alias(name.as_str())) {
+        return Err("has a header name with _ that servers read as a header keyward checks or sets");
+    }
+    for name in &DECISIVE {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err("carries more than one Content-Type, Stripe-Account or Stripe-Context");
+        }
+    }
+    if let Some(ct) = headers.get(http::header::CONTENT_TYPE) {
+        check_content_type(ct)?;
     }
     if headers.get_all(http::header::CONNECTION).iter().any(|v| {
         // An unreadable list could name anything.
@@ -55,12 +110,48 @@ pub fn check<'a>(
     }) {
         return Err("comes with a Connection header naming a header keyward checks");
     }
-    let path = uri.path();
-    check_path(path)?;
-    if let Some(q) = uri.query() {
-        check_query(q)?;
+    Ok(())
+}
+
+/// `Stripe_Account`, `X-HTTP_Method-Override`, `Keyward_Debug`: a name with `_` that, with
+/// `_` read as `-`, is one keyward checks, sets or drops. (Names arrive lowercase.)
+fn is_alias(name: &str) -> bool {
+    if !name.contains('_') {
+        return false;
     }
-    Ok(path)
+    let folded = name.replace('_', "-");
+    ALIASED.contains(&folded.as_str()) || folded.starts_with("keyward-") || folded.starts_with("x-forwarded-")
+}
+
+/// Rack reads the media type up to a `;` or `,` and an empty one as none (a POST body is then
+/// a form): refuse what is not one readable media type.
+fn check_content_type(ct: &http::HeaderValue) -> Result<(), Reason> {
+    let ct = ct.to_str().map_err(|_| "has a Content-Type that is not readable text")?;
+    if ct.trim().is_empty() {
+        return Err("has an empty Content-Type");
+    }
+    if ct.contains(',') {
+        return Err("has a Content-Type that is a list");
+    }
+    if media_type(ct).starts_with("multipart/") && multipart_boundary(ct).is_none() {
+        return Err("has a multipart Content-Type without a boundary");
+    }
+    Ok(())
+}
+
+/// The media type of a Content-Type value, lowercase: `Text/Plain; charset=x` → `text/plain`.
+pub fn media_type(ct: &str) -> String {
+    ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// The `boundary` parameter of a multipart Content-Type, unquoted.
+pub fn multipart_boundary(ct: &str) -> Option<&str> {
+    let b = ct.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("boundary").then(|| v.trim())
+    })?;
+    let b = b.strip_prefix('"').and_then(|b| b.strip_suffix('"')).unwrap_or(b);
+    (!b.is_empty() && b.len() <= 70).then_some(b)
 }
 
 /// The path rules, on their own so they can be table-tested and fuzzed.
@@ -124,22 +215,11 @@ fn check_segment(seg: &str) -> Result<(), Reason> {
     Ok(())
 }
 
-fn check_query(q: &str) -> Result<(), Reason> {
+fn check_query(q: &str) -> Result<Vec<String>, Reason> {
     if q.bytes().any(|c| !(0x20..0x7f).contains(&c)) {
         return Err("query has a control or non-ASCII byte");
     }
-    if overrides_method(q) {
-        return Err("query carries a _method override");
-    }
-    Ok(())
-}
-
-/// Whether form-encoded fields (a query string or a form body) carry `_method`, which some
-/// frameworks honour as the method, in any spelling of its percent-encoding.
-pub fn overrides_method(encoded: &str) -> bool {
-    encoded
-        .split('&')
-        .any(|kv| crate::expand::decode(kv.split('=').next().unwrap_or("")).as_deref() == Some("_method"))
+    crate::params::read(q.as_bytes())
 }
 
 #[cfg(test)]
@@ -187,19 +267,49 @@ mod tests {
     }
 
     #[test]
-    fn method_overrides_in_any_encoding() {
-        for q in [
-            "_method=DELETE",
-            "a=1&_method=DELETE",
-            "%5Fmethod=DELETE",
-            "%5fmethod=delete",
-            "%5F%6Dethod=x",
-            "_method",
+    fn header_names_with_underscores_that_alias_checked_ones() {
+        for name in [
+            "stripe_account",
+            "stripe_context",
+            "x_http_method_override",
+            "x-http_method-override",
+            "content_type",
+            "keyward_debug",
+            "x_forwarded_for",
+            "proxy_authorization",
+            "transfer_encoding",
         ] {
-            assert!(overrides_method(q), "{q}");
+            assert!(is_alias(name), "{name}");
         }
-        for q in ["method=DELETE", "a=_method", "x_method=1", "metadata[_method]=1"] {
-            assert!(!overrides_method(q), "{q}");
+        for name in ["stripe-account", "x_custom", "stripe_version", "idempotency_key_x", "authorization"] {
+            assert!(!is_alias(name), "{name}");
         }
+    }
+
+    #[test]
+    fn content_types_read_one_way() {
+        let ok = [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+            "multipart/form-data; boundary=abc",
+            "multipart/form-data; boundary=\"a b\"",
+            "application/json",
+        ];
+        for ct in ok {
+            assert_eq!(check_content_type(&ct.parse().unwrap()), Ok(()), "{ct}");
+        }
+        let bad = [
+            ("", "empty"),
+            ("  ", "empty"),
+            ("application/x-www-form-urlencoded, text/plain", "list"),
+            ("application/x-www-form-urlencoded,", "list"),
+            ("multipart/form-data", "boundary"),
+            ("multipart/mixed; boundary=", "boundary"),
+        ];
+        for (ct, want) in bad {
+            let got = check_content_type(&ct.parse().unwrap()).unwrap_err();
+            assert!(got.contains(want), "{ct:?}: {got}");
+        }
+        assert_eq!(multipart_boundary("multipart/form-data; Boundary=\"xyz\""), Some("xyz"));
     }
 }

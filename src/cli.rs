@@ -332,9 +332,11 @@ async fn explain(
     };
     let permission = d.entry.map(|e| e.name.clone());
     let upstream = d.upstream.map(|i| snap.upstreams[i].name.clone());
+    // A query string the policy refused has no expansions to show: the refusal says why.
+    let fields = keyward::params::read(parts.uri.query().unwrap_or("").as_bytes()).unwrap_or_default();
     let expansions: Vec<serde_json::Value> = snap
         .expansions
-        .required(parts.uri.query().unwrap_or(""))
+        .required(&fields)
         .map(|(field, perm)| {
             serde_json::json!({
                 "field": field,

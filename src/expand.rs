@@ -1,6 +1,7 @@
 //! Expansions: `expand[]=customer` returns the customer inside the answer, so it needs
-//! read permission on the customer too. Parsed from the query string and from small form
-//! bodies; each element of a dotted expression (`latest_invoice.payment_intent`) counts.
+//! read permission on the customer too. Read from the query string and from small form
+//! bodies (by `params`); each element of a dotted expression (`latest_invoice.payment_intent`)
+//! counts.
 
 use std::collections::HashMap;
 
@@ -39,13 +40,14 @@ impl Expansions {
         if errors.is_empty() { Ok(Expansions { fields }) } else { Err(errors) }
     }
 
-    /// The permissions needed to expand what a query string or form body asks for, each
-    /// with the field that needs it. Fields not in the table need nothing more: they expand
-    /// parts of the object already being read.
-    pub fn required<'a>(&'a self, encoded: &'a str) -> impl Iterator<Item = (String, PermId)> + 'a {
-        expand_values(encoded)
-            .flat_map(|expr| expr.split('.').map(str::to_string).collect::<Vec<_>>())
-            .filter_map(|field| self.fields.get(&field).map(|id| (field, *id)))
+    /// The permissions needed to expand `fields` (what `params::read` found in a query string
+    /// or form body), each with the field that needs it. Fields not in the table need nothing
+    /// more: they expand parts of the object already being read.
+    pub fn required<'a>(&'a self, fields: &'a [String]) -> impl Iterator<Item = (String, PermId)> + 'a {
+        fields
+            .iter()
+            .flat_map(|expr| expr.split('.'))
+            .filter_map(|field| self.fields.get(field).map(|id| (field.to_string(), *id)))
     }
 
     pub fn get(&self, field: &str) -> Option<PermId> {
@@ -53,50 +55,9 @@ impl Expansions {
     }
 }
 
-/// The values of `expand`, `expand[]` and `expand[N]` parameters, percent-decoded.
-fn expand_values(encoded: &str) -> impl Iterator<Item = String> + '_ {
-    encoded.split('&').filter_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = decode(k)?;
-        let is_expand = key == "expand"
-            || key
-                .strip_prefix("expand[")
-                .and_then(|r| r.strip_suffix(']'))
-                .is_some_and(|i| i.bytes().all(|b| b.is_ascii_digit()));
-        if is_expand { decode(v) } else { None }
-    })
-}
-
-/// `application/x-www-form-urlencoded` decoding (`+` is a space). `None` if malformed.
-pub fn decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_every_spelling_of_expand() {
-        let q = "expand[]=customer&expand%5B0%5D=latest_invoice.payment_intent&expand=data.charge&limit=3&expands=x&expand[a]=y";
-        let got: Vec<String> = expand_values(q).collect();
-        assert_eq!(got, ["customer", "latest_invoice.payment_intent", "data.charge"]);
-    }
 
     #[test]
     fn each_dotted_element_needs_its_permission() {
@@ -109,10 +70,8 @@ mod tests {
             &cat,
         )
         .unwrap();
-        let need: Vec<String> = ex
-            .required("expand[]=latest_invoice.payment_intent&expand[]=data.unknown")
-            .map(|(f, _)| f)
-            .collect();
+        let fields = ["latest_invoice.payment_intent".to_string(), "data.unknown".to_string()];
+        let need: Vec<String> = ex.required(&fields).map(|(f, _)| f).collect();
         assert_eq!(need, ["latest_invoice", "payment_intent"]);
         let errs = Expansions::parse("a nope\nb\ncustomer customer\ncustomer customer\n", &cat).unwrap_err();
         assert_eq!(errs.iter().map(|e| e.line).collect::<Vec<_>>(), [1, 2, 4]);

@@ -15,6 +15,8 @@ pub mod error;
 pub mod expand;
 pub mod identity;
 pub mod metrics;
+pub mod multipart;
+pub mod params;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

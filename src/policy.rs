@@ -98,13 +98,14 @@ pub fn authorize<'s>(
     token: &str,
 ) -> Decision<'s> {
     let mut d = Decision { service: Some(service), ..Decision::deny(Failure::Internal) };
-    let path = match canonical::check(&parts.method, &parts.uri, parts.version, &parts.headers) {
-        Ok(p) => p,
+    let target = match canonical::check(&parts.method, &parts.uri, parts.version, &parts.headers) {
+        Ok(t) => t,
         Err(why) => {
             d.verdict = Verdict::Deny(Failure::NonCanonical(why));
             return d;
         }
     };
+    let path = target.path;
     let account = stripe_account(parts);
     d.account = account;
     d.entry = snap.catalog.classify(&parts.method, path);
@@ -115,7 +116,7 @@ pub fn authorize<'s>(
     };
     let failure = match d.entry {
         None => Some(Failure::UnknownEndpoint),
-        Some(e) => check_entry(snap, service, e, parts, path, account, token),
+        Some(e) => check_entry(snap, service, e, parts, &target, account, token),
     };
     d.verdict = match (failure, service.mode) {
         (None, _) => Verdict::Allow,
@@ -134,11 +135,11 @@ fn check_entry(
     service: &Service,
     entry: &Entry,
     parts: &Parts,
-    path: &str,
+    target: &canonical::Target,
     account: Option<&str>,
     token: &str,
 ) -> Option<Failure> {
-    for acct in connect_accounts(parts, entry, path) {
+    for acct in connect_accounts(parts, entry, target.path) {
         if !service.accounts.allows(acct) {
             return Some(Failure::AccountNotAllowed { account: acct.to_string() });
         }
@@ -154,13 +155,18 @@ fn check_entry(
     if service.level(entry.permission) < needed {
         return Some(Failure::MissingPermission { redacted: redact(token), permission: permission() });
     }
-    parts.uri.query().and_then(|q| expansion_failure(snap, service, q, token))
+    expansion_failure(snap, service, &target.expand, token)
 }
 
-/// The first `expand[]` field in `encoded` (a query string or form body) that the service
-/// may not read.
-pub fn expansion_failure(snap: &Snapshot, service: &Service, encoded: &str, token: &str) -> Option<Failure> {
-    let (_, perm) = snap.expansions.required(encoded).find(|(_, p)| service.level(*p) < Level::Read)?;
+/// The first of the `expand` fields (of a query string or form body) that the service may
+/// not read.
+pub fn expansion_failure(
+    snap: &Snapshot,
+    service: &Service,
+    fields: &[String],
+    token: &str,
+) -> Option<Failure> {
+    let (_, perm) = snap.expansions.required(fields).find(|(_, p)| service.level(*p) < Level::Read)?;
     let permission = permission_name(snap.catalog.permission(perm), crate::catalog::Access::Read);
     Some(Failure::MissingPermission { redacted: redact(token), permission })
 }

@@ -23,6 +23,7 @@ use crate::config::file::Mode;
 use crate::error::Failure;
 use crate::identity;
 use crate::metrics::Metrics;
+use crate::multipart::PartNames;
 use crate::policy::{Decision, RequestFacts, Verdict, decide, expansion_failure};
 use crate::snapshot::Snapshot;
 use crate::stall::{Progress, Pulled};
@@ -172,28 +173,32 @@ async fn forward(
         return Err(ex.deny(Failure::NonCanonical("comes with a body, which only POST calls may have")));
     }
     let body = Idle::new(body, snap.timeouts.request_body_idle, ex.body_late.clone());
-    let body = if is_form(parts) {
-        // Small form bodies are read whole: an `expand[]` in them needs checking too.
-        let form = read_form(body, snap.limits.max_form_bytes, snap.timeouts.form_body)
-            .await
-            .map_err(|f| ex.deny(f))?;
-        ex.bytes_in.store(form.len() as u64, Ordering::Relaxed);
-        let token = identity::token_from(&parts.headers, AUTHORIZATION).unwrap_or_default();
-        let encoded = String::from_utf8_lossy(&form);
-        if crate::canonical::overrides_method(&encoded) {
-            return Err(ex.deny(Failure::NonCanonical("comes with a form body carrying a _method override")));
-        }
-        if let Some(f) = expansion_failure(snap, service, &encoded, &token) {
-            match service.mode {
-                Mode::Enforce => return Err(ex.deny(f)),
-                Mode::Report => ex.would_deny(&f),
-            }
-        }
-        Full::new(form).map_err(|e| match e {}).boxed()
-    } else {
+    let streamed = |body: Body| {
         Limited::new(Metered::new(body, ex.bytes_in.clone(), ()), limit as usize)
             .map_err(BoxError::from)
             .boxed()
+    };
+    let body = match body_kind(parts) {
+        BodyKind::Form => {
+            // Small form bodies are read whole: an `expand[]` in them needs checking too.
+            let form = read_form(body, snap.limits.max_form_bytes, snap.timeouts.form_body)
+                .await
+                .map_err(|f| ex.deny(f))?;
+            ex.bytes_in.store(form.len() as u64, Ordering::Relaxed);
+            let token = identity::token_from(&parts.headers, AUTHORIZATION).unwrap_or_default();
+            let fields = crate::params::read(&form).map_err(|why| ex.deny(Failure::NonCanonical(why)))?;
+            if let Some(f) = expansion_failure(snap, service, &fields, &token) {
+                match service.mode {
+                    Mode::Enforce => return Err(ex.deny(f)),
+                    Mode::Report => ex.would_deny(&f),
+                }
+            }
+            Full::new(form).map_err(|e| match e {}).boxed()
+        }
+        BodyKind::Multipart(boundary) => {
+            streamed(PartNames::new(body, boundary, ex.body_refused.clone()).boxed())
+        }
+        BodyKind::Other => streamed(body.boxed()),
     };
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
@@ -213,6 +218,11 @@ async fn forward(
             return Err(Failure::BodyTooLarge { limit });
         }
         Ok(Err(_)) if ex.body_late.load(Ordering::Relaxed) => return Err(Failure::BodyTimeout),
+        Ok(Err(_)) if ex.body_refused.load(Ordering::Relaxed) => {
+            return Err(
+                ex.deny(Failure::NonCanonical("has a multipart part whose headers name method or expand"))
+            );
+        }
         Ok(Err(e)) => {
             tracing::warn!(upstream = %up.name, error = %e, "upstream request failed");
             return Err(Failure::UpstreamUnavailable);
@@ -227,19 +237,30 @@ async fn forward(
     Ok(resp.map(|b| Deadline::new(b, deadline, ex.answer_cut.clone()).boxed()))
 }
 
-/// A POST body the upstream may read as a form: declared as one, or not declared at all
-/// (frameworks read an untyped body as a form), so its `expand[]` fields are checked.
-fn is_form(parts: &Parts) -> bool {
-    parts.method == http::Method::POST
-        && parts.headers.get(CONTENT_TYPE).is_none_or(|v| {
-            v.to_str().is_ok_and(|ct| {
-                ct.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        })
+/// How a request body is read on its way upstream.
+enum BodyKind<'a> {
+    /// Read whole: a POST body the upstream reads as a form, declared as one or not declared
+    /// at all (frameworks read an untyped POST body as a form), so its fields are checked.
+    Form,
+    /// Streamed, its part headers checked on the way (`multipart`), with this boundary.
+    Multipart(&'a str),
+    /// Streamed as it is.
+    Other,
+}
+
+/// (`canonical::check` has already refused Content-Types that read two ways.)
+fn body_kind(parts: &Parts) -> BodyKind<'_> {
+    let Some(ct) = parts.headers.get(CONTENT_TYPE) else {
+        return if parts.method == http::Method::POST { BodyKind::Form } else { BodyKind::Other };
+    };
+    let ct = ct.to_str().unwrap_or("");
+    match crate::canonical::media_type(ct).as_str() {
+        "application/x-www-form-urlencoded" if parts.method == http::Method::POST => BodyKind::Form,
+        m if m.starts_with("multipart/") => {
+            crate::canonical::multipart_boundary(ct).map_or(BodyKind::Other, BodyKind::Multipart)
+        }
+        _ => BodyKind::Other,
+    }
 }
 
 /// A form body, whole: at most `limit` bytes, arriving within `within` (and with no pause
@@ -278,6 +299,8 @@ struct Exchange {
     answer_cut: Arc<AtomicBool>,
     /// Raised when the caller paused its request body too long.
     body_late: Arc<AtomicBool>,
+    /// Raised when a multipart body turned out to carry a part keyward refuses.
+    body_refused: Arc<AtomicBool>,
     /// Raised when the caller's connection was cut off for not reading.
     caller_cut: Arc<AtomicBool>,
     /// The HTTP/2 stream's watchdog, if the request came on one.
@@ -303,6 +326,7 @@ impl Exchange {
             bytes_out: Default::default(),
             answer_cut: Default::default(),
             body_late: Default::default(),
+            body_refused: Default::default(),
             caller_cut: caller.cut.clone(),
             stream: Progress::current(),
         }

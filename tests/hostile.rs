@@ -59,6 +59,28 @@ const CASES: &[(&str, &str, u16, &str)] = &[
     ),
     ("GET /v1/customers/cus_1 HTTP/1.1", "X-Method-Override: POST", 400, "non_canonical_request"),
     ("GET /v1/customers/cus_1?_method=DELETE HTTP/1.1", "", 400, "non_canonical_request"),
+    // CGI-style servers read `_` in a header name as `-`.
+    ("GET /v1/customers/cus_1 HTTP/1.1", "Stripe_Account: acct_evil", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "Stripe_Context: acct_evil", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "X_HTTP_Method_Override: DELETE", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "X-HTTP_Method-Override: DELETE", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "Keyward_Debug: 1", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "X_Forwarded_For: 10.0.0.1", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "X_Custom_Header: 1", 200, ""),
+    (
+        "GET /v1/customers/cus_1 HTTP/1.1",
+        "Stripe-Account: acct_1\r\nStripe-Account: acct_2",
+        400,
+        "non_canonical_request",
+    ),
+    // Rack splits the query on `;` too, and reads stray brackets leniently.
+    ("GET /v1/customers/cus_1?a=1;expand[]=default_source HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1?[expand][]=default_source HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1?expand]=default_source HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1?expand[0=default_source HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1?expand=a&expand=b HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1?expand[]=%zz HTTP/1.1", "", 400, "non_canonical_request"),
+    ("GET /v1/customers/cus_1?expand[0]=a&expand[1]=b HTTP/1.1", "", 200, ""),
     ("CONNECT api.stripe.com:443 HTTP/1.1", "", 400, "non_canonical_request"),
     ("GET /V1/CHARGES HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
     ("GET /v1/Charges HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
@@ -119,6 +141,134 @@ async fn hostile_request_table() {
         assert!(seen.uri.starts_with("/v1/customers/cus_1"));
         assert!(seen.authority.starts_with("localhost:"));
     }
+    kw.stop().await;
+}
+
+/// `(Content-Type header or "" for none, body, status, code)`: POST bodies that the API's
+/// servers (Rack) would read differently from keyward. Each is sent to a service that may not
+/// read sources, so an `expand` that slipped through would be a privilege keyward did not check.
+const BODIES: &[(&str, &str, u16, &str)] = &[
+    (
+        "Content-Type: application/x-www-form-urlencoded",
+        "[expand][]=default_source",
+        400,
+        "non_canonical_request",
+    ),
+    (
+        "Content-Type: application/x-www-form-urlencoded",
+        "expand]=default_source",
+        400,
+        "non_canonical_request",
+    ),
+    (
+        "Content-Type: application/x-www-form-urlencoded",
+        "[expand]=default_source",
+        400,
+        "non_canonical_request",
+    ),
+    (
+        "Content-Type: application/x-www-form-urlencoded",
+        "expand[0=default_source",
+        400,
+        "non_canonical_request",
+    ),
+    ("Content-Type: application/x-www-form-urlencoded", "a=1;_method=DELETE", 400, "non_canonical_request"),
+    ("Content-Type: application/x-www-form-urlencoded", "_method=DELETE", 400, "non_canonical_request"),
+    (
+        "Content-Type: application/x-www-form-urlencoded",
+        "expand[]=default_source",
+        403,
+        "more_permissions_required",
+    ),
+    (
+        "Content-Type: application/x-www-form-urlencoded, text/plain",
+        "expand[]=default_source",
+        400,
+        "non_canonical_request",
+    ),
+    (
+        "Content-Type: application/x-www-form-urlencoded,",
+        "expand[]=default_source",
+        400,
+        "non_canonical_request",
+    ),
+    ("Content-Type: ", "expand[]=default_source", 400, "non_canonical_request"),
+    ("Content-Type: ", "_method=DELETE", 400, "non_canonical_request"),
+    (
+        "Content-Type: text/plain, application/x-www-form-urlencoded",
+        "_method=DELETE",
+        400,
+        "non_canonical_request",
+    ),
+    ("", "expand[]=default_source", 403, "more_permissions_required"),
+    (
+        "Content-Type: multipart/form-data; boundary=B",
+        "--B\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--B--\r\n",
+        400,
+        "non_canonical_request",
+    ),
+    (
+        "Content-Type: multipart/form-data; boundary=B",
+        "--B\r\nContent-Disposition: form-data; name=\"expand[]\"\r\n\r\ndefault_source\r\n--B--\r\n",
+        400,
+        "non_canonical_request",
+    ),
+    (
+        "Content-Type: multipart/mixed; boundary=B",
+        "--B\r\nContent-ID: _method\r\n\r\nDELETE\r\n--B--\r\n",
+        400,
+        "non_canonical_request",
+    ),
+    ("Content-Type: multipart/form-data", "x", 400, "non_canonical_request"),
+    (
+        "Content-Type: multipart/form-data; boundary=B",
+        "--B\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nJo\r\n--B--\r\n",
+        200,
+        "",
+    ),
+    ("Content-Type: application/x-www-form-urlencoded", "name=Jo&metadata[k]=v", 200, ""),
+];
+
+#[tokio::test]
+async fn hostile_body_table() {
+    let kw = Harness::new()
+        .service(Svc::new("svc").token("t", TOKEN).scope("customer", "write").scope("source", "none"))
+        .start()
+        .await;
+    let mut failures = Vec::new();
+    for (n, (header, body, status, code)) in BODIES.iter().enumerate() {
+        let header = if header.is_empty() { String::new() } else { format!("{header}\r\n") };
+        let raw = format!(
+            "POST /v1/customers/cus_1 HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer {TOKEN}\r\n{header}\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = kw.raw(raw.as_bytes()).await;
+        let got_status: u16 = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let reply = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+        let got_code = serde_json::from_str::<serde_json::Value>(reply)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        // Each row's record says what was decided, and why.
+        let rec = kw.last_record(n + 1).await;
+        let want_decision = if *status == 200 { "allow" } else { "deny" };
+        let want_reason = if *status == 200 { "ok" } else { code };
+        let shown = format!("{header:?} {body:.60?}");
+        println!("{shown:<110} -> {got_status} {got_code}");
+        if got_status != *status
+            || got_code != *code
+            || rec["decision"] != want_decision
+            || rec["reason"] != want_reason
+        {
+            failures.push(format!(
+                "{shown}: got {got_status} {got_code} (record {} {}), want {status} {code}",
+                rec["decision"], rec["reason"]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    assert_eq!(kw.upstream.requests().len(), BODIES.iter().filter(|c| c.2 == 200).count());
     kw.stop().await;
 }
 
