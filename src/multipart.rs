@@ -167,10 +167,10 @@ mod tests {
         let refused = [
             format!("{}{}--XyZ--\r\n", part("purpose", "x"), part("_method", "DELETE")),
             format!("{}--XyZ--\r\n", part("expand[]", "links")),
-            format!("--XyZ\r\nContent-Disposition: form-data; NAME=\"_METHOD\"\r\n\r\nDELETE\r\n"),
-            format!("--XyZ\r\nContent-Disposition: form-data; filename=\"a;name=_method\"\r\n\r\nx\r\n"),
-            format!("--XyZ\r\nContent-ID: _method\r\n\r\nDELETE\r\n"),
-            format!("--XyZ\nContent-Disposition: form-data; name=expand\n\nx\n"),
+            "--XyZ\r\nContent-Disposition: form-data; NAME=\"_METHOD\"\r\n\r\nDELETE\r\n".to_string(),
+            "--XyZ\r\nContent-Disposition: form-data; filename=\"a;name=_method\"\r\n\r\nx\r\n".to_string(),
+            "--XyZ\r\nContent-ID: _method\r\n\r\nDELETE\r\n".to_string(),
+            "--XyZ\nContent-Disposition: form-data; name=expand\n\nx\n".to_string(),
             format!("--XyZ\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD)),
         ];
         for piece in [1, 2, 3, 7, 64, 1 << 20] {
