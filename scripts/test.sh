@@ -5,13 +5,19 @@ cd "$(dirname "$0")/.."
 
 echo "== installing test tools (tests/requirements.txt)"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-if ! command -v chromium >/dev/null; then
-  echo "== installing chromium (the HTML audit report is rendered headless in a test)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+# Debian packages: chromium (the HTML audit report is rendered headless in a test) and
+# ruby-rack (the differential test reads what reached the upstream with Rack).
+debs=()
+command -v chromium >/dev/null || debs+=(chromium)
+ruby -e 'require "rack"' 2>/dev/null || debs+=(ruby-rack)
+if [ ${#debs[@]} -gt 0 ]; then
+  echo "== installing ${debs[*]} (apt-get)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
-for tool in python3 hadolint bao chromium mount; do
+for tool in python3 hadolint bao chromium ruby mount; do
   command -v "$tool" >/dev/null || { echo "missing $tool after install" >&2; exit 1; }
 done
+ruby -e 'require "rack"' || { echo "ruby-rack did not install" >&2; exit 1; }
 python3 -c "import stripe, prometheus_client" || { echo "python test packages did not install" >&2; exit 1; }
 
 echo "== hadolint Dockerfile"
@@ -25,7 +31,9 @@ cargo clippy --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 log=$(mktemp)
-cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
-# One closing line for the whole run.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' "$log"
+status=0
+cargo test --locked --no-fail-fast --lib --bins --tests 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run, printed whether or not tests failed.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' "$log" || status=1
 rm -f "$log"
+exit "$status"

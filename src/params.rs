@@ -3,7 +3,8 @@
 //! must read them exactly as Rack (what Stripe's API is built on) will, so anything Rack could
 //! read differently is refused, never normalised:
 //!
-//! - `;` (Rack also splits the query string on it);
+//! - `;` (Rack also splits the query string on it), a raw space in a name (Rack's separator
+//!   takes the spaces after an `&`);
 //! - a name with stray or unbalanced brackets (Rack drops leading `[`/`]`, reads `expand]` as
 //!   `expand` and `expand[0` as `expand[0]`), or an empty name;
 //! - a malformed percent-encoding (Rack refuses it, other servers skip it), a name that is not
@@ -11,7 +12,7 @@
 //! - `_method` under any spelling (Rack's MethodOverride turns a POST into its value);
 //! - an `expand` other than `expand`, `expand[]` or `expand[N]`, given twice under one name,
 //!   or in two of those forms at once (Rack keeps the last, or fails, where keyward would
-//!   check both).
+//!   check both), or without `=` (Rack reads its value as nil).
 
 use std::collections::HashSet;
 
@@ -31,12 +32,17 @@ pub fn read(encoded: &[u8]) -> Result<Vec<String>, Reason> {
         if pair.contains(&b';') {
             return Err("uses ; between parameters, which some servers read as &");
         }
+        // Without `=` Rack reads the value as nil, not as empty.
         let (k, v) = match pair.iter().position(|&b| b == b'=') {
-            Some(i) => (&pair[..i], &pair[i + 1..]),
-            None => (pair, &b""[..]),
+            Some(i) => (&pair[..i], Some(&pair[i + 1..])),
+            None => (pair, None),
         };
+        // Rack's separator is `&` and the spaces after it: `a=1& expand[]=x` is an expand.
+        if k.contains(&b' ') {
+            return Err("has a space in a parameter name, which some servers drop");
+        }
         let key = decode(k).ok_or("has a malformed percent-encoding in a parameter")?;
-        let value = decode(v).ok_or("has a malformed percent-encoding in a parameter")?;
+        let value = decode(v.unwrap_or_default()).ok_or("has a malformed percent-encoding in a parameter")?;
         let key = String::from_utf8(key).map_err(|_| "has a parameter name that is not UTF-8")?;
         if key.bytes().any(|b| b < 0x20 || b == 0x7f) {
             return Err("has a control byte in a parameter name");
@@ -50,6 +56,9 @@ pub fn read(encoded: &[u8]) -> Result<Vec<String>, Reason> {
                 let again = this != ExpandForm::List && !seen.insert(subscripts.to_string());
                 if form.is_some_and(|f| f != this) || again {
                     return Err("gives expand twice, or in two forms, which servers read differently");
+                }
+                if v.is_none() {
+                    return Err("has an expand without a value (no =)");
                 }
                 form = Some(this);
                 expand.push(String::from_utf8(value).map_err(|_| "has an expand value that is not UTF-8")?);
@@ -136,7 +145,16 @@ mod tests {
         ("expand[]=latest_invoice.payment_intent", Ok(&["latest_invoice.payment_intent"])),
         ("expand[]=data%2Ecustomer", Ok(&["data.customer"])),
         ("expand[]=a+b", Ok(&["a b"])),
-        ("expand", Ok(&[""])),
+        ("expand=", Ok(&[""])),
+        // Rack: without `=` the value is nil.
+        ("expand", Err("without a value")),
+        ("expand[]", Err("without a value")),
+        ("a&b&expand[]=x", Ok(&["x"])),
+        // Rack: the spaces after `&` belong to the separator.
+        ("a=1& expand[]=x", Err("space")),
+        (" expand=x", Err("space")),
+        ("exp and=x", Err("space")),
+        ("a=b c&%20expand=x&+expand=y", Ok(&[])),
         ("a=1&&expand[]=x&", Ok(&["x"])),
         ("metadata[expand]=x", Ok(&[])),
         ("metadata[k]=v&items[0][price]=p", Ok(&[])),
