@@ -5,8 +5,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::Request;
-use keyward::config::{Options, Source, compile};
-use keyward::identity::hash_token;
+use keyward::control::config::{Options, Source, compile};
+use keyward::policy::identity::hash_token;
 use keyward::policy::{RequestFacts, Verdict, decide};
 use sha2::{Digest, Sha256};
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use criterion::{Criterion, criterion_group, criterion_main};
-use keyward::config::{Options, Source, compile};
+use keyward::control::config::{Options, Source, compile};
 use keyward::policy::{RequestFacts, decide};
 use sha2::{Digest, Sha256};
 

@@ -8,9 +8,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::audit::AuditSink;
-use crate::config::{self, Options, Source};
-use crate::proxy::Proxy;
-use crate::reload::Reloader;
+use crate::control::config::{self, Options, Source};
+use crate::control::reload::Reloader;
+use crate::serve::proxy::Proxy;
 
 pub struct Running {
     pub addr: SocketAddr,
@@ -41,20 +41,20 @@ pub async fn start(src: &Source) -> Result<Running, String> {
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-    crate::secret::spawn_refresh(&snap.secrets);
+    crate::secrets::spawn_refresh(&snap.secrets);
     let proxy = Proxy::new(Arc::new(snap), audit);
     let reloader = Reloader::new(proxy.clone(), path.clone());
     let watch = match path {
-        Some(_) => crate::watch::spawn_file_watch(reloader.clone())
+        Some(_) => crate::control::watch::spawn_file_watch(reloader.clone())
             .map_err(|e| tracing::warn!(error = %e, "config file watch unavailable; use SIGHUP or the admin endpoint"))
             .ok(),
         None => None,
     };
     // Before anyone can learn we are up, so an early SIGHUP cannot kill us.
-    crate::watch::spawn_sighup(reloader.clone());
-    let admin = admin_listener.map(|l| tokio::spawn(crate::admin::serve(l, reloader.clone())));
+    crate::control::watch::spawn_sighup(reloader.clone());
+    let admin = admin_listener.map(|l| tokio::spawn(crate::control::admin::serve(l, reloader.clone())));
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(crate::server::serve(listener, proxy.clone(), async {
+    let task = tokio::spawn(crate::serve::listener::serve(listener, proxy.clone(), async {
         let _ = stopped.await;
     }));
     let snap = proxy.snapshot.load();

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use keyward::config::{self, Options, Source};
+use keyward::control::config::{self, Options, Source};
 use keyward::policy::{Verdict, authorize};
 
 #[derive(Parser)]
@@ -185,7 +185,7 @@ fn fail(errors: impl IntoIterator<Item = impl std::fmt::Display>) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn load(path: Option<&Path>, opts: Options) -> Result<keyward::snapshot::Snapshot, ExitCode> {
+async fn load(path: Option<&Path>, opts: Options) -> Result<keyward::control::snapshot::Snapshot, ExitCode> {
     let src = Source::locate(path).map_err(fail)?;
     config::compile(&src, opts).await.map_err(fail)
 }
@@ -333,7 +333,8 @@ async fn explain(
     let permission = d.entry.map(|e| e.name.clone());
     let upstream = d.upstream.map(|i| snap.upstreams[i].name.clone());
     // A query string the policy refused has no expansions to show: the refusal says why.
-    let fields = keyward::params::read(parts.uri.query().unwrap_or("").as_bytes()).unwrap_or_default();
+    let fields =
+        keyward::policy::params::read(parts.uri.query().unwrap_or("").as_bytes()).unwrap_or_default();
     let expansions: Vec<serde_json::Value> = snap
         .expansions
         .required(&fields)
@@ -341,7 +342,7 @@ async fn explain(
             serde_json::json!({
                 "field": field,
                 "permission": format!("{}_read", snap.catalog.permission(perm)),
-                "granted": svc.level(perm) >= keyward::config::file::Level::Read,
+                "granted": svc.level(perm) >= keyward::policy::Level::Read,
             })
         })
         .collect();
@@ -476,7 +477,7 @@ fn token_new(service: &str, id: Option<String>) -> ExitCode {
 }
 
 fn certs_dev(dir: &Path) -> ExitCode {
-    match keyward::tls::ensure_dev_certs(&dir.join("keyward.crt"), &dir.join("keyward.key")) {
+    match keyward::control::tls::ensure_dev_certs(&dir.join("keyward.crt"), &dir.join("keyward.key")) {
         Ok(true) => {
             println!("wrote {0}/ca.crt, {0}/keyward.crt, {0}/keyward.key", dir.display());
             ExitCode::SUCCESS

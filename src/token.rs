@@ -1,6 +1,6 @@
 //! Minting keyward tokens.
 
-use crate::identity::hash_token;
+use crate::policy::identity::hash_token;
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 

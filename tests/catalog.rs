@@ -4,8 +4,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use http::Method;
-use keyward::catalog::{Catalog, STRIPE_CATALOG};
-use keyward::error::permission_name;
+use keyward::policy::catalog::permission_name;
+use keyward::policy::catalog::{Catalog, STRIPE_CATALOG};
 
 fn catalog() -> Catalog {
     Catalog::parse(STRIPE_CATALOG).expect("the shipped catalog parses")

@@ -278,7 +278,7 @@ async fn body_limits_and_upstream_failures() {
         let dead = Harness::new().upstream(extra).service(billing());
         let dir = tempfile::tempdir().unwrap();
         let text = dead.config(&pki, "https://localhost:1", dir.path());
-        let src = keyward::config::Source { name: dir.path().join("k.toml"), text };
+        let src = keyward::control::config::Source { name: dir.path().join("k.toml"), text };
         let app = keyward::app::start(&src).await.unwrap();
         let mut calls = tokio::task::JoinSet::new();
         for _ in 0..4 {

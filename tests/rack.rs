@@ -220,14 +220,14 @@ fn generated() -> impl Strategy<Value = Case> {
 /// query and of a body Rack reads as a form.
 fn keyward_reading(c: &Case) -> (Vec<String>, Vec<String>) {
     let query = c.target.split_once('?').map_or("", |(_, q)| q);
-    let q = keyward::params::read(query.as_bytes()).expect("a forwarded query string is readable");
+    let q = keyward::policy::params::read(query.as_bytes()).expect("a forwarded query string is readable");
     let ct = c.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| *v);
     let form = c.method == "POST"
         && ct.is_none_or(|ct| {
             ct.split(';').next().unwrap().trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
     let f = if form {
-        keyward::params::read(c.body.as_bytes()).expect("a forwarded form is readable")
+        keyward::policy::params::read(c.body.as_bytes()).expect("a forwarded form is readable")
     } else {
         vec![]
     };

@@ -270,7 +270,7 @@ async fn listener_certificate_rotates_without_restart() {
     let before = peer_cert(&kw).await;
     let mut open = kw.connect().await;
     // A new leaf from a new CA, written over the old files; clients trusting both see it.
-    let next = keyward::tls::dev_pki(&["localhost"]).unwrap();
+    let next = keyward::control::tls::dev_pki(&["localhost"]).unwrap();
     std::fs::write(&kw.pki.cert, &next.cert_pem).unwrap();
     std::fs::write(&kw.pki.key, &next.key_pem).unwrap();
     let (status, out) = kw.admin_reload().await;

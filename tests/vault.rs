@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bao::{Bao, private_file};
 use common::*;
-use keyward::secret::SecretCell;
+use keyward::secrets::SecretCell;
 use serde_json::json;
 
 const V1: &str = "sk_test_VAULTKEY_one_1111111111";
@@ -47,7 +47,7 @@ async fn keyward(vault: &str) -> Running {
         with_vault(&Harness::new().service(billing()).config(&pki, &upstream.url(), dir.path()), vault);
     let config_path = dir.path().join("keyward.toml");
     std::fs::write(&config_path, &text).unwrap();
-    let src = keyward::config::Source { name: config_path.clone(), text };
+    let src = keyward::control::config::Source { name: config_path.clone(), text };
     let app = keyward::app::start(&src).await.unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
     Running {
         app: Some(app),
@@ -312,8 +312,13 @@ fn config_text(pki: &Pki, dir: &std::path::Path, vault: &str) -> String {
 }
 
 async fn startup_error(pki: &Pki, dir: &std::path::Path, vault: &str) -> String {
-    let src = keyward::config::Source { name: dir.join("keyward.toml"), text: config_text(pki, dir, vault) };
-    let errs = keyward::config::compile(&src, keyward::config::Options::FULL).await.expect_err("must fail");
+    let src = keyward::control::config::Source {
+        name: dir.join("keyward.toml"),
+        text: config_text(pki, dir, vault),
+    };
+    let errs = keyward::control::config::compile(&src, keyward::control::config::Options::FULL)
+        .await
+        .expect_err("must fail");
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].key, "secret.stripe");
     errs[0].to_string()
@@ -561,9 +566,11 @@ async fn vault_table_mistakes_are_config_errors() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let compile = async |vault: &str| {
-        let src =
-            keyward::config::Source { name: "k.toml".into(), text: config_text(&pki, dir.path(), vault) };
-        keyward::config::compile(&src, keyward::config::Options::POLICY_ONLY).await
+        let src = keyward::control::config::Source {
+            name: "k.toml".into(),
+            text: config_text(&pki, dir.path(), vault),
+        };
+        keyward::control::config::compile(&src, keyward::control::config::Options::POLICY_ONLY).await
     };
     let base = "addr = \"http://127.0.0.1:1\"\npath = \"p\"\nfield = \"api_key\"\ntoken_env = \"T\"\n";
     // `explain` compiles the policy only: no vault is contacted (nothing listens on port 1).

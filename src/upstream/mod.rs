@@ -59,7 +59,7 @@ impl Upstream {
         connect_timeout: Duration,
         http2: bool,
     ) -> Result<Upstream, String> {
-        let shown = crate::config::url_shown(url);
+        let shown = crate::text::url_shown(url);
         let uri: Uri = url.parse().map_err(|e| format!("url `{shown}` is not a URL: {e}"))?;
         if uri.scheme() != Some(&Scheme::HTTPS) {
             return Err(format!("url `{shown}` must start with https://"));

@@ -36,7 +36,7 @@ pub struct Pki {
 impl Pki {
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let pki = keyward::tls::dev_pki(&["localhost", "127.0.0.1"]).unwrap();
+        let pki = keyward::control::tls::dev_pki(&["localhost", "127.0.0.1"]).unwrap();
         let (ca, cert, key) =
             (dir.path().join("ca.crt"), dir.path().join("leaf.crt"), dir.path().join("leaf.key"));
         std::fs::write(&ca, &pki.ca_pem).unwrap();
@@ -387,7 +387,7 @@ impl Harness {
             others.insert(name.clone(), up);
         }
         let config_path = place(dir.path(), &text);
-        let src = keyward::config::Source { name: config_path.clone(), text };
+        let src = keyward::control::config::Source { name: config_path.clone(), text };
         let app = keyward::app::start(&src).await.unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
         Running { app: Some(app), upstream, others, client: pki.client_config(), pki, dir, config_path }
     }
@@ -571,8 +571,12 @@ impl Conn {
 
 /// The version a configuration text compiles to.
 pub async fn version_of(text: &str) -> String {
-    let src = keyward::config::Source { name: "v.toml".into(), text: text.to_string() };
-    keyward::config::compile(&src, keyward::config::Options::POLICY_ONLY).await.unwrap().version.to_string()
+    let src = keyward::control::config::Source { name: "v.toml".into(), text: text.to_string() };
+    keyward::control::config::compile(&src, keyward::control::config::Options::POLICY_ONLY)
+        .await
+        .unwrap()
+        .version
+        .to_string()
 }
 
 /// `keyward run` as a child process, logging JSON at trace level.

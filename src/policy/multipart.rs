@@ -1,3 +1,4 @@
+//! The multipart rule (the scan; `serve::body::PartNames` applies it to a streaming body).
 //! Multipart bodies stream through unbuffered (file uploads go up to 16 MB), but Rack reads
 //! their parts as parameters: a `_method` part turns the POST into a DELETE, an `expand[]`
 //! part expands. keyward does not parse multipart itself (Rack's own parser takes a part's
@@ -6,65 +7,8 @@
 //! any case. Stripe's file uploads have parts named `file`, `purpose` and `file_link_data[…]`.
 //! The cost of the rule: a file whose name holds one of those words is refused too.
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
-
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-
-use crate::upstream::BoxError;
-
 /// Longest block of part headers accepted.
 const MAX_HEAD: usize = 8 * 1024;
-
-/// Passes a multipart body through, ending it with an error (and raising `refused`) at the
-/// first part whose headers name `method` or `expand`.
-pub struct PartNames<B> {
-    inner: B,
-    scan: Scan,
-    refused: Arc<AtomicBool>,
-}
-
-impl<B> PartNames<B> {
-    pub fn new(inner: B, boundary: &str, refused: Arc<AtomicBool>) -> Self {
-        PartNames { inner, scan: Scan::new(boundary), refused }
-    }
-}
-
-impl<B> Body for PartNames<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let Some(Ok(f)) = &frame
-            && let Some(data) = f.data_ref()
-            && this.scan.feed(data).is_err()
-        {
-            this.refused.store(true, Ordering::Relaxed);
-            return Poll::Ready(Some(Err("a multipart part names method or expand".into())));
-        }
-        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
 
 /// Where the scan is: looking for the next delimiter, or gathering the headers after one.
 enum State {
@@ -74,7 +18,7 @@ enum State {
     Done,
 }
 
-struct Scan {
+pub struct Scan {
     delimiter: Vec<u8>,
     /// The end of the last chunk, which may hold the start of a delimiter.
     carry: Vec<u8>,
@@ -83,16 +27,16 @@ struct Scan {
 
 /// A part's headers mention one of the names Rack would act on.
 #[derive(Debug, PartialEq, Eq)]
-struct Refused;
+pub struct Refused;
 
 impl Scan {
-    fn new(boundary: &str) -> Scan {
+    pub fn new(boundary: &str) -> Scan {
         Scan { delimiter: format!("--{boundary}").into_bytes(), carry: Vec::new(), state: State::Seeking }
     }
 
     /// Scan the next piece of the body. Delimiters are looked for anywhere, not only at the
     /// start of a line: more header blocks checked, never fewer.
-    fn feed(&mut self, data: &[u8]) -> Result<(), Refused> {
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), Refused> {
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(data);
         let mut at = 0;

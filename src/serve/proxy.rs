@@ -16,17 +16,17 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use time::OffsetDateTime;
 
-use crate::admission::Admission;
 use crate::audit::{self, AccessRecord, AuditSink, Slot};
-use crate::body::{Deadline, Idle, Metered};
-use crate::config::file::Mode;
-use crate::error::Failure;
-use crate::identity;
-use crate::metrics::Metrics;
-use crate::multipart::PartNames;
+use crate::control::metrics::Metrics;
+use crate::control::snapshot::Snapshot;
+use crate::policy::Mode;
+use crate::policy::failure::Failure;
+use crate::policy::identity;
 use crate::policy::{Decision, RequestFacts, Verdict, decide, expansion_failure};
-use crate::snapshot::Snapshot;
-use crate::stall::{Progress, Pulled};
+use crate::serve::admission::Admission;
+use crate::serve::body::PartNames;
+use crate::serve::body::{Deadline, Idle, Metered};
+use crate::serve::stall::{Progress, Pulled};
 use crate::upstream::{self, Body, BoxError};
 
 pub const REQUEST_ID: &str = "keyward-request-id";
@@ -186,7 +186,8 @@ async fn forward(
                 .map_err(|f| ex.deny(f))?;
             ex.bytes_in.store(form.len() as u64, Ordering::Relaxed);
             let token = identity::token_from(&parts.headers, AUTHORIZATION).unwrap_or_default();
-            let fields = crate::params::read(&form).map_err(|why| ex.deny(Failure::NonCanonical(why)))?;
+            let fields =
+                crate::policy::params::read(&form).map_err(|why| ex.deny(Failure::NonCanonical(why)))?;
             if let Some(f) = expansion_failure(snap, service, &fields, &token) {
                 match service.mode {
                     Mode::Enforce => return Err(ex.deny(f)),
@@ -254,10 +255,10 @@ fn body_kind(parts: &Parts) -> BodyKind<'_> {
         return if parts.method == http::Method::POST { BodyKind::Form } else { BodyKind::Other };
     };
     let ct = ct.to_str().unwrap_or("");
-    match crate::canonical::media_type(ct).as_str() {
+    match crate::policy::canonical::media_type(ct).as_str() {
         "application/x-www-form-urlencoded" if parts.method == http::Method::POST => BodyKind::Form,
         m if m.starts_with("multipart/") => {
-            crate::canonical::multipart_boundary(ct).map_or(BodyKind::Other, BodyKind::Multipart)
+            crate::policy::canonical::multipart_boundary(ct).map_or(BodyKind::Other, BodyKind::Multipart)
         }
         _ => BodyKind::Other,
     }
@@ -314,7 +315,7 @@ impl Exchange {
         let record = AccessRecord {
             method: parts.method.as_str().to_owned(),
             // Cut on a character boundary: hyper passes UTF-8 in paths (refused later).
-            path: path[..path.floor_char_boundary(crate::canonical::MAX_PATH)].to_string(),
+            path: path[..path.floor_char_boundary(crate::policy::canonical::MAX_PATH)].to_string(),
             ..proxy.new_record(caller.ip, &snap.version)
         };
         Exchange {

@@ -2,8 +2,6 @@
 
 use http::StatusCode;
 
-use crate::catalog::Access;
-
 /// Why a request was refused or failed. Each has a status, a stable snake_case `code()` (used
 /// in the response, the access record and metrics) and a Stripe error `type`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,11 +168,6 @@ impl Failure {
         })
         .to_string()
     }
-}
-
-/// `charge` + read → `charge_read`, the name Stripe uses in `rak_charge_read`.
-pub fn permission_name(base: &str, access: Access) -> String {
-    format!("{base}_{}", access.as_str())
 }
 
 #[cfg(test)]

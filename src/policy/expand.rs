@@ -5,10 +5,10 @@
 
 use std::collections::HashMap;
 
-use crate::catalog::{Catalog, LineError, PermId};
+use crate::policy::catalog::{Catalog, LineError, PermId};
 
 /// The expansion table shipped with keyward.
-pub const STRIPE_EXPANSIONS: &str = include_str!("../config/stripe-expansions.txt");
+pub const STRIPE_EXPANSIONS: &str = include_str!("../../config/stripe-expansions.txt");
 
 #[derive(Debug, Default)]
 pub struct Expansions {

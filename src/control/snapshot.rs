@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::catalog::{Catalog, PermId};
-use crate::config::file::{Level, Mode};
-use crate::expand::Expansions;
-use crate::identity::TokenHash;
-use crate::secret::SecretCell;
+use crate::policy::catalog::{Catalog, PermId};
+use crate::policy::expand::Expansions;
+use crate::policy::identity::TokenHash;
+use crate::policy::{Level, Mode};
+use crate::secrets::SecretCell;
 use crate::upstream::Upstream;
 
 #[derive(Debug)]

@@ -10,6 +10,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::policy::{Level, Mode};
+use crate::secrets::vault::VaultFile;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -134,59 +137,6 @@ pub enum SecretFile {
     Vault(Box<VaultFile>),
 }
 
-/// A field of a KV v2 secret in HashiCorp Vault or OpenBao. Checked by `vault::Spec::parse`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VaultFile {
-    pub addr: String,
-    pub ca: Option<PathBuf>,
-    #[serde(default = "default_mount")]
-    pub mount: String,
-    pub path: String,
-    pub field: String,
-    pub token_file: Option<PathBuf>,
-    pub token_env: Option<String>,
-    pub role_id: Option<String>,
-    pub secret_id_file: Option<PathBuf>,
-    /// Where AppRole is enabled; default `approle`.
-    pub approle_mount: Option<String>,
-    pub namespace: Option<String>,
-    #[serde(default = "default_refresh", with = "humantime_serde")]
-    pub refresh: Duration,
-    #[serde(default = "default_max_staleness", with = "humantime_serde")]
-    pub max_staleness: Duration,
-    #[serde(default)]
-    pub on_stale: OnStale,
-    #[serde(default = "default_vault_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-}
-
-fn default_mount() -> String {
-    "secret".into()
-}
-
-fn default_refresh() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn default_max_staleness() -> Duration {
-    Duration::from_secs(3600)
-}
-
-fn default_vault_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-
-/// What to do once a vault secret is older than `max_staleness` (the README says why
-/// `serve` is the default).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnStale {
-    #[default]
-    Serve,
-    Refuse,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditFile {
@@ -221,22 +171,6 @@ pub enum OnFailure {
     FailClosed,
     /// Keep serving; records wait in memory (bounded) until the log is writable.
     KeepServing,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    Report,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    None,
-    Read,
-    Write,
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,11 +19,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 
-use crate::config::file::VaultFile;
-use crate::secret::{LoadFuture, Loaded, Secret, SecretSource};
+use crate::secrets::{LoadFuture, Loaded, Secret, SecretSource};
 use crate::upstream::{HttpClient, client_tls};
 use answer::{Lease, Refusal};
-pub use spec::{Auth, Spec};
+pub use spec::{Auth, Spec, VaultFile};
 
 /// One KV v2 secret field, with the vault session used to read it.
 pub struct VaultSource {

@@ -10,7 +10,7 @@ pub use compile::{Options, compile, compile_with};
 
 /// The configuration `keyward run` uses when no `--config` is given and `config/keyward.toml`
 /// does not exist.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/keyward.toml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/keyward.toml");
 pub const DEFAULT_PATH: &str = "config/keyward.toml";
 const EMBEDDED_NAME: &str = "<embedded default>";
 
@@ -70,19 +70,4 @@ impl fmt::Display for ConfigError {
         }
         write!(f, ": {}", self.message)
     }
-}
-
-/// 1-based line of a byte offset.
-/// A URL as an error may show it: everything up to its last `@` replaced (a password may
-/// hold `/` or `?` when written unencoded), parseable or not.
-pub fn url_shown(url: &str) -> String {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    match url[start..].rfind('@') {
-        Some(at) => format!("{}***@{}", &url[..start], &url[start + at + 1..]),
-        None => url.to_string(),
-    }
-}
-
-pub fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }

@@ -7,12 +7,13 @@ use http::header::{AUTHORIZATION, HeaderName};
 use http::request::Parts;
 use ipnet::IpNet;
 
-use crate::canonical;
-use crate::catalog::Entry;
-use crate::config::file::{Level, Mode};
-use crate::error::{Failure, permission_name};
-use crate::identity::{hash_token, redact, token_from};
-use crate::snapshot::{Service, Snapshot, Token};
+use crate::control::snapshot::{Service, Snapshot, Token};
+use crate::policy::canonical;
+use crate::policy::catalog::Entry;
+use crate::policy::catalog::permission_name;
+use crate::policy::failure::Failure;
+use crate::policy::identity::{hash_token, redact, token_from};
+use crate::policy::{Level, Mode};
 
 static STRIPE_ACCOUNT: HeaderName = HeaderName::from_static("stripe-account");
 static STRIPE_CONTEXT: HeaderName = HeaderName::from_static("stripe-context");
@@ -149,8 +150,8 @@ fn check_entry(
         return Some(Failure::DirectPermission { permission: permission() });
     }
     let needed = match entry.access {
-        crate::catalog::Access::Read => Level::Read,
-        crate::catalog::Access::Write => Level::Write,
+        crate::policy::catalog::Access::Read => Level::Read,
+        crate::policy::catalog::Access::Write => Level::Write,
     };
     if service.level(entry.permission) < needed {
         return Some(Failure::MissingPermission { redacted: redact(token), permission: permission() });
@@ -167,7 +168,7 @@ pub fn expansion_failure(
     token: &str,
 ) -> Option<Failure> {
     let (_, perm) = snap.expansions.required(fields).find(|(_, p)| service.level(*p) < Level::Read)?;
-    let permission = permission_name(snap.catalog.permission(perm), crate::catalog::Access::Read);
+    let permission = permission_name(snap.catalog.permission(perm), crate::policy::catalog::Access::Read);
     Some(Failure::MissingPermission { redacted: redact(token), permission })
 }
 

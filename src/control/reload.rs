@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::config::{self, Options, Source};
-use crate::proxy::Proxy;
-use crate::snapshot::Snapshot;
+use crate::control::config::{self, Options, Source};
+use crate::control::snapshot::Snapshot;
+use crate::serve::proxy::Proxy;
 
 pub struct Reloader {
     proxy: Arc<Proxy>,
@@ -65,7 +65,7 @@ impl Reloader {
                     tracing::warn!(setting, "changed setting needs a restart; keeping the running one");
                 }
                 let next = Arc::new(next);
-                crate::secret::spawn_refresh(&next.secrets);
+                crate::secrets::spawn_refresh(&next.secrets);
                 self.proxy.snapshot.store(next);
                 self.succeeded.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(trigger, from = %current.version, to = %version, "configuration reloaded");

@@ -13,8 +13,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::proxy::{Caller, Proxy};
-use crate::stall::{StallGuard, StreamExec};
+use crate::serve::proxy::{Caller, Proxy};
+use crate::serve::stall::{StallGuard, StreamExec};
 
 /// Serve `listener` until `shutdown` resolves, then stop accepting and give in-flight
 /// requests the snapshot's grace period to finish.

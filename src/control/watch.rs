@@ -14,7 +14,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::reload::Reloader;
+use crate::control::reload::Reloader;
 
 /// Quiet time after the first event of a burst before reloading.
 const SETTLE: Duration = Duration::from_millis(100);

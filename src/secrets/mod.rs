@@ -1,6 +1,8 @@
 //! Secrets: a type that cannot print, the sources that load it, and the cell a snapshot holds
 //! it in — refreshed in the background for sources that change (the vault).
 
+pub mod vault;
+
 use std::fmt;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -13,7 +15,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use zeroize::Zeroize;
 
-use crate::config::file::OnStale;
+use serde::Deserialize;
+
+/// What to do once a vault secret is older than `max_staleness` (the README says why
+/// `serve` is the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStale {
+    #[default]
+    Serve,
+    Refuse,
+}
 
 /// A secret value (an upstream API key). Redacted in `Debug`/`Display`, zeroed on drop.
 pub struct Secret(String);
@@ -314,7 +326,7 @@ fn read_secret_file(path: &Path, key: &str) -> Result<Loaded, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
     // The parse error of a secrets file could quote a value: report only where it is.
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| crate::config::line_of(&text, s.start));
+        let line = e.span().map(|s| crate::text::line_of(&text, s.start));
         format!("{shown}: not valid TOML (line {})", line.unwrap_or(0))
     })?;
     match table.remove(key) {

@@ -7,13 +7,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::stall::Watch;
+use crate::policy::multipart::Scan;
+use crate::serve::stall::Watch;
 use crate::upstream::BoxError;
 
 pub struct Metered<B, G> {
@@ -151,6 +152,53 @@ where
                 Poll::Ready(Some(Err("the caller paused its request body too long".into())))
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Passes a multipart body through, ending it with an error (and raising `refused`) at the
+/// first part whose headers name `method` or `expand`.
+pub struct PartNames<B> {
+    inner: B,
+    scan: Scan,
+    refused: Arc<AtomicBool>,
+}
+
+impl<B> PartNames<B> {
+    pub fn new(inner: B, boundary: &str, refused: Arc<AtomicBool>) -> Self {
+        PartNames { inner, scan: Scan::new(boundary), refused }
+    }
+}
+
+impl<B> Body for PartNames<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(data) = f.data_ref()
+            && this.scan.feed(data).is_err()
+        {
+            this.refused.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err("a multipart part names method or expand".into())));
+        }
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -8,7 +8,52 @@ use std::time::Duration;
 use http::HeaderValue;
 use http::uri::{Authority, Scheme, Uri};
 
-use crate::config::file::{OnStale, VaultFile};
+use serde::Deserialize;
+
+use crate::secrets::OnStale;
+
+/// A field of a KV v2 secret in HashiCorp Vault or OpenBao. Checked by `vault::Spec::parse`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultFile {
+    pub addr: String,
+    pub ca: Option<PathBuf>,
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    pub path: String,
+    pub field: String,
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    pub role_id: Option<String>,
+    pub secret_id_file: Option<PathBuf>,
+    /// Where AppRole is enabled; default `approle`.
+    pub approle_mount: Option<String>,
+    pub namespace: Option<String>,
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+    #[serde(default = "default_max_staleness", with = "humantime_serde")]
+    pub max_staleness: Duration,
+    #[serde(default)]
+    pub on_stale: OnStale,
+    #[serde(default = "default_vault_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_mount() -> String {
+    "secret".into()
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_staleness() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_vault_timeout() -> Duration {
+    Duration::from_secs(5)
+}
 
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -104,7 +149,7 @@ impl Spec {
 /// `https://host[:port]`; plain `http://` only to a loopback address (a local dev server or a
 /// vault agent on the same host), since the token would cross the network in the clear.
 fn parse_addr(addr: &str) -> Result<(Scheme, Authority), String> {
-    let shown = crate::config::url_shown(addr);
+    let shown = crate::text::url_shown(addr);
     let uri: Uri = addr.parse().map_err(|_| format!("`{shown}` is not a URL"))?;
     let authority = uri.authority().cloned().ok_or_else(|| format!("`{shown}` has no host"))?;
     if authority.as_str().contains('@') {

@@ -10,14 +10,16 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use toml::Spanned;
 
-use super::file::{FileConfig, Level, SecretFile, ServiceFile};
-use super::{ConfigError, Source, line_of};
-use crate::catalog::{Catalog, STRIPE_CATALOG};
-use crate::expand::{Expansions, STRIPE_EXPANSIONS};
-use crate::secret::{EnvSource, FileSource, Loaded, Refresh, Secret, SecretCell, SecretSource};
-use crate::snapshot::{Accounts, Limits, Service, Snapshot, Timeouts, Token, TokenRef};
+use super::file::{FileConfig, SecretFile, ServiceFile};
+use super::{ConfigError, Source};
+use crate::control::snapshot::{Accounts, Limits, Service, Snapshot, Timeouts, Token, TokenRef};
+use crate::policy::Level;
+use crate::policy::catalog::{Catalog, STRIPE_CATALOG};
+use crate::policy::expand::{Expansions, STRIPE_EXPANSIONS};
+use crate::secrets::vault::{Spec, VaultSource};
+use crate::secrets::{EnvSource, FileSource, Loaded, Refresh, Secret, SecretCell, SecretSource};
+use crate::text::line_of;
 use crate::upstream::Upstream;
-use crate::vault::{Spec, VaultSource};
 
 /// What to build beyond the policy: `keyward explain` needs none of it, `run` and `check` all.
 #[derive(Debug, Clone, Copy)]
@@ -172,7 +174,7 @@ fn load_table<T: Default>(
     path: Option<&Path>,
     builtin: (&str, &str),
     key: &str,
-    parse: impl FnOnce(&str) -> Result<T, Vec<crate::catalog::LineError>>,
+    parse: impl FnOnce(&str) -> Result<T, Vec<crate::policy::catalog::LineError>>,
     errs: &mut Errors,
 ) -> (T, String) {
     let (name, text) = match path {
@@ -347,7 +349,7 @@ fn placeholder(name: &str) -> Arc<SecretCell> {
 async fn vault_cell(
     name: &str,
     spec: Spec,
-    file: &crate::config::file::VaultFile,
+    file: &crate::secrets::vault::VaultFile,
     previous: Option<&Snapshot>,
 ) -> Result<Arc<SecretCell>, String> {
     let source = VaultSource::connect(spec, file)?;
@@ -523,7 +525,7 @@ fn scope(s: &ServiceFile, key: &str, catalog: &Catalog, errs: &mut Errors) -> Ve
 fn load_tls(file: &FileConfig, errs: &mut Errors) -> Option<Arc<rustls::ServerConfig>> {
     let (cert, key) = (&file.server.tls_cert, &file.server.tls_key);
     if file.server.dev_certs {
-        match crate::tls::ensure_dev_certs(cert, key) {
+        match crate::control::tls::ensure_dev_certs(cert, key) {
             Ok(true) => {
                 tracing::warn!(cert = %cert.display(), "made development certificates; do not use them in production")
             }
@@ -531,7 +533,7 @@ fn load_tls(file: &FileConfig, errs: &mut Errors) -> Option<Arc<rustls::ServerCo
             Err(msg) => errs.at(None, "server.dev_certs", msg),
         }
     }
-    match crate::tls::server_config(cert, key) {
+    match crate::control::tls::server_config(cert, key) {
         Ok(cfg) => Some(Arc::new(cfg)),
         Err(msg) => {
             errs.at(None, "server.tls_cert", msg);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::secret::{Loaded, Secret};
+use crate::secrets::{Loaded, Secret};
 
 /// Larger answers are refused unread: a KV secret is a few hundred bytes.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -269,7 +269,7 @@ pub fn kv_read(status: u16, body: &[u8], field: &str) -> Result<Loaded, Refusal>
             let v = value.expose();
             if v.is_empty() {
                 Err(Refusal::FieldEmpty { field: field_name })
-            } else if !crate::secret::header_safe(v) {
+            } else if !crate::secrets::header_safe(v) {
                 Err(Refusal::FieldUnusable { field: field_name })
             } else {
                 Ok(Loaded { value, version: Some(version) })

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::Method;
 
 /// The catalog shipped with keyward: the Stripe API.
-pub const STRIPE_CATALOG: &str = include_str!("../config/stripe-catalog.txt");
+pub const STRIPE_CATALOG: &str = include_str!("../../config/stripe-catalog.txt");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Access {
@@ -26,6 +26,11 @@ impl Access {
 }
 
 /// Index of a permission base name (`charge`, `customer`, …) in [`Catalog::permissions`].
+/// `charge` + read → `charge_read`, the name Stripe uses in `rak_charge_read`.
+pub fn permission_name(base: &str, access: Access) -> String {
+    format!("{base}_{}", access.as_str())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PermId(pub u16);
 
@@ -150,7 +155,7 @@ impl Catalog {
             index: idx as usize,
             method,
             template: (*template).into(),
-            name: crate::error::permission_name(permission, access).into(),
+            name: permission_name(permission, access).into(),
             permission: perm_id,
             access,
             upstream: upstream.to_string(),

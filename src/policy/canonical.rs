@@ -219,7 +219,7 @@ fn check_query(q: &str) -> Result<Vec<String>, Reason> {
     if q.bytes().any(|c| !(0x20..0x7f).contains(&c)) {
         return Err("query has a control or non-ASCII byte");
     }
-    crate::params::read(q.as_bytes())
+    crate::policy::params::read(q.as_bytes())
 }
 
 #[cfg(test)]

@@ -14,9 +14,9 @@ use tokio::net::TcpListener;
 
 use std::fmt::Write;
 
-use crate::metrics::label;
-use crate::reload::Reloader;
-use crate::snapshot::Snapshot;
+use crate::control::metrics::label;
+use crate::control::reload::Reloader;
+use crate::control::snapshot::Snapshot;
 
 pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>) {
     if listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
@@ -181,7 +181,7 @@ fn metrics(reloader: &Reloader, snap: &Snapshot) -> String {
 }
 
 /// name, type, help, value of one cell.
-type SecretFamily = (&'static str, &'static str, &'static str, fn(&crate::secret::SecretCell) -> u64);
+type SecretFamily = (&'static str, &'static str, &'static str, fn(&crate::secrets::SecretCell) -> u64);
 
 fn secret_metrics(out: &mut String, snap: &Snapshot) {
     let families: [SecretFamily; 3] = [

@@ -1,0 +1,10 @@
+//! The control plane: the configuration (read, checked, compiled into a snapshot), reloads and
+//! what triggers them, the admin port and its metrics, the listener's TLS.
+
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod reload;
+pub mod snapshot;
+pub mod tls;
+pub mod watch;

@@ -1,0 +1,17 @@
+//! The policy: who is calling, may they make this call, and where does it go. Pure: no
+//! sockets, clocks, files or async runtime; everything it needs is in its arguments, so it is
+//! table-tested, benchmarked and used as it is by `keyward explain`.
+
+pub mod canonical;
+pub mod catalog;
+mod decide;
+pub mod expand;
+pub mod failure;
+pub mod identity;
+mod model;
+pub mod multipart;
+pub mod params;
+
+pub use decide::{Decision, RequestFacts, Verdict, authorize, decide, expansion_failure};
+pub use failure::Failure;
+pub use model::{Level, Mode};
