@@ -61,17 +61,17 @@ fn benches(c: &mut Criterion) {
 
     let tok = token(SERVICES / 2, 1);
     c.bench_function("token_lookup_1000_services", |b| {
-        b.iter(|| snap.tokens.get(&hash_token(black_box(&tok))).map(|t| t.token))
+        b.iter(|| snap.policy.tokens.get(&hash_token(black_box(&tok))).map(|t| t.token))
     });
 
     let ops = operations();
     let mut g = c.benchmark_group("classify");
     g.throughput(Throughput::Elements(ops.len() as u64));
     g.bench_function("all_stripe_operations", |b| {
-        b.iter(|| ops.iter().filter(|(m, p)| snap.catalog.classify(m, black_box(p)).is_some()).count())
+        b.iter(|| ops.iter().filter(|(m, p)| snap.policy.catalog.classify(m, black_box(p)).is_some()).count())
     });
     g.finish();
-    assert_eq!(ops.iter().filter(|(m, p)| snap.catalog.classify(m, p).is_some()).count(), ops.len());
+    assert_eq!(ops.iter().filter(|(m, p)| snap.policy.catalog.classify(m, p).is_some()).count(), ops.len());
 
     let request = |method: &str, path: &str| {
         Request::builder()
@@ -88,13 +88,13 @@ fn benches(c: &mut Criterion) {
     let deny = request("POST", "/v1/charges/ch_3NxAbCdEfGhIjK/refund");
     let ip = "10.1.2.3".parse().unwrap();
     let facts = |parts| RequestFacts { parts, client_ip: ip, now: 1_800_000_000 };
-    assert_eq!(decide(&snap, &facts(&allow)).verdict, Verdict::Allow);
-    assert!(matches!(decide(&snap, &facts(&deny)).verdict, Verdict::Deny(_)));
+    assert!(matches!(decide(&snap.policy, &facts(&allow)).verdict, Verdict::Allow(_)));
+    assert!(matches!(decide(&snap.policy, &facts(&deny)).verdict, Verdict::Deny(_)));
     c.bench_function("decide_allow_1000_services", |b| {
-        b.iter(|| decide(&snap, black_box(&facts(&allow))).forwards())
+        b.iter(|| decide(&snap.policy, black_box(&facts(&allow))).verdict.decision())
     });
     c.bench_function("decide_deny_1000_services", |b| {
-        b.iter(|| decide(&snap, black_box(&facts(&deny))).forwards())
+        b.iter(|| decide(&snap.policy, black_box(&facts(&deny))).verdict.decision())
     });
 }
 

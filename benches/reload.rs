@@ -41,7 +41,7 @@ fn benches(c: &mut Criterion) {
     let src = Source { name: "bench.toml".into(), text: config(dir.path()) };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let snap = rt.block_on(compile(&src, Options::FULL)).expect("compiles");
-    assert_eq!(snap.services.len(), SERVICES);
+    assert_eq!(snap.policy.services.len(), SERVICES);
 
     let mut g = c.benchmark_group("reload");
     g.sample_size(10);
@@ -62,15 +62,23 @@ fn benches(c: &mut Criterion) {
     c.bench_function("decide_10000_services", |b| {
         let snap = swap.load_full();
         b.iter(|| {
-            decide(&snap, black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000 }))
-                .forwards()
+            decide(
+                &snap.policy,
+                black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000 }),
+            )
+            .verdict
+            .decision()
         })
     });
     c.bench_function("load_full_then_decide_10000_services", |b| {
         b.iter(|| {
             let snap = swap.load_full();
-            decide(&snap, black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000 }))
-                .forwards()
+            decide(
+                &snap.policy,
+                black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000 }),
+            )
+            .verdict
+            .decision()
         })
     });
 }

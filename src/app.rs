@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use crate::audit::AuditSink;
 use crate::control::config::{self, Options, Source};
 use crate::control::reload::Reloader;
+use crate::control::state::State;
 use crate::serve::proxy::Proxy;
 
 pub struct Running {
@@ -42,8 +43,9 @@ pub async fn start(src: &Source) -> Result<Running, String> {
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     crate::secrets::spawn_refresh(&snap.secrets);
-    let proxy = Proxy::new(Arc::new(snap), audit);
-    let reloader = Reloader::new(proxy.clone(), path.clone());
+    let state = State::new(Arc::new(snap), audit);
+    let proxy = Proxy::new(state.clone());
+    let reloader = Reloader::new(state, path.clone());
     let watch = match path {
         Some(_) => crate::control::watch::spawn_file_watch(reloader.clone())
             .map_err(|e| tracing::warn!(error = %e, "config file watch unavailable; use SIGHUP or the admin endpoint"))
@@ -57,9 +59,9 @@ pub async fn start(src: &Source) -> Result<Running, String> {
     let task = tokio::spawn(crate::serve::listener::serve(listener, proxy.clone(), async {
         let _ = stopped.await;
     }));
-    let snap = proxy.snapshot.load();
+    let snap = proxy.state.snapshot.load();
     tracing::info!(%addr, admin = ?admin_addr, config = %src.name.display(), version = %snap.version,
-        services = snap.services.len(), "keyward listening");
+        services = snap.policy.services.len(), "keyward listening");
     drop(snap);
     Ok(Running { addr, admin_addr, proxy, reloader, stop, task, admin, watch })
 }
@@ -69,7 +71,7 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
-        self.proxy.audit.close().await;
+        self.proxy.state.audit.close().await;
         for task in self.admin.into_iter().chain(self.watch) {
             task.abort();
         }

@@ -213,7 +213,7 @@ async fn check(path: Option<&Path>, expiry_warning: std::time::Duration) -> Exit
         Ok(snap) => {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let horizon = now + expiry_warning.as_secs() as i64;
-            for s in &snap.services {
+            for s in &snap.policy.services {
                 for t in s.tokens.iter().filter(|t| t.expires.is_some_and(|e| e <= horizon)) {
                     let left = t.expires.unwrap_or(now) - now;
                     let when = if left <= 0 {
@@ -227,13 +227,13 @@ async fn check(path: Option<&Path>, expiry_warning: std::time::Duration) -> Exit
                     println!("warning: service {} token {} {when}", s.name, t.id);
                 }
             }
-            let tokens: usize = snap.services.iter().map(|s| s.tokens.len()).sum();
+            let tokens: usize = snap.policy.services.iter().map(|s| s.tokens.len()).sum();
             println!(
                 "ok: {} services, {} tokens, {} upstreams, {} catalog entries, version {}",
-                snap.services.len(),
+                snap.policy.services.len(),
                 tokens,
                 snap.upstreams.len(),
-                snap.catalog.entries.len(),
+                snap.policy.catalog.entries.len(),
                 snap.version
             );
             ExitCode::SUCCESS
@@ -310,7 +310,7 @@ async fn explain(
         Ok(s) => s,
         Err(code) => return code,
     };
-    let Some(svc) = snap.services.iter().find(|s| &*s.name == service) else {
+    let Some(svc) = snap.policy.services.iter().find(|s| &*s.name == service) else {
         return fail([format!("no service named `{service}`")]);
     };
     let mut req = http::Request::builder().method(method.to_ascii_uppercase().as_str()).uri(target);
@@ -324,24 +324,25 @@ async fn explain(
         Ok(r) => r.into_parts().0,
         Err(e) => return fail([format!("bad request: {e}")]),
     };
-    let d = authorize(&snap, svc, &parts, "kw_***");
-    let (decision, reason, message) = match &d.verdict {
-        Verdict::Allow => ("allow", "ok", None),
-        Verdict::WouldDeny(f) => ("would_deny", f.code(), Some(f.message())),
-        Verdict::Deny(f) => ("deny", f.code(), Some(f.message())),
+    let d = authorize(&snap.policy, svc, &parts, "kw_***");
+    let message = match &d.verdict {
+        Verdict::Allow(_) => None,
+        Verdict::WouldDeny(_, f) | Verdict::Deny(f) => Some(f.message()),
     };
+    let (decision, reason) = (d.verdict.decision().as_str(), d.verdict.reason());
     let permission = d.entry.map(|e| e.name.clone());
     let upstream = d.upstream.map(|i| snap.upstreams[i].name.clone());
     // A query string the policy refused has no expansions to show: the refusal says why.
     let fields =
         keyward::policy::params::read(parts.uri.query().unwrap_or("").as_bytes()).unwrap_or_default();
     let expansions: Vec<serde_json::Value> = snap
+        .policy
         .expansions
         .required(&fields)
         .map(|(field, perm)| {
             serde_json::json!({
                 "field": field,
-                "permission": format!("{}_read", snap.catalog.permission(perm)),
+                "permission": format!("{}_read", snap.policy.catalog.permission(perm)),
                 "granted": svc.level(perm) >= keyward::policy::Level::Read,
             })
         })
@@ -378,7 +379,7 @@ async fn catalog(path: Option<&Path>, filter: Option<&str>) -> ExitCode {
     };
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    for e in &snap.catalog.entries {
+    for e in &snap.policy.catalog.entries {
         let perm = &e.name;
         if filter.is_some_and(|f| !perm.contains(f) && !e.template.contains(f)) {
             continue;

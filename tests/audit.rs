@@ -254,9 +254,12 @@ async fn metrics_match_the_traffic_and_parse_as_prometheus_text() {
     kw.stop().await;
 
     let want = [
-        r#"keyward_requests_total{service="billing",permission="charge_read",decision="allow",status="2xx"} 3"#,
-        r#"keyward_requests_total{service="billing",permission="charge_write",decision="deny",status="4xx"} 2"#,
-        r#"keyward_requests_total{service="",permission="",decision="deny",status="4xx"} 1"#,
+        r#"keyward_requests_total{service="billing",permission="charge_read",decision="allow",status="2xx",reason="ok"} 3"#,
+        r#"keyward_requests_total{service="billing",permission="charge_write",decision="deny",status="4xx",reason="more_permissions_required"} 2"#,
+        r#"keyward_requests_total{service="",permission="",decision="deny",status="4xx",reason="api_key_invalid"} 1"#,
+        "keyward_requests_in_flight 0",
+        r#"keyward_build_info{version=""#,
+        "keyward_last_reload_success_timestamp_seconds ",
         "keyward_request_duration_seconds_count 6",
         "keyward_upstream_duration_seconds_count 3",
         "keyward_audit_healthy 1",
@@ -271,7 +274,7 @@ async fn metrics_match_the_traffic_and_parse_as_prometheus_text() {
     let parsed = Command::new("python3")
         .args([
             "-c",
-            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
+            "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n\
              fams = list(p(sys.stdin.read()))\nprint(len(fams), sum(len(f.samples) for f in fams))",
         ])
         .stdin(std::process::Stdio::piped())

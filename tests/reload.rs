@@ -89,8 +89,7 @@ async fn reload_under_load_never_fails_a_request_or_half_applies() {
         }
     }
     let app = kw.app.as_ref().unwrap();
-    let (ok, failed) =
-        (app.reloader.succeeded.load(Ordering::Relaxed), app.reloader.failed.load(Ordering::Relaxed));
+    let (ok, failed) = app.reloader.state().metrics.reload_counts();
     println!("{} requests: {on_a} on A, {on_b} on B; reloads ok {ok}, refused {failed}", replies.len());
     assert!(on_a > 0 && on_b > 0, "both configs served");
     assert!(ok >= 4 && failed >= 1, "reloads ok {ok}, refused {failed}");
@@ -119,7 +118,7 @@ async fn every_trigger_applies_a_valid_file_and_refuses_a_broken_one() {
     let (status, _) = kw.admin_raw("POST", "/-/reload", &[("origin", "https://evil.example")]).await;
     assert_eq!(status, 403);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let reloads = kw.app.as_ref().unwrap().reloader.succeeded.load(Ordering::Relaxed);
+    let (reloads, _) = kw.app.as_ref().unwrap().reloader.state().metrics.reload_counts();
     assert_eq!(reloads, 1, "only the reload asked for");
 
     // In-place rewrite.

@@ -61,7 +61,7 @@ async fn keyward(vault: &str) -> Running {
 }
 
 fn cell(kw: &Running) -> Arc<SecretCell> {
-    kw.app.as_ref().unwrap().proxy.snapshot.load().secrets[0].clone()
+    kw.app.as_ref().unwrap().proxy.state.snapshot.load().secrets[0].clone()
 }
 
 /// The key the upstream received last.
@@ -184,7 +184,7 @@ async fn a_rotated_key_is_injected_on_the_next_refresh_with_no_restart() {
 
     let app = kw.app.as_ref().unwrap();
     assert_eq!(kw.version(), config_version);
-    assert_eq!(app.reloader.succeeded.load(Ordering::Relaxed), 0, "no reload was needed");
+    assert_eq!(app.reloader.state().metrics.reload_counts().0, 0, "no reload was needed");
     let records = kw.records(sent).await;
     assert!(records.iter().all(|r| r["status"] == 200));
     let versions: Vec<u64> = records.iter().map(|r| r["secret_version"].as_u64().unwrap()).collect();

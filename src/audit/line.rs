@@ -47,7 +47,7 @@ impl AccessRecord {
         j.opt_str("template", self.template.as_deref());
         j.opt_str("permission", self.permission.as_deref());
         j.opt_str("access", self.access.as_deref());
-        j.str("decision", &self.decision);
+        j.str("decision", self.decision.as_str());
         j.str("reason", &self.reason);
         j.num("status", self.status);
         j.opt_str("upstream", self.upstream.as_deref());
@@ -205,7 +205,7 @@ mod tests {
             template: Some(Arc::from("/v1/charges/{charge}")),
             permission: Some(Arc::from("charge_write")),
             access: Some("write".into()),
-            decision: "allow".into(),
+            decision: crate::policy::Decision::Allow,
             reason: "ok".into(),
             status: 200,
             upstream: Some(Arc::from("stripe")),

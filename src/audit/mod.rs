@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::policy::Decision;
 use sha2::{Digest, Sha256};
 
 pub use line::timestamp;
@@ -33,7 +35,7 @@ pub struct AccessRecord {
     pub template: Option<Arc<str>>,
     pub permission: Option<Arc<str>>,
     pub access: Option<Cow<'static, str>>,
-    pub decision: Cow<'static, str>,
+    pub decision: Decision,
     pub reason: Cow<'static, str>,
     pub status: u16,
     pub upstream: Option<Arc<str>>,

@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::AccessRecord;
+use crate::policy::Decision;
 
 #[derive(Debug, Default)]
 pub struct Filter {
@@ -94,10 +95,10 @@ pub fn build<'a>(records: impl IntoIterator<Item = &'a AccessRecord>, filter: &F
         rep.last = Some(r.time.clone());
         let service = r.service.as_deref().unwrap_or("(unidentified)").to_string();
         let permission = r.permission.as_deref().unwrap_or("(none)").to_string();
-        let slot = match &*r.decision {
-            "allow" => 0,
-            "deny" => 1,
-            _ => 2,
+        let slot = match r.decision {
+            Decision::Allow => 0,
+            Decision::Deny => 1,
+            Decision::WouldDeny => 2,
         };
         decisions.entry((service.clone(), permission)).or_default()[slot] += 1;
         let endpoint = format!("{} {}", r.method, r.template.as_deref().unwrap_or(&r.path));
@@ -113,7 +114,7 @@ pub fn build<'a>(records: impl IntoIterator<Item = &'a AccessRecord>, filter: &F
             e.1 = r.time.clone();
         }
         if let Some(u) = &r.upstream
-            && r.decision != "deny"
+            && r.decision != Decision::Deny
         {
             let e = upstreams.entry(u.to_string()).or_default();
             e.0 += 1;

@@ -139,7 +139,7 @@ mod tests {
                 let rec = AccessRecord {
                     seq,
                     prev: prev.clone(),
-                    decision: "allow".into(),
+                    decision: crate::policy::Decision::Allow,
                     status: 200,
                     ..Default::default()
                 };

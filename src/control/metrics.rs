@@ -1,122 +1,217 @@
-//! Prometheus metrics, kept by hand: a few counters and two histograms, fed once per request
-//! from the access record, rendered on the admin port.
+//! Prometheus metrics (prometheus-client, OpenMetrics text). Live metrics are handles the
+//! request path updates without a global lock (a family takes a shared read lock once its
+//! label set exists); values that live elsewhere (the access log's counters, secrets, tokens,
+//! the configuration version) are read at scrape time into a registry made for that scrape.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::audit::AccessRecord;
+use crate::control::snapshot::Snapshot;
+use crate::policy::Decision;
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 const BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-#[derive(Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-}
+/// A service, permission or upstream name as a label: shared, so counting allocates nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Name(pub Option<Arc<str>>);
 
-impl Histogram {
-    pub fn observe(&self, seconds: f64) {
-        let i = BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(BUCKETS.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut total = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            total += c.load(Ordering::Relaxed);
-            let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
-        }
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+impl EncodeLabelValue for Name {
+    fn encode(&self, w: &mut LabelValueEncoder) -> std::fmt::Result {
+        w.write_str(self.0.as_deref().unwrap_or(""))
     }
 }
 
-/// Shared names, so counting a request allocates nothing.
-type RequestKey = (Option<Arc<str>>, Option<Arc<str>>, &'static str, &'static str);
-/// (upstream, kind of failure)
-type UpstreamErrorKey = (Option<Arc<str>>, &'static str);
+impl EncodeLabelValue for Decision {
+    fn encode(&self, w: &mut LabelValueEncoder) -> std::fmt::Result {
+        w.write_str(self.as_str())
+    }
+}
 
-#[derive(Default)]
+/// A reason code (the static codes of the request path), as a label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Code(pub Cow<'static, str>);
+
+impl EncodeLabelValue for Code {
+    fn encode(&self, w: &mut LabelValueEncoder) -> std::fmt::Result {
+        w.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    service: Name,
+    permission: Name,
+    decision: Decision,
+    status: &'static str,
+    reason: Code,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: Name,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// Metrics the request path and the control plane update as things happen.
 pub struct Metrics {
-    /// (service, permission, decision, status class) → count
-    requests: Mutex<BTreeMap<RequestKey, u64>>,
-    /// (upstream, kind) → count
-    upstream_errors: Mutex<BTreeMap<UpstreamErrorKey, u64>>,
-    pub duration: Histogram,
-    pub upstream_duration: Histogram,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Histogram,
+    upstream_duration: Histogram,
+    upstream_errors: Family<UpstreamLabels, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    /// Unix seconds of the last reload that was applied (start counts as one).
+    last_reload: Gauge,
+    /// Requests between their arrival and the end of their answer.
+    pub in_flight: Gauge,
+    /// Connections open on the proxy listener.
+    pub connections_open: Gauge,
+    /// Connections closed at once because their address had too many open.
+    pub connections_refused: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Histogram::new(BUCKETS);
+        let upstream_duration = Histogram::new(BUCKETS);
+        let upstream_errors = Family::<UpstreamLabels, Counter>::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
+        let (last_reload, in_flight, connections_open) =
+            (Gauge::default(), Gauge::default(), Gauge::default());
+        let connections_refused = Counter::default();
+        let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        build.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))]).set(1);
+        let r = &mut registry;
+        r.register(
+            "keyward_requests",
+            "Requests with an access record, by service, permission, decision, status class and reason",
+            requests.clone(),
+        );
+        r.register(
+            "keyward_request_duration_seconds",
+            "Time from request to the end of the response",
+            duration.clone(),
+        );
+        r.register(
+            "keyward_upstream_duration_seconds",
+            "Time the upstream took to answer",
+            upstream_duration.clone(),
+        );
+        r.register(
+            "keyward_upstream_errors",
+            "Upstream failures by upstream and kind",
+            upstream_errors.clone(),
+        );
+        r.register("keyward_reloads", "Configuration reloads by result", reloads.clone());
+        r.register(
+            "keyward_last_reload_success_timestamp_seconds",
+            "When the configuration serving was applied (Unix seconds)",
+            last_reload.clone(),
+        );
+        r.register("keyward_requests_in_flight", "Requests not answered in full yet", in_flight.clone());
+        r.register(
+            "keyward_connections_open",
+            "Open connections on the proxy listener",
+            connections_open.clone(),
+        );
+        r.register(
+            "keyward_connections_refused",
+            "Connections closed at once because their address had max_connections_per_ip open",
+            connections_refused.clone(),
+        );
+        r.register("keyward_build_info", "The keyward build serving", build);
+        let m = Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_duration,
+            upstream_errors,
+            reloads,
+            last_reload,
+            in_flight,
+            connections_open,
+            connections_refused,
+        };
+        m.applied();
+        m
+    }
 }
 
 impl Metrics {
+    /// Count a finished request from its access record.
     pub fn observe(&self, r: &AccessRecord) {
-        let class = match r.status {
+        let status = match r.status {
             100..=199 => "1xx",
             200..=299 => "2xx",
             300..=399 => "3xx",
             400..=499 => "4xx",
             _ => "5xx",
         };
-        let decision = match &*r.decision {
-            "allow" => "allow",
-            "would_deny" => "would_deny",
-            _ => "deny",
+        let labels = RequestLabels {
+            service: Name(r.service.clone()),
+            permission: Name(r.permission.clone()),
+            decision: r.decision,
+            status,
+            reason: Code(r.reason.clone()),
         };
-        let key = (r.service.clone(), r.permission.clone(), decision, class);
-        *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+        self.requests.get_or_create(&labels).inc();
         self.duration.observe(r.duration_ms / 1e3);
         if let Some(ms) = r.upstream_ms {
             self.upstream_duration.observe(ms / 1e3);
         }
         if let Some(kind) = upstream_failure(r) {
-            let key = (r.upstream.clone(), kind);
-            *self.upstream_errors.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+            self.upstream_errors
+                .get_or_create(&UpstreamLabels { upstream: Name(r.upstream.clone()), kind })
+                .inc();
         }
     }
 
-    pub fn render(&self, out: &mut String) {
-        out.push_str(
-            "# HELP keyward_requests_total Requests by service, permission, decision and status class.\n",
-        );
-        out.push_str("# TYPE keyward_requests_total counter\n");
-        for ((service, permission, decision, class), n) in
-            self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter()
-        {
-            let (service, permission) =
-                (service.as_deref().unwrap_or(""), permission.as_deref().unwrap_or(""));
-            let _ = writeln!(
-                out,
-                "keyward_requests_total{{service=\"{}\",permission=\"{}\",decision=\"{}\",status=\"{class}\"}} {n}",
-                label(service),
-                label(permission),
-                label(decision)
-            );
+    /// A reload was applied (`true`) or refused.
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads.get_or_create(&ResultLabel { result: if ok { "ok" } else { "error" } }).inc();
+        if ok {
+            self.applied();
         }
-        self.duration.render(
-            out,
-            "keyward_request_duration_seconds",
-            "Time from request to the end of the response.",
-        );
-        self.upstream_duration.render(
-            out,
-            "keyward_upstream_duration_seconds",
-            "Time the upstream took to answer.",
-        );
-        out.push_str("# HELP keyward_upstream_errors_total Upstream failures by upstream and kind.\n");
-        out.push_str("# TYPE keyward_upstream_errors_total counter\n");
-        for ((upstream, kind), n) in self.upstream_errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let upstream = upstream.as_deref().unwrap_or("");
-            let _ = writeln!(
-                out,
-                "keyward_upstream_errors_total{{upstream=\"{}\",kind=\"{}\"}} {n}",
-                label(upstream),
-                label(kind)
-            );
-        }
+    }
+
+    fn applied(&self) {
+        self.last_reload.set(time::OffsetDateTime::now_utc().unix_timestamp());
+    }
+
+    /// Reloads so far: (applied, refused).
+    pub fn reload_counts(&self) -> (u64, u64) {
+        let n = |result| self.reloads.get_or_create(&ResultLabel { result }).get();
+        (n("ok"), n("error"))
+    }
+
+    /// The whole exposition: the live metrics, then those read now from `scrape`.
+    pub fn render(&self, scrape: &Registry) -> String {
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail.
+        let _ = text::encode_registry(&mut out, &self.registry);
+        let _ = text::encode_registry(&mut out, scrape);
+        let _ = text::encode_eof(&mut out);
+        out
     }
 }
 
@@ -129,7 +224,67 @@ fn upstream_failure(r: &AccessRecord) -> Option<&'static str> {
     }
 }
 
-/// A label value in the text format: backslash, quote and newline escaped.
-pub fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// What the access log's writer counts, read at scrape time.
+pub struct AuditCounts {
+    pub queue_depth: u64,
+    pub written: u64,
+    pub write_errors: u64,
+    pub refused: u64,
+    pub unrecorded: u64,
+    pub healthy: bool,
+}
+
+/// The metrics read at scrape time from the snapshot serving and the access log.
+pub fn scrape(snap: &Snapshot, audit: &AuditCounts, now: i64) -> Registry {
+    let mut r = Registry::default();
+    let version = Family::<Vec<(&'static str, String)>, Gauge>::default();
+    version.get_or_create(&vec![("version", snap.version.to_string())]).set(1);
+    r.register("keyward_config_info", "The configuration version serving", version);
+    let gauge = |v: u64| ConstGauge::new(v as i64);
+    r.register("keyward_audit_queue_depth", "Places taken in the access-log queue", gauge(audit.queue_depth));
+    r.register("keyward_audit_records_written", "Access records written", ConstCounter::new(audit.written));
+    r.register(
+        "keyward_audit_write_errors",
+        "Failed writes of the access log",
+        ConstCounter::new(audit.write_errors),
+    );
+    r.register(
+        "keyward_audit_refused",
+        "Requests refused because the access log could not be written",
+        ConstCounter::new(audit.refused),
+    );
+    r.register(
+        "keyward_audit_unrecorded",
+        "Refusals whose record found the refusals' share of the access-log queue full",
+        ConstCounter::new(audit.unrecorded),
+    );
+    r.register("keyward_audit_healthy", "1 while the access log is writable", gauge(audit.healthy.into()));
+    let per_secret = || Family::<Vec<(&'static str, String)>, Gauge>::default();
+    let (age, stale) = (per_secret(), per_secret());
+    // A family of counters (not gauges), so that the type says counter.
+    let failed: Family<Vec<(&'static str, String)>, Counter<u64, AtomicU64>> = Family::default();
+    for c in &snap.secrets {
+        let labels = vec![("secret", c.name.to_string())];
+        failed.get_or_create(&labels).inc_by(c.refresh_failures.load(Ordering::Relaxed));
+        age.get_or_create(&labels).set(c.age().as_secs() as i64);
+        stale.get_or_create(&labels).set(c.is_stale().into());
+    }
+    r.register("keyward_secret_refresh_failures", "Failed refreshes of each secret", failed);
+    r.register("keyward_secret_age_seconds", "Seconds since each secret was last loaded", age);
+    r.register("keyward_secret_stale", "1 while a secret is past its max_staleness", stale);
+    let expiry = Family::<Vec<(&'static str, String)>, Gauge>::default();
+    for s in &snap.policy.services {
+        for t in &s.tokens {
+            if let Some(exp) = t.expires {
+                let labels = vec![("service", s.name.to_string()), ("token_id", t.id.to_string())];
+                expiry.get_or_create(&labels).set(exp - now);
+            }
+        }
+    }
+    r.register(
+        "keyward_token_expiry_seconds",
+        "Seconds until each token expires (negative: expired)",
+        expiry,
+    );
+    r
 }

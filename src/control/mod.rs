@@ -6,5 +6,6 @@ pub mod config;
 pub mod metrics;
 pub mod reload;
 pub mod snapshot;
+pub mod state;
 pub mod tls;
 pub mod watch;

@@ -3,23 +3,20 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
 use crate::control::config::{self, Options, Source};
 use crate::control::snapshot::Snapshot;
-use crate::serve::proxy::Proxy;
+use crate::control::state::State;
 
 pub struct Reloader {
-    proxy: Arc<Proxy>,
+    state: Arc<State>,
     /// `None`: the embedded default (a reload then refreshes secrets only).
     path: Option<PathBuf>,
     lock: tokio::sync::Mutex<()>,
     /// What the process bound at start: changing these needs a restart.
     bound: Bound,
-    pub succeeded: AtomicU64,
-    pub failed: AtomicU64,
 }
 
 /// What a reload did, as the admin endpoint and `keyward reload` report it.
@@ -34,25 +31,18 @@ pub struct Outcome {
 }
 
 impl Reloader {
-    pub fn new(proxy: Arc<Proxy>, path: Option<PathBuf>) -> Arc<Reloader> {
-        let bound = Bound::of(&proxy.snapshot.load());
-        Arc::new(Reloader {
-            bound,
-            proxy,
-            path,
-            lock: tokio::sync::Mutex::new(()),
-            succeeded: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-        })
+    pub fn new(state: Arc<State>, path: Option<PathBuf>) -> Arc<Reloader> {
+        let bound = Bound::of(&state.snapshot.load());
+        Arc::new(Reloader { bound, state, path, lock: tokio::sync::Mutex::new(()) })
     }
 
-    pub fn proxy(&self) -> &Arc<Proxy> {
-        &self.proxy
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
     }
 
     pub async fn reload(&self, trigger: &str) -> Outcome {
         let _one_at_a_time = self.lock.lock().await;
-        let current = self.proxy.snapshot.load_full();
+        let current = self.state.snapshot.load_full();
         let compiled = match Source::locate(self.path.as_deref()) {
             Ok(src) => config::compile_with(&src, Options::FULL, Some(&current)).await,
             Err(e) => Err(e),
@@ -66,13 +56,13 @@ impl Reloader {
                 }
                 let next = Arc::new(next);
                 crate::secrets::spawn_refresh(&next.secrets);
-                self.proxy.snapshot.store(next);
-                self.succeeded.fetch_add(1, Ordering::Relaxed);
+                self.state.snapshot.store(next);
+                self.state.metrics.reloaded(true);
                 tracing::info!(trigger, from = %current.version, to = %version, "configuration reloaded");
                 Outcome { ok: true, version: version.to_string(), errors: vec![], restart_required }
             }
             Err(errors) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.state.metrics.reloaded(false);
                 let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 tracing::error!(trigger, version = %current.version, errors = %errors.join("; "),
                     "reload refused; still serving the previous configuration");

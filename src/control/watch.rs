@@ -35,7 +35,7 @@ pub fn spawn_file_watch(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<()
     Ok(tokio::spawn(async move {
         while let Some(path) = rx.recv().await {
             // Judged against the files of the snapshot serving now, whoever reloaded it.
-            if !relevant(&path, &targets(&reloader.proxy().snapshot.load().files).1) {
+            if !relevant(&path, &targets(&reloader.state().snapshot.load().files).1) {
                 continue;
             }
             tokio::time::sleep(SETTLE).await;
@@ -48,7 +48,7 @@ pub fn spawn_file_watch(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<()
 
 /// Start watching directories the current snapshot reads from that are not watched yet.
 fn watch_new_dirs(watcher: &mut impl Watcher, watched: &mut HashSet<PathBuf>, reloader: &Reloader) {
-    for dir in targets(&reloader.proxy().snapshot.load().files).0 {
+    for dir in targets(&reloader.state().snapshot.load().files).0 {
         if watched.contains(&dir) {
             continue;
         }

@@ -1,19 +1,20 @@
-//! The pure policy core: who is calling, may they make this call, and where does it go.
-//! No sockets, clocks or files: everything it needs is in its arguments.
+//! Deciding a request, in four phases: identify (token, its validity, the source address) →
+//! canonicalise (a target read one way only) → classify (catalog entry, upstream) → authorize
+//! (Connect accounts, direct permissions, scope, expansions). Then, for a call about to be
+//! forwarded, the body rules (`check_form`).
 
 use std::net::IpAddr;
 
 use http::header::{AUTHORIZATION, HeaderName};
 use http::request::Parts;
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
-use crate::control::snapshot::{Service, Snapshot, Token};
-use crate::policy::canonical;
-use crate::policy::catalog::Entry;
-use crate::policy::catalog::permission_name;
+use crate::policy::canonical::{self, Target};
+use crate::policy::catalog::{Access, Entry, permission_name};
 use crate::policy::failure::Failure;
 use crate::policy::identity::{hash_token, redact, token_from};
-use crate::policy::{Level, Mode};
+use crate::policy::model::{Level, Mode, Policy, Service, Token};
 
 static STRIPE_ACCOUNT: HeaderName = HeaderName::from_static("stripe-account");
 static STRIPE_CONTEXT: HeaderName = HeaderName::from_static("stripe-context");
@@ -26,30 +27,77 @@ pub struct RequestFacts<'a> {
     pub now: i64,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+/// What the access record, the metrics and the report say was decided.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
     Allow,
+    #[default]
+    Deny,
+    /// Report mode: forwarded, but enforcing would have refused it.
+    WouldDeny,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::WouldDeny => "would_deny",
+        }
+    }
+}
+
+/// Where a call that may go goes: the service it goes for (whose secret and egress address it
+/// uses) and the index of its upstream in `Policy::upstreams`.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'s> {
+    pub service: &'s Service,
+    pub upstream: usize,
+}
+
+#[derive(Debug)]
+pub enum Verdict<'s> {
+    Allow(Route<'s>),
     /// Report mode: forwarded, but enforcing would have refused it for this reason.
-    WouldDeny(Failure),
+    WouldDeny(Route<'s>, Failure),
     Deny(Failure),
 }
 
-/// What was decided, with everything the proxy and the access record need.
+impl Verdict<'_> {
+    pub fn decision(&self) -> Decision {
+        match self {
+            Verdict::Allow(_) => Decision::Allow,
+            Verdict::WouldDeny(..) => Decision::WouldDeny,
+            Verdict::Deny(_) => Decision::Deny,
+        }
+    }
+
+    /// The reason code: `ok`, or the failure's.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Verdict::Allow(_) => "ok",
+            Verdict::WouldDeny(_, f) | Verdict::Deny(f) => f.code(),
+        }
+    }
+}
+
+/// The verdict, with everything learnt on the way that the access record shows.
 #[derive(Debug)]
-pub struct Decision<'s> {
-    pub verdict: Verdict,
+pub struct Ruling<'s> {
+    pub verdict: Verdict<'s>,
     pub service: Option<&'s Service>,
     pub token: Option<&'s Token>,
     pub entry: Option<&'s Entry>,
-    /// Index into `Snapshot::upstreams` of where an allowed call goes.
+    /// Index into `Policy::upstreams` of where the call goes (or would).
     pub upstream: Option<usize>,
-    /// The connected account the call acts for (`Stripe-Account`), if any.
+    /// The connected account the call acts for (`Stripe-Account`, else `Stripe-Context`).
     pub account: Option<&'s str>,
 }
 
-impl<'s> Decision<'s> {
+impl<'s> Ruling<'s> {
     fn deny(failure: Failure) -> Self {
-        Decision {
+        Ruling {
             verdict: Verdict::Deny(failure),
             service: None,
             token: None,
@@ -58,85 +106,90 @@ impl<'s> Decision<'s> {
             account: None,
         }
     }
-
-    pub fn forwards(&self) -> bool {
-        !matches!(self.verdict, Verdict::Deny(_))
-    }
 }
 
-/// Decide a request: identify, check the source address, then authorize.
-pub fn decide<'s>(snap: &'s Snapshot, facts: &RequestFacts<'s>) -> Decision<'s> {
-    let Some(token) = token_from(&facts.parts.headers, AUTHORIZATION) else {
-        return Decision::deny(Failure::MissingToken);
+/// Decide a request: identify the caller, then [`authorize`] the call for its service.
+pub fn decide<'s>(policy: &'s Policy, facts: &RequestFacts<'s>) -> Ruling<'s> {
+    let (service, token, presented) = match identify(policy, facts) {
+        Ok(found) => found,
+        Err(ruling) => return ruling,
     };
-    let Some(found) = snap.tokens.get(&hash_token(&token)) else {
-        return Decision::deny(Failure::InvalidToken { redacted: redact(&token) });
+    let mut ruling = authorize(policy, service, facts.parts, &presented);
+    ruling.token = Some(token);
+    ruling
+}
+
+/// Phase 1: the token, its validity and the caller's address.
+fn identify<'s>(
+    policy: &'s Policy,
+    facts: &RequestFacts<'s>,
+) -> Result<(&'s Service, &'s Token, std::borrow::Cow<'s, str>), Ruling<'s>> {
+    let Some(presented) = token_from(&facts.parts.headers, AUTHORIZATION) else {
+        return Err(Ruling::deny(Failure::MissingToken));
     };
-    let service = &snap.services[found.service as usize];
-    let tok = &service.tokens[found.token as usize];
-    let fail = |f| Decision { service: Some(service), token: Some(tok), ..Decision::deny(f) };
-    if tok.expires.is_some_and(|t| facts.now >= t) {
-        return fail(Failure::ExpiredToken { redacted: redact(&token) });
+    let Some(found) = policy.tokens.get(&hash_token(&presented)) else {
+        return Err(Ruling::deny(Failure::InvalidToken { redacted: redact(&presented) }));
+    };
+    let service = &policy.services[found.service as usize];
+    let token = &service.tokens[found.token as usize];
+    let fail = |f| Err(Ruling { service: Some(service), token: Some(token), ..Ruling::deny(f) });
+    if token.expires.is_some_and(|t| facts.now >= t) {
+        return fail(Failure::ExpiredToken { redacted: redact(&presented) });
     }
-    if tok.not_before.is_some_and(|t| facts.now < t) {
-        return fail(Failure::TokenNotYetValid { redacted: redact(&token) });
+    if token.not_before.is_some_and(|t| facts.now < t) {
+        return fail(Failure::TokenNotYetValid { redacted: redact(&presented) });
     }
     let allowed = |nets: &[IpNet]| nets.iter().any(|n| n.contains(&facts.client_ip));
-    if !allowed(&service.source_ips) || tok.source_ips.as_deref().is_some_and(|n| !allowed(n)) {
+    if !allowed(&service.source_ips) || token.source_ips.as_deref().is_some_and(|n| !allowed(n)) {
         return fail(Failure::IpNotAllowed);
     }
-    let mut d = authorize(snap, service, facts.parts, &token);
-    d.token = Some(tok);
-    d
+    Ok((service, token, presented))
 }
 
-/// Whether `service` may make this call, whoever presented it (also `keyward explain`).
-/// `token` is only ever shown redacted.
-pub fn authorize<'s>(
-    snap: &'s Snapshot,
-    service: &'s Service,
-    parts: &'s Parts,
-    token: &str,
-) -> Decision<'s> {
-    let mut d = Decision { service: Some(service), ..Decision::deny(Failure::Internal) };
+/// Whether `service` may make this call, whoever presented it (also `keyward explain`):
+/// phases 2 to 4. `token` is only ever shown redacted.
+pub fn authorize<'s>(policy: &'s Policy, service: &'s Service, parts: &'s Parts, token: &str) -> Ruling<'s> {
+    let mut ruling = Ruling { service: Some(service), ..Ruling::deny(Failure::Internal) };
+    // Phase 2: canonicalise.
     let target = match canonical::check(&parts.method, &parts.uri, parts.version, &parts.headers) {
         Ok(t) => t,
         Err(why) => {
-            d.verdict = Verdict::Deny(Failure::NonCanonical(why));
-            return d;
+            ruling.verdict = Verdict::Deny(Failure::NonCanonical(why));
+            return ruling;
         }
     };
-    let path = target.path;
-    let account = stripe_account(parts);
-    d.account = account;
-    d.entry = snap.catalog.classify(&parts.method, path);
-    d.upstream = match d.entry {
-        Some(e) => snap.routes[e.index],
+    // Phase 3: classify.
+    ruling.account = stripe_account(parts);
+    ruling.entry = policy.catalog.classify(&parts.method, target.path);
+    ruling.upstream = match ruling.entry {
+        Some(e) => policy.routes[e.index],
         // Report mode forwards unknown calls too, to the main API, so the record shows them.
-        None => snap.upstreams.iter().position(|u| &*u.name == "api"),
+        None => policy.upstreams.iter().position(|u| &**u == "api"),
     };
-    let failure = match d.entry {
+    // Phase 4: authorize.
+    let failure = match ruling.entry {
         None => Some(Failure::UnknownEndpoint),
-        Some(e) => check_entry(snap, service, e, parts, &target, account, token),
+        Some(e) if ruling.upstream.is_none() => {
+            ruling.verdict = Verdict::Deny(Failure::UpstreamNotConfigured(e.upstream.clone()));
+            return ruling;
+        }
+        Some(e) => check_entry(policy, service, e, parts, &target, ruling.account, token),
     };
-    d.verdict = match (failure, service.mode) {
-        (None, _) => Verdict::Allow,
-        (Some(f), Mode::Report) if d.upstream.is_some() => Verdict::WouldDeny(f),
-        (Some(f), _) => Verdict::Deny(f),
+    ruling.verdict = match (failure, ruling.upstream, service.mode) {
+        (None, Some(upstream), _) => Verdict::Allow(Route { service, upstream }),
+        (Some(f), Some(upstream), Mode::Report) => Verdict::WouldDeny(Route { service, upstream }, f),
+        (Some(f), _, _) => Verdict::Deny(f),
+        (None, None, _) => Verdict::Deny(Failure::Internal),
     };
-    if d.entry.is_some() && d.upstream.is_none() {
-        let name = d.entry.map(|e| e.upstream.clone()).unwrap_or_default();
-        d.verdict = Verdict::Deny(Failure::UpstreamNotConfigured(name));
-    }
-    d
+    ruling
 }
 
 fn check_entry(
-    snap: &Snapshot,
+    policy: &Policy,
     service: &Service,
     entry: &Entry,
     parts: &Parts,
-    target: &canonical::Target,
+    target: &Target,
     account: Option<&str>,
     token: &str,
 ) -> Option<Failure> {
@@ -150,25 +203,41 @@ fn check_entry(
         return Some(Failure::DirectPermission { permission: permission() });
     }
     let needed = match entry.access {
-        crate::policy::catalog::Access::Read => Level::Read,
-        crate::policy::catalog::Access::Write => Level::Write,
+        Access::Read => Level::Read,
+        Access::Write => Level::Write,
     };
     if service.level(entry.permission) < needed {
         return Some(Failure::MissingPermission { redacted: redact(token), permission: permission() });
     }
-    expansion_failure(snap, service, &target.expand, token)
+    expansion_failure(policy, service, &target.expand, token)
+}
+
+/// The body rule, for a form body (read whole) of a call about to be forwarded: `Err` refuses
+/// it whatever the service's mode (it could be read two ways), `Ok(Some(f))` is a refusal the
+/// service's report mode turns into `would_deny`, `Ok(None)` lets it go.
+pub fn check_form(
+    policy: &Policy,
+    service: &Service,
+    form: &[u8],
+    token: &str,
+) -> Result<Option<Failure>, Failure> {
+    let fields = crate::policy::params::read(form).map_err(Failure::NonCanonical)?;
+    match expansion_failure(policy, service, &fields, token) {
+        Some(f) if service.mode == Mode::Enforce => Err(f),
+        other => Ok(other),
+    }
 }
 
 /// The first of the `expand` fields (of a query string or form body) that the service may
 /// not read.
 pub fn expansion_failure(
-    snap: &Snapshot,
+    policy: &Policy,
     service: &Service,
     fields: &[String],
     token: &str,
 ) -> Option<Failure> {
-    let (_, perm) = snap.expansions.required(fields).find(|(_, p)| service.level(*p) < Level::Read)?;
-    let permission = permission_name(snap.catalog.permission(perm), crate::policy::catalog::Access::Read);
+    let (_, perm) = policy.expansions.required(fields).find(|(_, p)| service.level(*p) < Level::Read)?;
+    let permission = permission_name(policy.catalog.permission(perm), Access::Read);
     Some(Failure::MissingPermission { redacted: redact(token), permission })
 }
 

@@ -12,6 +12,8 @@ mod model;
 pub mod multipart;
 pub mod params;
 
-pub use decide::{Decision, RequestFacts, Verdict, authorize, decide, expansion_failure};
+pub use decide::{
+    Decision, RequestFacts, Route, Ruling, Verdict, authorize, check_form, decide, expansion_failure,
+};
 pub use failure::Failure;
-pub use model::{Level, Mode};
+pub use model::{Accounts, Level, Mode, Policy, Service, Token, TokenRef};

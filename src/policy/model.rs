@@ -1,6 +1,29 @@
-//! What the policy decides on: levels of access and service modes, as configured.
+//! What the policy decides on: the compiled services and their tokens, the catalog and the
+//! expansion table, and which upstream each catalog entry goes to. Built by the control plane
+//! from the configuration; held by the snapshot.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::policy::catalog::{Catalog, PermId};
+use crate::policy::expand::Expansions;
+use crate::policy::identity::TokenHash;
+
+#[derive(Debug, Default)]
+pub struct Policy {
+    pub catalog: Catalog,
+    pub expansions: Expansions,
+    /// For each catalog entry, the index of its upstream in `upstreams` (`None`: not configured).
+    pub routes: Vec<Option<usize>>,
+    /// The configured upstreams' names, in the snapshot's order.
+    pub upstreams: Vec<Arc<str>>,
+    pub services: Vec<Service>,
+    pub tokens: HashMap<TokenHash, TokenRef>,
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -16,4 +39,58 @@ pub enum Level {
     None,
     Read,
     Write,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRef {
+    pub service: u32,
+    pub token: u32,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub name: Arc<str>,
+    pub mode: Mode,
+    pub source_ips: Vec<IpNet>,
+    pub accounts: Accounts,
+    /// Granted level per catalog permission, indexed by `PermId`.
+    pub scope: Vec<Level>,
+    /// Index into `Snapshot::secrets`.
+    pub secret: usize,
+    pub egress_ip: Option<IpAddr>,
+    pub tokens: Vec<Token>,
+}
+
+impl Service {
+    pub fn level(&self, perm: PermId) -> Level {
+        self.scope[perm.0 as usize]
+    }
+}
+
+#[derive(Debug)]
+pub enum Accounts {
+    /// `[]`: calls on behalf of connected accounts are refused.
+    PlatformOnly,
+    /// `["*"]`
+    Any,
+    Only(Vec<String>),
+}
+
+impl Accounts {
+    pub fn allows(&self, account: &str) -> bool {
+        match self {
+            Accounts::PlatformOnly => false,
+            Accounts::Any => true,
+            Accounts::Only(list) => list.iter().any(|a| a == account),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Token {
+    pub id: Arc<str>,
+    /// Unix seconds.
+    pub not_before: Option<i64>,
+    pub expires: Option<i64>,
+    pub source_ips: Option<Vec<IpNet>>,
 }

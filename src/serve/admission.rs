@@ -7,30 +7,44 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Admission {
-    open: AtomicUsize,
+    /// Open connections: the metric is the count.
+    open: Gauge,
     closed: Notify,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     handshaking: AtomicUsize,
     handshake_done: Notify,
     /// Connections closed at once because their address had too many.
-    pub refused_per_ip: AtomicU64,
+    refused_per_ip: Counter,
 }
 
 impl Admission {
+    pub fn new(open: Gauge, refused_per_ip: Counter) -> Admission {
+        Admission {
+            open,
+            closed: Notify::new(),
+            per_ip: Mutex::default(),
+            handshaking: AtomicUsize::new(0),
+            handshake_done: Notify::new(),
+            refused_per_ip,
+        }
+    }
+
     pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.open.get().max(0) as usize
     }
 
     /// Until fewer than `max` connections are open.
     pub async fn room(&self, max: usize) {
-        while self.open.load(Ordering::Acquire) >= max {
+        while self.open() >= max {
             self.closed.notified().await;
         }
     }
@@ -41,11 +55,11 @@ impl Admission {
         let n = per_ip.entry(ip).or_default();
         if *n >= max_per_ip {
             drop(per_ip);
-            self.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            self.refused_per_ip.inc();
             return None;
         }
         *n += 1;
-        self.open.fetch_add(1, Ordering::AcqRel);
+        self.open.inc();
         Some(Connection { admission: self.clone(), ip })
     }
 
@@ -81,7 +95,7 @@ impl Drop for Connection {
             }
         }
         drop(per_ip);
-        a.open.fetch_sub(1, Ordering::AcqRel);
+        a.open.dec();
         // One waiter (the accept loop); a stored permit covers a close just before it waits.
         a.closed.notify_one();
     }
@@ -105,12 +119,12 @@ mod tests {
 
     #[test]
     fn an_address_gets_its_share_and_the_count_returns_on_close() {
-        let a = Arc::new(Admission::default());
+        let a = Arc::new(Admission::new(Gauge::default(), Counter::default()));
         let (one, two): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
         let held: Vec<_> = (0..3).map(|_| a.admit(one, 3).unwrap()).collect();
         assert!(a.admit(one, 3).is_none(), "a fourth from the same address");
         assert!(a.admit(two, 3).is_some(), "another address is not held up");
-        assert_eq!(a.refused_per_ip.load(Ordering::Relaxed), 1);
+        assert_eq!(a.refused_per_ip.get(), 1);
         drop(held);
         assert_eq!(a.open(), 0);
         assert!(a.per_ip.lock().unwrap().is_empty(), "no entry left behind per address");
@@ -119,7 +133,7 @@ mod tests {
 
     #[tokio::test]
     async fn handshakes_past_the_cap_wait_for_one_to_end() {
-        let a = Arc::new(Admission::default());
+        let a = Arc::new(Admission::new(Gauge::default(), Counter::default()));
         let first = a.handshake(1).await;
         let waiting = tokio::spawn({
             let a = a.clone();

@@ -13,7 +13,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::serve::proxy::{Caller, Proxy};
+use crate::serve::exchange::Caller;
+use crate::serve::proxy::Proxy;
 use crate::serve::stall::{StallGuard, StreamExec};
 
 /// Serve `listener` until `shutdown` resolves, then stop accepting and give in-flight
@@ -22,7 +23,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let max = proxy.snapshot.load().limits.max_connections;
+        let max = proxy.state.snapshot.load().limits.max_connections;
         let accepted = tokio::select! {
             a = async {
                 // Past `max_connections`, new connections wait in the kernel's backlog.
@@ -43,7 +44,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         // A dual-stack listener sees IPv4 callers as `::ffff:a.b.c.d`: allowlists and
         // records speak of them as IPv4.
         let ip = peer.ip().to_canonical();
-        let snap = proxy.snapshot.load();
+        let snap = proxy.state.snapshot.load();
         let Some(tls) = snap.tls.clone() else {
             tracing::error!("no TLS configuration loaded; refusing connection");
             continue;
@@ -102,7 +103,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         });
     }
     drop(listener);
-    let grace = proxy.snapshot.load().timeouts.shutdown_grace;
+    let grace = proxy.state.snapshot.load().timeouts.shutdown_grace;
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),

@@ -1,8 +1,11 @@
-//! Serving callers: the listener and its limits, the request path (`proxy`), and the body
-//! wrappers the request path streams through.
+//! Serving callers: the listener and its limits, the request path (`proxy`, over one
+//! `exchange` per request), the one place failures become responses (`respond`), and the
+//! body wrappers the request path streams through.
 
 pub mod admission;
 pub mod body;
+pub mod exchange;
 pub mod listener;
 pub mod proxy;
+pub mod respond;
 pub mod stall;

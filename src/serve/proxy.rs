@@ -1,13 +1,13 @@
-//! The request path, as phases over one per-request `Exchange`: decide → forward → respond,
-//! with the access record written exactly once, when the exchange ends.
+//! The request path, top to bottom: identify → canonicalise → classify → authorize (the pure
+//! policy, `policy::decide`) → check body → rewrite request → send → rewrite response →
+//! record (when the request's `Exchange` ends, whatever happened).
 
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::request::Parts;
@@ -16,42 +16,29 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use time::OffsetDateTime;
 
-use crate::audit::{self, AccessRecord, AuditSink, Slot};
-use crate::control::metrics::Metrics;
+use crate::audit::AccessRecord;
 use crate::control::snapshot::Snapshot;
-use crate::policy::Mode;
-use crate::policy::failure::Failure;
-use crate::policy::identity;
-use crate::policy::{Decision, RequestFacts, Verdict, decide, expansion_failure};
+use crate::control::state::State;
+use crate::policy::{self, Decision, Failure, RequestFacts, Route, Service, Verdict};
 use crate::serve::admission::Admission;
-use crate::serve::body::PartNames;
-use crate::serve::body::{Deadline, Idle, Metered};
-use crate::serve::stall::{Progress, Pulled};
-use crate::upstream::{self, Body, BoxError};
+use crate::serve::body::{Deadline, Idle, Metered, PartNames};
+use crate::serve::exchange::{Caller, Exchange, REQUEST_ID, RequestIds, new_record};
+use crate::serve::respond;
+use crate::upstream::{self, Answer, Body, BoxError};
 
-pub const REQUEST_ID: &str = "keyward-request-id";
-/// The reason recorded for an answer cut off because its caller stopped taking it.
-pub const CLIENT_STALLED: &str = "client_stalled";
-
-/// Shared by every connection: the current snapshot and the access log.
+/// Shared by every connection: the state the control plane keeps, the connection counts,
+/// the request ids.
 pub struct Proxy {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub audit: AuditSink,
-    pub metrics: Metrics,
-    /// Open connections, per address and in all.
+    pub state: Arc<State>,
     pub admission: Arc<Admission>,
     ids: RequestIds,
 }
 
 impl Proxy {
-    pub fn new(snapshot: Arc<Snapshot>, audit: AuditSink) -> Arc<Proxy> {
-        Arc::new(Proxy {
-            snapshot: ArcSwap::new(snapshot),
-            audit,
-            metrics: Metrics::default(),
-            admission: Arc::default(),
-            ids: RequestIds::new(),
-        })
+    pub fn new(state: Arc<State>) -> Arc<Proxy> {
+        let m = &state.metrics;
+        let admission = Arc::new(Admission::new(m.connections_open.clone(), m.connections_refused.clone()));
+        Arc::new(Proxy { state, admission, ids: RequestIds::default() })
     }
 
     pub async fn handle(
@@ -60,66 +47,47 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         // One snapshot for the whole request, however long it streams.
-        let snap = self.snapshot.load_full();
+        let snap = self.state.snapshot.load_full();
         let (parts, body) = req.into_parts();
         // No record, no request: fail closed while the access log cannot be written.
-        if !self.audit.admits() {
+        if !self.state.audit.admits() {
             return Ok(self.unrecorded());
         }
-        let facts = RequestFacts {
-            parts: &parts,
-            client_ip: caller.ip,
-            now: OffsetDateTime::now_utc().unix_timestamp(),
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let facts = RequestFacts { parts: &parts, client_ip: caller.ip, now };
+        let ruling = policy::decide(&snap.policy, &facts);
+        let exchange = || {
+            let mut ex = Exchange::start(self.state.clone(), &self.ids, &caller, &snap.version, &parts);
+            ex.note(&ruling, &snap.policy.upstreams);
+            ex
         };
-        let decision = decide(&snap, &facts);
-        if let Verdict::Deny(f) = &decision.verdict {
+        let route = match &ruling.verdict {
             // Refused before anything is read or sent: answered and recorded at once, so the
             // caller (token or not) holds no place in the access-log queue while it reads.
-            let mut ex = Exchange::start(self.clone(), &caller, &snap, &parts);
-            ex.note(&snap, &decision);
-            return Ok(ex.refuse(failure_response(f)));
-        }
-        let Some(slot) = self.audit.slot().await else {
+            Verdict::Deny(f) => return Ok(exchange().refuse(respond::failure(f))),
+            Verdict::Allow(route) | Verdict::WouldDeny(route, _) => *route,
+        };
+        let Some(slot) = self.state.audit.slot().await else {
             return Ok(self.unrecorded());
         };
-        let mut ex = Exchange::start(self.clone(), &caller, &snap, &parts);
+        let mut ex = exchange();
         ex.slot = Some(slot);
-        ex.note(&snap, &decision);
-        let response = forward(&snap, &decision, &parts, body, &mut ex).await.unwrap_or_else(|f| {
-            ex.record.reason = f.code().into();
-            failure_response(&f)
-        });
-        Ok(ex.respond(response))
+        Ok(match forward(&snap, route, &parts, body, &mut ex).await {
+            Ok(resp) => ex.respond(resp, false),
+            Err(f) => {
+                ex.failed(&f);
+                ex.respond(respond::failure(&f), true)
+            }
+        })
     }
 
     /// 503 for a request that cannot be recorded: the log is failing (fail closed), or its
     /// writer is gone or stuck.
     fn unrecorded(&self) -> Response<Body> {
-        self.audit.state.refused.fetch_add(1, Ordering::Relaxed);
-        let mut resp = failure_response(&Failure::AuditUnavailable);
-        resp.headers_mut().insert(REQUEST_ID, HeaderValue::from_static("kwreq_unrecorded"));
+        self.state.audit.state.refused.fetch_add(1, Ordering::Relaxed);
+        let mut resp = respond::failure(&Failure::AuditUnavailable);
+        resp.headers_mut().insert(&REQUEST_ID, HeaderValue::from_static("kwreq_unrecorded"));
         resp
-    }
-}
-
-/// The connection a request came on: who is calling, and whether keyward cut it off for
-/// not reading (`timeouts.client_send`).
-#[derive(Clone)]
-pub struct Caller {
-    pub ip: IpAddr,
-    pub cut: Arc<AtomicBool>,
-}
-
-impl Proxy {
-    /// A record's common start: when, which request, from where, under which configuration.
-    fn new_record(&self, client_ip: IpAddr, config_version: &Arc<str>) -> AccessRecord {
-        AccessRecord {
-            time: audit::timestamp(OffsetDateTime::now_utc()),
-            request_id: self.ids.next(),
-            client_ip: Some(client_ip),
-            config_version: config_version.clone(),
-            ..AccessRecord::default()
-        }
     }
 
     /// Record a request that hyper refused while parsing it, before keyward saw it: hyper
@@ -128,71 +96,69 @@ impl Proxy {
     /// record is dropped and counted, so that a flood of garbage cannot queue ahead of real
     /// requests.
     pub fn record_unparsed(&self, client_ip: IpAddr, status: u16, reason: &'static str) {
-        let Some(slot) = self.audit.refusal_slot() else {
+        let Some(slot) = self.state.audit.refusal_slot() else {
             return;
         };
         let record = AccessRecord {
-            decision: "deny".into(),
+            decision: Decision::Deny,
             reason: reason.into(),
             status,
-            ..self.new_record(client_ip, &self.snapshot.load().version)
+            ..new_record(&self.ids, client_ip, &self.state.snapshot.load().version)
         };
-        self.metrics.observe(&record);
+        self.state.metrics.observe(&record);
         slot.send(record);
     }
 }
 
-/// Forward an allowed call and stream the answer back.
+/// The phases of a call the policy let go.
 async fn forward(
     snap: &Snapshot,
-    d: &Decision<'_>,
+    route: Route<'_>,
     parts: &Parts,
     body: Incoming,
     ex: &mut Exchange,
 ) -> Result<Response<Body>, Failure> {
-    let (Some(service), Some(up_idx)) = (d.service, d.upstream) else {
-        return Err(Failure::Internal);
-    };
-    let up = &snap.upstreams[up_idx];
+    let body = check_body(snap, route.service, parts, body, ex).await?;
+    let (req, up) = rewrite_request(snap, route, parts, body, ex)?;
+    let (answer, deadline) = send(snap, up, req, ex).await?;
+    Ok(rewrite_response(answer, parts, deadline, ex))
+}
+
+/// Phase 5, the body rules: its size, a body where none may be, how long it takes to arrive,
+/// and what a form or multipart body carries. Form bodies are read whole here.
+async fn check_body(
+    snap: &Snapshot,
+    service: &Service,
+    parts: &Parts,
+    body: Incoming,
+    ex: &mut Exchange,
+) -> Result<Body, Failure> {
     let limit = snap.limits.max_body_bytes;
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(Failure::BodyTooLarge { limit });
     }
-    let secret = snap.secrets[service.secret].serving().ok_or(Failure::SecretStale)?;
-    ex.record.secret_version = secret.version;
-    let headers =
-        upstream::request_headers(&parts.headers, secret.value.expose()).ok_or(Failure::Internal)?;
-    let egress = service.egress_ip.or(up.egress_ip);
-    ex.record.egress_ip = egress;
-    let client = up.client(egress).ok_or(Failure::Internal)?;
-
     // Stripe's GET and DELETE calls take their parameters in the query, where they are
     // checked; a body there could carry unchecked ones to a lenient server.
     if parts.method != http::Method::POST && !http_body::Body::is_end_stream(&body) {
         return Err(ex.deny(Failure::NonCanonical("comes with a body, which only POST calls may have")));
     }
     let body = Idle::new(body, snap.timeouts.request_body_idle, ex.body_late.clone());
+    let count = ex.bytes_in.clone();
     let streamed = |body: Body| {
-        Limited::new(Metered::new(body, ex.bytes_in.clone(), ()), limit as usize)
-            .map_err(BoxError::from)
-            .boxed()
+        Limited::new(Metered::new(body, count, ()), limit as usize).map_err(BoxError::from).boxed()
     };
-    let body = match body_kind(parts) {
+    Ok(match body_kind(parts) {
         BodyKind::Form => {
-            // Small form bodies are read whole: an `expand[]` in them needs checking too.
             let form = read_form(body, snap.limits.max_form_bytes, snap.timeouts.form_body)
                 .await
                 .map_err(|f| ex.deny(f))?;
             ex.bytes_in.store(form.len() as u64, Ordering::Relaxed);
-            let token = identity::token_from(&parts.headers, AUTHORIZATION).unwrap_or_default();
-            let fields =
-                crate::policy::params::read(&form).map_err(|why| ex.deny(Failure::NonCanonical(why)))?;
-            if let Some(f) = expansion_failure(snap, service, &fields, &token) {
-                match service.mode {
-                    Mode::Enforce => return Err(ex.deny(f)),
-                    Mode::Report => ex.would_deny(&f),
-                }
+            let token = policy::identity::token_from(&parts.headers, AUTHORIZATION).unwrap_or_default();
+            if let Some(f) =
+                policy::check_form(&snap.policy, service, &form, &token).map_err(|f| ex.deny(f))?
+            {
+                ex.would_deny(&f);
             }
             Full::new(form).map_err(|e| match e {}).boxed()
         }
@@ -200,42 +166,90 @@ async fn forward(
             streamed(PartNames::new(body, boundary, ex.body_refused.clone()).boxed())
         }
         BodyKind::Other => streamed(body.boxed()),
-    };
+    })
+}
+
+/// Phase 6: the upstream request: the caller's headers less credentials and hop-by-hop ones,
+/// the real secret, the upstream's URI; and which upstream and egress address it leaves by.
+fn rewrite_request<'s>(
+    snap: &'s Snapshot,
+    route: Route<'_>,
+    parts: &Parts,
+    body: Body,
+    ex: &mut Exchange,
+) -> Result<(Request<Body>, Outbound<'s>), Failure> {
+    let up = &snap.upstreams[route.upstream];
+    let secret = snap.secrets[route.service.secret].serving().ok_or(Failure::SecretStale)?;
+    ex.record.secret_version = secret.version;
+    let headers =
+        upstream::request_headers(&parts.headers, secret.value.expose()).ok_or(Failure::Internal)?;
+    let egress = route.service.egress_ip.or(up.egress_ip);
+    ex.record.egress_ip = egress;
+    let client = up.client(egress).ok_or(Failure::Internal)?;
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = up.uri(parts.uri.path_and_query());
     *req.headers_mut() = headers;
+    Ok((req, Outbound { up, client }))
+}
 
+/// Where a request leaves by: the upstream and its client for the chosen egress address.
+struct Outbound<'s> {
+    up: &'s upstream::Upstream,
+    client: &'s upstream::Client,
+}
+
+/// Phase 7: send, within `timeouts.upstream`; returns the answer and the deadline its body
+/// must also keep. A failure here is logged with its cause, the upstream and the request id.
+async fn send(
+    snap: &Snapshot,
+    out: Outbound<'_>,
+    req: Request<Body>,
+    ex: &mut Exchange,
+) -> Result<(Response<Answer>, tokio::time::Instant), Failure> {
     let started = Instant::now();
+    let timeout = snap.timeouts.upstream;
     // One deadline for the whole answer: its head, then the rest of its body.
-    let deadline = tokio::time::Instant::from_std(started) + snap.timeouts.upstream;
-    let answer = tokio::time::timeout_at(deadline, client.request(req, deadline)).await;
+    let deadline = tokio::time::Instant::from_std(started) + timeout;
+    let answer = tokio::time::timeout_at(deadline, out.client.request(req, deadline)).await;
     ex.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-    let mut resp = match answer {
-        Err(_) => return Err(Failure::UpstreamTimeout),
-        // The byte count, not the error chain, tells that the body passed the limit: over
-        // HTTP/2 the body is sent by another task and the limit's error does not come back.
-        Ok(Err(_)) if ex.bytes_in.load(Ordering::Relaxed) > limit => {
-            return Err(Failure::BodyTooLarge { limit });
+    let (request_id, upstream, url) = (&ex.record.request_id, &*out.up.name, &out.up.url);
+    match answer {
+        Err(_) => {
+            tracing::warn!(request_id, upstream, url, ?timeout, "upstream did not answer in time (504)");
+            Err(Failure::UpstreamTimeout)
         }
-        Ok(Err(_)) if ex.body_late.load(Ordering::Relaxed) => return Err(Failure::BodyTimeout),
+        // The flags, not the error chain, tell what the caller's body did: over HTTP/2 the
+        // body is sent by another task and its error does not come back.
+        Ok(Err(_)) if ex.bytes_in.load(Ordering::Relaxed) > snap.limits.max_body_bytes => {
+            Err(Failure::BodyTooLarge { limit: snap.limits.max_body_bytes })
+        }
+        Ok(Err(_)) if ex.body_late.load(Ordering::Relaxed) => Err(Failure::BodyTimeout),
         Ok(Err(_)) if ex.body_refused.load(Ordering::Relaxed) => {
-            return Err(
-                ex.deny(Failure::NonCanonical("has a multipart part whose headers name method or expand"))
-            );
+            Err(ex.deny(Failure::NonCanonical("has a multipart part whose headers name method or expand")))
         }
         Ok(Err(e)) => {
-            tracing::warn!(upstream = %up.name, error = %e, "upstream request failed");
-            return Err(Failure::UpstreamUnavailable);
+            let cause = upstream::causes(&*e);
+            tracing::warn!(request_id, upstream, url, cause, "upstream request failed (502)");
+            Err(Failure::UpstreamUnavailable)
         }
-        Ok(Ok(resp)) => resp,
-    };
+        Ok(Ok(resp)) => Ok((resp, deadline)),
+    }
+}
+
+/// Phase 8: the upstream's answer as the caller gets it: hop-by-hop headers dropped, framed
+/// by the caller's protocol, its body cut off at the deadline.
+fn rewrite_response(
+    mut resp: Response<Answer>,
+    parts: &Parts,
+    deadline: tokio::time::Instant,
+    ex: &mut Exchange,
+) -> Response<Body> {
     upstream::strip_response_headers(resp.headers_mut());
-    // The caller's protocol, not the upstream's, frames the answer.
     *resp.version_mut() = parts.version;
     ex.record.upstream_request_id =
         resp.headers().get("request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-    Ok(resp.map(|b| Deadline::new(b, deadline, ex.answer_cut.clone()).boxed()))
+    resp.map(|b| Deadline::new(b, deadline, ex.answer_cut.clone()).boxed())
 }
 
 /// How a request body is read on its way upstream.
@@ -255,10 +269,10 @@ fn body_kind(parts: &Parts) -> BodyKind<'_> {
         return if parts.method == http::Method::POST { BodyKind::Form } else { BodyKind::Other };
     };
     let ct = ct.to_str().unwrap_or("");
-    match crate::policy::canonical::media_type(ct).as_str() {
+    match policy::canonical::media_type(ct).as_str() {
         "application/x-www-form-urlencoded" if parts.method == http::Method::POST => BodyKind::Form,
         m if m.starts_with("multipart/") => {
-            crate::policy::canonical::multipart_boundary(ct).map_or(BodyKind::Other, BodyKind::Multipart)
+            policy::canonical::multipart_boundary(ct).map_or(BodyKind::Other, BodyKind::Multipart)
         }
         _ => BodyKind::Other,
     }
@@ -274,188 +288,5 @@ async fn read_form(body: Idle<Incoming>, limit: usize, within: Duration) -> Resu
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Failure::FormTooLarge { limit }),
         Ok(Err(_)) if late.load(Ordering::Relaxed) => Err(Failure::BodyTimeout),
         Ok(Err(_)) => Err(Failure::BodyUnreadable),
-    }
-}
-
-/// The one place a failure becomes a response.
-pub fn failure_response(f: &Failure) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(f.body())).map_err(|e| match e {}).boxed());
-    *resp.status_mut() = f.status();
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let retry = if f.should_retry() { "true" } else { "false" };
-    h.insert("stripe-should-retry", HeaderValue::from_static(retry));
-    resp
-}
-
-/// One request's context. Dropping it writes the access record: whatever happened, exactly once.
-struct Exchange {
-    proxy: Arc<Proxy>,
-    slot: Option<Slot>,
-    record: AccessRecord,
-    started: Instant,
-    bytes_in: Arc<AtomicU64>,
-    bytes_out: Arc<AtomicU64>,
-    /// Raised when the upstream's answer was cut off at its deadline.
-    answer_cut: Arc<AtomicBool>,
-    /// Raised when the caller paused its request body too long.
-    body_late: Arc<AtomicBool>,
-    /// Raised when a multipart body turned out to carry a part keyward refuses.
-    body_refused: Arc<AtomicBool>,
-    /// Raised when the caller's connection was cut off for not reading.
-    caller_cut: Arc<AtomicBool>,
-    /// The HTTP/2 stream's watchdog, if the request came on one.
-    stream: Option<Arc<Progress>>,
-}
-
-impl Exchange {
-    /// An exchange with no place in the access-log queue yet.
-    fn start(proxy: Arc<Proxy>, caller: &Caller, snap: &Snapshot, parts: &Parts) -> Exchange {
-        let path = parts.uri.path();
-        let record = AccessRecord {
-            method: parts.method.as_str().to_owned(),
-            // Cut on a character boundary: hyper passes UTF-8 in paths (refused later).
-            path: path[..path.floor_char_boundary(crate::policy::canonical::MAX_PATH)].to_string(),
-            ..proxy.new_record(caller.ip, &snap.version)
-        };
-        Exchange {
-            proxy,
-            slot: None,
-            record,
-            started: Instant::now(),
-            bytes_in: Default::default(),
-            bytes_out: Default::default(),
-            answer_cut: Default::default(),
-            body_late: Default::default(),
-            body_refused: Default::default(),
-            caller_cut: caller.cut.clone(),
-            stream: Progress::current(),
-        }
-    }
-
-    fn note(&mut self, snap: &Snapshot, d: &Decision<'_>) {
-        let r = &mut self.record;
-        r.service = d.service.map(|s| s.name.clone());
-        r.token_id = d.token.map(|t| t.id.clone());
-        r.stripe_account = d.account.map(str::to_string);
-        if let Some(e) = d.entry {
-            r.template = Some(e.template.clone());
-            r.permission = Some(e.name.clone());
-            r.access = Some(e.access.as_str().into());
-        }
-        r.upstream = d.upstream.map(|i| snap.upstreams[i].name.clone());
-        let (decision, reason) = match &d.verdict {
-            Verdict::Allow => ("allow", "ok"),
-            Verdict::WouldDeny(f) => ("would_deny", f.code()),
-            Verdict::Deny(f) => ("deny", f.code()),
-        };
-        (r.decision, r.reason) = (decision.into(), reason.into());
-    }
-
-    /// A refusal found after the policy allowed the call (form-body expansions).
-    fn deny(&mut self, f: Failure) -> Failure {
-        (self.record.decision, self.record.reason) = ("deny".into(), f.code().into());
-        f
-    }
-
-    fn would_deny(&mut self, f: &Failure) {
-        (self.record.decision, self.record.reason) = ("would_deny".into(), f.code().into());
-    }
-
-    /// Tag the response and hand it back with this exchange riding on its body.
-    fn respond(mut self, mut resp: Response<Body>) -> Response<Body> {
-        self.tag(&mut resp);
-        let (parts, body) = resp.into_parts();
-        let body = match &self.stream {
-            Some(progress) => {
-                progress.answering();
-                Pulled::new(body, progress.clone()).boxed()
-            }
-            None => body,
-        };
-        let count = self.bytes_out.clone();
-        Response::from_parts(parts, Metered::new(body, count, self).boxed())
-    }
-
-    /// Tag a refusal and record it now, from the refusals' share of the access-log queue
-    /// (dropped and counted if that is full): its answer is all in `resp`.
-    fn refuse(mut self, mut resp: Response<Body>) -> Response<Body> {
-        self.tag(&mut resp);
-        let size = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
-        self.bytes_out.store(size, Ordering::Relaxed);
-        self.slot = self.proxy.audit.refusal_slot();
-        resp
-    }
-
-    fn tag(&mut self, resp: &mut Response<Body>) {
-        self.record.status = resp.status().as_u16();
-        let id = HeaderValue::from_str(&self.record.request_id).expect("request ids are ASCII");
-        resp.headers_mut().insert(REQUEST_ID, id);
-    }
-}
-
-impl Drop for Exchange {
-    fn drop(&mut self) {
-        let r = &mut self.record;
-        r.duration_ms = self.started.elapsed().as_secs_f64() * 1e3;
-        r.bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        r.bytes_out = self.bytes_out.load(Ordering::Relaxed);
-        if self.answer_cut.load(Ordering::Relaxed) {
-            r.reason = Failure::UpstreamTimeout.code().into();
-        } else if self.caller_cut.load(Ordering::Relaxed)
-            || self.stream.as_ref().is_some_and(|s| s.cut.load(Ordering::Relaxed))
-        {
-            r.reason = CLIENT_STALLED.into();
-        }
-        self.proxy.metrics.observe(r);
-        if let Some(slot) = self.slot.take() {
-            slot.send(std::mem::take(r));
-        }
-    }
-}
-
-/// Request ids: a random per-process prefix and a counter; unique, cheap, not secret.
-struct RequestIds {
-    prefix: u32,
-    next: AtomicU64,
-}
-
-impl RequestIds {
-    fn new() -> Self {
-        let mut b = [0u8; 4];
-        getrandom::fill(&mut b).expect("the OS has randomness");
-        RequestIds { prefix: u32::from_le_bytes(b), next: AtomicU64::new(1) }
-    }
-
-    /// `kwreq_` then the prefix in 8 and the counter in 10 lowercase hex digits, written
-    /// without the formatting machinery: this runs for every request.
-    fn next(&self) -> String {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        if n > 0xff_ffff_ffff {
-            return format!("kwreq_{:08x}{n:010x}", self.prefix); // after 2^40 requests: longer
-        }
-        let mut b = *b"kwreq_000000000000000000";
-        let hex = |digits: &mut [u8], mut v: u64| {
-            for d in digits.iter_mut().rev() {
-                *d = b"0123456789abcdef"[(v & 0xf) as usize];
-                v >>= 4;
-            }
-        };
-        hex(&mut b[6..14], self.prefix.into());
-        hex(&mut b[14..], n);
-        String::from_utf8(b.to_vec()).expect("hex digits are ASCII")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_prefix_and_counter_in_fixed_width_hex() {
-        for (prefix, n) in [(0, 1), (0xdead_beef, 0x12_3456_789a), (u32::MAX, 0xff_ffff_ffff), (7, 1 << 40)] {
-            let ids = RequestIds { prefix, next: AtomicU64::new(n) };
-            assert_eq!(ids.next(), format!("kwreq_{prefix:08x}{n:010x}"));
-        }
     }
 }

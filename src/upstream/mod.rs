@@ -275,6 +275,22 @@ pub fn request_headers(from: &HeaderMap, secret: &str) -> Option<HeaderMap> {
     Some(out)
 }
 
+/// An error and its causes, outermost first (`client error (Connect): tcp connect error:
+/// Connection refused`): what went wrong upstream, for the log.
+pub fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
 /// The upstream's response headers as the caller gets them.
 pub fn strip_response_headers(headers: &mut HeaderMap) {
     let connection = headers.contains_key(header::CONNECTION).then_some(&*headers);

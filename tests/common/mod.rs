@@ -431,7 +431,7 @@ impl Running {
 
     /// The version of the snapshot serving now.
     pub fn version(&self) -> String {
-        self.app.as_ref().unwrap().proxy.snapshot.load().version.to_string()
+        self.app.as_ref().unwrap().proxy.state.snapshot.load().version.to_string()
     }
 
     /// Wait (bounded) until the serving version is `want`.
@@ -532,8 +532,10 @@ impl Running {
         let path = self.dir.path().join("audit.jsonl");
         for _ in 0..200 {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
+            // Only whole lines: the writer may be half-way through the last one.
+            let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
             let recs: Vec<serde_json::Value> =
-                text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+                whole.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
             if recs.len() >= n {
                 return recs;
             }

@@ -12,10 +12,11 @@ use toml::Spanned;
 
 use super::file::{FileConfig, SecretFile, ServiceFile};
 use super::{ConfigError, Source};
-use crate::control::snapshot::{Accounts, Limits, Service, Snapshot, Timeouts, Token, TokenRef};
+use crate::control::snapshot::{Limits, Snapshot, Timeouts};
 use crate::policy::Level;
 use crate::policy::catalog::{Catalog, STRIPE_CATALOG};
 use crate::policy::expand::{Expansions, STRIPE_EXPANSIONS};
+use crate::policy::{Accounts, Policy, Service, Token, TokenRef};
 use crate::secrets::vault::{Spec, VaultSource};
 use crate::secrets::{EnvSource, FileSource, Loaded, Refresh, Secret, SecretCell, SecretSource};
 use crate::text::line_of;
@@ -143,13 +144,16 @@ pub async fn compile_with(
             fail_closed: file.audit.on_failure == super::file::OnFailure::FailClosed,
         },
         files: input_files(src, &file),
-        catalog,
-        expansions,
-        routes,
+        policy: Policy {
+            catalog,
+            expansions,
+            routes,
+            upstreams: upstreams.iter().map(|u| u.name.clone()).collect(),
+            services,
+            tokens,
+        },
         upstreams,
         secrets,
-        services,
-        tokens,
     })
 }
 

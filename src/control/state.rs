@@ -1,0 +1,23 @@
+//! What the control plane shares with the request path: the snapshot serving, the access log
+//! and the metrics. Reloads swap the snapshot; requests read it once each.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::audit::AuditSink;
+use crate::control::metrics::Metrics;
+use crate::control::snapshot::Snapshot;
+
+pub struct State {
+    /// Swapped whole by a reload; a request keeps the one it started with.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub audit: AuditSink,
+    pub metrics: Metrics,
+}
+
+impl State {
+    pub fn new(snapshot: Arc<Snapshot>, audit: AuditSink) -> Arc<State> {
+        Arc::new(State { snapshot: ArcSwap::new(snapshot), audit, metrics: Metrics::default() })
+    }
+}

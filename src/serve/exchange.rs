@@ -1,0 +1,235 @@
+//! One request's context, `Exchange`: the access record it fills in as the request moves
+//! through its phases, and writes exactly once, when it is dropped, whatever happened.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::header::HeaderValue;
+use http::request::Parts;
+use http::{HeaderName, Response};
+use http_body_util::BodyExt;
+use time::OffsetDateTime;
+
+use crate::audit::{self, AccessRecord, Slot};
+use crate::control::state::State;
+use crate::policy::{Decision, Failure, Ruling};
+use crate::serve::body::Metered;
+use crate::serve::stall::{Progress, Pulled};
+use crate::upstream::Body;
+
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("keyward-request-id");
+/// What the Stripe SDKs read as the request id (`e.request_id`): on keyward's own answers the
+/// same id as `Keyward-Request-Id`; on forwarded answers the upstream's.
+pub static STRIPE_REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+/// The reason recorded for an answer cut off because its caller stopped taking it.
+pub const CLIENT_STALLED: &str = "client_stalled";
+
+/// The connection a request came on: who is calling, and whether keyward cut it off for
+/// not reading (`timeouts.client_send`).
+#[derive(Clone)]
+pub struct Caller {
+    pub ip: IpAddr,
+    pub cut: Arc<AtomicBool>,
+}
+
+pub struct Exchange {
+    state: Arc<State>,
+    pub slot: Option<Slot>,
+    pub record: AccessRecord,
+    started: Instant,
+    pub bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+    /// Raised when the upstream's answer was cut off at its deadline.
+    pub answer_cut: Arc<AtomicBool>,
+    /// Raised when the caller paused its request body too long.
+    pub body_late: Arc<AtomicBool>,
+    /// Raised when a multipart body turned out to carry a part keyward refuses.
+    pub body_refused: Arc<AtomicBool>,
+    /// Raised when the caller's connection was cut off for not reading.
+    caller_cut: Arc<AtomicBool>,
+    /// The HTTP/2 stream's watchdog, if the request came on one.
+    stream: Option<Arc<Progress>>,
+}
+
+impl Exchange {
+    /// An exchange with no place in the access-log queue yet.
+    pub fn start(
+        state: Arc<State>,
+        ids: &RequestIds,
+        caller: &Caller,
+        version: &Arc<str>,
+        parts: &Parts,
+    ) -> Exchange {
+        let path = parts.uri.path();
+        let record = AccessRecord {
+            method: parts.method.as_str().to_owned(),
+            // Cut on a character boundary: hyper passes UTF-8 in paths (refused later).
+            path: path[..path.floor_char_boundary(crate::policy::canonical::MAX_PATH)].to_string(),
+            ..new_record(ids, caller.ip, version)
+        };
+        state.metrics.in_flight.inc();
+        Exchange {
+            state,
+            slot: None,
+            record,
+            started: Instant::now(),
+            bytes_in: Default::default(),
+            bytes_out: Default::default(),
+            answer_cut: Default::default(),
+            body_late: Default::default(),
+            body_refused: Default::default(),
+            caller_cut: caller.cut.clone(),
+            stream: Progress::current(),
+        }
+    }
+
+    /// What the policy learnt and decided.
+    pub fn note(&mut self, ruling: &Ruling<'_>, upstream_names: &[Arc<str>]) {
+        let r = &mut self.record;
+        r.service = ruling.service.map(|s| s.name.clone());
+        r.token_id = ruling.token.map(|t| t.id.clone());
+        r.stripe_account = ruling.account.map(str::to_string);
+        if let Some(e) = ruling.entry {
+            r.template = Some(e.template.clone());
+            r.permission = Some(e.name.clone());
+            r.access = Some(e.access.as_str().into());
+        }
+        r.upstream = ruling.upstream.map(|i| upstream_names[i].clone());
+        (r.decision, r.reason) = (ruling.verdict.decision(), ruling.verdict.reason().into());
+    }
+
+    /// A refusal found after the policy allowed the call (the body rules).
+    pub fn deny(&mut self, f: Failure) -> Failure {
+        (self.record.decision, self.record.reason) = (Decision::Deny, f.code().into());
+        f
+    }
+
+    pub fn would_deny(&mut self, f: &Failure) {
+        (self.record.decision, self.record.reason) = (Decision::WouldDeny, f.code().into());
+    }
+
+    /// The call failed after it was allowed: an allowed call's record takes the failure's
+    /// reason; a `would_deny` one keeps its policy reason (the status tells the failure).
+    pub fn failed(&mut self, f: &Failure) {
+        if self.record.decision == Decision::Allow {
+            self.record.reason = f.code().into();
+        }
+    }
+
+    /// Tag the response and hand it back with this exchange riding on its body.
+    pub fn respond(mut self, mut resp: Response<Body>, own: bool) -> Response<Body> {
+        self.tag(&mut resp, own);
+        let (parts, body) = resp.into_parts();
+        let body = match &self.stream {
+            Some(progress) => {
+                progress.answering();
+                Pulled::new(body, progress.clone()).boxed()
+            }
+            None => body,
+        };
+        let count = self.bytes_out.clone();
+        Response::from_parts(parts, Metered::new(body, count, self).boxed())
+    }
+
+    /// Tag a refusal and record it now, from the refusals' share of the access-log queue
+    /// (dropped and counted if that is full): its answer is all in `resp`.
+    pub fn refuse(mut self, mut resp: Response<Body>) -> Response<Body> {
+        self.tag(&mut resp, true);
+        let size = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+        self.bytes_out.store(size, Ordering::Relaxed);
+        self.slot = self.state.audit.refusal_slot();
+        resp
+    }
+
+    /// `own`: keyward's answer, not the upstream's, so its `Request-Id` is keyward's too.
+    fn tag(&mut self, resp: &mut Response<Body>, own: bool) {
+        self.record.status = resp.status().as_u16();
+        let id = HeaderValue::from_str(&self.record.request_id).expect("request ids are ASCII");
+        if own {
+            resp.headers_mut().insert(&STRIPE_REQUEST_ID, id.clone());
+        }
+        resp.headers_mut().insert(&REQUEST_ID, id);
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let r = &mut self.record;
+        r.duration_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        r.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        r.bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        if self.answer_cut.load(Ordering::Relaxed) {
+            r.reason = Failure::UpstreamTimeout.code().into();
+        } else if self.caller_cut.load(Ordering::Relaxed)
+            || self.stream.as_ref().is_some_and(|s| s.cut.load(Ordering::Relaxed))
+        {
+            r.reason = CLIENT_STALLED.into();
+        }
+        self.state.metrics.in_flight.dec();
+        self.state.metrics.observe(r);
+        if let Some(slot) = self.slot.take() {
+            slot.send(std::mem::take(r));
+        }
+    }
+}
+
+/// A record's common start: when, which request, from where, under which configuration.
+pub fn new_record(ids: &RequestIds, client_ip: IpAddr, config_version: &Arc<str>) -> AccessRecord {
+    AccessRecord {
+        time: audit::timestamp(OffsetDateTime::now_utc()),
+        request_id: ids.next(),
+        client_ip: Some(client_ip),
+        config_version: config_version.clone(),
+        ..AccessRecord::default()
+    }
+}
+
+/// Request ids: a random per-process prefix and a counter; unique, cheap, not secret.
+pub struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let mut b = [0u8; 4];
+        getrandom::fill(&mut b).expect("the OS has randomness");
+        RequestIds { prefix: u32::from_le_bytes(b), next: AtomicU64::new(1) }
+    }
+}
+
+impl RequestIds {
+    /// `kwreq_` then the prefix in 8 and the counter in 10 lowercase hex digits, written
+    /// without the formatting machinery: this runs for every request.
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        if n > 0xff_ffff_ffff {
+            return format!("kwreq_{:08x}{n:010x}", self.prefix); // after 2^40 requests: longer
+        }
+        let mut b = *b"kwreq_000000000000000000";
+        let hex = |digits: &mut [u8], mut v: u64| {
+            for d in digits.iter_mut().rev() {
+                *d = b"0123456789abcdef"[(v & 0xf) as usize];
+                v >>= 4;
+            }
+        };
+        hex(&mut b[6..14], self.prefix.into());
+        hex(&mut b[14..], n);
+        String::from_utf8(b.to_vec()).expect("hex digits are ASCII")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_prefix_and_counter_in_fixed_width_hex() {
+        for (prefix, n) in [(0, 1), (0xdead_beef, 0x12_3456_789a), (u32::MAX, 0xff_ffff_ffff), (7, 1 << 40)] {
+            let ids = RequestIds { prefix, next: AtomicU64::new(n) };
+            assert_eq!(ids.next(), format!("kwreq_{prefix:08x}{n:010x}"));
+        }
+    }
+}
