@@ -68,17 +68,17 @@ fn broken_configs_are_refused_with_file_line_and_key() {
         (
             "unknown scope key",
             good.replace("\"charge\" = \"read\"", "\"chrage\" = \"read\""),
-            vec!["service[0].scope.chrage", "names no permission"],
+            vec!["service \"billing\".scope.chrage", "names no permission"],
         ),
         (
             "hash not hex",
             good.replace(&sha256_hex("kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa"), "zz"),
-            vec!["service[0].token[0].sha256", "64 hex digits"],
+            vec!["service \"billing\".token[0].sha256", "64 hex digits"],
         ),
         (
             "same token twice",
             format!("{head}{svc}{second_svc}"),
-            vec!["service[1].token[0].sha256", "configured twice"],
+            vec!["service \"other\".token[0].sha256", "configured twice"],
         ),
         (
             "same service twice",
@@ -89,7 +89,7 @@ fn broken_configs_are_refused_with_file_line_and_key() {
         (
             "unknown secret",
             good.replace("secret = \"stripe\"", "secret = \"nope\""),
-            vec!["service[0].secret", "no [secret.nope]"],
+            vec!["service \"billing\".secret", "no [secret.nope]"],
         ),
         (
             "env secret missing",
@@ -109,19 +109,19 @@ fn broken_configs_are_refused_with_file_line_and_key() {
         (
             "bad expiry",
             good.replace("sha256 =", "expires = \"next tuesday\"\nsha256 ="),
-            vec!["service[0].token[0].expires", "RFC 3339"],
+            vec!["service \"billing\".token[0].expires", "RFC 3339"],
         ),
         ("no server", good.replace("[server]", "[serverr]"), vec!["unknown field `serverr`"]),
         ("missing cert", good.replace("leaf.crt", "missing.crt"), vec!["server.tls_cert", "missing.crt"]),
         (
             "empty source_ips",
             good.replace("source_ips = [\"127.0.0.0/8\", \"::1/128\"]", "source_ips = []"),
-            vec!["service[0].source_ips", "is empty"],
+            vec!["service \"billing\".source_ips", "is empty"],
         ),
         (
             "bad account",
             good.replace("source_ips =", "accounts = [\"bob\"]\nsource_ips ="),
-            vec!["service[0].accounts[0]", "is not an account id"],
+            vec!["service \"billing\".accounts[0]", "is not an account id"],
         ),
         (
             "a service name the report uses for no service",

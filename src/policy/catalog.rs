@@ -190,6 +190,11 @@ impl Catalog {
         &self.permissions[id.0 as usize]
     }
 
+    /// Every permission base name, for suggestions.
+    pub fn permission_names(&self) -> Vec<&str> {
+        self.permissions.iter().map(String::as_str).collect()
+    }
+
     pub fn permission_count(&self) -> usize {
         self.permissions.len()
     }

@@ -59,18 +59,7 @@ impl Upstream {
         connect_timeout: Duration,
         http2: bool,
     ) -> Result<Upstream, String> {
-        let shown = crate::text::url_shown(url);
-        let uri: Uri = url.parse().map_err(|e| format!("url `{shown}` is not a URL: {e}"))?;
-        if uri.scheme() != Some(&Scheme::HTTPS) {
-            return Err(format!("url `{shown}` must start with https://"));
-        }
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!("url `{shown}` must have no path or query"));
-        }
-        let authority = uri.authority().cloned().ok_or_else(|| format!("url `{shown}` has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!("url `{shown}` must not carry credentials"));
-        }
+        let authority = check_url(url)?;
         let tls = client_tls(ca)?;
         let h2_tls = http2.then(|| {
             let mut tls = tls.clone();
@@ -123,6 +112,24 @@ impl Upstream {
         parts.path_and_query = path_and_query.cloned();
         Uri::from_parts(parts).expect("scheme, authority and a path make a URI")
     }
+}
+
+/// An upstream URL as keyward takes it: `https://host[:port]`, no path, query or
+/// credentials. Returns its authority; errors show the URL without credentials.
+pub fn check_url(url: &str) -> Result<Authority, String> {
+    let shown = crate::text::url_shown(url);
+    let uri: Uri = url.parse().map_err(|e| format!("url `{shown}` is not a URL: {e}"))?;
+    if uri.scheme() != Some(&Scheme::HTTPS) {
+        return Err(format!("url `{shown}` must start with https://"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("url `{shown}` must have no path or query"));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| format!("url `{shown}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("url `{shown}` must not carry credentials"));
+    }
+    Ok(authority)
 }
 
 pub(crate) fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {

@@ -1,12 +1,45 @@
-//! Configuration: read the file (`file`), compile it into a `Snapshot` (`compile`).
+//! Configuration: the file as users write it (`file`), checked and planned without I/O
+//! (`validate`), then built into a `Snapshot` (`build`: tables, secrets, clients, TLS).
 
-pub mod compile;
+pub mod build;
 pub mod file;
+pub mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use compile::{Options, compile, compile_with};
+use crate::control::snapshot::Snapshot;
+
+/// What to build beyond the policy: `keyward explain` and `check --offline` need none of it,
+/// `run` and `check` all.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub secrets: bool,
+    pub tls: bool,
+    pub clients: bool,
+}
+
+impl Options {
+    pub const FULL: Options = Options { secrets: true, tls: true, clients: true };
+    pub const POLICY_ONLY: Options = Options { secrets: false, tls: false, clients: false };
+}
+
+pub async fn compile(src: &Source, opts: Options) -> Result<Snapshot, Vec<ConfigError>> {
+    compile_with(src, opts, None).await
+}
+
+/// Compile a configuration into a complete snapshot, or report every error found. For a
+/// reload, `previous` lends what can be kept (see `build::build`).
+pub async fn compile_with(
+    src: &Source,
+    opts: Options,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Vec<ConfigError>> {
+    let file = validate::parse(src)?;
+    let (catalog, expansions) = build::tables(src, &file)?;
+    let (plan, errors) = validate::validate(src, file, &catalog, &expansions);
+    build::build(src, plan, errors, opts, previous).await
+}
 
 /// The configuration `keyward run` uses when no `--config` is given and `config/keyward.toml`
 /// does not exist.

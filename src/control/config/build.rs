@@ -1,0 +1,222 @@
+//! The I/O half of compiling a configuration: read the tables it names, then build what the
+//! plan asks for: secrets (loaded concurrently), upstream clients, the listener's TLS.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::file::{FileConfig, SecretFile};
+use super::validate::{Errors, Plan, Table};
+use super::{ConfigError, Options, Source};
+use crate::control::snapshot::Snapshot;
+use crate::policy::catalog::STRIPE_CATALOG;
+use crate::policy::expand::STRIPE_EXPANSIONS;
+use crate::secrets::vault::{Spec, VaultFile, VaultSource};
+use crate::secrets::{EnvSource, FileSource, Loaded, Refresh, Secret, SecretCell, SecretSource};
+use crate::upstream::Upstream;
+
+/// The catalog and expansion table `file` names, or the built-in ones.
+pub fn tables(src: &Source, file: &FileConfig) -> Result<(Table, Table), Vec<ConfigError>> {
+    let read = |path: &Path, key: &str| {
+        std::fs::read_to_string(path)
+            .map(|text| Table { name: path.display().to_string(), text })
+            .map_err(|e| ConfigError::new(&src.name, None, key, format!("{}: {e}", path.display())))
+    };
+    let builtin = |name: &str, text: &str| Table { name: name.into(), text: text.into() };
+    let catalog = match &file.catalog.path {
+        Some(p) => read(p, "catalog.path"),
+        None => Ok(builtin("<built-in Stripe catalog>", STRIPE_CATALOG)),
+    };
+    let expansions = match (&file.catalog.expansions, &file.catalog.path) {
+        (Some(p), _) => read(p, "catalog.expansions"),
+        // The built-in table names Stripe's permissions: it goes with the built-in catalog only.
+        (None, None) => Ok(builtin("<built-in Stripe expansions>", STRIPE_EXPANSIONS)),
+        (None, Some(_)) => Ok(builtin("<no expansions>", "")),
+    };
+    match (catalog, expansions) {
+        (Ok(c), Ok(e)) => Ok((c, e)),
+        (c, e) => Err(c.err().into_iter().chain(e.err()).collect()),
+    }
+}
+
+/// Build the snapshot a plan describes, adding to `errors` (the plan's own) what goes wrong.
+/// `previous` lends what can be kept across a reload: upstream clients built the same way
+/// (their warm connections) and vault cells whose configuration is unchanged (refreshed now,
+/// so a vault outage does not block a reload).
+pub async fn build(
+    src: &Source,
+    plan: Plan,
+    errors: Vec<ConfigError>,
+    opts: Options,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Vec<ConfigError>> {
+    let mut errs = Errors { src, list: errors };
+    let upstreams = build_upstreams(&plan.file, opts, previous, &mut errs);
+    let secrets = load_secrets(&plan, opts, previous, &mut errs).await;
+    let tls = if opts.tls { load_tls(&plan.file, &mut errs) } else { None };
+    if !errs.list.is_empty() {
+        return Err(errs.list);
+    }
+    Ok(Snapshot {
+        version: plan.version,
+        listen: plan.file.server.listen,
+        admin_listen: plan.file.server.admin_listen,
+        tls,
+        limits: plan.limits,
+        timeouts: plan.timeouts,
+        audit: plan.audit,
+        files: plan.files,
+        policy: plan.policy,
+        upstreams,
+        secrets,
+    })
+}
+
+/// Upstreams and their pooled clients, in the order of `policy.upstreams`. A reload keeps an
+/// upstream whose clients would be built the same (same URL, CA file content, egress
+/// addresses, connect timeout), so its warm connections survive the swap.
+fn build_upstreams(
+    file: &FileConfig,
+    opts: Options,
+    previous: Option<&Snapshot>,
+    errs: &mut Errors,
+) -> Vec<Upstream> {
+    let service_egress: HashSet<Option<IpAddr>> =
+        file.service.iter().filter_map(|s| s.egress_ip).map(Some).collect();
+    let mut out = Vec::new();
+    // An upstream whose URL the plan refused has said why already.
+    for (name, u) in file.upstream.iter().filter(|(_, u)| crate::upstream::check_url(u.url.get_ref()).is_ok())
+    {
+        let mut egress = service_egress.clone();
+        egress.insert(u.egress_ip);
+        let egress = if opts.clients { egress } else { HashSet::new() };
+        let connect = file.timeouts.upstream_connect;
+        let identity = upstream_identity(u.url.get_ref(), u.ca.as_deref(), &egress, connect, u.http2);
+        let kept =
+            previous.and_then(|p| p.upstreams.iter().find(|o| *o.name == **name && o.identity == identity));
+        if let Some(old) = kept {
+            out.push(old.clone().with_egress(u.egress_ip));
+            continue;
+        }
+        match Upstream::build(name, u.url.get_ref(), u.ca.as_deref(), egress, connect, u.http2) {
+            Ok(up) => out.push(up.with_egress(u.egress_ip).with_identity(identity)),
+            Err(msg) => errs.at(Some(u.url.span()), format!("upstream.{name}"), msg),
+        }
+    }
+    out
+}
+
+fn upstream_identity(
+    url: &str,
+    ca: Option<&Path>,
+    egress: &HashSet<Option<IpAddr>>,
+    connect: std::time::Duration,
+    http2: bool,
+) -> [u8; 32] {
+    let mut egress: Vec<String> = egress.iter().map(|e| format!("{e:?}")).collect();
+    egress.sort();
+    let ca_bytes = ca.map(|p| std::fs::read(p).unwrap_or_default()).unwrap_or_default();
+    Sha256::new()
+        .chain_update(url)
+        .chain_update([0])
+        .chain_update(&ca_bytes)
+        .chain_update(egress.join(","))
+        .chain_update(connect.as_millis().to_le_bytes())
+        .chain_update([u8::from(http2)])
+        .finalize()
+        .into()
+}
+
+/// The plan's secrets, in its order, all loaded at once: a slow vault holds up only itself.
+async fn load_secrets(
+    plan: &Plan,
+    opts: Options,
+    previous: Option<&Snapshot>,
+    errs: &mut Errors<'_>,
+) -> Vec<Arc<SecretCell>> {
+    let loads = plan.secrets.iter().map(|name| async move {
+        let def = &plan.file.secret[name];
+        (name, load_secret(name, def, opts, previous).await)
+    });
+    // A vault spec the plan refused has said why already.
+    let mut cells = Vec::new();
+    for (name, loaded) in futures_util::future::join_all(loads).await {
+        match loaded {
+            Ok(cell) => cells.push(cell),
+            Err(msg) => errs.at(None, format!("secret.{name}"), msg),
+        }
+    }
+    cells
+}
+
+async fn load_secret(
+    name: &str,
+    def: &SecretFile,
+    opts: Options,
+    previous: Option<&Snapshot>,
+) -> Result<Arc<SecretCell>, String> {
+    if !opts.secrets {
+        return Ok(placeholder(name));
+    }
+    let cell = |l| Arc::new(SecretCell::new(name, l, None));
+    match def {
+        SecretFile::File { path, key } => {
+            (FileSource { path: path.clone(), key: key.clone() }).load().await.map(cell)
+        }
+        SecretFile::Env { var } => (EnvSource { var: var.clone() }).load().await.map(cell),
+        SecretFile::Vault(v) => {
+            let Ok(spec) = Spec::parse(v) else { return Ok(placeholder(name)) };
+            vault_cell(name, spec, v, previous).await
+        }
+    }
+}
+
+fn placeholder(name: &str) -> Arc<SecretCell> {
+    Arc::new(SecretCell::new(name, Loaded { value: Secret::new(String::new()), version: None }, None))
+}
+
+/// The running cell if its configuration is unchanged (refreshed now: a failure keeps the
+/// last good value), else a new source loaded for the first time (a failure is an error).
+async fn vault_cell(
+    name: &str,
+    spec: Spec,
+    file: &VaultFile,
+    previous: Option<&Snapshot>,
+) -> Result<Arc<SecretCell>, String> {
+    let source = VaultSource::connect(spec, file)?;
+    let kept = previous
+        .and_then(|p| p.secrets.iter().find(|c| &*c.name == name))
+        .filter(|c| c.refresh_plan().is_some_and(|r| r.origin == source.origin()));
+    if let Some(cell) = kept {
+        cell.refresh().await;
+        return Ok(cell.clone());
+    }
+    let loaded = source.load().await?;
+    let s = source.spec();
+    let (every, max_staleness, on_stale, origin) = (s.refresh, s.max_staleness, s.on_stale, source.origin());
+    let refresh = Refresh::new(Box::new(source), every, max_staleness, on_stale, origin);
+    Ok(Arc::new(SecretCell::new(name, loaded, Some(refresh))))
+}
+
+fn load_tls(file: &FileConfig, errs: &mut Errors) -> Option<Arc<rustls::ServerConfig>> {
+    let (cert, key) = (&file.server.tls_cert, &file.server.tls_key);
+    if file.server.dev_certs {
+        match crate::control::tls::ensure_dev_certs(cert, key) {
+            Ok(true) => {
+                tracing::warn!(cert = %cert.display(), "made development certificates; do not use them in production")
+            }
+            Ok(false) => {}
+            Err(msg) => errs.at(None, "server.dev_certs", msg),
+        }
+    }
+    match crate::control::tls::server_config(cert, key) {
+        Ok(cfg) => Some(Arc::new(cfg)),
+        Err(msg) => {
+            errs.at(None, "server.tls_cert", msg);
+            None
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! The pure half of compiling a configuration: the file's text and its tables (catalog,
+//! expansions) in, a `Plan` out, or every error found. No files, sockets or clocks: what needs
+//! them (secrets, certificates, upstream clients) is done by `build` from the plan.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use toml::Spanned;
+
+use super::file::{FileConfig, SecretFile, ServiceFile};
+use super::{ConfigError, Source};
+use crate::control::snapshot::{Limits, Timeouts};
+use crate::policy::catalog::{Catalog, LineError};
+use crate::policy::expand::Expansions;
+use crate::policy::{Accounts, Level, Policy, Service, Token, TokenRef};
+use crate::secrets::vault::Spec;
+use crate::text::line_of;
+
+/// A table a configuration reads (catalog, expansions), as text, with the name errors give it.
+pub struct Table {
+    pub name: String,
+    pub text: String,
+}
+
+/// Everything a configuration asks for that needs no I/O to know.
+pub struct Plan {
+    pub file: FileConfig,
+    /// Short hash of the configuration and its tables, carried by every access record.
+    pub version: Arc<str>,
+    pub policy: Policy,
+    /// The secrets the services use, by name, in the order of `Service::secret` indices.
+    pub secrets: Vec<String>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub audit: crate::audit::writer::Settings,
+    /// Every file the configuration reads: a change to any of them triggers a reload.
+    pub files: Vec<PathBuf>,
+}
+
+/// Errors of one configuration, each at its file, line and key.
+pub struct Errors<'a> {
+    pub src: &'a Source,
+    pub list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    pub fn at(&mut self, span: Option<std::ops::Range<usize>>, key: impl AsRef<str>, msg: impl Into<String>) {
+        let line = span.map(|s| line_of(&self.src.text, s.start));
+        self.list.push(ConfigError::new(&self.src.name, line, key.as_ref(), msg));
+    }
+
+    fn table(&mut self, table: &Table, lines: Vec<LineError>) {
+        for l in lines {
+            self.list.push(ConfigError::new(std::path::Path::new(&table.name), Some(l.line), "", l.message));
+        }
+    }
+}
+
+/// Read the configuration text into its file types (the first syntax or type error stops it).
+pub fn parse(src: &Source) -> Result<FileConfig, Vec<ConfigError>> {
+    toml::from_str(&src.text).map_err(|e| {
+        let line = e.span().map(|s| line_of(&src.text, s.start));
+        vec![ConfigError::new(&src.name, line, "", with_suggestion(&scrub(e.message())))]
+    })
+}
+
+/// Check everything in `file` and compile its policy. `catalog` and `expansions` are the
+/// tables it names (or the built-in ones), already read. The plan comes with every error
+/// found; with errors it is only good for finding more (`build` still checks its files and
+/// secrets, so that `keyward check` reports everything at once).
+pub fn validate(
+    src: &Source,
+    file: FileConfig,
+    catalog: &Table,
+    expansions: &Table,
+) -> (Plan, Vec<ConfigError>) {
+    let mut errs = Errors { src, list: Vec::new() };
+    let catalog_parsed = Catalog::parse(&catalog.text).unwrap_or_else(|lines| {
+        errs.table(catalog, lines);
+        Catalog::default()
+    });
+    // A broken catalog already said why; its names would be missing here too.
+    let expansions_parsed = match catalog_parsed.permission_count() {
+        0 => Expansions::default(),
+        _ => Expansions::parse(&expansions.text, &catalog_parsed).unwrap_or_else(|lines| {
+            errs.table(expansions, lines);
+            Expansions::default()
+        }),
+    };
+    check_upstreams(&file, &mut errs);
+    let upstreams: Vec<Arc<str>> = file.upstream.keys().map(|n| Arc::from(n.as_str())).collect();
+    let routes =
+        catalog_parsed.entries.iter().map(|e| upstreams.iter().position(|u| **u == *e.upstream)).collect();
+    let secrets = check_secrets(&file, &mut errs);
+    let index: HashMap<&str, usize> = secrets.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+    let (services, tokens) = build_services(&file, &catalog_parsed, &index, &mut errs);
+    check_bounds(&file, &mut errs);
+    let digest = Sha256::new()
+        .chain_update(&src.text)
+        .chain_update(&catalog.text)
+        .chain_update(&expansions.text)
+        .finalize();
+    let (l, t, a) = (&file.limits, &file.timeouts, &file.audit);
+    let plan = Plan {
+        version: hex::encode(&digest[..6]).into(),
+        policy: Policy {
+            catalog: catalog_parsed,
+            expansions: expansions_parsed,
+            routes,
+            upstreams,
+            services,
+            tokens,
+        },
+        secrets,
+        limits: Limits {
+            max_body_bytes: l.max_body_bytes,
+            max_header_bytes: l.max_header_bytes,
+            max_form_bytes: l.max_form_bytes,
+            max_connections: l.max_connections,
+            max_connections_per_ip: l.max_connections_per_ip,
+            max_handshakes: l.max_handshakes,
+            max_streams_per_connection: l.max_streams_per_connection,
+        },
+        timeouts: Timeouts {
+            handshake: t.handshake,
+            request_head: t.request_head,
+            upstream: t.upstream,
+            shutdown_grace: t.shutdown_grace,
+            request_body_idle: t.request_body_idle,
+            form_body: t.form_body,
+            client_send: t.client_send,
+        },
+        audit: crate::audit::writer::Settings {
+            path: a.path.clone(),
+            max_bytes: a.max_bytes,
+            keep: a.keep,
+            queue: a.queue,
+            fail_closed: a.on_failure == super::file::OnFailure::FailClosed,
+        },
+        files: input_files(src, &file),
+        file,
+    };
+    (plan, errs.list)
+}
+
+fn check_upstreams(file: &FileConfig, errs: &mut Errors) {
+    if file.upstream.is_empty() {
+        errs.at(None, "upstream", "no [upstream.NAME] is configured");
+    }
+    for (name, u) in &file.upstream {
+        if let Err(msg) = crate::upstream::check_url(u.url.get_ref()) {
+            errs.at(Some(u.url.span()), format!("upstream.{name}.url"), msg);
+        }
+    }
+}
+
+/// The secrets services use (others are never read), checked where that needs no I/O.
+fn check_secrets(file: &FileConfig, errs: &mut Errors) -> Vec<String> {
+    let used: HashSet<&str> = file.service.iter().map(|s| s.secret.get_ref().as_str()).collect();
+    let mut out = Vec::new();
+    for (name, def) in file.secret.iter().filter(|(n, _)| used.contains(n.as_str())) {
+        if let SecretFile::Vault(v) = def
+            && let Err(list) = Spec::parse(v)
+        {
+            for (k, msg) in list {
+                errs.at(None, format!("secret.{name}.{k}"), msg);
+            }
+        }
+        out.push(name.clone());
+    }
+    out
+}
+
+/// Bounds that keep a typo from becoming an allocation or a loop of that size.
+fn check_bounds(file: &FileConfig, errs: &mut Errors) {
+    if file.audit.keep > 1000 {
+        errs.at(None, "audit.keep", "must be at most 1000");
+    }
+    if file.audit.queue > 1_000_000 {
+        errs.at(None, "audit.queue", "must be at most 1000000");
+    }
+    if file.limits.max_header_bytes < 8192 {
+        errs.at(None, "limits.max_header_bytes", "must be at least 8192");
+    }
+    let l = &file.limits;
+    for (key, n) in [
+        ("limits.max_connections", l.max_connections),
+        ("limits.max_connections_per_ip", l.max_connections_per_ip),
+        ("limits.max_handshakes", l.max_handshakes),
+        ("limits.max_streams_per_connection", l.max_streams_per_connection as usize),
+    ] {
+        if n == 0 {
+            errs.at(None, key, "must be at least 1");
+        }
+    }
+    let t = &file.timeouts;
+    for (key, d) in [
+        ("timeouts.request_body_idle", t.request_body_idle),
+        ("timeouts.form_body", t.form_body),
+        ("timeouts.client_send", t.client_send),
+    ] {
+        if d.is_zero() {
+            errs.at(None, key, "must be longer than zero, e.g. \"10s\"");
+        }
+    }
+}
+
+/// The files a configuration reads: the config itself, its tables, secret files, certificates.
+fn input_files(src: &Source, file: &FileConfig) -> Vec<PathBuf> {
+    let mut files = vec![src.name.clone(), file.server.tls_cert.clone(), file.server.tls_key.clone()];
+    files.extend(file.catalog.path.iter().chain(&file.catalog.expansions).cloned());
+    files.extend(file.upstream.values().filter_map(|u| u.ca.clone()));
+    for s in file.secret.values() {
+        match s {
+            SecretFile::File { path, .. } => files.push(path.clone()),
+            SecretFile::Vault(v) => files.extend(v.ca.clone()),
+            SecretFile::Env { .. } => {}
+        }
+    }
+    files
+}
+
+/// How errors name a service: `service "billing"`, or by position while its name is unusable.
+fn service_key(i: usize, s: &ServiceFile) -> String {
+    let name = s.name.get_ref();
+    if name_is_usable(name) { format!("service \"{name}\"") } else { format!("service[{i}]") }
+}
+
+/// Records, reports and metrics name a service by this; `(…)` is theirs for "none".
+fn name_is_usable(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('(') && !name.chars().any(char::is_control)
+}
+
+fn build_services(
+    file: &FileConfig,
+    catalog: &Catalog,
+    secret_index: &HashMap<&str, usize>,
+    errs: &mut Errors,
+) -> (Vec<Service>, HashMap<[u8; 32], TokenRef>) {
+    let mut services = Vec::new();
+    let mut tokens = HashMap::new();
+    let mut names = HashSet::new();
+    for (i, s) in file.service.iter().enumerate() {
+        let key = service_key(i, s);
+        if !name_is_usable(s.name.get_ref()) {
+            errs.at(
+                Some(s.name.span()),
+                format!("{key}.name"),
+                "must be non-empty, not start with `(`, and have no control characters",
+            );
+        }
+        if !names.insert(s.name.get_ref().as_str()) {
+            errs.at(
+                Some(s.name.span()),
+                format!("{key}.name"),
+                format!("service `{}` is defined twice", s.name.get_ref()),
+            );
+        }
+        let secret = match secret_index.get(s.secret.get_ref().as_str()) {
+            Some(idx) => *idx,
+            None => {
+                let defined: Vec<&str> = file.secret.keys().map(String::as_str).collect();
+                errs.at(
+                    Some(s.secret.span()),
+                    format!("{key}.secret"),
+                    format!(
+                        "no [secret.{}] is defined{}",
+                        s.secret.get_ref(),
+                        did_you_mean(s.secret.get_ref(), &defined)
+                    ),
+                );
+                usize::MAX
+            }
+        };
+        if s.source_ips.is_empty() {
+            errs.at(
+                Some(s.name.span()),
+                format!("{key}.source_ips"),
+                "is empty: list the networks allowed to call, e.g. [\"10.0.0.0/8\"]",
+            );
+        }
+        let svc_tokens = build_tokens(s, &key, services.len() as u32, &mut tokens, errs);
+        services.push(Service {
+            name: s.name.get_ref().as_str().into(),
+            mode: s.mode,
+            source_ips: s.source_ips.clone(),
+            accounts: accounts(s, &key, errs),
+            scope: scope(s, &key, catalog, errs),
+            secret,
+            egress_ip: s.egress_ip,
+            tokens: svc_tokens,
+        });
+    }
+    (services, tokens)
+}
+
+fn build_tokens(
+    s: &ServiceFile,
+    key: &str,
+    service: u32,
+    index: &mut HashMap<[u8; 32], TokenRef>,
+    errs: &mut Errors,
+) -> Vec<Token> {
+    let mut out = Vec::new();
+    let mut ids = HashSet::new();
+    for (j, t) in s.token.iter().enumerate() {
+        let tkey = format!("{key}.token[{j}]");
+        if !ids.insert(t.id.get_ref().as_str()) {
+            errs.at(Some(t.id.span()), format!("{tkey}.id"), "token id is used twice in this service");
+        }
+        let hash = t.sha256.get_ref();
+        let mut digest = [0u8; 32];
+        if hash.len() != 64 || hex::decode_to_slice(hash.to_ascii_lowercase(), &mut digest).is_err() {
+            errs.at(
+                Some(t.sha256.span()),
+                format!("{tkey}.sha256"),
+                "must be 64 hex digits (the SHA-256 of the token; see `keyward token new`)",
+            );
+        } else if index.insert(digest, TokenRef { service, token: j as u32 }).is_some() {
+            errs.at(
+                Some(t.sha256.span()),
+                format!("{tkey}.sha256"),
+                "the same token hash is configured twice",
+            );
+        }
+        out.push(Token {
+            id: t.id.get_ref().as_str().into(),
+            expires: timestamp(t.expires.as_ref(), &format!("{tkey}.expires"), errs),
+            not_before: timestamp(t.not_before.as_ref(), &format!("{tkey}.not_before"), errs),
+            source_ips: t.source_ips.clone(),
+        });
+    }
+    out
+}
+
+fn timestamp(v: Option<&Spanned<String>>, key: &str, errs: &mut Errors) -> Option<i64> {
+    let v = v?;
+    match OffsetDateTime::parse(v.get_ref(), &Rfc3339) {
+        Ok(t) => Some(t.unix_timestamp()),
+        Err(_) => {
+            errs.at(Some(v.span()), key, "must be an RFC 3339 time such as \"2027-01-31T00:00:00Z\"");
+            None
+        }
+    }
+}
+
+fn accounts(s: &ServiceFile, key: &str, errs: &mut Errors) -> Accounts {
+    match s.accounts.as_slice() {
+        [] => Accounts::PlatformOnly,
+        [one] if one == "*" => Accounts::Any,
+        list => {
+            if list.iter().any(|a| a == "*") {
+                errs.at(Some(s.name.span()), format!("{key}.accounts"), "\"*\" must stand alone");
+            }
+            // Not repeated: a value pasted into the wrong place could be a secret.
+            for (n, _) in list.iter().enumerate().filter(|(_, a)| !is_account_id(a)) {
+                errs.at(
+                    Some(s.name.span()),
+                    format!("{key}.accounts[{n}]"),
+                    "is not an account id like \"acct_1Nv0FGQ9RKHgCVdK\"",
+                );
+            }
+            Accounts::Only(list.to_vec())
+        }
+    }
+}
+
+fn is_account_id(a: &str) -> bool {
+    a.strip_prefix("acct_").is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+fn scope(s: &ServiceFile, key: &str, catalog: &Catalog, errs: &mut Errors) -> Vec<Level> {
+    let default = s.scope.iter().find(|(k, _)| k.get_ref() == "*").map(|(_, l)| *l).unwrap_or(Level::None);
+    let mut levels = vec![default; catalog.permission_count()];
+    for (name, level) in &s.scope {
+        if name.get_ref() == "*" {
+            continue;
+        }
+        match catalog.permission_id(name.get_ref()) {
+            Some(id) => levels[id.0 as usize] = *level,
+            None => errs.at(
+                Some(name.span()),
+                format!("{key}.scope.{}", name.get_ref()),
+                format!(
+                    "names no permission in the catalog (see `keyward catalog`){}",
+                    did_you_mean(name.get_ref(), &catalog.permission_names())
+                ),
+            ),
+        }
+    }
+    levels
+}
+
+/// `; did you mean `charge`?` when one of `known` is close to `given`.
+fn did_you_mean(given: &str, known: &[&str]) -> String {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(given, k), *k))
+        .filter(|(d, k)| *d <= 2.max(given.len().min(k.len()) / 4))
+        .min()
+        .map(|(_, k)| format!("; did you mean `{k}`?"))
+        .unwrap_or_default()
+}
+
+/// serde's "unknown field `tokn`, expected one of `token`, …" with the closest one named.
+fn with_suggestion(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else { return message.to_string() };
+    let Some((given, expected)) = rest.split_once("`, expected ") else { return message.to_string() };
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    format!("{message}{}", did_you_mean(given, &known))
+}
+
+/// serde messages quote the offending value (`invalid type: string "…"`); a config may hold
+/// a secret in the wrong place, so drop anything quoted.
+fn scrub(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        let tail = rest.split_once('`').map_or("", |(_, t)| t);
+        return format!("unknown variant{tail}").trim_end().to_string();
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        match c {
+            '"' if !quoted => {
+                quoted = true;
+                out.push_str("\"…");
+            }
+            '"' => {
+                quoted = false;
+                out.push('"');
+            }
+            _ if quoted => {}
+            _ => out.push(c),
+        }
+    }
+    out.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::catalog::STRIPE_CATALOG;
+    use crate::policy::expand::STRIPE_EXPANSIONS;
+
+    const HASH: &str = "5f9c4ab08cac7457e9111a30e4664920607ea2c115a1433d7be98e97e64244ca";
+
+    fn config(service: &str) -> String {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"c\"\ntls_key = \"k\"\n\
+             [upstream.api]\nurl = \"https://api.stripe.com\"\n\
+             [secret.stripe]\nsource = \"env\"\nvar = \"S\"\n\
+             [[service]]\nname = \"billing\"\nsecret = \"stripe\"\nsource_ips = [\"10.0.0.0/8\"]\n{service}"
+        )
+    }
+
+    /// Every error `check` would print for `text`, one per line.
+    fn errors(text: &str) -> String {
+        let src = Source { name: "k.toml".into(), text: text.to_string() };
+        let builtin = |name: &str, text: &str| Table { name: name.into(), text: text.into() };
+        let list = match parse(&src) {
+            Ok(file) => {
+                validate(&src, file, &builtin("<c>", STRIPE_CATALOG), &builtin("<e>", STRIPE_EXPANSIONS)).1
+            }
+            Err(list) => list,
+        };
+        list.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn a_good_configuration_plans_without_io() {
+        let text = config(&format!(
+            "[[service.token]]\nid = \"b1\"\nsha256 = \"{HASH}\"\n[service.scope]\ncharge = \"read\"\n"
+        ));
+        assert_eq!(errors(&text), "");
+    }
+
+    #[test]
+    fn each_mistake_is_named_by_line_key_and_what_was_expected() {
+        let cases = [
+            ("tokn = 1\n", "unknown field `tokn`"),
+            ("tokn = 1\n", "did you mean `token`?"),
+            (
+                "[service.scope]\nchrage = \"read\"\n",
+                "k.toml:15: service \"billing\".scope.chrage: names no permission",
+            ),
+            ("[service.scope]\nchrage = \"read\"\n", "did you mean `charge`?"),
+            ("[service.scope]\ncharge = \"reed\"\n", "unknown variant, expected one of"),
+            (
+                "[[service.token]]\nid = \"b1\"\nsha256 = \"zz\"\n",
+                "service \"billing\".token[0].sha256: must be 64 hex digits",
+            ),
+            (
+                &format!("[[service.token]]\nid = \"b1\"\nsha256 = \"{HASH}\"\nexpires = \"tomorrow\"\n"),
+                "token[0].expires: must be an RFC 3339 time such as \"2027-01-31T00:00:00Z\"",
+            ),
+            ("accounts = [\"sk_live_CANARY\"]\n", "accounts[0]: is not an account id"),
+        ];
+        for (service, want) in cases {
+            let got = errors(&config(service));
+            assert!(got.contains(want), "{service:?}: want {want:?} in:\n{got}");
+            assert!(!got.contains("CANARY"), "a value was repeated: {got}");
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let text = config("[service.scope]\nchrage = \"read\"\nrefnd = \"write\"\n")
+            .replace("secret = \"stripe\"", "secret = \"strpe\"")
+            .replace("https://api.stripe.com", "http://api.stripe.com")
+            + "[limits]\nmax_handshakes = 0\n";
+        let got = errors(&text);
+        for want in [
+            "scope.chrage",
+            "scope.refnd",
+            "no [secret.strpe] is defined; did you mean `stripe`?",
+            "upstream.api.url",
+            "limits.max_handshakes: must be at least 1",
+        ] {
+            assert!(got.contains(want), "want {want:?} in:\n{got}");
+        }
+    }
+}
