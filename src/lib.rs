@@ -10,5 +10,4 @@ pub mod policy;
 pub mod secrets;
 pub mod serve;
 pub mod text;
-pub mod token;
 pub mod upstream;

@@ -14,7 +14,7 @@ fn keyward(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
 fn explain_json_answers_for_scripts() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, out) = keyward(dir.path(), &["explain", "--json", "--service", "demo", "POST", "/v1/refunds"]);
-    assert!(ok, "{out}");
+    assert!(!ok, "a refused call exits 1: {out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["permission"], "charge_write");
     assert_eq!(v["access"], "write");
@@ -22,6 +22,14 @@ fn explain_json_answers_for_scripts() {
     assert_eq!(v["reason"], "more_permissions_required");
     assert_eq!(v["template"], "/v1/refunds");
     assert_eq!(v["upstream"], "api");
+    assert_eq!(v["allow_with"], "charge = \"write\"");
+    let (ok, out) = keyward(dir.path(), &["explain", "--service", "demo", "GET", "/v1/charges/ch_1"]);
+    assert!(ok && out.trim_start().starts_with("decision: allow"), "{out}");
+    let (ok, out) = keyward(dir.path(), &["explain", "--no-config", "POST", "/v1/refunds"]);
+    assert!(ok && out.contains("allow_with: charge = \"write\""), "{out}");
+    let (ok, out) =
+        keyward(dir.path(), &["explain", "--service", "demo", "--form", "name=x", "GET", "/v1/charges/ch_1"]);
+    assert!(!ok && out.contains("only POST calls have a form body"), "{out}");
 
     let (_, out) = keyward(
         dir.path(),
@@ -67,6 +75,12 @@ fn token_new_prints_a_token_and_its_hash() {
         out.contains(&format!("sha256 = \"{hash}\"")) && out.contains("id = \"billing-2026-11\""),
         "{out}"
     );
+    assert!(out.contains("[[service]]\nname = \"billing\""), "a new service gets a whole block: {out}");
+    // A configured service gets its token block only, and scripts get JSON.
+    let (_, out) = keyward(dir.path(), &["token", "new", "demo", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["token"].as_str().unwrap().starts_with("kw_"), "{out}");
+    assert!(!v["snippet"].as_str().unwrap().contains("[[service]]"), "{out}");
 }
 
 #[test]

@@ -1,0 +1,153 @@
+//! `keyward token new`: mint a token, print it once with the configuration that admits it.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use keyward::control::config::Source;
+use keyward::policy::identity::hash_token;
+
+use super::ConfigArg;
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Mint a token for SERVICE: printed once, with the configuration block holding its hash.
+    /// Changes no file.
+    New {
+        /// The service the token is for.
+        service: String,
+        /// Token id [default: SERVICE-YYYY-MM-DD, then -2, -3, … if the service has that one].
+        #[arg(long)]
+        id: Option<String>,
+        /// Print one JSON object (`service`, `id`, `token`, `sha256`, `snippet`) for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+pub fn token(command: TokenCommand) -> ExitCode {
+    let TokenCommand::New { service, id, json, config } = command;
+    // Read leniently: only to learn the service's token ids and whether it exists.
+    let table = Source::locate(config.config.as_deref())
+        .ok()
+        .and_then(|src| toml::from_str::<toml::Table>(&src.text).ok())
+        .unwrap_or_default();
+    let configured = configured_services(&table);
+    let existing = configured.iter().find(|(name, _)| *name == service).map(|(_, ids)| ids.clone());
+    let date = time::OffsetDateTime::now_utc().date();
+    let id =
+        id.unwrap_or_else(|| free_id(&format!("{service}-{date}"), existing.as_deref().unwrap_or_default()));
+    let token = new_token();
+    let block = match existing {
+        Some(_) => snippet(&id, &token),
+        None => service_block(&service, first_secret(&table), &id, &token),
+    };
+    if json {
+        let v = serde_json::json!({
+            "service": service, "id": id, "token": token,
+            "sha256": hex::encode(hash_token(&token)), "snippet": block,
+        });
+        println!("{v}");
+        return ExitCode::SUCCESS;
+    }
+    println!("token (shown once; give it to the {service} service, store it nowhere else):\n\n  {token}\n");
+    match configured.iter().any(|(name, _)| *name == service) {
+        true => println!("add to the [[service]] named \"{service}\" in the config:\n"),
+        false => println!("no service \"{service}\" is configured yet; add this to the config:\n"),
+    }
+    print!("{block}");
+    ExitCode::SUCCESS
+}
+
+/// The services a configuration names, each with its token ids.
+fn configured_services(table: &toml::Table) -> Vec<(String, Vec<String>)> {
+    let services = table.get("service").and_then(|s| s.as_array()).cloned().unwrap_or_default();
+    services
+        .iter()
+        .filter_map(|s| {
+            let name = s.get("name")?.as_str()?.to_string();
+            let tokens = s.get("token").and_then(|t| t.as_array()).cloned().unwrap_or_default();
+            let ids = tokens.iter().filter_map(|t| Some(t.get("id")?.as_str()?.to_string())).collect();
+            Some((name, ids))
+        })
+        .collect()
+}
+
+fn first_secret(table: &toml::Table) -> Option<&str> {
+    table.get("secret")?.as_table()?.keys().next().map(String::as_str)
+}
+
+/// `base`, or `base-2`, `base-3`, … : the first not in `taken`.
+fn free_id(base: &str, taken: &[String]) -> String {
+    (1..)
+        .map(|n| if n == 1 { base.to_string() } else { format!("{base}-{n}") })
+        .find(|c| !taken.contains(c))
+        .unwrap()
+}
+
+/// A whole `[[service]]` for a service not configured yet: report mode, no scope, loopback.
+fn service_block(service: &str, secret: Option<&str>, id: &str, token: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{service}\"\nsecret = \"{}\"          # a [secret.NAME] of this configuration\n\
+         source_ips = [\"127.0.0.1/32\"]  # the networks the service calls from\n\
+         mode = \"report\"               # forward and record would_deny; \"enforce\" once the scope is right\n\n\
+         {}\n[service.scope]                # permission = \"read\" | \"write\" (see `keyward catalog`)\n",
+        secret.unwrap_or("stripe"),
+        snippet(id, token).trim_end()
+    )
+}
+
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A fresh token: `kw_` and 43 base62 characters (256 bits) from the OS's randomness.
+pub fn new_token() -> String {
+    let mut out = String::from("kw_");
+    let mut buf = [0u8; 64];
+    while out.len() < 3 + 43 {
+        getrandom::fill(&mut buf).expect("the OS has randomness");
+        // Rejection sampling keeps every character equally likely.
+        for b in buf.iter().filter(|&&b| b < 248) {
+            if out.len() == 3 + 43 {
+                break;
+            }
+            out.push(ALPHABET[(b % 62) as usize] as char);
+        }
+    }
+    out
+}
+
+/// The `[[service.token]]` block that admits `token`.
+pub fn snippet(id: &str, token: &str) -> String {
+    format!("[[service.token]]\nid = \"{id}\"\nsha256 = \"{}\"\n", hex::encode(hash_token(token)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_distinct_and_base62() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 46);
+        assert!(a[3..].bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert!(snippet("x", &a).contains(&hex::encode(hash_token(&a))));
+    }
+
+    #[test]
+    fn a_second_token_of_the_day_gets_an_id_of_its_own() {
+        let taken = ["b-2026-12-01".to_string(), "b-2026-12-01-2".to_string()];
+        assert_eq!(free_id("b-2026-12-01", &taken), "b-2026-12-01-3");
+        assert_eq!(free_id("b-2026-12-02", &taken), "b-2026-12-02");
+    }
+
+    #[test]
+    fn a_new_service_gets_a_whole_block_that_parses() {
+        let block = service_block("billing", Some("stripe"), "billing-1", &new_token());
+        let t: toml::Table = toml::from_str(&block).unwrap();
+        let s = &t["service"][0];
+        assert_eq!((s["name"].as_str(), s["mode"].as_str()), (Some("billing"), Some("report")));
+        assert_eq!(s["token"][0]["id"].as_str(), Some("billing-1"));
+    }
+}
