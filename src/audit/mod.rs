@@ -1,10 +1,11 @@
 //! The access log: one JSON line per request, chained so that any edit, drop, reorder or
 //! insert is found. Records have no field that could hold a token or a secret.
 
+mod file;
 mod line;
+pub mod queue;
 pub mod report;
 pub mod verify;
-pub mod writer;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -16,7 +17,7 @@ use crate::policy::Decision;
 use sha2::{Digest, Sha256};
 
 pub use line::timestamp;
-pub use writer::{AuditSink, Slot};
+pub use queue::{AuditSink, Settings, Slot};
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct AccessRecord {

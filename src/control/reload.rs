@@ -76,7 +76,7 @@ impl Reloader {
 struct Bound {
     listen: std::net::SocketAddr,
     admin_listen: Option<std::net::SocketAddr>,
-    audit: crate::audit::writer::Settings,
+    audit: crate::audit::Settings,
 }
 
 impl Bound {

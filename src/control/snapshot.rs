@@ -18,7 +18,7 @@ pub struct Snapshot {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub limits: Limits,
     pub timeouts: Timeouts,
-    pub audit: crate::audit::writer::Settings,
+    pub audit: crate::audit::Settings,
     /// Every file this snapshot was compiled from: a change to any of them triggers a reload.
     pub files: Vec<std::path::PathBuf>,
     /// What requests are decided on (pure: `policy::decide` reads nothing else).

@@ -36,7 +36,7 @@ pub struct Plan {
     pub secrets: Vec<String>,
     pub limits: Limits,
     pub timeouts: Timeouts,
-    pub audit: crate::audit::writer::Settings,
+    pub audit: crate::audit::Settings,
     /// Every file the configuration reads: a change to any of them triggers a reload.
     pub files: Vec<PathBuf>,
 }
@@ -134,7 +134,7 @@ pub fn validate(
             form_body: t.form_body,
             client_send: t.client_send,
         },
-        audit: crate::audit::writer::Settings {
+        audit: crate::audit::Settings {
             path: a.path.clone(),
             max_bytes: a.max_bytes,
             keep: a.keep,

@@ -1,18 +1,16 @@
-//! The audit writer: forwarded requests reserve a queue slot when they start (so a full queue
-//! slows admission instead of dropping records), refusals take one from their own share of the
-//! queue and write at once; one task chains, writes and rotates.
+//! The access log's queue and its writer: forwarded requests reserve a place when they start
+//! (so a full queue slows admission instead of dropping records), refusals take one from their
+//! own share and write at once; one task chains the records and hands batches to `file`, on a
+//! blocking thread, so that a slow disk never stalls request handling.
 
-use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use super::{AccessRecord, GENESIS, line_hash, write_line_hash};
+use super::file::{Output, Pending};
+use super::{AccessRecord, write_line_hash};
 
 /// How the access log is written, from `[audit]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,8 +80,15 @@ impl AuditSink {
         let (tx, rx) = mpsc::channel(queue);
         let refusals = Arc::new(Semaphore::new((queue / 4).max(1)));
         let state = Arc::new(SinkState { healthy: AtomicBool::new(true), ..Default::default() });
-        let writer =
-            Writer { out, rx, state: state.clone(), seq, prev, pending: Pending::default(), failed_at: None };
+        let writer = Writer {
+            out: Some(out),
+            rx,
+            state: state.clone(),
+            seq,
+            prev,
+            pending: Pending::default(),
+            failed_at: None,
+        };
         tokio::spawn(writer.run());
         Ok(AuditSink { tx, refusals, state, settings })
     }
@@ -136,7 +141,8 @@ impl AuditSink {
 }
 
 struct Writer {
-    out: Output,
+    /// The file; away on a blocking thread while a write is in progress.
+    out: Option<Output>,
     rx: mpsc::Receiver<Msg>,
     state: Arc<SinkState>,
     seq: u64,
@@ -146,42 +152,6 @@ struct Writer {
     /// When the last write failed: while failing, the sink is tried once per `RETRY`, not
     /// once per record that arrives.
     failed_at: Option<std::time::Instant>,
-}
-
-/// Lines back to back, each with its newline, serialized in place: no buffer per record,
-/// and a batch is written straight from here.
-#[derive(Default)]
-struct Pending {
-    bytes: Vec<u8>,
-    /// Where each line ends in `bytes` (after its newline).
-    ends: VecDeque<usize>,
-}
-
-impl Pending {
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    /// Bytes of the first `k` lines.
-    fn prefix(&self, k: usize) -> usize {
-        if k == 0 { 0 } else { self.ends[k - 1] }
-    }
-
-    /// Drop the first `k` lines (written).
-    fn consume(&mut self, k: usize) {
-        let cut = self.prefix(k);
-        self.bytes.drain(..cut);
-        self.ends.drain(..k);
-        self.ends.iter_mut().for_each(|e| *e -= cut);
-        // Give back what a long outage made the buffer grow to.
-        if self.bytes.is_empty() && self.bytes.capacity() > 4 << 20 {
-            self.bytes = Vec::new();
-        }
-    }
 }
 
 /// Lines held in memory while the sink fails, before the writer stops taking more
@@ -245,13 +215,14 @@ impl Writer {
                     }
                 }
             }
-            self.write_pending_paced();
+            self.write_pending_paced().await;
             if self.pending.is_empty() && !closers.is_empty() {
                 break;
             }
         }
-        self.write_pending();
-        self.out.file = None;
+        self.write_pending().await;
+        // Closing the file releases its lock for whoever opens the log next.
+        self.out = None;
         for f in closers {
             let _ = f.send(());
         }
@@ -286,18 +257,28 @@ impl Writer {
     }
 
     /// [`Self::write_pending`], unless the last try failed less than `RETRY` ago.
-    fn write_pending_paced(&mut self) {
+    async fn write_pending_paced(&mut self) {
         if self.failed_at.is_none_or(|t| t.elapsed() >= RETRY) {
-            self.write_pending();
+            self.write_pending().await;
         }
     }
 
-    fn write_pending(&mut self) {
-        if self.pending.is_empty() {
+    /// Write what is pending, on a blocking thread: the disk may be slow, the runtime's
+    /// threads serve requests. Records arriving meanwhile wait in the channel.
+    async fn write_pending(&mut self) {
+        let Some(mut out) = self.out.take().filter(|_| !self.pending.is_empty()) else {
             return;
-        }
+        };
         self.failed_at = None;
-        match self.out.write_lines(&mut self.pending) {
+        let mut pending = std::mem::take(&mut self.pending);
+        let done = tokio::task::spawn_blocking(move || {
+            let written = out.write_lines(&mut pending);
+            (out, pending, written)
+        })
+        .await;
+        let (out, pending, written) = done.expect("writing the access log does not panic");
+        (self.out, self.pending) = (Some(out), pending);
+        match written {
             Ok(n) => {
                 self.state.written.fetch_add(n, Ordering::Relaxed);
                 if !self.state.healthy.swap(true, Ordering::Relaxed) {
@@ -315,219 +296,11 @@ impl Writer {
     }
 }
 
-/// The file (or stdout) records go to, with size-based rotation.
-struct Output {
-    path: Option<PathBuf>,
-    file: Option<File>,
-    size: u64,
-    max_bytes: u64,
-    keep: usize,
-}
-
-impl Output {
-    fn open(s: &Settings) -> std::io::Result<Output> {
-        if s.path == "-" {
-            return Ok(Output { path: None, file: None, size: 0, max_bytes: u64::MAX, keep: 0 });
-        }
-        let path = PathBuf::from(&s.path);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut out =
-            Output { path: Some(path), file: None, size: 0, max_bytes: s.max_bytes.max(1), keep: s.keep };
-        out.reopen()?;
-        out.cut_torn_tail()?;
-        Ok(out)
-    }
-
-    /// Open the current file for appending, locked: two processes continuing one chain would
-    /// fork it and interleave their lines.
-    fn reopen(&mut self) -> std::io::Result<()> {
-        if let Some(path) = &self.path {
-            let f = OpenOptions::new().create(true).append(true).open(path)?;
-            f.try_lock().map_err(|e| match e {
-                std::fs::TryLockError::WouldBlock => std::io::Error::other(
-                    "another process is writing this access log (it holds the file's lock)",
-                ),
-                std::fs::TryLockError::Error(e) => e,
-            })?;
-            self.size = f.metadata()?.len();
-            self.file = Some(f);
-        }
-        Ok(())
-    }
-
-    /// A write cut short (the process killed mid-write, power lost) leaves a partial line
-    /// that was never a record: cut it off, say so, and continue from the last whole one.
-    fn cut_torn_tail(&mut self) -> std::io::Result<()> {
-        let (Some(path), Some(file)) = (&self.path, &self.file) else { return Ok(()) };
-        if self.size == 0 {
-            return Ok(());
-        }
-        let mut f = File::open(path)?;
-        let start = self.size.saturating_sub(256 * 1024);
-        f.seek(SeekFrom::Start(start))?;
-        let mut tail = Vec::new();
-        f.read_to_end(&mut tail)?;
-        if tail.ends_with(b"\n") {
-            return Ok(());
-        }
-        let keep = match tail.iter().rposition(|&b| b == b'\n') {
-            Some(i) => start + i as u64 + 1,
-            None if start == 0 => 0,
-            None => return Err(std::io::Error::other("its last line is over 256 KiB long: not a record")),
-        };
-        file.set_len(keep)?;
-        tracing::warn!(path = %path.display(), cut_bytes = self.size - keep,
-            "the access log ended in a partial line (an interrupted write): cut off; the chain continues from the last whole record");
-        self.size = keep;
-        Ok(())
-    }
-
-    /// The last record already written (here or in the newest rotated file), so a restart
-    /// continues the chain.
-    fn chain_tail(&self) -> std::io::Result<(u64, String)> {
-        let Some(path) = &self.path else { return Ok((0, GENESIS.to_string())) };
-        for candidate in [path.clone(), rotated(path, 1)] {
-            if let Some(line) = last_line(&candidate)? {
-                // Fail closed: a chain continued from something that is not a record would
-                // hide what happened to the log.
-                let seq = serde_json::from_slice::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v["seq"].as_u64())
-                    .ok_or_else(|| {
-                        std::io::Error::other(format!(
-                            "the last line of {} is not an access record: its chain cannot be continued \
-                             (run `keyward audit verify` on it, then move it aside)",
-                            candidate.display()
-                        ))
-                    })?;
-                return Ok((seq, line_hash(&line)));
-            }
-        }
-        Ok((0, GENESIS.to_string()))
-    }
-
-    /// Write lines from the front; those written leave the queue. Returns how many.
-    fn write_lines(&mut self, lines: &mut Pending) -> std::io::Result<u64> {
-        if self.path.is_none() {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&lines.bytes)?;
-            out.flush()?;
-            let n = lines.len();
-            lines.consume(n);
-            return Ok(n as u64);
-        }
-        if self.file.is_none() {
-            self.reopen()?;
-        }
-        let mut n = 0;
-        while !lines.is_empty() {
-            // As many lines as fit in the current file (always at least one in an empty file).
-            let mut k = 0;
-            while k < lines.len() {
-                let (len, end) = (lines.prefix(k + 1), lines.prefix(k));
-                let fits = self.size + len as u64 <= self.max_bytes;
-                if !fits && (self.size > 0 || k > 0) || end >= 1 << 20 {
-                    break;
-                }
-                k += 1;
-            }
-            if k == 0 {
-                self.rotate()?;
-                continue;
-            }
-            self.append(&lines.bytes[..lines.prefix(k)])?;
-            lines.consume(k);
-            n += k as u64;
-        }
-        Ok(n)
-    }
-
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let f = self.file.as_mut().ok_or_else(|| std::io::Error::other("access log not open"))?;
-        // Where this write starts, from the file itself: it may have been truncated under us
-        // (logrotate's copytruncate), and cutting back to a stale size would pad it with NULs.
-        let start = f.metadata()?.len();
-        if let Err(e) = f.write_all(bytes).and_then(|_| f.flush()) {
-            // Cut any partial line (a full disk takes what fits), so the chain stays whole,
-            // and reopen next time: the file may have been replaced or fixed.
-            let _ = f.set_len(start);
-            self.file = None;
-            return Err(e);
-        }
-        self.size = start + bytes.len() as u64;
-        Ok(())
-    }
-
-    fn rotate(&mut self) -> std::io::Result<()> {
-        let Some(path) = self.path.clone() else { return Ok(()) };
-        self.file = None;
-        if self.keep == 0 {
-            std::fs::remove_file(&path)?;
-        } else {
-            // With `.1` free the older files have moved already (a retry after the last step
-            // failed): moving them again would delete one more old file per retry.
-            if rotated(&path, 1).exists() {
-                let _ = std::fs::remove_file(rotated(&path, self.keep));
-                for i in (1..self.keep).rev() {
-                    let from = rotated(&path, i);
-                    if from.exists() {
-                        std::fs::rename(&from, rotated(&path, i + 1))?;
-                    }
-                }
-            }
-            match std::fs::rename(&path, rotated(&path, 1)) {
-                // Removed from under us: nothing to keep, start a new file.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                r => r?,
-            }
-        }
-        self.reopen()
-    }
-}
-
-/// `audit.jsonl` → `audit.jsonl.N`
-pub fn rotated(path: &Path, n: usize) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
-    s.push(format!(".{n}"));
-    PathBuf::from(s)
-}
-
-/// The last complete line of a file, if any.
-fn last_line(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let len = f.metadata()?.len();
-    let start = len.saturating_sub(256 * 1024);
-    f.seek(SeekFrom::Start(start))?;
-    let mut tail = Vec::new();
-    f.read_to_end(&mut tail)?;
-    let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
-    let line = body.rsplit(|&b| b == b'\n').next().unwrap_or(body);
-    Ok((!line.is_empty()).then(|| line.to_vec()))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::path::Path;
 
-    #[test]
-    fn a_rotation_retried_after_its_last_step_failed_loses_no_older_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        std::fs::write(rotated(&path, 1), "A").unwrap();
-        std::fs::write(rotated(&path, 2), "B").unwrap();
-        let mut out = Output { path: Some(path.clone()), file: None, size: 0, max_bytes: 10, keep: 2 };
-        // The current file is gone, so the last step (current → .1) finds nothing to move.
-        out.rotate().unwrap();
-        out.rotate().unwrap();
-        assert_eq!(std::fs::read_to_string(rotated(&path, 2)).unwrap(), "A", "the retry kept .2");
-        assert!(path.exists(), "a new current file");
-    }
+    use super::*;
 
     #[tokio::test]
     async fn refusals_hold_at_most_a_quarter_of_the_queue_and_never_wait() {
@@ -559,18 +332,19 @@ mod tests {
 
     /// A writer whose every write fails (its directory does not exist), and its sender.
     fn failing(dir: &Path) -> (Writer, mpsc::Sender<Msg>, Arc<SinkState>) {
-        let out = Output {
-            path: Some(dir.join("gone/audit.jsonl")),
-            file: None,
-            size: 0,
-            max_bytes: u64::MAX,
-            keep: 0,
-        };
+        let out = Some(Output::unopened(Some(dir.join("gone/audit.jsonl")), u64::MAX, 0));
         let (tx, rx) = mpsc::channel(64);
         let state = Arc::new(SinkState::default());
         let pending = Pending::default();
-        let writer =
-            Writer { out, rx, state: state.clone(), seq: 0, prev: GENESIS.into(), pending, failed_at: None };
+        let writer = Writer {
+            out,
+            rx,
+            state: state.clone(),
+            seq: 0,
+            prev: crate::audit::GENESIS.into(),
+            pending,
+            failed_at: None,
+        };
         (writer, tx, state)
     }
 
