@@ -1,44 +1,63 @@
-//! Start and stop a keyward instance: used by `keyward run` and by the tests alike.
+//! Start and stop a keyward instance: used by `keyward run` and by the tests alike. The layers
+//! meet here: the control plane (configuration, reloads, admin port) and the listener that
+//! serves the request path.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditSink;
-use crate::control::config::{self, Options, Source};
+use crate::control::config::{self, ConfigError, Options, Source};
 use crate::control::reload::Reloader;
 use crate::control::state::State;
 use crate::serve::proxy::Proxy;
+
+/// Why keyward did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<ConfigError>),
+    #[error("audit log {path}: {source}")]
+    AuditLog { path: String, source: std::io::Error },
+    #[error("listen {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("admin_listen {addr}: {source}")]
+    AdminListen { addr: SocketAddr, source: std::io::Error },
+}
 
 pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
     pub reloader: Arc<Reloader>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-    admin: Option<JoinHandle<()>>,
-    watch: Option<JoinHandle<()>>,
+    /// Cancelled to stop accepting: the listener then drains its connections.
+    accept: CancellationToken,
+    /// Cancelled to end the background tasks (admin port, file watch, SIGHUP).
+    background: CancellationToken,
+    tasks: TaskTracker,
+    listener: tokio::task::JoinHandle<()>,
 }
 
 /// Compile the configuration, open the access log, bind the listeners, start serving and
-/// watching the config's files. Every configuration error is returned at once, one per line.
-/// Reloads read the same file again (the embedded default: refresh secrets only).
-pub async fn start(src: &Source) -> Result<Running, String> {
+/// watching the config's files. Reloads read the same file again (the embedded default:
+/// refresh secrets only).
+pub async fn start(src: &Source) -> Result<Running, StartError> {
     let path = src.path().map(ToOwned::to_owned);
-    let snap = config::compile(src, Options::FULL)
+    let snap = config::compile(src, Options::FULL).await.map_err(StartError::Config)?;
+    let audit = AuditSink::open(snap.audit.clone())
+        .map_err(|source| StartError::AuditLog { path: snap.audit.path.clone(), source })?;
+    let listener = TcpListener::bind(snap.listen)
         .await
-        .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
-    let audit =
-        AuditSink::open(snap.audit.clone()).map_err(|e| format!("audit log {}: {e}", snap.audit.path))?;
-    let listener =
-        TcpListener::bind(snap.listen).await.map_err(|e| format!("listen {}: {e}", snap.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|source| StartError::Listen { addr: snap.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: snap.listen, source })?;
     let admin_listener = match snap.admin_listen {
-        Some(a) => Some(TcpListener::bind(a).await.map_err(|e| format!("admin_listen {a}: {e}"))?),
+        Some(a) => {
+            Some(TcpListener::bind(a).await.map_err(|source| StartError::AdminListen { addr: a, source })?)
+        }
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -46,41 +65,65 @@ pub async fn start(src: &Source) -> Result<Running, String> {
     let state = State::new(Arc::new(snap), audit);
     let proxy = Proxy::new(state.clone());
     let reloader = Reloader::new(state, path.clone());
-    let watch = match path {
-        Some(_) => crate::control::watch::spawn_file_watch(reloader.clone())
-            .map_err(|e| tracing::warn!(error = %e, "config file watch unavailable; use SIGHUP or the admin endpoint"))
-            .ok(),
-        None => None,
-    };
+    let (tasks, background, accept) =
+        (TaskTracker::new(), CancellationToken::new(), CancellationToken::new());
+    if path.is_some() {
+        match crate::control::watch::file_watch(reloader.clone()) {
+            Ok(watch) => drop(tasks.spawn(until_cancelled(background.clone(), watch))),
+            Err(e) => {
+                tracing::warn!(error = %e, "config file watch unavailable; use SIGHUP or the admin endpoint")
+            }
+        }
+    }
     // Before anyone can learn we are up, so an early SIGHUP cannot kill us.
-    crate::control::watch::spawn_sighup(reloader.clone());
-    let admin = admin_listener.map(|l| tokio::spawn(crate::control::admin::serve(l, reloader.clone())));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(crate::serve::listener::serve(listener, proxy.clone(), async {
-        let _ = stopped.await;
-    }));
+    if let Some(hup) = crate::control::watch::sighup(reloader.clone()) {
+        tasks.spawn(until_cancelled(background.clone(), hup));
+    }
+    if let Some(l) = admin_listener {
+        tasks.spawn(until_cancelled(background.clone(), crate::control::admin::serve(l, reloader.clone())));
+    }
+    let listener = tokio::spawn(crate::serve::listener::serve(listener, proxy.clone(), accept.clone()));
     let snap = proxy.state.snapshot.load();
     tracing::info!(%addr, admin = ?admin_addr, config = %src.name.display(), version = %snap.version,
         services = snap.policy.services.len(), "keyward listening");
     drop(snap);
-    Ok(Running { addr, admin_addr, proxy, reloader, stop, task, admin, watch })
+    Ok(Running { addr, admin_addr, proxy, reloader, accept, background, tasks, listener })
+}
+
+async fn until_cancelled(token: CancellationToken, task: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        _ = token.cancelled() => {}
+        _ = task => {}
+    }
 }
 
 impl Running {
-    /// Stop accepting and wait for in-flight requests (up to the grace period).
+    /// Stop accepting, close connections politely (HTTP/1.1 `Connection: close`, HTTP/2
+    /// `GOAWAY`), give in-flight requests the grace period, record every one of them, then
+    /// close the access log and end the background tasks.
     pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
+        self.accept.cancel();
+        let _ = self.listener.await;
         self.proxy.state.audit.close().await;
-        for task in self.admin.into_iter().chain(self.watch) {
-            task.abort();
-        }
+        self.background.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
-    /// Run until `shutdown` (SIGTERM or SIGINT, see [`shutdown_signal`]), then drain.
+    /// Run until `shutdown` (SIGTERM or SIGINT, see [`shutdown_signal`]), then drain: `/readyz`
+    /// says 503 at once, new connections are still accepted for `timeouts.drain_delay` (load
+    /// balancers take that long to notice), then [`Running::stop`].
     pub async fn until(self, shutdown: impl std::future::Future<Output = ()>) {
         shutdown.await;
-        tracing::info!("shutting down: draining in-flight requests");
+        let state = &self.proxy.state;
+        state.draining.store(true, Ordering::Relaxed);
+        let delay = state.snapshot.load().timeouts.drain_delay;
+        tracing::info!(
+            ?delay,
+            "shutting down: /readyz says 503; still accepting while load balancers notice"
+        );
+        tokio::time::sleep(delay).await;
+        tracing::info!("shutting down: no longer accepting; draining in-flight requests");
         self.stop().await;
     }
 }

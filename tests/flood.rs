@@ -12,6 +12,9 @@ use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "kw_flood_caller_token_0123456789abcd";
+
+/// Where the attackers connect, and the TLS configuration that trusts keyward.
+type Target = (std::net::SocketAddr, std::sync::Arc<rustls::ClientConfig>);
 const STALLER: &str = "kw_flood_staller_token_0123456789abc";
 
 /// Short caller-facing timeouts, so that a test sees them fire.
@@ -27,10 +30,10 @@ fn get(path: &str, token: &str) -> http::Request<Full<Bytes>> {
 
 /// Opens HTTP/2 connections from `from` that give every stream a zero window, without a token,
 /// and keeps `streams` open on each until `until`: each answer can never be sent.
-async fn zero_window_flood(kw: &Running, from: IpAddr, conns: usize, streams: usize, until: Instant) -> u64 {
+async fn zero_window_flood(to: Target, from: IpAddr, conns: usize, streams: usize, until: Instant) -> u64 {
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let Ok(tls) = kw.tls_from(from, b"h2").await else { continue };
+        let Ok(tls) = tls_connect(to.0, to.1.clone(), from, b"h2").await else { continue };
         let Ok((client, conn)) =
             h2::client::Builder::new().initial_window_size(0).handshake::<_, Bytes>(tls).await
         else {
@@ -52,9 +55,11 @@ async fn zero_window_flood(kw: &Running, from: IpAddr, conns: usize, streams: us
                 let r = http::Request::get("https://localhost/v1/customers/cus_1").body(()).unwrap();
                 let Ok((answer, _)) = ready.send_request(r, true) else { break };
                 opened += 1;
-                // Hold the answer's head; never give its body a window.
+                // Hold the answer (dropping it would reset the stream); never give it a window.
                 held.push(tokio::spawn(async move {
-                    let _ = answer.await;
+                    let answer = answer.await;
+                    tokio::time::sleep_until(until.into()).await;
+                    drop(answer);
                 }));
                 if held.len() >= streams {
                     held.retain(|h| !h.is_finished());
@@ -73,7 +78,7 @@ async fn zero_window_flood(kw: &Running, from: IpAddr, conns: usize, streams: us
 
 /// Connections from `from` that send a form POST announcing 100 bytes and then only 5,
 /// reconnecting when keyward closes them, until `until`. Returns how many were sent.
-async fn stalled_form_flood(kw: &Running, from: IpAddr, conns: usize, token: &str, until: Instant) -> u64 {
+async fn stalled_form_flood(to: Target, from: IpAddr, conns: usize, token: &str, until: Instant) -> u64 {
     let auth = if token.is_empty() { String::new() } else { format!("Authorization: Bearer {token}\r\n") };
     let head = format!(
         "POST /v1/customers HTTP/1.1\r\nHost: k\r\n{auth}Content-Type: application/x-www-form-urlencoded\r\n\
@@ -81,7 +86,7 @@ async fn stalled_form_flood(kw: &Running, from: IpAddr, conns: usize, token: &st
     );
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let (head, addr, client) = (head.clone(), kw.addr(), kw.client.clone());
+        let (head, addr, client) = (head.clone(), to.0, to.1.clone());
         tasks.push(tokio::spawn(async move {
             let mut sent = 0u64;
             while Instant::now() < until {
@@ -135,8 +140,9 @@ fn summary(lat: &[Duration]) -> (Duration, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_without_a_token_do_not_slow_an_authenticated_caller() {
+    // A stalled stream is cut off after 3 s: each flood stream is held, then reset once.
     let kw = Harness::new()
-        .top(QUICK)
+        .top(&QUICK.replace("client_send = \"1s\"", "client_send = \"3s\""))
         .audit("queue = 64")
         .service(Svc::new("caller").token("t", TOKEN).scope("customer", "read"))
         .service(Svc::new("staller").token("s", STALLER).scope("customer", "write"))
@@ -146,16 +152,23 @@ async fn floods_without_a_token_do_not_slow_an_authenticated_caller() {
 
     let until = Instant::now() + Duration::from_secs(4);
     let started = Instant::now();
-    let (h2, forms, authed, during) = tokio::join!(
-        zero_window_flood(&kw, ip("127.0.0.2"), 42, 200, until),
-        stalled_form_flood(&kw, ip("127.0.0.3"), 60, "", until),
-        stalled_form_flood(&kw, ip("127.0.0.4"), 8, STALLER, until),
-        async {
-            // Let the floods fill up first.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            calls(&kw, Duration::from_secs(3)).await
-        },
-    );
+    // The floods run on a thread and runtime of their own, as another host's would: keyward's
+    // workers are not busy running the attackers' tasks.
+    let to: Target = (kw.addr(), kw.client.clone());
+    let attackers = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            tokio::join!(
+                zero_window_flood(to.clone(), ip("127.0.0.2"), 42, 200, until),
+                stalled_form_flood(to.clone(), ip("127.0.0.3"), 60, "", until),
+                stalled_form_flood(to, ip("127.0.0.4"), 8, STALLER, until),
+            )
+        })
+    });
+    // Let the floods fill up first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = calls(&kw, Duration::from_secs(3)).await;
+    let (h2, forms, authed) = tokio::task::spawn_blocking(move || attackers.join().unwrap()).await.unwrap();
     let (p50, max) = summary(&during);
     println!(
         "flood over {:?}: {h2} zero-window HTTP/2 streams, {forms} stalled forms without a token, \
@@ -334,5 +347,60 @@ async fn connections_past_the_limits_are_closed_or_wait() {
     // Once keyward has seen them close, the address has its share again.
     assert!(eventually(|| async { kw.metric("keyward_connections_open").await == 0.0 }).await);
     assert_eq!(kw.send_from(ip("127.0.0.2"), get("/v1/customers/cus_1", TOKEN)).await.status, 200);
+    kw.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_http2_stream_that_gets_no_window_is_reset_too() {
+    let kw = Harness::new()
+        .top(QUICK)
+        .service(Svc::new("caller").token("t", TOKEN).scope("*", "read"))
+        .start()
+        .await;
+    let tls = kw.tls_from(ip("127.0.0.1"), b"h2").await.unwrap();
+    let (client, conn) =
+        h2::client::Builder::new().initial_window_size(0).handshake::<_, Bytes>(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    // No token: a refusal, recorded at once, whose answer the caller never takes.
+    let r = http::Request::get("https://localhost/v1/customers/cus_1").body(()).unwrap();
+    let (answer, _) = client.send_request(r, true).unwrap();
+    let resp = answer.await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let err = tokio::time::timeout(Duration::from_secs(10), resp.into_body().data())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err}");
+    kw.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_like_an_idle_http1_one() {
+    let kw = Harness::new()
+        .top("[timeouts]\nrequest_head = \"1s\"\n")
+        .service(Svc::new("caller").token("t", TOKEN).scope("*", "read"))
+        .start()
+        .await;
+    let tls = kw.tls_from(ip("127.0.0.1"), b"h2").await.unwrap();
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let r = http::Request::get("https://localhost/v1/customers/cus_1")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(())
+        .unwrap();
+    let (answer, _) = client.send_request(r, true).unwrap();
+    let mut body = answer.await.unwrap().into_body();
+    while let Some(chunk) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.unwrap().len());
+    }
+    // Pings go on (the client answers them itself), but no stream: GOAWAY within two periods.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection was not closed");
+    assert!(eventually(|| async { kw.metric("keyward_connections_open").await == 0.0 }).await);
     kw.stop().await;
 }

@@ -49,15 +49,7 @@ async fn keyward(vault: &str) -> Running {
     std::fs::write(&config_path, &text).unwrap();
     let src = keyward::control::config::Source { name: config_path.clone(), text };
     let app = keyward::app::start(&src).await.unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
-    Running {
-        app: Some(app),
-        upstream,
-        others: HashMap::new(),
-        client: pki.client_config(),
-        pki,
-        dir,
-        config_path,
-    }
+    Running::new(app, upstream, HashMap::new(), pki, dir, config_path)
 }
 
 fn cell(kw: &Running) -> Arc<SecretCell> {

@@ -33,6 +33,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             running.until(shutdown).await;
             ExitCode::SUCCESS
         }
-        Err(e) => fail(e.lines()),
+        Err(keyward::app::StartError::Config(errors)) => fail(errors),
+        Err(e) => fail([e]),
     }
 }

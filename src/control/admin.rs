@@ -54,6 +54,10 @@ async fn route(reloader: Arc<Reloader>, req: Request<Incoming>) -> Result<Respon
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
         // Ready once config and secrets loaded (a reload never unsets that), unless every
         // request would be refused because the access log cannot be written.
+        (&Method::GET, "/readyz") if state.draining.load(Ordering::Relaxed) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "ready": false, "version": snap.version, "reason": "shutting down" }),
+        ),
         (&Method::GET, "/readyz") if !state.audit.admits() => json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "ready": false, "version": snap.version, "reason": "access log unavailable" }),

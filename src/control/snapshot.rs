@@ -38,6 +38,7 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub max_handshakes: usize,
+    pub max_handshakes_per_ip: usize,
     pub max_streams_per_connection: u32,
 }
 
@@ -53,4 +54,6 @@ pub struct Timeouts {
     pub form_body: Duration,
     /// Longest keyward waits for a caller to take more of its answer.
     pub client_send: Duration,
+    /// On SIGTERM, how long new connections are still accepted while `/readyz` says 503.
+    pub drain_delay: Duration,
 }

@@ -2,6 +2,7 @@
 //! and the metrics. Reloads swap the snapshot; requests read it once each.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use arc_swap::ArcSwap;
 
@@ -14,10 +15,17 @@ pub struct State {
     pub snapshot: ArcSwap<Snapshot>,
     pub audit: AuditSink,
     pub metrics: Metrics,
+    /// Shutting down: `/readyz` says 503 so that load balancers stop sending new callers.
+    pub draining: AtomicBool,
 }
 
 impl State {
     pub fn new(snapshot: Arc<Snapshot>, audit: AuditSink) -> Arc<State> {
-        Arc::new(State { snapshot: ArcSwap::new(snapshot), audit, metrics: Metrics::default() })
+        Arc::new(State {
+            snapshot: ArcSwap::new(snapshot),
+            audit,
+            metrics: Metrics::default(),
+            draining: AtomicBool::new(false),
+        })
     }
 }

@@ -12,15 +12,14 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::control::reload::Reloader;
 
 /// Quiet time after the first event of a burst before reloading.
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// Watch the serving snapshot's input files; the task owns the watcher (abort it to stop).
-pub fn spawn_file_watch(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<()>> {
+/// Watch the serving snapshot's input files: the future owns the watcher (drop it to stop).
+pub fn file_watch(reloader: Arc<Reloader>) -> notify::Result<impl std::future::Future<Output = ()>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reads (ours included: a reload opens these files) are not changes.
@@ -32,7 +31,7 @@ pub fn spawn_file_watch(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<()
     })?;
     let mut watched = HashSet::new();
     watch_new_dirs(&mut watcher, &mut watched, &reloader);
-    Ok(tokio::spawn(async move {
+    Ok(async move {
         while let Some(path) = rx.recv().await {
             // Judged against the files of the snapshot serving now, whoever reloaded it.
             if !relevant(&path, &targets(&reloader.state().snapshot.load().files).1) {
@@ -43,7 +42,7 @@ pub fn spawn_file_watch(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<()
             reloader.reload("file change").await;
             watch_new_dirs(&mut watcher, &mut watched, &reloader);
         }
-    }))
+    })
 }
 
 /// Start watching directories the current snapshot reads from that are not watched yet.
@@ -83,16 +82,16 @@ fn relevant(path: &Path, names: &HashSet<OsString>) -> bool {
     path.file_name().is_some_and(|n| names.contains(n))
 }
 
-/// Reload on every SIGHUP.
-pub fn spawn_sighup(reloader: Arc<Reloader>) {
+/// Reload on every SIGHUP. Listens from the moment it is called.
+pub fn sighup(reloader: Arc<Reloader>) -> Option<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP");
-        return;
+        return None;
     };
-    tokio::spawn(async move {
+    Some(async move {
         while hup.recv().await.is_some() {
             reloader.reload("SIGHUP").await;
         }
-    });
+    })
 }

@@ -137,6 +137,10 @@ impl Exchange {
     /// (dropped and counted if that is full): its answer is all in `resp`.
     pub fn refuse(mut self, mut resp: Response<Body>) -> Response<Body> {
         self.tag(&mut resp, true);
+        // A caller that gives the answer no window is cut off like any other.
+        if let Some(progress) = &self.stream {
+            progress.answering();
+        }
         let size = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
         self.bytes_out.store(size, Ordering::Relaxed);
         self.slot = self.state.audit.refusal_slot();

@@ -1,7 +1,6 @@
 //! The listener: accept TCP (within the connection limits), handshake TLS, serve HTTP/1.1
 //! and HTTP/2 with every caller-facing timeout, drain on shutdown.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -9,19 +8,23 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::serve::exchange::Caller;
 use crate::serve::proxy::Proxy;
-use crate::serve::stall::{StallGuard, StreamExec};
+use crate::serve::stall::{StallGuard, StreamCount, StreamExec};
 
-/// Serve `listener` until `shutdown` resolves, then stop accepting and give in-flight
-/// requests the snapshot's grace period to finish.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
+/// Serve `listener` until `accept` is cancelled, then stop accepting, close connections
+/// politely (HTTP/1.1 `Connection: close` after the request in flight, HTTP/2 `GOAWAY`) and
+/// give in-flight requests the snapshot's grace period; end what is left after it, and return
+/// once every connection and stream task is gone, so that every request's access record has
+/// been handed to the log.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: CancellationToken) {
+    let ends = Ends::default();
     loop {
         let max = proxy.state.snapshot.load().limits.max_connections;
         let accepted = tokio::select! {
@@ -30,7 +33,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                 proxy.admission.room(max).await;
                 listener.accept().await
             } => a,
-            _ = &mut shutdown => break,
+            _ = accept.cancelled() => break,
         };
         let (tcp, peer) = match accepted {
             Ok(a) => a,
@@ -49,21 +52,21 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             tracing::error!("no TLS configuration loaded; refusing connection");
             continue;
         };
-        let Some(counted) = proxy.admission.admit(ip, snap.limits.max_connections_per_ip) else {
+        let l = &snap.limits;
+        let Some(counted) = proxy.admission.admit(ip, l.max_connections_per_ip, l.max_handshakes_per_ip)
+        else {
             tracing::debug!(%peer, "connection closed: too many from this address (max_connections_per_ip)");
             continue;
         };
         let (timeouts, limits) = (snap.timeouts, snap.limits);
         drop(snap);
         let _ = tcp.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let _counted = counted;
+        let (proxy, ends2) = (proxy.clone(), ends.clone());
+        ends.tasks.spawn(async move {
             let cut = Arc::new(AtomicBool::new(false));
             let tcp = StallGuard::new(tcp, timeouts.client_send, cut.clone());
             let handshake = async {
-                let _turn = proxy.admission.handshake(limits.max_handshakes).await;
+                let _turn = proxy.admission.handshake(&counted, limits.max_handshakes).await;
                 TlsAcceptor::from(tls).accept(tcp).await
             };
             let stream = match tokio::time::timeout(timeouts.handshake, handshake).await {
@@ -78,23 +81,26 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = TokioIo::new(stream);
             let served = if h2 {
-                let mut builder = http2::Builder::new(StreamExec { limit: timeouts.client_send });
+                let streams = StreamExec::new(timeouts.client_send, ends2.tasks.clone(), ends2.kill.clone());
+                let idle = Idle { streams: streams.count(), every: timeouts.request_head };
+                let mut builder = http2::Builder::new(streams);
                 builder
                     .timer(TokioTimer::new())
                     .max_header_list_size(limits.max_header_bytes as u32)
                     .max_concurrent_streams(limits.max_streams_per_connection)
                     .keep_alive_interval(timeouts.request_head)
                     .keep_alive_timeout(timeouts.handshake);
-                watcher.watch(builder.serve_connection(io, svc)).await
+                drive(builder.serve_connection(io, svc), &ends2, Some(idle)).await
             } else {
                 let mut builder = http1::Builder::new();
                 builder
                     .timer(TokioTimer::new())
                     .header_read_timeout(timeouts.request_head)
                     .max_buf_size(limits.max_header_bytes.max(8192));
-                watcher.watch(builder.serve_connection(io, svc)).await
+                drive(builder.serve_connection(io, svc), &ends2, None).await
             };
-            if let Err(e) = served {
+            drop(counted);
+            if let Some(Err(e)) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                 if let Some((status, reason)) = parser_refusal(&e) {
                     proxy.record_unparsed(ip, status, reason);
@@ -104,9 +110,76 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     }
     drop(listener);
     let grace = proxy.state.snapshot.load().timeouts.shutdown_grace;
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+    ends.drain.cancel();
+    ends.tasks.close();
+    match tokio::time::timeout(grace, ends.tasks.wait()).await {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+    }
+    // Whatever is left ends now; its exchanges are dropped, and so recorded.
+    ends.kill.cancel();
+    ends.tasks.wait().await;
+}
+
+/// How connections end: `drain` asks each to close politely, `kill` ends what is left, and
+/// `tasks` (connections and HTTP/2 streams) says when all are gone.
+#[derive(Clone, Default)]
+struct Ends {
+    tasks: TaskTracker,
+    drain: CancellationToken,
+    kill: CancellationToken,
+}
+
+/// An HTTP/2 connection's open streams, checked every `every`: one that has had none open
+/// and none started for a whole period is idle, and closed (`GOAWAY`). Pings do not count:
+/// a client answers them by itself.
+struct Idle {
+    streams: Arc<StreamCount>,
+    every: Duration,
+}
+
+impl Idle {
+    async fn expired(&self) {
+        let mut seen = self.streams.started();
+        loop {
+            tokio::time::sleep(self.every).await;
+            let now = self.streams.started();
+            if self.streams.open() == 0 && now == seen {
+                return;
+            }
+            seen = now;
+        }
+    }
+}
+
+/// Serve one connection until it ends, closing it politely when shutdown drains or it is
+/// idle; `None` if shutdown ended it.
+async fn drive<C>(conn: C, ends: &Ends, idle: Option<Idle>) -> Option<Result<(), C::Error>>
+where
+    C: GracefulConnection,
+{
+    tokio::pin!(conn);
+    let idle_expired = async {
+        match &idle {
+            Some(i) => i.expired().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(idle_expired);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            served = conn.as_mut() => return Some(served),
+            _ = ends.drain.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = &mut idle_expired, if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = ends.kill.cancelled() => return None,
+        }
     }
 }
 

@@ -148,10 +148,45 @@ impl Progress {
 }
 
 /// hyper's executor for HTTP/2 streams: each stream runs in a task of its own under a
-/// watchdog (the service's future runs inside that task, so it finds its [`Progress`]).
+/// watchdog (the service's future runs inside that task, so it finds its [`Progress`]),
+/// tracked with its connection's, so that shutdown can end them and wait for their records.
 #[derive(Clone)]
 pub struct StreamExec {
-    pub limit: Duration,
+    limit: Duration,
+    tasks: tokio_util::task::TaskTracker,
+    kill: tokio_util::sync::CancellationToken,
+    count: Arc<StreamCount>,
+}
+
+/// The streams of one HTTP/2 connection: how many are open, how many were ever started.
+#[derive(Debug, Default)]
+pub struct StreamCount {
+    open: std::sync::atomic::AtomicUsize,
+    started: AtomicU64,
+}
+
+impl StreamCount {
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+}
+
+impl StreamExec {
+    pub fn new(
+        limit: Duration,
+        tasks: tokio_util::task::TaskTracker,
+        kill: tokio_util::sync::CancellationToken,
+    ) -> StreamExec {
+        StreamExec { limit, tasks, kill, count: Arc::default() }
+    }
+
+    pub fn count(&self) -> Arc<StreamCount> {
+        self.count.clone()
+    }
 }
 
 impl<F> hyper::rt::Executor<F> for StreamExec
@@ -161,7 +196,17 @@ where
     fn execute(&self, fut: F) {
         let progress = Arc::new(Progress::default());
         let inner = Box::pin(STREAM.scope(progress.clone(), fut));
-        tokio::spawn(Watched { inner, progress, watch: Watch::new(self.limit), seen: 0 });
+        let watched = Watched { inner, progress, watch: Watch::new(self.limit), seen: 0 };
+        let (kill, count) = (self.kill.clone(), self.count.clone());
+        count.open.fetch_add(1, Ordering::Relaxed);
+        count.started.fetch_add(1, Ordering::Relaxed);
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = watched => {}
+                _ = kill.cancelled() => {}
+            }
+            count.open.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }
 

@@ -389,12 +389,26 @@ impl Harness {
         let config_path = place(dir.path(), &text);
         let src = keyward::control::config::Source { name: config_path.clone(), text };
         let app = keyward::app::start(&src).await.unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
-        Running { app: Some(app), upstream, others, client: pki.client_config(), pki, dir, config_path }
+        let (addr, admin_addr) = (app.addr, app.admin_addr);
+        Running {
+            app: Some(app),
+            addr,
+            admin_addr,
+            upstream,
+            others,
+            client: pki.client_config(),
+            pki,
+            dir,
+            config_path,
+        }
     }
 }
 
 pub struct Running {
     pub app: Option<keyward::app::Running>,
+    /// The proxy's and the admin port's addresses (known after `app` is taken to stop it).
+    addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     pub upstream: Upstream,
     /// The upstreams added with `also_upstream`, by name.
     pub others: HashMap<String, Upstream>,
@@ -421,12 +435,25 @@ impl Reply {
 }
 
 impl Running {
+    pub fn new(
+        app: keyward::app::Running,
+        upstream: Upstream,
+        others: HashMap<String, Upstream>,
+        pki: Pki,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+    ) -> Running {
+        let (addr, admin_addr) = (app.addr, app.admin_addr);
+        let client = pki.client_config();
+        Running { app: Some(app), addr, admin_addr, upstream, others, pki, client, dir, config_path }
+    }
+
     pub fn addr(&self) -> SocketAddr {
-        self.app.as_ref().unwrap().addr
+        self.addr
     }
 
     pub fn admin(&self) -> SocketAddr {
-        self.app.as_ref().unwrap().admin_addr.unwrap()
+        self.admin_addr.expect("an admin port")
     }
 
     /// The version of the snapshot serving now.

@@ -54,6 +54,7 @@ pub struct LimitsFile {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub max_handshakes: usize,
+    pub max_handshakes_per_ip: usize,
     pub max_streams_per_connection: u32,
 }
 
@@ -67,6 +68,7 @@ impl Default for LimitsFile {
             max_connections: 10_000,
             max_connections_per_ip: 256,
             max_handshakes: 256,
+            max_handshakes_per_ip: 32,
             max_streams_per_connection: 100,
         }
     }
@@ -91,6 +93,8 @@ pub struct TimeoutsFile {
     pub form_body: Duration,
     #[serde(with = "humantime_serde")]
     pub client_send: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
 }
 
 impl Default for TimeoutsFile {
@@ -105,6 +109,8 @@ impl Default for TimeoutsFile {
             request_body_idle: Duration::from_secs(10),
             form_body: Duration::from_secs(30),
             client_send: Duration::from_secs(30),
+            // Long enough for a load balancer's readiness probe (every few seconds) to notice.
+            drain_delay: Duration::from_secs(5),
         }
     }
 }

@@ -123,6 +123,7 @@ pub fn validate(
             max_connections: l.max_connections,
             max_connections_per_ip: l.max_connections_per_ip,
             max_handshakes: l.max_handshakes,
+            max_handshakes_per_ip: l.max_handshakes_per_ip,
             max_streams_per_connection: l.max_streams_per_connection,
         },
         timeouts: Timeouts {
@@ -133,6 +134,7 @@ pub fn validate(
             request_body_idle: t.request_body_idle,
             form_body: t.form_body,
             client_send: t.client_send,
+            drain_delay: t.drain_delay,
         },
         audit: crate::audit::Settings {
             path: a.path.clone(),
@@ -191,6 +193,7 @@ fn check_bounds(file: &FileConfig, errs: &mut Errors) {
         ("limits.max_connections", l.max_connections),
         ("limits.max_connections_per_ip", l.max_connections_per_ip),
         ("limits.max_handshakes", l.max_handshakes),
+        ("limits.max_handshakes_per_ip", l.max_handshakes_per_ip),
         ("limits.max_streams_per_connection", l.max_streams_per_connection as usize),
     ] {
         if n == 0 {
