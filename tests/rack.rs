@@ -88,6 +88,7 @@ fn table() -> Vec<Case> {
         let body =
             format!("--B\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n--B--\r\n");
         out.push(case("POST", p, &[multipart], &body));
+        out.push(case("POST", "/v1/files", &[multipart], &body));
     }
     for (name, value) in [
         ("Stripe_Account", "acct_evil"),
@@ -193,11 +194,14 @@ fn generated() -> impl Strategy<Value = Case> {
                 None => "/v1/customers/cus_1".into(),
             };
             let mut body = String::new();
+            let mut target = target;
             if method == "POST" {
                 if let Some(ct) = ct {
                     headers.push(("Content-Type", ct));
                 }
                 body = if ct.is_some_and(|c| c.starts_with("multipart")) {
+                    // Multipart goes to the endpoint that takes files.
+                    target = target.replacen("/v1/customers/cus_1", "/v1/files", 1);
                     let mut b: String = parts
                         .iter()
                         .map(|(n, v)| {
@@ -323,6 +327,7 @@ async fn what_rack_reads_is_what_keyward_classified() {
     cases.extend((0..count).map(|_| strategy.new_tree(&mut runner).unwrap().current()));
 
     let kw = Harness::new()
+        .also_upstream("files")
         .service(Svc::new("svc").token("t", TOKEN).scope("*", "write").extra("accounts = [\"*\"]"))
         .start()
         .await;
@@ -346,7 +351,8 @@ async fn what_rack_reads_is_what_keyward_classified() {
         .into_iter()
         .map(|r| (r["request_id"].as_str().unwrap_or("").to_string(), r))
         .collect();
-    let seen = kw.upstream.requests();
+    let mut seen = kw.upstream.requests();
+    seen.extend(kw.others["files"].requests());
     let case_of: Vec<usize> =
         seen.iter().map(|s| s.headers["x-case"].to_str().unwrap().parse().unwrap()).collect();
     let mut disagreements = Vec::new();

@@ -12,11 +12,13 @@ const TOKEN: &str = "kw_sdk_token_0123456789abcdefWXYZ";
 #[tokio::test]
 async fn stripe_python_sees_stripe_shaped_answers() {
     let kw = Harness::new()
+        .also_upstream("files")
         .service(
             Svc::new("billing")
                 .token("sdk", TOKEN)
                 .scope("customer", "read")
                 .scope("charge", "read")
+                .scope("file", "write")
                 .extra("accounts = [\"acct_1Allowed\"]"),
         )
         .start()
@@ -60,6 +62,11 @@ async fn stripe_python_sees_stripe_shaped_answers() {
     assert_eq!(r("expand_allowed")["id"], "ch_123");
     assert_eq!(r("expand_denied")["exception"], "PermissionError");
     assert!(r("expand_denied")["message"].as_str().unwrap().contains("rak_balance_read"));
+    // The SDK's own multipart upload has the one shape keyward accepts.
+    assert_eq!(r("upload_file")["ok"], true, "{}", r("upload_file"));
+    let uploads = kw.others["files"].requests();
+    assert_eq!(uploads.len(), 1);
+    assert!(String::from_utf8_lossy(&uploads[0].body).contains("%PDF-1.4 evidence"));
     assert_eq!(r("bad_token")["exception"], "AuthenticationError");
     assert_eq!(r("bad_token")["status"], 401);
 

@@ -47,6 +47,8 @@ pub struct Entry {
     pub upstream: String,
     /// Stripe's "(Direct)" permissions: never valid on behalf of a connected account.
     pub direct: bool,
+    /// Takes a multipart body (file uploads); no other entry does.
+    pub multipart: bool,
 }
 
 #[derive(Debug, Default)]
@@ -113,7 +115,7 @@ impl Catalog {
         let cols: Vec<&str> = content.split_whitespace().collect();
         let [method, template, permission, access, upstream, rest @ ..] = cols.as_slice() else {
             return Err(AddError::Message(
-                "expected: METHOD TEMPLATE PERMISSION ACCESS UPSTREAM [direct]".into(),
+                "expected: METHOD TEMPLATE PERMISSION ACCESS UPSTREAM [direct] [multipart]".into(),
             ));
         };
         let method: Method =
@@ -130,13 +132,19 @@ impl Catalog {
         if !is_name(permission) {
             return Err(AddError::Message(format!("permission `{permission}` is not a snake_case name")));
         }
-        let direct = match rest {
-            [] => false,
-            ["direct"] => true,
-            _ => {
-                return Err(AddError::Message(format!("unknown flags `{}`", rest.join(" "))));
+        let (mut direct, mut multipart) = (false, false);
+        for flag in rest {
+            let seen = match *flag {
+                "direct" => std::mem::replace(&mut direct, true),
+                "multipart" => std::mem::replace(&mut multipart, true),
+                other => {
+                    return Err(AddError::Message(format!("unknown flag `{other}` (direct, multipart)")));
+                }
+            };
+            if seen {
+                return Err(AddError::Message(format!("flag `{flag}` given twice")));
             }
-        };
+        }
         let segments = template_segments(template).map_err(AddError::Message)?;
         let perm_id = self.intern(permission);
         let idx = self.entries.len() as u32;
@@ -160,6 +168,7 @@ impl Catalog {
             access,
             upstream: upstream.to_string(),
             direct,
+            multipart,
         });
         Ok(idx)
     }

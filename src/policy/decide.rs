@@ -53,6 +53,8 @@ impl Decision {
 #[derive(Debug, Clone, Copy)]
 pub struct Route<'s> {
     pub service: &'s Service,
+    /// The catalog entry (`None`: a report-mode call to an endpoint the catalog lacks).
+    pub entry: Option<&'s Entry>,
     pub upstream: usize,
 }
 
@@ -176,8 +178,10 @@ pub fn authorize<'s>(policy: &'s Policy, service: &'s Service, parts: &'s Parts,
         Some(e) => check_entry(policy, service, e, parts, &target, ruling.account, token),
     };
     ruling.verdict = match (failure, ruling.upstream, service.mode) {
-        (None, Some(upstream), _) => Verdict::Allow(Route { service, upstream }),
-        (Some(f), Some(upstream), Mode::Report) => Verdict::WouldDeny(Route { service, upstream }, f),
+        (None, Some(upstream), _) => Verdict::Allow(Route { service, entry: ruling.entry, upstream }),
+        (Some(f), Some(upstream), Mode::Report) => {
+            Verdict::WouldDeny(Route { service, entry: ruling.entry, upstream }, f)
+        }
         (Some(f), _, _) => Verdict::Deny(f),
         (None, None, _) => Verdict::Deny(Failure::Internal),
     };

@@ -1,90 +1,166 @@
 //! The multipart rule (the scan; `serve::body::PartNames` applies it to a streaming body).
-//! Multipart bodies stream through unbuffered (file uploads go up to 16 MB), but Rack reads
-//! their parts as parameters: a `_method` part turns the POST into a DELETE, an `expand[]`
-//! part expands. keyward does not parse multipart itself (Rack's own parser takes a part's
-//! name from `Content-Disposition`, from a later `name=` inside another parameter, or from
-//! `Content-ID`); it refuses any part whose headers mention `method` or `expand` anywhere, in
-//! any case. Stripe's file uploads have parts named `file`, `purpose` and `file_link_data[…]`.
-//! The cost of the rule: a file whose name holds one of those words is refused too.
+//!
+//! Rack reads multipart parts as parameters: a `_method` part turns the POST into a DELETE, an
+//! `expand[]` part expands; and its parser is lenient in ways no second reader can match (it
+//! takes the last `boundary=` of a Content-Type, falls back to reading the body as a form when
+//! it finds none, treats `--B` as a delimiter anywhere, unescapes backslashes in names). So
+//! multipart bodies go only to catalog entries marked `multipart` (Stripe: `POST /v1/files`),
+//! and there they must have the one shape every parser reads alike, checked as they stream:
+//!
+//! - the Content-Type names one `boundary=` (no spaces around `=`, no second one, not quoted
+//!   around `"`, `;`, `,` or `\`), of 1 to 70 of the characters RFC 2046 allows (no space);
+//! - the body starts with `--B` CRLF, and every `--B` in it is a delimiter: after CRLF, and
+//!   followed by CRLF (a part follows) or by `--` CRLF at the very end of the body;
+//! - each part's headers end at the first CRLF CRLF, use CRLF only, hold no `\`, and do not
+//!   mention `method` or `expand` anywhere, in any case (file names included: the cost of
+//!   this rule is that such a file name is refused too);
+//! - nothing follows the closing delimiter, and the body does not end before it.
 
 /// Longest block of part headers accepted.
 const MAX_HEAD: usize = 8 * 1024;
 
-/// Where the scan is: looking for the next delimiter, or gathering the headers after one.
+/// The `boundary` of a multipart Content-Type, if it has exactly one, in a form every parser
+/// reads alike.
+pub fn boundary(content_type: &str) -> Option<&str> {
+    let lower = content_type.to_ascii_lowercase();
+    let at = lower.find("boundary=")?;
+    if lower[at + 1..].contains("boundary=") || !lower[..at].trim_end().ends_with(';') {
+        return None;
+    }
+    let value = content_type[at + "boundary=".len()..].split(';').next().unwrap_or("").trim_end();
+    let value = match value.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"')?,
+        None => value,
+    };
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"'()+_-./:=?".contains(&b);
+    (!value.is_empty() && value.len() <= 70 && value.bytes().all(allowed)).then_some(value)
+}
+
+/// Where the scan is.
+#[derive(Debug, PartialEq, Eq)]
 enum State {
-    Seeking,
-    Head(Vec<u8>),
-    /// After the closing delimiter: the epilogue, which no parser reads.
-    Done,
+    /// Before the first delimiter, which must open the body.
+    Start,
+    /// Inside a part's headers.
+    Head,
+    /// Inside a part's content, looking for the next CRLF `--B`.
+    Content,
+    /// After `--B--`: only a final CRLF may follow.
+    Closed,
 }
 
 pub struct Scan {
+    /// `\r\n--B`: what ends a part's content.
     delimiter: Vec<u8>,
-    /// The end of the last chunk, which may hold the start of a delimiter.
+    /// Bytes kept from the last piece: a delimiter or a header block may span pieces.
     carry: Vec<u8>,
     state: State,
 }
 
-/// A part's headers mention one of the names Rack would act on.
+/// The body does not have the one shape keyward accepts (see the module's rules).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refused;
 
 impl Scan {
     pub fn new(boundary: &str) -> Scan {
-        Scan { delimiter: format!("--{boundary}").into_bytes(), carry: Vec::new(), state: State::Seeking }
+        Scan { delimiter: format!("\r\n--{boundary}").into_bytes(), carry: Vec::new(), state: State::Start }
     }
 
-    /// Scan the next piece of the body. Delimiters are looked for anywhere, not only at the
-    /// start of a line: more header blocks checked, never fewer.
+    /// Scan the next piece of the body.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), Refused> {
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(data);
         let mut at = 0;
         loop {
-            match &mut self.state {
-                State::Done => return Ok(()),
-                State::Seeking => match memchr::memmem::find(&buf[at..], &self.delimiter) {
-                    Some(i) => {
-                        at += i + self.delimiter.len();
-                        self.state = State::Head(Vec::new());
+            let rest = &buf[at..];
+            match self.state {
+                State::Start => {
+                    // The body opens with `--B` CRLF (the delimiter without its CRLF).
+                    let open = &self.delimiter[2..];
+                    if rest.len() < open.len() + 2 {
+                        return self.keep(&buf, at, open.starts_with(rest) || rest.starts_with(open));
                     }
-                    None => {
-                        let keep = (buf.len() - at).min(self.delimiter.len() - 1);
-                        self.carry = buf[buf.len() - keep..].to_vec();
-                        return Ok(());
-                    }
-                },
-                State::Head(head) => {
-                    head.extend_from_slice(&buf[at..]);
-                    if head.starts_with(b"--") {
-                        self.state = State::Done;
-                        return Ok(());
-                    }
-                    let end = blank_line(head);
-                    if end.unwrap_or(head.len()) > MAX_HEAD {
+                    if !rest.starts_with(open) || &rest[open.len()..open.len() + 2] != b"\r\n" {
                         return Err(Refused);
                     }
-                    let Some(end) = end else {
-                        return Ok(()); // the rest of the headers comes in the next piece
+                    at += open.len() + 2;
+                    self.state = State::Head;
+                }
+                State::Head if rest.starts_with(b"\r\n") => {
+                    // A part with no headers at all.
+                    at += 2;
+                    self.state = State::Content;
+                }
+                State::Head => {
+                    let Some(end) = memchr::memmem::find(rest, b"\r\n\r\n").filter(|&e| e <= MAX_HEAD) else {
+                        return self.keep(&buf, at, rest.len() <= MAX_HEAD);
                     };
-                    let lower = head[..end].to_ascii_lowercase();
-                    if [&b"method"[..], b"expand"].iter().any(|w| memchr::memmem::find(&lower, w).is_some()) {
-                        return Err(Refused);
+                    check_head(&rest[..end + 2])?;
+                    at += end + 4;
+                    self.state = State::Content;
+                }
+                State::Content => {
+                    // `--B` without its CRLF must not appear either: only as a delimiter.
+                    let bare = &self.delimiter[2..];
+                    match memchr::memmem::find(rest, bare) {
+                        Some(i) if i >= 2 && &rest[i - 2..i] == b"\r\n" => {
+                            let after = &rest[i + bare.len()..];
+                            if after.len() < 2 {
+                                return self.keep(&buf, at + i - 2, true);
+                            }
+                            match &after[..2] {
+                                b"\r\n" => self.state = State::Head,
+                                b"--" => self.state = State::Closed,
+                                _ => return Err(Refused),
+                            }
+                            at += i + bare.len() + 2;
+                        }
+                        Some(_) => return Err(Refused),
+                        // Keep what could be the start of a delimiter (CRLF `--B`).
+                        None => {
+                            let keep = rest.len().min(self.delimiter.len() - 1);
+                            self.carry = rest[rest.len() - keep..].to_vec();
+                            return Ok(());
+                        }
                     }
-                    buf = head[end..].to_vec();
-                    at = 0;
-                    self.state = State::Seeking;
+                }
+                State::Closed => {
+                    return match rest {
+                        b"" | b"\r" | b"\r\n" => self.keep(&buf, at, true),
+                        _ => Err(Refused),
+                    };
                 }
             }
         }
     }
+
+    /// The body is over: it must have ended with its closing delimiter.
+    pub fn finish(&self) -> Result<(), Refused> {
+        match (&self.state, self.carry.as_slice()) {
+            (State::Closed, b"" | b"\r\n") => Ok(()),
+            _ => Err(Refused),
+        }
+    }
+
+    /// Wait for more: keep `buf[at..]` for the next piece, if `plausible`.
+    fn keep(&mut self, buf: &[u8], at: usize, plausible: bool) -> Result<(), Refused> {
+        if !plausible {
+            return Err(Refused);
+        }
+        self.carry = buf[at..].to_vec();
+        Ok(())
+    }
 }
 
-/// Where the headers end: the first empty line (`\n\n` or `\n\r\n`), past which is content.
-fn blank_line(head: &[u8]) -> Option<usize> {
-    (0..head.len()).find(|&i| {
-        head[i] == b'\n' && (head.get(i + 1) == Some(&b'\n') || head.get(i + 1..i + 3) == Some(b"\r\n"))
-    })
+/// A part's headers (each line with its CRLF): CRLF only, no `\`, no mention of the names
+/// Rack would act on.
+fn check_head(head: &[u8]) -> Result<(), Refused> {
+    let bare_line_end = head.iter().enumerate().any(|(i, &b)| {
+        (b == b'\n' && (i == 0 || head[i - 1] != b'\r')) || (b == b'\r' && head.get(i + 1) != Some(&b'\n'))
+    });
+    let lower = head.to_ascii_lowercase();
+    let names = [&b"method"[..], b"expand"].iter().any(|w| memchr::memmem::find(&lower, w).is_some());
+    if bare_line_end || head.contains(&b'\\') || names { Err(Refused) } else { Ok(()) }
 }
 
 #[cfg(test)]
@@ -97,24 +173,37 @@ mod tests {
 
     fn scan_in_pieces(body: &str, piece: usize) -> Result<(), Refused> {
         let mut s = Scan::new("XyZ");
-        body.as_bytes().chunks(piece).try_for_each(|c| s.feed(c))
+        body.as_bytes().chunks(piece).try_for_each(|c| s.feed(c))?;
+        s.finish()
     }
 
     #[test]
-    fn parts_naming_method_or_expand_are_refused_however_the_body_is_cut() {
+    fn one_shape_is_read_and_every_other_refused_however_the_body_is_cut() {
         let upload = format!(
             "{}{}--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.pdf\"\r\n\
-             Content-Type: application/pdf\r\n\r\n%PDF expand method --Xy\r\n--XyZ--\r\nepilogue expand\r\n",
+             Content-Type: application/pdf\r\n\r\n%PDF expand method -XyZ \r\n--X\r\n--XyZ--\r\n",
             part("purpose", "dispute_evidence"),
             part("file_link_data[create]", "true")
         );
         let refused = [
             format!("{}{}--XyZ--\r\n", part("purpose", "x"), part("_method", "DELETE")),
             format!("{}--XyZ--\r\n", part("expand[]", "links")),
-            "--XyZ\r\nContent-Disposition: form-data; NAME=\"_METHOD\"\r\n\r\nDELETE\r\n".to_string(),
-            "--XyZ\r\nContent-Disposition: form-data; filename=\"a;name=_method\"\r\n\r\nx\r\n".to_string(),
-            "--XyZ\r\nContent-ID: _method\r\n\r\nDELETE\r\n".to_string(),
-            "--XyZ\nContent-Disposition: form-data; name=expand\n\nx\n".to_string(),
+            "--XyZ\r\nContent-Disposition: form-data; NAME=\"_METHOD\"\r\n\r\nDELETE\r\n--XyZ--\r\n".into(),
+            "--XyZ\r\nContent-Disposition: form-data; filename=\"a;name=_method\"\r\n\r\nx\r\n--XyZ--\r\n"
+                .into(),
+            "--XyZ\r\nContent-ID: _method\r\n\r\nDELETE\r\n--XyZ--\r\n".into(),
+            // Seen from a hostile review: each of these was read by Rack as `_method` or `expand`.
+            "--XyZ--\r\n".to_string() + &part("_m", "x") + "--XyZ--\r\n",
+            part("a", "x\r\n--XyZ--X") + "--XyZ--\r\n",
+            "--XyZ\r\nX-A: y\n\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--XyZ--\r\n".into(),
+            "--XyZ\r\nContent-Disposition: form-data; name=\"_m\\ethod\"\r\n\r\nDELETE\r\n--XyZ--\r\n".into(),
+            "--XyZ\r\nContent-Disposition: form-data; name=\"exp\\and[]\"\r\n\r\nx\r\n--XyZ--\r\n".into(),
+            // Not the one shape: preamble, bare `--B` in content, epilogue, no end, LF only.
+            "preamble\r\n".to_string() + &part("a", "x") + "--XyZ--\r\n",
+            part("a", "x --XyZ y") + "--XyZ--\r\n",
+            part("a", "x") + "--XyZ--\r\nepilogue",
+            part("a", "x"),
+            "--XyZ\nContent-Disposition: form-data; name=a\n\nx\n--XyZ--\n".into(),
             format!("--XyZ\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD)),
         ];
         for piece in [1, 2, 3, 7, 64, 1 << 20] {
@@ -122,6 +211,33 @@ mod tests {
             for body in &refused {
                 assert_eq!(scan_in_pieces(body, piece), Err(Refused), "{body:?} in pieces of {piece}");
             }
+        }
+    }
+
+    #[test]
+    fn a_boundary_is_one_strict_parameter() {
+        let ok = [
+            ("multipart/form-data; boundary=AAA", "AAA"),
+            ("multipart/form-data;boundary=\"AAA\"", "AAA"),
+            ("Multipart/Form-Data; charset=utf-8; BOUNDARY=a'()+_-./:=?1", "a'()+_-./:=?1"),
+        ];
+        for (ct, want) in ok {
+            assert_eq!(boundary(ct), Some(want), "{ct}");
+        }
+        for ct in [
+            "multipart/form-data; boundary = AAA",
+            "multipart/form-data; boundary =AAA",
+            "multipart/form-data; boundary=",
+            "multipart/form-data; boundary=\"",
+            "multipart/form-data; boundary=AAA; boundary=BBB",
+            "multipart/form-data; boundary=AAA; x=\"boundary=BBB\"",
+            "multipart/form-data; boundary=\"AAA;x\"",
+            "multipart/form-data; boundary=AAA\"",
+            "multipart/form-data; boundary=\"A A\"",
+            "multipart/form-data; xboundary=AAA",
+            "multipart/form-data",
+        ] {
+            assert_eq!(boundary(ct), None, "{ct}");
         }
     }
 }

@@ -163,8 +163,8 @@ where
     }
 }
 
-/// Passes a multipart body through, ending it with an error (and raising `refused`) at the
-/// first part whose headers name `method` or `expand`.
+/// Passes a multipart body through, ending it with an error (and raising `refused`) as soon
+/// as it turns out not to have the one shape keyward accepts (`policy::multipart`).
 pub struct PartNames<B> {
     inner: B,
     scan: Scan,
@@ -191,12 +191,15 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let Some(Ok(f)) = &frame
-            && let Some(data) = f.data_ref()
-            && this.scan.feed(data).is_err()
-        {
+        let fed = match &frame {
+            Some(Ok(f)) => f.data_ref().map_or(Ok(()), |data| this.scan.feed(data)),
+            _ => Ok(()),
+        };
+        // Judge the end with the last piece: the sender may not ask for more once it is in.
+        let ended = frame.is_none() || this.inner.is_end_stream();
+        if fed.is_err() || (ended && this.scan.finish().is_err()) {
             this.refused.store(true, Ordering::Relaxed);
-            return Poll::Ready(Some(Err("a multipart part names method or expand".into())));
+            return Poll::Ready(Some(Err("a multipart body keyward does not accept".into())));
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use crate::audit::AccessRecord;
 use crate::control::snapshot::Snapshot;
 use crate::control::state::State;
-use crate::policy::{self, Decision, Failure, RequestFacts, Route, Service, Verdict};
+use crate::policy::{self, Decision, Failure, RequestFacts, Route, Verdict};
 use crate::serve::admission::Admission;
 use crate::serve::body::{Deadline, Idle, Metered, PartNames};
 use crate::serve::exchange::{Caller, Exchange, REQUEST_ID, RequestIds, new_record};
@@ -118,7 +118,7 @@ async fn forward(
     body: Incoming,
     ex: &mut Exchange,
 ) -> Result<Response<Body>, Failure> {
-    let body = check_body(snap, route.service, parts, body, ex).await?;
+    let body = check_body(snap, route, parts, body, ex).await?;
     let (req, up) = rewrite_request(snap, route, parts, body, ex)?;
     let (answer, deadline) = send(snap, up, req, ex).await?;
     Ok(rewrite_response(answer, parts, deadline, ex))
@@ -128,7 +128,7 @@ async fn forward(
 /// and what a form or multipart body carries. Form bodies are read whole here.
 async fn check_body(
     snap: &Snapshot,
-    service: &Service,
+    route: Route<'_>,
     parts: &Parts,
     body: Incoming,
     ex: &mut Exchange,
@@ -156,11 +156,16 @@ async fn check_body(
             ex.bytes_in.store(form.len() as u64, Ordering::Relaxed);
             let token = policy::identity::token_from(&parts.headers, AUTHORIZATION).unwrap_or_default();
             if let Some(f) =
-                policy::check_form(&snap.policy, service, &form, &token).map_err(|f| ex.deny(f))?
+                policy::check_form(&snap.policy, route.service, &form, &token).map_err(|f| ex.deny(f))?
             {
                 ex.would_deny(&f);
             }
             Full::new(form).map_err(|e| match e {}).boxed()
+        }
+        BodyKind::Multipart(_) if !route.entry.is_some_and(|e| e.multipart) => {
+            return Err(
+                ex.deny(Failure::NonCanonical("sends a multipart body to an endpoint that takes none"))
+            );
         }
         BodyKind::Multipart(boundary) => {
             streamed(PartNames::new(body, boundary, ex.body_refused.clone()).boxed())
@@ -225,9 +230,9 @@ async fn send(
             Err(Failure::BodyTooLarge { limit: snap.limits.max_body_bytes })
         }
         Ok(Err(_)) if ex.body_late.load(Ordering::Relaxed) => Err(Failure::BodyTimeout),
-        Ok(Err(_)) if ex.body_refused.load(Ordering::Relaxed) => {
-            Err(ex.deny(Failure::NonCanonical("has a multipart part whose headers name method or expand")))
-        }
+        Ok(Err(_)) if ex.body_refused.load(Ordering::Relaxed) => Err(
+            ex.deny(Failure::NonCanonical("has a multipart body that is not in the one shape keyward reads"))
+        ),
         Ok(Err(e)) => {
             let cause = upstream::causes(&*e);
             tracing::warn!(request_id, upstream, url, cause, "upstream request failed (502)");
@@ -272,7 +277,7 @@ fn body_kind(parts: &Parts) -> BodyKind<'_> {
     match policy::canonical::media_type(ct).as_str() {
         "application/x-www-form-urlencoded" if parts.method == http::Method::POST => BodyKind::Form,
         m if m.starts_with("multipart/") => {
-            policy::canonical::multipart_boundary(ct).map_or(BodyKind::Other, BodyKind::Multipart)
+            policy::multipart::boundary(ct).map_or(BodyKind::Other, BodyKind::Multipart)
         }
         _ => BodyKind::Other,
     }

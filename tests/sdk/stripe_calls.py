@@ -3,6 +3,7 @@
 Environment: KW_BASE (https://localhost:PORT), KW_TOKEN, KW_CA (CA bundle for keyward's cert).
 """
 
+import io
 import json
 import os
 import sys
@@ -43,6 +44,7 @@ def main():
     run("connect_denied", lambda: stripe.Customer.retrieve("cus_789", stripe_account="acct_1Other"))
     run("expand_allowed", lambda: stripe.Charge.retrieve("ch_123", expand=["customer"]))
     run("expand_denied", lambda: stripe.Charge.retrieve("ch_123", expand=["balance_transaction"]))
+    run("upload_file", lambda: stripe.File.create(purpose="dispute_evidence", file=io.BytesIO(b"%PDF-1.4 evidence")))
     client = stripe.StripeClient(TOKEN, base_addresses={"api": os.environ["KW_BASE"]})
     run("client_retrieve_customer", lambda: client.customers.retrieve("cus_456"))
     stripe.api_key = "kw_not_a_real_token_000000000000"
