@@ -112,29 +112,35 @@ impl<'s> Ruling<'s> {
 
 /// Decide a request: identify the caller, then [`authorize`] the call for its service.
 pub fn decide<'s>(policy: &'s Policy, facts: &RequestFacts<'s>) -> Ruling<'s> {
-    let (service, token, presented) = match identify(policy, facts) {
-        Ok(found) => found,
-        Err(ruling) => return ruling,
-    };
-    let mut ruling = authorize(policy, service, facts.parts, &presented);
-    ruling.token = Some(token);
-    ruling
+    match identify(policy, facts) {
+        Ok((service, token, presented)) => {
+            let mut ruling = authorize(policy, service, facts.parts, &presented);
+            ruling.token = Some(token);
+            ruling
+        }
+        Err((failure, known)) => {
+            Ruling { service: known.map(|(s, _)| s), token: known.map(|(_, t)| t), ..Ruling::deny(failure) }
+        }
+    }
 }
 
-/// Phase 1: the token, its validity and the caller's address.
-fn identify<'s>(
-    policy: &'s Policy,
-    facts: &RequestFacts<'s>,
-) -> Result<(&'s Service, &'s Token, std::borrow::Cow<'s, str>), Ruling<'s>> {
+/// Who presented which token: the service, the token, and the token as presented.
+type Identified<'s> = (&'s Service, &'s Token, std::borrow::Cow<'s, str>);
+/// Why identifying failed, and whose token it was once that is known.
+type Unidentified<'s> = (Failure, Option<(&'s Service, &'s Token)>);
+
+/// Phase 1: the token, its validity and the caller's address. A refusal says who it was,
+/// once the token is known.
+fn identify<'s>(policy: &'s Policy, facts: &RequestFacts<'s>) -> Result<Identified<'s>, Unidentified<'s>> {
     let Some(presented) = token_from(&facts.parts.headers, AUTHORIZATION) else {
-        return Err(Ruling::deny(Failure::MissingToken));
+        return Err((Failure::MissingToken, None));
     };
     let Some(found) = policy.tokens.get(&hash_token(&presented)) else {
-        return Err(Ruling::deny(Failure::InvalidToken { redacted: redact(&presented) }));
+        return Err((Failure::InvalidToken { redacted: redact(&presented) }, None));
     };
     let service = &policy.services[found.service as usize];
     let token = &service.tokens[found.token as usize];
-    let fail = |f| Err(Ruling { service: Some(service), token: Some(token), ..Ruling::deny(f) });
+    let fail = |f| Err((f, Some((service, token))));
     if token.expires.is_some_and(|t| facts.now >= t) {
         return fail(Failure::ExpiredToken { redacted: redact(&presented) });
     }
