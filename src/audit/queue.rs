@@ -7,7 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use crate::policy::identity::address_key;
 
 use super::file::{Output, Pending};
 use super::{AccessRecord, write_line_hash};
@@ -24,6 +32,9 @@ pub struct Settings {
     pub queue: usize,
     /// Refuse new requests (503) while records cannot be written.
     pub fail_closed: bool,
+    /// Refusal records written per second from one address (its /64 for IPv6); beyond it,
+    /// refusals are answered and counted, not recorded.
+    pub refusals_per_ip: u32,
 }
 
 enum Msg {
@@ -51,6 +62,12 @@ pub struct AuditSink {
     /// The places refusals may hold: a quarter of the queue. Their callers, with or without a
     /// token, cannot crowd out the records of calls being forwarded.
     refusals: Arc<Semaphore>,
+    /// How fast one address's refusals are recorded: a flood must not rotate the log away.
+    refusal_rate: DefaultKeyedRateLimiter<IpAddr>,
+    refusals_checked: AtomicU64,
+    /// The places each service's calls may hold: half the queue.
+    services: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
+    service_share: usize,
     pub state: Arc<SinkState>,
     pub settings: Settings,
 }
@@ -58,7 +75,10 @@ pub struct AuditSink {
 /// A reserved place in the queue: sending on it never waits and never fails.
 pub struct Slot {
     place: mpsc::OwnedPermit<Msg>,
+    /// A refusal's place in its share: travels with the record to the writer.
     share: Option<OwnedSemaphorePermit>,
+    /// A service's place in its share: held while its call is in progress.
+    _service: Option<OwnedSemaphorePermit>,
 }
 
 impl Slot {
@@ -67,8 +87,18 @@ impl Slot {
     }
 }
 
+/// Why a forwarded call found no place.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unplaced {
+    /// The writer is gone (shutting down).
+    Closed,
+    /// No place came free within [`SLOT_WAIT`]: the writer is stuck, or calls in progress
+    /// hold every place the service may have.
+    Busy,
+}
+
 /// The longest a forwarded request waits for a place in the queue before it is refused with
-/// 503 (the writer is stuck: a dead disk under `keep_serving`).
+/// 503.
 pub const SLOT_WAIT: Duration = Duration::from_secs(10);
 
 impl AuditSink {
@@ -79,6 +109,8 @@ impl AuditSink {
         let queue = settings.queue.max(1);
         let (tx, rx) = mpsc::channel(queue);
         let refusals = Arc::new(Semaphore::new((queue / 4).max(1)));
+        let per_ip = NonZeroU32::new(settings.refusals_per_ip.max(1)).expect("at least 1");
+        let refusal_rate = RateLimiter::keyed(Quota::per_second(per_ip));
         let state = Arc::new(SinkState { healthy: AtomicBool::new(true), ..Default::default() });
         let writer = Writer {
             out: Some(out),
@@ -90,23 +122,49 @@ impl AuditSink {
             failed_at: None,
         };
         tokio::spawn(writer.run());
-        Ok(AuditSink { tx, refusals, state, settings })
+        Ok(AuditSink {
+            tx,
+            refusals,
+            refusal_rate,
+            refusals_checked: AtomicU64::new(0),
+            services: Mutex::default(),
+            service_share: (queue / 2).max(1),
+            state,
+            settings,
+        })
     }
 
-    /// Wait for a place in the queue, at most [`SLOT_WAIT`]: back-pressure when the writer
-    /// falls behind. `None`: the writer is gone or stuck.
-    pub async fn slot(&self) -> Option<Slot> {
-        let reserve = self.tx.clone().reserve_owned();
-        let place = tokio::time::timeout(SLOT_WAIT, reserve).await.ok()?.ok()?;
-        Some(Slot { place, share: None })
+    /// Wait for a place in the queue for a call of `service`, at most [`SLOT_WAIT`]:
+    /// back-pressure when the writer falls behind. A service holds at most half the queue, so
+    /// one whose calls stall cannot take every place.
+    pub async fn slot(&self, service: &Arc<str>) -> Result<Slot, Unplaced> {
+        let share = {
+            let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+            let share = services
+                .entry(service.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.service_share)));
+            share.clone()
+        };
+        let reserve = async {
+            let own = share.acquire_owned().await.map_err(|_| Unplaced::Closed)?;
+            let place = self.tx.clone().reserve_owned().await.map_err(|_| Unplaced::Closed)?;
+            Ok(Slot { place, share: None, _service: Some(own) })
+        };
+        tokio::time::timeout(SLOT_WAIT, reserve).await.unwrap_or(Err(Unplaced::Busy))
     }
 
-    /// A place for a refusal's record, from the refusals' share, if one is free now: a
-    /// refusal never waits. `None` is counted in `unrecorded`.
-    pub fn refusal_slot(&self) -> Option<Slot> {
-        let taken = self.refusals.clone().try_acquire_owned().ok().and_then(|share| {
+    /// A place for a refusal's record, if its address has not had too many recorded this
+    /// second and the refusals' share has one free now: a refusal never waits. `None` is
+    /// counted in `unrecorded`.
+    pub fn refusal_slot(&self, from: IpAddr) -> Option<Slot> {
+        // Forget quiet addresses now and then: the limiter keeps a cell per address.
+        if self.refusals_checked.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+            self.refusal_rate.retain_recent();
+        }
+        let taken = self.refusal_rate.check_key(&address_key(from)).ok().and_then(|_| {
+            let share = self.refusals.clone().try_acquire_owned().ok()?;
             let place = self.tx.clone().try_reserve_owned().ok()?;
-            Some(Slot { place, share: Some(share) })
+            Some(Slot { place, share: Some(share), _service: None })
         });
         if taken.is_none() {
             self.state.unrecorded.fetch_add(1, Ordering::Relaxed);
@@ -306,14 +364,22 @@ mod tests {
     async fn refusals_hold_at_most_a_quarter_of_the_queue_and_never_wait() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl").display().to_string();
-        let settings = Settings { path, max_bytes: u64::MAX, keep: 0, queue: 8, fail_closed: true };
+        let settings = Settings {
+            path,
+            max_bytes: u64::MAX,
+            keep: 0,
+            queue: 8,
+            fail_closed: true,
+            refusals_per_ip: 100,
+        };
         let sink = AuditSink::open(settings).unwrap();
-        let refusals: Vec<Slot> = std::iter::from_fn(|| sink.refusal_slot()).take(10).collect();
+        let from = "127.0.0.2".parse().unwrap();
+        let refusals: Vec<Slot> = std::iter::from_fn(|| sink.refusal_slot(from)).take(10).collect();
         assert_eq!(refusals.len(), 2, "a quarter of 8");
         assert_eq!(sink.state.unrecorded.load(Ordering::Relaxed), 1, "the one refused is counted");
         // Forwarded requests still find the rest.
         let forwarded: Vec<Slot> = std::iter::from_fn(|| sink.tx.clone().try_reserve_owned().ok())
-            .map(|place| Slot { place, share: None })
+            .map(|place| Slot { place, share: None, _service: None })
             .collect();
         assert_eq!(forwarded.len(), 6);
         // A refusal's share comes back once the writer has taken its record.
@@ -328,6 +394,46 @@ mod tests {
         })
         .await
         .expect("shares given back");
+    }
+
+    fn sink(dir: &Path, queue: usize, refusals_per_ip: u32) -> AuditSink {
+        let path = dir.join("audit.jsonl").display().to_string();
+        AuditSink::open(Settings {
+            path,
+            max_bytes: u64::MAX,
+            keep: 0,
+            queue,
+            fail_closed: true,
+            refusals_per_ip,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_holds_at_most_half_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink(dir.path(), 8, 100);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(sink.slot(&a).await.unwrap());
+        }
+        assert_eq!(sink.slot(&a).await.err(), Some(Unplaced::Busy), "a fifth place for the same service");
+        assert!(sink.slot(&b).await.is_ok(), "another service still finds one");
+        drop(held.pop());
+        assert!(sink.slot(&a).await.is_ok(), "a place given back is the service's again");
+    }
+
+    #[tokio::test]
+    async fn an_address_gets_so_many_refusal_records_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink(dir.path(), 64, 3);
+        let (flood, other) = ("2001:db8::1".parse().unwrap(), "127.0.0.9".parse().unwrap());
+        let recorded = (0..10).filter_map(|_| sink.refusal_slot(flood)).count();
+        assert_eq!(recorded, 3);
+        assert!(sink.refusal_slot("2001:db8::2".parse().unwrap()).is_none(), "the same /64");
+        assert!(sink.refusal_slot(other).is_some(), "another address is recorded");
+        assert_eq!(sink.state.unrecorded.load(Ordering::Relaxed), 8);
     }
 
     /// A writer whose every write fails (its directory does not exist), and its sender.

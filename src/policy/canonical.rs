@@ -102,6 +102,14 @@ fn check_headers(headers: &HeaderMap) -> Result<(), Reason> {
     if let Some(ct) = headers.get(http::header::CONTENT_TYPE) {
         check_content_type(ct)?;
     }
+    // keyward reads bodies as sent; something in front of the API might decode them first.
+    if headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err("has a Content-Encoding: send the body as it is");
+    }
     if headers.get_all(http::header::CONNECTION).iter().any(|v| {
         // An unreadable list could name anything.
         v.to_str().map_or(true, |list| {

@@ -41,6 +41,8 @@ pub enum Failure {
     BodyTimeout,
     UpstreamUnavailable,
     AuditUnavailable,
+    /// No place in the access-log queue came free in time.
+    AuditBusy,
     UpstreamTimeout,
     SecretStale,
     Internal,
@@ -65,7 +67,7 @@ impl Failure {
             UpstreamNotConfigured(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             SecretStale => StatusCode::SERVICE_UNAVAILABLE,
-            AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AuditUnavailable | AuditBusy => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,6 +94,7 @@ impl Failure {
             UpstreamTimeout => "upstream_timeout",
             SecretStale => "secret_stale",
             AuditUnavailable => "audit_log_unavailable",
+            AuditBusy => "audit_queue_full",
             Internal => "internal_error",
         }
     }
@@ -147,6 +150,9 @@ impl Failure {
             UpstreamTimeout => "The upstream API did not answer in time.".into(),
             SecretStale => "keyward's copy of the upstream API key could not be refreshed from the vault \
                             for longer than allowed (max_staleness)."
+                .into(),
+            AuditBusy => "keyward's access-log queue had no place for this call in time: calls in progress \
+                          hold them all. Retry later."
                 .into(),
             AuditUnavailable => {
                 "keyward cannot write its access log, so it serves no request until it can. Retry later."

@@ -36,6 +36,18 @@ pub fn token_from(headers: &HeaderMap, header: http::header::HeaderName) -> Opti
 
 pub type TokenHash = [u8; 32];
 
+/// What a caller's address counts as for per-address limits: itself, or its /64 for IPv6,
+/// which one host may hold whole.
+pub fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) if !v6.is_loopback() => {
+            let network = u128::from(v6) & !((1u128 << 64) - 1);
+            std::net::IpAddr::V6(network.into())
+        }
+        other => other,
+    }
+}
+
 pub fn hash_token(token: &str) -> TokenHash {
     Sha256::digest(token.as_bytes()).into()
 }

@@ -12,10 +12,11 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ipnet::Ipv6Net;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::policy::identity::address_key;
 
 #[derive(Debug)]
 pub struct Admission {
@@ -34,16 +35,6 @@ struct PerIp {
     connections: usize,
     /// This address's handshake turns, sized when the address first came.
     handshakes: Arc<Semaphore>,
-}
-
-/// What an address is counted as: itself, or its /64 for IPv6.
-fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) if !v6.is_loopback() => {
-            IpAddr::V6(Ipv6Net::new(v6, 64).map(|n| n.network()).unwrap_or(v6))
-        }
-        other => other,
-    }
 }
 
 impl Admission {
@@ -77,7 +68,7 @@ impl Admission {
         max_per_ip: usize,
         handshakes_per_ip: usize,
     ) -> Option<Connection> {
-        let ip = key(ip);
+        let ip = address_key(ip);
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let entry = per_ip.entry(ip).or_insert_with(|| PerIp {
             connections: 0,

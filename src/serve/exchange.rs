@@ -143,7 +143,8 @@ impl Exchange {
         }
         let size = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
         self.bytes_out.store(size, Ordering::Relaxed);
-        self.slot = self.state.audit.refusal_slot();
+        let from = self.record.client_ip.expect("set at the start");
+        self.slot = self.state.audit.refusal_slot(from);
         resp
     }
 

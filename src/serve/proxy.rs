@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use time::OffsetDateTime;
 
 use crate::audit::AccessRecord;
+use crate::audit::queue::Unplaced;
 use crate::control::snapshot::Snapshot;
 use crate::control::state::State;
 use crate::policy::{self, Decision, Failure, RequestFacts, Route, Verdict};
@@ -51,7 +52,7 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         // No record, no request: fail closed while the access log cannot be written.
         if !self.state.audit.admits() {
-            return Ok(self.unrecorded());
+            return Ok(self.unrecorded(Failure::AuditUnavailable));
         }
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let facts = RequestFacts { parts: &parts, client_ip: caller.ip, now };
@@ -67,8 +68,10 @@ impl Proxy {
             Verdict::Deny(f) => return Ok(exchange().refuse(respond::failure(f))),
             Verdict::Allow(route) | Verdict::WouldDeny(route, _) => *route,
         };
-        let Some(slot) = self.state.audit.slot().await else {
-            return Ok(self.unrecorded());
+        let slot = match self.state.audit.slot(&route.service.name).await {
+            Ok(slot) => slot,
+            Err(Unplaced::Closed) => return Ok(self.unrecorded(Failure::AuditUnavailable)),
+            Err(Unplaced::Busy) => return Ok(self.unrecorded(Failure::AuditBusy)),
         };
         let mut ex = exchange();
         ex.slot = Some(slot);
@@ -81,11 +84,11 @@ impl Proxy {
         })
     }
 
-    /// 503 for a request that cannot be recorded: the log is failing (fail closed), or its
-    /// writer is gone or stuck.
-    fn unrecorded(&self) -> Response<Body> {
+    /// 503 for a request that cannot be recorded: the log is failing (fail closed), its
+    /// writer is gone, or no place in its queue came free in time.
+    fn unrecorded(&self, why: Failure) -> Response<Body> {
         self.state.audit.state.refused.fetch_add(1, Ordering::Relaxed);
-        let mut resp = respond::failure(&Failure::AuditUnavailable);
+        let mut resp = respond::failure(&why);
         resp.headers_mut().insert(&REQUEST_ID, HeaderValue::from_static("kwreq_unrecorded"));
         resp
     }
@@ -96,7 +99,7 @@ impl Proxy {
     /// record is dropped and counted, so that a flood of garbage cannot queue ahead of real
     /// requests.
     pub fn record_unparsed(&self, client_ip: IpAddr, status: u16, reason: &'static str) {
-        let Some(slot) = self.state.audit.refusal_slot() else {
+        let Some(slot) = self.state.audit.refusal_slot(client_ip) else {
             return;
         };
         let record = AccessRecord {

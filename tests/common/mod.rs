@@ -352,10 +352,16 @@ impl Harness {
             pki.ca,
             self.upstream_extra,
             secrets,
-            if self.audit.contains("path =") {
-                self.audit.clone()
-            } else {
-                format!("path = {:?}\n{}", dir.join("audit.jsonl"), self.audit)
+            {
+                let mut audit = self.audit.clone();
+                if !audit.contains("path =") {
+                    audit = format!("path = {:?}\n{audit}", dir.join("audit.jsonl"));
+                }
+                // Tests count every refusal's record; the per-address cap has tests of its own.
+                if !audit.contains("refusals_per_ip") {
+                    audit += "refusals_per_ip = 1000000\n";
+                }
+                audit
             },
         );
         for s in &self.services {

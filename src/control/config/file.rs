@@ -155,6 +155,8 @@ pub struct AuditFile {
     /// Records queued for the writer before new requests wait.
     pub queue: usize,
     pub on_failure: OnFailure,
+    /// Refusal records per second from one address.
+    pub refusals_per_ip: u32,
 }
 
 impl Default for AuditFile {
@@ -165,6 +167,7 @@ impl Default for AuditFile {
             keep: 10,
             queue: 8192,
             on_failure: OnFailure::FailClosed,
+            refusals_per_ip: 50,
         }
     }
 }

@@ -142,6 +142,7 @@ pub fn validate(
             keep: a.keep,
             queue: a.queue,
             fail_closed: a.on_failure == super::file::OnFailure::FailClosed,
+            refusals_per_ip: a.refusals_per_ip,
         },
         files: input_files(src, &file),
         file,
@@ -184,6 +185,9 @@ fn check_bounds(file: &FileConfig, errs: &mut Errors) {
     }
     if file.audit.queue > 1_000_000 {
         errs.at(None, "audit.queue", "must be at most 1000000");
+    }
+    if file.audit.refusals_per_ip == 0 {
+        errs.at(None, "audit.refusals_per_ip", "must be at least 1");
     }
     if file.limits.max_header_bytes < 8192 {
         errs.at(None, "limits.max_header_bytes", "must be at least 8192");
