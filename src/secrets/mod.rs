@@ -1,21 +1,22 @@
-//! Secrets: a type that cannot print, the sources that load it, and the cell a snapshot holds
-//! it in — refreshed in the background for sources that change (the vault).
+//! Secrets: a type that cannot print, the sources that load it (a file, the environment, a
+//! vault), and the cell a snapshot holds it in — refreshed in the background for sources that
+//! change (the vault).
 
+mod cell;
+mod env;
+mod file;
 pub mod vault;
 
 use std::fmt;
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use arc_swap::ArcSwap;
-use zeroize::Zeroize;
 
 use serde::Deserialize;
+use zeroize::Zeroize;
+
+pub use cell::{Refresh, SecretCell, spawn_refresh};
+pub use env::EnvSource;
+pub use file::FileSource;
 
 /// What to do once a vault secret is older than `max_staleness` (the README says why
 /// `serve` is the default).
@@ -73,42 +74,6 @@ pub trait SecretSource: Send + Sync + fmt::Debug {
     fn load(&self) -> LoadFuture<'_>;
 }
 
-/// A TOML file of `name = "value"` pairs; refused if group- or world-readable.
-#[derive(Debug)]
-pub struct FileSource {
-    pub path: PathBuf,
-    pub key: String,
-}
-
-/// An environment variable.
-#[derive(Debug)]
-pub struct EnvSource {
-    pub var: String,
-}
-
-impl SecretSource for FileSource {
-    fn load(&self) -> LoadFuture<'_> {
-        Box::pin(async move { read_secret_file(&self.path, &self.key) })
-    }
-}
-
-impl SecretSource for EnvSource {
-    fn load(&self) -> LoadFuture<'_> {
-        Box::pin(async move { from_env(&self.var, std::env::var(&self.var).ok()) })
-    }
-}
-
-fn from_env(var: &str, value: Option<String>) -> Result<Loaded, String> {
-    let Some(value) = value.map(Secret::new) else {
-        return Err(format!("environment variable {var} is not set"));
-    };
-    match value.expose() {
-        v if v.trim().is_empty() => Err(format!("environment variable {var} is empty")),
-        v if !header_safe(v) => Err(format!("environment variable {var} {UNUSABLE}")),
-        _ => Ok(Loaded { value, version: None }),
-    }
-}
-
 /// Whether a secret can go into a header as it is: no whitespace at its ends (a trailing
 /// newline from a file or `echo`) and no control characters. Every source is held to this
 /// when it loads, so that a bad value fails the load, not every request.
@@ -116,334 +81,16 @@ pub fn header_safe(v: &str) -> bool {
     v.trim() == v && !v.bytes().any(|b| b.is_ascii_control())
 }
 
-const UNUSABLE: &str = "has whitespace at its ends or control characters: it cannot be sent as a header \
+pub(crate) const UNUSABLE: &str = "has whitespace at its ends or control characters: it cannot be sent as a header \
                         (a trailing newline?)";
-
-/// A secret as a snapshot holds it. Requests take the current value once (`serving`); a
-/// refreshing source replaces it in place, so a new vault version needs no config reload.
-pub struct SecretCell {
-    pub name: Arc<str>,
-    current: ArcSwap<Loaded>,
-    refresh: Option<Refresh>,
-    /// Failed refreshes since the cell was made (a reload keeps an unchanged vault cell).
-    pub refresh_failures: AtomicU64,
-    /// Unix milliseconds of the last successful load (shown in metrics).
-    last_success_ms: AtomicU64,
-    /// The same moment on the monotonic clock (`mono_ms`), for ages: a wall clock stepped
-    /// forward must not make a fresh secret stale, nor one stepped back keep a stale one.
-    last_success_mono: AtomicU64,
-    /// Whether the last refresh failed / the value is older than `max_staleness`: each
-    /// change is logged once, not every attempt.
-    failing: AtomicBool,
-    stale: AtomicBool,
-}
-
-/// How a cell is kept fresh.
-pub struct Refresh {
-    pub source: Box<dyn SecretSource>,
-    pub every: Duration,
-    pub max_staleness: Duration,
-    pub on_stale: OnStale,
-    /// Identifies the source's configuration (see `VaultSource::origin`).
-    pub origin: [u8; 32],
-    /// One refresh at a time: the interval and a reload may ask together.
-    lock: tokio::sync::Mutex<()>,
-    task_started: AtomicBool,
-}
-
-impl Refresh {
-    pub fn new(
-        source: Box<dyn SecretSource>,
-        every: Duration,
-        max_staleness: Duration,
-        on_stale: OnStale,
-        origin: [u8; 32],
-    ) -> Refresh {
-        Refresh {
-            source,
-            every,
-            max_staleness,
-            on_stale,
-            origin,
-            lock: tokio::sync::Mutex::new(()),
-            task_started: AtomicBool::new(false),
-        }
-    }
-}
-
-impl fmt::Debug for SecretCell {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretCell")
-            .field("name", &self.name)
-            .field("version", &self.version())
-            .field("source", &self.refresh.as_ref().map(|r| &r.source))
-            .finish()
-    }
-}
-
-impl SecretCell {
-    /// A secret loaded once (file, env), or by a refreshing source (`refresh`).
-    pub fn new(name: &str, loaded: Loaded, refresh: Option<Refresh>) -> SecretCell {
-        SecretCell {
-            name: name.into(),
-            current: ArcSwap::from_pointee(loaded),
-            refresh,
-            refresh_failures: AtomicU64::new(0),
-            last_success_ms: AtomicU64::new(now_ms()),
-            last_success_mono: AtomicU64::new(mono_ms()),
-            failing: AtomicBool::new(false),
-            stale: AtomicBool::new(false),
-        }
-    }
-
-    /// The value for one request, or `None` when it is older than `max_staleness` and the
-    /// policy is to refuse.
-    pub fn serving(&self) -> Option<Arc<Loaded>> {
-        if let Some(r) = &self.refresh
-            && r.on_stale == OnStale::Refuse
-            && self.age() > r.max_staleness
-        {
-            return None;
-        }
-        Some(self.current.load_full())
-    }
-
-    pub fn version(&self) -> Option<u64> {
-        self.current.load().version
-    }
-
-    pub fn refresh_plan(&self) -> Option<&Refresh> {
-        self.refresh.as_ref()
-    }
-
-    /// Unix seconds of the last successful load.
-    pub fn last_success(&self) -> u64 {
-        self.last_success_ms.load(Ordering::Relaxed) / 1000
-    }
-
-    /// Time since the last successful load.
-    pub fn age(&self) -> Duration {
-        Duration::from_millis(mono_ms().saturating_sub(self.last_success_mono.load(Ordering::Relaxed)))
-    }
-
-    pub fn is_failing(&self) -> bool {
-        self.failing.load(Ordering::Relaxed)
-    }
-
-    /// Older than its `max_staleness` (never, for a secret that is not refreshed).
-    pub fn is_stale(&self) -> bool {
-        self.refresh.as_ref().is_some_and(|r| self.age() > r.max_staleness)
-    }
-
-    /// Load again from the source; on failure keep the last good value. Logs only changes:
-    /// a new version, healthy → failing, failing → healthy, fresh → stale.
-    pub async fn refresh(&self) {
-        let Some(r) = &self.refresh else {
-            return;
-        };
-        let _one_at_a_time = r.lock.lock().await;
-        match r.source.load().await {
-            Ok(loaded) => {
-                let before = self.version();
-                if loaded.version != before {
-                    tracing::info!(secret = %self.name, from = before, to = loaded.version, "secret has a new version");
-                }
-                self.current.store(Arc::new(loaded));
-                self.last_success_ms.store(now_ms(), Ordering::Relaxed);
-                self.last_success_mono.store(mono_ms(), Ordering::Relaxed);
-                self.stale.store(false, Ordering::Relaxed);
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(secret = %self.name, failures = self.refresh_failures.load(Ordering::Relaxed),
-                        "secret refresh recovered");
-                }
-            }
-            Err(error) => {
-                self.refresh_failures.fetch_add(1, Ordering::Relaxed);
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(secret = %self.name, %error,
-                        "secret refresh failing; serving the last good value (logged again when it recovers)");
-                }
-                let age = self.age();
-                if age > r.max_staleness && !self.stale.swap(true, Ordering::Relaxed) {
-                    let policy = match r.on_stale {
-                        OnStale::Serve => "still serving it (on_stale = \"serve\")",
-                        OnStale::Refuse => "refusing requests with 503 (on_stale = \"refuse\")",
-                    };
-                    tracing::error!(secret = %self.name, age_s = age.as_secs(), %error,
-                        "secret is older than max_staleness: {policy}");
-                }
-            }
-        }
-    }
-}
-
-/// Start the background refresh of every refreshing cell not refreshed yet. Each task holds
-/// only a weak reference: it ends once no snapshot holds its cell.
-pub fn spawn_refresh(cells: &[Arc<SecretCell>]) {
-    for cell in cells {
-        let Some(r) = &cell.refresh else {
-            continue;
-        };
-        if r.task_started.swap(true, Ordering::Relaxed) {
-            continue;
-        }
-        let (weak, every): (Weak<SecretCell>, Duration) = (Arc::downgrade(cell), r.every);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(cell) = weak.upgrade() else {
-                    break;
-                };
-                cell.refresh().await;
-            }
-        });
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Milliseconds on the monotonic clock, counted from a point a million seconds before the
-/// first call, so that "some time ago" never goes below zero.
-fn mono_ms() -> u64 {
-    static START: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
-    1_000_000_000 + START.elapsed().as_millis() as u64
-}
-
-fn read_secret_file(path: &Path, key: &str) -> Result<Loaded, String> {
-    let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{shown}: readable by group or others (mode {:o}); run `chmod 600 {shown}`",
-            mode & 0o777
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
-    // The parse error of a secrets file could quote a value: report only where it is.
-    let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| crate::text::line_of(&text, s.start));
-        format!("{shown}: not valid TOML (line {})", line.unwrap_or(0))
-    })?;
-    match table.remove(key) {
-        Some(toml::Value::String(v)) if !v.is_empty() => {
-            let value = Secret::new(v);
-            match header_safe(value.expose()) {
-                true => Ok(Loaded { value, version: None }),
-                false => Err(format!("{shown}: key `{key}` {UNUSABLE}")),
-            }
-        }
-        Some(_) => Err(format!("{shown}: key `{key}` is not a non-empty string")),
-        None => Err(format!("{shown}: no key `{key}`")),
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn values_a_header_cannot_carry_fail_the_load() {
-        assert!(from_env("K", Some("sk_test_ok".into())).is_ok());
-        for (value, error) in [
-            (None, "K is not set"),
-            (Some(" \n"), "K is empty"),
-            (Some("sk_test_canary1\n"), "K has whitespace at its ends"),
-            (Some(" sk_test_canary1"), "K has whitespace at its ends"),
-            (Some("sk_test_\x01canary1"), "control characters"),
-        ] {
-            let e = from_env("K", value.map(String::from)).err().unwrap();
-            assert!(e.contains(error) && !e.contains("canary"), "{e}");
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.toml");
-        std::fs::write(&path, "stripe = \"sk_test_canary2\\n\"\n").unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let e = read_secret_file(&path, "stripe").err().unwrap();
-        assert!(e.contains("key `stripe` has whitespace at its ends") && !e.contains("canary"), "{e}");
-    }
-
-    #[test]
     fn secret_never_prints() {
         let s = Secret::new("sk_live_canary123".into());
         assert_eq!(format!("{s:?} {s}"), "Secret(***) ***");
-    }
-
-    /// A source that answers from a script, one answer per load.
-    #[derive(Debug)]
-    struct Scripted(std::sync::Mutex<Vec<Result<(&'static str, u64), &'static str>>>);
-
-    impl SecretSource for Scripted {
-        fn load(&self) -> LoadFuture<'_> {
-            let next = self.0.lock().unwrap().remove(0);
-            Box::pin(async move {
-                next.map(|(v, n)| Loaded { value: Secret::new(v.into()), version: Some(n) })
-                    .map_err(String::from)
-            })
-        }
-    }
-
-    fn cell(on_stale: OnStale, script: Vec<Result<(&'static str, u64), &'static str>>) -> SecretCell {
-        let source = Box::new(Scripted(std::sync::Mutex::new(script)));
-        let refresh =
-            Refresh::new(source, Duration::from_secs(1), Duration::from_secs(60), on_stale, [0; 32]);
-        let first = Loaded { value: Secret::new("v1".into()), version: Some(1) };
-        SecretCell::new("stripe", first, Some(refresh))
-    }
-
-    #[tokio::test]
-    async fn a_failed_refresh_keeps_the_last_good_value() {
-        let c = cell(OnStale::Serve, vec![Err("vault down"), Err("vault down"), Ok(("v2", 2))]);
-        c.refresh().await;
-        c.refresh().await;
-        assert_eq!(c.serving().unwrap().value.expose(), "v1");
-        assert!(c.is_failing());
-        assert_eq!(c.refresh_failures.load(Ordering::Relaxed), 2);
-        c.refresh().await;
-        let now = c.serving().unwrap();
-        assert_eq!((now.value.expose(), now.version), ("v2", Some(2)));
-        assert!(!c.is_failing());
-    }
-
-    #[tokio::test]
-    async fn past_max_staleness_refuse_serves_nothing_and_serve_goes_on() {
-        let long_ago = mono_ms() - 61_000;
-        for (policy, serves) in [(OnStale::Serve, true), (OnStale::Refuse, false)] {
-            let c = cell(policy, vec![Err("vault down"), Ok(("v2", 2))]);
-            c.last_success_mono.store(long_ago, Ordering::Relaxed);
-            c.refresh().await;
-            assert!(c.is_stale());
-            assert_eq!(c.serving().is_some(), serves, "{policy:?}");
-            c.refresh().await;
-            assert!(!c.is_stale() && c.serving().is_some());
-        }
-    }
-
-    #[test]
-    fn file_source_refuses_loose_permissions() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.toml");
-        std::fs::write(&path, "stripe = \"sk_test_canary\"\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = read_secret_file(&path, "stripe").unwrap_err();
-        assert!(err.contains("chmod 600") && !err.contains("canary"), "{err}");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(read_secret_file(&path, "stripe").unwrap().value.expose(), "sk_test_canary");
-        let err = read_secret_file(&path, "other").unwrap_err();
-        assert!(err.contains("no key `other`"), "{err}");
-    }
-
-    #[test]
-    fn broken_secret_file_does_not_echo_values() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.toml");
-        std::fs::write(&path, "stripe = \"sk_test_canary\nbroken").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let err = read_secret_file(&path, "stripe").unwrap_err();
-        assert!(err.contains("not valid TOML") && !err.contains("canary"), "{err}");
     }
 }

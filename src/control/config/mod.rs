@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod file;
+mod services;
 pub mod validate;
 
 use std::fmt;

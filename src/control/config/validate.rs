@@ -7,16 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-use toml::Spanned;
 
-use super::file::{FileConfig, SecretFile, ServiceFile};
+use super::file::{FileConfig, SecretFile};
 use super::{ConfigError, Source};
 use crate::control::snapshot::{Limits, Timeouts};
+use crate::policy::Policy;
 use crate::policy::catalog::{Catalog, LineError};
 use crate::policy::expand::Expansions;
-use crate::policy::{Accounts, Level, Policy, Service, Token, TokenRef};
 use crate::secrets::vault::Spec;
 use crate::text::line_of;
 
@@ -97,7 +94,7 @@ pub fn validate(
         catalog_parsed.entries.iter().map(|e| upstreams.iter().position(|u| **u == *e.upstream)).collect();
     let secrets = check_secrets(&file, &mut errs);
     let index: HashMap<&str, usize> = secrets.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
-    let (services, tokens) = build_services(&file, &catalog_parsed, &index, &mut errs);
+    let (services, tokens) = super::services::build(&file, &catalog_parsed, &index, &mut errs);
     check_bounds(&file, &mut errs);
     let digest = Sha256::new()
         .chain_update(&src.text)
@@ -231,194 +228,12 @@ fn input_files(src: &Source, file: &FileConfig) -> Vec<PathBuf> {
     files
 }
 
-/// How errors name a service: `service "billing"`, or by position while its name is unusable.
-fn service_key(i: usize, s: &ServiceFile) -> String {
-    let name = s.name.get_ref();
-    if name_is_usable(name) { format!("service \"{name}\"") } else { format!("service[{i}]") }
-}
-
-/// Records, reports and metrics name a service by this; `(…)` is theirs for "none".
-fn name_is_usable(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with('(') && !name.chars().any(char::is_control)
-}
-
-fn build_services(
-    file: &FileConfig,
-    catalog: &Catalog,
-    secret_index: &HashMap<&str, usize>,
-    errs: &mut Errors,
-) -> (Vec<Service>, HashMap<[u8; 32], TokenRef>) {
-    let mut services = Vec::new();
-    let mut tokens = HashMap::new();
-    let mut names = HashSet::new();
-    for (i, s) in file.service.iter().enumerate() {
-        let key = service_key(i, s);
-        if !name_is_usable(s.name.get_ref()) {
-            errs.at(
-                Some(s.name.span()),
-                format!("{key}.name"),
-                "must be non-empty, not start with `(`, and have no control characters",
-            );
-        }
-        if !names.insert(s.name.get_ref().as_str()) {
-            errs.at(
-                Some(s.name.span()),
-                format!("{key}.name"),
-                format!("service `{}` is defined twice", s.name.get_ref()),
-            );
-        }
-        let secret = match secret_index.get(s.secret.get_ref().as_str()) {
-            Some(idx) => *idx,
-            None => {
-                let defined: Vec<&str> = file.secret.keys().map(String::as_str).collect();
-                errs.at(
-                    Some(s.secret.span()),
-                    format!("{key}.secret"),
-                    format!(
-                        "no [secret.{}] is defined{}",
-                        s.secret.get_ref(),
-                        did_you_mean(s.secret.get_ref(), &defined)
-                    ),
-                );
-                usize::MAX
-            }
-        };
-        if s.source_ips.is_empty() {
-            errs.at(
-                Some(s.name.span()),
-                format!("{key}.source_ips"),
-                "is empty: list the networks allowed to call, e.g. [\"10.0.0.0/8\"]",
-            );
-        }
-        let svc_tokens = build_tokens(s, &key, services.len() as u32, &mut tokens, errs);
-        services.push(Service {
-            name: s.name.get_ref().as_str().into(),
-            mode: s.mode,
-            source_ips: s.source_ips.clone(),
-            accounts: accounts(s, &key, errs),
-            scope: scope(s, &key, catalog, errs),
-            secret,
-            egress_ip: s.egress_ip,
-            tokens: svc_tokens,
-        });
-    }
-    (services, tokens)
-}
-
-fn build_tokens(
-    s: &ServiceFile,
-    key: &str,
-    service: u32,
-    index: &mut HashMap<[u8; 32], TokenRef>,
-    errs: &mut Errors,
-) -> Vec<Token> {
-    let mut out = Vec::new();
-    let mut ids = HashSet::new();
-    for (j, t) in s.token.iter().enumerate() {
-        let tkey = format!("{key}.token[{j}]");
-        if !ids.insert(t.id.get_ref().as_str()) {
-            errs.at(Some(t.id.span()), format!("{tkey}.id"), "token id is used twice in this service");
-        }
-        let hash = t.sha256.get_ref();
-        let mut digest = [0u8; 32];
-        if hash.len() != 64 || hex::decode_to_slice(hash.to_ascii_lowercase(), &mut digest).is_err() {
-            errs.at(
-                Some(t.sha256.span()),
-                format!("{tkey}.sha256"),
-                "must be 64 hex digits (the SHA-256 of the token; see `keyward token new`)",
-            );
-        } else if index.insert(digest, TokenRef { service, token: j as u32 }).is_some() {
-            errs.at(
-                Some(t.sha256.span()),
-                format!("{tkey}.sha256"),
-                "the same token hash is configured twice",
-            );
-        }
-        out.push(Token {
-            id: t.id.get_ref().as_str().into(),
-            expires: timestamp(t.expires.as_ref(), &format!("{tkey}.expires"), errs),
-            not_before: timestamp(t.not_before.as_ref(), &format!("{tkey}.not_before"), errs),
-            source_ips: t.source_ips.clone(),
-        });
-    }
-    out
-}
-
-fn timestamp(v: Option<&Spanned<String>>, key: &str, errs: &mut Errors) -> Option<i64> {
-    let v = v?;
-    match OffsetDateTime::parse(v.get_ref(), &Rfc3339) {
-        Ok(t) => Some(t.unix_timestamp()),
-        Err(_) => {
-            errs.at(Some(v.span()), key, "must be an RFC 3339 time such as \"2027-01-31T00:00:00Z\"");
-            None
-        }
-    }
-}
-
-fn accounts(s: &ServiceFile, key: &str, errs: &mut Errors) -> Accounts {
-    match s.accounts.as_slice() {
-        [] => Accounts::PlatformOnly,
-        [one] if one == "*" => Accounts::Any,
-        list => {
-            if list.iter().any(|a| a == "*") {
-                errs.at(Some(s.name.span()), format!("{key}.accounts"), "\"*\" must stand alone");
-            }
-            // Not repeated: a value pasted into the wrong place could be a secret.
-            for (n, _) in list.iter().enumerate().filter(|(_, a)| !is_account_id(a)) {
-                errs.at(
-                    Some(s.name.span()),
-                    format!("{key}.accounts[{n}]"),
-                    "is not an account id like \"acct_1Nv0FGQ9RKHgCVdK\"",
-                );
-            }
-            Accounts::Only(list.to_vec())
-        }
-    }
-}
-
-fn is_account_id(a: &str) -> bool {
-    a.strip_prefix("acct_").is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()))
-}
-
-fn scope(s: &ServiceFile, key: &str, catalog: &Catalog, errs: &mut Errors) -> Vec<Level> {
-    let default = s.scope.iter().find(|(k, _)| k.get_ref() == "*").map(|(_, l)| *l).unwrap_or(Level::None);
-    let mut levels = vec![default; catalog.permission_count()];
-    for (name, level) in &s.scope {
-        if name.get_ref() == "*" {
-            continue;
-        }
-        match catalog.permission_id(name.get_ref()) {
-            Some(id) => levels[id.0 as usize] = *level,
-            None => errs.at(
-                Some(name.span()),
-                format!("{key}.scope.{}", name.get_ref()),
-                format!(
-                    "names no permission in the catalog (see `keyward catalog`){}",
-                    did_you_mean(name.get_ref(), &catalog.permission_names())
-                ),
-            ),
-        }
-    }
-    levels
-}
-
-/// `; did you mean `charge`?` when one of `known` is close to `given`.
-fn did_you_mean(given: &str, known: &[&str]) -> String {
-    known
-        .iter()
-        .map(|k| (strsim::damerau_levenshtein(given, k), *k))
-        .filter(|(d, k)| *d <= 2.max(given.len().min(k.len()) / 4))
-        .min()
-        .map(|(_, k)| format!("; did you mean `{k}`?"))
-        .unwrap_or_default()
-}
-
 /// serde's "unknown field `tokn`, expected one of `token`, …" with the closest one named.
 fn with_suggestion(message: &str) -> String {
     let Some(rest) = message.strip_prefix("unknown field `") else { return message.to_string() };
     let Some((given, expected)) = rest.split_once("`, expected ") else { return message.to_string() };
     let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    format!("{message}{}", did_you_mean(given, &known))
+    format!("{message}{}", super::services::did_you_mean(given, &known))
 }
 
 /// serde messages quote the offending value (`invalid type: string "…"`); a config may hold

@@ -1,0 +1,91 @@
+//! A secret from a TOML file of `name = "value"` pairs, refused if group- or world-readable.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::{LoadFuture, Loaded, Secret, SecretSource, UNUSABLE, header_safe};
+
+/// A TOML file of `name = "value"` pairs; refused if group- or world-readable.
+#[derive(Debug)]
+pub struct FileSource {
+    pub path: PathBuf,
+    pub key: String,
+}
+
+impl SecretSource for FileSource {
+    fn load(&self) -> LoadFuture<'_> {
+        Box::pin(async move { read_secret_file(&self.path, &self.key) })
+    }
+}
+
+fn read_secret_file(path: &Path, key: &str) -> Result<Loaded, String> {
+    let shown = path.display();
+    // One handle for the check and the read (fstat, not stat): the file whose mode was
+    // checked is the file that is read, even if the path is swapped in between.
+    let mut file = std::fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
+    let mode = file.metadata().map_err(|e| format!("{shown}: {e}"))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{shown}: readable by group or others (mode {:o}); run `chmod 600 {shown}`",
+            mode & 0o777
+        ));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| format!("{shown}: {e}"))?;
+    // The parse error of a secrets file could quote a value: report only where it is.
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| crate::text::line_of(&text, s.start));
+        format!("{shown}: not valid TOML (line {})", line.unwrap_or(0))
+    })?;
+    match table.remove(key) {
+        Some(toml::Value::String(v)) if !v.is_empty() => {
+            let value = Secret::new(v);
+            match header_safe(value.expose()) {
+                true => Ok(Loaded { value, version: None }),
+                false => Err(format!("{shown}: key `{key}` {UNUSABLE}")),
+            }
+        }
+        Some(_) => Err(format!("{shown}: key `{key}` is not a non-empty string")),
+        None => Err(format!("{shown}: no key `{key}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_a_header_cannot_carry_fails_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "stripe = \"sk_test_canary2\\n\"\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = read_secret_file(&path, "stripe").err().unwrap();
+        assert!(e.contains("key `stripe` has whitespace at its ends") && !e.contains("canary"), "{e}");
+    }
+
+    #[test]
+    fn file_source_refuses_loose_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "stripe = \"sk_test_canary\"\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_secret_file(&path, "stripe").unwrap_err();
+        assert!(err.contains("chmod 600") && !err.contains("canary"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_secret_file(&path, "stripe").unwrap().value.expose(), "sk_test_canary");
+        let err = read_secret_file(&path, "other").unwrap_err();
+        assert!(err.contains("no key `other`"), "{err}");
+    }
+
+    #[test]
+    fn broken_secret_file_does_not_echo_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "stripe = \"sk_test_canary\nbroken").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = read_secret_file(&path, "stripe").unwrap_err();
+        assert!(err.contains("not valid TOML") && !err.contains("canary"), "{err}");
+    }
+}
