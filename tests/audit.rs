@@ -240,16 +240,7 @@ async fn metrics_match_the_traffic_and_parse_as_prometheus_text() {
     }
     assert_eq!(kw.get("/v1/charges", "kw_nobody_000000000000000000000").await.status, 401);
     kw.records(6).await;
-    let tcp = tokio::net::TcpStream::connect(kw.admin()).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
-    let r = http::Request::get("/metrics")
-        .header("host", "admin")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(r).await.unwrap();
-    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let (_, body) = kw.admin_raw("GET", "/metrics", &[]).await;
     let text = String::from_utf8(body.to_vec()).unwrap();
     kw.stop().await;
 

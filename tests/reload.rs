@@ -117,6 +117,11 @@ async fn every_trigger_applies_a_valid_file_and_refuses_a_broken_one() {
     // A web page in a browser on this host cannot reload (nor read) through the admin port.
     let (status, _) = kw.admin_raw("POST", "/-/reload", &[("origin", "https://evil.example")]).await;
     assert_eq!(status, 403);
+    // Nor a page whose DNS name was pointed at 127.0.0.1 (DNS rebinding): its name is the Host.
+    let (status, _) = kw.admin_raw("POST", "/-/reload", &[("host", "rebound.evil.example:9090")]).await;
+    assert_eq!(status, 403);
+    let (status, _) = kw.admin_raw("GET", "/metrics", &[("host", "rebound.evil.example")]).await;
+    assert_eq!(status, 403);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (reloads, _) = kw.app.as_ref().unwrap().reloader.state().metrics.reload_counts();
     assert_eq!(reloads, 1, "only the reload asked for");

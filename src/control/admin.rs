@@ -50,6 +50,12 @@ async fn route(reloader: Arc<Reloader>, req: Request<Incoming>) -> Result<Respon
     }
     let state = reloader.state();
     let snap = state.snapshot.load();
+    // A DNS name that a page's attacker points at 127.0.0.1 (DNS rebinding) comes with that
+    // name as `Host`: answer only IP addresses, `localhost`, and the names configured.
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok());
+    if !host.is_some_and(|h| host_allowed(h, &snap.admin_hosts)) {
+        return Ok(text(StatusCode::FORBIDDEN, "unknown Host: add it to server.admin_hosts\n".into()));
+    }
     let reply = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
         // Ready once config and secrets loaded (a reload never unsets that), unless every
@@ -85,6 +91,19 @@ async fn route(reloader: Arc<Reloader>, req: Request<Incoming>) -> Result<Respon
     Ok(reply)
 }
 
+/// `127.0.0.1:9090`, `[::1]`, `localhost:9090`, or a configured name (any case), port or not.
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => return v6.split(']').next().is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }),
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
 fn metrics(state: &State, snap: &Snapshot) -> Response<Full<Bytes>> {
     let sink = &state.audit;
     let counts = AuditCounts {
@@ -115,4 +134,26 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
     *r.status_mut() = status;
     r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_addresses_localhost_and_configured_names_are_answered() {
+        let names = vec!["keyward-admin.ops.svc".to_string()];
+        for ok in [
+            "127.0.0.1:9090",
+            "10.1.2.3",
+            "[::1]:9090",
+            "[fe80::1]",
+            "localhost:9090",
+            "LOCALHOST",
+            "keyward-admin.ops.svc:9090",
+        ] {
+            assert!(super::host_allowed(ok, &names), "{ok}");
+        }
+        for bad in ["evil.example:9090", "127.0.0.1.evil.example", "[not-an-ip]", "localhost.evil", ""] {
+            assert!(!super::host_allowed(bad, &names), "{bad}");
+        }
+    }
 }

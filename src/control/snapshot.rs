@@ -15,6 +15,8 @@ pub struct Snapshot {
     pub version: Arc<str>,
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// Host names the admin port answers besides IP addresses and `localhost`.
+    pub admin_hosts: Vec<String>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub limits: Limits,
     pub timeouts: Timeouts,
@@ -56,4 +58,7 @@ pub struct Timeouts {
     pub client_send: Duration,
     /// On SIGTERM, how long new connections are still accepted while `/readyz` says 503.
     pub drain_delay: Duration,
+    /// HTTP/2 keep-alive pings to callers: how often, and how long an answer may take.
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
 }

@@ -88,8 +88,8 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: Cancellatio
                     .timer(TokioTimer::new())
                     .max_header_list_size(limits.max_header_bytes as u32)
                     .max_concurrent_streams(limits.max_streams_per_connection)
-                    .keep_alive_interval(timeouts.request_head)
-                    .keep_alive_timeout(timeouts.handshake);
+                    .keep_alive_interval(timeouts.ping_interval)
+                    .keep_alive_timeout(timeouts.ping_timeout);
                 drive(builder.serve_connection(io, svc), &ends2, Some(idle)).await
             } else {
                 let mut builder = http1::Builder::new();

@@ -317,12 +317,15 @@ pub async fn send(
     Ok(resp.map(|stream| RecvBody { stream, data_done: false, _call: call }))
 }
 
-/// Copies a request body into its stream. Bodies here are bounded (`max_body_bytes`), so
-/// the stream may buffer what flow control does not let out yet.
+/// Copies a request body into its stream as the upstream's flow control lets it out: the
+/// body is read only once there is window for it, so a large one is never buffered whole.
 struct Pipe {
     body: Body,
     stream: SendStream<Bytes>,
 }
+
+/// Window asked for before each read of the request body.
+const PIPE_CHUNK: usize = 64 * 1024;
 
 impl Future for Pipe {
     type Output = ();
@@ -330,6 +333,14 @@ impl Future for Pipe {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         loop {
+            if this.stream.capacity() == 0 {
+                this.stream.reserve_capacity(PIPE_CHUNK);
+                match ready!(this.stream.poll_capacity(cx)) {
+                    Some(Ok(_)) => continue,
+                    // The stream was reset or closed: nothing more can be sent.
+                    Some(Err(_)) | None => return Poll::Ready(()),
+                }
+            }
             let (sent, last) = match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
@@ -385,7 +396,8 @@ impl http_body::Body for RecvBody {
                 None => self.data_done = true,
             }
         }
-        Poll::Ready(ready!(self.stream.poll_trailers(cx)).transpose().map(|t| t.map(Frame::trailers)))
+        // Trailers are not forwarded, in either direction (see `Pipe`): the answer ends here.
+        Poll::Ready(None)
     }
 
     fn is_end_stream(&self) -> bool {

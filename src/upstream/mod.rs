@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -190,7 +190,14 @@ impl http_body::Body for Answer {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Answer::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            // Trailers are not forwarded, in either direction: they could carry what the
+            // header filters keep from crossing.
+            Answer::H1(b) => loop {
+                match ready!(Pin::new(&mut *b).poll_frame(cx)) {
+                    Some(Ok(f)) if f.is_trailers() => continue,
+                    other => return Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
+                }
+            },
             Answer::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
         }
     }

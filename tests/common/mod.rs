@@ -516,7 +516,10 @@ impl Running {
         let tcp = tokio::net::TcpStream::connect(self.admin()).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
         tokio::spawn(conn);
-        let mut r = Request::builder().method(method).uri(path).header("host", "admin");
+        let mut r = Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            r = r.header("host", self.admin().to_string());
+        }
         for (k, v) in headers {
             r = r.header(*k, *v);
         }

@@ -64,6 +64,7 @@ pub async fn build(
         version: plan.version,
         listen: plan.file.server.listen,
         admin_listen: plan.file.server.admin_listen,
+        admin_hosts: plan.file.server.admin_hosts.clone(),
         tls,
         limits: plan.limits,
         timeouts: plan.timeouts,

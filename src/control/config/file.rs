@@ -43,6 +43,9 @@ pub struct ServerFile {
     /// Make a self-signed development CA and certificate at the paths above if missing.
     #[serde(default)]
     pub dev_certs: bool,
+    /// Host names the admin port answers besides IP addresses and `localhost`.
+    #[serde(default)]
+    pub admin_hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +98,10 @@ pub struct TimeoutsFile {
     pub client_send: Duration,
     #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
 }
 
 impl Default for TimeoutsFile {
@@ -111,6 +118,8 @@ impl Default for TimeoutsFile {
             client_send: Duration::from_secs(30),
             // Long enough for a load balancer's readiness probe (every few seconds) to notice.
             drain_delay: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(10),
         }
     }
 }

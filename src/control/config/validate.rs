@@ -132,6 +132,8 @@ pub fn validate(
             form_body: t.form_body,
             client_send: t.client_send,
             drain_delay: t.drain_delay,
+            ping_interval: t.ping_interval,
+            ping_timeout: t.ping_timeout,
         },
         audit: crate::audit::Settings {
             path: a.path.clone(),
@@ -206,6 +208,8 @@ fn check_bounds(file: &FileConfig, errs: &mut Errors) {
         ("timeouts.request_body_idle", t.request_body_idle),
         ("timeouts.form_body", t.form_body),
         ("timeouts.client_send", t.client_send),
+        ("timeouts.ping_interval", t.ping_interval),
+        ("timeouts.ping_timeout", t.ping_timeout),
     ] {
         if d.is_zero() {
             errs.at(None, key, "must be longer than zero, e.g. \"10s\"");
