@@ -18,7 +18,7 @@ pub use cell::{Refresh, SecretCell, spawn_refresh};
 pub use env::EnvSource;
 pub use file::FileSource;
 
-/// What to do once a vault secret is older than `max_staleness` (the README says why
+/// What to do once a vault secret is older than `max_staleness` (docs/configuration.md says why
 /// `serve` is the default).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

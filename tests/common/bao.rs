@@ -187,7 +187,7 @@ impl Bao {
         v["data"]["version"].as_u64().unwrap()
     }
 
-    /// `bao kv put secret/PATH k=v…` through the CLI, as the README's runbook does.
+    /// `bao kv put secret/PATH k=v…` through the CLI, as the runbook in docs/configuration.md does.
     pub fn cli_kv_put(&self, path: &str, pairs: &[(&str, &str)]) {
         let mut cmd = Command::new("bao");
         cmd.args(["kv", "put", &format!("secret/{path}")]);

@@ -139,7 +139,7 @@ pub struct UpstreamFile {
     pub url: Spanned<String>,
     pub ca: Option<PathBuf>,
     pub egress_ip: Option<IpAddr>,
-    /// Offer HTTP/2: one connection shared by every service's calls (see the README).
+    /// Offer HTTP/2: one connection shared by every service's calls (see docs/configuration.md).
     #[serde(default)]
     pub http2: bool,
 }
