@@ -2,11 +2,9 @@
 //! `drain_delay`, then connections close politely and every in-flight request is recorded
 //! before the access log closes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const TOKEN: &str = "kw_shutdown_token_0123456789abcdefgh";
 

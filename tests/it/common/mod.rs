@@ -2,6 +2,8 @@
 //! certificates made at test time by rcgen, and clients that can pick their source address.
 #![allow(dead_code)]
 
+pub mod bao;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};

@@ -1,13 +1,11 @@
 //! The access log auditors rely on: complete under load, chained across rotation, tamper
 //! found where it happened, fail-closed when the disk fills; metrics that match the traffic.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 
 const TOKEN: &str = "kw_audit_token_0123456789abcdefWXYZ";
 

@@ -1,13 +1,11 @@
 //! Callers that hold keyward's resources: floods without a token, callers that stop reading
 //! their answer, bodies that stall, too many connections from one address.
 
-mod common;
-
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

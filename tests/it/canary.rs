@@ -1,12 +1,10 @@
 //! Canary: a secret and a token of distinctive values go through a mix of requests, at the most
 //! verbose log level; neither may appear in the access log, keyward's output, or any response.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const TOKEN: &str = "kw_CANARYTOKEN_5e1f0c9a7b3d2e4f6a8c";
 const EXPIRED: &str = "kw_CANARYEXPIRED_00112233445566778899";

@@ -6,14 +6,12 @@
 //! known hostile inputs and every generated input that ever disagreed; the generated part is
 //! new each run (`KEYWARD_RACK_SEED=N` repeats one, `KEYWARD_RACK_CASES` sets how many).
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};

@@ -1,18 +1,14 @@
 //! The vault secret source against a real OpenBao dev server: reads, AppRole, renewal,
 //! rotation with no restart, outages, start-up errors, and a log canary.
 
-#[path = "common/bao.rs"]
-mod bao;
-mod common;
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bao::{Bao, private_file};
-use common::*;
+use crate::common::bao::{Bao, private_file};
+use crate::common::*;
 use keyward::secrets::SecretCell;
 use serde_json::json;
 

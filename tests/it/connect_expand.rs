@@ -1,8 +1,6 @@
 //! Connect accounts, direct permissions, expansions and host routing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const TOKEN: &str = "kw_connect_token_0123456789abcdWXYZ";
 const ALLOWED: &str = "acct_1Allowed";

@@ -1,8 +1,6 @@
 //! The request path end to end: real sockets, real TLS, a recording upstream.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const TOKEN: &str = "kw_billing_token_0123456789abcdWXYZ";
 

@@ -1,11 +1,9 @@
 //! The official Stripe Python SDK against keyward: allowed calls return objects, denied calls
 //! raise the SDK's own exceptions.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 
 const TOKEN: &str = "kw_sdk_token_0123456789abcdefWXYZ";
 

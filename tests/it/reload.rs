@@ -1,12 +1,10 @@
 //! Hot reload: all or nothing, never a failed request, from every trigger.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rustls::pki_types::pem::PemObject;
 
 const TOKEN: &str = "kw_reload_token_0123456789abcdWXYZ";

@@ -1,12 +1,10 @@
 //! Broken configuration files: each gets a clear error naming file, line and key, a non-zero
 //! exit, and never an echo of a secret.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 const CANARY: &str = "sk_live_CANARY_7f3a9";
 

@@ -1,0 +1,20 @@
+//! The integration tests, one binary so that the suite links once: keyward in-process or as
+//! a child process, real sockets, real TLS, real peers (OpenBao, Rack, the Stripe SDK).
+
+mod common;
+
+mod audit;
+mod canary;
+mod catalog;
+mod cli;
+mod config_errors;
+mod connect_expand;
+mod flood;
+mod hostile;
+mod layers;
+mod proxy;
+mod rack;
+mod reload;
+mod shutdown;
+mod stripe_sdk;
+mod vault;
