@@ -84,7 +84,8 @@ pub async fn start(src: &Source) -> Result<Running, StartError> {
     }
     let listener = tokio::spawn(crate::serve::listener::serve(listener, proxy.clone(), accept.clone()));
     let snap = proxy.state.snapshot.load();
-    tracing::info!(%addr, admin = ?admin_addr, config = %src.name.display(), version = %snap.version,
+    let admin = admin_addr.map(tracing::field::display);
+    tracing::info!(%addr, admin, config = %src.name.display(), version = %snap.version,
         services = snap.policy.services.len(), "keyward listening");
     drop(snap);
     Ok(Running { addr, admin_addr, proxy, reloader, accept, background, tasks, listener })

@@ -220,6 +220,78 @@ async fn a_full_disk_fails_closed_and_recovers_without_losing_a_record() {
     );
 }
 
+/// While the log cannot be written, fail-closed keyward says so on `/readyz` (a load balancer
+/// takes it out); `keep_serving` goes on serving and writes every held record once it can.
+#[tokio::test]
+async fn a_full_disk_under_either_policy() {
+    for keep_serving in [false, true] {
+        let disk_dir = tempfile::tempdir().unwrap();
+        let disk = TinyDisk::mount(disk_dir.path(), "12k");
+        let log = disk_dir.path().join("audit.jsonl");
+        let policy = if keep_serving { "on_failure = \"keep_serving\"" } else { "" };
+        let kw = Harness::new()
+            .service(Svc::new("billing").token("b1", TOKEN).scope("charge", "read"))
+            .audit(&format!("path = {:?}\n{policy}", log.display().to_string()))
+            .start()
+            .await;
+        // Fill the disk, until the writer has noticed.
+        let mut served = 0;
+        for _ in 0..400 {
+            if kw.metric("keyward_audit_healthy").await == 0.0 {
+                break;
+            }
+            served += u32::from(kw.get("/v1/charges", TOKEN).await.status == 200);
+        }
+        assert_eq!(kw.metric("keyward_audit_healthy").await, 0.0, "the disk filled");
+        let (ready, body) = kw.admin_call("GET", "/readyz").await;
+        let during = kw.get("/v1/charges", TOKEN).await.status;
+        if keep_serving {
+            assert_eq!((ready, during), (200, 200), "keep_serving serves on: {body}");
+            served += 1;
+        } else {
+            assert_eq!((ready, body["reason"].as_str(), during), (503, Some("access log unavailable"), 503));
+        }
+        disk.resize("1m");
+        let recovered = || async {
+            kw.metric("keyward_audit_healthy").await == 1.0 && kw.admin_call("GET", "/readyz").await.0 == 200
+        };
+        assert!(eventually(recovered).await, "the log is writable again");
+        kw.stop().await;
+        let (ok, out) = verify(std::slice::from_ref(&log));
+        assert!(ok, "{out}");
+        let written = std::fs::read_to_string(&log).unwrap().lines().count();
+        assert!(
+            written >= served as usize,
+            "keep_serving {keep_serving}: {written} records for {served} served"
+        );
+    }
+}
+
+/// A record longer than `max_bytes` still gets a file of its own: rotation never splits a
+/// record or loops, and the chain verifies across the files.
+#[tokio::test]
+async fn records_longer_than_max_bytes_rotate_one_per_file() {
+    let kw = Harness::new()
+        .service(Svc::new("billing").token("b1", TOKEN).scope("charge", "read"))
+        .audit("max_bytes = 100\nkeep = 10")
+        .start()
+        .await;
+    for n in 1..=4 {
+        assert_eq!(kw.get("/v1/charges", TOKEN).await.status, 200);
+        // One write per record (the writer would gather records arriving together).
+        let written = || async { kw.metric("keyward_audit_records_written_total").await >= n as f64 };
+        assert!(eventually(written).await);
+    }
+    let dir = kw.stop().await;
+    let files = log_files(dir.path());
+    assert!(files.len() >= 4, "{} files", files.len());
+    for f in &files {
+        assert_eq!(std::fs::read_to_string(f).unwrap().lines().count(), 1, "{}", f.display());
+    }
+    let (ok, out) = verify(&files);
+    assert!(ok, "{out}");
+}
+
 #[tokio::test]
 async fn metrics_match_the_traffic_and_parse_as_prometheus_text() {
     let kw = Harness::new()

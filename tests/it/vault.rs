@@ -484,7 +484,7 @@ async fn canary_no_vault_token_or_key_escapes() {
     let path = dir.path().join("keyward.toml");
     std::fs::write(&path, text).unwrap();
 
-    let KeywardProcess { mut child, addr, logs } =
+    let KeywardProcess { mut child, addr, logs, .. } =
         spawn_keyward(&path, &[("KEYWARD_TEST_VAULT_TOKEN", &bao.root_token)]);
     let tls = pki.client_config();
     let local = "127.0.0.1".parse().unwrap();

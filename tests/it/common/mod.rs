@@ -623,6 +623,8 @@ pub async fn version_of(text: &str) -> String {
 pub struct KeywardProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// The admin port, if configured.
+    pub admin: Option<SocketAddr>,
     /// Everything the child wrote to stderr, once it has exited.
     pub logs: std::thread::JoinHandle<String>,
 }
@@ -639,21 +641,23 @@ pub fn spawn_keyward(config: &Path, env: &[(&str, &str)]) -> KeywardProcess {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<(SocketAddr, Option<SocketAddr>)>();
     let logs = std::thread::spawn(move || {
         let mut all = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("keyward listening") {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let _ = addr_tx.send(v["fields"]["addr"].as_str().unwrap().parse().unwrap());
+                let addr = v["fields"]["addr"].as_str().unwrap().parse().unwrap();
+                let admin = v["fields"]["admin"].as_str().map(|a| a.parse().unwrap());
+                let _ = addr_tx.send((addr, admin));
             }
             all.push_str(&line);
             all.push('\n');
         }
         all
     });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("keyward started");
-    KeywardProcess { child, addr, logs }
+    let (addr, admin) = addr_rx.recv_timeout(Duration::from_secs(20)).expect("keyward started");
+    KeywardProcess { child, addr, admin, logs }
 }
 
 pub fn req(method: &str, path: &str, token: &str, body: &str) -> Request<Full<Bytes>> {
@@ -681,6 +685,17 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+/// A plain HTTP call to an admin port: (status, body).
+pub async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> (u16, Bytes) {
+    let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let r = Request::builder().method(method).uri(path).header("host", admin.to_string());
+    let resp = sender.send_request(r.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
 }
 
 pub type TlsClientStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
