@@ -402,3 +402,32 @@ async fn an_idle_http2_connection_is_closed_like_an_idle_http1_one() {
     assert!(eventually(|| async { kw.metric("keyward_connections_open").await == 0.0 }).await);
     kw.stop().await;
 }
+
+/// Slow clients are cut off: one that never finishes its TLS handshake after
+/// `timeouts.handshake`, one that never finishes its request head after `request_head`.
+#[tokio::test]
+async fn slow_handshakes_and_heads_are_cut_off() {
+    let kw = Harness::new()
+        .top("[timeouts]\nhandshake = \"1s\"\nrequest_head = \"1s\"\n")
+        .service(Svc::new("caller").token("t", TOKEN).scope("*", "read"))
+        .start()
+        .await;
+    // TCP only, never a ClientHello.
+    let mut silent = tokio::net::TcpStream::connect(kw.addr()).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await.unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "closed, not answered: {read:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900), "not before the handshake timeout: {waited:?}");
+    // TLS, then half a request head.
+    let mut tls = kw.tls_from(ip("127.0.0.1"), b"http/1.1").await.unwrap();
+    tls.write_all(b"GET /v1/customers/cus_1 HTTP/1.1\r\nHost: k\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900), "not before the head timeout: {waited:?}");
+    assert!(eventually(|| async { kw.metric("keyward_connections_open").await == 0.0 }).await);
+    kw.stop().await;
+}

@@ -357,3 +357,50 @@ async fn settings_bound_at_start_are_reported_until_restart() {
     assert_eq!(kw.get("/v1/charges/ch_1", TOKEN).await.status, 200);
     kw.stop().await;
 }
+
+/// Each file a configuration reads is watched: a file secret, a catalog of your own and an
+/// upstream's CA file, each changed on disk, are applied without a reload being asked for.
+#[tokio::test]
+async fn a_change_to_any_file_the_configuration_reads_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.txt");
+    let stripe = keyward::policy::catalog::STRIPE_CATALOG;
+    std::fs::write(&catalog, stripe).unwrap();
+    let kw = Harness::new()
+        .top(&format!("[catalog]\npath = {:?}\nexpansions = {:?}\n", catalog, dir.path().join("none.txt")))
+        .service(billing())
+        .start_with(|cfg_dir, text| {
+            std::fs::write(dir.path().join("none.txt"), "").unwrap();
+            let path = cfg_dir.join("keyward.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .await;
+    let reloads = || kw.app.as_ref().unwrap().reloader.state().metrics.reload_counts().0;
+
+    // A file secret: the next call carries the new key.
+    let secrets = kw.dir.path().join("secrets.toml");
+    std::fs::write(&secrets, "stripe = \"sk_test_ROTATED_IN_PLACE\"\n").unwrap();
+    let rotated = || async {
+        kw.get("/v1/charges", TOKEN).await;
+        kw.upstream
+            .requests()
+            .last()
+            .is_some_and(|s| s.headers["authorization"] == "Bearer sk_test_ROTATED_IN_PLACE")
+    };
+    assert!(eventually(rotated).await, "the new file secret is injected");
+
+    // A catalog of your own: a new endpoint becomes known.
+    assert_eq!(kw.get("/v1/widgets", TOKEN).await.error_code(), "endpoint_not_in_catalog");
+    std::fs::write(&catalog, format!("{stripe}\nGET /v1/widgets charge read api\n")).unwrap();
+    let known = || async { kw.get("/v1/widgets", TOKEN).await.status == 200 };
+    assert!(eventually(known).await, "the changed catalog is applied");
+
+    // The upstream's CA file, rewritten (the same CA): a reload, and calls go on.
+    let before = reloads();
+    let ca = std::fs::read(&kw.pki.ca).unwrap();
+    std::fs::write(&kw.pki.ca, &ca).unwrap();
+    assert!(eventually(|| async { reloads() > before }).await, "a change to the CA file reloads");
+    assert_eq!(kw.get("/v1/charges", TOKEN).await.status, 200);
+    kw.stop().await;
+}
