@@ -23,7 +23,7 @@ async fn sigterm_drains_then_closes_politely_and_records_everything() {
         r.headers_mut().insert("x-test-delay-ms", "2000".parse().unwrap());
         slow.send(r).await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(eventually(|| async { kw.metric("keyward_requests_in_flight").await == 1.0 }).await);
     let (signal, signalled) = tokio::sync::oneshot::channel::<()>();
     let addr = kw.addr();
     let app = kw.app.take().unwrap();
