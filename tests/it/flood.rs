@@ -191,6 +191,17 @@ async fn floods_without_a_token_do_not_slow_an_authenticated_caller() {
     kw.stop().await;
 }
 
+/// An HTTP/2 connection from 127.0.0.1 that gives every stream a zero window.
+async fn zero_window_client(kw: &Running) -> h2::client::SendRequest<Bytes> {
+    let tls = kw.tls_from(ip("127.0.0.1"), b"h2").await.unwrap();
+    let (client, conn) =
+        h2::client::Builder::new().initial_window_size(0).handshake::<_, Bytes>(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client.ready().await.unwrap()
+}
+
 #[tokio::test]
 async fn an_http2_stream_whose_answer_gets_no_window_is_reset_and_recorded() {
     let kw = Harness::new()
@@ -198,13 +209,7 @@ async fn an_http2_stream_whose_answer_gets_no_window_is_reset_and_recorded() {
         .service(Svc::new("caller").token("t", TOKEN).scope("*", "read"))
         .start()
         .await;
-    let tls = kw.tls_from(ip("127.0.0.1"), b"h2").await.unwrap();
-    let (client, conn) =
-        h2::client::Builder::new().initial_window_size(0).handshake::<_, Bytes>(tls).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut client = client.ready().await.unwrap();
+    let mut client = zero_window_client(&kw).await;
     let r = http::Request::get("https://localhost/v1/customers/cus_1")
         .header("authorization", format!("Bearer {TOKEN}"))
         .body(())
@@ -355,13 +360,7 @@ async fn a_refused_http2_stream_that_gets_no_window_is_reset_too() {
         .service(Svc::new("caller").token("t", TOKEN).scope("*", "read"))
         .start()
         .await;
-    let tls = kw.tls_from(ip("127.0.0.1"), b"h2").await.unwrap();
-    let (client, conn) =
-        h2::client::Builder::new().initial_window_size(0).handshake::<_, Bytes>(tls).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut client = client.ready().await.unwrap();
+    let mut client = zero_window_client(&kw).await;
     // No token: a refusal, recorded at once, whose answer the caller never takes.
     let r = http::Request::get("https://localhost/v1/customers/cus_1").body(()).unwrap();
     let (answer, _) = client.send_request(r, true).unwrap();
