@@ -10,7 +10,7 @@ use std::time::Duration;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -65,8 +65,12 @@ pub struct AuditSink {
     /// How fast one address's refusals are recorded: a flood must not rotate the log away.
     refusal_rate: DefaultKeyedRateLimiter<IpAddr>,
     refusals_checked: AtomicU64,
-    /// The places each service's calls may hold: half the queue.
-    services: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
+    /// The places forwarded calls may hold: the rest of the queue, so that the refusals' quarter
+    /// is theirs.
+    forwarded: Arc<Semaphore>,
+    /// The places each service's calls may hold: half the forwarded share. Read-mostly: a
+    /// service's semaphore is made by its first call.
+    services: RwLock<HashMap<Arc<str>, Arc<Semaphore>>>,
     service_share: usize,
     pub state: Arc<SinkState>,
     pub settings: Settings,
@@ -75,7 +79,8 @@ pub struct AuditSink {
 /// A reserved place in the queue: sending on it never waits and never fails.
 pub struct Slot {
     place: mpsc::OwnedPermit<Msg>,
-    /// A refusal's place in its share: travels with the record to the writer.
+    /// A refusal's (or a forwarded call's) place in its share: travels with the record to the
+    /// writer, which gives it back.
     share: Option<OwnedSemaphorePermit>,
     /// A service's place in its share: held while its call is in progress.
     _service: Option<OwnedSemaphorePermit>,
@@ -93,7 +98,7 @@ pub enum Unplaced {
     /// The writer is gone (shutting down).
     Closed,
     /// No place came free within [`SLOT_WAIT`]: the writer is stuck, or calls in progress
-    /// hold every place the service may have.
+    /// hold every place the service (or all forwarded calls) may have.
     Busy,
 }
 
@@ -108,7 +113,9 @@ impl AuditSink {
         let (seq, prev) = out.chain_tail()?;
         let queue = settings.queue.max(1);
         let (tx, rx) = mpsc::channel(queue);
-        let refusals = Arc::new(Semaphore::new((queue / 4).max(1)));
+        let refusal_places = (queue / 4).max(1);
+        let refusals = Arc::new(Semaphore::new(refusal_places));
+        let forwarded_places = queue.saturating_sub(refusal_places).max(1);
         let per_ip = NonZeroU32::new(settings.refusals_per_ip.max(1)).expect("at least 1");
         let refusal_rate = RateLimiter::keyed(Quota::per_second(per_ip));
         let state = Arc::new(SinkState { healthy: AtomicBool::new(true), ..Default::default() });
@@ -127,30 +134,40 @@ impl AuditSink {
             refusals,
             refusal_rate,
             refusals_checked: AtomicU64::new(0),
-            services: Mutex::default(),
-            service_share: (queue / 2).max(1),
+            forwarded: Arc::new(Semaphore::new(forwarded_places)),
+            services: RwLock::default(),
+            service_share: (forwarded_places / 2).max(1),
             state,
             settings,
         })
     }
 
     /// Wait for a place in the queue for a call of `service`, at most [`SLOT_WAIT`]:
-    /// back-pressure when the writer falls behind. A service holds at most half the queue, so
-    /// one whose calls stall cannot take every place.
+    /// back-pressure when the writer falls behind. Forwarded calls hold at most three quarters
+    /// of the queue, and one service half of that, so one whose calls stall cannot take every
+    /// place, nor crowd out the refusals' records.
     pub async fn slot(&self, service: &Arc<str>) -> Result<Slot, Unplaced> {
-        let share = {
-            let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
-            let share = services
-                .entry(service.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.service_share)));
-            share.clone()
-        };
+        let share = self.service_share(service);
         let reserve = async {
-            let own = share.acquire_owned().await.map_err(|_| Unplaced::Closed)?;
+            let own = share.acquire_owned().await.expect("never closed");
+            let forwarded = self.forwarded.clone().acquire_owned().await.expect("never closed");
             let place = self.tx.clone().reserve_owned().await.map_err(|_| Unplaced::Closed)?;
-            Ok(Slot { place, share: None, _service: Some(own) })
+            Ok(Slot { place, share: Some(forwarded), _service: Some(own) })
         };
         tokio::time::timeout(SLOT_WAIT, reserve).await.unwrap_or(Err(Unplaced::Busy))
+    }
+
+    fn service_share(&self, service: &Arc<str>) -> Arc<Semaphore> {
+        let services = self.services.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(share) = services.get(service) {
+            return share.clone();
+        }
+        drop(services);
+        let mut services = self.services.write().unwrap_or_else(|e| e.into_inner());
+        services
+            .entry(service.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.service_share)))
+            .clone()
     }
 
     /// A place for a refusal's record, if its address has not had too many recorded this
@@ -172,8 +189,6 @@ impl AuditSink {
         taken
     }
 
-    /// Whether a request may be served now: not while records cannot be written, unless
-    /// configured to keep serving.
     /// Whether requests can be recorded: the writer is running, and the log writable or
     /// failures tolerated (`keep_serving`).
     pub fn admits(&self) -> bool {
@@ -410,17 +425,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_service_holds_at_most_half_the_queue() {
+    async fn forwarded_calls_hold_three_quarters_and_a_service_half_of_that() {
+        // 8 places: 2 for refusals, 6 for forwarded calls, 3 for any one service.
         let dir = tempfile::tempdir().unwrap();
         let sink = sink(dir.path(), 8, 100);
-        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
         let mut held = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..3 {
             held.push(sink.slot(&a).await.unwrap());
         }
-        assert_eq!(sink.slot(&a).await.err(), Some(Unplaced::Busy), "a fifth place for the same service");
-        assert!(sink.slot(&b).await.is_ok(), "another service still finds one");
-        drop(held.pop());
+        assert_eq!(sink.slot(&a).await.err(), Some(Unplaced::Busy), "a fourth place for the same service");
+        for _ in 0..3 {
+            held.push(sink.slot(&b).await.unwrap());
+        }
+        assert_eq!(sink.slot(&c).await.err(), Some(Unplaced::Busy), "forwarded calls hold six at most");
+        assert!(sink.refusal_slot("127.0.0.2".parse().unwrap()).is_some(), "the refusals' places are theirs");
+        drop(held.remove(0));
         assert!(sink.slot(&a).await.is_ok(), "a place given back is the service's again");
     }
 

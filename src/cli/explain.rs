@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use keyward::policy::catalog::{Catalog, STRIPE_CATALOG};
+use keyward::policy::catalog::{Access, Catalog, STRIPE_CATALOG, permission_name};
 use keyward::policy::expand::{Expansions, STRIPE_EXPANSIONS};
 use keyward::policy::{self, Accounts, Decision, Failure, Level, Mode, Policy, Service, Verdict};
 
@@ -79,14 +79,19 @@ pub async fn explain(args: ExplainArgs) -> ExitCode {
         (Verdict::WouldDeny(_, f), _) | (Verdict::Allow(_), Ok(Some(f))) => (Decision::WouldDeny, Some(f)),
         (Verdict::Allow(_), Ok(None)) => (Decision::Allow, None),
     };
-    let query = keyward::policy::params::read(parts.uri.query().unwrap_or("").as_bytes()).unwrap_or_default();
+    // The expansions asked for in the query string and in the form body, if they read one way.
+    let mut query =
+        keyward::policy::params::read(parts.uri.query().unwrap_or("").as_bytes()).unwrap_or_default();
+    if let Some(body) = &args.form {
+        query.extend(keyward::policy::params::read(body.as_bytes()).unwrap_or_default());
+    }
     let expansions: Vec<serde_json::Value> = policy
         .expansions
         .required(&query)
         .map(|(field, perm)| {
             serde_json::json!({
                 "field": field,
-                "permission": format!("{}_read", policy.catalog.permission(perm)),
+                "permission": permission_name(policy.catalog.permission(perm), Access::Read),
                 "granted": svc.level(perm) >= Level::Read,
             })
         })

@@ -104,7 +104,7 @@ impl Default for Metrics {
         let r = &mut registry;
         r.register(
             "keyward_requests",
-            "Requests with an access record, by service, permission, decision, status class and reason",
+            "Requests answered, by service, permission, decision, status class and reason",
             requests.clone(),
         );
         r.register(
@@ -250,7 +250,7 @@ pub fn scrape(snap: &Snapshot, audit: &AuditCounts, now: i64) -> Registry {
     );
     r.register(
         "keyward_audit_refused",
-        "Requests refused because the access log could not be written",
+        "Requests refused because the access log could not be written or had no place for them",
         ConstCounter::new(audit.refused),
     );
     r.register(

@@ -77,11 +77,17 @@ struct Bound {
     listen: std::net::SocketAddr,
     admin_listen: Option<std::net::SocketAddr>,
     audit: crate::audit::Settings,
+    max_form_bytes_total: usize,
 }
 
 impl Bound {
     fn of(s: &Snapshot) -> Bound {
-        Bound { listen: s.listen, admin_listen: s.admin_listen, audit: s.audit.clone() }
+        Bound {
+            listen: s.listen,
+            admin_listen: s.admin_listen,
+            audit: s.audit.clone(),
+            max_form_bytes_total: s.limits.max_form_bytes_total,
+        }
     }
 
     /// What `next` asks for that only a restart gives, compared with what is running.
@@ -95,6 +101,9 @@ impl Bound {
         }
         if self.audit != next.audit {
             out.push("audit".to_string());
+        }
+        if self.max_form_bytes_total != next.limits.max_form_bytes_total {
+            out.push("limits.max_form_bytes_total".to_string());
         }
         out
     }

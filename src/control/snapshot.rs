@@ -37,6 +37,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Form bodies are read whole (to check `expand[]`) up to this size.
     pub max_form_bytes: usize,
+    /// All form bodies being read whole at once, together.
+    pub max_form_bytes_total: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub max_handshakes: usize,

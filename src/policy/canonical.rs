@@ -28,12 +28,13 @@ const DECISIVE: [HeaderName; 3] = [
 /// them, so a name that spells one of these with `_` is refused (names with `keyward-` and
 /// `x-forwarded-` as prefix too). Other names with `_` pass: keyward decides nothing on them,
 /// and dropping them (as nginx does) would change the request without saying so.
-const ALIASED: [&str; 20] = [
+const ALIASED: [&str; 21] = [
     "authorization",
     "proxy-authorization",
     "host",
     "content-type",
     "content-length",
+    "content-encoding",
     "transfer-encoding",
     "connection",
     "keep-alive",
@@ -186,6 +187,7 @@ fn check_segment(seg: &str) -> Result<(), Reason> {
             b'%' => {
                 let decoded = b
                     .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                     .ok_or("has a malformed percent-encoding")?;
@@ -246,6 +248,7 @@ mod tests {
             ("/v1/charges/ch_1%ff", "non-ASCII"),
             ("/v1/charges/%zz", "malformed"),
             ("/v1/charges/%2", "malformed"),
+            ("/v1/charges/%+1", "malformed"),
             ("/v1/charges.", "ending in a dot"),
             ("/v1/charges/ch_1.", "ending in a dot"),
             ("/v1/charges/\u{e9}", "non-ASCII"),

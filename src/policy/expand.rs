@@ -49,10 +49,6 @@ impl Expansions {
             .flat_map(|expr| expr.split('.'))
             .filter_map(|field| self.fields.get(field).map(|id| (field.to_string(), *id)))
     }
-
-    pub fn get(&self, field: &str) -> Option<PermId> {
-        self.fields.get(field).copied()
-    }
 }
 
 #[cfg(test)]

@@ -11,9 +11,10 @@
 //!   around `"`, `;`, `,` or `\`), of 1 to 70 of the characters RFC 2046 allows (no space);
 //! - the body starts with `--B` CRLF, and every `--B` in it is a delimiter: after CRLF, and
 //!   followed by CRLF (a part follows) or by `--` CRLF at the very end of the body;
-//! - each part's headers end at the first CRLF CRLF, use CRLF only, hold no `\`, and do not
-//!   mention `method` or `expand` anywhere, in any case (file names included: the cost of
-//!   this rule is that such a file name is refused too);
+//! - each part's headers end at the first CRLF CRLF, use CRLF only, hold no `\`, `%` or
+//!   `--B`, include `Content-Disposition: form-data; name=…`, and do not mention `method` or
+//!   `expand` anywhere, in any case (file names included: the cost of this rule is that such
+//!   a file name is refused too);
 //! - nothing follows the closing delimiter, and the body does not end before it.
 
 /// Longest block of part headers accepted.
@@ -86,16 +87,11 @@ impl Scan {
                     at += open.len() + 2;
                     self.state = State::Head;
                 }
-                State::Head if rest.starts_with(b"\r\n") => {
-                    // A part with no headers at all.
-                    at += 2;
-                    self.state = State::Content;
-                }
                 State::Head => {
                     let Some(end) = memchr::memmem::find(rest, b"\r\n\r\n").filter(|&e| e <= MAX_HEAD) else {
                         return self.keep(&buf, at, rest.len() <= MAX_HEAD);
                     };
-                    check_head(&rest[..end + 2])?;
+                    check_head(&rest[..end + 2], &self.delimiter[2..])?;
                     at += end + 4;
                     self.state = State::Content;
                 }
@@ -152,15 +148,26 @@ impl Scan {
     }
 }
 
-/// A part's headers (each line with its CRLF): CRLF only, no `\`, no mention of the names
-/// Rack would act on.
-fn check_head(head: &[u8]) -> Result<(), Refused> {
+/// A part's headers (each line with its CRLF): CRLF only, no `\`, `%` or delimiter, a
+/// `Content-Disposition: form-data` with a `name` (Rack takes a part's name from elsewhere when
+/// it has none: the following lines, a percent-decoded file name, `Content-ID`), and no mention
+/// of the names Rack would act on.
+fn check_head(head: &[u8], bare_delimiter: &[u8]) -> Result<(), Refused> {
     let bare_line_end = head.iter().enumerate().any(|(i, &b)| {
         (b == b'\n' && (i == 0 || head[i - 1] != b'\r')) || (b == b'\r' && head.get(i + 1) != Some(&b'\n'))
     });
     let lower = head.to_ascii_lowercase();
-    let names = [&b"method"[..], b"expand"].iter().any(|w| memchr::memmem::find(&lower, w).is_some());
-    if bare_line_end || head.contains(&b'\\') || names { Err(Refused) } else { Ok(()) }
+    let has = |w: &[u8]| memchr::memmem::find(&lower, w).is_some();
+    let named = lower.split(|&b| b == b'\n').any(|line| {
+        let line = line.strip_prefix(b"content-disposition:").map(<[u8]>::trim_ascii);
+        line.and_then(|l| l.strip_prefix(b"form-data;"))
+            .is_some_and(|params| params.split(|&b| b == b';').any(|p| p.trim_ascii().starts_with(b"name=")))
+    });
+    let odd = bare_line_end
+        || head.contains(&b'\\')
+        || head.contains(&b'%')
+        || memchr::memmem::find(head, bare_delimiter).is_some();
+    if odd || !named || has(b"method") || has(b"expand") { Err(Refused) } else { Ok(()) }
 }
 
 #[cfg(test)]
@@ -198,6 +205,14 @@ mod tests {
             "--XyZ\r\nX-A: y\n\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--XyZ--\r\n".into(),
             "--XyZ\r\nContent-Disposition: form-data; name=\"_m\\ethod\"\r\n\r\nDELETE\r\n--XyZ--\r\n".into(),
             "--XyZ\r\nContent-Disposition: form-data; name=\"exp\\and[]\"\r\n\r\nx\r\n--XyZ--\r\n".into(),
+            // From a code review: a part with no headers (Rack reads on to the next empty line),
+            // a file name Rack percent-decodes into a name, a part with no name.
+            "--XyZ\r\n\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n"
+                .into(),
+            "--XyZ\r\nContent-Disposition: form-data; filename=\"%65xpand[]\"\r\n\r\nx\r\n--XyZ--\r\n".into(),
+            "--XyZ\r\nContent-Disposition: form-data; filename=\"a.pdf\"\r\n\r\nx\r\n--XyZ--\r\n".into(),
+            "--XyZ\r\nContent-Type: text/plain\r\n\r\nx\r\n--XyZ--\r\n".into(),
+            "--XyZ\r\nContent-Disposition: form-data; name=\"a --XyZ\"\r\n\r\nx\r\n--XyZ--\r\n".into(),
             // Not the one shape: preamble, bare `--B` in content, epilogue, no end, LF only.
             "preamble\r\n".to_string() + &part("a", "x") + "--XyZ--\r\n",
             part("a", "x --XyZ y") + "--XyZ--\r\n",

@@ -114,8 +114,9 @@ pub fn decode(s: &[u8]) -> Option<Vec<u8>> {
         match s[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = std::str::from_utf8(s.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits, no more lenient: `u8::from_str_radix` would take `%+1`.
+                let hex = s.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 2;
             }
             c => out.push(c),
@@ -193,6 +194,8 @@ mod tests {
         ("a=%", Err("malformed")),
         ("a%2=1", Err("malformed")),
         ("a=%G0", Err("malformed")),
+        // Rack refuses it; `from_str_radix` alone would read it as 0x01.
+        ("a=%+1", Err("malformed")),
         ("%00a=1", Err("control")),
         ("%ff=1", Err("not UTF-8")),
         ("expand[]=%ff", Err("not UTF-8")),

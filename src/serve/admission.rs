@@ -33,8 +33,9 @@ pub struct Admission {
 #[derive(Debug)]
 struct PerIp {
     connections: usize,
-    /// This address's handshake turns, sized when the address first came.
+    /// This address's handshake turns, and how many there are.
     handshakes: Arc<Semaphore>,
+    turns: usize,
 }
 
 impl Admission {
@@ -60,8 +61,8 @@ impl Admission {
         }
     }
 
-    /// Count a new connection from `ip`, unless that address already has `max_per_ip`.
-    /// `handshakes_per_ip` sizes the address's handshake turns if it is new.
+    /// Count a new connection from `ip`, unless that address already has `max_per_ip`; its
+    /// handshake will take one of the address's `handshakes_per_ip` turns.
     pub fn admit(
         self: &Arc<Self>,
         ip: IpAddr,
@@ -70,10 +71,17 @@ impl Admission {
     ) -> Option<Connection> {
         let ip = address_key(ip);
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let turns = handshakes_per_ip.max(1);
         let entry = per_ip.entry(ip).or_insert_with(|| PerIp {
             connections: 0,
-            handshakes: Arc::new(Semaphore::new(handshakes_per_ip.max(1))),
+            handshakes: Arc::new(Semaphore::new(turns)),
+            turns,
         });
+        // A reload changed the limit: new connections take turns from a new set (those
+        // handshaking keep theirs until done).
+        if entry.turns != turns {
+            (entry.handshakes, entry.turns) = (Arc::new(Semaphore::new(turns)), turns);
+        }
         if entry.connections >= max_per_ip {
             drop(per_ip);
             self.refused_per_ip.inc();

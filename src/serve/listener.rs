@@ -96,7 +96,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: Cancellatio
                 builder
                     .timer(TokioTimer::new())
                     .header_read_timeout(timeouts.request_head)
-                    .max_buf_size(limits.max_header_bytes.max(8192));
+                    .max_buf_size(limits.max_header_bytes);
                 drive(builder.serve_connection(io, svc), &ends2, None).await
             };
             drop(counted);

@@ -15,6 +15,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use time::OffsetDateTime;
+use tokio::sync::Semaphore;
 
 use crate::audit::AccessRecord;
 use crate::audit::queue::Unplaced;
@@ -23,7 +24,7 @@ use crate::control::state::State;
 use crate::policy::{self, Decision, Failure, RequestFacts, Route, Verdict};
 use crate::serve::admission::Admission;
 use crate::serve::body::{Deadline, Idle, Metered, PartNames};
-use crate::serve::exchange::{Caller, Exchange, REQUEST_ID, RequestIds, new_record};
+use crate::serve::exchange::{Caller, Exchange, REQUEST_ID, RequestIds, STRIPE_REQUEST_ID, new_record};
 use crate::serve::respond;
 use crate::upstream::{self, Answer, Body, BoxError};
 
@@ -32,6 +33,9 @@ use crate::upstream::{self, Answer, Body, BoxError};
 pub struct Proxy {
     pub state: Arc<State>,
     pub admission: Arc<Admission>,
+    /// What all form bodies being read whole may take together, in KiB
+    /// (`limits.max_form_bytes_total`): a service with many calls cannot fill the memory.
+    forms: Arc<Semaphore>,
     ids: RequestIds,
 }
 
@@ -39,7 +43,9 @@ impl Proxy {
     pub fn new(state: Arc<State>) -> Arc<Proxy> {
         let m = &state.metrics;
         let admission = Arc::new(Admission::new(m.connections_open.clone(), m.connections_refused.clone()));
-        Arc::new(Proxy { state, admission, ids: RequestIds::default() })
+        let kib = state.snapshot.load().limits.max_form_bytes_total.div_ceil(1024);
+        let forms = Arc::new(Semaphore::new(kib.min(Semaphore::MAX_PERMITS)));
+        Arc::new(Proxy { state, admission, forms, ids: RequestIds::default() })
     }
 
     pub async fn handle(
@@ -75,7 +81,7 @@ impl Proxy {
         };
         let mut ex = exchange();
         ex.slot = Some(slot);
-        Ok(match forward(&snap, route, &parts, body, &mut ex).await {
+        Ok(match forward(&snap, route, &parts, body, &self.forms, &mut ex).await {
             Ok(resp) => ex.respond(resp, false),
             Err(f) => {
                 ex.failed(&f);
@@ -89,7 +95,9 @@ impl Proxy {
     fn unrecorded(&self, why: Failure) -> Response<Body> {
         self.state.audit.state.refused.fetch_add(1, Ordering::Relaxed);
         let mut resp = respond::failure(&why);
-        resp.headers_mut().insert(&REQUEST_ID, HeaderValue::from_static("kwreq_unrecorded"));
+        let id = HeaderValue::from_static("kwreq_unrecorded");
+        resp.headers_mut().insert(&STRIPE_REQUEST_ID, id.clone());
+        resp.headers_mut().insert(&REQUEST_ID, id);
         resp
     }
 
@@ -99,9 +107,6 @@ impl Proxy {
     /// record is dropped and counted, so that a flood of garbage cannot queue ahead of real
     /// requests.
     pub fn record_unparsed(&self, client_ip: IpAddr, status: u16, reason: &'static str) {
-        let Some(slot) = self.state.audit.refusal_slot(client_ip) else {
-            return;
-        };
         let record = AccessRecord {
             decision: Decision::Deny,
             reason: reason.into(),
@@ -109,7 +114,9 @@ impl Proxy {
             ..new_record(&self.ids, client_ip, &self.state.snapshot.load().version)
         };
         self.state.metrics.observe(&record);
-        slot.send(record);
+        if let Some(slot) = self.state.audit.refusal_slot(client_ip) {
+            slot.send(record);
+        }
     }
 }
 
@@ -119,9 +126,10 @@ async fn forward(
     route: Route<'_>,
     parts: &Parts,
     body: Incoming,
+    forms: &Arc<Semaphore>,
     ex: &mut Exchange,
 ) -> Result<Response<Body>, Failure> {
-    let body = check_body(snap, route, parts, body, ex).await?;
+    let body = check_body(snap, route, parts, body, forms, ex).await?;
     let (req, up) = rewrite_request(snap, route, parts, body, ex)?;
     let (answer, deadline) = send(snap, up, req, ex).await?;
     Ok(rewrite_response(answer, parts, deadline, ex))
@@ -134,12 +142,13 @@ async fn check_body(
     route: Route<'_>,
     parts: &Parts,
     body: Incoming,
+    forms: &Arc<Semaphore>,
     ex: &mut Exchange,
 ) -> Result<Body, Failure> {
     let limit = snap.limits.max_body_bytes;
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(Failure::BodyTooLarge { limit });
+        return Err(ex.deny(Failure::BodyTooLarge { limit }));
     }
     // Stripe's GET and DELETE calls take their parameters in the query, where they are
     // checked; a body there could carry unchecked ones to a lenient server.
@@ -153,9 +162,18 @@ async fn check_body(
     };
     Ok(match body_kind(parts) {
         BodyKind::Form => {
-            let form = read_form(body, snap.limits.max_form_bytes, snap.timeouts.form_body)
-                .await
-                .map_err(|f| ex.deny(f))?;
+            // Its share of the forms' budget, for as long as the form is held.
+            let size =
+                declared.map_or(snap.limits.max_form_bytes, |n| n as usize).min(snap.limits.max_form_bytes);
+            let kib = (size.div_ceil(1024) as u32).max(1);
+            let within = snap.timeouts.form_body;
+            let (form, budget) = tokio::time::timeout(within, async {
+                let budget = forms.clone().acquire_many_owned(kib).await.expect("never closed");
+                Ok((read_form(body, snap.limits.max_form_bytes, within).await?, budget))
+            })
+            .await
+            .unwrap_or(Err(Failure::BodyTimeout))
+            .map_err(|f| ex.deny(f))?;
             ex.bytes_in.store(form.len() as u64, Ordering::Relaxed);
             let token = policy::identity::token_from(&parts.headers, AUTHORIZATION).unwrap_or_default();
             if let Some(f) =
@@ -163,7 +181,7 @@ async fn check_body(
             {
                 ex.would_deny(&f);
             }
-            Full::new(form).map_err(|e| match e {}).boxed()
+            Metered::new(Full::new(form).map_err(|e| match e {}), Default::default(), budget).boxed()
         }
         BodyKind::Multipart(_) if !route.entry.is_some_and(|e| e.multipart) => {
             return Err(

@@ -239,3 +239,25 @@ fn a_catalog_of_your_own_for_another_api() {
     let (ok, out) = check(dir.path(), &text);
     assert!(!ok && out.contains("widgets.txt:2") && out.contains("reed"), "{out}");
 }
+
+/// `check --offline` reads the configuration and its tables only: missing certificates, CA
+/// files and secret files are not errors there (CI on a repository of configurations).
+#[test]
+fn check_offline_reads_no_secret_certificate_or_ca() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let text = base(&pki, dir.path())
+        .replace(pki.cert.to_str().unwrap(), "/nonexistent/keyward.crt")
+        .replace(pki.ca.to_str().unwrap(), "/nonexistent/ca.pem")
+        .replace(dir.path().join("secrets.toml").to_str().unwrap(), "/nonexistent/secrets.toml");
+    let (ok, out) = check(dir.path(), &text);
+    assert!(!ok, "online, the missing files are errors: {out}");
+    let path = dir.path().join("keyward.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["check", "--offline", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("offline"), "{text}");
+}

@@ -88,6 +88,13 @@ fn table() -> Vec<Case> {
         out.push(case("POST", p, &[multipart], &body));
         out.push(case("POST", "/v1/files", &[multipart], &body));
     }
+    // Found by a code review: Rack read these as `_method` / `expand` parts.
+    for body in [
+        "--B\r\n\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--B--\r\n",
+        "--B\r\nContent-Disposition: form-data; filename=\"%65xpand[]\"\r\n\r\nx\r\n--B--\r\n",
+    ] {
+        out.push(case("POST", "/v1/files", &[multipart], body));
+    }
     for (name, value) in [
         ("Stripe_Account", "acct_evil"),
         ("Stripe_Context", "acct_evil"),
@@ -172,6 +179,17 @@ const CONTENT_TYPES: &[Option<&str>] = &[
     Some("multipart/form-data; boundary=BB"),
 ];
 
+/// Whole part heads (CRLF-joined lines), besides the plain `name=` one.
+const PART_HEADS: &[&str] = &[
+    "",
+    "Content-ID: _method",
+    "Content-Disposition: form-data; filename=\"%65xpand[]\"",
+    "Content-Disposition: form-data; name=\"a\"\r\nContent-Type: text/plain",
+    "Content-Disposition: form-data; filename=\"a.txt\"",
+    "Content-Disposition: form-data; name=\"_m\\ethod\"",
+    "X-A: y",
+];
+
 const PART_NAMES: &[&str] =
     &["name", "_method", "expand[]", "file\"; filename=\"a.txt", "x\"; name=\"_method", "email"];
 
@@ -183,7 +201,8 @@ fn generated() -> impl Strategy<Value = Case> {
     let method = prop::sample::select(&["GET", "POST", "POST", "DELETE"][..]);
     let headers = prop::sample::subsequence(HEADERS, 0..3);
     let ct = prop::sample::select(CONTENT_TYPES);
-    let parts = prop::collection::vec((prop::sample::select(PART_NAMES), encoded()), 1..3);
+    let head = prop::option::of(prop::sample::select(PART_HEADS));
+    let parts = prop::collection::vec((prop::sample::select(PART_NAMES), head, encoded()), 1..3);
     (method, prop::option::of(encoded()), headers, ct, encoded(), parts).prop_map(
         |(method, query, mut headers, ct, form, parts)| {
             let target = match query {
@@ -202,8 +221,11 @@ fn generated() -> impl Strategy<Value = Case> {
                     target = target.replacen("/v1/customers/cus_1", "/v1/files", 1);
                     let mut b: String = parts
                         .iter()
-                        .map(|(n, v)| {
-                            format!("--BB\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n")
+                        .map(|(n, head, v)| match head {
+                            Some(h) => format!("--BB\r\n{h}\r\n\r\n{v}\r\n"),
+                            None => {
+                                format!("--BB\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n")
+                            }
                         })
                         .collect();
                     b += "--BB--\r\n";

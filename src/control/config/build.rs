@@ -85,6 +85,10 @@ fn build_upstreams(
     previous: Option<&Snapshot>,
     errs: &mut Errors,
 ) -> Vec<Upstream> {
+    // `explain` and `check --offline` build no client: they read no CA file.
+    if !opts.clients {
+        return Vec::new();
+    }
     let service_egress: HashSet<Option<IpAddr>> =
         file.service.iter().filter_map(|s| s.egress_ip).map(Some).collect();
     let mut out = Vec::new();
@@ -93,7 +97,6 @@ fn build_upstreams(
     {
         let mut egress = service_egress.clone();
         egress.insert(u.egress_ip);
-        let egress = if opts.clients { egress } else { HashSet::new() };
         let connect = file.timeouts.upstream_connect;
         let identity = upstream_identity(u.url.get_ref(), u.ca.as_deref(), &egress, connect, u.http2);
         let kept =

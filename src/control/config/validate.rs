@@ -117,6 +117,7 @@ pub fn validate(
             max_body_bytes: l.max_body_bytes,
             max_header_bytes: l.max_header_bytes,
             max_form_bytes: l.max_form_bytes,
+            max_form_bytes_total: l.max_form_bytes_total,
             max_connections: l.max_connections,
             max_connections_per_ip: l.max_connections_per_ip,
             max_handshakes: l.max_handshakes,
@@ -191,6 +192,9 @@ fn check_bounds(file: &FileConfig, errs: &mut Errors) {
     if file.limits.max_header_bytes < 8192 {
         errs.at(None, "limits.max_header_bytes", "must be at least 8192");
     }
+    if file.limits.max_form_bytes_total < file.limits.max_form_bytes {
+        errs.at(None, "limits.max_form_bytes_total", "must be at least limits.max_form_bytes");
+    }
     let l = &file.limits;
     for (key, n) in [
         ("limits.max_connections", l.max_connections),
@@ -205,6 +209,10 @@ fn check_bounds(file: &FileConfig, errs: &mut Errors) {
     }
     let t = &file.timeouts;
     for (key, d) in [
+        ("timeouts.handshake", t.handshake),
+        ("timeouts.request_head", t.request_head),
+        ("timeouts.upstream_connect", t.upstream_connect),
+        ("timeouts.upstream", t.upstream),
         ("timeouts.request_body_idle", t.request_body_idle),
         ("timeouts.form_body", t.form_body),
         ("timeouts.client_send", t.client_send),
