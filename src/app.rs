@@ -80,7 +80,7 @@ pub async fn start(src: &Source) -> Result<Running, StartError> {
         tasks.spawn(until_cancelled(background.clone(), hup));
     }
     if let Some(l) = admin_listener {
-        tasks.spawn(until_cancelled(background.clone(), crate::control::admin::serve(l, reloader.clone())));
+        tasks.spawn(crate::control::admin::serve(l, reloader.clone(), tasks.clone(), background.clone()));
     }
     let listener = tokio::spawn(crate::serve::listener::serve(listener, proxy.clone(), accept.clone()));
     let snap = proxy.state.snapshot.load();

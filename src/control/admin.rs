@@ -11,18 +11,30 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::control::metrics::{self, AuditCounts};
 use crate::control::reload::Reloader;
 use crate::control::snapshot::Snapshot;
 use crate::control::state::State;
 
-pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>) {
+/// Serve the admin port until `stop`; each connection runs in `tasks` and ends with it.
+pub async fn serve(
+    listener: TcpListener,
+    reloader: Arc<Reloader>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
     if listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
         tracing::warn!(addr = ?listener.local_addr().ok(), "the admin port has no authentication and is not on loopback");
     }
     loop {
-        let (tcp, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.cancelled() => return,
+        };
+        let (tcp, _) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -30,14 +42,17 @@ pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>) {
                 continue;
             }
         };
-        let reloader = reloader.clone();
-        tokio::spawn(async move {
+        let (reloader, stop) = (reloader.clone(), stop.clone());
+        tasks.spawn(async move {
             let svc = service_fn(move |req| route(reloader.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+                .serve_connection(TokioIo::new(tcp), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
+            }
         });
     }
 }
