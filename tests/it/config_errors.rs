@@ -8,11 +8,25 @@ use crate::common::*;
 
 const CANARY: &str = "sk_live_CANARY_7f3a9";
 
+/// A good configuration as a person writes it: these tests break it by editing its text,
+/// the way mistakes happen (and so that errors can be checked for their line numbers).
 fn base(pki: &Pki, dir: &std::path::Path) -> String {
-    let mut h = Harness::new()
-        .service(Svc::new("billing").token("b1", "kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa").scope("charge", "read"));
-    h.extra_top = String::new();
-    h.config(pki, "https://localhost:9", dir)
+    let secrets = dir.join("secrets.toml");
+    std::fs::write(&secrets, format!("stripe = {SECRET:?}\n")).unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let hash = sha256_hex("kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa");
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\n\
+         [upstream.api]\nurl = \"https://localhost:9\"\nca = {:?}\n\n\
+         [secret.stripe]\nsource = \"file\"\npath = {secrets:?}\nkey = \"stripe\"\n\n\
+         [audit]\npath = {:?}\n\n\
+         [[service]]\nname = \"billing\"\nsecret = \"stripe\"\nsource_ips = [\"127.0.0.0/8\", \"::1/128\"]\n\
+         [[service.token]]\nid = \"b1\"\nsha256 = \"{hash}\"\n\n[service.scope]\n\"charge\" = \"read\"\n",
+        pki.cert,
+        pki.key,
+        pki.ca,
+        dir.join("audit.jsonl"),
+    )
 }
 
 fn check(dir: &std::path::Path, text: &str) -> (bool, String) {

@@ -140,7 +140,7 @@ fn summary(lat: &[Duration]) -> (Duration, Duration) {
 async fn floods_without_a_token_do_not_slow_an_authenticated_caller() {
     // A stalled stream is cut off after 3 s: each flood stream is held, then reset once.
     let kw = Harness::new()
-        .top(&QUICK.replace("client_send = \"1s\"", "client_send = \"3s\""))
+        .top("[timeouts]\nclient_send = \"3s\"\nrequest_body_idle = \"1s\"\nform_body = \"2s\"\n")
         .audit("queue = 64")
         .service(Svc::new("caller").token("t", TOKEN).scope("customer", "read"))
         .service(Svc::new("staller").token("s", STALLER).scope("customer", "write"))

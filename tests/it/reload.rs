@@ -17,8 +17,12 @@ fn billing() -> Svc {
 async fn reload_under_load_never_fails_a_request_or_half_applies() {
     let kw = Arc::new(Harness::new().service(billing()).start().await);
     let a = kw.config_text();
-    let b = a.replace("\"charge\" = \"read\"", "\"charge\" = \"none\"");
-    let broken = a.replace("[service.scope]", "[service.scope]\nbogus_key_typo = 1\n\"charge\" = \"none\"");
+    let b = kw.edited_config(|t| drop(scope_at(t, 0).insert("charge".into(), "none".into())));
+    let broken = kw.edited_config(|t| {
+        let scope = scope_at(t, 0);
+        scope.insert("charge".into(), "none".into());
+        scope.insert("bogus_key_typo".into(), 1.into());
+    });
     // A half-written file: cut, and ending in an unterminated string so it can never parse.
     let truncated = format!("{}\n\"charge\" = \"re", &b[..b.len() * 2 / 3]);
     let (va, vb) = (version_of(&a).await, version_of(&b).await);
@@ -100,13 +104,8 @@ async fn every_trigger_applies_a_valid_file_and_refuses_a_broken_one() {
     let a = kw.config_text();
     let path = kw.config_path.clone();
     let variant = |n: u32| {
-        a.replace(
-            "\"charge\" = \"read\"",
-            &format!(
-                "\"charge\" = \"read\"\n\"customer\" = \"{}\"",
-                ["read", "write", "none"][n as usize % 3]
-            ),
-        )
+        let level = ["read", "write", "none"][n as usize % 3];
+        kw.edited_config(|t| drop(scope_at(t, 0).insert("customer".into(), level.into())))
     };
 
     // Reading the files (a reload does) is no change: nothing reloads by itself.
@@ -139,20 +138,32 @@ async fn every_trigger_applies_a_valid_file_and_refuses_a_broken_one() {
 
     // Broken files: each refused whole, the last good version keeps serving.
     let good = kw.version();
-    let svc_block = &a[a.find("[[service]]").unwrap()..];
     let broken = [
+        // A half-written file.
         ("truncated", a[..a.len() - 20].to_string(), "keyward.toml"),
         (
             "unknown key",
-            a.replace("[service.scope]", "tokn = \"x\"\n[service.scope]"),
+            kw.edited_config(|t| drop(service_at(t, 0).insert("tokn".into(), "x".into()))),
             "unknown field `tokn`",
         ),
         (
             "duplicate token",
-            format!("{a}\n{}", svc_block.replace("name = \"billing\"", "name = \"copy\"")),
+            kw.edited_config(|t| {
+                let mut copy = service_at(t, 0).clone();
+                copy.insert("name".into(), "copy".into());
+                t["service"].as_array_mut().unwrap().push(copy.into());
+            }),
             "configured twice",
         ),
-        ("bad scope", a.replace("\"charge\"", "\"chrage\""), "names no permission"),
+        (
+            "bad scope",
+            kw.edited_config(|t| {
+                let scope = scope_at(t, 0);
+                let level = scope.remove("charge").unwrap();
+                scope.insert("chrage".into(), level);
+            }),
+            "names no permission",
+        ),
     ];
     for (what, text, want) in broken {
         // Write under another name, then move into place, so the watcher sees it whole.
@@ -193,7 +204,7 @@ async fn configmap_symlink_swap_is_seen() {
         })
         .await;
     let dir = kw.dir.path();
-    let next = kw.config_text().replace("\"charge\" = \"read\"", "\"charge\" = \"write\"");
+    let next = kw.edited_config(|t| drop(scope_at(t, 0).insert("charge".into(), "write".into())));
     // What the kubelet does: a new timestamped dir, a new symlink, renamed over ..data.
     let v2 = dir.join("..2026_11_26_02");
     std::fs::create_dir(&v2).unwrap();
@@ -209,16 +220,18 @@ async fn configmap_symlink_swap_is_seen() {
 async fn token_rotation_with_overlap_fails_no_request() {
     let new_token = "kw_reload_token_NEW_0123456789abcd";
     let kw = Arc::new(Harness::new().service(billing()).start().await);
-    let a = kw.config_text();
     let hash = |t: &str| sha256_hex(t);
-    let both = a.replace(
-        "[service.scope]",
-        &format!("[[service.token]]\nid = \"b2\"\nsha256 = \"{}\"\n[service.scope]", hash(new_token)),
-    );
-    let only_new = both.replace(
-        &format!("id = \"b1\"\nsha256 = \"{}\"", hash(TOKEN)),
-        "id = \"b1-gone\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"",
-    );
+    let tokens = |t: &mut toml::Table| service_at(t, 0)["token"].as_array_mut().unwrap().clone();
+    let both = kw.edited_config(|t| {
+        let new = fragment(&format!("id = \"b2\"\nsha256 = \"{}\"", hash(new_token)));
+        let mut list = tokens(t);
+        list.push(new.into());
+        service_at(t, 0).insert("token".into(), list.into());
+    });
+    let only_new = kw.edited_config(|t| {
+        let new = fragment(&format!("id = \"b2\"\nsha256 = \"{}\"", hash(new_token)));
+        service_at(t, 0).insert("token".into(), vec![toml::Value::from(new)].into());
+    });
     assert!(!only_new.contains(&hash(TOKEN)));
 
     // A client on the new token runs throughout; none of its requests may fail.
@@ -330,7 +343,7 @@ fn sighup_reloads_the_running_binary() {
 async fn a_reload_keeps_warm_upstream_connections() {
     let kw = Harness::new().service(billing()).start().await;
     assert_eq!(kw.get("/v1/charges", TOKEN).await.status, 200);
-    let next = kw.config_text().replace("\"charge\" = \"read\"", "\"charge\" = \"write\"");
+    let next = kw.edited_config(|t| drop(scope_at(t, 0).insert("charge".into(), "write".into())));
     std::fs::write(&kw.config_path, &next).unwrap();
     assert!(kw.wait_version(&version_of(&next).await).await);
     assert_eq!(kw.post("/v1/charges", TOKEN, "amount=1").await.status, 200);
@@ -344,7 +357,8 @@ async fn a_reload_keeps_warm_upstream_connections() {
 #[tokio::test]
 async fn settings_bound_at_start_are_reported_until_restart() {
     let kw = Harness::new().service(billing()).start().await;
-    let moved = kw.config_text().replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.2:0\"", 1);
+    let moved =
+        kw.edited_config(|t| drop(table_at(t, &["server"]).insert("listen".into(), "127.0.0.2:0".into())));
     std::fs::write(&kw.config_path, &moved).unwrap();
     let reloader = &kw.app.as_ref().unwrap().reloader;
     for _ in 0..2 {

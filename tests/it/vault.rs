@@ -28,10 +28,12 @@ fn vault_toml(bao: &Bao, auth: &str, extra: &str) -> String {
 }
 
 /// The harness's configuration with its `[secret.stripe]` table read from the vault instead.
+/// The configuration `text` with its secret `stripe` from the vault (`vault`: its keys).
 fn with_vault(text: &str, vault: &str) -> String {
-    let start = text.find("[secret.stripe]").unwrap();
-    let end = text.find("[audit]").unwrap();
-    format!("{}[secret.stripe]\nsource = \"vault\"\n{vault}\n{}", &text[..start], &text[end..])
+    let mut t: toml::Table = toml::from_str(text).unwrap();
+    table_at(&mut t, &["secret"])
+        .insert("stripe".into(), fragment(&format!("source = \"vault\"\n{vault}")).into());
+    toml::to_string(&t).unwrap()
 }
 
 /// keyward in-process, in front of a recording upstream, with its secret from the vault.
@@ -446,12 +448,13 @@ async fn keyward_check_names_every_secret_that_failed() {
         &Harness::new().service(billing()).service(other).config(&pki, "https://localhost:1", dir.path()),
         &vault_toml(&bao, &format!("token_file = {wrong:?}"), ""),
     );
-    let second = broken.rfind("secret = \"stripe\"").unwrap();
-    broken.replace_range(second..second + "secret = \"stripe\"".len(), "secret = \"other\"");
     let other_secret =
         vault_toml(&bao, &format!("token_file = {root:?}"), "").replace("api_key", "missing_field");
-    broken =
-        broken.replace("[audit]", &format!("[secret.other]\nsource = \"vault\"\n{other_secret}\n[audit]"));
+    let mut t: toml::Table = toml::from_str(&broken).unwrap();
+    t["service"].as_array_mut().unwrap()[1].as_table_mut().unwrap().insert("secret".into(), "other".into());
+    let other = fragment(&format!("source = \"vault\"\n{other_secret}"));
+    table_at(&mut t, &["secret"]).insert("other".into(), other.into());
+    broken = toml::to_string(&t).unwrap();
     let (ok, out) = check(&broken);
     assert!(!ok, "{out}");
     assert!(out.contains("secret.stripe: vault") && out.contains("permission denied"), "{out}");

@@ -255,23 +255,63 @@ impl Svc {
         self
     }
 
-    fn toml(&self) -> String {
-        let ips: Vec<String> = self.source_ips.iter().map(|s| format!("{s:?}")).collect();
-        let mut out = format!(
-            "[[service]]\nname = {:?}\nsecret = \"stripe\"\nsource_ips = [{}]\n{}",
-            self.name,
-            ips.join(", "),
-            self.extra
-        );
-        for (id, token, extra) in &self.tokens {
-            out += &format!("[[service.token]]\nid = {id:?}\nsha256 = {:?}\n{extra}\n", sha256_hex(token));
-        }
-        out += "[service.scope]\n";
-        for (p, l) in &self.scope {
-            out += &format!("{p:?} = {l:?}\n");
-        }
-        out
+    /// The `[[service]]` table.
+    fn table(&self) -> toml::Table {
+        let mut t = toml::Table::new();
+        t.insert("name".into(), self.name.clone().into());
+        t.insert("secret".into(), "stripe".into());
+        t.insert("source_ips".into(), self.source_ips.clone().into());
+        merge(&mut t, fragment(&self.extra));
+        let tokens: Vec<toml::Value> = self
+            .tokens
+            .iter()
+            .map(|(id, token, extra)| {
+                let mut tok = toml::Table::new();
+                tok.insert("id".into(), id.clone().into());
+                tok.insert("sha256".into(), sha256_hex(token).into());
+                merge(&mut tok, fragment(extra));
+                tok.into()
+            })
+            .collect();
+        t.insert("token".into(), tokens.into());
+        let scope: toml::Table = self.scope.iter().map(|(p, l)| (p.clone(), l.clone().into())).collect();
+        t.insert("scope".into(), scope.into());
+        t
     }
+}
+
+/// A TOML fragment as a table (empty text: an empty table).
+pub fn fragment(text: &str) -> toml::Table {
+    toml::from_str(text).unwrap_or_else(|e| panic!("a test's TOML fragment does not parse: {e}\n{text}"))
+}
+
+/// `from` laid over `into`: tables merge key by key, anything else replaces.
+pub fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(old)), toml::Value::Table(new)) => merge(old, new),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// The `n`th `[[service]]` of a configuration table.
+pub fn service_at(t: &mut toml::Table, n: usize) -> &mut toml::Table {
+    t["service"].as_array_mut().expect("services")[n].as_table_mut().expect("a service")
+}
+
+/// The `n`th service's `[service.scope]`.
+pub fn scope_at(t: &mut toml::Table, n: usize) -> &mut toml::Table {
+    table_at(service_at(t, n), &["scope"])
+}
+
+/// The table at `path` in `t`, made if missing.
+pub fn table_at<'a>(t: &'a mut toml::Table, path: &[&str]) -> &'a mut toml::Table {
+    path.iter().fold(t, |t, k| {
+        t.entry(k.to_string()).or_insert_with(|| toml::Table::new().into()).as_table_mut().expect("a table")
+    })
 }
 
 pub fn sha256_hex(s: &str) -> String {
@@ -337,39 +377,42 @@ impl Harness {
         self
     }
 
-    /// The configuration text for an upstream at `upstream_url`.
-    pub fn config(&self, pki: &Pki, upstream_url: &str, dir: &Path) -> String {
+    /// The configuration for an upstream at `upstream_url`, as a table.
+    pub fn table(&self, pki: &Pki, upstream_url: &str, dir: &Path) -> toml::Table {
         let secrets = dir.join("secrets.toml");
         std::fs::write(&secrets, format!("stripe = {SECRET:?}\n")).unwrap();
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let mut cfg = format!(
-            "[server]\nlisten = {:?}\nadmin_listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\n{}\n\
-             [upstream.api]\nurl = {upstream_url:?}\nca = {:?}\n{}\n\
-             [secret.stripe]\nsource = \"file\"\npath = {:?}\nkey = \"stripe\"\n\n\
-             [audit]\n{}\n",
-            self.listen,
-            pki.cert,
-            pki.key,
-            self.extra_top,
-            pki.ca,
-            self.upstream_extra,
-            secrets,
-            {
-                let mut audit = self.audit.clone();
-                if !audit.contains("path =") {
-                    audit = format!("path = {:?}\n{audit}", dir.join("audit.jsonl"));
-                }
-                // Tests count every refusal's record; the per-address cap has tests of its own.
-                if !audit.contains("refusals_per_ip") {
-                    audit += "refusals_per_ip = 1000000\n";
-                }
-                audit
-            },
-        );
-        for s in &self.services {
-            cfg += &s.toml();
-        }
-        cfg
+        let path = |p: &Path| p.display().to_string();
+        let mut t: toml::Table = toml::toml! {
+            [server]
+            admin_listen = "127.0.0.1:0"
+            [secret.stripe]
+            source = "file"
+            key = "stripe"
+        };
+        let server = table_at(&mut t, &["server"]);
+        server.insert("listen".into(), self.listen.clone().into());
+        server.insert("tls_cert".into(), path(&pki.cert).into());
+        server.insert("tls_key".into(), path(&pki.key).into());
+        table_at(&mut t, &["secret", "stripe"]).insert("path".into(), path(&secrets).into());
+        let api = table_at(&mut t, &["upstream", "api"]);
+        api.insert("url".into(), upstream_url.into());
+        api.insert("ca".into(), path(&pki.ca).into());
+        merge(api, fragment(&self.upstream_extra));
+        let audit = table_at(&mut t, &["audit"]);
+        audit.insert("path".into(), path(&dir.join("audit.jsonl")).into());
+        // Tests count every refusal's record; the per-address cap has tests of its own.
+        audit.insert("refusals_per_ip".into(), 1_000_000.into());
+        merge(audit, fragment(&self.audit));
+        merge(&mut t, fragment(&self.extra_top));
+        let services: Vec<toml::Value> = self.services.iter().map(|s| s.table().into()).collect();
+        t.insert("service".into(), services.into());
+        t
+    }
+
+    /// The configuration text for an upstream at `upstream_url`.
+    pub fn config(&self, pki: &Pki, upstream_url: &str, dir: &Path) -> String {
+        toml::to_string(&self.table(pki, upstream_url, dir)).unwrap()
     }
 
     pub async fn start(self) -> Running {
@@ -386,14 +429,16 @@ impl Harness {
         let pki = Pki::new();
         let upstream = Upstream::start_alpn(&pki, &self.upstream_alpn).await;
         let dir = tempfile::tempdir().unwrap();
-        let mut text = self.config(&pki, &upstream.url(), dir.path());
+        let mut table = self.table(&pki, &upstream.url(), dir.path());
         let mut others = HashMap::new();
         for name in &self.extra_upstreams {
             let up = Upstream::start_alpn(&pki, &self.upstream_alpn).await;
-            let section = format!("[upstream.{name}]\nurl = {:?}\nca = {:?}\n\n", up.url(), pki.ca);
-            text = text.replacen("[secret.stripe]", &format!("{section}[secret.stripe]"), 1);
+            let other = table_at(&mut table, &["upstream", name]);
+            other.insert("url".into(), up.url().into());
+            other.insert("ca".into(), pki.ca.display().to_string().into());
             others.insert(name.clone(), up);
         }
+        let text = toml::to_string(&table).unwrap();
         let config_path = place(dir.path(), &text);
         let src = keyward::control::config::Source { name: config_path.clone(), text };
         let app = keyward::app::start(&src).await.unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
@@ -533,6 +578,18 @@ impl Running {
 
     pub fn config_text(&self) -> String {
         std::fs::read_to_string(&self.config_path).unwrap()
+    }
+
+    /// The configuration file as a table.
+    pub fn config_table(&self) -> toml::Table {
+        toml::from_str(&self.config_text()).unwrap()
+    }
+
+    /// The configuration with `edit` applied, as text (not written).
+    pub fn edited_config(&self, edit: impl FnOnce(&mut toml::Table)) -> String {
+        let mut t = self.config_table();
+        edit(&mut t);
+        toml::to_string(&t).unwrap()
     }
 
     /// Send one request over a fresh TLS connection from `from`.
