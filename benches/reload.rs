@@ -64,7 +64,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             decide(
                 &snap.policy,
-                black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000 }),
+                black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000, tunnel: None }),
             )
             .verdict
             .decision()
@@ -75,7 +75,7 @@ fn benches(c: &mut Criterion) {
             let snap = swap.load_full();
             decide(
                 &snap.policy,
-                black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000 }),
+                black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000, tunnel: None }),
             )
             .verdict
             .decision()

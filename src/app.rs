@@ -25,6 +25,8 @@ pub enum StartError {
     AuditLog { path: String, source: std::io::Error },
     #[error("listen {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("forward.listen {addr}: {source}")]
+    ForwardListen { addr: SocketAddr, source: std::io::Error },
     #[error("admin_listen {addr}: {source}")]
     AdminListen { addr: SocketAddr, source: std::io::Error },
 }
@@ -32,6 +34,8 @@ pub enum StartError {
 pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    /// Forward mode's proxy port, if configured.
+    pub forward_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
     pub reloader: Arc<Reloader>,
     /// Cancelled to stop accepting: the listener then drains its connections.
@@ -39,7 +43,7 @@ pub struct Running {
     /// Cancelled to end the background tasks (admin port, file watch, SIGHUP).
     background: CancellationToken,
     tasks: TaskTracker,
-    listener: tokio::task::JoinHandle<()>,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Compile the configuration, open the access log, bind the listeners, start serving and
@@ -54,6 +58,15 @@ pub async fn start(src: &Source) -> Result<Running, StartError> {
         .await
         .map_err(|source| StartError::Listen { addr: snap.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: snap.listen, source })?;
+    let forward_listener = match snap.forward {
+        Some(f) => Some(
+            TcpListener::bind(f.listen)
+                .await
+                .map_err(|source| StartError::ForwardListen { addr: f.listen, source })?,
+        ),
+        None => None,
+    };
+    let forward_addr = forward_listener.as_ref().and_then(|l| l.local_addr().ok());
     let admin_listener = match snap.admin_listen {
         Some(a) => {
             Some(TcpListener::bind(a).await.map_err(|source| StartError::AdminListen { addr: a, source })?)
@@ -82,13 +95,18 @@ pub async fn start(src: &Source) -> Result<Running, StartError> {
     if let Some(l) = admin_listener {
         tasks.spawn(crate::control::admin::serve(l, reloader.clone(), tasks.clone(), background.clone()));
     }
-    let listener = tokio::spawn(crate::serve::listener::serve(listener, proxy.clone(), accept.clone()));
+    use crate::serve::listener::{Port, serve};
+    let mut listeners = vec![tokio::spawn(serve(listener, proxy.clone(), accept.clone(), Port::Reverse))];
+    if let Some(l) = forward_listener {
+        listeners.push(tokio::spawn(serve(l, proxy.clone(), accept.clone(), Port::Forward)));
+    }
     let snap = proxy.state.snapshot.load();
-    let admin = admin_addr.map(tracing::field::display);
-    tracing::info!(%addr, admin, config = %src.name.display(), version = %snap.version,
+    let (admin, forward) =
+        (admin_addr.map(tracing::field::display), forward_addr.map(tracing::field::display));
+    tracing::info!(%addr, forward, admin, config = %src.name.display(), version = %snap.version,
         services = snap.policy.services.len(), "keyward listening");
     drop(snap);
-    Ok(Running { addr, admin_addr, proxy, reloader, accept, background, tasks, listener })
+    Ok(Running { addr, admin_addr, forward_addr, proxy, reloader, accept, background, tasks, listeners })
 }
 
 async fn until_cancelled(token: CancellationToken, task: impl std::future::Future<Output = ()>) {
@@ -104,7 +122,9 @@ impl Running {
     /// close the access log and end the background tasks.
     pub async fn stop(self) {
         self.accept.cancel();
-        let _ = self.listener.await;
+        for l in self.listeners {
+            let _ = l.await;
+        }
         self.proxy.state.audit.close().await;
         self.background.cancel();
         self.tasks.close();

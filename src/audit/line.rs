@@ -42,6 +42,8 @@ impl AccessRecord {
         j.opt_str("service", self.service.as_deref());
         j.opt_str("token_id", self.token_id.as_deref());
         j.ip("client_ip", self.client_ip);
+        j.str("mode", self.mode.as_str());
+        j.opt_str("connect_host", self.connect_host.as_deref());
         j.str("method", &self.method);
         j.str("path", &self.path);
         j.opt_str("template", self.template.as_deref());
@@ -200,6 +202,8 @@ mod tests {
             service: Some(Arc::from("svc \"quoted\" \\ é ☃")),
             token_id: Some(Arc::from(every_ascii.as_str())),
             client_ip: Some("::ffff:10.0.0.1".parse().unwrap()),
+            mode: super::super::ProxyMode::Forward,
+            connect_host: Some("api.stripe.com:443\u{1}".into()),
             method: "POST".into(),
             path: "/v1/charges/ch_1\u{7f}\u{1}\u{1f}".into(),
             template: Some(Arc::from("/v1/charges/{charge}")),

@@ -30,6 +30,12 @@ pub struct AccessRecord {
     pub service: Option<Arc<str>>,
     pub token_id: Option<Arc<str>>,
     pub client_ip: Option<IpAddr>,
+    /// How the request came: to the listener (`reverse`) or through a tunnel (`forward`).
+    #[serde(default)]
+    pub mode: ProxyMode,
+    /// Forward mode: the `CONNECT` target (user info, if any, cut off).
+    #[serde(default)]
+    pub connect_host: Option<String>,
     pub method: String,
     /// Path only: a query string can carry personal data.
     pub path: String,
@@ -49,6 +55,23 @@ pub struct AccessRecord {
     pub bytes_out: u64,
     pub config_version: Arc<str>,
     pub secret_version: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyMode {
+    #[default]
+    Reverse,
+    Forward,
+}
+
+impl ProxyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyMode::Reverse => "reverse",
+            ProxyMode::Forward => "forward",
+        }
+    }
 }
 
 /// The `prev` of the very first record.

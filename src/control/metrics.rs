@@ -66,6 +66,11 @@ struct UpstreamLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -86,6 +91,10 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// Connections closed at once because their address had too many open.
     pub connections_refused: Counter,
+    /// Forward mode: tunnels open.
+    pub tunnels_open: Gauge,
+    /// Forward mode: `CONNECT`s by outcome (`opened`, or the refusal's reason).
+    connects: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -99,6 +108,7 @@ impl Default for Metrics {
         let (last_reload, in_flight, connections_open) =
             (Gauge::default(), Gauge::default(), Gauge::default());
         let connections_refused = Counter::default();
+        let (tunnels_open, connects) = (Gauge::default(), Family::<OutcomeLabel, Counter>::default());
         let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
         build.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))]).set(1);
         let r = &mut registry;
@@ -139,6 +149,12 @@ impl Default for Metrics {
             "Connections closed at once because their address had max_connections_per_ip open",
             connections_refused.clone(),
         );
+        r.register("keyward_tunnels_open", "Forward mode: tunnels open", tunnels_open.clone());
+        r.register(
+            "keyward_connects",
+            "Forward mode: CONNECT requests by outcome (opened, or why refused)",
+            connects.clone(),
+        );
         r.register("keyward_build_info", "The keyward build serving", build);
         let m = Metrics {
             registry,
@@ -151,6 +167,8 @@ impl Default for Metrics {
             in_flight,
             connections_open,
             connections_refused,
+            tunnels_open,
+            connects,
         };
         m.applied();
         m
@@ -184,6 +202,11 @@ impl Metrics {
                 .get_or_create(&UpstreamLabels { upstream: Name(r.upstream.clone()), kind })
                 .inc();
         }
+    }
+
+    /// A `CONNECT` was answered: `opened`, or the code it was refused with.
+    pub fn connect(&self, outcome: &'static str) {
+        self.connects.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// A reload was applied (`true`) or refused.

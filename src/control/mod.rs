@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod intercept;
 pub mod metrics;
 pub mod reload;
 pub mod snapshot;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::control::intercept::Intercept;
 use crate::policy::Policy;
 use crate::secrets::SecretCell;
 use crate::upstream::Upstream;
@@ -21,6 +22,12 @@ pub struct Snapshot {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub audit: crate::audit::Settings,
+    /// Forward mode's listener and limits, if configured.
+    pub forward: Option<ForwardSettings>,
+    /// The forward port's TLS (`forward.tls`): the listener's certificate, HTTP/1.1 only.
+    pub forward_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Forward mode's CA and its leaf certificates (not built by `explain` or `check --offline`).
+    pub intercept: Option<Arc<Intercept>>,
     /// Every file this snapshot was compiled from: a change to any of them triggers a reload.
     pub files: Vec<std::path::PathBuf>,
     /// What requests are decided on (pure: `policy::decide` reads nothing else).
@@ -63,4 +70,14 @@ pub struct Timeouts {
     /// HTTP/2 keep-alive pings to callers: how often, and how long an answer may take.
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardSettings {
+    pub listen: SocketAddr,
+    /// The proxy port speaks TLS (with the listener's certificate).
+    pub tls: bool,
+    pub max_tunnels: usize,
+    pub head_timeout: Duration,
+    pub idle_timeout: Duration,
 }

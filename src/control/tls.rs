@@ -33,7 +33,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
 
 /// rustls' defaults, with AES-128-GCM first. Both are strong; AES-128 is cheaper per byte,
 /// and its SHA-256 key schedule runs on the CPU's SHA extensions where SHA-384 does not.
-fn provider() -> rustls::crypto::CryptoProvider {
+pub(crate) fn provider() -> rustls::crypto::CryptoProvider {
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
     p.cipher_suites.sort_by_key(|s| match s.suite() {
         rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
@@ -51,19 +51,39 @@ pub struct DevPki {
 }
 
 pub fn dev_pki(names: &[&str]) -> Result<DevPki, rcgen::Error> {
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name.push(DnType::CommonName, "keyward development CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate()?;
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, ca_key);
+    let (ca_pem, issuer) = dev_ca("keyward development CA")?;
 
     let mut leaf = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
     leaf.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("keyward"));
     let leaf_key = KeyPair::generate()?;
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
-    Ok(DevPki { ca_pem: ca_cert.pem(), cert_pem: leaf_cert.pem(), key_pem: leaf_key.serialize_pem() })
+    Ok(DevPki { ca_pem, cert_pem: leaf_cert.pem(), key_pem: leaf_key.serialize_pem() })
+}
+
+/// A self-signed CA named `name`: its certificate (PEM) and its issuer (params and key).
+pub fn dev_ca(name: &str) -> Result<(String, Issuer<'static, KeyPair>), rcgen::Error> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, name);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    Ok((ca_cert.pem(), Issuer::new(ca, ca_key)))
+}
+
+/// Write a development forward-mode CA (certificate and key) unless both files exist.
+pub fn ensure_dev_forward_ca(cert: &Path, key: &Path) -> Result<bool, String> {
+    if cert.exists() && key.exists() {
+        return Ok(false);
+    }
+    let fail = |e: rcgen::Error| format!("cannot make a development forward CA: {e}");
+    let (ca_pem, issuer) = dev_ca("keyward development forward CA").map_err(fail)?;
+    for dir in [cert, key].iter().filter_map(|p| p.parent()).filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    write_file(cert, &ca_pem, 0o644)?;
+    write_file(key, &issuer.key().serialize_pem(), 0o600)?;
+    Ok(true)
 }
 
 pub const DEV_NAMES: [&str; 4] = ["localhost", "keyward.internal", "127.0.0.1", "::1"];

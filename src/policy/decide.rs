@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::policy::canonical::{self, Target};
 use crate::policy::catalog::{Access, Entry, permission_name};
 use crate::policy::failure::Failure;
-use crate::policy::identity::{hash_token, redact, token_from};
-use crate::policy::model::{Level, Mode, Policy, Service, Token};
+use crate::policy::forward::{self, Tunnel};
+use crate::policy::identity::{TokenHash, hash_token, redact, token_from};
+use crate::policy::model::{Level, Mode, Policy, Service, Token, TokenRef};
 
 static STRIPE_ACCOUNT: HeaderName = HeaderName::from_static("stripe-account");
 static STRIPE_CONTEXT: HeaderName = HeaderName::from_static("stripe-context");
@@ -25,6 +26,8 @@ pub struct RequestFacts<'a> {
     pub client_ip: IpAddr,
     /// Unix seconds.
     pub now: i64,
+    /// Forward mode: the tunnel the request came through.
+    pub tunnel: Option<&'a Tunnel>,
 }
 
 /// What the access record, the metrics and the report say was decided.
@@ -110,18 +113,90 @@ impl<'s> Ruling<'s> {
     }
 }
 
-/// Decide a request: identify the caller, then [`authorize`] the call for its service.
+/// Decide a request: identify the caller, then [`authorize`] the call for its service. In a
+/// tunnel, first check that the request is for the tunnel's host and that the tunnel's
+/// token is still good, against this (the current) policy; then that the call goes to the
+/// tunnel's upstream, for the service the tunnel's token names.
 pub fn decide<'s>(policy: &'s Policy, facts: &RequestFacts<'s>) -> Ruling<'s> {
-    match identify(policy, facts) {
-        Ok((service, token, presented)) => {
-            let mut ruling = authorize(policy, service, facts.parts, &presented);
-            ruling.token = Some(token);
-            ruling
-        }
+    let tunnel = match facts.tunnel.map(|t| tunnelled(policy, facts, t)).transpose() {
+        Ok(t) => t,
+        Err(failure) => return Ruling::deny(failure),
+    };
+    let (service, token, presented) = match identify(policy, facts) {
+        Ok(found) => found,
         Err((failure, known)) => {
-            Ruling { service: known.map(|(s, _)| s), token: known.map(|(_, t)| t), ..Ruling::deny(failure) }
+            return Ruling {
+                service: known.map(|(s, _)| s),
+                token: known.map(|(_, t)| t),
+                ..Ruling::deny(failure)
+            };
+        }
+    };
+    let mut ruling = authorize(policy, service, facts.parts, &presented);
+    ruling.token = Some(token);
+    if let (Some((upstream, by)), Some(t)) = (tunnel, facts.tunnel) {
+        through_tunnel(&mut ruling, upstream, t);
+        if by.is_some_and(|s| !std::ptr::eq(s, service)) {
+            ruling.verdict = Verdict::Deny(Failure::TunnelServiceMismatch);
         }
     }
+    ruling
+}
+
+/// A tunnelled request's upstream (the tunnel's, if still configured) and the service its
+/// `Proxy-Authorization` token names, if it had one.
+fn tunnelled<'s>(
+    policy: &'s Policy,
+    facts: &RequestFacts<'s>,
+    tunnel: &Tunnel,
+) -> Result<(usize, Option<&'s Service>), Failure> {
+    let upstream = forward::connect_target(policy, &tunnel.target)?;
+    forward::check_authority(facts.parts, tunnel)?;
+    let by = match &tunnel.token {
+        Some(t) => Some(proxy_identify(policy, &t.hash, facts)?.0),
+        None => None,
+    };
+    Ok((upstream, by))
+}
+
+/// A call in a tunnel goes to the tunnel's upstream or nowhere: a catalog entry served by
+/// another host is misdirected. (Report mode's calls to unknown endpoints go to the tunnel's.)
+fn through_tunnel(ruling: &mut Ruling<'_>, upstream: usize, tunnel: &Tunnel) {
+    if ruling.entry.is_none() {
+        ruling.upstream = Some(upstream);
+    }
+    let route = match &mut ruling.verdict {
+        Verdict::Allow(route) | Verdict::WouldDeny(route, _) => route,
+        Verdict::Deny(_) => return,
+    };
+    if route.entry.is_none() {
+        route.upstream = upstream;
+    } else if route.upstream != upstream {
+        ruling.verdict = Verdict::Deny(Failure::Misdirected { tunnel: tunnel.target.clone() });
+    }
+}
+
+/// The token of a `CONNECT`'s `Proxy-Authorization`, by its hash: its service and token, if
+/// it is known, valid now and allowed from the caller's address.
+pub fn proxy_identify<'s>(
+    policy: &'s Policy,
+    hash: &TokenHash,
+    facts: &RequestFacts<'_>,
+) -> Result<(&'s Service, &'s Token), Failure> {
+    let invalid = |why| Failure::ProxyTokenInvalid { why };
+    let found = policy.tokens.get(hash).ok_or(invalid("is not known to keyward"))?;
+    let (service, token) = lookup(policy, found);
+    match validity(service, token, facts) {
+        Ok(()) => Ok((service, token)),
+        Err(Failure::ExpiredToken { .. }) => Err(invalid("has expired")),
+        Err(Failure::TokenNotYetValid { .. }) => Err(invalid("is not valid yet")),
+        Err(_) => Err(invalid("does not allow calls from this address")),
+    }
+}
+
+fn lookup<'s>(policy: &'s Policy, found: &TokenRef) -> (&'s Service, &'s Token) {
+    let service = &policy.services[found.service as usize];
+    (service, &service.tokens[found.token as usize])
 }
 
 /// Who presented which token: the service, the token, and the token as presented.
@@ -138,20 +213,32 @@ fn identify<'s>(policy: &'s Policy, facts: &RequestFacts<'s>) -> Result<Identifi
     let Some(found) = policy.tokens.get(&hash_token(&presented)) else {
         return Err((Failure::InvalidToken { redacted: redact(&presented) }, None));
     };
-    let service = &policy.services[found.service as usize];
-    let token = &service.tokens[found.token as usize];
-    let fail = |f| Err((f, Some((service, token))));
+    let (service, token) = lookup(policy, found);
+    let named = |f| match f {
+        Failure::ExpiredToken { .. } => Failure::ExpiredToken { redacted: redact(&presented) },
+        Failure::TokenNotYetValid { .. } => Failure::TokenNotYetValid { redacted: redact(&presented) },
+        other => other,
+    };
+    match validity(service, token, facts) {
+        Ok(()) => Ok((service, token, presented)),
+        Err(f) => Err((named(f), Some((service, token)))),
+    }
+}
+
+/// Whether a known token is good now, from this address. Its refusals name no token: the
+/// caller, who knows how it was presented, names it.
+fn validity(service: &Service, token: &Token, facts: &RequestFacts<'_>) -> Result<(), Failure> {
     if token.expires.is_some_and(|t| facts.now >= t) {
-        return fail(Failure::ExpiredToken { redacted: redact(&presented) });
+        return Err(Failure::ExpiredToken { redacted: String::new() });
     }
     if token.not_before.is_some_and(|t| facts.now < t) {
-        return fail(Failure::TokenNotYetValid { redacted: redact(&presented) });
+        return Err(Failure::TokenNotYetValid { redacted: String::new() });
     }
     let allowed = |nets: &[IpNet]| nets.iter().any(|n| n.contains(&facts.client_ip));
     if !allowed(&service.source_ips) || token.source_ips.as_deref().is_some_and(|n| !allowed(n)) {
-        return fail(Failure::IpNotAllowed);
+        return Err(Failure::IpNotAllowed);
     }
-    Ok((service, token, presented))
+    Ok(())
 }
 
 /// Whether `service` may make this call, whoever presented it (also `keyward explain`):

@@ -45,6 +45,28 @@ pub enum Failure {
     AuditBusy,
     UpstreamTimeout,
     SecretStale,
+    /// Forward mode: a `CONNECT` (or plain-HTTP request) for a host keyward does not intercept.
+    /// `allowed` lists the hosts it does.
+    HostNotProxied {
+        allowed: String,
+    },
+    /// Forward mode: a plain-HTTP request (absolute form) on the forward port.
+    PlainHttp,
+    /// The forward port was sent a request that is neither `CONNECT` nor absolute-form.
+    NotProxyRequest,
+    /// A request in a tunnel for another host than the tunnel's (`Host` / `:authority`, or the
+    /// catalog's upstream for the endpoint).
+    Misdirected {
+        tunnel: String,
+    },
+    /// The `Proxy-Authorization` token of a `CONNECT` (or of its tunnel, since) is not valid.
+    ProxyTokenInvalid {
+        why: &'static str,
+    },
+    /// The request's token is of another service than its tunnel's `Proxy-Authorization`.
+    TunnelServiceMismatch,
+    /// `forward.max_tunnels` are open.
+    TunnelsFull,
     Internal,
 }
 
@@ -67,7 +89,11 @@ impl Failure {
             UpstreamNotConfigured(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             SecretStale => StatusCode::SERVICE_UNAVAILABLE,
-            AuditUnavailable | AuditBusy => StatusCode::SERVICE_UNAVAILABLE,
+            AuditUnavailable | AuditBusy | TunnelsFull => StatusCode::SERVICE_UNAVAILABLE,
+            HostNotProxied { .. } | PlainHttp | TunnelServiceMismatch => StatusCode::FORBIDDEN,
+            NotProxyRequest => StatusCode::BAD_REQUEST,
+            Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ProxyTokenInvalid { .. } => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,6 +121,13 @@ impl Failure {
             SecretStale => "secret_stale",
             AuditUnavailable => "audit_log_unavailable",
             AuditBusy => "audit_queue_full",
+            HostNotProxied { .. } => "host_not_proxied",
+            PlainHttp => "plain_http_refused",
+            NotProxyRequest => "not_a_proxy_request",
+            Misdirected { .. } => "misdirected_request",
+            ProxyTokenInvalid { .. } => "proxy_token_invalid",
+            TunnelServiceMismatch => "tunnel_service_mismatch",
+            TunnelsFull => "tunnels_full",
             Internal => "internal_error",
         }
     }
@@ -157,6 +190,29 @@ impl Failure {
             AuditUnavailable => {
                 "keyward cannot write its access log, so it serves no request until it can. Retry later."
                     .into()
+            }
+            HostNotProxied { allowed } => format!(
+                "keyward only proxies the payments API's hosts ({allowed}); it opens no tunnel to any \
+                 other host, address or port. Reach other hosts directly: list them in NO_PROXY."
+            ),
+            PlainHttp => "keyward does not forward plain-HTTP requests: an API key never travels over \
+                          plain HTTP. Call the API over https:// (CONNECT); list other hosts in NO_PROXY."
+                .into(),
+            NotProxyRequest => "This is keyward's forward-proxy port: set HTTPS_PROXY to it, so that \
+                                clients send CONNECT host:443, or call keyward's reverse-proxy listener."
+                .into(),
+            Misdirected { tunnel } => {
+                format!("This tunnel was opened to {tunnel}: it carries requests for that host only.")
+            }
+            ProxyTokenInvalid { why } => format!(
+                "The keyward token in Proxy-Authorization {why}. Send your keyward token as the proxy \
+                 user name (http://TOKEN@keyward:3128) or as Bearer, or send none."
+            ),
+            TunnelServiceMismatch => "The API key is of another service than the keyward token this \
+                                      tunnel was opened with (Proxy-Authorization)."
+                .into(),
+            TunnelsFull => {
+                "keyward has as many tunnels open as it allows (forward.max_tunnels). Retry later.".into()
             }
             Internal => "keyward hit an internal error.".into(),
         }

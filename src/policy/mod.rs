@@ -7,6 +7,7 @@ pub mod catalog;
 mod decide;
 pub mod expand;
 pub mod failure;
+pub mod forward;
 pub mod identity;
 mod model;
 pub mod multipart;
@@ -14,6 +15,7 @@ pub mod params;
 
 pub use decide::{
     Decision, RequestFacts, Route, Ruling, Verdict, authorize, check_form, decide, expansion_failure,
+    proxy_identify,
 };
 pub use failure::Failure;
 pub use model::{Accounts, Level, Mode, Policy, Service, Token, TokenRef};

@@ -21,6 +21,9 @@ pub struct Policy {
     pub routes: Vec<Option<usize>>,
     /// The configured upstreams' names, in the snapshot's order.
     pub upstreams: Vec<Arc<str>>,
+    /// For each upstream, the `host:port` a forward-mode `CONNECT` names it by: its URL's, when
+    /// that is a DNS name (never an address or `localhost`).
+    pub hosts: Vec<Option<String>>,
     pub services: Vec<Service>,
     pub tokens: HashMap<TokenHash, TokenRef>,
 }

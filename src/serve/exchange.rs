@@ -12,8 +12,10 @@ use http::{HeaderName, Response};
 use http_body_util::BodyExt;
 use time::OffsetDateTime;
 
+use crate::audit::ProxyMode;
 use crate::audit::{self, AccessRecord, Slot};
 use crate::control::state::State;
+use crate::policy::forward::Tunnel;
 use crate::policy::{Decision, Failure, Ruling};
 use crate::serve::body::Metered;
 use crate::serve::stall::{Progress, Pulled};
@@ -32,6 +34,8 @@ pub const CLIENT_STALLED: &str = "client_stalled";
 pub struct Caller {
     pub ip: IpAddr,
     pub cut: Arc<AtomicBool>,
+    /// Forward mode: the tunnel the connection is inside.
+    pub tunnel: Option<Arc<Tunnel>>,
 }
 
 pub struct Exchange {
@@ -67,6 +71,8 @@ impl Exchange {
             method: parts.method.as_str().to_owned(),
             // Cut on a character boundary: hyper passes UTF-8 in paths (refused later).
             path: path[..path.floor_char_boundary(crate::policy::canonical::MAX_PATH)].to_string(),
+            mode: if caller.tunnel.is_some() { ProxyMode::Forward } else { ProxyMode::Reverse },
+            connect_host: caller.tunnel.as_ref().map(|t| t.target.clone()),
             ..new_record(ids, caller.ip, version)
         };
         state.metrics.in_flight.inc();

@@ -1,6 +1,8 @@
-//! The listener: accept TCP (within the connection limits), handshake TLS, serve HTTP/1.1
-//! and HTTP/2 with every caller-facing timeout, drain on shutdown.
+//! The listeners: accept TCP (within the connection limits); on the reverse-proxy port
+//! handshake TLS and serve HTTP/1.1 and HTTP/2 with every caller-facing timeout (tunnels do
+//! the same inside, `forward`); drain on shutdown.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -9,21 +11,46 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::control::snapshot::{Limits, Timeouts};
+use crate::serve::admission::Connection;
 use crate::serve::exchange::Caller;
 use crate::serve::proxy::Proxy;
 use crate::serve::stall::{StallGuard, StreamCount, StreamExec};
+
+/// Which port a listener serves.
+#[derive(Debug, Clone, Copy)]
+pub enum Port {
+    /// The API over TLS: callers use keyward as their base URL.
+    Reverse,
+    /// The HTTP proxy (`HTTPS_PROXY`): `CONNECT` to the API's hosts, intercepted.
+    Forward,
+}
+
+/// An accepted connection: who, its admission, and the limits it started under.
+pub struct Accepted {
+    pub ip: IpAddr,
+    pub peer: SocketAddr,
+    /// Raised when `timeouts.client_send` cut the connection off.
+    pub cut: Arc<AtomicBool>,
+    /// Counted as open until every task serving it (its tunnel too) is done.
+    pub counted: Arc<Connection>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
 
 /// Serve `listener` until `accept` is cancelled, then stop accepting, close connections
 /// politely (HTTP/1.1 `Connection: close` after the request in flight, HTTP/2 `GOAWAY`) and
 /// give in-flight requests the snapshot's grace period; end what is left after it, and return
 /// once every connection and stream task is gone, so that every request's access record has
 /// been handed to the log.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: CancellationToken) {
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: CancellationToken, port: Port) {
     let ends = Ends::default();
     loop {
         let max = proxy.state.snapshot.load().limits.max_connections;
@@ -48,10 +75,6 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: Cancellatio
         // records speak of them as IPv4.
         let ip = peer.ip().to_canonical();
         let snap = proxy.state.snapshot.load();
-        let Some(tls) = snap.tls.clone() else {
-            tracing::error!("no TLS configuration loaded; refusing connection");
-            continue;
-        };
         let l = &snap.limits;
         let Some(counted) = proxy.admission.admit(ip, l.max_connections_per_ip, l.max_handshakes_per_ip)
         else {
@@ -65,46 +88,10 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: Cancellatio
         ends.tasks.spawn(async move {
             let cut = Arc::new(AtomicBool::new(false));
             let tcp = StallGuard::new(tcp, timeouts.client_send, cut.clone());
-            let handshake = async {
-                let _turn = proxy.admission.handshake(&counted, limits.max_handshakes).await;
-                TlsAcceptor::from(tls).accept(tcp).await
-            };
-            let stream = match tokio::time::timeout(timeouts.handshake, handshake).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            let handler = proxy.clone();
-            let caller = Caller { ip, cut };
-            let svc = service_fn(move |req| handler.clone().handle(caller.clone(), req));
-            // ALPN has chosen the protocol: no need to sniff the first bytes for it.
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = TokioIo::new(stream);
-            let served = if h2 {
-                let streams = StreamExec::new(timeouts.client_send, ends2.tasks.clone(), ends2.kill.clone());
-                let idle = Idle { streams: streams.count(), every: timeouts.request_head };
-                let mut builder = http2::Builder::new(streams);
-                builder
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(limits.max_header_bytes as u32)
-                    .max_concurrent_streams(limits.max_streams_per_connection)
-                    .keep_alive_interval(timeouts.ping_interval)
-                    .keep_alive_timeout(timeouts.ping_timeout);
-                drive(builder.serve_connection(io, svc), &ends2, Some(idle)).await
-            } else {
-                let mut builder = http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(timeouts.request_head)
-                    .max_buf_size(limits.max_header_bytes);
-                drive(builder.serve_connection(io, svc), &ends2, None).await
-            };
-            drop(counted);
-            if let Some(Err(e)) = served {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                if let Some((status, reason)) = parser_refusal(&e) {
-                    proxy.record_unparsed(ip, status, reason);
-                }
+            let conn = Accepted { ip, peer, cut, counted: Arc::new(counted), timeouts, limits };
+            match port {
+                Port::Reverse => reverse(tcp, conn, proxy, ends2).await,
+                Port::Forward => crate::serve::forward::connection(tcp, conn, proxy, ends2).await,
             }
         });
     }
@@ -121,19 +108,98 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: Cancellatio
     ends.tasks.wait().await;
 }
 
+/// A connection to the reverse-proxy listener: TLS, then HTTP.
+async fn reverse(tcp: StallGuard<TcpStream>, conn: Accepted, proxy: Arc<Proxy>, ends: Ends) {
+    let Some(tls) = proxy.state.snapshot.load().tls.clone() else {
+        return tracing::error!("no TLS configuration loaded; refusing connection");
+    };
+    let Some(stream) = handshake(&proxy, &conn, TlsAcceptor::from(tls).accept(tcp)).await else { return };
+    let caller = Caller { ip: conn.ip, cut: conn.cut.clone(), tunnel: None };
+    http(stream, caller, &conn, &proxy, &ends, conn.timeouts.request_head).await;
+}
+
+/// A TLS handshake, in one of the admission's turns and within `timeouts.handshake`.
+pub async fn handshake<S>(
+    proxy: &Arc<Proxy>,
+    conn: &Accepted,
+    accept: impl Future<Output = std::io::Result<S>>,
+) -> Option<S> {
+    let turn = async {
+        let _turn = proxy.admission.handshake(&conn.counted, conn.limits.max_handshakes).await;
+        accept.await
+    };
+    let peer = conn.peer;
+    match tokio::time::timeout(conn.timeouts.handshake, turn).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Serve HTTP/1.1 or HTTP/2, as ALPN chose, on a TLS stream until it ends, with every
+/// caller-facing timeout; an HTTP/2 connection with no stream for `idle` is closed.
+pub async fn http<IO>(
+    stream: TlsStream<IO>,
+    caller: Caller,
+    conn: &Accepted,
+    proxy: &Arc<Proxy>,
+    ends: &Ends,
+    idle: Duration,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (timeouts, limits, ip, peer) = (conn.timeouts, conn.limits, conn.ip, conn.peer);
+    let handler = proxy.clone();
+    let svc = service_fn(move |req| handler.clone().handle(caller.clone(), req));
+    // ALPN has chosen the protocol: no need to sniff the first bytes for it.
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(stream);
+    let served = if h2 {
+        let streams = StreamExec::new(timeouts.client_send, ends.tasks.clone(), ends.kill.clone());
+        let idle = Idle { streams: streams.count(), every: idle };
+        let mut builder = http2::Builder::new(streams);
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .keep_alive_interval(timeouts.ping_interval)
+            .keep_alive_timeout(timeouts.ping_timeout);
+        drive(builder.serve_connection(io, svc), ends, Some(idle)).await
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeouts.request_head)
+            .max_buf_size(limits.max_header_bytes);
+        drive(builder.serve_connection(io, svc), ends, None).await
+    };
+    if let Some(Err(e)) = served {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        if let Some((status, reason)) = parser_refusal(&e) {
+            proxy.record_unparsed(ip, status, reason);
+        }
+    }
+}
+
 /// How connections end: `drain` asks each to close politely, `kill` ends what is left, and
 /// `tasks` (connections and HTTP/2 streams) says when all are gone.
 #[derive(Clone, Default)]
-struct Ends {
-    tasks: TaskTracker,
-    drain: CancellationToken,
-    kill: CancellationToken,
+pub struct Ends {
+    pub tasks: TaskTracker,
+    pub drain: CancellationToken,
+    pub kill: CancellationToken,
 }
 
 /// An HTTP/2 connection's open streams, checked every `every`: one that has had none open
 /// and none started for a whole period is idle, and closed (`GOAWAY`). Pings do not count:
 /// a client answers them by itself.
-struct Idle {
+pub struct Idle {
     streams: Arc<StreamCount>,
     every: Duration,
 }
@@ -154,7 +220,7 @@ impl Idle {
 
 /// Serve one connection until it ends, closing it politely when shutdown drains or it is
 /// idle; `None` if shutdown ended it.
-async fn drive<C>(conn: C, ends: &Ends, idle: Option<Idle>) -> Option<Result<(), C::Error>>
+pub async fn drive<C>(conn: C, ends: &Ends, idle: Option<Idle>) -> Option<Result<(), C::Error>>
 where
     C: GracefulConnection,
 {

@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod body;
 pub mod exchange;
+pub mod forward;
 pub mod listener;
 pub mod proxy;
 pub mod respond;

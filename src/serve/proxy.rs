@@ -36,7 +36,9 @@ pub struct Proxy {
     /// What all form bodies being read whole may take together, in KiB
     /// (`limits.max_form_bytes_total`): a service with many calls cannot fill the memory.
     forms: Arc<Semaphore>,
-    ids: RequestIds,
+    pub ids: RequestIds,
+    /// Forward mode's tunnels open.
+    pub tunnels: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -45,7 +47,7 @@ impl Proxy {
         let admission = Arc::new(Admission::new(m.connections_open.clone(), m.connections_refused.clone()));
         let kib = state.snapshot.load().limits.max_form_bytes_total.div_ceil(1024);
         let forms = Arc::new(Semaphore::new(kib.min(Semaphore::MAX_PERMITS)));
-        Arc::new(Proxy { state, admission, forms, ids: RequestIds::default() })
+        Arc::new(Proxy { state, admission, forms, ids: RequestIds::default(), tunnels: Arc::default() })
     }
 
     pub async fn handle(
@@ -61,7 +63,8 @@ impl Proxy {
             return Ok(self.unrecorded(Failure::AuditUnavailable));
         }
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let facts = RequestFacts { parts: &parts, client_ip: caller.ip, now };
+        let facts =
+            RequestFacts { parts: &parts, client_ip: caller.ip, now, tunnel: caller.tunnel.as_deref() };
         let ruling = policy::decide(&snap.policy, &facts);
         let exchange = || {
             let mut ex = Exchange::start(self.state.clone(), &self.ids, &caller, &snap.version, &parts);
@@ -92,7 +95,7 @@ impl Proxy {
 
     /// 503 for a request that cannot be recorded: the log is failing (fail closed), its
     /// writer is gone, or no place in its queue came free in time.
-    fn unrecorded(&self, why: Failure) -> Response<Body> {
+    pub fn unrecorded(&self, why: Failure) -> Response<Body> {
         self.state.audit.state.refused.fetch_add(1, Ordering::Relaxed);
         let mut resp = respond::failure(&why);
         let id = HeaderValue::from_static("kwreq_unrecorded");

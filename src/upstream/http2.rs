@@ -42,6 +42,8 @@ pub struct H2 {
     port: u16,
     server_name: ServerName<'static>,
     egress: Option<IpAddr>,
+    /// Dialled instead of resolving `host`.
+    connect_to: Option<SocketAddr>,
     connect_timeout: Duration,
     live: Arc<Mutex<Option<Live>>>,
     connecting: tokio::sync::Mutex<()>,
@@ -97,7 +99,7 @@ impl H2 {
         host: &str,
         port: u16,
         egress: Option<IpAddr>,
-        connect_timeout: Duration,
+        dial: super::Dialling,
     ) -> Result<H2, String> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let server_name =
@@ -108,7 +110,8 @@ impl H2 {
             port,
             server_name,
             egress,
-            connect_timeout,
+            connect_to: dial.connect_to,
+            connect_timeout: dial.connect_timeout,
             live: Arc::default(),
             connecting: tokio::sync::Mutex::new(()),
             failures: AtomicU64::new(0),
@@ -200,14 +203,18 @@ impl H2 {
     /// TCP (from the egress address) and TLS, each address in turn, each try bounded by the
     /// connect timeout; `None` if the upstream did not choose `h2`.
     async fn connect(&self) -> Result<Option<TlsStream<TcpStream>>, BoxError> {
-        let addrs = tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::lookup_host((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| format!("resolving {} timed out", self.host))??;
+        let addrs: Vec<SocketAddr> = match self.connect_to {
+            Some(addr) => vec![addr],
+            None => tokio::time::timeout(
+                self.connect_timeout,
+                tokio::net::lookup_host((self.host.as_str(), self.port)),
+            )
+            .await
+            .map_err(|_| format!("resolving {} timed out", self.host))??
+            .collect(),
+        };
         let mut last: BoxError = format!("{} resolves to no usable address", self.host).into();
-        for addr in addrs.filter(|a| self.egress.is_none_or(|ip| ip.is_ipv4() == a.is_ipv4())) {
+        for addr in addrs.into_iter().filter(|a| self.egress.is_none_or(|ip| ip.is_ipv4() == a.is_ipv4())) {
             let attempt = async {
                 let tcp = self.tcp(addr).await?;
                 self.tls.connect(self.server_name.clone(), tcp).await

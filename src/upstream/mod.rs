@@ -1,6 +1,7 @@
 //! Upstream APIs: TLS clients (one per egress address) and the header rewrite that swaps
 //! the caller's token for the real secret.
 
+mod dial;
 mod http2;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 pub type HttpClient = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Body>;
+type PooledClient = hyper_util::client::legacy::Client<HttpsConnector<dial::Dial>, Body>;
 
 #[derive(Clone)]
 pub struct Upstream {
@@ -50,13 +52,13 @@ impl fmt::Debug for Upstream {
 
 impl Upstream {
     /// Parse `url` (https, no path) and build one pooled client per egress address in `egress`;
-    /// `http2` also offers HTTP/2 by ALPN.
+    /// `http2` also offers HTTP/2 by ALPN. `connect_to` is dialled instead of the URL's host.
     pub fn build(
         name: &str,
         url: &str,
         ca: Option<&Path>,
         egress: impl IntoIterator<Item = Option<IpAddr>>,
-        connect_timeout: Duration,
+        dial: Dialling,
         http2: bool,
     ) -> Result<Upstream, String> {
         let authority = check_url(url)?;
@@ -71,12 +73,10 @@ impl Upstream {
             .into_iter()
             .map(|ip| {
                 let h2 = match &h2_tls {
-                    Some(tls) => {
-                        Some(Arc::new(http2::H2::new(tls.clone(), host, port, ip, connect_timeout)?))
-                    }
+                    Some(tls) => Some(Arc::new(http2::H2::new(tls.clone(), host, port, ip, dial)?)),
                     None => None,
                 };
-                Ok((ip, Client { pooled: pooled(&tls, ip, connect_timeout), h2 }))
+                Ok((ip, Client { pooled: pooled(&tls, ip, dial), h2 }))
             })
             .collect::<Result<_, String>>()?;
         Ok(Upstream {
@@ -159,7 +159,7 @@ pub(crate) fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, Stri
 #[derive(Clone)]
 pub struct Client {
     /// Pooled HTTP/1.1: the default, and what an upstream that does not offer `h2` gets.
-    pooled: HttpClient,
+    pooled: PooledClient,
     h2: Option<Arc<http2::H2>>,
 }
 
@@ -217,18 +217,26 @@ impl http_body::Body for Answer {
     }
 }
 
-fn pooled(tls: &rustls::ClientConfig, egress: Option<IpAddr>, connect_timeout: Duration) -> HttpClient {
+/// How an upstream is dialled: where to (`None`: where its host resolves) and how long a
+/// connection may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Dialling {
+    pub connect_to: Option<std::net::SocketAddr>,
+    pub connect_timeout: Duration,
+}
+
+fn pooled(tls: &rustls::ClientConfig, egress: Option<IpAddr>, dial: Dialling) -> PooledClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_local_address(egress);
-    http.set_connect_timeout(Some(connect_timeout));
+    http.set_connect_timeout(Some(dial.connect_timeout));
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls.clone())
         .https_only()
         .enable_http1()
-        .wrap_connector(http);
+        .wrap_connector(dial::Dial { http, connect_to: dial.connect_to });
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -352,7 +360,7 @@ mod tests {
 
     #[test]
     fn refuses_non_https_and_paths() {
-        let t = Duration::from_secs(1);
+        let t = Dialling { connect_to: None, connect_timeout: Duration::from_secs(1) };
         for url in
             ["http://api.stripe.com", "https://api.stripe.com/v1", "https://u:p@api.stripe.com", "nope"]
         {

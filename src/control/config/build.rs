@@ -7,16 +7,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use super::file::{FileConfig, SecretFile};
 use super::validate::{Errors, Plan, Table};
 use super::{ConfigError, Options, Source};
+use crate::control::intercept::Intercept;
 use crate::control::snapshot::Snapshot;
 use crate::policy::catalog::STRIPE_CATALOG;
 use crate::policy::expand::STRIPE_EXPANSIONS;
 use crate::secrets::vault::{Spec, VaultFile, VaultSource};
 use crate::secrets::{EnvSource, FileSource, Loaded, Refresh, Secret, SecretCell, SecretSource};
-use crate::upstream::Upstream;
+use crate::upstream::{Dialling, Upstream};
 
 /// The catalog and expansion table `file` names, or the built-in ones.
 pub fn tables(src: &Source, file: &FileConfig) -> Result<(Table, Table), Vec<ConfigError>> {
@@ -57,9 +59,11 @@ pub async fn build(
     let upstreams = build_upstreams(&plan.file, opts, previous, &mut errs);
     let secrets = load_secrets(&plan, opts, previous, &mut errs).await;
     let tls = if opts.tls { load_tls(&plan.file, &mut errs) } else { None };
+    let intercept = if opts.tls { load_intercept(&plan, &secrets, &mut errs) } else { None };
     if !errs.list.is_empty() {
         return Err(errs.list);
     }
+    let forward_tls = proxy_port_tls(&plan, tls.as_ref());
     Ok(Snapshot {
         version: plan.version,
         listen: plan.file.server.listen,
@@ -69,6 +73,9 @@ pub async fn build(
         limits: plan.limits,
         timeouts: plan.timeouts,
         audit: plan.audit,
+        forward_tls,
+        forward: plan.forward,
+        intercept,
         files: plan.files,
         policy: plan.policy,
         upstreams,
@@ -97,15 +104,15 @@ fn build_upstreams(
     {
         let mut egress = service_egress.clone();
         egress.insert(u.egress_ip);
-        let connect = file.timeouts.upstream_connect;
-        let identity = upstream_identity(u.url.get_ref(), u.ca.as_deref(), &egress, connect, u.http2);
+        let dial = Dialling { connect_to: u.connect_to, connect_timeout: file.timeouts.upstream_connect };
+        let identity = upstream_identity(u.url.get_ref(), u.ca.as_deref(), &egress, dial, u.http2);
         let kept =
             previous.and_then(|p| p.upstreams.iter().find(|o| *o.name == **name && o.identity == identity));
         if let Some(old) = kept {
             out.push(old.clone().with_egress(u.egress_ip));
             continue;
         }
-        match Upstream::build(name, u.url.get_ref(), u.ca.as_deref(), egress, connect, u.http2) {
+        match Upstream::build(name, u.url.get_ref(), u.ca.as_deref(), egress, dial, u.http2) {
             Ok(up) => out.push(up.with_egress(u.egress_ip).with_identity(identity)),
             Err(msg) => errs.at(Some(u.url.span()), format!("upstream.{name}"), msg),
         }
@@ -117,7 +124,7 @@ fn upstream_identity(
     url: &str,
     ca: Option<&Path>,
     egress: &HashSet<Option<IpAddr>>,
-    connect: std::time::Duration,
+    dial: Dialling,
     http2: bool,
 ) -> [u8; 32] {
     let mut egress: Vec<String> = egress.iter().map(|e| format!("{e:?}")).collect();
@@ -128,7 +135,8 @@ fn upstream_identity(
         .chain_update([0])
         .chain_update(&ca_bytes)
         .chain_update(egress.join(","))
-        .chain_update(connect.as_millis().to_le_bytes())
+        .chain_update(dial.connect_timeout.as_millis().to_le_bytes())
+        .chain_update(format!("{:?}", dial.connect_to))
         .chain_update([u8::from(http2)])
         .finalize()
         .into()
@@ -223,4 +231,60 @@ fn load_tls(file: &FileConfig, errs: &mut Errors) -> Option<Arc<rustls::ServerCo
             None
         }
     }
+}
+
+/// Forward mode's CA, from its files (or its key from a secret), and the leaves for the
+/// intercepted hosts. `dev_certs` makes a development CA where the files are missing.
+fn load_intercept(plan: &Plan, secrets: &[Arc<SecretCell>], errs: &mut Errors) -> Option<Arc<Intercept>> {
+    let f = plan.file.forward.as_ref()?;
+    if plan.file.server.dev_certs
+        && let Some(key) = &f.ca_key
+    {
+        match crate::control::tls::ensure_dev_forward_ca(&f.ca_cert, key) {
+            Ok(true) => tracing::warn!(cert = %f.ca_cert.display(),
+                "made a development forward CA; do not use it in production"),
+            Ok(false) => {}
+            Err(msg) => errs.at(None, "server.dev_certs", msg),
+        }
+    }
+    let cert = std::fs::read_to_string(&f.ca_cert)
+        .map_err(|e| errs.at(None, "forward.ca_cert", format!("{}: {e}", f.ca_cert.display())))
+        .ok()?;
+    let key = match (&f.ca_key, plan.forward_ca_secret) {
+        (Some(path), _) => read_private(path).map_err(|msg| errs.at(None, "forward.ca_key", msg)).ok()?,
+        (None, Some(i)) => {
+            let cell = secrets.get(i)?;
+            cell.serving().map(|s| Zeroizing::new(s.value.expose().to_string()))?
+        }
+        (None, None) => return None,
+    };
+    let hosts = plan.policy.hosts.iter().flatten().map(|t| t.rsplit_once(':').map_or(t.as_str(), |(h, _)| h));
+    match Intercept::new(&cert, &key, hosts, f.leaf_lifetime) {
+        Ok(i) => Some(Arc::new(i)),
+        Err(msg) => {
+            errs.at(None, "forward.ca_cert", msg);
+            None
+        }
+    }
+}
+
+/// `forward.tls`: the listener's certificate, offering HTTP/1.1 only (CONNECT is sent over it).
+fn proxy_port_tls(plan: &Plan, tls: Option<&Arc<rustls::ServerConfig>>) -> Option<Arc<rustls::ServerConfig>> {
+    let mut cfg = (**tls.filter(|_| plan.forward.is_some_and(|f| f.tls))?).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Some(Arc::new(cfg))
+}
+
+/// A key file, refused if its group or others may read it.
+fn read_private(path: &Path) -> Result<Zeroizing<String>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let mode = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{shown} may be read by group or others (mode {:o}): chmod 600 it",
+            mode & 0o777
+        ));
+    }
+    std::fs::read_to_string(path).map(Zeroizing::new).map_err(|e| format!("{shown}: {e}"))
 }

@@ -17,6 +17,8 @@ use crate::secrets::vault::VaultFile;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub server: ServerFile,
+    /// Forward mode: the `HTTPS_PROXY` listener.
+    pub forward: Option<ForwardFile>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -46,6 +48,48 @@ pub struct ServerFile {
     /// Host names the admin port answers besides IP addresses and `localhost`.
     #[serde(default)]
     pub admin_hosts: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardFile {
+    /// The plain-TCP (or, with `tls`, TLS) HTTP proxy port.
+    pub listen: SocketAddr,
+    /// The interception CA that services trust.
+    pub ca_cert: PathBuf,
+    /// Its key as a file (refused if group or world can read it) ...
+    pub ca_key: Option<PathBuf>,
+    /// ... or as a `[secret.NAME]`, so that replicas share one CA.
+    pub ca_key_secret: Option<Spanned<String>>,
+    #[serde(default = "leaf_lifetime", with = "humantime_serde")]
+    pub leaf_lifetime: Duration,
+    /// Serve the proxy port over TLS (with `server.tls_cert`), for callers that send a token
+    /// in `Proxy-Authorization`.
+    #[serde(default)]
+    pub tls: bool,
+    /// Tunnels open at once; past it a `CONNECT` is answered 503.
+    #[serde(default = "max_tunnels")]
+    pub max_tunnels: usize,
+    /// How long the `CONNECT` head may take to arrive.
+    #[serde(default = "head_timeout", with = "humantime_serde")]
+    pub head_timeout: Duration,
+    /// A tunnel in which nothing moved this long is closed.
+    #[serde(default = "idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+fn leaf_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn max_tunnels() -> usize {
+    4096
+}
+fn head_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn idle_timeout() -> Duration {
+    // Longer than `timeouts.upstream` (75 s): a call waiting for its answer moves no bytes.
+    Duration::from_secs(300)
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +185,8 @@ pub struct UpstreamFile {
     pub url: Spanned<String>,
     pub ca: Option<PathBuf>,
     pub egress_ip: Option<IpAddr>,
+    /// Dial this address instead of resolving the URL's host (TLS still verifies the host).
+    pub connect_to: Option<SocketAddr>,
     /// Offer HTTP/2: one connection shared by every service's calls (see docs/configuration.md).
     #[serde(default)]
     pub http2: bool,

@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod file;
+mod forward;
 mod services;
 pub mod validate;
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::file::{FileConfig, SecretFile};
 use super::{ConfigError, Source};
-use crate::control::snapshot::{Limits, Timeouts};
+use crate::control::snapshot::{ForwardSettings, Limits, Timeouts};
 use crate::policy::Policy;
 use crate::policy::catalog::{Catalog, LineError};
 use crate::policy::expand::Expansions;
@@ -34,6 +34,9 @@ pub struct Plan {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub audit: crate::audit::Settings,
+    pub forward: Option<ForwardSettings>,
+    /// The index in `secrets` of `forward.ca_key_secret`.
+    pub forward_ca_secret: Option<usize>,
     /// Every file the configuration reads: a change to any of them triggers a reload.
     pub files: Vec<PathBuf>,
 }
@@ -92,7 +95,14 @@ pub fn validate(
     let upstreams: Vec<Arc<str>> = file.upstream.keys().map(|n| Arc::from(n.as_str())).collect();
     let routes =
         catalog_parsed.entries.iter().map(|e| upstreams.iter().position(|u| **u == *e.upstream)).collect();
+    let hosts = super::forward::hosts(&file);
+    let forward = super::forward::check(&file, &hosts, &mut errs);
     let secrets = check_secrets(&file, &mut errs);
+    let forward_ca_secret = file
+        .forward
+        .as_ref()
+        .and_then(|f| f.ca_key_secret.as_ref())
+        .and_then(|n| secrets.iter().position(|s| s == n.get_ref()));
     let index: HashMap<&str, usize> = secrets.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
     let (services, tokens) = super::services::build(&file, &catalog_parsed, &index, &mut errs);
     check_bounds(&file, &mut errs);
@@ -109,6 +119,7 @@ pub fn validate(
             expansions: expansions_parsed,
             routes,
             upstreams,
+            hosts,
             services,
             tokens,
         },
@@ -144,6 +155,8 @@ pub fn validate(
             fail_closed: a.on_failure == super::file::OnFailure::FailClosed,
             refusals_per_ip: a.refusals_per_ip,
         },
+        forward,
+        forward_ca_secret,
         files: input_files(src, &file),
         file,
     };
@@ -163,7 +176,9 @@ fn check_upstreams(file: &FileConfig, errs: &mut Errors) {
 
 /// The secrets services use (others are never read), checked where that needs no I/O.
 fn check_secrets(file: &FileConfig, errs: &mut Errors) -> Vec<String> {
-    let used: HashSet<&str> = file.service.iter().map(|s| s.secret.get_ref().as_str()).collect();
+    let forward = file.forward.iter().filter_map(|f| f.ca_key_secret.as_ref());
+    let used: HashSet<&str> =
+        file.service.iter().map(|s| &s.secret).chain(forward).map(|s| s.get_ref().as_str()).collect();
     let mut out = Vec::new();
     for (name, def) in file.secret.iter().filter(|(n, _)| used.contains(n.as_str())) {
         if let SecretFile::Vault(v) = def
@@ -230,6 +245,10 @@ fn input_files(src: &Source, file: &FileConfig) -> Vec<PathBuf> {
     let mut files = vec![src.name.clone(), file.server.tls_cert.clone(), file.server.tls_key.clone()];
     files.extend(file.catalog.path.iter().chain(&file.catalog.expansions).cloned());
     files.extend(file.upstream.values().filter_map(|u| u.ca.clone()));
+    if let Some(f) = &file.forward {
+        files.push(f.ca_cert.clone());
+        files.extend(f.ca_key.clone());
+    }
     for s in file.secret.values() {
         match s {
             SecretFile::File { path, .. } => files.push(path.clone()),

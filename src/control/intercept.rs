@@ -1,0 +1,129 @@
+//! Forward mode's interception CA: a leaf certificate for exactly each intercepted host
+//! (ECDSA P-256, a fresh key and random serial each, `SAN` = the host), made when the
+//! configuration is compiled and made again once two thirds of its lifetime have passed; and
+//! the TLS configuration a tunnel's handshake uses. No other host ever gets a leaf.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, SerialNumber};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+pub struct Intercept {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate, to check each leaf against before it is used.
+    ca: CertificateDer<'static>,
+    lifetime: Duration,
+    /// By host (the `CONNECT` target's host).
+    leaves: HashMap<String, ArcSwap<Leaf>>,
+    renewing: Mutex<()>,
+}
+
+struct Leaf {
+    tls: Arc<rustls::ServerConfig>,
+    renew_after: SystemTime,
+}
+
+impl fmt::Debug for Intercept {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hosts: Vec<&String> = self.leaves.keys().collect();
+        f.debug_struct("Intercept").field("hosts", &hosts).field("lifetime", &self.lifetime).finish()
+    }
+}
+
+impl Intercept {
+    /// The CA from its certificate and key (PEM), and a first leaf for each of `hosts`. Errors
+    /// never quote key material.
+    pub fn new<'h>(
+        ca_pem: &str,
+        key_pem: &str,
+        hosts: impl IntoIterator<Item = &'h str>,
+        lifetime: Duration,
+    ) -> Result<Intercept, String> {
+        let key =
+            KeyPair::from_pem(key_pem).map_err(|_| "the CA key is not a PEM private key".to_string())?;
+        let issuer = Issuer::from_ca_cert_pem(ca_pem, key)
+            .map_err(|e| format!("the CA certificate cannot be read: {e}"))?;
+        let ca = rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes())
+            .map_err(|e| format!("the CA certificate cannot be read: {e}"))?;
+        let mut intercept =
+            Intercept { issuer, ca, lifetime, leaves: HashMap::new(), renewing: Mutex::new(()) };
+        for host in hosts {
+            let leaf = intercept.leaf(host)?;
+            intercept.leaves.insert(host.to_string(), ArcSwap::from_pointee(leaf));
+        }
+        Ok(intercept)
+    }
+
+    /// The TLS configuration for a tunnel to `host`; `None` for a host not intercepted. A
+    /// leaf due for renewal is made again here, by one caller at a time (the others go on with
+    /// the current one, which is still valid for a third of its lifetime).
+    pub fn tls(&self, host: &str) -> Option<Arc<rustls::ServerConfig>> {
+        let slot = self.leaves.get(host)?;
+        let leaf = slot.load();
+        if SystemTime::now() >= leaf.renew_after
+            && let Ok(_one) = self.renewing.try_lock()
+        {
+            match self.leaf(host) {
+                Ok(new) => {
+                    let tls = new.tls.clone();
+                    slot.store(Arc::new(new));
+                    return Some(tls);
+                }
+                Err(e) => tracing::error!(host, error = %e, "cannot renew the forward-mode leaf certificate"),
+            }
+        }
+        Some(leaf.tls.clone())
+    }
+
+    fn leaf(&self, host: &str) -> Result<Leaf, String> {
+        let fail = |e: rcgen::Error| format!("cannot make a leaf certificate for {host}: {e}");
+        let mut params = CertificateParams::new(vec![host.to_string()]).map_err(fail)?;
+        params.distinguished_name.push(DnType::CommonName, host);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let mut serial = [0u8; 16];
+        getrandom::fill(&mut serial).expect("the OS has randomness");
+        serial[0] &= 0x7f; // a positive integer
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        let now = SystemTime::now();
+        // A little before now, for callers whose clocks are behind.
+        params.not_before = (now - Duration::from_secs(300)).into();
+        params.not_after = (now + self.lifetime).into();
+        let key = KeyPair::generate().map_err(fail)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(fail)?;
+        let der = cert.der().clone();
+        self.check(&der, host)?;
+        let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(super::tls::provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(vec![der], key)
+            .map_err(|e| e.to_string())?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.ignore_client_order = true;
+        Ok(Leaf { tls: Arc::new(tls), renew_after: now + self.lifetime * 2 / 3 })
+    }
+
+    /// The leaf verifies for `host` against the CA certificate, as a client would check it: a
+    /// key that is not the certificate's, or a certificate that is no CA, fails here.
+    fn check(&self, leaf: &CertificateDer<'_>, host: &str) -> Result<(), String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).map_err(|e| format!("the CA certificate: {e}"))?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(super::tls::provider()),
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+        verifier
+            .verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| format!("a leaf it signs does not verify against the CA certificate ({e}): is the key that certificate's?"))
+    }
+}

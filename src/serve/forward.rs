@@ -1,0 +1,325 @@
+//! Forward mode: the `HTTPS_PROXY` port. A connection carries one request. A `CONNECT` to an
+//! intercepted host (`policy::forward`) opens a tunnel that ends in keyward: TLS with the
+//! forward CA's leaf for that host, then HTTP served exactly as on the reverse-proxy port
+//! (`listener::http`, `Proxy::handle`, the tunnel in each request's facts). Anything else is
+//! refused, recorded and the connection closed. keyward never dials a host for a `CONNECT`.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{CONNECTION, HeaderValue, PROXY_AUTHORIZATION};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
+
+use crate::audit::{AccessRecord, ProxyMode};
+use crate::control::snapshot::{ForwardSettings, Snapshot};
+use crate::policy::forward::{Tunnel, TunnelToken, connect_target, not_proxied};
+use crate::policy::identity::{hash_token, redact, token_from};
+use crate::policy::{Decision, Failure, RequestFacts, proxy_identify};
+use crate::serve::exchange::{Caller, REQUEST_ID, STRIPE_REQUEST_ID, new_record};
+use crate::serve::listener::{self, Accepted, Ends};
+use crate::serve::proxy::Proxy;
+use crate::serve::respond;
+use crate::serve::stall::StallGuard;
+use crate::upstream::Body;
+
+/// A connection to the forward port: TLS first if `forward.tls`, then one HTTP/1.1 request.
+pub async fn connection(tcp: StallGuard<TcpStream>, conn: Accepted, proxy: Arc<Proxy>, ends: Ends) {
+    let snap = proxy.state.snapshot.load_full();
+    let Some(settings) = snap.forward else { return };
+    match &snap.forward_tls {
+        Some(tls) => {
+            let accept = TlsAcceptor::from(tls.clone()).accept(tcp);
+            drop(snap);
+            if let Some(tls) = listener::handshake(&proxy, &conn, accept).await {
+                proxy_port(tls, conn, proxy, ends, settings).await;
+            }
+        }
+        None => {
+            drop(snap);
+            proxy_port(tcp, conn, proxy, ends, settings).await
+        }
+    }
+}
+
+/// Read the one request (within `forward.head_timeout`), answer it, and hand the connection
+/// to its tunnel if it opened one.
+async fn proxy_port<IO>(io: IO, conn: Accepted, proxy: Arc<Proxy>, ends: Ends, settings: ForwardSettings)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    let max_head = conn.limits.max_header_bytes;
+    let (p, c, e) = (proxy.clone(), conn.clone(), ends.clone());
+    let svc = service_fn(move |req| {
+        let (p, c, e) = (p.clone(), c.clone(), e.clone());
+        async move { Ok::<_, Infallible>(answer(&p, &c, &e, req)) }
+    });
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(settings.head_timeout).max_buf_size(max_head);
+    // One request per connection: after a refusal nothing more is read from it.
+    builder.keep_alive(false);
+    let served = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
+    let served = tokio::select! {
+        s = served => s,
+        _ = ends.kill.cancelled() => return,
+    };
+    if let Err(e) = served {
+        tracing::debug!(peer = %conn.peer, error = %e, "forward-port connection ended with an error");
+    }
+}
+
+/// The answer to the forward port's one request: 200 and a tunnel, or a refusal (recorded).
+fn answer(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<Accepted>,
+    ends: &Ends,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let snap = proxy.state.snapshot.load_full();
+    let upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _) = req.into_parts();
+    if !proxy.state.audit.admits() {
+        proxy.state.metrics.connect(Failure::AuditUnavailable.code());
+        return proxy.unrecorded(Failure::AuditUnavailable);
+    }
+    let asked = asked_for(&parts);
+    let opened = open(&snap, proxy, conn, &parts).map(|(tunnel, tls)| {
+        let (proxy, conn, ends2) = (proxy.clone(), conn.clone(), ends.clone());
+        let settings = snap.forward.expect("a forward port has settings");
+        let slot = TunnelSlot::take(&proxy);
+        ends.tasks.spawn(async move {
+            let _slot = slot;
+            serve_tunnel(upgrade, tunnel, tls, &proxy, &conn, &ends2, settings.idle_timeout).await;
+        });
+    });
+    match opened {
+        Ok(()) => {
+            proxy.state.metrics.connect("opened");
+            let mut resp = Response::new(Empty::new().map_err(|e| match e {}).boxed());
+            *resp.status_mut() = StatusCode::OK;
+            resp
+        }
+        Err(f) => {
+            proxy.state.metrics.connect(f.code());
+            refuse(proxy, conn, &snap, &parts, asked, &f)
+        }
+    }
+}
+
+/// Check a request to the forward port: a `CONNECT` to an intercepted host, with a good
+/// `Proxy-Authorization` token if any, while a tunnel may still be opened.
+fn open(
+    snap: &Snapshot,
+    proxy: &Proxy,
+    conn: &Accepted,
+    parts: &http::request::Parts,
+) -> Result<(Arc<Tunnel>, Arc<rustls::ServerConfig>), Failure> {
+    if parts.method != Method::CONNECT {
+        return Err(if parts.uri.authority().is_some() {
+            Failure::PlainHttp
+        } else {
+            Failure::NotProxyRequest
+        });
+    }
+    // Authority form only, as sent: `CONNECT https://host/` has a scheme and a path too.
+    let target = parts.uri.to_string();
+    connect_target(&snap.policy, &target)?;
+    let token = tunnel_token(snap, conn, parts)?;
+    let settings = snap.forward.ok_or(Failure::Internal)?;
+    if proxy.tunnels.load(Ordering::Relaxed) >= settings.max_tunnels {
+        return Err(Failure::TunnelsFull);
+    }
+    let tunnel = Tunnel { target, token };
+    let tls = snap
+        .intercept
+        .as_ref()
+        .and_then(|i| i.tls(tunnel.host()))
+        .ok_or_else(|| not_proxied(&snap.policy))?;
+    Ok((Arc::new(tunnel), tls))
+}
+
+/// The token of `Proxy-Authorization` (Basic with the token as user name, or Bearer), if
+/// one is sent: it must be good now, and from this address.
+fn tunnel_token(
+    snap: &Snapshot,
+    conn: &Accepted,
+    parts: &http::request::Parts,
+) -> Result<Option<TunnelToken>, Failure> {
+    let invalid = |why| Failure::ProxyTokenInvalid { why };
+    match parts.headers.get_all(PROXY_AUTHORIZATION).iter().count() {
+        0 => return Ok(None),
+        1 => {}
+        _ => return Err(invalid("is given more than once")),
+    }
+    let token = token_from(&parts.headers, PROXY_AUTHORIZATION).ok_or(invalid("cannot be read"))?;
+    let hash = hash_token(&token);
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let facts = RequestFacts { parts, client_ip: conn.ip, now, tunnel: None };
+    proxy_identify(&snap.policy, &hash, &facts)?;
+    Ok(Some(TunnelToken { hash, redacted: redact(&token) }))
+}
+
+/// What a request to the forward port asked for, as the record shows it: the `CONNECT`
+/// target or the absolute URL's authority, without user info, at most 255 bytes.
+fn asked_for(parts: &http::request::Parts) -> Option<String> {
+    let asked = match parts.method {
+        Method::CONNECT => parts.uri.to_string(),
+        _ => parts.uri.authority()?.to_string(),
+    };
+    let host = asked.rsplit_once('@').map_or(asked.as_str(), |(_, h)| h);
+    Some(host[..host.floor_char_boundary(255)].to_string())
+}
+
+/// A refused request: answered at once, recorded from the refusals' share of the queue, the
+/// connection closed after it.
+fn refuse(
+    proxy: &Proxy,
+    conn: &Accepted,
+    snap: &Snapshot,
+    parts: &http::request::Parts,
+    asked: Option<String>,
+    f: &Failure,
+) -> Response<Body> {
+    let record = AccessRecord {
+        method: parts.method.as_str().to_owned(),
+        path: if parts.method == Method::CONNECT { String::new() } else { parts.uri.path().to_string() },
+        mode: ProxyMode::Forward,
+        connect_host: asked,
+        decision: Decision::Deny,
+        reason: f.code().into(),
+        status: f.status().as_u16(),
+        ..new_record(&proxy.ids, conn.ip, &snap.version)
+    };
+    let mut resp = respond::failure(f);
+    let id = HeaderValue::from_str(&record.request_id).expect("request ids are ASCII");
+    resp.headers_mut().insert(&STRIPE_REQUEST_ID, id.clone());
+    resp.headers_mut().insert(&REQUEST_ID, id);
+    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    proxy.state.metrics.observe(&record);
+    if let Some(slot) = proxy.state.audit.refusal_slot(conn.ip) {
+        slot.send(record);
+    }
+    resp
+}
+
+/// Once the `200` is sent: TLS with the leaf for the tunnel's host (the client's SNI, if it
+/// sends one, must name that host), then HTTP until the tunnel ends, is idle for
+/// `idle`, or shutdown ends it.
+async fn serve_tunnel(
+    upgrade: OnUpgrade,
+    tunnel: Arc<Tunnel>,
+    tls: Arc<rustls::ServerConfig>,
+    proxy: &Arc<Proxy>,
+    conn: &Arc<Accepted>,
+    ends: &Ends,
+    idle: Duration,
+) {
+    let Ok(upgraded) = upgrade.await else { return };
+    let moved = Arc::new(AtomicU64::new(0));
+    let io = Active { io: TokioIo::new(upgraded), moved: moved.clone() };
+    let host = tunnel.host().to_string();
+    let accept = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        if start.client_hello().server_name().is_some_and(|sni| sni != host) {
+            proxy.state.metrics.connect("sni_mismatch");
+            return Err(std::io::Error::other("the TLS server name is not the CONNECT host"));
+        }
+        start.into_stream(tls).await
+    };
+    let Some(stream) = listener::handshake(proxy, conn, accept).await else { return };
+    let caller = Caller { ip: conn.ip, cut: conn.cut.clone(), tunnel: Some(tunnel) };
+    tokio::select! {
+        _ = listener::http(stream, caller, conn, proxy, ends, idle) => {}
+        _ = idle_for(&moved, idle) => tracing::debug!(peer = %conn.peer, "tunnel idle; closed"),
+    }
+}
+
+/// Returns once no byte has moved for a whole period.
+async fn idle_for(moved: &AtomicU64, every: Duration) {
+    let mut seen = moved.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(every).await;
+        let now = moved.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
+/// A tunnel's place among `forward.max_tunnels`, held while it is open.
+struct TunnelSlot {
+    count: Arc<AtomicUsize>,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl TunnelSlot {
+    fn take(proxy: &Proxy) -> TunnelSlot {
+        proxy.tunnels.fetch_add(1, Ordering::Relaxed);
+        proxy.state.metrics.tunnels_open.inc();
+        TunnelSlot { count: proxy.tunnels.clone(), open: proxy.state.metrics.tunnels_open.clone() }
+    }
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.open.dec();
+    }
+}
+
+/// An I/O stream that counts its reads and writes, so that an idle tunnel can be told.
+struct Active<IO> {
+    io: IO,
+    moved: Arc<AtomicU64>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Active<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if polled.is_ready() {
+            self.moved.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Active<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if polled.is_ready() {
+            self.moved.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
