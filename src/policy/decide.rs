@@ -160,18 +160,15 @@ fn tunnelled<'s>(
 }
 
 /// A call in a tunnel goes to the tunnel's upstream or nowhere: a catalog entry served by
-/// another host is misdirected. (Report mode's calls to unknown endpoints go to the tunnel's.)
+/// another host is misdirected, whatever else is wrong with it. (Report mode's calls to
+/// unknown endpoints go to the tunnel's upstream.)
 fn through_tunnel(ruling: &mut Ruling<'_>, upstream: usize, tunnel: &Tunnel) {
     if ruling.entry.is_none() {
         ruling.upstream = Some(upstream);
-    }
-    let route = match &mut ruling.verdict {
-        Verdict::Allow(route) | Verdict::WouldDeny(route, _) => route,
-        Verdict::Deny(_) => return,
-    };
-    if route.entry.is_none() {
-        route.upstream = upstream;
-    } else if route.upstream != upstream {
+        if let Verdict::Allow(route) | Verdict::WouldDeny(route, _) = &mut ruling.verdict {
+            route.upstream = upstream;
+        }
+    } else if ruling.upstream != Some(upstream) {
         ruling.verdict = Verdict::Deny(Failure::Misdirected { tunnel: tunnel.target.clone() });
     }
 }

@@ -10,6 +10,7 @@ mod cli;
 mod config_errors;
 mod connect_expand;
 mod flood;
+mod forward;
 mod hostile;
 mod layers;
 mod proxy;

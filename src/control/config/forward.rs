@@ -60,7 +60,7 @@ pub fn check(file: &FileConfig, hosts: &[Option<String>], errs: &mut Errors) -> 
             );
         }
     }
-    if f.listen == file.server.listen {
+    if f.listen == file.server.listen && f.listen.port() != 0 {
         errs.at(None, "forward.listen", "must differ from server.listen");
     }
     if !(Duration::from_secs(600)..=Duration::from_secs(397 * 86400)).contains(&f.leaf_lifetime) {

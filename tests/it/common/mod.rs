@@ -38,7 +38,9 @@ pub struct Pki {
 impl Pki {
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let pki = keyward::control::tls::dev_pki(&["localhost", "127.0.0.1"]).unwrap();
+        // The API's own names too: forward mode reaches the stand-in as api.stripe.com.
+        let names = ["localhost", "127.0.0.1", "api.stripe.com", "files.stripe.com", "connect.stripe.com"];
+        let pki = keyward::control::tls::dev_pki(&names).unwrap();
         let (ca, cert, key) =
             (dir.path().join("ca.crt"), dir.path().join("leaf.crt"), dir.path().join("leaf.key"));
         std::fs::write(&ca, &pki.ca_pem).unwrap();
@@ -329,6 +331,9 @@ pub struct Harness {
     pub upstream_alpn: Vec<&'static [u8]>,
     /// keyward's `listen` address.
     pub listen: String,
+    /// Forward mode: a `[forward]` port, and upstreams named `https://NAME.stripe.com`
+    /// (`api.stripe.com` for `api`) reached through `connect_to`.
+    pub forward: Option<String>,
 }
 
 impl Harness {
@@ -341,7 +346,13 @@ impl Harness {
             upstream_extra: String::new(),
             upstream_alpn: vec![b"h2", b"http/1.1"],
             listen: "127.0.0.1:0".into(),
+            forward: None,
         }
+    }
+    /// Forward mode, with these extra lines in `[forward]`.
+    pub fn forward(mut self, toml: &str) -> Harness {
+        self.forward = Some(toml.into());
+        self
     }
     pub fn service(mut self, s: Svc) -> Harness {
         self.services.push(s);
@@ -438,15 +449,32 @@ impl Harness {
             other.insert("ca".into(), pki.ca.display().to_string().into());
             others.insert(name.clone(), up);
         }
+        if let Some(extra) = &self.forward {
+            let (cert, key) = (dir.path().join("forward-ca.crt"), dir.path().join("forward-ca.key"));
+            keyward::control::tls::ensure_dev_forward_ca(&cert, &key).unwrap();
+            let fwd = table_at(&mut table, &["forward"]);
+            fwd.insert("listen".into(), "127.0.0.1:0".into());
+            fwd.insert("ca_cert".into(), cert.display().to_string().into());
+            fwd.insert("ca_key".into(), key.display().to_string().into());
+            merge(fwd, fragment(extra));
+            let mut dial = vec![("api".to_string(), upstream.addr)];
+            dial.extend(others.iter().map(|(n, u)| (n.clone(), u.addr)));
+            for (name, addr) in dial {
+                let up = table_at(&mut table, &["upstream", &name]);
+                up.insert("url".into(), format!("https://{name}.stripe.com").into());
+                up.insert("connect_to".into(), addr.to_string().into());
+            }
+        }
         let text = toml::to_string(&table).unwrap();
         let config_path = place(dir.path(), &text);
         let src = keyward::control::config::Source { name: config_path.clone(), text };
         let app = keyward::app::start(&src).await.unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
-        let (addr, admin_addr) = (app.addr, app.admin_addr);
+        let (addr, admin_addr, forward_addr) = (app.addr, app.admin_addr, app.forward_addr);
         Running {
             app: Some(app),
             addr,
             admin_addr,
+            forward_addr,
             upstream,
             others,
             client: pki.client_config(),
@@ -462,6 +490,7 @@ pub struct Running {
     /// The proxy's and the admin port's addresses (known after `app` is taken to stop it).
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    forward_addr: Option<SocketAddr>,
     pub upstream: Upstream,
     /// The upstreams added with `also_upstream`, by name.
     pub others: HashMap<String, Upstream>,
@@ -496,9 +525,20 @@ impl Running {
         dir: tempfile::TempDir,
         config_path: PathBuf,
     ) -> Running {
-        let (addr, admin_addr) = (app.addr, app.admin_addr);
+        let (addr, admin_addr, forward_addr) = (app.addr, app.admin_addr, app.forward_addr);
         let client = pki.client_config();
-        Running { app: Some(app), addr, admin_addr, upstream, others, pki, client, dir, config_path }
+        Running {
+            app: Some(app),
+            addr,
+            admin_addr,
+            forward_addr,
+            upstream,
+            others,
+            pki,
+            client,
+            dir,
+            config_path,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -507,6 +547,16 @@ impl Running {
 
     pub fn admin(&self) -> SocketAddr {
         self.admin_addr.expect("an admin port")
+    }
+
+    /// Forward mode's proxy port.
+    pub fn forward_addr(&self) -> SocketAddr {
+        self.forward_addr.expect("a forward port")
+    }
+
+    /// Forward mode's CA certificate, which clients trust.
+    pub fn forward_ca(&self) -> PathBuf {
+        self.dir.path().join("forward-ca.crt")
     }
 
     /// The version of the snapshot serving now.

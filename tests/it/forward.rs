@@ -1,0 +1,487 @@
+//! Forward mode: keyward as `HTTPS_PROXY`. Tunnels to the API's hosts end in keyward, which
+//! decides each request inside as in reverse mode; anything else is refused, and nothing a
+//! refused caller sends reaches the upstream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::common::*;
+
+const TOKEN: &str = "kw_forward_token_0123456789abcdWXYZ";
+const OTHER: &str = "kw_forward_other_0123456789abcdQRST";
+const API: &str = "api.stripe.com:443";
+
+async fn forward_harness(extra: &str) -> Running {
+    Harness::new()
+        .forward(extra)
+        .also_upstream("files")
+        .service(Svc::new("billing").token("fw", TOKEN).scope("charge", "read").scope("customer", "read"))
+        .service(Svc::new("reports").token("other", OTHER).scope("charge", "read"))
+        .start()
+        .await
+}
+
+/// Send `head` to the forward port; read the answer's head (and, for a refusal, the rest of
+/// it, up to the close). Returns the stream and what was read.
+async fn connect_raw(kw: &Running, head: &str) -> (TcpStream, String) {
+    let mut tcp = TcpStream::connect(kw.forward_addr()).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte up to the end of the head: what follows belongs to the tunnel.
+    while !got.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut byte)).await {
+            Ok(Ok(1)) => got.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&got).into_owned();
+    if !head.starts_with("HTTP/1.1 200") {
+        let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got)).await;
+    }
+    (tcp, String::from_utf8_lossy(&got).into_owned())
+}
+
+/// A tunnel to `target`, opened with `extra` header lines.
+async fn tunnel(kw: &Running, target: &str, extra: &str) -> TcpStream {
+    let (tcp, head) =
+        connect_raw(kw, &format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "CONNECT {target} answered:\n{head}");
+    tcp
+}
+
+/// TLS inside a tunnel, trusting the forward CA; `sni: None` sends no server name.
+async fn tls_in<IO: AsyncRead + AsyncWrite + Unpin>(
+    kw: &Running,
+    io: IO,
+    sni: Option<&str>,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<IO>> {
+    tls_for(kw, io, sni, sni.unwrap_or("api.stripe.com"), alpn).await
+}
+
+/// TLS inside a tunnel, verifying the leaf for `host`.
+async fn tls_for<IO: AsyncRead + AsyncWrite + Unpin>(
+    kw: &Running,
+    io: IO,
+    sni: Option<&str>,
+    host: &str,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<IO>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(kw.forward_ca()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    cfg.enable_sni = sni.is_some();
+    let name = ServerName::try_from(host.to_string()).unwrap();
+    TlsConnector::from(Arc::new(cfg)).connect(name, io).await
+}
+
+/// Raw HTTP/1.1 bytes through a tunnel to api.stripe.com; the whole answer.
+#[allow(dead_code)]
+async fn raw_in_tunnel(kw: &Running, bytes: &str) -> String {
+    let tcp = tunnel(kw, API, "").await;
+    let mut tls = tls_in(kw, tcp, Some("api.stripe.com"), b"http/1.1").await.unwrap();
+    tls.write_all(bytes.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One HTTP/2 request through a tunnel to api.stripe.com: (status, body).
+async fn h2_in_tunnel(kw: &Running, req: Request<Full<Bytes>>) -> (u16, String) {
+    let tcp = tunnel(kw, API, "").await;
+    let tls = tls_in(kw, tcp, Some("api.stripe.com"), b"h2").await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn basic(token: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Proxy-Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(format!("{token}:"))
+    )
+}
+
+fn get(path: &str, token: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: api.stripe.com\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+}
+
+fn status_and_code(answer: &str) -> (u16, String) {
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let code = answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(body).ok())
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "-".into());
+    (status, code)
+}
+
+#[tokio::test]
+async fn curl_through_the_proxy_gets_the_real_secret_injected_over_http1_and_http2() {
+    let kw = forward_harness("").await;
+    let proxy = format!("http://{}", kw.forward_addr());
+    for version in ["--http1.1", "--http2"] {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", version, "-x", &proxy, "--cacert"])
+            .arg(kw.forward_ca())
+            .args(["-u", &format!("{TOKEN}:"), "-w", "\n%{http_code} %{http_version}"])
+            .arg("https://api.stripe.com/v1/charges?limit=3")
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let want = if version == "--http2" { "200 2" } else { "200 1.1" };
+        assert!(text.ends_with(want), "curl {version}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let seen = kw.upstream.requests();
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        assert_eq!(s.authority, "api.stripe.com");
+        assert_eq!(s.uri, "/v1/charges?limit=3");
+        let auth: Vec<_> = s.headers.get_all("authorization").iter().collect();
+        assert_eq!(auth, [&format!("Bearer {SECRET}")]);
+        assert!(s.headers.get("proxy-authorization").is_none());
+    }
+    // Denied: curl prints the Stripe-shaped refusal; nothing more reaches the upstream.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-x", &proxy, "--cacert"])
+        .arg(kw.forward_ca())
+        .args(["-u", &format!("{TOKEN}:"), "-d", "name=x", "-w", "\n%{http_code}"])
+        .arg("https://api.stripe.com/v1/customers")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("more_permissions_required") && text.ends_with("403"), "{text}");
+    assert_eq!(kw.upstream.requests().len(), 2);
+    let recs = kw.records(3).await;
+    for r in &recs {
+        assert_eq!(r["mode"], "forward");
+        assert_eq!(r["connect_host"], API);
+    }
+    assert_eq!(recs[2]["reason"], "more_permissions_required");
+    assert_eq!(kw.metric("keyward_connects_total{outcome=\"opened\"}").await, 3.0);
+}
+
+/// `(what, CONNECT target or `-`, extra CONNECT headers, then sent in the tunnel or `-`,
+/// status, code)`. `status` 0: the TLS handshake in the tunnel fails.
+#[tokio::test]
+async fn hostile_forward_requests_never_reach_the_upstream() {
+    let kw = forward_harness("").await;
+    let up = kw.upstream.addr.to_string();
+    let huge = format!("X-Pad: {}\r\n", "a".repeat(20_000));
+    let connect =
+        |target: &str, extra: &str| format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n");
+    let rows: Vec<(&str, String, u16, &str)> = vec![
+        ("another host", connect("example.com:443", ""), 403, "host_not_proxied"),
+        ("an IP literal", connect("127.0.0.1:443", ""), 403, "host_not_proxied"),
+        ("the upstream's real address", connect(&up, ""), 403, "host_not_proxied"),
+        ("an IPv6 literal", connect("[::1]:443", ""), 403, "host_not_proxied"),
+        ("localhost", connect("localhost:443", ""), 403, "host_not_proxied"),
+        ("another port", connect("api.stripe.com:8443", ""), 403, "host_not_proxied"),
+        ("no port", connect("api.stripe.com", ""), 403, "host_not_proxied"),
+        ("the host in other case", connect("API.Stripe.com:443", ""), 403, "host_not_proxied"),
+        ("a trailing dot", connect("api.stripe.com.:443", ""), 403, "host_not_proxied"),
+        ("user info", connect(&format!("{TOKEN}@api.stripe.com:443"), ""), 403, "host_not_proxied"),
+        ("a percent-encoded host", connect("api%2estripe.com:443", ""), 400, "-"),
+        ("an absolute URL as target", connect("https://api.stripe.com:443/", ""), 403, "host_not_proxied"),
+        (
+            "plain HTTP, absolute form",
+            get("http://api.stripe.com/v1/charges", TOKEN),
+            403,
+            "plain_http_refused",
+        ),
+        ("an origin-form request", get("/v1/charges", TOKEN), 400, "not_a_proxy_request"),
+        (
+            "an unknown proxy token",
+            connect(API, &basic("kw_not_a_token_0000000000000000")),
+            407,
+            "proxy_token_invalid",
+        ),
+        (
+            "two proxy tokens",
+            connect(API, &format!("{}{}", basic(TOKEN), basic(OTHER))),
+            407,
+            "proxy_token_invalid",
+        ),
+        (
+            "an unreadable proxy token",
+            connect(API, "Proxy-Authorization: Basic !!!\r\n"),
+            407,
+            "proxy_token_invalid",
+        ),
+        ("a CONNECT head too large", connect(API, &huge), 431, "-"),
+    ];
+    let mut failures = Vec::new();
+    println!("{:<40} {:>6}  {}", "forward port: sent", "status", "code");
+    for (what, head, want_status, want_code) in &rows {
+        let (_, answer) = connect_raw(&kw, head).await;
+        let (status, code) = status_and_code(&answer);
+        println!("{what:<40} {status:>6}  {code}");
+        if (status, code.as_str()) != (*want_status, *want_code) {
+            failures.push(format!("{what}: got {status} {code}, want {want_status} {want_code}\n{answer}"));
+        }
+    }
+    // In the tunnel.
+    let tunnel_rows: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "inner Host is another host",
+            "",
+            get("/v1/charges", TOKEN).replace("Host: api.stripe.com", "Host: files.stripe.com"),
+            421,
+            "misdirected_request",
+        ),
+        (
+            "two inner Host headers",
+            "",
+            get("/v1/charges", TOKEN)
+                .replace("Host: api.stripe.com\r\n", "Host: api.stripe.com\r\nHost: evil.example\r\n"),
+            421,
+            "misdirected_request",
+        ),
+        (
+            "an absolute-form request inside",
+            "",
+            get("https://api.stripe.com/v1/charges", TOKEN),
+            400,
+            "non_canonical_request",
+        ),
+        (
+            "a second CONNECT inside",
+            "",
+            format!(
+                "CONNECT {API} HTTP/1.1\r\nHost: {API}\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+            ),
+            400,
+            "non_canonical_request",
+        ),
+        (
+            "an endpoint of another host (upload)",
+            "",
+            get("/v1/files", TOKEN)
+                .replace("GET", "POST")
+                .replace("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n"),
+            421,
+            "misdirected_request",
+        ),
+        (
+            "tunnel token of one service, inner of another",
+            "b",
+            get("/v1/charges", OTHER),
+            403,
+            "tunnel_service_mismatch",
+        ),
+    ];
+    println!("{:<40} {:>6}  {}", "in a tunnel: sent", "status", "code");
+    for (what, proxy_auth, bytes, want_status, want_code) in &tunnel_rows {
+        let extra = if proxy_auth.is_empty() { String::new() } else { basic(TOKEN) };
+        let tcp = tunnel(&kw, API, &extra).await;
+        let mut tls = tls_in(&kw, tcp, Some("api.stripe.com"), b"http/1.1").await.unwrap();
+        tls.write_all(bytes.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+        let answer = String::from_utf8_lossy(&out).into_owned();
+        let (status, code) = status_and_code(&answer);
+        println!("{what:<40} {status:>6}  {code}");
+        if (status, code.as_str()) != (*want_status, *want_code) {
+            failures.push(format!("{what}: got {status} {code}, want {want_status} {want_code}\n{answer}"));
+        }
+    }
+    // h2 `:authority` of another host.
+    let req = Request::builder()
+        .uri("https://files.stripe.com/v1/charges")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, body) = h2_in_tunnel(&kw, req).await;
+    println!(
+        "{:<40} {status:>6}  {}",
+        "h2 :authority is another host",
+        status_and_code(&format!("x {status} x\r\n\r\n{body}")).1
+    );
+    if status != 421 || !body.contains("misdirected_request") {
+        failures.push(format!("h2 :authority: {status} {body}"));
+    }
+    // SNI of another host than the CONNECT's: the handshake ends.
+    let tcp = tunnel(&kw, API, "").await;
+    let sni = tls_in(&kw, tcp, Some("files.stripe.com"), b"http/1.1").await;
+    println!(
+        "{:<40} {:>6}  {}",
+        "SNI is another host",
+        "-",
+        if sni.is_err() { "handshake refused" } else { "ACCEPTED" }
+    );
+    if sni.is_ok() {
+        failures.push("a TLS handshake naming another host was accepted".into());
+    }
+    // A request smuggled after the CONNECT head is read as the tunnel's TLS, and fails.
+    let (mut tcp, head) =
+        connect_raw(&kw, &format!("{}{}", connect(API, ""), get("/v1/charges", TOKEN))).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+    println!(
+        "{:<40} {:>6}  {}",
+        "a request smuggled after the CONNECT",
+        head.split(' ').nth(1).unwrap_or("-"),
+        "closed, not served"
+    );
+    if String::from_utf8_lossy(&rest).contains("HTTP/1.1") {
+        failures.push(format!("the smuggled request was answered: {}", String::from_utf8_lossy(&rest)));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert!(kw.upstream.requests().is_empty(), "reached the upstream: {:?}", kw.upstream.requests());
+    assert!(kw.others["files"].requests().is_empty());
+    // Refused CONNECTs are recorded, with the host they asked for (user info cut off).
+    let recs = kw.records(rows.len() - 1).await;
+    let asked: Vec<&str> = recs.iter().filter_map(|r| r["connect_host"].as_str()).collect();
+    assert!(asked.contains(&"example.com:443") && asked.contains(&"api.stripe.com:443"), "{asked:?}");
+    let log = std::fs::read_to_string(kw.dir.path().join("audit.jsonl")).unwrap();
+    assert!(!log.contains(TOKEN) && !log.contains(SECRET), "a token or the secret in the access log");
+}
+
+#[tokio::test]
+async fn a_tunnel_token_names_the_service_for_the_whole_tunnel() {
+    let kw = forward_harness("").await;
+    let answer = |tcp: TcpStream, token: &'static str| {
+        let kw = &kw;
+        async move {
+            let mut tls = tls_in(kw, tcp, Some("api.stripe.com"), b"http/1.1").await.unwrap();
+            tls.write_all(get("/v1/charges", token).as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+            status_and_code(&String::from_utf8_lossy(&out))
+        }
+    };
+    let bearer = format!("Proxy-Authorization: Bearer {TOKEN}\r\n");
+    assert_eq!(answer(tunnel(&kw, API, &basic(TOKEN)).await, TOKEN).await.0, 200);
+    assert_eq!(answer(tunnel(&kw, API, &bearer).await, TOKEN).await.0, 200);
+    assert_eq!(
+        answer(tunnel(&kw, API, &basic(TOKEN)).await, OTHER).await,
+        (403, "tunnel_service_mismatch".into())
+    );
+    assert_eq!(answer(tunnel(&kw, API, "").await, OTHER).await.0, 200);
+    let recs = kw.records(4).await;
+    assert_eq!(recs[2]["service"], "reports");
+    assert_eq!(recs[2]["reason"], "tunnel_service_mismatch");
+    assert_eq!(kw.upstream.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn a_reload_applies_to_tunnels_already_open() {
+    let kw = forward_harness("").await;
+    let tcp = tunnel(&kw, API, "").await;
+    let tls = tls_in(&kw, tcp, Some("api.stripe.com"), b"http/1.1").await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let call = |path: &str| {
+        Request::builder()
+            .uri(path)
+            .header("host", "api.stripe.com")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let resp = sender.send_request(call("/v1/customers/cus_1")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    // Narrow billing's scope: customers are no longer readable.
+    let text = kw.edited_config(|t| {
+        scope_at(t, 0).remove("customer");
+    });
+    std::fs::write(&kw.config_path, &text).unwrap();
+    let want = version_of(&text).await;
+    assert!(kw.wait_version(&want).await, "the reload was not applied");
+    sender.ready().await.unwrap();
+    let resp = sender.send_request(call("/v1/customers/cus_1")).await.unwrap();
+    assert_eq!(resp.status(), 403, "the same tunnel still gets the old scope");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("more_permissions_required"));
+    // Revoke the token: the next request in the same tunnel is refused.
+    let text = kw.edited_config(|t| {
+        service_at(t, 0).remove("token");
+    });
+    std::fs::write(&kw.config_path, &text).unwrap();
+    let want = version_of(&text).await;
+    assert!(kw.wait_version(&want).await, "the reload was not applied");
+    sender.ready().await.unwrap();
+    let resp = sender.send_request(call("/v1/charges")).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(kw.upstream.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn past_max_tunnels_a_connect_gets_503_and_an_idle_tunnel_is_closed() {
+    let kw = forward_harness("max_tunnels = 1\nidle_timeout = \"76s\"").await;
+    let first = tunnel(&kw, API, "").await;
+    assert!(eventually(|| async { kw.metric("keyward_tunnels_open").await == 1.0 }).await);
+    let (_, answer) = connect_raw(&kw, &format!("CONNECT {API} HTTP/1.1\r\nHost: {API}\r\n\r\n")).await;
+    assert_eq!(status_and_code(&answer), (503, "tunnels_full".into()), "{answer}");
+    drop(first);
+    assert!(eventually(|| async { kw.metric("keyward_tunnels_open").await == 0.0 }).await);
+    let _again = tunnel(&kw, API, "").await;
+}
+
+#[tokio::test]
+async fn the_proxy_port_can_speak_tls_for_callers_that_send_a_proxy_token() {
+    let kw = forward_harness("tls = true").await;
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-x", &format!("https://localhost:{}", kw.forward_addr().port()), "--proxy-cacert"])
+        .arg(&kw.pki.ca)
+        .args(["--proxy-user", &format!("{TOKEN}:"), "--cacert"])
+        .arg(kw.forward_ca())
+        .args(["-u", &format!("{TOKEN}:"), "-w", "\n%{http_code}"])
+        .arg("https://api.stripe.com/v1/charges")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("200"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(kw.upstream.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn leaves_are_for_the_connect_host_signed_by_the_forward_ca() {
+    let kw = forward_harness("leaf_lifetime = \"2h\"").await;
+    // No SNI: the CONNECT host's leaf.
+    let tcp = tunnel(&kw, "files.stripe.com:443", "").await;
+    let tls = tls_for(&kw, tcp, None, "files.stripe.com", b"http/1.1")
+        .await
+        .expect("verifies for the CONNECT host");
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let names: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(names, ["DNSName(files.stripe.com)"]);
+    let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    assert!((7200..=7200 + 600).contains(&life), "lifetime {life} s");
+    assert!(cert.public_key().algorithm.algorithm.to_id_string().starts_with("1.2.840.10045"), "ECDSA");
+}
