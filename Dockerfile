@@ -29,6 +29,6 @@ COPY config/ /app/config/
 
 USER 10001:10001
 VOLUME ["/app/config", "/app/certs", "/app/logs"]
-EXPOSE 8443 9090
+EXPOSE 8443 3128 9090
 ENTRYPOINT ["keyward"]
 CMD ["run"]

@@ -4,14 +4,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use keyward::control::tls;
 
 use super::fail;
 
 #[derive(Subcommand)]
 pub enum CertsCommand {
-    /// Make a development CA and a certificate for localhost in DIR (never in production).
+    /// Make a development CA, a certificate for localhost and a forward-mode CA in DIR (never
+    /// in production).
     Dev {
-        /// Where to write ca.crt, keyward.crt and keyward.key.
+        /// Where to write ca.crt, keyward.crt, keyward.key, forward-ca.crt and forward-ca.key.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
     },
@@ -19,15 +21,23 @@ pub enum CertsCommand {
 
 pub fn certs(command: CertsCommand) -> ExitCode {
     let CertsCommand::Dev { dir } = command;
-    match keyward::control::tls::ensure_dev_certs(&dir.join("keyward.crt"), &dir.join("keyward.key")) {
-        Ok(true) => {
-            println!("wrote {0}/ca.crt, {0}/keyward.crt, {0}/keyward.key", dir.display());
-            ExitCode::SUCCESS
+    let d = dir.display();
+    let made = [
+        (
+            tls::ensure_dev_certs(&dir.join("keyward.crt"), &dir.join("keyward.key")),
+            format!("{d}/ca.crt, {d}/keyward.crt, {d}/keyward.key"),
+        ),
+        (
+            tls::ensure_dev_forward_ca(&dir.join("forward-ca.crt"), &dir.join("forward-ca.key")),
+            format!("{d}/forward-ca.crt, {d}/forward-ca.key (the forward-mode CA)"),
+        ),
+    ];
+    for (result, files) in made {
+        match result {
+            Ok(true) => println!("wrote {files}"),
+            Ok(false) => println!("{files}: exist; left as they are"),
+            Err(e) => return fail([e]),
         }
-        Ok(false) => {
-            println!("{}/keyward.crt and keyward.key exist; left as they are", dir.display());
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail([e]),
     }
+    ExitCode::SUCCESS
 }

@@ -88,12 +88,14 @@ fn certs_dev_writes_a_ca_and_a_leaf_once() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, out) = keyward(dir.path(), &["certs", "dev", "--dir", "c"]);
     assert!(ok, "{out}");
-    for f in ["ca.crt", "keyward.crt", "keyward.key"] {
+    for f in ["ca.crt", "keyward.crt", "keyward.key", "forward-ca.crt", "forward-ca.key"] {
         assert!(dir.path().join("c").join(f).exists(), "{f}");
     }
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.path().join("c/keyward.key")).unwrap().permissions().mode();
-    assert_eq!(mode & 0o077, 0, "the key is private");
+    for key in ["c/keyward.key", "c/forward-ca.key"] {
+        let mode = std::fs::metadata(dir.path().join(key)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{key} is private");
+    }
     let (_, out) = keyward(dir.path(), &["certs", "dev", "--dir", "c"]);
     assert!(out.contains("left as they are"));
 }

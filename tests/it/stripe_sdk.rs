@@ -1,5 +1,5 @@
-//! The official Stripe Python SDK against keyward: allowed calls return objects, denied calls
-//! raise the SDK's own exceptions.
+//! The official Stripe SDKs against keyward, as a base URL and as `HTTPS_PROXY`: allowed calls
+//! return objects, denied calls raise the SDK's own exceptions.
 
 use std::collections::HashMap;
 
@@ -7,41 +7,92 @@ use crate::common::*;
 
 const TOKEN: &str = "kw_sdk_token_0123456789abcdefWXYZ";
 
-#[tokio::test]
-async fn stripe_python_sees_stripe_shaped_answers() {
-    let kw = Harness::new()
-        .also_upstream("files")
-        .service(
-            Svc::new("billing")
-                .token("sdk", TOKEN)
-                .scope("customer", "read")
-                .scope("charge", "read")
-                .scope("file", "write")
-                .extra("accounts = [\"acct_1Allowed\"]"),
-        )
-        .start()
-        .await;
-    let base = format!("https://localhost:{}", kw.addr().port());
-    let out = tokio::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/stripe_calls.py"))
-        .env("KW_BASE", &base)
+fn billing(h: Harness) -> Harness {
+    h.also_upstream("files").service(
+        Svc::new("billing")
+            .token("sdk", TOKEN)
+            .scope("customer", "read")
+            .scope("charge", "read")
+            .scope("file", "write")
+            .extra("accounts = [\"acct_1Allowed\"]"),
+    )
+}
+
+/// Run an SDK script; its results by scenario.
+async fn sdk(
+    program: &str,
+    script: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> HashMap<String, serde_json::Value> {
+    let out = tokio::process::Command::new(program)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/").to_string() + script)
+        .envs(env.iter().copied())
         .env("KW_TOKEN", TOKEN)
-        .env("KW_CA", &kw.pki.ca)
         .output()
         .await
-        .expect("python3 runs (the test command installs the stripe package)");
+        .expect("the SDK's runtime runs (the test command installs the SDKs)");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stripe_calls.py failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: HashMap<String, serde_json::Value> = stdout
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .map(|v| (v["scenario"].as_str().unwrap().to_string(), v))
-        .collect();
-    let r = |name: &str| results.get(name).unwrap_or_else(|| panic!("no result for {name}:\n{stdout}"));
+        .collect()
+}
+
+#[tokio::test]
+async fn stripe_python_sees_stripe_shaped_answers() {
+    let kw = billing(Harness::new()).start().await;
+    let base = format!("https://localhost:{}", kw.addr().port());
+    let results =
+        sdk("python3", "stripe_calls.py", &[("KW_BASE", base.as_ref()), ("KW_CA", kw.pki.ca.as_os_str())])
+            .await;
+    python_results(&kw, &results, "localhost");
+    kw.stop().await;
+}
+
+/// stripe-python with `stripe.proxy` and its default `api_base` / `upload_api_base`.
+#[tokio::test]
+async fn stripe_python_through_the_forward_port() {
+    let kw = billing(Harness::new().forward("")).start().await;
+    let proxy = format!("http://{}", kw.forward_addr());
+    let ca = kw.forward_ca();
+    let results =
+        sdk("python3", "stripe_calls.py", &[("KW_PROXY", proxy.as_ref()), ("KW_CA", ca.as_os_str())]).await;
+    python_results(&kw, &results, "api.stripe.com");
+    let recs = kw.records(11).await;
+    assert!(recs.iter().all(|r| r["mode"] == "forward"));
+    assert!(recs.iter().any(|r| r["connect_host"] == "files.stripe.com:443"));
+    kw.stop().await;
+}
+
+/// stripe-node with `https-proxy-agent` (it ignores `HTTPS_PROXY`) and `NODE_EXTRA_CA_CERTS`.
+#[tokio::test]
+async fn stripe_node_through_the_forward_port() {
+    let kw = billing(Harness::new().forward("")).start().await;
+    let proxy = format!("http://{}", kw.forward_addr());
+    let ca = kw.forward_ca();
+    let r = sdk(
+        "node",
+        "node/calls.js",
+        &[("KW_PROXY", proxy.as_ref()), ("NODE_EXTRA_CA_CERTS", ca.as_os_str())],
+    )
+    .await;
+    assert_eq!(r["retrieve_customer"]["id"], "cus_123", "{:?}", r["retrieve_customer"]);
+    assert_eq!(r["list_charges"]["object"], "list");
+    assert_eq!(r["create_charge"]["exception"], "StripePermissionError", "{:?}", r["create_charge"]);
+    assert_eq!(r["create_charge"]["status"], 403);
+    assert_eq!(r["create_charge"]["code"], "more_permissions_required");
+    assert_eq!(r["bad_token"]["exception"], "StripeAuthenticationError");
+    let seen = kw.upstream.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.authority == "api.stripe.com"));
+    assert!(seen.iter().all(|s| s.headers["authorization"] == format!("Bearer {SECRET}").as_str()));
+    kw.stop().await;
+}
+
+fn python_results(kw: &Running, results: &HashMap<String, serde_json::Value>, authority: &str) {
+    let r = |name: &str| results.get(name).unwrap_or_else(|| panic!("no result for {name}: {results:?}"));
 
     assert_eq!(r("retrieve_customer")["ok"], true);
     assert_eq!(r("retrieve_customer")["id"], "cus_123");
@@ -74,5 +125,5 @@ async fn stripe_python_sees_stripe_shaped_answers() {
     assert!(seen[3].uri.contains("expand"), "{}", seen[3].uri);
     assert!(seen.iter().all(|s| s.headers["authorization"] == format!("Bearer {SECRET}").as_str()));
     assert!(seen.iter().all(|s| s.headers.contains_key("stripe-version")), "SDK headers pass");
-    kw.stop().await;
+    assert!(seen.iter().all(|s| s.authority.starts_with(authority)), "{:?}", seen[0].authority);
 }

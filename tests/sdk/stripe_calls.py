@@ -1,6 +1,8 @@
 """The official Stripe Python SDK pointed at keyward: prints one JSON line per scenario.
 
 Environment: KW_BASE (https://localhost:PORT), KW_TOKEN, KW_CA (CA bundle for keyward's cert).
+Forward mode: KW_PROXY (http://127.0.0.1:PORT) instead of KW_BASE, and KW_CA the forward CA: the
+SDK keeps its default api_base and upload_api_base and reaches them through the proxy.
 """
 
 import io
@@ -10,9 +12,13 @@ import sys
 
 import stripe
 
-stripe.api_base = os.environ["KW_BASE"]
-stripe.upload_api_base = os.environ["KW_BASE"]
-stripe.connect_api_base = os.environ["KW_BASE"]
+PROXY = os.environ.get("KW_PROXY")
+if PROXY:
+    stripe.proxy = PROXY
+else:
+    stripe.api_base = os.environ["KW_BASE"]
+    stripe.upload_api_base = os.environ["KW_BASE"]
+    stripe.connect_api_base = os.environ["KW_BASE"]
 stripe.ca_bundle_path = os.environ["KW_CA"]
 stripe.max_network_retries = 0
 TOKEN = os.environ["KW_TOKEN"]
@@ -45,7 +51,10 @@ def main():
     run("expand_allowed", lambda: stripe.Charge.retrieve("ch_123", expand=["customer"]))
     run("expand_denied", lambda: stripe.Charge.retrieve("ch_123", expand=["balance_transaction"]))
     run("upload_file", lambda: stripe.File.create(purpose="dispute_evidence", file=io.BytesIO(b"%PDF-1.4 evidence")))
-    client = stripe.StripeClient(TOKEN, base_addresses={"api": os.environ["KW_BASE"]})
+    if PROXY:
+        client = stripe.StripeClient(TOKEN, proxy=PROXY)
+    else:
+        client = stripe.StripeClient(TOKEN, base_addresses={"api": os.environ["KW_BASE"]})
     run("client_retrieve_customer", lambda: client.customers.retrieve("cus_456"))
     stripe.api_key = "kw_not_a_real_token_000000000000"
     run("bad_token", lambda: stripe.Customer.retrieve("cus_123"))
