@@ -128,6 +128,11 @@ fn get(path: &str, token: &str) -> String {
     )
 }
 
+/// One printed row of the hostile table (`--nocapture` shows it).
+fn row(what: &str, status: impl std::fmt::Display, code: &str) {
+    println!("{what:<48} {status:>6}  {code}");
+}
+
 fn status_and_code(answer: &str) -> (u16, String) {
     let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let code = answer
@@ -235,11 +240,11 @@ async fn hostile_forward_requests_never_reach_the_upstream() {
         ("a CONNECT head too large", connect(API, &huge), 431, "-"),
     ];
     let mut failures = Vec::new();
-    println!("{:<40} {:>6}  {}", "forward port: sent", "status", "code");
+    row("forward port: sent", "status", "code");
     for (what, head, want_status, want_code) in &rows {
         let (_, answer) = connect_raw(&kw, head).await;
         let (status, code) = status_and_code(&answer);
-        println!("{what:<40} {status:>6}  {code}");
+        row(what, status, &code);
         if (status, code.as_str()) != (*want_status, *want_code) {
             failures.push(format!("{what}: got {status} {code}, want {want_status} {want_code}\n{answer}"));
         }
@@ -294,7 +299,7 @@ async fn hostile_forward_requests_never_reach_the_upstream() {
             "tunnel_service_mismatch",
         ),
     ];
-    println!("{:<40} {:>6}  {}", "in a tunnel: sent", "status", "code");
+    row("in a tunnel: sent", "status", "code");
     for (what, proxy_auth, bytes, want_status, want_code) in &tunnel_rows {
         let extra = if proxy_auth.is_empty() { String::new() } else { basic(TOKEN) };
         let tcp = tunnel(&kw, API, &extra).await;
@@ -304,7 +309,7 @@ async fn hostile_forward_requests_never_reach_the_upstream() {
         let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
         let answer = String::from_utf8_lossy(&out).into_owned();
         let (status, code) = status_and_code(&answer);
-        println!("{what:<40} {status:>6}  {code}");
+        row(what, status, &code);
         if (status, code.as_str()) != (*want_status, *want_code) {
             failures.push(format!("{what}: got {status} {code}, want {want_status} {want_code}\n{answer}"));
         }
@@ -316,23 +321,14 @@ async fn hostile_forward_requests_never_reach_the_upstream() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     let (status, body) = h2_in_tunnel(&kw, req).await;
-    println!(
-        "{:<40} {status:>6}  {}",
-        "h2 :authority is another host",
-        status_and_code(&format!("x {status} x\r\n\r\n{body}")).1
-    );
+    row("h2 :authority is another host", status, &status_and_code(&format!("x {status} x\r\n\r\n{body}")).1);
     if status != 421 || !body.contains("misdirected_request") {
         failures.push(format!("h2 :authority: {status} {body}"));
     }
     // SNI of another host than the CONNECT's: the handshake ends.
     let tcp = tunnel(&kw, API, "").await;
     let sni = tls_in(&kw, tcp, Some("files.stripe.com"), b"http/1.1").await;
-    println!(
-        "{:<40} {:>6}  {}",
-        "SNI is another host",
-        "-",
-        if sni.is_err() { "handshake refused" } else { "ACCEPTED" }
-    );
+    row("SNI is another host", "-", if sni.is_err() { "handshake refused" } else { "ACCEPTED" });
     if sni.is_ok() {
         failures.push("a TLS handshake naming another host was accepted".into());
     }
@@ -341,12 +337,7 @@ async fn hostile_forward_requests_never_reach_the_upstream() {
         connect_raw(&kw, &format!("{}{}", connect(API, ""), get("/v1/charges", TOKEN))).await;
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
-    println!(
-        "{:<40} {:>6}  {}",
-        "a request smuggled after the CONNECT",
-        head.split(' ').nth(1).unwrap_or("-"),
-        "closed, not served"
-    );
+    row("a request smuggled after the CONNECT", head.split(' ').nth(1).unwrap_or("-"), "closed, not served");
     if String::from_utf8_lossy(&rest).contains("HTTP/1.1") {
         failures.push(format!("the smuggled request was answered: {}", String::from_utf8_lossy(&rest)));
     }
