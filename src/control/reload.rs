@@ -76,6 +76,7 @@ impl Reloader {
 struct Bound {
     listen: std::net::SocketAddr,
     admin_listen: Option<std::net::SocketAddr>,
+    forward_listen: Option<std::net::SocketAddr>,
     audit: crate::audit::Settings,
     max_form_bytes_total: usize,
 }
@@ -85,6 +86,7 @@ impl Bound {
         Bound {
             listen: s.listen,
             admin_listen: s.admin_listen,
+            forward_listen: s.forward.map(|f| f.listen),
             audit: s.audit.clone(),
             max_form_bytes_total: s.limits.max_form_bytes_total,
         }
@@ -98,6 +100,11 @@ impl Bound {
         }
         if self.admin_listen != next.admin_listen {
             out.push("server.admin_listen".to_string());
+        }
+        if self.forward_listen != next.forward.map(|f| f.listen) {
+            // Added, moved or removed: the port is bound (or left) as at start. A port left
+            // open without a `[forward]` closes each new connection at once.
+            out.push("forward.listen".to_string());
         }
         if self.audit != next.audit {
             out.push("audit".to_string());

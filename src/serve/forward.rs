@@ -205,6 +205,8 @@ fn refuse(
         ..new_record(&proxy.ids, conn.ip, &snap.version)
     };
     let mut resp = respond::failure(f);
+    let record =
+        AccessRecord { bytes_out: http_body::Body::size_hint(resp.body()).exact().unwrap_or(0), ..record };
     let id = HeaderValue::from_str(&record.request_id).expect("request ids are ASCII");
     resp.headers_mut().insert(&STRIPE_REQUEST_ID, id.clone());
     resp.headers_mut().insert(&REQUEST_ID, id);

@@ -39,7 +39,7 @@ async fn canary(upstream_extra: &str, log_on_stdout: bool) {
     let path = dir.path().join("keyward.toml");
     std::fs::write(&path, text).unwrap();
 
-    let KeywardProcess { mut child, addr, admin, logs } = spawn_keyward(&path, &[]);
+    let KeywardProcess { mut child, addr, admin, logs, .. } = spawn_keyward(&path, &[]);
     let tls = pki.client_config();
     let local = "127.0.0.1".parse().unwrap();
 
@@ -114,4 +114,84 @@ async fn canary(upstream_extra: &str, log_on_stdout: bool) {
         }
     }
     assert!(bodies.contains("kw_***6a8c"), "redacted token shown to the caller");
+}
+
+/// Forward mode: tokens in `Proxy-Authorization`, in a `CONNECT` target's user info and in
+/// the tunnel, and the forward CA's private key, appear in no output.
+#[tokio::test]
+async fn forward_mode_leaks_no_token_secret_or_ca_key() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new().service(Svc::new("billing").token("live", TOKEN).scope("charge", "read"));
+    let mut table = h.table(&pki, &upstream.url(), dir.path());
+    add_forward(&mut table, dir.path(), "", &[("api".into(), upstream.addr)]);
+    table_at(&mut table, &["timeouts"]).insert("drain_delay".into(), "0s".into());
+    let path = dir.path().join("keyward.toml");
+    std::fs::write(&path, toml::to_string(&table).unwrap()).unwrap();
+    let KeywardProcess { mut child, admin, forward, logs, .. } = spawn_keyward(&path, &[]);
+    let proxy = format!("http://{}", forward.expect("a forward port"));
+    let ca = dir.path().join("forward-ca.crt");
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{TOKEN}:"));
+    let mut out = String::new();
+    let calls: Vec<Vec<String>> = vec![
+        vec!["-u".into(), format!("{TOKEN}:"), "https://api.stripe.com/v1/charges".into()],
+        vec![
+            "--proxy-user".into(),
+            format!("{TOKEN}:"),
+            "-u".into(),
+            format!("{TOKEN}:"),
+            "https://api.stripe.com/v1/customers".into(),
+        ],
+        vec!["--proxy-user".into(), format!("{TOKEN}x:"), "https://api.stripe.com/v1/charges".into()],
+        vec!["-u".into(), format!("{TOKEN}:"), "https://example.com/v1/charges".into()],
+        vec!["-u".into(), format!("{TOKEN}:"), "http://api.stripe.com/v1/charges".into()],
+    ];
+    for args in calls {
+        let o = tokio::process::Command::new("curl")
+            .args(["-sS", "-i", "-x", &proxy, "--cacert"])
+            .arg(&ca)
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        out.push_str(&String::from_utf8_lossy(&o.stdout));
+        out.push_str(&String::from_utf8_lossy(&o.stderr));
+    }
+    // The CONNECT target with the token as user info, raw (curl would strip it).
+    let mut tcp = tokio::net::TcpStream::connect(forward.unwrap()).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!("CONNECT {TOKEN}@api.stripe.com:443 HTTP/1.1\r\nHost: api.stripe.com:443\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    out.push_str(&String::from_utf8_lossy(&answer));
+    assert!(
+        upstream.requests().iter().any(|s| s.headers["authorization"] == format!("Bearer {SECRET}").as_str()),
+        "the canary is live: {out}"
+    );
+    let (_, metrics) = admin_request(admin.unwrap(), "GET", "/metrics").await;
+    out.push_str(&String::from_utf8_lossy(&metrics));
+    assert!(out.contains("keyward_connects_total"), "the metrics were read");
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    let stderr = logs.join().unwrap();
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert!(audit.contains("\"mode\":\"forward\"") && audit.contains("host_not_proxied"), "{audit}");
+    // The key's base64 body, line by line: no part of it may show.
+    let key = std::fs::read_to_string(dir.path().join("forward-ca.key")).unwrap();
+    let key_lines: Vec<&str> = key.lines().filter(|l| !l.starts_with("-----") && l.len() > 16).collect();
+    assert!(!key_lines.is_empty());
+    for (place, text) in [("access log", &audit), ("stderr", &stderr), ("stdout", &stdout), ("answers", &out)]
+    {
+        for canary in ["CANARYTOKEN", "REALSECRET", SECRET, TOKEN, &b64] {
+            assert!(!text.contains(canary), "{canary} appears in {place}");
+        }
+        for line in &key_lines {
+            assert!(!text.contains(line), "the forward CA key appears in {place}");
+        }
+    }
 }

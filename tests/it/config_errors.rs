@@ -275,3 +275,94 @@ fn check_offline_reads_no_secret_certificate_or_ca() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("offline"), "{text}");
 }
+
+/// `[forward]` mistakes: each named by its key, none echoing key material.
+#[test]
+fn forward_mistakes_are_refused_by_key() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("fca.crt"), dir.path().join("fca.key"));
+    keyward::control::tls::ensure_dev_forward_ca(&cert, &key).unwrap();
+    let ca_key = std::fs::read_to_string(&key).unwrap();
+    let forward = format!("[forward]\nlisten = \"127.0.0.1:0\"\nca_cert = {cert:?}\nca_key = {key:?}\n\n");
+    let good = base(&pki, dir.path())
+        .replace(
+            "url = \"https://localhost:9\"",
+            "url = \"https://api.stripe.com\"\nconnect_to = \"127.0.0.1:9\"",
+        )
+        .replace("[upstream.api]", &format!("{forward}[upstream.api]"));
+    let (ok, out) = check(dir.path(), &good);
+    assert!(ok, "{out}");
+    let loose = dir.path().join("loose.key");
+    std::fs::write(&loose, &ca_key).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let key_line = format!("ca_key = {key:?}");
+    let other_key = dir.path().join("other.key");
+    std::fs::copy(&pki.key, &other_key).unwrap();
+    std::fs::set_permissions(&other_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("no CA key", good.replace(&key_line, ""), vec!["forward.ca_key", "is missing"]),
+        (
+            "two CA keys",
+            good.replace(&key_line, &format!("{key_line}\nca_key_secret = \"stripe\"")),
+            vec!["forward.ca_key_secret", "not both"],
+        ),
+        (
+            "a CA key secret not defined",
+            good.replace(&key_line, "ca_key_secret = \"forward_ca\""),
+            vec!["forward.ca_key_secret", "no [secret.forward_ca]"],
+        ),
+        (
+            "a CA key others may read",
+            good.replace(&key_line, &format!("ca_key = {loose:?}")),
+            vec!["forward.ca_key", "chmod 600"],
+        ),
+        (
+            "a CA key that is not the certificate's",
+            good.replace(&key_line, &format!("ca_key = {other_key:?}")),
+            vec!["forward.ca_cert", "does not verify against the CA certificate"],
+        ),
+        (
+            "a leaf certificate as the CA",
+            good.replace(&format!("ca_cert = {cert:?}"), &format!("ca_cert = {:?}", pki.cert)),
+            vec!["forward.ca_cert"],
+        ),
+        (
+            "no upstream with a DNS name",
+            good.replace("https://api.stripe.com", "https://127.0.0.1:9"),
+            vec!["forward", "no upstream can be intercepted"],
+        ),
+        (
+            "an upstream host in capitals",
+            good.replace("https://api.stripe.com", "https://API.stripe.com"),
+            vec!["upstream.api.url", "lowercase"],
+        ),
+        (
+            "an idle timeout shorter than the upstream's",
+            good.replace(&key_line, &format!("{key_line}\nidle_timeout = \"30s\"")),
+            vec!["forward.idle_timeout", "longer than timeouts.upstream"],
+        ),
+        (
+            "a leaf lifetime out of bounds",
+            good.replace(&key_line, &format!("{key_line}\nleaf_lifetime = \"5000d\"")),
+            vec!["forward.leaf_lifetime"],
+        ),
+        (
+            "a connect_to that is not an address",
+            good.replace("connect_to = \"127.0.0.1:9\"", "connect_to = \"api.internal:443\""),
+            vec!["keyward.toml:14", "invalid socket address"],
+        ),
+    ];
+    let key_body: Vec<&str> = ca_key.lines().filter(|l| !l.starts_with("-----")).collect();
+    for (what, text, wants) in cases {
+        let (ok, out) = check(dir.path(), &text);
+        assert!(!ok, "{what}: accepted\n{out}");
+        for w in wants {
+            assert!(out.contains(w), "{what}: wanted `{w}` in:\n{out}");
+        }
+        for line in &key_body {
+            assert!(!out.contains(line), "{what}: echoed the CA key:\n{out}");
+        }
+        assert!(!out.contains("panicked"), "{what}: panicked:\n{out}");
+    }
+}

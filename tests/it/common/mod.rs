@@ -283,6 +283,23 @@ impl Svc {
 }
 
 /// A TOML fragment as a table (empty text: an empty table).
+/// Forward mode in `table`: a `[forward]` port with a CA made in `dir` (`forward-ca.crt`), and
+/// each upstream of `dial` named `https://NAME.stripe.com`, reached through `connect_to`.
+pub fn add_forward(table: &mut toml::Table, dir: &Path, extra: &str, dial: &[(String, SocketAddr)]) {
+    let (cert, key) = (dir.join("forward-ca.crt"), dir.join("forward-ca.key"));
+    keyward::control::tls::ensure_dev_forward_ca(&cert, &key).unwrap();
+    let fwd = table_at(table, &["forward"]);
+    fwd.insert("listen".into(), "127.0.0.1:0".into());
+    fwd.insert("ca_cert".into(), cert.display().to_string().into());
+    fwd.insert("ca_key".into(), key.display().to_string().into());
+    merge(fwd, fragment(extra));
+    for (name, addr) in dial {
+        let up = table_at(table, &["upstream", name]);
+        up.insert("url".into(), format!("https://{name}.stripe.com").into());
+        up.insert("connect_to".into(), addr.to_string().into());
+    }
+}
+
 pub fn fragment(text: &str) -> toml::Table {
     toml::from_str(text).unwrap_or_else(|e| panic!("a test's TOML fragment does not parse: {e}\n{text}"))
 }
@@ -450,20 +467,9 @@ impl Harness {
             others.insert(name.clone(), up);
         }
         if let Some(extra) = &self.forward {
-            let (cert, key) = (dir.path().join("forward-ca.crt"), dir.path().join("forward-ca.key"));
-            keyward::control::tls::ensure_dev_forward_ca(&cert, &key).unwrap();
-            let fwd = table_at(&mut table, &["forward"]);
-            fwd.insert("listen".into(), "127.0.0.1:0".into());
-            fwd.insert("ca_cert".into(), cert.display().to_string().into());
-            fwd.insert("ca_key".into(), key.display().to_string().into());
-            merge(fwd, fragment(extra));
             let mut dial = vec![("api".to_string(), upstream.addr)];
             dial.extend(others.iter().map(|(n, u)| (n.clone(), u.addr)));
-            for (name, addr) in dial {
-                let up = table_at(&mut table, &["upstream", &name]);
-                up.insert("url".into(), format!("https://{name}.stripe.com").into());
-                up.insert("connect_to".into(), addr.to_string().into());
-            }
+            add_forward(&mut table, dir.path(), extra, &dial);
         }
         let text = toml::to_string(&table).unwrap();
         let config_path = place(dir.path(), &text);
@@ -732,6 +738,8 @@ pub struct KeywardProcess {
     pub addr: SocketAddr,
     /// The admin port, if configured.
     pub admin: Option<SocketAddr>,
+    /// The forward port, if configured.
+    pub forward: Option<SocketAddr>,
     /// Everything the child wrote to stderr, once it has exited.
     pub logs: std::thread::JoinHandle<String>,
 }
@@ -748,7 +756,8 @@ pub fn spawn_keyward(config: &Path, env: &[(&str, &str)]) -> KeywardProcess {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<(SocketAddr, Option<SocketAddr>)>();
+    type Addrs = (SocketAddr, Option<SocketAddr>, Option<SocketAddr>);
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Addrs>();
     let logs = std::thread::spawn(move || {
         let mut all = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -756,15 +765,16 @@ pub fn spawn_keyward(config: &Path, env: &[(&str, &str)]) -> KeywardProcess {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap();
                 let addr = v["fields"]["addr"].as_str().unwrap().parse().unwrap();
                 let admin = v["fields"]["admin"].as_str().map(|a| a.parse().unwrap());
-                let _ = addr_tx.send((addr, admin));
+                let forward = v["fields"]["forward"].as_str().map(|a| a.parse().unwrap());
+                let _ = addr_tx.send((addr, admin, forward));
             }
             all.push_str(&line);
             all.push('\n');
         }
         all
     });
-    let (addr, admin) = addr_rx.recv_timeout(Duration::from_secs(20)).expect("keyward started");
-    KeywardProcess { child, addr, admin, logs }
+    let (addr, admin, forward) = addr_rx.recv_timeout(Duration::from_secs(20)).expect("keyward started");
+    KeywardProcess { child, addr, admin, forward, logs }
 }
 
 pub fn req(method: &str, path: &str, token: &str, body: &str) -> Request<Full<Bytes>> {
