@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Forward-mode load benchmark: keyward as HTTPS_PROXY against Squid 5 doing the same job
-# (ssl_bump, Authorization replaced), and keyward's reverse mode as the baseline. The client is
+# Forward-mode load benchmark: keyward as HTTPS_PROXY against Squid 5 (ssl_bump) and mitmproxy
+# (an addon) doing the same job (token checked, Authorization replaced, upstream pinned), and
+# keyward's reverse mode as the baseline. The client is
 # hey (`hey -x`: CONNECT, then TLS to the intercepting proxy); proxy and upstream share CPU 0,
 # hey runs on CPU 1; one worker per proxy. All on loopback.
 # Usage: benches/load/forward.sh [seconds-per-run]   (writes benches/load/last-forward-run.md)
@@ -19,6 +20,9 @@ trap cleanup EXIT
 need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
 need nginx nginx; need hey hey; need squid squid-openssl; need taskset util-linux; need curl curl; need openssl openssl
 if [ -z "${KEYWARD_BIN:-}" ]; then cargo build --release --quiet; fi
+# mitmproxy in a virtualenv of its own (kept between runs): it pins its own cryptography.
+MITM_VENV=${MITM_VENV:-/tmp/keyward-bench-mitmproxy}
+[ -x "$MITM_VENV/bin/mitmdump" ] || { python3 -m venv "$MITM_VENV" && "$MITM_VENV/bin/pip" install -q mitmproxy==11.0.2; }
 KW=${KEYWARD_BIN:-$ROOT/target/release/keyward}
 
 SECRET=sk_test_loadbench_real_secret_0123456789
@@ -127,6 +131,24 @@ pid_filename $W/run/squid.pid
 coredump_dir $W/squid
 CONF
 
+# mitmproxy: the forward CA (certificate and key in one file), an addon doing the job.
+mkdir -p "$W/mitm"; cat "$C/forward-ca.key" "$C/forward-ca.crt" > "$W/mitm/mitmproxy-ca.pem"
+cat > "$W/mitm/addon.py" <<PY
+from mitmproxy import http
+
+class Keyward:
+    def server_connect(self, data):
+        data.server.address = ("127.0.0.1", 443)  # api.stripe.com is the stand-in
+
+    def request(self, flow):
+        if flow.request.pretty_host != "api.stripe.com" or flow.request.headers.get("authorization") != "Bearer $TOKEN":
+            flow.response = http.Response.make(403, b'{"error":{"type":"invalid_request_error"}}', {"content-type": "application/json"})
+            return
+        flow.request.headers["authorization"] = "Bearer $SECRET"
+
+addons = [Keyward()]
+PY
+
 start() { # name, command...
   local name=$1; shift
   taskset -c 0 "$@" > "$W/logs/$name.out" 2> "$W/logs/$name.err" &
@@ -135,8 +157,10 @@ start() { # name, command...
 start upstream nginx -c "$W/upstream.conf" -p "$W"
 start keyward "$KW" run --workers 1 --config "$W/keyward.toml"
 start squid squid -N -f "$W/squid.conf"
-sleep 3
-for name in upstream keyward squid; do
+start mitmproxy "$MITM_VENV/bin/mitmdump" -q --listen-host 127.0.0.1 -p 3130 --set confdir="$W/mitm" \
+  --set ssl_verify_upstream_trusted_ca="$C/up-ca.crt" -s "$W/mitm/addon.py"
+sleep 4
+for name in upstream keyward squid mitmproxy; do
   kill -0 "$(cat "$W/run/$name.pid.real")" 2>/dev/null || { echo "$name did not start (port taken?):" >&2; cat "$W/logs/$name.err" "$W/logs/squid-cache.log" 2>/dev/null >&2; exit 1; }
 done
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
@@ -145,9 +169,9 @@ pids_of() { local p; p=$(cat "$W/run/$1.pid.real"); echo "$p $(pgrep -P "$p" | x
 ticks_of() { local t=0; for p in $(pids_of "$1"); do t=$((t + $(cpu_ticks "$p" 2>/dev/null || echo 0))); done; echo $t; }
 
 URL=https://api.stripe.com/v1/charges/ch_3NxAbCdEfGhIjKlM
-declare -A PROXY=([keyward-forward]=http://127.0.0.1:3128 [squid]=http://127.0.0.1:3129)
+declare -A PROXY=([keyward-forward]=http://127.0.0.1:3128 [squid]=http://127.0.0.1:3129 [mitmproxy]=http://127.0.0.1:3130)
 echo "== correctness"
-for t in keyward-forward squid; do
+for t in keyward-forward squid mitmproxy; do
   ok=$(curl -s -o /dev/null -w '%{http_code}' -x "${PROXY[$t]}" --cacert "$C/forward-ca.crt" -H "Authorization: Bearer $TOKEN" "$URL")
   bad=$(curl -s -o /dev/null -w '%{http_code}' -x "${PROXY[$t]}" --cacert "$C/forward-ca.crt" -H "Authorization: Bearer kw_nobody" "$URL")
   echo "$t: allowed $ok, bad token $bad"
@@ -161,8 +185,8 @@ OUT=$ROOT/benches/load/last-forward-run.md
   echo "# Forward-mode load run $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem/{print $2}') GiB."
-  echo "Versions: keyward $("$KW" --version | cut -d' ' -f2), $(squid -v | head -1), hey $(dpkg-query -W -f '${Version}' hey 2>/dev/null)."
-  echo "Pinning: upstream (nginx, 1 worker) and the proxy under test on CPU 0, hey on CPU 1; keyward --workers 1, Squid workers 1. ${SECS}s per run. keyward on its default settings (HTTP/1.1 upstream pool)."
+  echo "Versions: keyward $("$KW" --version | cut -d' ' -f2), $(squid -v | head -1), mitmproxy $("$MITM_VENV/bin/mitmdump" --version | head -1 | cut -d' ' -f2), hey $(dpkg-query -W -f '${Version}' hey 2>/dev/null)."
+  echo "Pinning: upstream (nginx, 1 worker) and the proxy under test on CPU 0, hey on CPU 1; keyward --workers 1, Squid workers 1, mitmproxy (one Python process). ${SECS}s per run. keyward on its default settings (HTTP/1.1 upstream pool)."
   echo
   echo "| mode | target | req/s | p50 ms | p99 ms | proxy CPU µs/req |"
   echo "|---|---|---:|---:|---:|---:|"
@@ -175,7 +199,7 @@ run() { # mode target hey-args...
   case $t in
     keyward-reverse) url=https://localhost:8443/v1/charges/ch_3NxAbCdEfGhIjKlM ;;
     keyward-forward) px=(-x "${PROXY[$t]}") ;;
-    squid) who=squid; px=(-x "${PROXY[$t]}") ;;
+    squid|mitmproxy) who=$t; px=(-x "${PROXY[$t]}") ;;
   esac
   local before; before=$(ticks_of $who)
   local res; res=$(SSL_CERT_FILE=$C/clients.crt taskset -c 1 hey -z "${SECS}s" "$@" "${px[@]}" -H "Authorization: Bearer $TOKEN" "$url")
@@ -189,8 +213,8 @@ run() { # mode target hey-args...
   RPS[$mode/$t]=$rps
   echo "| $mode | $t | $rps | $p50 | $p99 | ${CPU[$mode/$t]} |" | tee -a "$OUT"
 }
-for t in keyward-reverse keyward-forward squid; do run keepalive-64 "$t" -c 64; done
-for t in keyward-forward squid; do run tunnel-per-request "$t" -c 16 -disable-keepalive; done
+for t in keyward-reverse keyward-forward squid mitmproxy; do run keepalive-64 "$t" -c 64; done
+for t in keyward-forward squid mitmproxy; do run tunnel-per-request "$t" -c 16 -disable-keepalive; done
 
 ratio() { python3 -c "print(round(float('$1')/float('$2'), 2))"; }
 {
@@ -201,6 +225,8 @@ ratio() { python3 -c "print(round(float('$1')/float('$2'), 2))"; }
   echo "| forward keep-alive CPU/req ÷ Squid | $(ratio "${CPU[keepalive-64/keyward-forward]}" "${CPU[keepalive-64/squid]}") | ≤ 0.33 |"
   echo "| forward keep-alive req/s ÷ Squid | $(ratio "${RPS[keepalive-64/keyward-forward]}" "${RPS[keepalive-64/squid]}") | ≥ 3 |"
   echo "| tunnel-per-request req/s ÷ Squid | $(ratio "${RPS[tunnel-per-request/keyward-forward]}" "${RPS[tunnel-per-request/squid]}") | ≥ 1.5 |"
+  echo "| forward keep-alive req/s ÷ mitmproxy | $(ratio "${RPS[keepalive-64/keyward-forward]}" "${RPS[keepalive-64/mitmproxy]}") | |"
+  echo "| forward keep-alive CPU/req ÷ mitmproxy | $(ratio "${CPU[keepalive-64/keyward-forward]}" "${CPU[keepalive-64/mitmproxy]}") | |"
   echo
   echo "Access records written by keyward: $(wc -l < "$W/logs/keyward-audit.jsonl"); chain: $("$KW" audit verify "$W/logs/keyward-audit.jsonl" 2>&1 | cut -c1-60)"
 } | tee -a "$OUT"

@@ -97,10 +97,9 @@ fn answer(
         return proxy.unrecorded(Failure::AuditUnavailable);
     }
     let asked = asked_for(&parts);
-    let opened = open(&snap, proxy, conn, &parts).map(|(tunnel, tls)| {
+    let opened = open(&snap, proxy, conn, &parts).map(|(tunnel, tls, slot)| {
         let (proxy, conn, ends2) = (proxy.clone(), conn.clone(), ends.clone());
         let settings = snap.forward.expect("a forward port has settings");
-        let slot = TunnelSlot::take(&proxy);
         ends.tasks.spawn(async move {
             let _slot = slot;
             serve_tunnel(upgrade, tunnel, tls, &proxy, &conn, &ends2, settings.idle_timeout).await;
@@ -127,7 +126,7 @@ fn open(
     proxy: &Proxy,
     conn: &Accepted,
     parts: &http::request::Parts,
-) -> Result<(Arc<Tunnel>, Arc<rustls::ServerConfig>), Failure> {
+) -> Result<(Arc<Tunnel>, Arc<rustls::ServerConfig>, TunnelSlot), Failure> {
     if parts.method != Method::CONNECT {
         return Err(if parts.uri.authority().is_some() {
             Failure::PlainHttp
@@ -139,17 +138,15 @@ fn open(
     let target = parts.uri.to_string();
     connect_target(&snap.policy, &target)?;
     let token = tunnel_token(snap, conn, parts)?;
-    let settings = snap.forward.ok_or(Failure::Internal)?;
-    if proxy.tunnels.load(Ordering::Relaxed) >= settings.max_tunnels {
-        return Err(Failure::TunnelsFull);
-    }
     let tunnel = Tunnel { target, token };
     let tls = snap
         .intercept
         .as_ref()
         .and_then(|i| i.tls(tunnel.host()))
         .ok_or_else(|| not_proxied(&snap.policy))?;
-    Ok((Arc::new(tunnel), tls))
+    let max = snap.forward.ok_or(Failure::Internal)?.max_tunnels;
+    let slot = TunnelSlot::take(proxy, max).ok_or(Failure::TunnelsFull)?;
+    Ok((Arc::new(tunnel), tls, slot))
 }
 
 /// The token of `Proxy-Authorization` (Basic with the token as user name, or Bearer), if
@@ -270,10 +267,12 @@ struct TunnelSlot {
 }
 
 impl TunnelSlot {
-    fn take(proxy: &Proxy) -> TunnelSlot {
-        proxy.tunnels.fetch_add(1, Ordering::Relaxed);
+    /// One of `max` places, if one is free.
+    fn take(proxy: &Proxy, max: usize) -> Option<TunnelSlot> {
+        let count = &proxy.tunnels;
+        count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
         proxy.state.metrics.tunnels_open.inc();
-        TunnelSlot { count: proxy.tunnels.clone(), open: proxy.state.metrics.tunnels_open.clone() }
+        Some(TunnelSlot { count: count.clone(), open: proxy.state.metrics.tunnels_open.clone() })
     }
 }
 

@@ -188,6 +188,9 @@ async fn curl_through_the_proxy_gets_the_real_secret_injected_over_http1_and_htt
     }
     assert_eq!(recs[2]["reason"], "more_permissions_required");
     assert_eq!(kw.metric("keyward_connects_total{outcome=\"opened\"}").await, 3.0);
+    // The listener reaches the same upstream through `connect_to`, naming it by its URL's host.
+    assert_eq!(kw.get("/v1/charges", TOKEN).await.status, 200);
+    assert_eq!(kw.upstream.requests()[2].authority, "api.stripe.com");
 }
 
 /// `(what, CONNECT target or `-`, extra CONNECT headers, then sent in the tunnel or `-`,
@@ -423,7 +426,7 @@ async fn a_reload_applies_to_tunnels_already_open() {
 }
 
 #[tokio::test]
-async fn past_max_tunnels_a_connect_gets_503_and_an_idle_tunnel_is_closed() {
+async fn past_max_tunnels_a_connect_gets_503() {
     let kw = forward_harness("max_tunnels = 1\nidle_timeout = \"76s\"").await;
     let first = tunnel(&kw, API, "").await;
     assert!(eventually(|| async { kw.metric("keyward_tunnels_open").await == 1.0 }).await);
@@ -432,6 +435,38 @@ async fn past_max_tunnels_a_connect_gets_503_and_an_idle_tunnel_is_closed() {
     drop(first);
     assert!(eventually(|| async { kw.metric("keyward_tunnels_open").await == 0.0 }).await);
     let _again = tunnel(&kw, API, "").await;
+}
+
+#[tokio::test]
+async fn a_silent_caller_and_an_idle_tunnel_are_closed() {
+    let kw = Harness::new()
+        .forward("head_timeout = \"300ms\"\nidle_timeout = \"600ms\"")
+        .top("[timeouts]\nupstream = \"500ms\"")
+        .service(Svc::new("billing").token("fw", TOKEN).scope("charge", "read"))
+        .start()
+        .await;
+    let closed = |mut tcp: TcpStream| async move {
+        let mut buf = [0u8; 64];
+        matches!(tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    };
+    // No CONNECT head within head_timeout.
+    let silent = TcpStream::connect(kw.forward_addr()).await.unwrap();
+    assert!(closed(silent).await, "a caller that sends nothing is closed");
+    // A tunnel with a served call, then nothing: closed after idle_timeout.
+    let tcp = tunnel(&kw, API, "").await;
+    let tls = tls_in(&kw, tcp, Some("api.stripe.com"), b"h2").await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let call = Request::builder()
+        .uri("https://api.stripe.com/v1/charges")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(call).await.unwrap().status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the idle tunnel was not closed");
+    assert!(eventually(|| async { kw.metric("keyward_tunnels_open").await == 0.0 }).await);
 }
 
 #[tokio::test]
