@@ -29,7 +29,8 @@ SECRET=sk_test_loadbench_real_secret_0123456789
 TOKEN=kw_load_service_1_token_abcdefghijklmnop
 mkdir -p "$W/logs" "$W/run" "$W/certs"
 C=$W/certs
-# The upstream stand-in is "api.stripe.com" on 127.0.0.1:443: its own CA, which both proxies pin.
+# The upstream stand-in is "api.stripe.com" on 127.0.0.2:443: its own CA, which the proxies pin.
+# (keyward's listener takes 127.0.0.1:443: hey's Go client puts a URL's port in its SNI.)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-upstream-ca \
   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
   -keyout "$C/up-ca.key" -out "$C/up-ca.crt" 2>/dev/null
@@ -52,7 +53,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   server {
-    listen 127.0.0.1:443 ssl;
+    listen 127.0.0.2:443 ssl;
     ssl_certificate $C/up.crt; ssl_certificate_key $C/up.key;
     ssl_protocols TLSv1.2 TLSv1.3;
     keepalive_requests 1000000;
@@ -70,7 +71,7 @@ H=$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)
 # keyward's default settings; the upstream is dialled at the stand-in (connect_to).
 cat > "$W/keyward.toml" <<CONF
 [server]
-listen = "127.0.0.1:8443"
+listen = "127.0.0.1:443"
 admin_listen = "127.0.0.1:9090"
 tls_cert = "$C/keyward.crt"
 tls_key = "$C/keyward.key"
@@ -80,7 +81,7 @@ ca_cert = "$C/forward-ca.crt"
 ca_key = "$C/forward-ca.key"
 [upstream.api]
 url = "https://api.stripe.com"
-connect_to = "127.0.0.1:443"
+connect_to = "127.0.0.2:443"
 ca = "$C/up-ca.crt"
 [secret.stripe]
 source = "file"
@@ -103,7 +104,7 @@ CONF
 mkdir -p "$W/squid"; chmod 777 "$W/squid" "$W/logs" "$W/run"
 /usr/lib/squid/security_file_certgen -c -s "$W/squid/ssl_db" -M 16MB >/dev/null
 chmod -R a+rwX "$W/squid"
-echo "127.0.0.1 api.stripe.com" > "$W/hosts"
+echo "127.0.0.2 api.stripe.com" > "$W/hosts"
 cat > "$W/squid.conf" <<CONF
 http_port 127.0.0.1:3129 ssl-bump tls-cert=$C/forward-ca.crt tls-key=$C/squid-ca.key generate-host-certificates=on dynamic_cert_mem_cache_size=16MB
 sslcrtd_program /usr/lib/squid/security_file_certgen -s $W/squid/ssl_db -M 16MB
@@ -131,14 +132,15 @@ pid_filename $W/run/squid.pid
 coredump_dir $W/squid
 CONF
 
-# mitmproxy: the forward CA (certificate and key in one file), an addon doing the job.
-mkdir -p "$W/mitm"; cat "$C/forward-ca.key" "$C/forward-ca.crt" > "$W/mitm/mitmproxy-ca.pem"
+# mitmproxy: its own CA (it makes one in its confdir; its leaves' authority key id does not
+# match the subject key id of a CA made elsewhere), an addon doing the job.
+mkdir -p "$W/mitm"
 cat > "$W/mitm/addon.py" <<PY
 from mitmproxy import http
 
 class Keyward:
     def server_connect(self, data):
-        data.server.address = ("127.0.0.1", 443)  # api.stripe.com is the stand-in
+        data.server.address = ("127.0.0.2", 443)  # api.stripe.com is the stand-in
 
     def request(self, flow):
         if flow.request.pretty_host != "api.stripe.com" or flow.request.headers.get("authorization") != "Bearer $TOKEN":
@@ -163,6 +165,8 @@ sleep 4
 for name in upstream keyward squid mitmproxy; do
   kill -0 "$(cat "$W/run/$name.pid.real")" 2>/dev/null || { echo "$name did not start (port taken?):" >&2; cat "$W/logs/$name.err" "$W/logs/squid-cache.log" 2>/dev/null >&2; exit 1; }
 done
+cat "$W/mitm/mitmproxy-ca-cert.pem" >> "$C/clients.crt"
+declare -A CA=([keyward-forward]=$C/forward-ca.crt [squid]=$C/forward-ca.crt [mitmproxy]=$W/mitm/mitmproxy-ca-cert.pem)
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # Squid's CPU: the process and its certificate helpers.
 pids_of() { local p; p=$(cat "$W/run/$1.pid.real"); echo "$p $(pgrep -P "$p" | xargs)"; }
@@ -172,12 +176,12 @@ URL=https://api.stripe.com/v1/charges/ch_3NxAbCdEfGhIjKlM
 declare -A PROXY=([keyward-forward]=http://127.0.0.1:3128 [squid]=http://127.0.0.1:3129 [mitmproxy]=http://127.0.0.1:3130)
 echo "== correctness"
 for t in keyward-forward squid mitmproxy; do
-  ok=$(curl -s -o /dev/null -w '%{http_code}' -x "${PROXY[$t]}" --cacert "$C/forward-ca.crt" -H "Authorization: Bearer $TOKEN" "$URL")
-  bad=$(curl -s -o /dev/null -w '%{http_code}' -x "${PROXY[$t]}" --cacert "$C/forward-ca.crt" -H "Authorization: Bearer kw_nobody" "$URL")
+  ok=$(curl -s -o /dev/null -w '%{http_code}' -x "${PROXY[$t]}" --cacert "${CA[$t]}" -H "Authorization: Bearer $TOKEN" "$URL")
+  bad=$(curl -s -o /dev/null -w '%{http_code}' -x "${PROXY[$t]}" --cacert "${CA[$t]}" -H "Authorization: Bearer kw_nobody" "$URL")
   echo "$t: allowed $ok, bad token $bad"
   [ "$ok" = 200 ] && [ "$bad" != 200 ] || { echo "$t answers wrongly" >&2; tail "$W/logs/squid-cache.log" >&2; exit 1; }
 done
-ok=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$C/ca.crt" -H "Authorization: Bearer $TOKEN" "https://localhost:8443/v1/charges/ch_1")
+ok=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$C/ca.crt" -H "Authorization: Bearer $TOKEN" "https://localhost/v1/charges/ch_1")
 echo "keyward-reverse: allowed $ok"; [ "$ok" = 200 ] || exit 1
 
 OUT=$ROOT/benches/load/last-forward-run.md
@@ -197,7 +201,7 @@ run() { # mode target hey-args...
   local mode=$1 t=$2; shift 2
   local who=keyward url=$URL px=()
   case $t in
-    keyward-reverse) url=https://localhost:8443/v1/charges/ch_3NxAbCdEfGhIjKlM ;;
+    keyward-reverse) url=https://localhost/v1/charges/ch_3NxAbCdEfGhIjKlM ;;
     keyward-forward) px=(-x "${PROXY[$t]}") ;;
     squid|mitmproxy) who=$t; px=(-x "${PROXY[$t]}") ;;
   esac
