@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use base64::Engine;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, SerialNumber};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use zeroize::Zeroizing;
 
 pub struct Intercept {
     issuer: Issuer<'static, KeyPair>,
@@ -21,6 +23,24 @@ pub struct Intercept {
     /// By host (the `CONNECT` target's host).
     leaves: HashMap<String, ArcSwap<Leaf>>,
     renewing: Mutex<()>,
+}
+
+/// The CA key as a `[secret.NAME]` holds it: secrets are one-line values (they are made to go
+/// into a header), so the key is base64 of its PEM file (`base64 -w0 forward-ca.key`) or of
+/// its PKCS#8 DER. Returns the PEM text. Errors never quote the value.
+pub fn key_from_secret(value: &str) -> Result<Zeroizing<String>, String> {
+    let bytes = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .map_err(|_| "the secret is not base64 (of the CA key's PEM file or DER)".to_string())?,
+    );
+    if bytes.starts_with(b"-----BEGIN ") {
+        let pem = std::str::from_utf8(&bytes).map_err(|_| "the decoded PEM is not text".to_string())?;
+        return Ok(Zeroizing::new(pem.to_string()));
+    }
+    let key = KeyPair::try_from(bytes.as_slice())
+        .map_err(|_| "the decoded secret is neither a PEM file nor a PKCS#8 DER private key".to_string())?;
+    Ok(Zeroizing::new(key.serialize_pem()))
 }
 
 struct Leaf {
@@ -125,5 +145,42 @@ impl Intercept {
             .verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
             .map(|_| ())
             .map_err(|e| format!("a leaf it signs does not verify against the CA certificate ({e}): is the key that certificate's?"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_secret_is_base64_of_pem_or_der_and_errors_quote_nothing() {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let key = KeyPair::generate().unwrap();
+        let pem = key.serialize_pem();
+        assert_eq!(*key_from_secret(&b64(pem.as_bytes())).unwrap(), pem);
+        let from_der = key_from_secret(&b64(&key.serialize_der())).unwrap();
+        assert_eq!(KeyPair::from_pem(&from_der).unwrap().public_key_pem(), key.public_key_pem());
+        for bad in [pem.clone(), "not base64 CANARY".into(), b64(b"CANARY garbage"), b64(b"-----BEGIN \xff")]
+        {
+            let e = key_from_secret(&bad).unwrap_err();
+            assert!(!e.contains("CANARY") && !e.contains("BEGIN"), "{e}");
+        }
+    }
+
+    #[test]
+    fn leaves_renew_in_place_for_their_host_only() {
+        let (ca_pem, issuer) = crate::control::tls::dev_ca("test CA").unwrap();
+        let key = issuer.key().serialize_pem();
+        let i = Intercept::new(&ca_pem, &key, ["api.stripe.com"], Duration::from_secs(3600)).unwrap();
+        assert!(i.tls("files.stripe.com").is_none());
+        let first = i.tls("api.stripe.com").unwrap();
+        // Due for renewal: the next caller makes a new leaf.
+        let slot = &i.leaves["api.stripe.com"];
+        let due = Leaf { tls: first.clone(), renew_after: SystemTime::now() - Duration::from_secs(1) };
+        slot.store(Arc::new(due));
+        let renewed = i.tls("api.stripe.com").unwrap();
+        assert!(!Arc::ptr_eq(&first, &renewed));
+        assert!(Arc::ptr_eq(&renewed, &i.tls("api.stripe.com").unwrap()), "renewed once");
+        assert!(!format!("{i:?}").contains("PRIVATE"));
     }
 }

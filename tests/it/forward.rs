@@ -487,6 +487,19 @@ async fn the_proxy_port_can_speak_tls_for_callers_that_send_a_proxy_token() {
     assert_eq!(kw.upstream.requests().len(), 1);
 }
 
+/// The CA key from a `[secret.NAME]` (here a file secret; a vault one is read the same way),
+/// base64 of its PEM: what replicas sharing one CA use.
+#[tokio::test]
+async fn the_ca_key_can_come_from_a_secret() {
+    let kw = forward_harness("ca_key_secret = \"forward_ca\"").await;
+    let tcp = tunnel(&kw, API, "").await;
+    let mut tls = tls_in(&kw, tcp, Some("api.stripe.com"), b"http/1.1").await.expect("the leaf verifies");
+    tls.write_all(get("/v1/charges", TOKEN).as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+    assert_eq!(status_and_code(&String::from_utf8_lossy(&out)).0, 200);
+}
+
 #[tokio::test]
 async fn leaves_are_for_the_connect_host_signed_by_the_forward_ca() {
     let kw = forward_harness("leaf_lifetime = \"2h\"").await;

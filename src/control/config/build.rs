@@ -253,8 +253,10 @@ fn load_intercept(plan: &Plan, secrets: &[Arc<SecretCell>], errs: &mut Errors) -
     let key = match (&f.ca_key, plan.forward_ca_secret) {
         (Some(path), _) => read_private(path).map_err(|msg| errs.at(None, "forward.ca_key", msg)).ok()?,
         (None, Some(i)) => {
-            let cell = secrets.get(i)?;
-            cell.serving().map(|s| Zeroizing::new(s.value.expose().to_string()))?
+            let loaded = secrets.get(i)?.serving()?;
+            crate::control::intercept::key_from_secret(loaded.value.expose())
+                .map_err(|msg| errs.at(None, "forward.ca_key_secret", msg))
+                .ok()?
         }
         (None, None) => return None,
     };

@@ -283,16 +283,32 @@ impl Svc {
 }
 
 /// A TOML fragment as a table (empty text: an empty table).
-/// Forward mode in `table`: a `[forward]` port with a CA made in `dir` (`forward-ca.crt`), and
-/// each upstream of `dial` named `https://NAME.stripe.com`, reached through `connect_to`.
+/// Forward mode in `table`: a `[forward]` port with a CA made in `dir` (`forward-ca.crt`), its
+/// key as a file or (with `ca_key_secret = "NAME"` in `extra`) a file secret, and each
+/// upstream of `dial` named `https://NAME.stripe.com`, reached through `connect_to`.
 pub fn add_forward(table: &mut toml::Table, dir: &Path, extra: &str, dial: &[(String, SocketAddr)]) {
     let (cert, key) = (dir.join("forward-ca.crt"), dir.join("forward-ca.key"));
     keyward::control::tls::ensure_dev_forward_ca(&cert, &key).unwrap();
     let fwd = table_at(table, &["forward"]);
     fwd.insert("listen".into(), "127.0.0.1:0".into());
     fwd.insert("ca_cert".into(), cert.display().to_string().into());
-    fwd.insert("ca_key".into(), key.display().to_string().into());
-    merge(fwd, fragment(extra));
+    let extra = fragment(extra);
+    if let Some(name) = extra.get("ca_key_secret").and_then(|v| v.as_str()).map(str::to_string) {
+        // The key as a file secret holds it: base64 of its PEM, in a file of its own.
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&key).unwrap());
+        let file = dir.join("forward-ca-secret.toml");
+        std::fs::write(&file, format!("{name} = {b64:?}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let secret = table_at(table, &["secret", &name]);
+        secret.insert("source".into(), "file".into());
+        secret.insert("path".into(), file.display().to_string().into());
+        secret.insert("key".into(), name.clone().into());
+    } else {
+        fwd.insert("ca_key".into(), key.display().to_string().into());
+    }
+    let fwd = table_at(table, &["forward"]);
+    merge(fwd, extra);
     for (name, addr) in dial {
         let up = table_at(table, &["upstream", name]);
         up.insert("url".into(), format!("https://{name}.stripe.com").into());
@@ -475,19 +491,7 @@ impl Harness {
         let config_path = place(dir.path(), &text);
         let src = keyward::control::config::Source { name: config_path.clone(), text };
         let app = keyward::app::start(&src).await.unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
-        let (addr, admin_addr, forward_addr) = (app.addr, app.admin_addr, app.forward_addr);
-        Running {
-            app: Some(app),
-            addr,
-            admin_addr,
-            forward_addr,
-            upstream,
-            others,
-            client: pki.client_config(),
-            pki,
-            dir,
-            config_path,
-        }
+        Running::new(app, upstream, others, pki, dir, config_path)
     }
 }
 
