@@ -46,7 +46,12 @@ pub fn key_from_secret(value: &str) -> Result<Zeroizing<String>, String> {
 struct Leaf {
     tls: Arc<rustls::ServerConfig>,
     renew_after: SystemTime,
+    /// Its notAfter: past it the leaf is never served.
+    expires: SystemTime,
 }
+
+/// After a renewal failed, how long until the next try.
+const RETRY: Duration = Duration::from_secs(60);
 
 impl fmt::Debug for Intercept {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -79,13 +84,15 @@ impl Intercept {
         Ok(intercept)
     }
 
-    /// The TLS configuration for a tunnel to `host`; `None` for a host not intercepted. A
-    /// leaf due for renewal is made again here, by one caller at a time (the others go on with
-    /// the current one, which is still valid for a third of its lifetime).
+    /// The TLS configuration for a tunnel to `host`; `None` for a host not intercepted, or
+    /// whose leaf has expired because renewals failed (fail closed). A leaf due for renewal is
+    /// made again here, by one caller at a time (the others go on with the current one); a
+    /// failed renewal is tried again after a minute.
     pub fn tls(&self, host: &str) -> Option<Arc<rustls::ServerConfig>> {
         let slot = self.leaves.get(host)?;
         let leaf = slot.load();
-        if SystemTime::now() >= leaf.renew_after
+        let now = SystemTime::now();
+        if now >= leaf.renew_after
             && let Ok(_one) = self.renewing.try_lock()
         {
             match self.leaf(host) {
@@ -94,10 +101,15 @@ impl Intercept {
                     slot.store(Arc::new(new));
                     return Some(tls);
                 }
-                Err(e) => tracing::error!(host, error = %e, "cannot renew the forward-mode leaf certificate"),
+                Err(e) => {
+                    tracing::error!(host, error = %e, "cannot renew the forward-mode leaf certificate");
+                    let retry =
+                        Leaf { tls: leaf.tls.clone(), renew_after: now + RETRY, expires: leaf.expires };
+                    slot.store(Arc::new(retry));
+                }
             }
         }
-        Some(leaf.tls.clone())
+        (now < leaf.expires).then(|| leaf.tls.clone())
     }
 
     fn leaf(&self, host: &str) -> Result<Leaf, String> {
@@ -126,7 +138,11 @@ impl Intercept {
             .map_err(|e| e.to_string())?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         tls.ignore_client_order = true;
-        Ok(Leaf { tls: Arc::new(tls), renew_after: now + self.lifetime * 2 / 3 })
+        Ok(Leaf {
+            tls: Arc::new(tls),
+            renew_after: now + self.lifetime * 2 / 3,
+            expires: now + self.lifetime,
+        })
     }
 
     /// The leaf verifies for `host` against the CA certificate, as a client would check it: a
@@ -176,11 +192,23 @@ mod tests {
         let first = i.tls("api.stripe.com").unwrap();
         // Due for renewal: the next caller makes a new leaf.
         let slot = &i.leaves["api.stripe.com"];
-        let due = Leaf { tls: first.clone(), renew_after: SystemTime::now() - Duration::from_secs(1) };
+        let due = Leaf {
+            tls: first.clone(),
+            renew_after: SystemTime::now() - Duration::from_secs(1),
+            expires: SystemTime::now() + Duration::from_secs(60),
+        };
         slot.store(Arc::new(due));
         let renewed = i.tls("api.stripe.com").unwrap();
         assert!(!Arc::ptr_eq(&first, &renewed));
         assert!(Arc::ptr_eq(&renewed, &i.tls("api.stripe.com").unwrap()), "renewed once");
         assert!(!format!("{i:?}").contains("PRIVATE"));
+        // Expired (renewals failed, none due yet): never served.
+        let expired = Leaf {
+            tls: renewed,
+            renew_after: SystemTime::now() + Duration::from_secs(60),
+            expires: SystemTime::now() - Duration::from_secs(1),
+        };
+        slot.store(Arc::new(expired));
+        assert!(i.tls("api.stripe.com").is_none());
     }
 }

@@ -73,7 +73,7 @@ pub fn dev_ca(name: &str) -> Result<(String, Issuer<'static, KeyPair>), rcgen::E
 
 /// Write a development forward-mode CA (certificate and key) unless both files exist.
 pub fn ensure_dev_forward_ca(cert: &Path, key: &Path) -> Result<bool, String> {
-    if cert.exists() && key.exists() {
+    if !both_or_neither(cert, key)? {
         return Ok(false);
     }
     let fail = |e: rcgen::Error| format!("cannot make a development forward CA: {e}");
@@ -91,7 +91,7 @@ pub const DEV_NAMES: [&str; 4] = ["localhost", "keyward.internal", "127.0.0.1", 
 /// Write development certificates (and `ca.crt` beside them) unless both files exist.
 /// Returns whether it wrote them.
 pub fn ensure_dev_certs(cert: &Path, key: &Path) -> Result<bool, String> {
-    if cert.exists() && key.exists() {
+    if !both_or_neither(cert, key)? {
         return Ok(false);
     }
     let pki = dev_pki(&DEV_NAMES).map_err(|e| format!("cannot make development certificates: {e}"))?;
@@ -101,6 +101,25 @@ pub fn ensure_dev_certs(cert: &Path, key: &Path) -> Result<bool, String> {
     write_file(cert, &pki.cert_pem, 0o644)?;
     write_file(key, &pki.key_pem, 0o600)?;
     Ok(true)
+}
+
+/// Whether development files should be made: neither exists (`true`) or both do (`false`).
+/// One without the other is an error: never overwrite a file that may be a real certificate
+/// or key.
+fn both_or_neither(cert: &Path, key: &Path) -> Result<bool, String> {
+    match (cert.exists(), key.exists()) {
+        (false, false) => Ok(true),
+        (true, true) => Ok(false),
+        (has_cert, _) => {
+            let (there, missing) = if has_cert { (cert, key) } else { (key, cert) };
+            Err(format!(
+                "{} exists but {} does not: development certificates are made only where neither \
+                 exists, so that no real certificate or key is overwritten",
+                there.display(),
+                missing.display()
+            ))
+        }
+    }
 }
 
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), String> {

@@ -34,8 +34,9 @@ pub const CLIENT_STALLED: &str = "client_stalled";
 pub struct Caller {
     pub ip: IpAddr,
     pub cut: Arc<AtomicBool>,
-    /// Forward mode: the tunnel the connection is inside.
+    /// Forward mode: the tunnel the connection is inside, and what closes it politely.
     pub tunnel: Option<Arc<Tunnel>>,
+    pub close: Option<tokio_util::sync::CancellationToken>,
 }
 
 pub struct Exchange {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{CONNECTION, HeaderValue, PROXY_AUTHORIZATION};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, PROXY_AUTHORIZATION, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -26,7 +26,7 @@ use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
 use crate::audit::{AccessRecord, ProxyMode};
 use crate::control::snapshot::{ForwardSettings, Snapshot};
-use crate::policy::forward::{Tunnel, TunnelToken, connect_target, not_proxied};
+use crate::policy::forward::{Tunnel, TunnelToken, connect_target};
 use crate::policy::identity::{hash_token, redact, token_from};
 use crate::policy::{Decision, Failure, RequestFacts, proxy_identify};
 use crate::serve::exchange::{Caller, REQUEST_ID, STRIPE_REQUEST_ID, new_record};
@@ -137,30 +137,52 @@ fn open(
     // Authority form only, as sent: `CONNECT https://host/` has a scheme and a path too.
     let target = parts.uri.to_string();
     connect_target(&snap.policy, &target)?;
-    let token = tunnel_token(snap, conn, parts)?;
+    let settings = snap.forward.ok_or(Failure::Internal)?;
+    check_head(parts, &target)?;
+    let token = tunnel_token(snap, conn, parts, settings.tls)?;
     let tunnel = Tunnel { target, token };
-    let tls = snap
-        .intercept
-        .as_ref()
-        .and_then(|i| i.tls(tunnel.host()))
-        .ok_or_else(|| not_proxied(&snap.policy))?;
-    let max = snap.forward.ok_or(Failure::Internal)?.max_tunnels;
+    // No leaf: its renewals failed until it expired (logged); fail closed.
+    let tls = snap.intercept.as_ref().and_then(|i| i.tls(tunnel.host())).ok_or(Failure::Internal)?;
+    let max = settings.max_tunnels;
     let slot = TunnelSlot::take(proxy, max).ok_or(Failure::TunnelsFull)?;
     Ok((Arc::new(tunnel), tls, slot))
 }
 
+/// A `CONNECT` head read one way: no body (whatever follows the head is the tunnel's), and a
+/// `Host`, if any, naming the target.
+fn check_head(parts: &http::request::Parts, target: &str) -> Result<(), Failure> {
+    let h = &parts.headers;
+    let body =
+        h.contains_key(TRANSFER_ENCODING) || h.get_all(CONTENT_LENGTH).iter().any(|v| v.as_bytes() != b"0");
+    let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
+    let elsewhere =
+        h.get_all(HOST).iter().any(|v| v.as_bytes() != target.as_bytes() && v.as_bytes() != host.as_bytes());
+    match (body, elsewhere) {
+        (false, false) => Ok(()),
+        (true, _) => Err(Failure::NonCanonical("is a CONNECT with a body")),
+        (_, true) => Err(Failure::NonCanonical("is a CONNECT whose Host is not its target")),
+    }
+}
+
 /// The token of `Proxy-Authorization` (Basic with the token as user name, or Bearer), if
-/// one is sent: it must be good now, and from this address.
+/// one is sent: it must be good now, and from this address. Over plain TCP it is taken only
+/// from loopback: from anywhere else it crossed the network in the clear (`forward.tls`).
 fn tunnel_token(
     snap: &Snapshot,
     conn: &Accepted,
     parts: &http::request::Parts,
+    tls: bool,
 ) -> Result<Option<TunnelToken>, Failure> {
     let invalid = |why| Failure::ProxyTokenInvalid { why };
     match parts.headers.get_all(PROXY_AUTHORIZATION).iter().count() {
         0 => return Ok(None),
         1 => {}
         _ => return Err(invalid("is given more than once")),
+    }
+    if !tls && !conn.ip.is_loopback() {
+        return Err(invalid(
+            "came over plain TCP from another host: send it only to a TLS proxy port (forward.tls = true)",
+        ));
     }
     let token = token_from(&parts.headers, PROXY_AUTHORIZATION).ok_or(invalid("cannot be read"))?;
     let hash = hash_token(&token);
@@ -193,7 +215,13 @@ fn refuse(
 ) -> Response<Body> {
     let record = AccessRecord {
         method: parts.method.as_str().to_owned(),
-        path: if parts.method == Method::CONNECT { String::new() } else { parts.uri.path().to_string() },
+        path: match parts.method {
+            Method::CONNECT => String::new(),
+            _ => {
+                let path = parts.uri.path();
+                path[..path.floor_char_boundary(crate::policy::canonical::MAX_PATH)].to_string()
+            }
+        },
         mode: ProxyMode::Forward,
         connect_host: asked,
         decision: Decision::Deny,
@@ -227,7 +255,11 @@ async fn serve_tunnel(
     ends: &Ends,
     idle: Duration,
 ) {
-    let Ok(upgraded) = upgrade.await else { return };
+    let upgraded = tokio::select! {
+        u = upgrade => u,
+        _ = ends.kill.cancelled() => return,
+    };
+    let Ok(upgraded) = upgraded else { return };
     let moved = Arc::new(AtomicU64::new(0));
     let io = Active { io: TokioIo::new(upgraded), moved: moved.clone() };
     let host = tunnel.host().to_string();
@@ -239,10 +271,18 @@ async fn serve_tunnel(
         }
         start.into_stream(tls).await
     };
-    let Some(stream) = listener::handshake(proxy, conn, accept).await else { return };
-    let caller = Caller { ip: conn.ip, cut: conn.cut.clone(), tunnel: Some(tunnel) };
+    let stream = tokio::select! {
+        s = listener::handshake(proxy, conn, accept) => s,
+        _ = ends.kill.cancelled() => None,
+    };
+    let Some(stream) = stream else { return };
+    // This tunnel's own `drain`: cancelled by shutdown, or by a request that finds the tunnel's
+    // basis gone (its host no longer intercepted, its token no longer good).
+    let ends = Ends { drain: ends.drain.child_token(), ..ends.clone() };
+    let caller =
+        Caller { ip: conn.ip, cut: conn.cut.clone(), tunnel: Some(tunnel), close: Some(ends.drain.clone()) };
     tokio::select! {
-        _ = listener::http(stream, caller, conn, proxy, ends, idle) => {}
+        _ = listener::http(stream, caller, conn, proxy, &ends, idle) => {}
         _ = idle_for(&moved, idle) => tracing::debug!(peer = %conn.peer, "tunnel idle; closed"),
     }
 }

@@ -114,7 +114,7 @@ async fn reverse(tcp: StallGuard<TcpStream>, conn: Accepted, proxy: Arc<Proxy>, 
         return tracing::error!("no TLS configuration loaded; refusing connection");
     };
     let Some(stream) = handshake(&proxy, &conn, TlsAcceptor::from(tls).accept(tcp)).await else { return };
-    let caller = Caller { ip: conn.ip, cut: conn.cut.clone(), tunnel: None };
+    let caller = Caller { ip: conn.ip, cut: conn.cut.clone(), tunnel: None, close: None };
     http(stream, caller, &conn, &proxy, &ends, conn.timeouts.request_head).await;
 }
 

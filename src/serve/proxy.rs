@@ -74,7 +74,16 @@ impl Proxy {
         let route = match &ruling.verdict {
             // Refused before anything is read or sent: answered and recorded at once, so the
             // caller (token or not) holds no place in the access-log queue while it reads.
-            Verdict::Deny(f) => return Ok(exchange().refuse(respond::failure(f))),
+            Verdict::Deny(f) => {
+                // A tunnel whose host is no longer intercepted, or whose token is no longer
+                // good, carries nothing more: it is closed after this answer.
+                if matches!(f, Failure::HostNotProxied { .. } | Failure::ProxyTokenInvalid { .. })
+                    && let Some(close) = &caller.close
+                {
+                    close.cancel();
+                }
+                return Ok(exchange().refuse(respond::failure(f)));
+            }
             Verdict::Allow(route) | Verdict::WouldDeny(route, _) => *route,
         };
         let slot = match self.state.audit.slot(&route.service.name).await {

@@ -348,6 +348,20 @@ fn forward_mistakes_are_refused_by_key() {
             vec!["forward.leaf_lifetime"],
         ),
         (
+            "two upstreams with one host",
+            good.replace(
+                "[secret.stripe]",
+                "[upstream.files]\nurl = \"https://api.stripe.com\"\n\n[secret.stripe]",
+            ),
+            vec!["upstream.files.url", "same host and port"],
+        ),
+        (
+            "dev_certs with the CA key file missing beside an existing certificate",
+            good.replace("[server]\n", "[server]\ndev_certs = true\n")
+                .replace(&key_line, &format!("ca_key = {:?}", dir.path().join("missing.key"))),
+            vec!["server.dev_certs", "exists but", "does not"],
+        ),
+        (
             "a connect_to that is not an address",
             good.replace("connect_to = \"127.0.0.1:9\"", "connect_to = \"api.internal:443\""),
             vec!["keyward.toml:14", "invalid socket address"],

@@ -241,6 +241,19 @@ async fn hostile_forward_requests_never_reach_the_upstream() {
             "proxy_token_invalid",
         ),
         ("a CONNECT head too large", connect(API, &huge), 431, "-"),
+        (
+            "a CONNECT with a body",
+            format!("{}{}", connect(API, "Content-Length: 5\r\n"), "GET /"),
+            400,
+            "non_canonical_request",
+        ),
+        ("a chunked CONNECT", connect(API, "Transfer-Encoding: chunked\r\n"), 400, "non_canonical_request"),
+        (
+            "a CONNECT whose Host is another host",
+            format!("CONNECT {API} HTTP/1.1\r\nHost: evil.example\r\n\r\n"),
+            400,
+            "non_canonical_request",
+        ),
     ];
     let mut failures = Vec::new();
     row("forward port: sent", "status", "code");
@@ -423,6 +436,43 @@ async fn a_reload_applies_to_tunnels_already_open() {
     let resp = sender.send_request(call("/v1/charges")).await.unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(kw.upstream.requests().len(), 1);
+}
+
+/// A reload that takes away a tunnel's basis (forward mode, or the tunnel's token) refuses
+/// the tunnel's next request and closes the tunnel.
+#[tokio::test]
+async fn a_tunnel_whose_basis_a_reload_removes_is_refused_and_closed() {
+    let kw = forward_harness("").await;
+    for (what, proxy_auth) in [("the tunnel's token", basic(TOKEN)), ("forward mode", String::new())] {
+        let tcp = tunnel(&kw, API, &proxy_auth).await;
+        let tls = tls_in(&kw, tcp, Some("api.stripe.com"), b"http/1.1").await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let call = || {
+            Request::builder()
+                .uri("/v1/charges")
+                .header("host", "api.stripe.com")
+                .header("authorization", format!("Bearer {OTHER}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        let text = kw.edited_config(|t| {
+            if proxy_auth.is_empty() {
+                t.remove("forward");
+            } else {
+                service_at(t, 0).remove("token");
+            }
+        });
+        std::fs::write(&kw.config_path, &text).unwrap();
+        let want = version_of(&text).await;
+        assert!(kw.wait_version(&want).await, "{what}: the reload was not applied");
+        let resp = sender.send_request(call()).await.unwrap();
+        let code = if proxy_auth.is_empty() { 403 } else { 407 };
+        assert_eq!(resp.status(), code, "{what}");
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        assert!(ended.is_ok(), "{what}: the tunnel was not closed");
+    }
+    assert!(kw.upstream.requests().is_empty());
 }
 
 #[tokio::test]

@@ -253,7 +253,14 @@ fn load_intercept(plan: &Plan, secrets: &[Arc<SecretCell>], errs: &mut Errors) -
     let key = match (&f.ca_key, plan.forward_ca_secret) {
         (Some(path), _) => read_private(path).map_err(|msg| errs.at(None, "forward.ca_key", msg)).ok()?,
         (None, Some(i)) => {
-            let loaded = secrets.get(i)?.serving()?;
+            let Some(loaded) = secrets.get(i).and_then(|c| c.serving()) else {
+                errs.at(
+                    None,
+                    "forward.ca_key_secret",
+                    "the secret is not available (stale past max_staleness?)",
+                );
+                return None;
+            };
             crate::control::intercept::key_from_secret(loaded.value.expose())
                 .map_err(|msg| errs.at(None, "forward.ca_key_secret", msg))
                 .ok()?

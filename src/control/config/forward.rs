@@ -26,8 +26,9 @@ pub fn hosts(file: &FileConfig) -> Vec<Option<String>> {
 }
 
 /// The `[forward]` table's settings, with its mistakes added to `errs`.
-pub fn check(file: &FileConfig, hosts: &[Option<String>], errs: &mut Errors) -> Option<ForwardSettings> {
+pub fn check(file: &FileConfig, errs: &mut Errors) -> Option<ForwardSettings> {
     let f = file.forward.as_ref()?;
+    let hosts = hosts(file);
     match (&f.ca_key, &f.ca_key_secret) {
         (Some(_), Some(s)) => {
             errs.at(Some(s.span()), "forward.ca_key_secret", "give ca_key or ca_key_secret, not both")
@@ -50,7 +51,14 @@ pub fn check(file: &FileConfig, hosts: &[Option<String>], errs: &mut Errors) -> 
              (https://api.stripe.com), never by an address or localhost",
         );
     }
-    for (name, u) in &file.upstream {
+    for (i, (name, u)) in file.upstream.iter().enumerate() {
+        if hosts[i].is_some() && hosts[..i].contains(&hosts[i]) {
+            errs.at(
+                Some(u.url.span()),
+                format!("upstream.{name}.url"),
+                "names the same host and port as another upstream: a CONNECT to it could mean either",
+            );
+        }
         let url = u.url.get_ref();
         if url.chars().any(|c| c.is_ascii_uppercase()) {
             errs.at(
