@@ -64,7 +64,13 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             decide(
                 &snap.policy,
-                black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000, tunnel: None }),
+                black_box(&RequestFacts {
+                    parts: &parts,
+                    client_ip: ip,
+                    now: 1_800_000_000,
+                    tunnel: None,
+                    client_ids: &[],
+                }),
             )
             .verdict
             .decision()
@@ -75,7 +81,13 @@ fn benches(c: &mut Criterion) {
             let snap = swap.load_full();
             decide(
                 &snap.policy,
-                black_box(&RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000, tunnel: None }),
+                black_box(&RequestFacts {
+                    parts: &parts,
+                    client_ip: ip,
+                    now: 1_800_000_000,
+                    tunnel: None,
+                    client_ids: &[],
+                }),
             )
             .verdict
             .decision()

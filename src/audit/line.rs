@@ -44,6 +44,7 @@ impl AccessRecord {
         j.ip("client_ip", self.client_ip);
         j.str("mode", self.mode.as_str());
         j.opt_str("connect_host", self.connect_host.as_deref());
+        j.opt_str("client_id", self.client_id.as_deref());
         j.str("method", &self.method);
         j.str("path", &self.path);
         j.opt_str("template", self.template.as_deref());
@@ -204,6 +205,7 @@ mod tests {
             client_ip: Some("::ffff:10.0.0.1".parse().unwrap()),
             mode: super::super::ProxyMode::Forward,
             connect_host: Some("api.stripe.com:443\u{1}".into()),
+            client_id: Some("spiffe://prod.example/ns/pay/sa/\"billing\"".into()),
             method: "POST".into(),
             path: "/v1/charges/ch_1\u{7f}\u{1}\u{1f}".into(),
             template: Some(Arc::from("/v1/charges/{charge}")),

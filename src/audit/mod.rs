@@ -36,6 +36,9 @@ pub struct AccessRecord {
     /// Forward mode: the `CONNECT` target (user info, if any, cut off).
     #[serde(default)]
     pub connect_host: Option<String>,
+    /// The caller's verified client certificate's first identity (URI SAN, else `dns:` SAN).
+    #[serde(default)]
+    pub client_id: Option<String>,
     pub method: String,
     /// Path only: a query string can carry personal data.
     pub path: String,

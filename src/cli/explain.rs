@@ -164,5 +164,6 @@ fn anyone(policy: &Policy) -> Service {
         secret: 0,
         egress_ip: None,
         tokens: vec![],
+        client_ids: vec![],
     }
 }

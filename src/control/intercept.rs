@@ -15,11 +15,15 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use zeroize::Zeroizing;
 
+use super::tls::ClientAuth;
+
 pub struct Intercept {
     issuer: Issuer<'static, KeyPair>,
     /// The CA certificate, to check each leaf against before it is used.
     ca: CertificateDer<'static>,
     lifetime: Duration,
+    /// Callers' certificates, asked for in the tunnel's handshake as on the listener.
+    client: Option<ClientAuth>,
     /// By host (the `CONNECT` target's host).
     leaves: HashMap<String, ArcSwap<Leaf>>,
     renewing: Mutex<()>,
@@ -68,6 +72,7 @@ impl Intercept {
         key_pem: &str,
         hosts: impl IntoIterator<Item = &'h str>,
         lifetime: Duration,
+        client: Option<ClientAuth>,
     ) -> Result<Intercept, String> {
         let key =
             KeyPair::from_pem(key_pem).map_err(|_| "the CA key is not a PEM private key".to_string())?;
@@ -76,7 +81,7 @@ impl Intercept {
         let ca = rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes())
             .map_err(|e| format!("the CA certificate cannot be read: {e}"))?;
         let mut intercept =
-            Intercept { issuer, ca, lifetime, leaves: HashMap::new(), renewing: Mutex::new(()) };
+            Intercept { issuer, ca, lifetime, client, leaves: HashMap::new(), renewing: Mutex::new(()) };
         for host in hosts {
             let leaf = intercept.leaf(host)?;
             intercept.leaves.insert(host.to_string(), ArcSwap::from_pointee(leaf));
@@ -130,12 +135,14 @@ impl Intercept {
         let der = cert.der().clone();
         self.check(&der, host)?;
         let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(super::tls::provider()))
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::new(super::tls::provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_single_cert(vec![der], key)
             .map_err(|e| e.to_string())?;
+        let builder = match &self.client {
+            Some(v) => builder.with_client_cert_verifier(v.clone()),
+            None => builder.with_no_client_auth(),
+        };
+        let mut tls = builder.with_single_cert(vec![der], key).map_err(|e| e.to_string())?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         tls.ignore_client_order = true;
         Ok(Leaf {
@@ -187,7 +194,7 @@ mod tests {
     fn leaves_renew_in_place_for_their_host_only() {
         let (ca_pem, issuer) = crate::control::tls::dev_ca("test CA").unwrap();
         let key = issuer.key().serialize_pem();
-        let i = Intercept::new(&ca_pem, &key, ["api.stripe.com"], Duration::from_secs(3600)).unwrap();
+        let i = Intercept::new(&ca_pem, &key, ["api.stripe.com"], Duration::from_secs(3600), None).unwrap();
         assert!(i.tls("files.stripe.com").is_none());
         let first = i.tls("api.stripe.com").unwrap();
         // Due for renewal: the next caller makes a new leaf.

@@ -10,8 +10,58 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// The listener's rustls config: TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1 by ALPN.
-pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+/// How callers' client certificates are asked for: verified against a CA bundle, and either
+/// optional or required. `None` in a config: not asked for.
+pub type ClientAuth = Arc<dyn rustls::server::danger::ClientCertVerifier>;
+
+/// The verifier of callers' certificates: chains to a CA of the bundle at `ca`, valid now,
+/// for client authentication. With `required` false a caller may send none; one that sends a
+/// certificate that does not verify is refused in the handshake either way.
+pub fn client_auth(ca: &Path, required: bool) -> Result<ClientAuth, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(ca)
+        .and_then(|it| it.collect())
+        .map_err(|e| format!("{}: {e}", ca.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", ca.display()));
+    }
+    for c in certs {
+        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()));
+    let builder = if required { builder } else { builder.allow_unauthenticated() };
+    builder.build().map_err(|e| format!("{}: {e}", ca.display()))
+}
+
+/// The identities a verified client certificate carries: each URI SAN (a SPIFFE ID), and each
+/// DNS SAN as `dns:NAME`. (Only ever called on a certificate rustls has verified.)
+pub fn client_ids(cert: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else { return Vec::new() };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else { return Vec::new() };
+    let mut ids: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(u.to_string()),
+            GeneralName::DNSName(d) => Some(format!("dns:{d}")),
+            _ => None,
+        })
+        .collect();
+    // URIs (SPIFFE IDs) first: the record shows the first.
+    ids.sort_by_key(|id| id.starts_with("dns:"));
+    ids
+}
+
+/// The listener's rustls config: TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1 by ALPN; callers'
+/// certificates asked for if `client` says so.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client: Option<ClientAuth>,
+) -> Result<rustls::ServerConfig, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect())
         .map_err(|e| format!("{}: {e}", cert.display()))?;
@@ -20,10 +70,14 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
     }
     // The key's parse error never quotes key material.
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = match client {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
         .with_single_cert(chain, key_der)
         .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -28,6 +28,9 @@ pub struct RequestFacts<'a> {
     pub now: i64,
     /// Forward mode: the tunnel the request came through.
     pub tunnel: Option<&'a Tunnel>,
+    /// The identities of the caller's verified client certificate (URI SANs, `dns:` DNS SANs);
+    /// empty without one.
+    pub client_ids: &'a [String],
 }
 
 /// What the access record, the metrics and the report say was decided.
@@ -187,7 +190,8 @@ pub fn proxy_identify<'s>(
         Ok(()) => Ok((service, token)),
         Err(Failure::ExpiredToken { .. }) => Err(invalid("has expired")),
         Err(Failure::TokenNotYetValid { .. }) => Err(invalid("is not valid yet")),
-        Err(_) => Err(invalid("does not allow calls from this address")),
+        Err(Failure::IpNotAllowed) => Err(invalid("does not allow calls from this address")),
+        Err(f) => Err(f),
     }
 }
 
@@ -234,6 +238,16 @@ fn validity(service: &Service, token: &Token, facts: &RequestFacts<'_>) -> Resul
     let allowed = |nets: &[IpNet]| nets.iter().any(|n| n.contains(&facts.client_ip));
     if !allowed(&service.source_ips) || token.source_ips.as_deref().is_some_and(|n| !allowed(n)) {
         return Err(Failure::IpNotAllowed);
+    }
+    // Sender-constrained: a service that names client identities takes its tokens only over a
+    // connection whose verified certificate carries one of them.
+    if !service.client_ids.is_empty() {
+        if facts.client_ids.is_empty() {
+            return Err(Failure::ClientCertRequired);
+        }
+        if !facts.client_ids.iter().any(|id| service.client_ids.contains(id)) {
+            return Err(Failure::ClientCertNotAllowed);
+        }
     }
     Ok(())
 }

@@ -17,6 +17,10 @@ pub enum Failure {
         redacted: String,
     },
     IpNotAllowed,
+    /// The token's service names `client_ids` and the caller sent no client certificate.
+    ClientCertRequired,
+    /// The caller's certificate carries none of the service's `client_ids`.
+    ClientCertNotAllowed,
     NonCanonical(&'static str),
     UnknownEndpoint,
     MissingPermission {
@@ -77,6 +81,8 @@ impl Failure {
             MissingToken | InvalidToken { .. } | ExpiredToken { .. } | TokenNotYetValid { .. } => {
                 StatusCode::UNAUTHORIZED
             }
+            ClientCertRequired => StatusCode::UNAUTHORIZED,
+            ClientCertNotAllowed => StatusCode::FORBIDDEN,
             IpNotAllowed
             | UnknownEndpoint
             | MissingPermission { .. }
@@ -106,6 +112,8 @@ impl Failure {
             ExpiredToken { .. } => "api_key_expired",
             TokenNotYetValid { .. } => "api_key_not_yet_valid",
             IpNotAllowed => "ip_not_allowed",
+            ClientCertRequired => "client_certificate_required",
+            ClientCertNotAllowed => "client_certificate_not_allowed",
             NonCanonical(_) => "non_canonical_request",
             UnknownEndpoint => "endpoint_not_in_catalog",
             MissingPermission { .. } => "more_permissions_required",
@@ -152,6 +160,12 @@ impl Failure {
                 format!("API Key provided is not valid yet: {redacted}")
             }
             IpNotAllowed => "The API key provided does not allow requests from your IP address.".into(),
+            ClientCertRequired => "The API key provided is accepted only over a connection with a client \
+                                   certificate, and this connection has none."
+                .into(),
+            ClientCertNotAllowed => "The API key provided is not accepted with this client certificate: \
+                                     it names none of the identities the key is bound to."
+                .into(),
             NonCanonical(what) => format!("Request refused: the request target {what}."),
             UnknownEndpoint => "Unrecognized request URL: keyward does not know this endpoint, \
                                 so it is not allowed."

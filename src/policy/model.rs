@@ -62,6 +62,9 @@ pub struct Service {
     pub secret: usize,
     pub egress_ip: Option<IpAddr>,
     pub tokens: Vec<Token>,
+    /// Identities a caller's verified client certificate must carry (one of them) for this
+    /// service's tokens to be accepted; empty: no certificate needed.
+    pub client_ids: Vec<String>,
 }
 
 impl Service {

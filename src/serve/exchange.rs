@@ -37,6 +37,8 @@ pub struct Caller {
     /// Forward mode: the tunnel the connection is inside, and what closes it politely.
     pub tunnel: Option<Arc<Tunnel>>,
     pub close: Option<tokio_util::sync::CancellationToken>,
+    /// The identities of the connection's verified client certificate, if it has one.
+    pub client_ids: Arc<[String]>,
 }
 
 pub struct Exchange {
@@ -74,6 +76,7 @@ impl Exchange {
             path: path[..path.floor_char_boundary(crate::policy::canonical::MAX_PATH)].to_string(),
             mode: if caller.tunnel.is_some() { ProxyMode::Forward } else { ProxyMode::Reverse },
             connect_host: caller.tunnel.as_ref().map(|t| t.target.clone()),
+            client_id: caller.client_ids.first().cloned(),
             ..new_record(ids, caller.ip, version)
         };
         state.metrics.in_flight.inc();

@@ -187,7 +187,9 @@ fn tunnel_token(
     let token = token_from(&parts.headers, PROXY_AUTHORIZATION).ok_or(invalid("cannot be read"))?;
     let hash = hash_token(&token);
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let facts = RequestFacts { parts, client_ip: conn.ip, now, tunnel: None };
+    // The proxy port asks for no client certificate: a service bound to `client_ids` cannot
+    // open tunnels by its token (its requests inside still can, with their certificate).
+    let facts = RequestFacts { parts, client_ip: conn.ip, now, tunnel: None, client_ids: &[] };
     proxy_identify(&snap.policy, &hash, &facts)?;
     Ok(Some(TunnelToken { hash, redacted: redact(&token) }))
 }
@@ -279,8 +281,13 @@ async fn serve_tunnel(
     // This tunnel's own `drain`: cancelled by shutdown, or by a request that finds the tunnel's
     // basis gone (its host no longer intercepted, its token no longer good).
     let ends = Ends { drain: ends.drain.child_token(), ..ends.clone() };
-    let caller =
-        Caller { ip: conn.ip, cut: conn.cut.clone(), tunnel: Some(tunnel), close: Some(ends.drain.clone()) };
+    let caller = Caller {
+        ip: conn.ip,
+        cut: conn.cut.clone(),
+        tunnel: Some(tunnel),
+        close: Some(ends.drain.clone()),
+        client_ids: Arc::default(),
+    };
     tokio::select! {
         _ = listener::http(stream, caller, conn, proxy, &ends, idle) => {}
         _ = idle_for(&moved, idle) => tracing::debug!(peer = %conn.peer, "tunnel idle; closed"),

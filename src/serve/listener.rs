@@ -114,7 +114,8 @@ async fn reverse(tcp: StallGuard<TcpStream>, conn: Accepted, proxy: Arc<Proxy>, 
         return tracing::error!("no TLS configuration loaded; refusing connection");
     };
     let Some(stream) = handshake(&proxy, &conn, TlsAcceptor::from(tls).accept(tcp)).await else { return };
-    let caller = Caller { ip: conn.ip, cut: conn.cut.clone(), tunnel: None, close: None };
+    let caller =
+        Caller { ip: conn.ip, cut: conn.cut.clone(), tunnel: None, close: None, client_ids: Arc::default() };
     http(stream, caller, &conn, &proxy, &ends, conn.timeouts.request_head).await;
 }
 
@@ -155,6 +156,10 @@ pub async fn http<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (timeouts, limits, ip, peer) = (conn.timeouts, conn.limits, conn.ip, conn.peer);
+    // The handshake verified the client certificate, if one was sent: who it names.
+    let client_ids =
+        stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(crate::control::tls::client_ids);
+    let caller = Caller { client_ids: client_ids.unwrap_or_default().into(), ..caller };
     let handler = proxy.clone();
     let svc = service_fn(move |req| handler.clone().handle(caller.clone(), req));
     // ALPN has chosen the protocol: no need to sniff the first bytes for it.

@@ -63,8 +63,13 @@ impl Proxy {
             return Ok(self.unrecorded(Failure::AuditUnavailable));
         }
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let facts =
-            RequestFacts { parts: &parts, client_ip: caller.ip, now, tunnel: caller.tunnel.as_deref() };
+        let facts = RequestFacts {
+            parts: &parts,
+            client_ip: caller.ip,
+            now,
+            tunnel: caller.tunnel.as_deref(),
+            client_ids: &caller.client_ids,
+        };
         let ruling = policy::decide(&snap.policy, &facts);
         let exchange = || {
             let mut ex = Exchange::start(self.state.clone(), &self.ids, &caller, &snap.version, &parts);

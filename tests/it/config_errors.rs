@@ -182,6 +182,21 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             vec!["accounts[1]", "is not an account id"],
         ),
         (
+            "a client id that is neither a URI nor dns:NAME",
+            good.replace("source_ips =", "client_ids = [\"billing\"]\nsource_ips ="),
+            vec!["service \"billing\".client_ids[0]", "neither a URI"],
+        ),
+        (
+            "a client CA that is not there",
+            good.replace("[server]\n", "[server]\nclient_ca = \"/nonexistent/clients-ca.pem\"\n"),
+            vec!["server.client_ca", "/nonexistent/clients-ca.pem"],
+        ),
+        (
+            "client_cert neither optional nor required",
+            good.replace("[server]\n", "[server]\nclient_cert = \"always\"\n"),
+            vec!["keyward.toml:2", "expected `optional` or `required`"],
+        ),
+        (
             "secret as a timeout",
             good.replace("[upstream.api]", &format!("[timeouts]\nupstream = \"{CANARY}\"\n[upstream.api]")),
             vec!["keyward.toml:"],

@@ -12,6 +12,7 @@ mod connect_expand;
 mod flood;
 mod forward;
 mod hostile;
+mod identity;
 mod layers;
 mod proxy;
 mod rack;

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::file::{FileConfig, SecretFile};
+use super::file::{ClientCert, FileConfig, SecretFile};
 use super::validate::{Errors, Plan, Table};
 use super::{ConfigError, Options, Source};
 use crate::control::intercept::Intercept;
 use crate::control::snapshot::Snapshot;
+use crate::control::tls::ClientAuth;
 use crate::policy::catalog::STRIPE_CATALOG;
 use crate::policy::expand::STRIPE_EXPANSIONS;
 use crate::secrets::vault::{Spec, VaultFile, VaultSource};
@@ -58,8 +59,9 @@ pub async fn build(
     let mut errs = Errors { src, list: errors };
     let upstreams = build_upstreams(&plan.file, opts, previous, &mut errs);
     let secrets = load_secrets(&plan, opts, previous, &mut errs).await;
-    let tls = if opts.tls { load_tls(&plan.file, &mut errs) } else { None };
-    let intercept = if opts.tls { load_intercept(&plan, &secrets, &mut errs) } else { None };
+    let client = if opts.tls { load_client_auth(&plan.file, &mut errs) } else { None };
+    let tls = if opts.tls { load_tls(&plan.file, client.clone(), &mut errs) } else { None };
+    let intercept = if opts.tls { load_intercept(&plan, &secrets, client, &mut errs) } else { None };
     if !errs.list.is_empty() {
         return Err(errs.list);
     }
@@ -213,7 +215,18 @@ async fn vault_cell(
     Ok(Arc::new(SecretCell::new(name, loaded, Some(refresh))))
 }
 
-fn load_tls(file: &FileConfig, errs: &mut Errors) -> Option<Arc<rustls::ServerConfig>> {
+/// `server.client_ca`: the verifier of callers' certificates, re-read on every reload.
+fn load_client_auth(file: &FileConfig, errs: &mut Errors) -> Option<ClientAuth> {
+    let ca = file.server.client_ca.as_ref()?;
+    let required = file.server.client_cert == ClientCert::Required;
+    crate::control::tls::client_auth(ca, required).map_err(|msg| errs.at(None, "server.client_ca", msg)).ok()
+}
+
+fn load_tls(
+    file: &FileConfig,
+    client: Option<ClientAuth>,
+    errs: &mut Errors,
+) -> Option<Arc<rustls::ServerConfig>> {
     let (cert, key) = (&file.server.tls_cert, &file.server.tls_key);
     if file.server.dev_certs {
         match crate::control::tls::ensure_dev_certs(cert, key) {
@@ -224,7 +237,7 @@ fn load_tls(file: &FileConfig, errs: &mut Errors) -> Option<Arc<rustls::ServerCo
             Err(msg) => errs.at(None, "server.dev_certs", msg),
         }
     }
-    match crate::control::tls::server_config(cert, key) {
+    match crate::control::tls::server_config(cert, key, client) {
         Ok(cfg) => Some(Arc::new(cfg)),
         Err(msg) => {
             errs.at(None, "server.tls_cert", msg);
@@ -235,7 +248,12 @@ fn load_tls(file: &FileConfig, errs: &mut Errors) -> Option<Arc<rustls::ServerCo
 
 /// Forward mode's CA, from its files (or its key from a secret), and the leaves for the
 /// intercepted hosts. `dev_certs` makes a development CA where the files are missing.
-fn load_intercept(plan: &Plan, secrets: &[Arc<SecretCell>], errs: &mut Errors) -> Option<Arc<Intercept>> {
+fn load_intercept(
+    plan: &Plan,
+    secrets: &[Arc<SecretCell>],
+    client: Option<ClientAuth>,
+    errs: &mut Errors,
+) -> Option<Arc<Intercept>> {
     let f = plan.file.forward.as_ref()?;
     if plan.file.server.dev_certs
         && let Some(key) = &f.ca_key
@@ -268,7 +286,7 @@ fn load_intercept(plan: &Plan, secrets: &[Arc<SecretCell>], errs: &mut Errors) -
         (None, None) => return None,
     };
     let hosts = plan.policy.hosts.iter().flatten().map(|t| t.rsplit_once(':').map_or(t.as_str(), |(h, _)| h));
-    match Intercept::new(&cert, &key, hosts, f.leaf_lifetime) {
+    match Intercept::new(&cert, &key, hosts, f.leaf_lifetime, client) {
         Ok(i) => Some(Arc::new(i)),
         Err(msg) => {
             errs.at(None, "forward.ca_cert", msg);

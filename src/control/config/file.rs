@@ -48,6 +48,21 @@ pub struct ServerFile {
     /// Host names the admin port answers besides IP addresses and `localhost`.
     #[serde(default)]
     pub admin_hosts: Vec<String>,
+    /// CA bundle that callers' client certificates are verified against (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: whether every caller must present a certificate.
+    #[serde(default)]
+    pub client_cert: ClientCert,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCert {
+    /// Asked for; callers without one still connect (services without `client_ids` work).
+    #[default]
+    Optional,
+    /// Every caller must present one that verifies.
+    Required,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +269,10 @@ pub struct ServiceFile {
     pub token: Vec<TokenFile>,
     #[serde(default)]
     pub scope: BTreeMap<Spanned<String>, Level>,
+    /// Identities (a URI SAN such as a SPIFFE ID, or `dns:NAME` for a DNS SAN) a caller's
+    /// verified client certificate must carry for this service's tokens to be accepted.
+    #[serde(default)]
+    pub client_ids: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

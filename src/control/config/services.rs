@@ -81,9 +81,33 @@ pub fn build(
             secret,
             egress_ip: s.egress_ip,
             tokens: svc_tokens,
+            client_ids: client_ids(s, &key, errs),
         });
     }
     (services, tokens)
+}
+
+/// `client_ids`: each a URI (`spiffe://trust.domain/path`), matched against a certificate's
+/// URI SANs, or `dns:NAME`, against its DNS SANs; compared exactly.
+fn client_ids(s: &ServiceFile, key: &str, errs: &mut Errors) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, id) in s.client_ids.iter().enumerate() {
+        let v = id.get_ref();
+        let plain = !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
+        let dns = v.strip_prefix("dns:").is_some_and(|n| !n.is_empty() && !n.contains('/'));
+        let uri = v.split_once("://").is_some_and(|(scheme, rest)| {
+            !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric()) && !rest.is_empty()
+        });
+        if !plain || !(dns || uri) {
+            errs.at(
+                Some(id.span()),
+                format!("{key}.client_ids[{i}]"),
+                "is neither a URI (spiffe://prod.example/ns/pay/sa/billing) nor dns:NAME",
+            );
+        }
+        out.push(v.clone());
+    }
+    out
 }
 
 fn build_tokens(

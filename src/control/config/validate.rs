@@ -247,6 +247,7 @@ fn check_bounds(file: &FileConfig, errs: &mut Errors) {
 /// The files a configuration reads: the config itself, its tables, secret files, certificates.
 fn input_files(src: &Source, file: &FileConfig) -> Vec<PathBuf> {
     let mut files = vec![src.name.clone(), file.server.tls_cert.clone(), file.server.tls_key.clone()];
+    files.extend(file.server.client_ca.clone());
     files.extend(file.catalog.path.iter().chain(&file.catalog.expansions).cloned());
     files.extend(file.upstream.values().filter_map(|u| u.ca.clone()));
     if let Some(f) = &file.forward {
