@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType, string::Ia5String};
 use rustls::pki_types::pem::PemObject;
