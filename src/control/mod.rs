@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod config;
 pub mod intercept;
+pub mod limits;
 pub mod metrics;
 pub mod reload;
 pub mod snapshot;

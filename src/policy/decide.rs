@@ -85,7 +85,7 @@ impl Verdict<'_> {
     pub fn reason(&self) -> &'static str {
         match self {
             Verdict::Allow(_) => "ok",
-            Verdict::WouldDeny(_, f) | Verdict::Deny(f) => f.code(),
+            Verdict::WouldDeny(_, f) | Verdict::Deny(f) => f.reason(),
         }
     }
 }

@@ -71,6 +71,12 @@ pub enum Failure {
     TunnelServiceMismatch,
     /// `forward.max_tunnels` are open.
     TunnelsFull,
+    /// The service's `rate` is spent; a call may go again in this many seconds.
+    RateLimited {
+        retry_after: u64,
+    },
+    /// The service has `concurrency` calls in flight.
+    ConcurrencyLimited,
     Internal,
 }
 
@@ -96,6 +102,7 @@ impl Failure {
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             SecretStale => StatusCode::SERVICE_UNAVAILABLE,
             AuditUnavailable | AuditBusy | TunnelsFull => StatusCode::SERVICE_UNAVAILABLE,
+            RateLimited { .. } | ConcurrencyLimited => StatusCode::TOO_MANY_REQUESTS,
             HostNotProxied { .. } | PlainHttp | TunnelServiceMismatch => StatusCode::FORBIDDEN,
             NotProxyRequest => StatusCode::BAD_REQUEST,
             Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
@@ -136,7 +143,28 @@ impl Failure {
             ProxyTokenInvalid { .. } => "proxy_token_invalid",
             TunnelServiceMismatch => "tunnel_service_mismatch",
             TunnelsFull => "tunnels_full",
+            // Stripe's own code: the SDKs raise their RateLimitError.
+            RateLimited { .. } | ConcurrencyLimited => "rate_limit",
             Internal => "internal_error",
+        }
+    }
+
+    /// What the access record and the metrics give as the reason: the `code()`, except for the
+    /// two limits, which answer with Stripe's one `rate_limit` and are told apart here.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::RateLimited { .. } => "rate_limited",
+            Failure::ConcurrencyLimited => "concurrency_limited",
+            other => other.code(),
+        }
+    }
+
+    /// Seconds after which a retry may succeed (`Retry-After`), for the limits.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Failure::RateLimited { retry_after } => Some(*retry_after),
+            Failure::ConcurrencyLimited => Some(1),
+            _ => None,
         }
     }
 
@@ -228,13 +256,19 @@ impl Failure {
             TunnelsFull => {
                 "keyward has as many tunnels open as it allows (forward.max_tunnels). Retry later.".into()
             }
+            RateLimited { retry_after } => format!(
+                "Too many requests for this service's rate limit (keyward `rate`): retry in {retry_after} s."
+            ),
+            ConcurrencyLimited => "Too many requests in flight at once for this service (keyward \
+                                   `concurrency`). Retry when one has finished."
+                .into(),
             Internal => "keyward hit an internal error.".into(),
         }
     }
 
     /// SDKs retry 5xx and connection errors; tell them not to retry a decision.
     pub fn should_retry(&self) -> bool {
-        self.status().is_server_error()
+        self.status().is_server_error() || self.retry_after().is_some()
     }
 
     /// The JSON body, shaped like Stripe's own errors.

@@ -44,6 +44,8 @@ pub struct Caller {
 pub struct Exchange {
     state: Arc<State>,
     pub slot: Option<Slot>,
+    /// A place among the service's `concurrency`, held until the answer's last byte.
+    pub in_flight: Option<tokio::sync::OwnedSemaphorePermit>,
     pub record: AccessRecord,
     started: Instant,
     pub bytes_in: Arc<AtomicU64>,
@@ -83,6 +85,7 @@ impl Exchange {
         Exchange {
             state,
             slot: None,
+            in_flight: None,
             record,
             started: Instant::now(),
             bytes_in: Default::default(),
@@ -112,19 +115,19 @@ impl Exchange {
 
     /// A refusal found after the policy allowed the call (the body rules).
     pub fn deny(&mut self, f: Failure) -> Failure {
-        (self.record.decision, self.record.reason) = (Decision::Deny, f.code().into());
+        (self.record.decision, self.record.reason) = (Decision::Deny, f.reason().into());
         f
     }
 
     pub fn would_deny(&mut self, f: &Failure) {
-        (self.record.decision, self.record.reason) = (Decision::WouldDeny, f.code().into());
+        (self.record.decision, self.record.reason) = (Decision::WouldDeny, f.reason().into());
     }
 
     /// The call failed after it was allowed: an allowed call's record takes the failure's
     /// reason; a `would_deny` one keeps its policy reason (the status tells the failure).
     pub fn failed(&mut self, f: &Failure) {
         if self.record.decision == Decision::Allow {
-            self.record.reason = f.code().into();
+            self.record.reason = f.reason().into();
         }
     }
 

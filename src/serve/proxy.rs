@@ -91,6 +91,17 @@ impl Proxy {
             }
             Verdict::Allow(route) | Verdict::WouldDeny(route, _) => *route,
         };
+        // The service's rate and concurrency, in report mode too: they protect the budget
+        // every service shares.
+        let in_flight = match snap.limiters.get(&route.service.name).map(|l| l.admit()) {
+            Some(Err(f)) => {
+                let mut ex = exchange();
+                let f = ex.deny(f);
+                return Ok(ex.refuse(respond::failure(&f)));
+            }
+            Some(Ok(permit)) => permit,
+            None => None,
+        };
         let slot = match self.state.audit.slot(&route.service.name).await {
             Ok(slot) => slot,
             Err(Unplaced::Closed) => return Ok(self.unrecorded(Failure::AuditUnavailable)),
@@ -98,6 +109,7 @@ impl Proxy {
         };
         let mut ex = exchange();
         ex.slot = Some(slot);
+        ex.in_flight = in_flight;
         Ok(match forward(&snap, route, &parts, body, &self.forms, &mut ex).await {
             Ok(resp) => ex.respond(resp, false),
             Err(f) => {

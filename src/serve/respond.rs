@@ -16,6 +16,9 @@ pub fn failure(f: &Failure) -> Response<Body> {
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let retry = if f.should_retry() { "true" } else { "false" };
     h.insert("stripe-should-retry", HeaderValue::from_static(retry));
+    if let Some(secs) = f.retry_after() {
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     if f.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
         h.insert(http::header::PROXY_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"keyward\""));
     }

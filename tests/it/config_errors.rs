@@ -187,6 +187,21 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             vec!["service \"billing\".client_ids[0]", "neither a URI"],
         ),
         (
+            "a rate that is not one",
+            good.replace("source_ips =", "rate = \"20 per second\"\nsource_ips ="),
+            vec!["service \"billing\".rate", "not a rate like"],
+        ),
+        (
+            "a burst without a rate, a concurrency of 0",
+            good.replace("source_ips =", "burst = 5\nconcurrency = 0\nsource_ips ="),
+            vec![
+                "service \"billing\".burst",
+                "needs a rate",
+                "service \"billing\".concurrency",
+                "at least 1",
+            ],
+        ),
+        (
             "a client CA that is not there",
             good.replace("[server]\n", "[server]\nclient_ca = \"/nonexistent/clients-ca.pem\"\n"),
             vec!["server.client_ca", "/nonexistent/clients-ca.pem"],

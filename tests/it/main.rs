@@ -14,6 +14,7 @@ mod forward;
 mod hostile;
 mod identity;
 mod layers;
+mod limits;
 mod proxy;
 mod rack;
 mod reload;

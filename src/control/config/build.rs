@@ -76,6 +76,7 @@ pub async fn build(
         timeouts: plan.timeouts,
         audit: plan.audit,
         forward_tls,
+        limiters: crate::control::limits::build(&plan.service_limits, previous.map(|p| &p.limiters)),
         forward: plan.forward,
         intercept,
         files: plan.files,

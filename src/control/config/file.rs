@@ -273,6 +273,12 @@ pub struct ServiceFile {
     /// verified client certificate must carry for this service's tokens to be accepted.
     #[serde(default)]
     pub client_ids: Vec<Spanned<String>>,
+    /// Calls per second or minute (`"20/s"`, `"600/m"`), past which calls get 429.
+    pub rate: Option<Spanned<String>>,
+    /// Calls that may go at once after an idle time (default: the rate's count).
+    pub burst: Option<u32>,
+    /// Calls in flight at once, past which calls get 429.
+    pub concurrency: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

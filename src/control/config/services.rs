@@ -2,6 +2,8 @@
 //! source networks, tokens (hashes, validity), Connect accounts and scopes.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -9,6 +11,7 @@ use toml::Spanned;
 
 use super::file::{FileConfig, ServiceFile};
 use super::validate::Errors;
+use crate::control::limits::{LimitSpec, Rate};
 use crate::policy::catalog::Catalog;
 use crate::policy::{Accounts, Level, Service, Token, TokenRef};
 
@@ -23,14 +26,22 @@ fn name_is_usable(name: &str) -> bool {
     !name.is_empty() && !name.starts_with('(') && !name.chars().any(char::is_control)
 }
 
+/// The compiled services and the token index; and the limits of those that have any.
+pub struct Compiled {
+    pub services: Vec<Service>,
+    pub tokens: HashMap<[u8; 32], TokenRef>,
+    pub limits: Vec<(Arc<str>, LimitSpec)>,
+}
+
 pub fn build(
     file: &FileConfig,
     catalog: &Catalog,
     secret_index: &HashMap<&str, usize>,
     errs: &mut Errors,
-) -> (Vec<Service>, HashMap<[u8; 32], TokenRef>) {
+) -> Compiled {
     let mut services = Vec::new();
     let mut tokens = HashMap::new();
+    let mut limit_specs = Vec::new();
     let mut names = HashSet::new();
     for (i, s) in file.service.iter().enumerate() {
         let key = service_key(i, s);
@@ -72,6 +83,9 @@ pub fn build(
             );
         }
         let svc_tokens = build_tokens(s, &key, services.len() as u32, &mut tokens, errs);
+        if let Some(spec) = limits(s, &key, errs) {
+            limit_specs.push((Arc::from(s.name.get_ref().as_str()), spec));
+        }
         services.push(Service {
             name: s.name.get_ref().as_str().into(),
             mode: s.mode,
@@ -84,7 +98,28 @@ pub fn build(
             client_ids: client_ids(s, &key, errs),
         });
     }
-    (services, tokens)
+    Compiled { services, tokens, limits: limit_specs }
+}
+
+/// A service's `rate`, `burst` and `concurrency`, if it has any.
+fn limits(s: &ServiceFile, key: &str, errs: &mut Errors) -> Option<LimitSpec> {
+    let rate = s.rate.as_ref().and_then(|r| {
+        Rate::parse(r.get_ref()).map_err(|msg| errs.at(Some(r.span()), format!("{key}.rate"), msg)).ok()
+    });
+    let positive = |n: Option<u32>, what: &str, errs: &mut Errors| {
+        n.map(|n| {
+            NonZeroU32::new(n)
+                .ok_or_else(|| errs.at(Some(s.name.span()), format!("{key}.{what}"), "must be at least 1"))
+                .ok()
+        })
+        .unwrap_or(None)
+    };
+    let burst = positive(s.burst, "burst", errs);
+    let concurrency = positive(s.concurrency, "concurrency", errs);
+    if s.burst.is_some() && s.rate.is_none() {
+        errs.at(Some(s.name.span()), format!("{key}.burst"), "needs a rate");
+    }
+    (rate.is_some() || concurrency.is_some()).then_some(LimitSpec { rate, burst, concurrency })
 }
 
 /// `client_ids`: each a URI (`spiffe://trust.domain/path`), matched against a certificate's

@@ -35,6 +35,8 @@ pub struct Plan {
     pub timeouts: Timeouts,
     pub audit: crate::audit::Settings,
     pub forward: Option<ForwardSettings>,
+    /// `rate`, `burst`, `concurrency` of the services that have them.
+    pub service_limits: Vec<(Arc<str>, crate::control::limits::LimitSpec)>,
     /// The index in `secrets` of `forward.ca_key_secret`.
     pub forward_ca_secret: Option<usize>,
     /// Every file the configuration reads: a change to any of them triggers a reload.
@@ -108,7 +110,8 @@ pub fn validate(
         .and_then(|f| f.ca_key_secret.as_ref())
         .and_then(|n| secrets.iter().position(|s| s == n.get_ref()));
     let index: HashMap<&str, usize> = secrets.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
-    let (services, tokens) = super::services::build(&file, &catalog_parsed, &index, &mut errs);
+    let compiled = super::services::build(&file, &catalog_parsed, &index, &mut errs);
+    let (services, tokens, service_limits) = (compiled.services, compiled.tokens, compiled.limits);
     check_bounds(&file, &mut errs);
     let digest = Sha256::new()
         .chain_update(&src.text)
@@ -160,6 +163,7 @@ pub fn validate(
             refusals_per_ip: a.refusals_per_ip,
         },
         forward,
+        service_limits,
         forward_ca_secret,
         files: input_files(src, &file),
         file,
