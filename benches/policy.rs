@@ -97,6 +97,16 @@ fn benches(c: &mut Criterion) {
     c.bench_function("decide_deny_1000_services", |b| {
         b.iter(|| decide(&snap.policy, black_box(&facts(&deny))).verdict.decision())
     });
+    // The local limiter a service with `rate` and `concurrency` passes per call: a GCRA check
+    // (a budget so large it never runs out) and a semaphore permit taken and given back.
+    use keyward::control::limits::{LimitSpec, Rate, ServiceLimits};
+    let spec = LimitSpec {
+        rate: Some(Rate::parse("1000000000/s").unwrap()),
+        burst: std::num::NonZeroU32::new(4_000_000_000),
+        concurrency: std::num::NonZeroU32::new(16),
+    };
+    let limits = ServiceLimits::new(spec);
+    c.bench_function("service_limits_admit", |b| b.iter(|| black_box(limits.admit().unwrap())));
 }
 
 criterion_group!(policy, benches);

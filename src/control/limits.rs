@@ -42,6 +42,10 @@ impl Rate {
         if !n.bytes().all(|b| b.is_ascii_digit()) || n.starts_with('0') {
             return Err(bad());
         }
+        // GCRA adds one call every `per / count`: that must be at least a nanosecond.
+        if per.as_nanos() / u128::from(count.get()) == 0 {
+            return Err(format!("`{text}` is more than 1000000000 calls a second"));
+        }
         Ok(Rate { count, per })
     }
 }
@@ -111,7 +115,20 @@ mod tests {
         let r = Rate::parse("20/s").unwrap();
         assert_eq!((r.count.get(), r.per), (20, Duration::from_secs(1)));
         assert_eq!(Rate::parse("600/m").unwrap().per, Duration::from_secs(60));
-        for bad in ["20", "0/s", "020/s", "-1/s", "20/h", "20/S", " 20/s", "20 /s", "1.5/s", "/s", "20/"] {
+        for bad in [
+            "20",
+            "0/s",
+            "020/s",
+            "-1/s",
+            "20/h",
+            "20/S",
+            " 20/s",
+            "20 /s",
+            "1.5/s",
+            "/s",
+            "20/",
+            "4000000000/s",
+        ] {
             assert!(Rate::parse(bad).is_err(), "{bad}");
         }
     }
