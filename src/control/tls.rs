@@ -18,16 +18,7 @@ pub type ClientAuth = Arc<dyn rustls::server::danger::ClientCertVerifier>;
 /// for client authentication. With `required` false a caller may send none; one that sends a
 /// certificate that does not verify is refused in the handshake either way.
 pub fn client_auth(ca: &Path, required: bool) -> Result<ClientAuth, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(ca)
-        .and_then(|it| it.collect())
-        .map_err(|e| format!("{}: {e}", ca.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate found", ca.display()));
-    }
-    for c in certs {
-        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
-    }
+    let roots = crate::upstream::roots_from(ca)?;
     let builder =
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()));
     let builder = if required { builder } else { builder.allow_unauthenticated() };

@@ -132,23 +132,27 @@ pub fn check_url(url: &str) -> Result<Authority, String> {
     Ok(authority)
 }
 
-pub(crate) fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        // A configured CA replaces the public roots: the upstream is pinned to it.
-        Some(path) => {
-            let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect())
-                .map_err(|e| format!("ca {}: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("ca {}: no certificate found", path.display()));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| format!("ca {}: {e}", path.display()))?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+/// The CA certificates of a PEM bundle, at least one; errors name the file.
+pub fn roots_from(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", path.display()));
     }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+pub(crate) fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let roots = match ca {
+        // A configured CA replaces the public roots: the upstream is pinned to it.
+        Some(path) => roots_from(path).map_err(|e| format!("ca {e}"))?,
+        None => rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+    };
     // hyper-rustls sets ALPN itself.
     Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
 }

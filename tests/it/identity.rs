@@ -64,6 +64,26 @@ impl ClientCa {
     }
 }
 
+/// A client TLS config trusting the CAs in `roots`, presenting `cert` if any, offering
+/// HTTP/1.1.
+fn client_tls(roots: &Path, cert: Option<&ClientCert>) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(roots).unwrap() {
+        store.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(store);
+    let mut cfg = match cert {
+        Some(c) => {
+            let chain = CertificateDer::pem_slice_iter(c.chain.as_bytes()).map(Result::unwrap).collect();
+            let key = PrivateKeyDer::from_pem_slice(c.key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -73,23 +93,8 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// GET /v1/charges with `token`, presenting `cert` if any: the status and error code, or the
 /// TLS or HTTP error that ended the connection.
 async fn call(kw: &Running, token: &str, cert: Option<&ClientCert>) -> Result<(u16, String), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(&kw.pki.ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let mut cfg = match cert {
-        Some(c) => {
-            let chain = CertificateDer::pem_slice_iter(c.chain.as_bytes()).map(Result::unwrap).collect();
-            builder
-                .with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(c.key.as_bytes()).unwrap())
-                .unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(kw.addr()).await.unwrap();
-    let tls = TlsConnector::from(Arc::new(cfg))
+    let tls = TlsConnector::from(client_tls(&kw.pki.ca, cert))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .map_err(|e| e.to_string())?;
@@ -219,20 +224,7 @@ async fn client_ids_bind_in_forward_mode_too() {
                 head.push(b[0]);
             }
             assert!(head.starts_with(b"HTTP/1.1 200"));
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(CertificateDer::from_pem_file(kw.forward_ca()).unwrap()).unwrap();
-            let b = rustls::ClientConfig::builder().with_root_certificates(roots);
-            let mut cfg = match &cert {
-                Some(c) => {
-                    let chain =
-                        CertificateDer::pem_slice_iter(c.chain.as_bytes()).map(Result::unwrap).collect();
-                    b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(c.key.as_bytes()).unwrap())
-                        .unwrap()
-                }
-                None => b.with_no_client_auth(),
-            };
-            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-            let mut tls = TlsConnector::from(Arc::new(cfg))
+            let mut tls = TlsConnector::from(client_tls(&kw.forward_ca(), cert.as_ref()))
                 .connect(ServerName::try_from("api.stripe.com").unwrap(), tcp)
                 .await
                 .unwrap();
