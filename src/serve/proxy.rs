@@ -87,7 +87,7 @@ impl Proxy {
                 {
                     close.cancel();
                 }
-                return Ok(exchange().refuse(respond::failure(f)));
+                return Ok(exchange().refuse(unread(respond::failure(f), &parts, &body)));
             }
             Verdict::Allow(route) | Verdict::WouldDeny(route, _) => *route,
         };
@@ -97,7 +97,7 @@ impl Proxy {
             Some(Err(f)) => {
                 let mut ex = exchange();
                 let f = ex.deny(f);
-                return Ok(ex.refuse(respond::failure(&f)));
+                return Ok(ex.refuse(unread(respond::failure(&f), &parts, &body)));
             }
             Some(Ok(permit)) => permit,
             None => None,
@@ -110,11 +110,17 @@ impl Proxy {
         let mut ex = exchange();
         ex.slot = Some(slot);
         ex.in_flight = in_flight;
+        // A failure may come before the body was read whole: then the connection closes.
+        let close = parts.version < http::Version::HTTP_2 && !http_body::Body::is_end_stream(&body);
         Ok(match forward(&snap, route, &parts, body, &self.forms, &mut ex).await {
             Ok(resp) => ex.respond(resp, false),
             Err(f) => {
                 ex.failed(&f);
-                ex.respond(respond::failure(&f), true)
+                let mut resp = respond::failure(&f);
+                if close {
+                    resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                ex.respond(resp, true)
             }
         })
     }
@@ -147,6 +153,16 @@ impl Proxy {
             slot.send(record);
         }
     }
+}
+
+/// A refusal answered before the request's body was read: over HTTP/1.1 the connection then
+/// cannot carry another request (hyper closes it), so say so, or a client may send its next
+/// request on a connection that is closing.
+fn unread(mut resp: Response<Body>, parts: &Parts, body: &Incoming) -> Response<Body> {
+    if parts.version < http::Version::HTTP_2 && !http_body::Body::is_end_stream(body) {
+        resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// The phases of a call the policy let go.

@@ -348,3 +348,17 @@ async fn oversized_chunked_bodies_get_413_over_either_protocol() {
         kw.stop().await;
     }
 }
+
+/// A refusal answered before the body was read closes an HTTP/1.1 connection, and says so
+/// (`Connection: close`): a client must not send its next request on it.
+#[tokio::test]
+async fn a_refusal_before_the_body_says_the_connection_closes() {
+    const T: &str = "kw_unread_body_token_0123456789abcdWXYZ";
+    let kw = Harness::new().service(Svc::new("reader").token("r", T).scope("charge", "read")).start().await;
+    let denied_post = kw.post("/v1/charges", T, "amount=100&currency=usd").await;
+    assert_eq!(denied_post.status, 403);
+    assert_eq!(denied_post.headers.get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+    let denied_get = kw.get("/v1/customers", T).await;
+    assert_eq!(denied_get.status, 403);
+    assert!(denied_get.headers.get("connection").is_none(), "a refusal with no body keeps the connection");
+}

@@ -105,7 +105,7 @@ fn python_results(kw: &Running, results: &HashMap<String, serde_json::Value>, au
         assert_eq!(r(denied)["code"], "more_permissions_required");
         assert!(r(denied)["message"].as_str().unwrap().contains("rak_charge_write"));
     }
-    assert_eq!(r("connect_allowed")["id"], "cus_789");
+    assert_eq!(r("connect_allowed")["id"], "cus_789", "{}", r("connect_allowed"));
     assert_eq!(r("connect_denied")["exception"], "PermissionError");
     assert_eq!(r("connect_denied")["code"], "account_not_allowed");
     assert_eq!(r("expand_allowed")["id"], "ch_123");
