@@ -24,12 +24,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
-use crate::audit::{AccessRecord, ProxyMode};
+use crate::audit::ProxyMode;
 use crate::control::snapshot::{ForwardSettings, Snapshot};
 use crate::policy::forward::{Tunnel, TunnelToken, connect_target};
 use crate::policy::identity::{hash_token, redact, token_from};
-use crate::policy::{Decision, Failure, RequestFacts, proxy_identify};
-use crate::serve::exchange::{Caller, REQUEST_ID, STRIPE_REQUEST_ID, new_record};
+use crate::policy::{Failure, RequestFacts, proxy_identify};
+use crate::serve::exchange::{Caller, Exchange};
 use crate::serve::listener::{self, Accepted, Ends};
 use crate::serve::proxy::Proxy;
 use crate::serve::respond;
@@ -205,8 +205,8 @@ fn asked_for(parts: &http::request::Parts) -> Option<String> {
     Some(host[..host.floor_char_boundary(255)].to_string())
 }
 
-/// A refused request: answered at once, recorded from the refusals' share of the queue, the
-/// connection closed after it.
+/// A refused request: answered at once and recorded (an `Exchange`, like the listener's
+/// refusals), the connection closed after it.
 fn refuse(
     proxy: &Proxy,
     conn: &Accepted,
@@ -215,34 +215,14 @@ fn refuse(
     asked: Option<String>,
     f: &Failure,
 ) -> Response<Body> {
-    let record = AccessRecord {
-        method: parts.method.as_str().to_owned(),
-        path: match parts.method {
-            Method::CONNECT => String::new(),
-            _ => {
-                let path = parts.uri.path();
-                path[..path.floor_char_boundary(crate::policy::canonical::MAX_PATH)].to_string()
-            }
-        },
-        mode: ProxyMode::Forward,
-        connect_host: asked,
-        decision: Decision::Deny,
-        reason: f.code().into(),
-        status: f.status().as_u16(),
-        ..new_record(&proxy.ids, conn.ip, &snap.version)
-    };
-    let mut resp = respond::failure(f);
-    let record =
-        AccessRecord { bytes_out: http_body::Body::size_hint(resp.body()).exact().unwrap_or(0), ..record };
-    let id = HeaderValue::from_str(&record.request_id).expect("request ids are ASCII");
-    resp.headers_mut().insert(&STRIPE_REQUEST_ID, id.clone());
-    resp.headers_mut().insert(&REQUEST_ID, id);
+    let caller =
+        Caller { ip: conn.ip, cut: conn.cut.clone(), tunnel: None, close: None, client_ids: Arc::default() };
+    let mut ex = Exchange::start(proxy.state.clone(), &proxy.ids, &caller, &snap.version, parts);
+    (ex.record.mode, ex.record.connect_host) = (ProxyMode::Forward, asked);
+    let f = ex.deny(f.clone());
+    let mut resp = respond::failure(&f);
     resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-    proxy.state.metrics.observe(&record);
-    if let Some(slot) = proxy.state.audit.refusal_slot(conn.ip) {
-        slot.send(record);
-    }
-    resp
+    ex.refuse(resp)
 }
 
 /// Once the `200` is sent: TLS with the leaf for the tunnel's host (the client's SNI, if it

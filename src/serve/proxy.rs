@@ -58,9 +58,12 @@ impl Proxy {
         // One snapshot for the whole request, however long it streams.
         let snap = self.state.snapshot.load_full();
         let (parts, body) = req.into_parts();
+        // keyward's own answers may come before the body was read: then, over HTTP/1.1, the
+        // connection closes after them (`closing`).
+        let unread = parts.version < http::Version::HTTP_2 && !http_body::Body::is_end_stream(&body);
         // No record, no request: fail closed while the access log cannot be written.
         if !self.state.audit.admits() {
-            return Ok(self.unrecorded(Failure::AuditUnavailable));
+            return Ok(closing(self.unrecorded(Failure::AuditUnavailable), unread));
         }
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let facts = RequestFacts {
@@ -87,7 +90,7 @@ impl Proxy {
                 {
                     close.cancel();
                 }
-                return Ok(exchange().refuse(unread(respond::failure(f), &parts, &body)));
+                return Ok(exchange().refuse(closing(respond::failure(f), unread)));
             }
             Verdict::Allow(route) | Verdict::WouldDeny(route, _) => *route,
         };
@@ -97,30 +100,25 @@ impl Proxy {
             Some(Err(f)) => {
                 let mut ex = exchange();
                 let f = ex.deny(f);
-                return Ok(ex.refuse(unread(respond::failure(&f), &parts, &body)));
+                return Ok(ex.refuse(closing(respond::failure(&f), unread)));
             }
             Some(Ok(permit)) => permit,
             None => None,
         };
         let slot = match self.state.audit.slot(&route.service.name).await {
             Ok(slot) => slot,
-            Err(Unplaced::Closed) => return Ok(self.unrecorded(Failure::AuditUnavailable)),
-            Err(Unplaced::Busy) => return Ok(self.unrecorded(Failure::AuditBusy)),
+            Err(Unplaced::Closed) => return Ok(closing(self.unrecorded(Failure::AuditUnavailable), unread)),
+            Err(Unplaced::Busy) => return Ok(closing(self.unrecorded(Failure::AuditBusy), unread)),
         };
         let mut ex = exchange();
         ex.slot = Some(slot);
         ex.in_flight = in_flight;
-        // A failure may come before the body was read whole: then the connection closes.
-        let close = parts.version < http::Version::HTTP_2 && !http_body::Body::is_end_stream(&body);
         Ok(match forward(&snap, route, &parts, body, &self.forms, &mut ex).await {
             Ok(resp) => ex.respond(resp, false),
             Err(f) => {
                 ex.failed(&f);
-                let mut resp = respond::failure(&f);
-                if close {
-                    resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                ex.respond(resp, true)
+                // It may have come before the body was read whole.
+                ex.respond(closing(respond::failure(&f), unread), true)
             }
         })
     }
@@ -155,11 +153,11 @@ impl Proxy {
     }
 }
 
-/// A refusal answered before the request's body was read: over HTTP/1.1 the connection then
-/// cannot carry another request (hyper closes it), so say so, or a client may send its next
-/// request on a connection that is closing.
-fn unread(mut resp: Response<Body>, parts: &Parts, body: &Incoming) -> Response<Body> {
-    if parts.version < http::Version::HTTP_2 && !http_body::Body::is_end_stream(body) {
+/// keyward's own answer to an HTTP/1.1 request whose body it has not read (`unread`): hyper
+/// closes such a connection after the answer, so the answer says so, or a client could send
+/// its next request on a connection that is closing.
+fn closing(mut resp: Response<Body>, unread: bool) -> Response<Body> {
+    if unread {
         resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp

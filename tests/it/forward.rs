@@ -364,6 +364,11 @@ async fn hostile_forward_requests_never_reach_the_upstream() {
     let recs = kw.records(rows.len() - 1).await;
     let asked: Vec<&str> = recs.iter().filter_map(|r| r["connect_host"].as_str()).collect();
     assert!(asked.contains(&"example.com:443") && asked.contains(&"api.stripe.com:443"), "{asked:?}");
+    let other = recs.iter().find(|r| r["connect_host"] == "example.com:443").unwrap();
+    assert_eq!(
+        (&other["method"], &other["path"], &other["mode"]),
+        (&"CONNECT".into(), &"".into(), &"forward".into())
+    );
     let log = std::fs::read_to_string(kw.dir.path().join("audit.jsonl")).unwrap();
     assert!(!log.contains(TOKEN) && !log.contains(SECRET), "a token or the secret in the access log");
 }

@@ -26,9 +26,8 @@ pub fn hosts(file: &FileConfig) -> Vec<Option<String>> {
 }
 
 /// The `[forward]` table's settings, with its mistakes added to `errs`.
-pub fn check(file: &FileConfig, errs: &mut Errors) -> Option<ForwardSettings> {
+pub fn check(file: &FileConfig, hosts: &[Option<String>], errs: &mut Errors) -> Option<ForwardSettings> {
     let f = file.forward.as_ref()?;
-    let hosts = hosts(file);
     match (&f.ca_key, &f.ca_key_secret) {
         (Some(_), Some(s)) => {
             errs.at(Some(s.span()), "forward.ca_key_secret", "give ca_key or ca_key_secret, not both")

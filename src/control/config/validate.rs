@@ -97,12 +97,12 @@ pub fn validate(
     let upstreams: Vec<Arc<str>> = file.upstream.keys().map(|n| Arc::from(n.as_str())).collect();
     let routes =
         catalog_parsed.entries.iter().map(|e| upstreams.iter().position(|u| **u == *e.upstream)).collect();
-    let forward = super::forward::check(&file, &mut errs);
+    let mut hosts = super::forward::hosts(&file);
+    let forward = super::forward::check(&file, &hosts, &mut errs);
     // Without a `[forward]` no host is intercepted: a reload that removes it ends the tunnels.
-    let hosts = match forward {
-        Some(_) => super::forward::hosts(&file),
-        None => vec![None; file.upstream.len()],
-    };
+    if forward.is_none() {
+        hosts.fill(None);
+    }
     let secrets = check_secrets(&file, &mut errs);
     let forward_ca_secret = file
         .forward
