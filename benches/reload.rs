@@ -58,39 +58,17 @@ fn benches(c: &mut Criterion) {
         .into_parts()
         .0;
     let ip = "10.1.2.3".parse().unwrap();
+    let facts =
+        RequestFacts { parts: &parts, client_ip: ip, now: 1_800_000_000, tunnel: None, client_ids: &[] };
     c.bench_function("snapshot_load_full", |b| b.iter(|| swap.load_full().version.len()));
     c.bench_function("decide_10000_services", |b| {
         let snap = swap.load_full();
-        b.iter(|| {
-            decide(
-                &snap.policy,
-                black_box(&RequestFacts {
-                    parts: &parts,
-                    client_ip: ip,
-                    now: 1_800_000_000,
-                    tunnel: None,
-                    client_ids: &[],
-                }),
-            )
-            .verdict
-            .decision()
-        })
+        b.iter(|| decide(&snap.policy, black_box(&facts)).verdict.decision())
     });
     c.bench_function("load_full_then_decide_10000_services", |b| {
         b.iter(|| {
             let snap = swap.load_full();
-            decide(
-                &snap.policy,
-                black_box(&RequestFacts {
-                    parts: &parts,
-                    client_ip: ip,
-                    now: 1_800_000_000,
-                    tunnel: None,
-                    client_ids: &[],
-                }),
-            )
-            .verdict
-            .decision()
+            decide(&snap.policy, black_box(&facts)).verdict.decision()
         })
     });
 }
