@@ -7,16 +7,18 @@ echo "== installing test tools (tests/requirements.txt)"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 # stripe-node and https-proxy-agent, at the versions tests/sdk/node/package-lock.json pins.
 npm ci --prefix tests/sdk/node --no-audit --no-fund --loglevel=error
-# Debian packages: chromium (the HTML audit report is rendered headless in a test) and
-# ruby-rack (the differential test reads what reached the upstream with Rack).
+# Debian packages: chromium (the HTML audit report is rendered headless in a test),
+# ruby-rack (the differential test reads what reached the upstream with Rack) and
+# redis-server (replicas share their rate limits in it; each test starts its own).
 debs=()
 command -v chromium >/dev/null || debs+=(chromium)
+command -v redis-server >/dev/null || debs+=(redis-server)
 ruby -e 'require "rack"' 2>/dev/null || debs+=(ruby-rack)
 if [ ${#debs[@]} -gt 0 ]; then
   echo "== installing ${debs[*]} (apt-get)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
-for tool in python3 hadolint bao chromium ruby mount curl node; do
+for tool in python3 hadolint bao chromium ruby redis-server mount curl node; do
   command -v "$tool" >/dev/null || { echo "missing $tool after install" >&2; exit 1; }
 done
 ruby -e 'require "rack"' || { echo "ruby-rack did not install" >&2; exit 1; }

@@ -282,6 +282,19 @@ pub fn scrape(snap: &Snapshot, audit: &AuditCounts, now: i64) -> Registry {
         ConstCounter::new(audit.unrecorded),
     );
     r.register("keyward_audit_healthy", "1 while the access log is writable", gauge(audit.healthy.into()));
+    if let Some(store) = &snap.ratelimits.store {
+        r.register("keyward_ratelimit_store_up", "1 while Redis (ratelimit.redis) answers", gauge(store.is_up().into()));
+        r.register(
+            "keyward_ratelimit_store_errors",
+            "Calls to Redis that failed or found no answer in time",
+            ConstCounter::new(store.errors()),
+        );
+        r.register(
+            "keyward_ratelimit_replicas",
+            "Replicas sharing the limits, as last counted in Redis",
+            gauge(store.replicas().into()),
+        );
+    }
     let per_secret = || Family::<Vec<(&'static str, String)>, Gauge>::default();
     let (age, stale) = (per_secret(), per_secret());
     // A family of counters (not gauges), so that the type says counter.

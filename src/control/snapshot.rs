@@ -34,8 +34,8 @@ pub struct Snapshot {
     pub policy: Policy,
     /// The upstreams' clients, in the order of `policy.upstreams`.
     pub upstreams: Vec<Upstream>,
-    /// Per-service rate and concurrency limiters, by service name (only services with limits).
-    pub limiters: crate::control::limits::Limiters,
+    /// Per-service rates and concurrency, the shared budget, and where they are kept.
+    pub ratelimits: crate::control::limits::RateLimits,
     /// Read once per request (`SecretCell::serving`); vault cells refresh in place.
     pub secrets: Vec<Arc<SecretCell>>,
 }

@@ -77,6 +77,13 @@ pub enum Failure {
     },
     /// The service has `concurrency` calls in flight.
     ConcurrencyLimited,
+    /// The shared budget (`upstream_rate`) is too low for a call of this `priority`.
+    BudgetLimited {
+        retry_after: u64,
+        priority: &'static str,
+    },
+    /// Redis, where the shared limits are kept, is out and `on_redis_error = "deny"`.
+    RateLimitUnavailable,
     Internal,
 }
 
@@ -101,8 +108,8 @@ impl Failure {
             UpstreamNotConfigured(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             SecretStale => StatusCode::SERVICE_UNAVAILABLE,
-            AuditUnavailable | AuditBusy | TunnelsFull => StatusCode::SERVICE_UNAVAILABLE,
-            RateLimited { .. } | ConcurrencyLimited => StatusCode::TOO_MANY_REQUESTS,
+            AuditUnavailable | AuditBusy | TunnelsFull | RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RateLimited { .. } | ConcurrencyLimited | BudgetLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             HostNotProxied { .. } | PlainHttp | TunnelServiceMismatch => StatusCode::FORBIDDEN,
             NotProxyRequest => StatusCode::BAD_REQUEST,
             Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
@@ -144,17 +151,19 @@ impl Failure {
             TunnelServiceMismatch => "tunnel_service_mismatch",
             TunnelsFull => "tunnels_full",
             // Stripe's own code: the SDKs raise their RateLimitError.
-            RateLimited { .. } | ConcurrencyLimited => "rate_limit",
+            RateLimited { .. } | ConcurrencyLimited | BudgetLimited { .. } => "rate_limit",
+            RateLimitUnavailable => "rate_limit_unavailable",
             Internal => "internal_error",
         }
     }
 
     /// What the access record and the metrics give as the reason: the `code()`, except for the
-    /// two limits, which answer with Stripe's one `rate_limit` and are told apart here.
+    /// limits, which answer with Stripe's one `rate_limit` and are told apart here.
     pub fn reason(&self) -> &'static str {
         match self {
             Failure::RateLimited { .. } => "rate_limited",
             Failure::ConcurrencyLimited => "concurrency_limited",
+            Failure::BudgetLimited { .. } => "budget_limited",
             other => other.code(),
         }
     }
@@ -162,8 +171,10 @@ impl Failure {
     /// Seconds after which a retry may succeed (`Retry-After`), for the limits.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Failure::RateLimited { retry_after } => Some(*retry_after),
-            Failure::ConcurrencyLimited => Some(1),
+            Failure::RateLimited { retry_after } | Failure::BudgetLimited { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            Failure::ConcurrencyLimited | Failure::RateLimitUnavailable => Some(1),
             _ => None,
         }
     }
@@ -261,6 +272,19 @@ impl Failure {
             ),
             ConcurrencyLimited => "Too many requests in flight at once for this service (keyward \
                                    `concurrency`). Retry when one has finished."
+                .into(),
+            BudgetLimited { retry_after, priority: "critical" } => format!(
+                "The budget of calls every service shares toward the payments API (keyward \
+                 `upstream_rate`) is spent: retry in {retry_after} s."
+            ),
+            BudgetLimited { retry_after, priority } => format!(
+                "The budget of calls every service shares toward the payments API (keyward \
+                 `upstream_rate`) is running low, and what is left is kept for calls of a higher \
+                 priority than this service's ({priority}): retry in {retry_after} s."
+            ),
+            RateLimitUnavailable => "keyward cannot reach the store its rate limits are kept in \
+                                     (ratelimit.redis), and refuses calls until it can \
+                                     (on_redis_error = \"deny\"). Retry later."
                 .into(),
             Internal => "keyward hit an internal error.".into(),
         }

@@ -94,16 +94,15 @@ impl Proxy {
             }
             Verdict::Allow(route) | Verdict::WouldDeny(route, _) => *route,
         };
-        // The service's rate and concurrency, in report mode too: they protect the budget
-        // every service shares.
-        let in_flight = match snap.limiters.get(&route.service.name).map(|l| l.admit()) {
-            Some(Err(f)) => {
+        // The service's rate and concurrency and the shared budget, in report mode too: they
+        // protect the budget every service shares.
+        let in_flight = match snap.ratelimits.admit(&route.service.name).await {
+            Err(f) => {
                 let mut ex = exchange();
                 let f = ex.deny(f);
                 return Ok(ex.refuse(closing(respond::failure(&f), unread)));
             }
-            Some(Ok(permit)) => permit,
-            None => None,
+            Ok(permit) => permit,
         };
         let slot = match self.state.audit.slot(&route.service.name).await {
             Ok(slot) => slot,

@@ -13,6 +13,7 @@ use super::file::{ClientCert, FileConfig, SecretFile};
 use super::validate::{Errors, Plan, Table};
 use super::{ConfigError, Options, Source};
 use crate::control::intercept::Intercept;
+use crate::control::limits::{self, RateLimits};
 use crate::control::snapshot::Snapshot;
 use crate::control::tls::ClientAuth;
 use crate::policy::catalog::STRIPE_CATALOG;
@@ -62,6 +63,7 @@ pub async fn build(
     let client = if opts.tls { load_client_auth(&plan.file, &mut errs) } else { None };
     let tls = if opts.tls { load_tls(&plan.file, client.clone(), &mut errs) } else { None };
     let intercept = if opts.tls { load_intercept(&plan, &secrets, client, &mut errs) } else { None };
+    let ratelimits = build_ratelimits(&plan, &secrets, opts, previous, &mut errs);
     if !errs.list.is_empty() {
         return Err(errs.list);
     }
@@ -76,7 +78,7 @@ pub async fn build(
         timeouts: plan.timeouts,
         audit: plan.audit,
         forward_tls,
-        limiters: crate::control::limits::build(&plan.service_limits, previous.map(|p| &p.limiters)),
+        ratelimits,
         forward: plan.forward,
         intercept,
         files: plan.files,
@@ -294,6 +296,29 @@ fn load_intercept(
             None
         }
     }
+}
+
+/// The limits, keeping from `previous` what is configured the same. The Redis store (with its
+/// password from `ratelimit.password_secret`) is made only where clients are (`run`, `check`).
+fn build_ratelimits(
+    plan: &Plan,
+    secrets: &[Arc<SecretCell>],
+    opts: Options,
+    previous: Option<&Snapshot>,
+    errs: &mut Errors,
+) -> RateLimits {
+    let mut store = plan.ratelimit.store.clone().filter(|_| opts.clients);
+    if let (Some(spec), Some(i)) = (&mut store, plan.redis_secret) {
+        match secrets.get(i).and_then(|c| c.serving()) {
+            Some(loaded) => spec.password = Some(Zeroizing::new(loaded.value.expose().to_string())),
+            None => errs.at(None, "ratelimit.password_secret", "the secret is not available"),
+        }
+    }
+    let limits = limits::Plan { services: &plan.service_limits, budget: plan.ratelimit.budget, store };
+    limits::build(limits, previous.map(|p| &p.ratelimits)).unwrap_or_else(|msg| {
+        errs.at(None, "ratelimit.redis", msg);
+        RateLimits::default()
+    })
 }
 
 /// `forward.tls`: the listener's certificate, offering HTTP/1.1 only (CONNECT is sent over it).

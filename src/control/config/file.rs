@@ -32,6 +32,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub audit: AuditFile,
     #[serde(default)]
+    pub ratelimit: RatelimitFile,
+    #[serde(default)]
     pub service: Vec<ServiceFile>,
 }
 
@@ -185,6 +187,26 @@ impl Default for TimeoutsFile {
     }
 }
 
+/// `[ratelimit]`: the budget every service shares, and where replicas keep their limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatelimitFile {
+    /// Calls per second or minute toward the payments API, all services together.
+    pub upstream_rate: Option<Spanned<String>>,
+    /// Calls that may go at once after an idle time (default: the rate's count).
+    pub upstream_burst: Option<u32>,
+    /// `redis://host:port/db`: keep the rates in Redis, shared by every replica.
+    pub redis: Option<Spanned<String>>,
+    /// A `[secret.NAME]` holding Redis's password (never in the URL).
+    pub password_secret: Option<Spanned<String>>,
+    /// Prefix of keyward's keys in Redis.
+    pub key_prefix: Option<String>,
+    /// Longest a request waits for Redis before `on_redis_error` applies.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub on_redis_error: Option<crate::control::limits::OnRedisError>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogFile {
@@ -279,6 +301,8 @@ pub struct ServiceFile {
     pub burst: Option<u32>,
     /// Calls in flight at once, past which calls get 429.
     pub concurrency: Option<u32>,
+    /// Its place in the shared budget (`[ratelimit] upstream_rate`).
+    pub priority: Option<Spanned<crate::control::limits::Priority>>,
 }
 
 #[derive(Debug, Deserialize)]

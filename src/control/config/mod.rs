@@ -4,6 +4,7 @@
 pub mod build;
 pub mod file;
 mod forward;
+mod ratelimit;
 mod services;
 pub mod validate;
 

@@ -83,7 +83,7 @@ pub fn build(
             );
         }
         let svc_tokens = build_tokens(s, &key, services.len() as u32, &mut tokens, errs);
-        if let Some(spec) = limits(s, &key, errs) {
+        if let Some(spec) = limits(file, s, &key, errs) {
             limit_specs.push((Arc::from(s.name.get_ref().as_str()), spec));
         }
         services.push(Service {
@@ -102,7 +102,7 @@ pub fn build(
 }
 
 /// A service's `rate`, `burst` and `concurrency`, if it has any.
-fn limits(s: &ServiceFile, key: &str, errs: &mut Errors) -> Option<LimitSpec> {
+fn limits(file: &FileConfig, s: &ServiceFile, key: &str, errs: &mut Errors) -> Option<LimitSpec> {
     let rate = s.rate.as_ref().and_then(|r| {
         Rate::parse(r.get_ref()).map_err(|msg| errs.at(Some(r.span()), format!("{key}.rate"), msg)).ok()
     });
@@ -119,7 +119,18 @@ fn limits(s: &ServiceFile, key: &str, errs: &mut Errors) -> Option<LimitSpec> {
     if s.burst.is_some() && s.rate.is_none() {
         errs.at(Some(s.name.span()), format!("{key}.burst"), "needs a rate");
     }
-    (rate.is_some() || concurrency.is_some()).then_some(LimitSpec { rate, burst, concurrency })
+    let priority = s.priority.as_ref().map(|p| *p.get_ref());
+    if let Some(p) = &s.priority
+        && file.ratelimit.upstream_rate.is_none()
+    {
+        errs.at(Some(p.span()), format!("{key}.priority"), "needs [ratelimit] upstream_rate: the budget it is a place in");
+    }
+    (rate.is_some() || concurrency.is_some() || priority.is_some()).then_some(LimitSpec {
+        rate,
+        burst,
+        concurrency,
+        priority: priority.unwrap_or_default(),
+    })
 }
 
 /// `client_ids`: each a URI (`spiffe://trust.domain/path`), matched against a certificate's

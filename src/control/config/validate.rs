@@ -39,6 +39,10 @@ pub struct Plan {
     pub service_limits: Vec<(Arc<str>, crate::control::limits::LimitSpec)>,
     /// The index in `secrets` of `forward.ca_key_secret`.
     pub forward_ca_secret: Option<usize>,
+    /// `[ratelimit]`: the shared budget and the Redis store.
+    pub ratelimit: super::ratelimit::RatelimitPlan,
+    /// The index in `secrets` of `ratelimit.password_secret`.
+    pub redis_secret: Option<usize>,
     /// Every file the configuration reads: a change to any of them triggers a reload.
     pub files: Vec<PathBuf>,
 }
@@ -109,6 +113,9 @@ pub fn validate(
         .as_ref()
         .and_then(|f| f.ca_key_secret.as_ref())
         .and_then(|n| secrets.iter().position(|s| s == n.get_ref()));
+    let redis_secret =
+        file.ratelimit.password_secret.as_ref().and_then(|n| secrets.iter().position(|s| s == n.get_ref()));
+    let ratelimit = super::ratelimit::check(&file, &mut errs);
     let index: HashMap<&str, usize> = secrets.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
     let compiled = super::services::build(&file, &catalog_parsed, &index, &mut errs);
     let (services, tokens, service_limits) = (compiled.services, compiled.tokens, compiled.limits);
@@ -165,6 +172,8 @@ pub fn validate(
         forward,
         service_limits,
         forward_ca_secret,
+        ratelimit,
+        redis_secret,
         files: input_files(src, &file),
         file,
     };
@@ -185,8 +194,9 @@ fn check_upstreams(file: &FileConfig, errs: &mut Errors) {
 /// The secrets services use (others are never read), checked where that needs no I/O.
 fn check_secrets(file: &FileConfig, errs: &mut Errors) -> Vec<String> {
     let forward = file.forward.iter().filter_map(|f| f.ca_key_secret.as_ref());
+    let redis = file.ratelimit.password_secret.iter();
     let used: HashSet<&str> =
-        file.service.iter().map(|s| &s.secret).chain(forward).map(|s| s.get_ref().as_str()).collect();
+        file.service.iter().map(|s| &s.secret).chain(forward).chain(redis).map(|s| s.get_ref().as_str()).collect();
     let mut out = Vec::new();
     for (name, def) in file.secret.iter().filter(|(n, _)| used.contains(n.as_str())) {
         if let SecretFile::Vault(v) = def

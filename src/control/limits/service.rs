@@ -1,59 +1,35 @@
-//! Per-service limits: a request rate (GCRA, by governor) and a cap on calls in flight. A
-//! reload keeps a service's limiter when its settings are unchanged, so that a reload neither
-//! refills a spent budget nor forgets the calls in flight.
+//! A service's own limits: a request rate (GCRA, by governor) and a cap on calls in flight.
+//! A reload keeps a service's limiter when its settings are unchanged, so that a reload
+//! neither refills a spent budget nor forgets the calls in flight.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
-
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::Rate;
+use super::budget::Priority;
+use super::gcra::{Gcra, Params, retry_after};
 use crate::policy::Failure;
 
-/// A service's limits as configured (`rate`, `burst`, `concurrency`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A service's limits as configured (`rate`, `burst`, `concurrency`, `priority`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LimitSpec {
     pub rate: Option<Rate>,
     /// Calls that may go at once after an idle time; default: the rate's count.
     pub burst: Option<NonZeroU32>,
     pub concurrency: Option<NonZeroU32>,
-}
-
-/// `count` calls per `per`: `"20/s"`, `"600/m"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub count: NonZeroU32,
-    pub per: Duration,
-}
-
-impl Rate {
-    pub fn parse(text: &str) -> Result<Rate, String> {
-        let bad = || format!("`{text}` is not a rate like \"20/s\" or \"600/m\"");
-        let (n, unit) = text.split_once('/').ok_or_else(bad)?;
-        let per = match unit {
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            _ => return Err(bad()),
-        };
-        let count = n.parse::<NonZeroU32>().map_err(|_| bad())?;
-        if !n.bytes().all(|b| b.is_ascii_digit()) || n.starts_with('0') {
-            return Err(bad());
-        }
-        // GCRA adds one call every `per / count`: that must be at least a nanosecond.
-        if per.as_nanos() / u128::from(count.get()) == 0 {
-            return Err(format!("`{text}` is more than 1000000000 calls a second"));
-        }
-        Ok(Rate { count, per })
-    }
+    pub priority: Priority,
 }
 
 /// The live limiters of one service.
 pub struct ServiceLimits {
     pub spec: LimitSpec,
     rate: Option<DefaultDirectRateLimiter>,
+    /// This replica's share of the rate while the shared store is out.
+    share: Gcra,
     in_flight: Option<Arc<Semaphore>>,
 }
 
@@ -73,21 +49,39 @@ impl ServiceLimits {
             RateLimiter::direct(quota.allow_burst(spec.burst.unwrap_or(r.count)))
         });
         let in_flight = spec.concurrency.map(|n| Arc::new(Semaphore::new(n.get() as usize)));
-        ServiceLimits { spec, rate, in_flight }
+        ServiceLimits { spec, rate, share: Gcra::default(), in_flight }
     }
 
-    /// Admit one call: `Err` past the rate (with when to retry) or the concurrency; the permit,
-    /// if any, is held until the call's answer has ended.
-    pub fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, Failure> {
-        if let Some(limiter) = &self.rate
-            && let Err(not_until) = limiter.check()
-        {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            return Err(Failure::RateLimited { retry_after: wait.as_secs_f64().ceil().max(1.0) as u64 });
-        }
+    /// A place among the calls in flight, held until the call's answer has ended.
+    pub fn hold(&self) -> Result<Option<OwnedSemaphorePermit>, Failure> {
         match &self.in_flight {
             Some(sem) => sem.clone().try_acquire_owned().map(Some).map_err(|_| Failure::ConcurrencyLimited),
             None => Ok(None),
+        }
+    }
+
+    /// The rate, kept by this process alone.
+    pub fn take(&self) -> Result<(), Failure> {
+        match &self.rate {
+            Some(limiter) => limiter.check().map_err(|not_until| {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Failure::RateLimited { retry_after: retry_after(wait) }
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The rate's GCRA parameters for one of `share` replicas; `None` without a rate.
+    pub fn params(&self, share: u32) -> Option<Params> {
+        let r = self.spec.rate?;
+        Some(Params::new(r, self.spec.burst.unwrap_or(r.count), share))
+    }
+
+    /// This replica's share of the rate (while the shared store is out).
+    pub fn take_share(&self, share: u32) -> Result<(), Failure> {
+        match self.params(share) {
+            Some(p) => self.share.take(p).map_err(|w| Failure::RateLimited { retry_after: retry_after(w) }),
+            None => Ok(()),
         }
     }
 }
@@ -109,58 +103,50 @@ pub fn build(specs: &[(Arc<str>, LimitSpec)], previous: Option<&Limiters>) -> Li
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn rates_read_one_way() {
-        let r = Rate::parse("20/s").unwrap();
-        assert_eq!((r.count.get(), r.per), (20, Duration::from_secs(1)));
-        assert_eq!(Rate::parse("600/m").unwrap().per, Duration::from_secs(60));
-        for bad in [
-            "20",
-            "0/s",
-            "020/s",
-            "-1/s",
-            "20/h",
-            "20/S",
-            " 20/s",
-            "20 /s",
-            "1.5/s",
-            "/s",
-            "20/",
-            "4000000000/s",
-        ] {
-            assert!(Rate::parse(bad).is_err(), "{bad}");
-        }
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
     }
 
     #[test]
     fn a_burst_then_the_rate_and_a_cap_on_calls_in_flight() {
-        let nz = |n| NonZeroU32::new(n).unwrap();
         let spec = LimitSpec {
             rate: Some(Rate { count: nz(1), per: Duration::from_secs(60) }),
             burst: Some(nz(3)),
             concurrency: None,
+            priority: Priority::Normal,
         };
         let l = ServiceLimits::new(spec);
         for _ in 0..3 {
-            assert!(l.admit().is_ok());
+            assert!(l.take().is_ok());
         }
-        match l.admit() {
+        match l.take() {
             Err(Failure::RateLimited { retry_after }) => {
                 assert!((1..=60).contains(&retry_after), "{retry_after}")
             }
             other => panic!("{other:?}"),
         }
-        let l = ServiceLimits::new(LimitSpec { rate: None, burst: None, concurrency: Some(nz(1)) });
-        let held = l.admit().unwrap();
-        assert!(matches!(l.admit(), Err(Failure::ConcurrencyLimited)));
+        let spec = LimitSpec { rate: None, burst: None, concurrency: Some(nz(1)), priority: Priority::Normal };
+        let l = ServiceLimits::new(spec);
+        let held = l.hold().unwrap();
+        assert!(matches!(l.hold(), Err(Failure::ConcurrencyLimited)));
         drop(held);
-        assert!(l.admit().is_ok());
+        assert!(l.hold().is_ok());
+    }
+
+    #[test]
+    fn a_share_is_kept_apart_from_the_whole() {
+        let spec =
+            LimitSpec { rate: Some(Rate { count: nz(4), per: Duration::from_secs(60) }), ..Default::default() };
+        let l = ServiceLimits::new(spec);
+        assert_eq!((0..9).filter(|_| l.take_share(2).is_ok()).count(), 2, "half the burst of 4");
+        assert_eq!((0..9).filter(|_| l.take().is_ok()).count(), 4, "the whole burst, untouched");
     }
 
     #[test]
     fn a_reload_keeps_unchanged_limiters() {
-        let spec = LimitSpec { rate: None, burst: None, concurrency: NonZeroU32::new(2) };
+        let spec = LimitSpec { concurrency: NonZeroU32::new(2), ..Default::default() };
         let first = build(&[("a".into(), spec), ("b".into(), spec)], None);
         let changed = LimitSpec { concurrency: NonZeroU32::new(3), ..spec };
         let second = build(&[("a".into(), spec), ("b".into(), changed)], Some(&first));

@@ -1,0 +1,112 @@
+//! `[ratelimit]`, checked without I/O: the shared budget and the Redis store's settings.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use super::file::FileConfig;
+use super::validate::Errors;
+use crate::control::limits::{BudgetSpec, Rate, StoreSpec};
+
+/// `[ratelimit]` as planned; the store's password is read from its secret by `build`.
+pub struct RatelimitPlan {
+    pub budget: Option<BudgetSpec>,
+    pub store: Option<StoreSpec>,
+}
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+pub fn check(file: &FileConfig, errs: &mut Errors) -> RatelimitPlan {
+    let r = &file.ratelimit;
+    let rate = r.upstream_rate.as_ref().and_then(|text| {
+        Rate::parse(text.get_ref()).map_err(|msg| errs.at(Some(text.span()), "ratelimit.upstream_rate", msg)).ok()
+    });
+    let burst = match r.upstream_burst.map(NonZeroU32::new) {
+        Some(None) => {
+            errs.at(None, "ratelimit.upstream_burst", "must be at least 1");
+            None
+        }
+        Some(Some(_)) if r.upstream_rate.is_none() => {
+            errs.at(None, "ratelimit.upstream_burst", "needs ratelimit.upstream_rate");
+            None
+        }
+        Some(b) => b,
+        None => None,
+    };
+    let budget = rate.map(|rate| BudgetSpec { rate, burst: burst.unwrap_or(rate.count) });
+    let Some(url) = &r.redis else {
+        let needing = [
+            ("password_secret", r.password_secret.is_some()),
+            ("key_prefix", r.key_prefix.is_some()),
+            ("timeout", r.timeout.is_some()),
+            ("on_redis_error", r.on_redis_error.is_some()),
+        ];
+        for (key, _) in needing.iter().filter(|(_, set)| *set) {
+            errs.at(None, format!("ratelimit.{key}"), "needs ratelimit.redis");
+        }
+        return RatelimitPlan { budget, store: None };
+    };
+    if let Err(msg) = check_url(url.get_ref()) {
+        errs.at(Some(url.span()), "ratelimit.redis", msg);
+    }
+    if let Some(name) = &r.password_secret
+        && !file.secret.contains_key(name.get_ref())
+    {
+        errs.at(Some(name.span()), "ratelimit.password_secret", format!("no [secret.{}] is defined", name.get_ref()));
+    }
+    let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "keyward".into());
+    if key_prefix.is_empty() || key_prefix.len() > 64 || !key_prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        errs.at(None, "ratelimit.key_prefix", "must be 1 to 64 printable characters, no spaces");
+    }
+    let timeout = r.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    if !(Duration::from_millis(1)..=Duration::from_secs(5)).contains(&timeout) {
+        errs.at(None, "ratelimit.timeout", "must be between 1ms and 5s: a request waits this long for Redis");
+    }
+    let store = StoreSpec {
+        url: url.get_ref().clone(),
+        password: None,
+        key_prefix,
+        timeout,
+        on_error: r.on_redis_error.unwrap_or_default(),
+    };
+    RatelimitPlan { budget, store: Some(store) }
+}
+
+/// `redis://[user@]host[:port][/db]`: no password (it goes in a secret), no TLS (not built
+/// in: reach Redis over the cluster's network, or a local TLS sidecar).
+fn check_url(url: &str) -> Result<(), String> {
+    if !url.starts_with("redis://") {
+        return Err("must be redis://host:port/db (TLS to Redis, rediss://, is not built in)".into());
+    }
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|e| format!("is not a Redis URL: {}", e.detail().unwrap_or("does not parse")))?;
+    if info.redis_settings().password().is_some() {
+        return Err("must not hold a password: put it in a [secret.NAME] and set \
+                    ratelimit.password_secret = \"NAME\""
+            .into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_url;
+
+    #[test]
+    fn redis_urls_read_one_way() {
+        for good in ["redis://127.0.0.1:6379/0", "redis://redis.infra.svc:6379", "redis://keyward@10.0.0.7/2"] {
+            assert_eq!(check_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "127.0.0.1:6379",
+            "rediss://127.0.0.1:6379",
+            "unix:///run/redis.sock",
+            "redis://:hunter2@127.0.0.1:6379",
+            "redis://user:hunter2@127.0.0.1:6379",
+            "redis://127.0.0.1:6379/zero",
+            "REDIS://127.0.0.1",
+        ] {
+            let msg = check_url(bad).expect_err(bad);
+            assert!(!msg.contains("hunter2"), "{msg}");
+        }
+    }
+}

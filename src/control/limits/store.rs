@@ -1,0 +1,222 @@
+//! `[ratelimit] redis`: the rates every replica shares, kept in Redis, so that N replicas
+//! enforce one budget, not N. One script call per request checks the service's rate and the
+//! shared budget together (both updated or neither), on Redis's clock. Each replica also
+//! counts the replicas alive (a heartbeat), so that while Redis is out it can keep its share.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::gcra::Params;
+
+/// What a replica does while Redis cannot be reached (`on_redis_error`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisError {
+    /// Keep this replica's share of each limit (the limit over the replicas last seen alive).
+    #[default]
+    Local,
+    /// Admit every call (concurrency still holds).
+    Allow,
+    /// Refuse every call with 503 until Redis answers again.
+    Deny,
+}
+
+impl OnRedisError {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnRedisError::Local => "local",
+            OnRedisError::Allow => "allow",
+            OnRedisError::Deny => "deny",
+        }
+    }
+}
+
+/// The store as configured. The password comes from a `[secret.NAME]`, never from the URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreSpec {
+    pub url: String,
+    pub password: Option<Zeroizing<String>>,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub on_error: OnRedisError,
+}
+
+impl std::fmt::Debug for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSpec")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("on_error", &self.on_error)
+            .finish()
+    }
+}
+
+/// GCRA over each key in turn (ARGV: interval and tolerance in µs, per key); every key is
+/// updated only if all admit. Returns `{0, 0}`, or `{i, µs to wait}` for the first key `i`
+/// (from 1) that refuses. `%d` keeps 16-digit times exact (Lua prints numbers with 14).
+const TAKE: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000000 + t[2]
+local tats = {}
+for i, key in ipairs(KEYS) do
+  local interval, tolerance = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local tat = math.max(tonumber(redis.call('GET', key) or now), now)
+  if tat - now > tolerance then
+    return {i, tat - now - tolerance}
+  end
+  tats[i] = tat + interval
+end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, string.format('%d', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1)
+end
+return {0, 0}
+";
+
+/// Mark this replica alive (ARGV[1]) and count those seen within ARGV[2] seconds.
+const HEARTBEAT: &str = r"
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZCARD', KEYS[1])
+";
+
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// A replica not heard from for this long no longer counts.
+const ALIVE_WITHIN_SECS: u64 = 5;
+
+pub struct Store {
+    pub spec: StoreSpec,
+    conn: ConnectionManager,
+    take: redis::Script,
+    beat: redis::Script,
+    up: AtomicBool,
+    replicas: AtomicU32,
+    errors: AtomicU64,
+    /// This process in the replica set: its instance name and a random suffix (two
+    /// processes may share a host name).
+    member: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("spec", &self.spec).field("up", &self.is_up()).finish()
+    }
+}
+
+/// What the script said.
+pub enum Taken {
+    Admitted,
+    /// The `i`th check (from 0) refused; one may pass after `wait`.
+    Refused(usize, Duration),
+}
+
+impl Store {
+    /// Connect lazily (a Redis that is down does not stop keyward starting) and start the
+    /// heartbeat, which ends when the store is dropped.
+    pub fn start(spec: StoreSpec) -> Result<Arc<Store>, String> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(spec.url.as_str())
+            .map_err(|e| format!("not a Redis URL: {e}"))?;
+        if let Some(pw) = &spec.password {
+            info = info.clone().set_redis_settings(info.redis_settings().clone().set_password(pw.as_str()));
+        }
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(spec.timeout))
+            .set_response_timeout(Some(spec.timeout))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        let mut suffix = [0u8; 4];
+        getrandom::fill(&mut suffix).map_err(|e| e.to_string())?;
+        let store = Arc::new(Store {
+            member: format!("{}/{}", crate::control::state::instance(), hex::encode(suffix)),
+            spec,
+            conn,
+            take: redis::Script::new(TAKE),
+            beat: redis::Script::new(HEARTBEAT),
+            up: AtomicBool::new(true),
+            replicas: AtomicU32::new(1),
+            errors: AtomicU64::new(0),
+        });
+        tokio::spawn(heartbeat(Arc::downgrade(&store)));
+        Ok(store)
+    }
+
+    /// Whether Redis answered last time it was asked. While it is out, requests do not wait
+    /// for it: only the heartbeat keeps asking.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Replicas seen alive at the last heartbeat (at least 1).
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed).max(1)
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn key(&self, what: &str) -> String {
+        format!("{}:{what}", self.spec.key_prefix)
+    }
+
+    /// Take one call from each `(key, params)` at once; `Err` if Redis did not answer in time
+    /// (the store is then out until the heartbeat reaches it).
+    pub async fn take(&self, checks: &[(String, Params)]) -> Result<Taken, ()> {
+        let mut call = self.take.prepare_invoke();
+        for (key, p) in checks {
+            call.key(key).arg(p.interval.as_micros() as u64).arg(p.tolerance.as_micros() as u64);
+        }
+        let mut conn = self.conn.clone();
+        let answer = tokio::time::timeout(self.spec.timeout, call.invoke_async::<(u64, u64)>(&mut conn)).await;
+        match answer {
+            Ok(Ok((0, _))) => Ok(Taken::Admitted),
+            Ok(Ok((i, wait))) => Ok(Taken::Refused(i as usize - 1, Duration::from_micros(wait))),
+            Ok(Err(e)) => Err(self.failed(&e.to_string())),
+            Err(_) => Err(self.failed("no answer in time (ratelimit.timeout)")),
+        }
+    }
+
+    fn failed(&self, why: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = why, on_redis_error = self.spec.on_error.name(),
+                "the rate-limit store (ratelimit.redis) is out; applying on_redis_error");
+        }
+    }
+
+    async fn beat(&self) {
+        let mut conn = self.conn.clone();
+        let mut call = self.beat.prepare_invoke();
+        call.key(self.key("replicas")).arg(&self.member).arg(ALIVE_WITHIN_SECS);
+        let call = call.invoke_async::<u32>(&mut conn);
+        match tokio::time::timeout(self.spec.timeout, call).await {
+            Ok(Ok(n)) => {
+                self.replicas.store(n, Ordering::Relaxed);
+                if !self.up.swap(true, Ordering::Relaxed) {
+                    tracing::info!(replicas = n, "the rate-limit store (ratelimit.redis) answers again");
+                }
+            }
+            Ok(Err(e)) => self.failed(&e.to_string()),
+            Err(_) => self.failed("no answer in time (ratelimit.timeout)"),
+        }
+    }
+}
+
+async fn heartbeat(store: std::sync::Weak<Store>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        store.beat().await;
+    }
+}
