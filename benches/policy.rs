@@ -97,16 +97,27 @@ fn benches(c: &mut Criterion) {
     c.bench_function("decide_deny_1000_services", |b| {
         b.iter(|| decide(&snap.policy, black_box(&facts(&deny))).verdict.decision())
     });
-    // The local limiter a service with `rate` and `concurrency` passes per call: a GCRA check
-    // (a budget so large it never runs out) and a semaphore permit taken and given back.
-    use keyward::control::limits::{LimitSpec, Rate, ServiceLimits};
+    // What a call of a service with `rate` and `concurrency` passes locally: a GCRA check
+    // (governor; a rate so large it never runs out) and a semaphore permit taken and given
+    // back; then the same with the shared budget's GCRA (priorities) too.
+    use futures_util::FutureExt;
+    use keyward::control::limits::{self, BudgetSpec, LimitSpec, Rate};
     let spec = LimitSpec {
         rate: Some(Rate::parse("1000000000/s").unwrap()),
         burst: std::num::NonZeroU32::new(4_000_000_000),
         concurrency: std::num::NonZeroU32::new(16),
+        priority: Default::default(),
     };
-    let limits = ServiceLimits::new(spec);
-    c.bench_function("service_limits_admit", |b| b.iter(|| black_box(limits.admit().unwrap())));
+    let services = [("billing".into(), spec)];
+    let budget = BudgetSpec { rate: spec.rate.unwrap(), burst: spec.burst.unwrap() };
+    for (name, budget) in [("service_limits_admit", None), ("service_limits_and_budget_admit", Some(budget))]
+    {
+        let plan = limits::Plan { services: &services, budget, store: None };
+        let limits = limits::build(plan, None).unwrap();
+        c.bench_function(name, |b| {
+            b.iter(|| black_box(limits.admit(black_box("billing")).now_or_never().unwrap().unwrap()))
+        });
+    }
 }
 
 criterion_group!(policy, benches);

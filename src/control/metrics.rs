@@ -283,7 +283,11 @@ pub fn scrape(snap: &Snapshot, audit: &AuditCounts, now: i64) -> Registry {
     );
     r.register("keyward_audit_healthy", "1 while the access log is writable", gauge(audit.healthy.into()));
     if let Some(store) = &snap.ratelimits.store {
-        r.register("keyward_ratelimit_store_up", "1 while Redis (ratelimit.redis) answers", gauge(store.is_up().into()));
+        r.register(
+            "keyward_ratelimit_store_up",
+            "1 while Redis (ratelimit.redis) answers",
+            gauge(store.is_up().into()),
+        );
         r.register(
             "keyward_ratelimit_store_errors",
             "Calls to Redis that failed or found no answer in time",

@@ -108,7 +108,9 @@ impl Failure {
             UpstreamNotConfigured(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             SecretStale => StatusCode::SERVICE_UNAVAILABLE,
-            AuditUnavailable | AuditBusy | TunnelsFull | RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AuditUnavailable | AuditBusy | TunnelsFull | RateLimitUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             RateLimited { .. } | ConcurrencyLimited | BudgetLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             HostNotProxied { .. } | PlainHttp | TunnelServiceMismatch => StatusCode::FORBIDDEN,
             NotProxyRequest => StatusCode::BAD_REQUEST,

@@ -202,6 +202,46 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             ],
         ),
         (
+            "a priority that is not one",
+            good.replace("source_ips =", "priority = \"batch\"\nsource_ips =")
+                .replace("[audit]", "[[service]]\nname = \"x\"\nsecret = \"stripe\"\nsource_ips = []\npriority = \"urgent\"\n[audit]"),
+            vec!["keyward.toml:20", "expected one of `critical`, `normal`, `batch`"],
+        ),
+        (
+            "a priority without a shared budget",
+            good.replace("source_ips =", "priority = \"batch\"\nsource_ips ="),
+            vec!["service \"billing\".priority", "needs [ratelimit] upstream_rate"],
+        ),
+        (
+            "a Redis URL holding a password, a budget that is not a rate",
+            good.replace(
+                "[audit]",
+                &format!("[ratelimit]\nupstream_rate = \"90 a second\"\nredis = \"redis://:{CANARY}@127.0.0.1:6379/0\"\n[audit]"),
+            ),
+            vec!["ratelimit.upstream_rate", "not a rate like", "ratelimit.redis", "password_secret"],
+        ),
+        (
+            "TLS to Redis, a timeout too long, a password secret that is not defined",
+            good.replace(
+                "[audit]",
+                "[ratelimit]\nredis = \"rediss://redis:6379\"\ntimeout = \"30s\"\npassword_secret = \"nope\"\n[audit]",
+            ),
+            vec!["ratelimit.redis", "rediss://", "ratelimit.timeout", "ratelimit.password_secret", "no [secret.nope]"],
+        ),
+        (
+            "Redis settings without Redis, a burst of 0",
+            good.replace(
+                "[audit]",
+                "[ratelimit]\nupstream_rate = \"90/s\"\nupstream_burst = 0\non_redis_error = \"deny\"\n[audit]",
+            ),
+            vec!["ratelimit.upstream_burst", "at least 1", "ratelimit.on_redis_error", "needs ratelimit.redis"],
+        ),
+        (
+            "an on_redis_error that is not one",
+            good.replace("[audit]", "[ratelimit]\nredis = \"redis://127.0.0.1/0\"\non_redis_error = \"retry\"\n[audit]"),
+            vec!["expected one of `local`, `allow`, `deny`"],
+        ),
+        (
             "a client CA that is not there",
             good.replace("[server]\n", "[server]\nclient_ca = \"/nonexistent/clients-ca.pem\"\n"),
             vec!["server.client_ca", "/nonexistent/clients-ca.pem"],

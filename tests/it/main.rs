@@ -17,6 +17,7 @@ mod layers;
 mod limits;
 mod proxy;
 mod rack;
+mod ratelimit;
 mod reload;
 mod shutdown;
 mod stripe_sdk;

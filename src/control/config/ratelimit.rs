@@ -18,7 +18,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 pub fn check(file: &FileConfig, errs: &mut Errors) -> RatelimitPlan {
     let r = &file.ratelimit;
     let rate = r.upstream_rate.as_ref().and_then(|text| {
-        Rate::parse(text.get_ref()).map_err(|msg| errs.at(Some(text.span()), "ratelimit.upstream_rate", msg)).ok()
+        Rate::parse(text.get_ref())
+            .map_err(|msg| errs.at(Some(text.span()), "ratelimit.upstream_rate", msg))
+            .ok()
     });
     let burst = match r.upstream_burst.map(NonZeroU32::new) {
         Some(None) => {
@@ -51,7 +53,11 @@ pub fn check(file: &FileConfig, errs: &mut Errors) -> RatelimitPlan {
     if let Some(name) = &r.password_secret
         && !file.secret.contains_key(name.get_ref())
     {
-        errs.at(Some(name.span()), "ratelimit.password_secret", format!("no [secret.{}] is defined", name.get_ref()));
+        errs.at(
+            Some(name.span()),
+            "ratelimit.password_secret",
+            format!("no [secret.{}] is defined", name.get_ref()),
+        );
     }
     let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "keyward".into());
     if key_prefix.is_empty() || key_prefix.len() > 64 || !key_prefix.bytes().all(|b| b.is_ascii_graphic()) {
@@ -93,7 +99,8 @@ mod tests {
 
     #[test]
     fn redis_urls_read_one_way() {
-        for good in ["redis://127.0.0.1:6379/0", "redis://redis.infra.svc:6379", "redis://keyward@10.0.0.7/2"] {
+        for good in ["redis://127.0.0.1:6379/0", "redis://redis.infra.svc:6379", "redis://keyward@10.0.0.7/2"]
+        {
             assert_eq!(check_url(good), Ok(()), "{good}");
         }
         for bad in [

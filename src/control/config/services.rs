@@ -123,7 +123,11 @@ fn limits(file: &FileConfig, s: &ServiceFile, key: &str, errs: &mut Errors) -> O
     if let Some(p) = &s.priority
         && file.ratelimit.upstream_rate.is_none()
     {
-        errs.at(Some(p.span()), format!("{key}.priority"), "needs [ratelimit] upstream_rate: the budget it is a place in");
+        errs.at(
+            Some(p.span()),
+            format!("{key}.priority"),
+            "needs [ratelimit] upstream_rate: the budget it is a place in",
+        );
     }
     (rate.is_some() || concurrency.is_some() || priority.is_some()).then_some(LimitSpec {
         rate,

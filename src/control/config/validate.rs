@@ -195,8 +195,14 @@ fn check_upstreams(file: &FileConfig, errs: &mut Errors) {
 fn check_secrets(file: &FileConfig, errs: &mut Errors) -> Vec<String> {
     let forward = file.forward.iter().filter_map(|f| f.ca_key_secret.as_ref());
     let redis = file.ratelimit.password_secret.iter();
-    let used: HashSet<&str> =
-        file.service.iter().map(|s| &s.secret).chain(forward).chain(redis).map(|s| s.get_ref().as_str()).collect();
+    let used: HashSet<&str> = file
+        .service
+        .iter()
+        .map(|s| &s.secret)
+        .chain(forward)
+        .chain(redis)
+        .map(|s| s.get_ref().as_str())
+        .collect();
     let mut out = Vec::new();
     for (name, def) in file.secret.iter().filter(|(n, _)| used.contains(n.as_str())) {
         if let SecretFile::Vault(v) = def

@@ -51,7 +51,8 @@ impl Gcra {
             if start - now > tolerance {
                 return Err(Duration::from_nanos(start - now - tolerance));
             }
-            match self.tat.compare_exchange_weak(tat, start + interval, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.tat.compare_exchange_weak(tat, start + interval, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return Ok(()),
                 Err(seen) => tat = seen,
             }

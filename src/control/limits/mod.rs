@@ -49,7 +49,6 @@ impl Rate {
     }
 }
 
-
 /// Every limit a snapshot enforces. Kept across a reload where settings are unchanged.
 #[derive(Debug, Default)]
 pub struct RateLimits {
@@ -106,7 +105,12 @@ impl RateLimits {
     }
 
     /// `on_redis_error`, while the store is out.
-    fn without_store(&self, store: &Store, limits: Option<&Arc<ServiceLimits>>, p: Priority) -> Result<(), Failure> {
+    fn without_store(
+        &self,
+        store: &Store,
+        limits: Option<&Arc<ServiceLimits>>,
+        p: Priority,
+    ) -> Result<(), Failure> {
         match store.spec.on_error {
             OnRedisError::Allow => Ok(()),
             OnRedisError::Deny => Err(Failure::RateLimitUnavailable),
@@ -122,9 +126,10 @@ impl RateLimits {
 
     fn take_budget(&self, priority: Priority, share: u32) -> Result<(), Failure> {
         match &self.budget {
-            Some(b) => b
-                .take(priority, share)
-                .map_err(|w| Failure::BudgetLimited { retry_after: retry_after(w), priority: priority.name() }),
+            Some(b) => b.take(priority, share).map_err(|w| Failure::BudgetLimited {
+                retry_after: retry_after(w),
+                priority: priority.name(),
+            }),
             None => Ok(()),
         }
     }
@@ -163,7 +168,17 @@ mod tests {
         assert_eq!((r.count.get(), r.per), (20, Duration::from_secs(1)));
         assert_eq!(Rate::parse("600/m").unwrap().per, Duration::from_secs(60));
         for bad in [
-            "20", "0/s", "020/s", "-1/s", "20/h", "20/S", " 20/s", "20 /s", "1.5/s", "/s", "20/",
+            "20",
+            "0/s",
+            "020/s",
+            "-1/s",
+            "20/h",
+            "20/S",
+            " 20/s",
+            "20 /s",
+            "1.5/s",
+            "/s",
+            "20/",
             "4000000000/s",
         ] {
             assert!(Rate::parse(bad).is_err(), "{bad}");

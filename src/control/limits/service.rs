@@ -2,11 +2,11 @@
 //! A reload keeps a service's limiter when its settings are unchanged, so that a reload
 //! neither refills a spent budget nor forgets the calls in flight.
 
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Rate;
@@ -127,7 +127,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let spec = LimitSpec { rate: None, burst: None, concurrency: Some(nz(1)), priority: Priority::Normal };
+        let spec =
+            LimitSpec { rate: None, burst: None, concurrency: Some(nz(1)), priority: Priority::Normal };
         let l = ServiceLimits::new(spec);
         let held = l.hold().unwrap();
         assert!(matches!(l.hold(), Err(Failure::ConcurrencyLimited)));
@@ -137,8 +138,10 @@ mod tests {
 
     #[test]
     fn a_share_is_kept_apart_from_the_whole() {
-        let spec =
-            LimitSpec { rate: Some(Rate { count: nz(4), per: Duration::from_secs(60) }), ..Default::default() };
+        let spec = LimitSpec {
+            rate: Some(Rate { count: nz(4), per: Duration::from_secs(60) }),
+            ..Default::default()
+        };
         let l = ServiceLimits::new(spec);
         assert_eq!((0..9).filter(|_| l.take_share(2).is_ok()).count(), 2, "half the burst of 4");
         assert_eq!((0..9).filter(|_| l.take().is_ok()).count(), 4, "the whole burst, untouched");

@@ -176,20 +176,26 @@ impl Store {
             call.key(key).arg(p.interval.as_micros() as u64).arg(p.tolerance.as_micros() as u64);
         }
         let mut conn = self.conn.clone();
-        let answer = tokio::time::timeout(self.spec.timeout, call.invoke_async::<(u64, u64)>(&mut conn)).await;
-        match answer {
-            Ok(Ok((0, _))) => Ok(Taken::Admitted),
-            Ok(Ok((i, wait))) => Ok(Taken::Refused(i as usize - 1, Duration::from_micros(wait))),
-            Ok(Err(e)) => Err(self.failed(&e.to_string())),
-            Err(_) => Err(self.failed("no answer in time (ratelimit.timeout)")),
-        }
+        let answer =
+            tokio::time::timeout(self.spec.timeout, call.invoke_async::<(u64, u64)>(&mut conn)).await;
+        let why = match answer {
+            Ok(Ok((0, _))) => return Ok(Taken::Admitted),
+            Ok(Ok((i, wait))) => return Ok(Taken::Refused(i as usize - 1, Duration::from_micros(wait))),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer in time (ratelimit.timeout)".into(),
+        };
+        self.failed(&why);
+        Err(())
     }
 
     fn failed(&self, why: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if self.up.swap(false, Ordering::Relaxed) {
-            tracing::warn!(error = why, on_redis_error = self.spec.on_error.name(),
-                "the rate-limit store (ratelimit.redis) is out; applying on_redis_error");
+            tracing::warn!(
+                error = why,
+                on_redis_error = self.spec.on_error.name(),
+                "the rate-limit store (ratelimit.redis) is out; applying on_redis_error"
+            );
         }
     }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bao;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
