@@ -113,7 +113,7 @@ fn benches(c: &mut Criterion) {
     for (name, budget) in [("service_limits_admit", None), ("service_limits_and_budget_admit", Some(budget))]
     {
         let plan = limits::Plan { services: &services, budget, store: None };
-        let limits = limits::build(plan, None).unwrap();
+        let limits = limits::build(plan, None).now_or_never().unwrap().unwrap();
         c.bench_function(name, |b| {
             b.iter(|| black_box(limits.admit(black_box("billing")).now_or_never().unwrap().unwrap()))
         });

@@ -57,9 +57,11 @@ async fn batch_calls_are_refused_first_as_the_shared_budget_runs_low() {
     assert!(limited.iter().all(|r| r["status"] == 429));
 }
 
-/// Two keyward processes' worth of replicas (each its own listener and snapshot) on one Redis.
+/// One of several replicas (each its own listener and snapshot) on one Redis. A timeout long
+/// enough that a loaded test machine never falls back to the local share by accident.
 async fn replica(redis: &Redis, extra: &str, services: &[(&str, &str, &str)]) -> Running {
-    let mut h = Harness::new().top(&format!("[ratelimit]\nredis = {:?}\n{extra}", redis.url()));
+    let top = format!("[ratelimit]\nredis = {:?}\ntimeout = \"2s\"\n{extra}", redis.url());
+    let mut h = Harness::new().top(&top);
     for (name, token, more) in services {
         h = h.service(svc(name, token, more));
     }
@@ -154,7 +156,7 @@ async fn deny_refuses_with_503_says_so_in_the_log_and_a_reload_to_allow_serves()
     let upstream = Upstream::start(&pki).await;
     let harness = Harness::new()
         .top(&format!(
-            "[ratelimit]\nupstream_rate = \"100/s\"\nredis = {:?}\npassword_secret = \"redis\"\non_redis_error = \"deny\"\n\
+            "[ratelimit]\nupstream_rate = \"100/s\"\nredis = {:?}\npassword_secret = \"redis\"\ntimeout = \"2s\"\non_redis_error = \"deny\"\n\
              [secret.redis]\nsource = \"env\"\nvar = \"KW_REDIS_PASSWORD\"",
             redis.url()
         ))

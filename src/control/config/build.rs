@@ -63,7 +63,7 @@ pub async fn build(
     let client = if opts.tls { load_client_auth(&plan.file, &mut errs) } else { None };
     let tls = if opts.tls { load_tls(&plan.file, client.clone(), &mut errs) } else { None };
     let intercept = if opts.tls { load_intercept(&plan, &secrets, client, &mut errs) } else { None };
-    let ratelimits = build_ratelimits(&plan, &secrets, opts, previous, &mut errs);
+    let ratelimits = build_ratelimits(&plan, &secrets, opts, previous, &mut errs).await;
     if !errs.list.is_empty() {
         return Err(errs.list);
     }
@@ -300,12 +300,12 @@ fn load_intercept(
 
 /// The limits, keeping from `previous` what is configured the same. The Redis store (with its
 /// password from `ratelimit.password_secret`) is made only where clients are (`run`, `check`).
-fn build_ratelimits(
+async fn build_ratelimits(
     plan: &Plan,
     secrets: &[Arc<SecretCell>],
     opts: Options,
     previous: Option<&Snapshot>,
-    errs: &mut Errors,
+    errs: &mut Errors<'_>,
 ) -> RateLimits {
     let mut store = plan.ratelimit.store.clone().filter(|_| opts.clients);
     if let (Some(spec), Some(i)) = (&mut store, plan.redis_secret) {
@@ -315,7 +315,7 @@ fn build_ratelimits(
         }
     }
     let limits = limits::Plan { services: &plan.service_limits, budget: plan.ratelimit.budget, store };
-    limits::build(limits, previous.map(|p| &p.ratelimits)).unwrap_or_else(|msg| {
+    limits::build(limits, previous.map(|p| &p.ratelimits)).await.unwrap_or_else(|msg| {
         errs.at(None, "ratelimit.redis", msg);
         RateLimits::default()
     })

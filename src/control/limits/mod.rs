@@ -144,7 +144,7 @@ pub struct Plan<'a> {
 
 /// The limits for `plan`, keeping from `previous` what is configured the same: a reload
 /// neither refills a spent budget nor forgets the calls in flight, nor reconnects to Redis.
-pub fn build(plan: Plan, previous: Option<&RateLimits>) -> Result<RateLimits, String> {
+pub async fn build(plan: Plan<'_>, previous: Option<&RateLimits>) -> Result<RateLimits, String> {
     let services = service::build(plan.services, previous.map(|p| &p.services));
     let kept_budget = previous.and_then(|p| p.budget.clone()).filter(|b| Some(b.spec) == plan.budget);
     let budget = plan.budget.map(|spec| kept_budget.unwrap_or_else(|| Arc::new(Budget::new(spec))));
@@ -152,7 +152,7 @@ pub fn build(plan: Plan, previous: Option<&RateLimits>) -> Result<RateLimits, St
         None => None,
         Some(spec) => match previous.and_then(|p| p.store.clone()).filter(|s| s.spec == spec) {
             Some(kept) => Some(kept),
-            None => Some(Store::start(spec)?),
+            None => Some(Store::start(spec).await?),
         },
     };
     Ok(RateLimits { services, budget, store })

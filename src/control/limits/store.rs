@@ -119,9 +119,10 @@ pub enum Taken {
 }
 
 impl Store {
-    /// Connect lazily (a Redis that is down does not stop keyward starting) and start the
-    /// heartbeat, which ends when the store is dropped.
-    pub fn start(spec: StoreSpec) -> Result<Arc<Store>, String> {
+    /// Connect, waiting at most a second (a Redis that is down does not stop keyward
+    /// starting: calls then get `on_redis_error` until the heartbeat reaches it), and start
+    /// the heartbeat, which ends when the store is dropped.
+    pub async fn start(spec: StoreSpec) -> Result<Arc<Store>, String> {
         let mut info = redis::IntoConnectionInfo::into_connection_info(spec.url.as_str())
             .map_err(|e| format!("not a Redis URL: {e}"))?;
         if let Some(pw) = &spec.password {
@@ -141,10 +142,20 @@ impl Store {
             conn,
             take: redis::Script::new(TAKE),
             beat: redis::Script::new(HEARTBEAT),
-            up: AtomicBool::new(true),
+            up: AtomicBool::new(false),
             replicas: AtomicU32::new(1),
             errors: AtomicU64::new(0),
         });
+        let first = async {
+            let mut conn = store.conn.clone();
+            store.take.load_async(&mut conn).await?;
+            store.beat.load_async(&mut conn).await
+        };
+        match tokio::time::timeout(Duration::from_secs(1).max(store.spec.timeout), first).await {
+            Ok(Ok(_)) => store.beat().await,
+            Ok(Err(e)) => store.failed(&e.to_string()),
+            Err(_) => store.failed("no answer within a second of starting"),
+        }
         tokio::spawn(heartbeat(Arc::downgrade(&store)));
         Ok(store)
     }
@@ -189,8 +200,9 @@ impl Store {
     }
 
     fn failed(&self, why: &str) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        if self.up.swap(false, Ordering::Relaxed) {
+        // Once per outage; at start (`up` is false before Redis first answers), the first.
+        let first = self.errors.fetch_add(1, Ordering::Relaxed) == 0;
+        if self.up.swap(false, Ordering::Relaxed) || first {
             tracing::warn!(
                 error = why,
                 on_redis_error = self.spec.on_error.name(),
@@ -207,7 +219,7 @@ impl Store {
         match tokio::time::timeout(self.spec.timeout, call).await {
             Ok(Ok(n)) => {
                 self.replicas.store(n, Ordering::Relaxed);
-                if !self.up.swap(true, Ordering::Relaxed) {
+                if !self.up.swap(true, Ordering::Relaxed) && self.errors() > 0 {
                     tracing::info!(replicas = n, "the rate-limit store (ratelimit.redis) answers again");
                 }
             }
@@ -224,5 +236,23 @@ async fn heartbeat(store: std::sync::Weak<Store>) {
         tick.tick().await;
         let Some(store) = store.upgrade() else { return };
         store.beat().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let spec = StoreSpec {
+            url: "redis://127.0.0.1:6379/0".into(),
+            password: Some(Zeroizing::new("CANARY-redis-pw".into())),
+            key_prefix: "keyward".into(),
+            timeout: Duration::from_millis(50),
+            on_error: OnRedisError::Local,
+        };
+        let shown = format!("{spec:?}");
+        assert!(!shown.contains("CANARY") && shown.contains("<redacted>"), "{shown}");
     }
 }
