@@ -23,12 +23,15 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY --from=builder /src/target/release/keyward /usr/local/bin/keyward
-# The default configuration listens on 127.0.0.1 and has a loopback-only demo service:
-# mount your own config/keyward.toml (listen = "0.0.0.0:8443") over /app/config.
+# config/container.toml is the default configuration listening on 0.0.0.0: it becomes the
+# image's config/keyward.toml. Mount your own over /app/config.
 COPY config/ /app/config/
+COPY config/container.toml /app/config/keyward.toml
 
 USER 10001:10001
 VOLUME ["/app/config", "/app/certs", "/app/logs"]
 EXPOSE 8443 3128 9090
+# The image has no curl: keyward asks its own admin port (server.admin_listen of the config).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 CMD ["keyward", "health", "--ready"]
 ENTRYPOINT ["keyward"]
 CMD ["run"]

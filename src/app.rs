@@ -52,7 +52,7 @@ pub struct Running {
 pub async fn start(src: &Source) -> Result<Running, StartError> {
     let path = src.path().map(ToOwned::to_owned);
     let snap = config::compile(src, Options::FULL).await.map_err(StartError::Config)?;
-    let audit = AuditSink::open(snap.audit.clone())
+    let audit = AuditSink::open(snap.audit.clone(), crate::control::state::instance().into())
         .map_err(|source| StartError::AuditLog { path: snap.audit.path.clone(), source })?;
     let listener = TcpListener::bind(snap.listen)
         .await

@@ -26,6 +26,9 @@ pub struct AccessRecord {
     /// SHA-256 (hex) of the previous record's line as written.
     pub prev: String,
     pub time: String,
+    /// The keyward process (replica) that wrote it: each keeps its own chain.
+    #[serde(default)]
+    pub instance: Option<Arc<str>>,
     pub request_id: String,
     pub service: Option<Arc<str>>,
     pub token_id: Option<Arc<str>>,

@@ -55,6 +55,9 @@ pub struct SinkState {
     /// Refusals (by keyward or by the HTTP parser) whose record found the refusals' share of
     /// the queue full.
     pub unrecorded: AtomicU64,
+    /// The chain's head as written: its last record's seq and line hash (`None` before the
+    /// first record), for anchoring elsewhere (`GET /-/audit/head`).
+    pub head: std::sync::Mutex<Option<(u64, String)>>,
 }
 
 pub struct AuditSink {
@@ -107,8 +110,9 @@ pub enum Unplaced {
 pub const SLOT_WAIT: Duration = Duration::from_secs(10);
 
 impl AuditSink {
-    /// Open the log (continuing the chain of what is already there) and start the writer.
-    pub fn open(settings: Settings) -> std::io::Result<AuditSink> {
+    /// Open the log (continuing the chain of what is already there) and start the writer,
+    /// which stamps each record with `instance`: the chain is this process's.
+    pub fn open(settings: Settings, instance: Arc<str>) -> std::io::Result<AuditSink> {
         let out = Output::open(&settings)?;
         let (seq, prev) = out.chain_tail()?;
         let queue = settings.queue.max(1);
@@ -123,6 +127,7 @@ impl AuditSink {
             out: Some(out),
             rx,
             state: state.clone(),
+            instance,
             seq,
             prev,
             pending: Pending::default(),
@@ -218,6 +223,7 @@ struct Writer {
     out: Option<Output>,
     rx: mpsc::Receiver<Msg>,
     state: Arc<SinkState>,
+    instance: Arc<str>,
     seq: u64,
     prev: String,
     /// Chained lines not yet written (kept across write failures, in order).
@@ -317,6 +323,7 @@ impl Writer {
                 self.seq += 1;
                 rec.seq = self.seq;
                 rec.prev = std::mem::take(&mut self.prev);
+                rec.instance = Some(self.instance.clone());
                 let p = &mut self.pending;
                 let start = p.bytes.len();
                 rec.write_json(&mut p.bytes);
@@ -354,6 +361,9 @@ impl Writer {
         match written {
             Ok(n) => {
                 self.state.written.fetch_add(n, Ordering::Relaxed);
+                if self.pending.is_empty() {
+                    *self.state.head.lock().expect("not poisoned") = Some((self.seq, self.prev.clone()));
+                }
                 if !self.state.healthy.swap(true, Ordering::Relaxed) {
                     tracing::warn!("access log writable again; serving resumes");
                 }
@@ -387,7 +397,7 @@ mod tests {
             fail_closed: true,
             refusals_per_ip: 100,
         };
-        let sink = AuditSink::open(settings).unwrap();
+        let sink = AuditSink::open(settings, "test".into()).unwrap();
         let from = "127.0.0.2".parse().unwrap();
         let refusals: Vec<Slot> = std::iter::from_fn(|| sink.refusal_slot(from)).take(10).collect();
         assert_eq!(refusals.len(), 2, "a quarter of 8");
@@ -413,14 +423,10 @@ mod tests {
 
     fn sink(dir: &Path, queue: usize, refusals_per_ip: u32) -> AuditSink {
         let path = dir.join("audit.jsonl").display().to_string();
-        AuditSink::open(Settings {
-            path,
-            max_bytes: u64::MAX,
-            keep: 0,
-            queue,
-            fail_closed: true,
-            refusals_per_ip,
-        })
+        AuditSink::open(
+            Settings { path, max_bytes: u64::MAX, keep: 0, queue, fail_closed: true, refusals_per_ip },
+            "test".into(),
+        )
         .unwrap()
     }
 
@@ -466,6 +472,7 @@ mod tests {
             out,
             rx,
             state: state.clone(),
+            instance: "test".into(),
             seq: 0,
             prev: crate::audit::GENESIS.into(),
             pending,

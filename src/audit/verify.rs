@@ -1,4 +1,6 @@
-//! `keyward audit verify`: walk the chain across files and name the first place it breaks.
+//! `keyward audit verify`: walk each instance's chain across files and name the first place it
+//! breaks. Replicas write a chain each (records carry `instance`); their lines may be in one
+//! file (a log collector's) or in several, in any order between instances.
 
 use std::fmt;
 
@@ -13,6 +15,17 @@ pub struct Verified {
     pub head: String,
     /// Whether the first record given is the first ever written (not a later file alone).
     pub from_genesis: bool,
+    /// New chains from the genesis hash after the first (the process restarted, writing to
+    /// stdout): each verified on its own; `last_seq` and `head` are the last one's.
+    pub restarts: u64,
+}
+
+/// One instance's chain (records without `instance`, written before replicas had names,
+/// form one chain of their own).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Chain {
+    pub instance: Option<String>,
+    pub outcome: Result<Verified, Break>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -36,9 +49,23 @@ struct Line<'a> {
     prev: String,
 }
 
-/// Verify files given oldest first (`audit.jsonl.2 audit.jsonl.1 audit.jsonl`).
+/// Verify one chain in files given oldest first (`audit.jsonl.2 audit.jsonl.1 audit.jsonl`).
 pub fn verify(files: &[(String, Vec<u8>)]) -> Result<Verified, Break> {
-    let mut lines = Vec::new();
+    let mut chains = verify_all(files)?;
+    match chains.len() {
+        1 => chains.remove(0).outcome,
+        n => Err(Break {
+            file: files.first().map(|f| f.0.clone()).unwrap_or_default(),
+            line: 0,
+            problem: format!("the files hold the chains of {n} instances"),
+        }),
+    }
+}
+
+/// Verify every instance's chain in files given oldest first for each instance. `Err` for a
+/// line that is no record at all (it belongs to no chain); chains in order of appearance.
+pub fn verify_all(files: &[(String, Vec<u8>)]) -> Result<Vec<Chain>, Break> {
+    let mut chains: Vec<(Option<String>, Vec<Line<'_>>)> = Vec::new();
     for (name, bytes) in files {
         if bytes.is_empty() {
             continue;
@@ -56,16 +83,50 @@ pub fn verify(files: &[(String, Vec<u8>)]) -> Result<Verified, Break> {
             let (Some(seq), Some(prev)) = (v["seq"].as_u64(), v["prev"].as_str()) else {
                 return Err(at("the record has no seq/prev: not written by keyward, or edited"));
             };
-            lines.push(Line { file: name, no: i + 1, bytes: raw, seq, prev: prev.to_string() });
+            let instance = v["instance"].as_str().map(String::from);
+            let line = Line { file: name, no: i + 1, bytes: raw, seq, prev: prev.to_string() };
+            match chains.iter_mut().find(|(name, _)| *name == instance) {
+                Some((_, lines)) => lines.push(line),
+                None => chains.push((instance, vec![line])),
+            }
         }
     }
-    let Some(first) = lines.first() else {
+    if chains.is_empty() {
         return Err(Break {
             file: files.first().map(|f| f.0.clone()).unwrap_or_default(),
             line: 0,
             problem: "no records".into(),
         });
-    };
+    }
+    Ok(chains
+        .into_iter()
+        .map(|(instance, lines)| Chain { instance, outcome: verify_instance(&lines) })
+        .collect())
+}
+
+/// One instance's lines: a chain, and after it any chains begun anew from genesis.
+fn verify_instance(lines: &[Line<'_>]) -> Result<Verified, Break> {
+    let starts = (1..lines.len()).filter(|&i| lines[i].seq == 1 && lines[i].prev == GENESIS);
+    let bounds: Vec<usize> = std::iter::once(0).chain(starts).chain([lines.len()]).collect();
+    let mut total: Option<Verified> = None;
+    for w in bounds.windows(2) {
+        let v = verify_chain(&lines[w[0]..w[1]])?;
+        total = Some(match total {
+            None => v,
+            Some(t) => Verified {
+                records: t.records + v.records,
+                last_seq: v.last_seq,
+                head: v.head,
+                restarts: t.restarts + 1,
+                ..t
+            },
+        });
+    }
+    Ok(total.expect("at least one line"))
+}
+
+fn verify_chain(lines: &[Line<'_>]) -> Result<Verified, Break> {
+    let first = &lines[0];
     let from_genesis = first.seq == 1 && first.prev == GENESIS;
     if first.seq == 1 && !from_genesis {
         return Err(brk(first, "the first record does not start the chain (prev is not the genesis hash)"));
@@ -119,6 +180,7 @@ pub fn verify(files: &[(String, Vec<u8>)]) -> Result<Verified, Break> {
         last_seq: last.seq,
         head: line_hash(last.bytes),
         from_genesis,
+        restarts: 0,
     })
 }
 
@@ -131,14 +193,19 @@ mod tests {
     use super::*;
     use crate::audit::AccessRecord;
 
-    /// A chain of `n` records as the writer would produce it, split into files of `per_file`.
+    /// A chain of `n` records as the writer would produce it.
     fn chain(n: u64) -> Vec<Vec<u8>> {
+        chain_of(None, n)
+    }
+
+    fn chain_of(instance: Option<&str>, n: u64) -> Vec<Vec<u8>> {
         let mut prev = GENESIS.to_string();
         (1..=n)
             .map(|seq| {
                 let rec = AccessRecord {
                     seq,
                     prev: prev.clone(),
+                    instance: instance.map(Into::into),
                     decision: crate::policy::Decision::Allow,
                     status: 200,
                     ..Default::default()
@@ -204,5 +271,39 @@ mod tests {
         let gap = verify(&[("a.2".into(), file(&l[..3])), ("a".into(), file(&l[6..]))]).unwrap_err();
         assert_eq!((gap.file.as_str(), gap.line), ("a", 1));
         assert!(gap.problem.contains("4..6 are missing"), "{gap}");
+    }
+
+    #[test]
+    fn each_instance_keeps_its_own_chain_in_one_file_or_many() {
+        let (a, b) = (chain_of(Some("kw-a"), 6), chain_of(Some("kw-b"), 4));
+        // A collector's file: the replicas' lines interleaved.
+        let mixed: Vec<Vec<u8>> = a
+            .iter()
+            .zip(b.iter().chain(std::iter::repeat(&Vec::new())))
+            .flat_map(|(x, y)| [x.clone(), y.clone()])
+            .filter(|l| !l.is_empty())
+            .collect();
+        let chains = verify_all(&[("all".into(), file(&mixed))]).unwrap();
+        let got: Vec<_> =
+            chains.iter().map(|c| (c.instance.as_deref(), c.outcome.as_ref().map(|v| v.last_seq))).collect();
+        assert_eq!(got, [(Some("kw-a"), Ok(6)), (Some("kw-b"), Ok(4))]);
+        assert!(verify(&[("all".into(), file(&mixed))]).unwrap_err().problem.contains("2 instances"));
+        // One file per replica, in any order; an edit in one is that one's break only.
+        let mut edited = b.clone();
+        edited[1] = String::from_utf8(edited[1].clone()).unwrap().replace("200", "201").into_bytes();
+        let chains = verify_all(&[("b".into(), file(&edited)), ("a".into(), file(&a))]).unwrap();
+        assert!(chains[0].outcome.as_ref().unwrap_err().problem.contains("edited"));
+        assert_eq!(chains[1].outcome.as_ref().unwrap().records, 6);
+    }
+
+    #[test]
+    fn a_restart_begins_a_new_chain_that_is_verified_too() {
+        let (first, second) = (chain_of(Some("kw-a"), 5), chain_of(Some("kw-a"), 3));
+        let both: Vec<_> = first.iter().chain(second.iter()).cloned().collect();
+        let v = verify(&[("a".into(), file(&both))]).unwrap();
+        assert_eq!((v.records, v.first_seq, v.last_seq, v.restarts), (8, 1, 3, 1));
+        let mut broken = both.clone();
+        broken.remove(6);
+        assert!(verify(&[("a".into(), file(&broken))]).unwrap_err().problem.contains("missing"));
     }
 }

@@ -10,9 +10,17 @@ use super::fail;
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Check that no record was edited, dropped, reordered, inserted or truncated.
+    /// Check that no record was edited, dropped, reordered, inserted or truncated: each
+    /// instance's (replica's) chain on its own.
     Verify {
-        /// Access-log files, oldest first: audit.jsonl.2 audit.jsonl.1 audit.jsonl
+        /// Access-log files, each instance's oldest first: audit.jsonl.2 audit.jsonl.1 audit.jsonl
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print each instance's chain head (seq and hash), once its chain verifies: record it
+    /// elsewhere, and later prove that nothing before it changed.
+    Head {
+        /// Access-log files, each instance's oldest first.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -47,7 +55,8 @@ pub enum Format {
 
 pub fn audit(command: AuditCommand) -> ExitCode {
     match command {
-        AuditCommand::Verify { files } => verify(&files),
+        AuditCommand::Verify { files } => verify(&files, false),
+        AuditCommand::Head { files } => verify(&files, true),
         AuditCommand::Report { files, since, until, service, format } => {
             report(&files, since.as_deref(), until.as_deref(), service, format)
         }
@@ -62,26 +71,57 @@ fn read_all(files: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, ExitCode> {
         .map_err(|e| fail([format!("cannot read: {e}")]))
 }
 
-fn verify(files: &[PathBuf]) -> ExitCode {
+/// `verify`, or with `head_only` `head`: one line per instance; exit 1 if any chain is broken.
+fn verify(files: &[PathBuf], head_only: bool) -> ExitCode {
     let data = match read_all(files) {
         Ok(d) => d,
         Err(code) => return code,
     };
-    match keyward::audit::verify::verify(&data) {
-        Ok(v) => {
+    let chains = match keyward::audit::verify::verify_all(&data) {
+        Ok(c) => c,
+        Err(b) => return fail([format!("chain broken: {b}")]),
+    };
+    let name =
+        |c: &keyward::audit::verify::Chain| c.instance.clone().unwrap_or_else(|| "(no instance)".into());
+    let broken: Vec<String> = chains
+        .iter()
+        .filter_map(|c| c.outcome.as_ref().err().map(|b| format!("chain broken: {}: {b}", name(c))))
+        .collect();
+    if head_only {
+        for c in &chains {
+            if let Ok(v) = &c.outcome {
+                println!("{} {} {}", name(c), v.last_seq, v.head);
+            }
+        }
+        return if broken.is_empty() { ExitCode::SUCCESS } else { fail(broken) };
+    }
+    let records: u64 = chains.iter().filter_map(|c| c.outcome.as_ref().ok()).map(|v| v.records).sum();
+    let (n, s) = (chains.len(), if chains.len() == 1 { "" } else { "s" });
+    if broken.is_empty() {
+        println!("OK: {n} instance{s}, {records} records");
+    }
+    for c in &chains {
+        if let Ok(v) = &c.outcome {
             let from = if v.from_genesis {
                 "from the first record ever written".to_string()
             } else {
                 format!("from seq {}", v.first_seq)
             };
+            let restarts = match v.restarts {
+                0 => String::new(),
+                r => format!("; {r} restart(s) began new chains from genesis"),
+            };
             println!(
-                "OK: {} records, seq {}..{} ({from}); head {}",
-                v.records, v.first_seq, v.last_seq, v.head
+                "  {}: {} records, seq {}..{} ({from}{restarts}); head {}",
+                name(c),
+                v.records,
+                v.first_seq,
+                v.last_seq,
+                v.head
             );
-            ExitCode::SUCCESS
         }
-        Err(b) => fail([format!("chain broken: {b}")]),
     }
+    if broken.is_empty() { ExitCode::SUCCESS } else { fail(broken) }
 }
 
 fn report(

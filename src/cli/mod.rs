@@ -7,6 +7,7 @@ mod check;
 mod explain;
 mod reload;
 mod run;
+mod status;
 mod token;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,10 @@ enum Command {
     Check(check::CheckArgs),
     /// Ask the running keyward to reload its configuration (POST /-/reload on the admin port).
     Reload(reload::ReloadArgs),
+    /// What the running keyward serves: version, secrets' ages, tokens near expiry, log head.
+    Status(status::StatusArgs),
+    /// Exit 0 if the running keyward answers (`--ready`: and serves), else 1: for HEALTHCHECK.
+    Health(status::HealthArgs),
     /// Show how a call would be classified and decided for a service (exit 1 if refused).
     Explain(explain::ExplainArgs),
     /// List the catalog: which permission each endpoint needs.
@@ -87,6 +92,8 @@ pub fn main() -> ExitCode {
             Command::Run(a) => run::run(a).await,
             Command::Check(a) => check::check(a).await,
             Command::Reload(a) => reload::reload(a).await,
+            Command::Status(a) => status::status(a).await,
+            Command::Health(a) => status::health(a).await,
             Command::Explain(a) => explain::explain(a).await,
             Command::Catalog(a) => catalog::catalog(a).await,
             Command::Audit { command } => audit::audit(command),

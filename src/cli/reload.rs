@@ -1,6 +1,6 @@
 //! `keyward reload`: ask the running keyward to reload, and print what it said.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 
 use clap::Args;
@@ -18,25 +18,11 @@ pub struct ReloadArgs {
 }
 
 pub async fn reload(args: ReloadArgs) -> ExitCode {
-    let addr = match args.admin {
-        Some(a) => a,
-        None => {
-            let src = match Source::locate(args.config.config.as_deref()) {
-                Ok(s) => s,
-                Err(e) => return fail(e),
-            };
-            match admin_listen(&src.text) {
-                Some(a) => a,
-                None => {
-                    return fail([format!(
-                        "{}: no server.admin_listen; pass --admin ADDR",
-                        src.name.display()
-                    )]);
-                }
-            }
-        }
+    let addr = match admin_addr(args.admin, &args.config) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
-    match post_reload(addr).await {
+    match admin_request(addr, http::Method::POST, "/-/reload").await {
         Ok((status, body)) => {
             let pretty = serde_json::from_str::<serde_json::Value>(&body)
                 .and_then(|v| serde_json::to_string_pretty(&v))
@@ -46,6 +32,26 @@ pub async fn reload(args: ReloadArgs) -> ExitCode {
         }
         Err(e) => fail([format!("admin endpoint {addr}: {e}")]),
     }
+}
+
+/// `--admin ADDR`, else the configuration's `server.admin_listen`; an unspecified address
+/// (`0.0.0.0`, in a container) is reached on loopback.
+pub fn admin_addr(admin: Option<SocketAddr>, config: &ConfigArg) -> Result<SocketAddr, ExitCode> {
+    let mut addr = match admin {
+        Some(a) => a,
+        None => {
+            let src = Source::locate(config.config.as_deref()).map_err(fail)?;
+            admin_listen(&src.text).ok_or_else(|| {
+                fail([format!("{}: no server.admin_listen; pass --admin ADDR", src.name.display())])
+            })?
+        }
+    };
+    if addr.ip().is_unspecified() {
+        let lo =
+            if addr.is_ipv4() { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from(Ipv6Addr::LOCALHOST) };
+        addr.set_ip(lo);
+    }
+    Ok(addr)
 }
 
 /// `server.admin_listen`, read leniently: a config with other errors is exactly the one whose
@@ -59,12 +65,29 @@ fn admin_listen(text: &str) -> Option<SocketAddr> {
         .find_map(|v| v.trim().trim_matches('"').parse().ok())
 }
 
-async fn post_reload(addr: SocketAddr) -> Result<(u16, String), Box<dyn std::error::Error>> {
+/// One request to the admin port, within 10 s: (status, body).
+pub async fn admin_request(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+) -> Result<(u16, String), Box<dyn std::error::Error>> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), call(addr, method, path))
+        .await
+        .map_err(|_| "no answer within 10 s")?
+}
+
+async fn call(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+) -> Result<(u16, String), Box<dyn std::error::Error>> {
     use http_body_util::{BodyExt, Empty};
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
-    let req = http::Request::post("/-/reload")
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", addr.to_string())
         .body(Empty::<bytes::Bytes>::new())?;
     let resp = sender.send_request(req).await?;

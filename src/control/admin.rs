@@ -93,12 +93,14 @@ async fn route(reloader: Arc<Reloader>, req: Request<Incoming>) -> Result<Respon
             None => json(StatusCode::OK, serde_json::json!({ "ready": true, "version": snap.version })),
         },
         (&Method::GET, "/metrics") => metrics(state, &snap),
+        (&Method::GET, "/-/status") => json(StatusCode::OK, status(state, &snap)),
+        (&Method::GET, "/-/audit/head") => json(StatusCode::OK, audit_head(state)),
         (&Method::POST, "/-/reload") => {
             let outcome = reloader.reload("admin endpoint").await;
             let status = if outcome.ok { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
             json(status, serde_json::to_value(&outcome).unwrap_or_default())
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/-/reload") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/-/reload" | "/-/status" | "/-/audit/head") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
@@ -117,6 +119,53 @@ fn host_allowed(host: &str, names: &[String]) -> bool {
     name.parse::<std::net::Ipv4Addr>().is_ok()
         || name.eq_ignore_ascii_case("localhost")
         || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// This instance's access-log chain head as written: a scheduled job records it elsewhere.
+fn audit_head(state: &State) -> serde_json::Value {
+    let head = state.audit.state.head.lock().expect("not poisoned").clone();
+    serde_json::json!({
+        "instance": crate::control::state::instance(),
+        "seq": head.as_ref().map(|h| h.0),
+        "head": head.map(|h| h.1),
+    })
+}
+
+/// What `keyward status` prints: version, secrets' ages, tokens near expiry, the log's head.
+fn status(state: &State, snap: &Snapshot) -> serde_json::Value {
+    const SOON: i64 = 7 * 24 * 3600;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let secrets: Vec<_> = snap
+        .secrets
+        .iter()
+        .map(|c| serde_json::json!({ "name": c.name, "age_seconds": c.age().as_secs(), "stale": c.is_stale() }))
+        .collect();
+    let expiring: Vec<_> = snap
+        .policy
+        .services
+        .iter()
+        .flat_map(|s| s.tokens.iter().map(move |t| (s, t)))
+        .filter_map(|(s, t)| {
+            let left = t.expires? - now;
+            (left < SOON).then(
+                || serde_json::json!({ "service": s.name, "token_id": t.id, "expires_in_seconds": left }),
+            )
+        })
+        .collect();
+    let store = snap
+        .ratelimits
+        .store
+        .as_ref()
+        .map(|s| serde_json::json!({ "up": s.is_up(), "replicas": s.replicas() }));
+    serde_json::json!({
+        "instance": crate::control::state::instance(),
+        "version": snap.version,
+        "draining": state.draining.load(Ordering::Relaxed),
+        "audit": { "healthy": state.audit.admits(), "head": audit_head(state) },
+        "secrets": secrets,
+        "tokens_expiring_within_7_days": expiring,
+        "ratelimit_store": store,
+    })
 }
 
 fn metrics(state: &State, snap: &Snapshot) -> Response<Full<Bytes>> {

@@ -70,7 +70,11 @@ async fn concurrent_requests_give_exactly_one_chained_record_each() {
     assert_eq!(lines, N, "exactly one record per request");
     let (ok, out) = verify(&files);
     assert!(ok, "{out}");
-    assert!(out.starts_with(&format!("OK: {N} records, seq 1..{N}")), "{out}");
+    assert!(out.starts_with(&format!("OK: 1 instance, {N} records\n")), "{out}");
+    assert!(
+        out.contains(&format!(": {N} records, seq 1..{N} (from the first record ever written)")),
+        "{out}"
+    );
 
     // A middle rotated file removed: found at the first line after the gap.
     let (ok, out) = verify(&[files[0].clone(), files[2].clone()]);

@@ -19,6 +19,7 @@ mod proxy;
 mod rack;
 mod ratelimit;
 mod reload;
+mod replicas;
 mod shutdown;
 mod stripe_sdk;
 mod vault;

@@ -750,10 +750,16 @@ pub struct KeywardProcess {
 }
 
 pub fn spawn_keyward(config: &Path, env: &[(&str, &str)]) -> KeywardProcess {
+    spawn_keyward_in(config, Path::new("."), env)
+}
+
+/// `spawn_keyward` in the directory `cwd` (relative paths in the config are read there).
+pub fn spawn_keyward_in(config: &Path, cwd: &Path, env: &[(&str, &str)]) -> KeywardProcess {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args(["run", "--log-format", "json", "--config", config.to_str().unwrap()])
+        .current_dir(cwd)
         .env("KEYWARD_LOG", "trace")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
@@ -843,14 +849,27 @@ pub async fn send(
     from: IpAddr,
     req: Request<Full<Bytes>>,
 ) -> Reply {
-    let sock = if from.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.unwrap();
-    sock.bind(SocketAddr::new(from, 0)).unwrap();
-    let tcp = sock.connect(addr).await.unwrap();
-    let tls = TlsConnector::from(tls).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    try_send(addr, tls, from, req).await.unwrap()
+}
+
+/// `send`, with a connection or protocol error as `Err` (a client that retries elsewhere).
+pub async fn try_send(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    from: IpAddr,
+    req: Request<Full<Bytes>>,
+) -> Result<Reply, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let sock = if from.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(|x| e(&x))?;
+    sock.bind(SocketAddr::new(from, 0)).map_err(|x| e(&x))?;
+    let tcp = sock.connect(addr).await.map_err(|x| e(&x))?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = TlsConnector::from(tls).connect(name, tcp).await.map_err(|x| e(&x))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|x| e(&x))?;
     tokio::spawn(conn);
-    let resp = sender.send_request(req).await.unwrap();
+    let resp = sender.send_request(req).await.map_err(|x| e(&x))?;
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Reply { status: parts.status.as_u16(), headers: parts.headers, body }
+    let body = body.collect().await.map_err(|x| e(&x))?.to_bytes();
+    Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
 }

@@ -1,0 +1,105 @@
+//! `keyward status` (what the running keyward serves) and `keyward health` (exit 0/1, for a
+//! container's HEALTHCHECK in an image without curl).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::reload::{admin_addr, admin_request};
+use super::{ConfigArg, fail};
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The admin address [default: `server.admin_listen` of the configuration].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The admin address [default: `server.admin_listen` of the configuration].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Ask `/readyz` (serving: config, secrets and access log ready, not draining) instead
+    /// of `/healthz` (the process answers).
+    #[arg(long)]
+    ready: bool,
+}
+
+/// Version, instance, secrets' ages, tokens expiring within 7 days, the access log's head.
+pub async fn status(args: StatusArgs) -> ExitCode {
+    let addr = match admin_addr(args.admin, &args.config) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let (code, body) = match admin_request(addr, http::Method::GET, "/-/status").await {
+        Ok(r) => r,
+        Err(e) => return fail([format!("admin endpoint {addr}: {e}")]),
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body).map_err(|_| ()).and_then(|v| match code {
+        200 => Ok(v),
+        _ => Err(()),
+    }) else {
+        return fail([format!("admin endpoint {addr} answered {code}: {}", body.trim())]);
+    };
+    print!("{}", render(&v));
+    ExitCode::SUCCESS
+}
+
+fn render(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let s = |v: &serde_json::Value| v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
+    let mut out = String::new();
+    let _ = writeln!(out, "instance  {}", s(&v["instance"]));
+    let _ = writeln!(
+        out,
+        "version   {}{}",
+        s(&v["version"]),
+        if v["draining"] == true { " (draining)" } else { "" }
+    );
+    let head = &v["audit"]["head"];
+    let log = if v["audit"]["healthy"] == true { "writable" } else { "NOT WRITABLE" };
+    let _ = writeln!(out, "audit     {log}; head seq {} {}", s(&head["seq"]), s(&head["head"]));
+    if let Some(store) = v["ratelimit_store"].as_object() {
+        let up = if store["up"] == true { "up" } else { "OUT" };
+        let _ = writeln!(out, "redis     {up}; {} replicas", s(&store["replicas"]));
+    }
+    for sec in v["secrets"].as_array().into_iter().flatten() {
+        let stale = if sec["stale"] == true { " STALE" } else { "" };
+        let _ =
+            writeln!(out, "secret    {}: loaded {} s ago{stale}", s(&sec["name"]), s(&sec["age_seconds"]));
+    }
+    let soon = v["tokens_expiring_within_7_days"].as_array().cloned().unwrap_or_default();
+    if soon.is_empty() {
+        let _ = writeln!(out, "tokens    none expiring within 7 days");
+    }
+    for t in soon {
+        let left = t["expires_in_seconds"].as_i64().unwrap_or(0);
+        let when = if left < 0 {
+            format!("EXPIRED {} h ago", -left / 3600)
+        } else {
+            format!("expires in {} h", left / 3600)
+        };
+        let _ = writeln!(out, "token     {}/{}: {when}", s(&t["service"]), s(&t["token_id"]));
+    }
+    out
+}
+
+/// Exit 0 if the admin port answers 200 to `/healthz` (or `/readyz`), else 1.
+pub async fn health(args: HealthArgs) -> ExitCode {
+    let addr = match admin_addr(args.admin, &args.config) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let path = if args.ready { "/readyz" } else { "/healthz" };
+    match admin_request(addr, http::Method::GET, path).await {
+        Ok((200, _)) => ExitCode::SUCCESS,
+        Ok((code, body)) => fail([format!("{path} answered {code}: {}", body.trim())]),
+        Err(e) => fail([format!("admin endpoint {addr}: {e}")]),
+    }
+}
