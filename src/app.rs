@@ -21,6 +21,8 @@ use crate::serve::proxy::Proxy;
 pub enum StartError {
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<ConfigError>),
+    #[error("telemetry: {0}")]
+    Telemetry(String),
     #[error("audit log {path}: {source}")]
     AuditLog { path: String, source: std::io::Error },
     #[error("listen {addr}: {source}")]
@@ -52,7 +54,10 @@ pub struct Running {
 pub async fn start(src: &Source) -> Result<Running, StartError> {
     let path = src.path().map(ToOwned::to_owned);
     let snap = config::compile(src, Options::FULL).await.map_err(StartError::Config)?;
-    let audit = AuditSink::open(snap.audit.clone(), crate::control::state::instance().into())
+    let instance = crate::control::state::instance();
+    crate::control::telemetry::start(snap.otlp_endpoint.as_deref(), instance)
+        .map_err(StartError::Telemetry)?;
+    let audit = AuditSink::open(snap.audit.clone(), instance.into())
         .map_err(|source| StartError::AuditLog { path: snap.audit.path.clone(), source })?;
     let listener = TcpListener::bind(snap.listen)
         .await
@@ -129,6 +134,7 @@ impl Running {
         self.background.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        crate::control::telemetry::shutdown();
     }
 
     /// Run until `shutdown` (SIGTERM or SIGINT, see [`shutdown_signal`]), then drain: `/readyz`

@@ -9,5 +9,6 @@ pub mod metrics;
 pub mod reload;
 pub mod snapshot;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod watch;

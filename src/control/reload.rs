@@ -79,6 +79,7 @@ struct Bound {
     forward_listen: Option<std::net::SocketAddr>,
     audit: crate::audit::Settings,
     max_form_bytes_total: usize,
+    otlp_endpoint: Option<String>,
 }
 
 impl Bound {
@@ -89,6 +90,7 @@ impl Bound {
             forward_listen: s.forward.map(|f| f.listen),
             audit: s.audit.clone(),
             max_form_bytes_total: s.limits.max_form_bytes_total,
+            otlp_endpoint: s.otlp_endpoint.clone(),
         }
     }
 
@@ -105,6 +107,9 @@ impl Bound {
             // Added, moved or removed: the port is bound (or left) as at start. A port left
             // open without a `[forward]` closes each new connection at once.
             out.push("forward.listen".to_string());
+        }
+        if self.otlp_endpoint != next.otlp_endpoint {
+            out.push("telemetry.otlp_endpoint".to_string());
         }
         if self.audit != next.audit {
             out.push("audit".to_string());

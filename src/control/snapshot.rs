@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub forward_tls: Option<Arc<rustls::ServerConfig>>,
     /// Forward mode's CA and its leaf certificates (not built by `explain` or `check --offline`).
     pub intercept: Option<Arc<Intercept>>,
+    /// `telemetry.otlp_endpoint` (bound at start: the exporter is started once).
+    pub otlp_endpoint: Option<String>,
     /// Every file this snapshot was compiled from: a change to any of them triggers a reload.
     pub files: Vec<std::path::PathBuf>,
     /// What requests are decided on (pure: `policy::decide` reads nothing else).

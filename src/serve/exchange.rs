@@ -60,6 +60,8 @@ pub struct Exchange {
     caller_cut: Arc<AtomicBool>,
     /// The HTTP/2 stream's watchdog, if the request came on one.
     stream: Option<Arc<Progress>>,
+    /// The caller's trace (`traceparent`), with telemetry on.
+    trace: Option<opentelemetry::Context>,
 }
 
 impl Exchange {
@@ -95,6 +97,7 @@ impl Exchange {
             body_refused: Default::default(),
             caller_cut: caller.cut.clone(),
             stream: Progress::current(),
+            trace: crate::control::telemetry::parent(&parts.headers),
         }
     }
 
@@ -187,6 +190,11 @@ impl Drop for Exchange {
         }
         self.state.metrics.in_flight.dec();
         self.state.metrics.observe(r);
+        if crate::control::telemetry::enabled() {
+            let end = std::time::SystemTime::now();
+            let start = end - self.started.elapsed();
+            crate::control::telemetry::export(r, start, end, self.trace.as_ref());
+        }
         if let Some(slot) = self.slot.take() {
             slot.send(std::mem::take(r));
         }

@@ -237,6 +237,11 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             vec!["ratelimit.upstream_burst", "at least 1", "ratelimit.on_redis_error", "needs ratelimit.redis"],
         ),
         (
+            "an OTLP endpoint that is not an http URL",
+            good.replace("[audit]", "[telemetry]\notlp_endpoint = \"grpc://collector:4317\"\n[audit]"),
+            vec!["telemetry.otlp_endpoint", "http:// or https://"],
+        ),
+        (
             "an on_redis_error that is not one",
             good.replace("[audit]", "[ratelimit]\nredis = \"redis://127.0.0.1/0\"\non_redis_error = \"retry\"\n[audit]"),
             vec!["expected one of `local`, `allow`, `deny`"],

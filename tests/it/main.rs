@@ -22,4 +22,5 @@ mod reload;
 mod replicas;
 mod shutdown;
 mod stripe_sdk;
+mod telemetry;
 mod vault;

@@ -79,6 +79,7 @@ pub async fn build(
         audit: plan.audit,
         forward_tls,
         ratelimits,
+        otlp_endpoint: plan.otlp_endpoint.clone(),
         forward: plan.forward,
         intercept,
         files: plan.files,

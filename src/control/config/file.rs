@@ -34,6 +34,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub ratelimit: RatelimitFile,
     #[serde(default)]
+    pub telemetry: TelemetryFile,
+    #[serde(default)]
     pub service: Vec<ServiceFile>,
 }
 
@@ -185,6 +187,15 @@ impl Default for TimeoutsFile {
             ping_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// `[telemetry]`: where spans go (OTLP/HTTP).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFile {
+    /// Base URL of an OTLP/HTTP receiver, e.g. `http://otel-collector:4318`; spans go to
+    /// `/v1/traces` under it. Default: the standard `OTEL_EXPORTER_OTLP_ENDPOINT` variables.
+    pub otlp_endpoint: Option<Spanned<String>>,
 }
 
 /// `[ratelimit]`: the budget every service shares, and where replicas keep their limits.

@@ -43,6 +43,8 @@ pub struct Plan {
     pub ratelimit: super::ratelimit::RatelimitPlan,
     /// The index in `secrets` of `ratelimit.password_secret`.
     pub redis_secret: Option<usize>,
+    /// `telemetry.otlp_endpoint`.
+    pub otlp_endpoint: Option<String>,
     /// Every file the configuration reads: a change to any of them triggers a reload.
     pub files: Vec<PathBuf>,
 }
@@ -116,6 +118,7 @@ pub fn validate(
     let redis_secret =
         file.ratelimit.password_secret.as_ref().and_then(|n| secrets.iter().position(|s| s == n.get_ref()));
     let ratelimit = super::ratelimit::check(&file, &mut errs);
+    let otlp_endpoint = check_otlp(&file, &mut errs);
     let index: HashMap<&str, usize> = secrets.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
     let compiled = super::services::build(&file, &catalog_parsed, &index, &mut errs);
     let (services, tokens, service_limits) = (compiled.services, compiled.tokens, compiled.limits);
@@ -174,6 +177,7 @@ pub fn validate(
         forward_ca_secret,
         ratelimit,
         redis_secret,
+        otlp_endpoint,
         files: input_files(src, &file),
         file,
     };
@@ -215,6 +219,23 @@ fn check_secrets(file: &FileConfig, errs: &mut Errors) -> Vec<String> {
         out.push(name.clone());
     }
     out
+}
+
+/// `telemetry.otlp_endpoint`: an `http://` or `https://` base URL, nothing after the path.
+fn check_otlp(file: &FileConfig, errs: &mut Errors) -> Option<String> {
+    let e = file.telemetry.otlp_endpoint.as_ref()?;
+    let ok = e.get_ref().parse::<http::Uri>().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.query().is_none()
+    });
+    if !ok {
+        errs.at(
+            Some(e.span()),
+            "telemetry.otlp_endpoint",
+            "must be an http:// or https:// URL such as http://otel-collector:4318",
+        );
+        return None;
+    }
+    Some(e.get_ref().clone())
 }
 
 /// Bounds that keep a typo from becoming an allocation or a loop of that size.
