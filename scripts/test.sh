@@ -9,8 +9,10 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements
 npm ci --prefix tests/sdk/node --no-audit --no-fund --loglevel=error
 # Debian packages: chromium (the HTML audit report is rendered headless in a test),
 # ruby-rack (the differential test reads what reached the upstream with Rack) and
-# redis-server (replicas share their rate limits in it; each test starts its own).
+# redis-server (replicas share their rate limits in it; each test starts its own) and, where
+# the machine image has no kubectl, kubernetes-client (the manifests are rendered with kustomize).
 debs=()
+command -v kubectl >/dev/null || debs+=(kubernetes-client)
 command -v chromium >/dev/null || debs+=(chromium)
 command -v redis-server >/dev/null || debs+=(redis-server)
 ruby -e 'require "rack"' 2>/dev/null || debs+=(ruby-rack)
@@ -18,7 +20,7 @@ if [ ${#debs[@]} -gt 0 ]; then
   echo "== installing ${debs[*]} (apt-get)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
-for tool in python3 hadolint bao chromium ruby redis-server mount curl node; do
+for tool in python3 hadolint bao kubernetes-validate chromium ruby redis-server kubectl mount curl node; do
   command -v "$tool" >/dev/null || { echo "missing $tool after install" >&2; exit 1; }
 done
 ruby -e 'require "rack"' || { echo "ruby-rack did not install" >&2; exit 1; }

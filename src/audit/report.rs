@@ -35,6 +35,8 @@ pub struct Report {
     pub records: u64,
     pub first: Option<String>,
     pub last: Option<String>,
+    /// Records per instance (replica), merged into the rest of the report.
+    pub instances: BTreeMap<String, u64>,
     /// service → permission → decision → count
     pub decisions: Vec<DecisionRow>,
     pub top_denied: Vec<EndpointRow>,
@@ -93,6 +95,7 @@ pub fn build<'a>(records: impl IntoIterator<Item = &'a AccessRecord>, filter: &F
             rep.first = Some(r.time.clone());
         }
         rep.last = Some(r.time.clone());
+        *rep.instances.entry(r.instance.as_deref().unwrap_or("(no instance)").to_string()).or_default() += 1;
         let service = r.service.as_deref().unwrap_or("(unidentified)").to_string();
         let permission = r.permission.as_deref().unwrap_or("(none)").to_string();
         let slot = match r.decision {
@@ -170,7 +173,9 @@ fn top(counts: BTreeMap<(String, String, String), u64>) -> Vec<EndpointRow> {
 pub fn table(r: &Report) -> String {
     let mut out = String::new();
     let span = format!("{} .. {}", r.first.as_deref().unwrap_or("-"), r.last.as_deref().unwrap_or("-"));
-    let _ = writeln!(out, "{} records, {span}\n", r.records);
+    let _ = writeln!(out, "{} records, {span}", r.records);
+    let per: Vec<String> = r.instances.iter().map(|(i, n)| format!("{i} ({n})")).collect();
+    let _ = writeln!(out, "from {} instance(s): {}\n", r.instances.len(), per.join(", "));
     let _ = writeln!(
         out,
         "{:<20} {:<44} {:>8} {:>8} {:>10}",
@@ -259,13 +264,14 @@ pub fn html(r: &Report) -> String {
          body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
          td,th{{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:left}}td.bar{{width:320px}}\
          .bar span{{display:inline-block;height:12px}}.allow{{background:#3a7}}.deny{{background:#c33}}.would{{background:#e90}}\
-         </style></head><body><h1>keyward access report</h1><p>{} records, {} to {}</p>\
+         </style></head><body><h1>keyward access report</h1><p>{} records, {} to {}, from {}</p>\
          <p><span class=allow style=\"display:inline-block;width:12px;height:12px\"></span> allow \
          <span class=deny style=\"display:inline-block;width:12px;height:12px\"></span> deny \
          <span class=would style=\"display:inline-block;width:12px;height:12px\"></span> would deny</p>{body}</body></html>\n",
         r.records,
         esc(r.first.as_deref().unwrap_or("-")),
         esc(r.last.as_deref().unwrap_or("-")),
+        esc(&r.instances.iter().map(|(i, n)| format!("{i} ({n})")).collect::<Vec<_>>().join(", ")),
     )
 }
 

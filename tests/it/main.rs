@@ -13,6 +13,7 @@ mod flood;
 mod forward;
 mod hostile;
 mod identity;
+mod kubernetes;
 mod layers;
 mod limits;
 mod proxy;
