@@ -274,7 +274,7 @@ pub fn authorize<'s>(policy: &'s Policy, service: &'s Service, parts: &'s Parts,
     };
     // Phase 4: authorize.
     let failure = match ruling.entry {
-        None => Some(Failure::UnknownEndpoint),
+        None => Some(Failure::UnknownEndpoint { endpoint: format!("{} {}", parts.method, target.path) }),
         Some(e) if ruling.upstream.is_none() => {
             ruling.verdict = Verdict::Deny(Failure::UpstreamNotConfigured(e.upstream.clone()));
             return ruling;

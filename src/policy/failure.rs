@@ -22,7 +22,10 @@ pub enum Failure {
     /// The caller's certificate carries none of the service's `client_ids`.
     ClientCertNotAllowed,
     NonCanonical(&'static str),
-    UnknownEndpoint,
+    /// No catalog entry: `endpoint` is the method and canonical path, as asked.
+    UnknownEndpoint {
+        endpoint: String,
+    },
     MissingPermission {
         redacted: String,
         permission: String,
@@ -97,7 +100,7 @@ impl Failure {
             ClientCertRequired => StatusCode::UNAUTHORIZED,
             ClientCertNotAllowed => StatusCode::FORBIDDEN,
             IpNotAllowed
-            | UnknownEndpoint
+            | UnknownEndpoint { .. }
             | MissingPermission { .. }
             | AccountNotAllowed { .. }
             | DirectPermission { .. } => StatusCode::FORBIDDEN,
@@ -131,7 +134,7 @@ impl Failure {
             ClientCertRequired => "client_certificate_required",
             ClientCertNotAllowed => "client_certificate_not_allowed",
             NonCanonical(_) => "non_canonical_request",
-            UnknownEndpoint => "endpoint_not_in_catalog",
+            UnknownEndpoint { .. } => "endpoint_not_in_catalog",
             MissingPermission { .. } => "more_permissions_required",
             AccountNotAllowed { .. } => "account_not_allowed",
             DirectPermission { .. } => "direct_permission_on_connected_account",
@@ -208,9 +211,11 @@ impl Failure {
                                      it names none of the identities the key is bound to."
                 .into(),
             NonCanonical(what) => format!("Request refused: the request target {what}."),
-            UnknownEndpoint => "Unrecognized request URL: keyward does not know this endpoint, \
-                                so it is not allowed."
-                .into(),
+            UnknownEndpoint { endpoint } => format!(
+                "keyward's catalog has no entry for {endpoint}, so keyward does not forward it. If it is \
+                 an operation of the API, ask your platform team to add it to keyward's catalog \
+                 (scripts/sdk-operations.py lists what the SDKs call)."
+            ),
             MissingPermission { redacted, permission } => format!(
                 "The provided key '{redacted}' does not have the required permissions for this \
                  endpoint. Having the 'rak_{permission}' permission would allow this request to continue."
