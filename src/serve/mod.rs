@@ -7,6 +7,7 @@ pub mod body;
 pub mod exchange;
 pub mod forward;
 pub mod listener;
+pub mod meter;
 pub mod proxy;
 pub mod respond;
 pub mod stall;

@@ -16,6 +16,7 @@ mod identity;
 mod kubernetes;
 mod layers;
 mod limits;
+mod meter_events;
 mod proxy;
 mod rack;
 mod ratelimit;

@@ -40,7 +40,14 @@ impl Pki {
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         // The API's own names too: forward mode reaches the stand-in as api.stripe.com.
-        let names = ["localhost", "127.0.0.1", "api.stripe.com", "files.stripe.com", "connect.stripe.com"];
+        let names = [
+            "localhost",
+            "127.0.0.1",
+            "api.stripe.com",
+            "files.stripe.com",
+            "connect.stripe.com",
+            "meter-events.stripe.com",
+        ];
         let pki = keyward::control::tls::dev_pki(&names).unwrap();
         let (ca, cert, key) =
             (dir.path().join("ca.crt"), dir.path().join("leaf.crt"), dir.path().join("leaf.key"));
@@ -167,6 +174,7 @@ async fn answer(
     let size: Option<usize> =
         parts.headers.get("x-test-body-bytes").and_then(|v| v.to_str().ok()?.parse().ok());
     let path = parts.uri.path().to_string();
+    let refuse = parts.headers.get("stripe-version").is_some_and(|v| v == "test-refuse");
     let n = {
         let mut log = log.lock().unwrap();
         log.push(Seen {
@@ -182,7 +190,16 @@ async fn answer(
     };
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let last = segs.last().copied().unwrap_or("");
-    let json = if last.contains('_') && segs.len() >= 3 {
+    let json = if path == "/v2/billing/meter_event_session" {
+        // Stripe's session: a token for the meter-event stream, good for 15 minutes.
+        let fmt = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        serde_json::json!({
+            "id": format!("mes_test_{n}"), "object": "v2.billing.meter_event_session",
+            "authentication_token": format!("mes_tok_upstream_{n}"), "created": fmt(now),
+            "expires_at": fmt(now + Duration::from_secs(900)), "livemode": false,
+        })
+    } else if last.contains('_') && segs.len() >= 3 {
         let kind = segs[segs.len() - 2].trim_end_matches('s');
         serde_json::json!({ "id": last, "object": kind, "livemode": false })
     } else {
@@ -192,6 +209,11 @@ async fn answer(
         Some(n) => "x".repeat(n),
         None => json.to_string(),
     };
+    if refuse {
+        let error = r#"{"error":{"type":"invalid_request_error","code":"test_refused","message":"refused"}}"#;
+        let resp = Response::builder().status(400).header("content-type", "application/json");
+        return Ok(resp.body(Full::new(Bytes::from(error)).boxed_unsync()).unwrap());
+    }
     let resp = Response::builder()
         .header("content-type", "application/json")
         .header("request-id", format!("req_upstream_{n}"))
@@ -312,7 +334,7 @@ pub fn add_forward(table: &mut toml::Table, dir: &Path, extra: &str, dial: &[(St
     merge(fwd, extra);
     for (name, addr) in dial {
         let up = table_at(table, &["upstream", name]);
-        up.insert("url".into(), format!("https://{name}.stripe.com").into());
+        up.insert("url".into(), format!("https://{}.stripe.com", name.replace('_', "-")).into());
         up.insert("connect_to".into(), addr.to_string().into());
     }
 }
