@@ -7,6 +7,7 @@ mod check;
 mod explain;
 mod reload;
 mod run;
+mod scan;
 mod status;
 mod token;
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use keyward::control::config::Source;
 use keyward::policy::identity::hash_token;
+use keyward::policy::token_format::{self, ALPHABET, BODY};
 
 use super::ConfigArg;
 
@@ -24,10 +25,29 @@ pub enum TokenCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Find keyward tokens (by their checksum) and Stripe keys in files and directories; exit 1
+    /// if any is found (a pre-commit hook, a CI step). Shows only a prefix and the last 4.
+    Scan {
+        /// Files and directories to read (`.git` folders are skipped; see --git).
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        /// Name the service and token id of each keyward token found (by its hash), and find
+        /// tokens older than the checksum too.
+        #[arg(long, value_name = "PATH")]
+        config: Option<std::path::PathBuf>,
+        /// Also read every commit of the repositories given (`git log -p --all`).
+        #[arg(long)]
+        git: bool,
+    },
 }
 
 pub fn token(command: TokenCommand) -> ExitCode {
-    let TokenCommand::New { service, id, json, config } = command;
+    let (service, id, json, config) = match command {
+        TokenCommand::New { service, id, json, config } => (service, id, json, config),
+        TokenCommand::Scan { paths, config, git } => {
+            return super::scan::scan(&paths, config.as_deref(), git);
+        }
+    };
     // Read leniently: only to learn the service's token ids and whether it exists.
     let table = Source::locate(config.config.as_deref())
         .ok()
@@ -98,23 +118,22 @@ fn service_block(service: &str, secret: Option<&str>, id: &str, token: &str) -> 
     )
 }
 
-const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// A fresh token: `kw_` and 43 base62 characters (256 bits) from the OS's randomness.
+/// A fresh token: `kw_`, 43 base62 characters (256 bits) from the OS's randomness, and their
+/// checksum (`policy::token_format`).
 pub fn new_token() -> String {
-    let mut out = String::from("kw_");
+    let mut body = String::with_capacity(BODY);
     let mut buf = [0u8; 64];
-    while out.len() < 3 + 43 {
+    while body.len() < BODY {
         getrandom::fill(&mut buf).expect("the OS has randomness");
         // Rejection sampling keeps every character equally likely.
         for b in buf.iter().filter(|&&b| b < 248) {
-            if out.len() == 3 + 43 {
+            if body.len() == BODY {
                 break;
             }
-            out.push(ALPHABET[(b % 62) as usize] as char);
+            body.push(ALPHABET[(b % 62) as usize] as char);
         }
     }
-    out
+    token_format::with_checksum(&body)
 }
 
 /// The `[[service.token]]` block that admits `token`.
@@ -130,8 +149,9 @@ mod tests {
     fn tokens_are_long_distinct_and_base62() {
         let (a, b) = (new_token(), new_token());
         assert_ne!(a, b);
-        assert_eq!(a.len(), 46);
+        assert_eq!(a.len(), token_format::LEN);
         assert!(a[3..].bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert!(token_format::checksum_ok(&a));
         assert!(snippet("x", &a).contains(&hex::encode(hash_token(&a))));
     }
 

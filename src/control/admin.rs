@@ -95,6 +95,9 @@ async fn route(reloader: Arc<Reloader>, req: Request<Incoming>) -> Result<Respon
         (&Method::GET, "/metrics") => metrics(state, &snap),
         (&Method::GET, "/-/status") => json(StatusCode::OK, status(state, &snap)),
         (&Method::GET, "/-/audit/head") => json(StatusCode::OK, audit_head(state)),
+        (&Method::POST, path) if suspend_path(path).is_some() => {
+            suspend(state, suspend_path(path).unwrap_or_default())
+        }
         (&Method::POST, "/-/reload") => {
             let outcome = reloader.reload("admin endpoint").await;
             let status = if outcome.ok { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
@@ -119,6 +122,30 @@ fn host_allowed(host: &str, names: &[String]) -> bool {
     name.parse::<std::net::Ipv4Addr>().is_ok()
         || name.eq_ignore_ascii_case("localhost")
         || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// `/-/tokens/{id}/suspend` → the id.
+fn suspend_path(path: &str) -> Option<&str> {
+    let id = path.strip_prefix("/-/tokens/")?.strip_suffix("/suspend")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// The emergency stop for a leaked token: refused (401 `api_key_revoked`, recorded as
+/// `api_key_suspended`) until the next configuration change, which should revoke it for good.
+fn suspend(state: &State, id: &str) -> Response<Full<Bytes>> {
+    let found = state.suspend(id);
+    if found.is_empty() {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "suspended": [], "error": "no token has this id" }),
+        );
+    }
+    let list: Vec<_> =
+        found.iter().map(|(s, t)| serde_json::json!({ "service": s, "token_id": t })).collect();
+    for (service, token_id) in &found {
+        tracing::warn!(service = &**service, token_id = &**token_id, "token suspended by the admin endpoint");
+    }
+    json(StatusCode::OK, serde_json::json!({ "suspended": list, "until": "the next configuration change" }))
 }
 
 /// This instance's access-log chain head as written: a scheduled job records it elsewhere.
@@ -179,7 +206,7 @@ fn metrics(state: &State, snap: &Snapshot) -> Response<Full<Bytes>> {
         healthy: sink.state.healthy.load(Ordering::Relaxed),
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let body = state.metrics.render(&metrics::scrape(snap, &counts, now));
+    let body = state.metrics.render(&metrics::scrape(snap, &counts, state.suspended_now(), now));
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(metrics::CONTENT_TYPE));
     r

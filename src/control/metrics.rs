@@ -258,7 +258,7 @@ pub struct AuditCounts {
 }
 
 /// The metrics read at scrape time from the snapshot serving and the access log.
-pub fn scrape(snap: &Snapshot, audit: &AuditCounts, now: i64) -> Registry {
+pub fn scrape(snap: &Snapshot, audit: &AuditCounts, suspended: usize, now: i64) -> Registry {
     let mut r = Registry::default();
     let version = Family::<Vec<(&'static str, String)>, Gauge>::default();
     version.get_or_create(&vec![("version", snap.version.to_string())]).set(1);
@@ -280,6 +280,11 @@ pub fn scrape(snap: &Snapshot, audit: &AuditCounts, now: i64) -> Registry {
         "keyward_audit_unrecorded",
         "Refusals whose record found the refusals' share of the access-log queue full",
         ConstCounter::new(audit.unrecorded),
+    );
+    r.register(
+        "keyward_tokens_suspended",
+        "Tokens suspended by the admin endpoint, until the next configuration change",
+        gauge(suspended as u64),
     );
     r.register("keyward_audit_healthy", "1 while the access log is writable", gauge(audit.healthy.into()));
     if let Some(store) = &snap.ratelimits.store {

@@ -17,6 +17,53 @@ pub struct State {
     pub metrics: Metrics,
     /// Shutting down: `/readyz` says 503 so that load balancers stop sending new callers.
     pub draining: AtomicBool,
+    /// Tokens suspended by an operator (`POST /-/tokens/{id}/suspend`), until the next
+    /// configuration change.
+    pub suspended: arc_swap::ArcSwapOption<Suspended>,
+}
+
+/// Suspended tokens, by service and token id, for one configuration version.
+#[derive(Debug, Clone, Default)]
+pub struct Suspended {
+    pub version: Arc<str>,
+    pub tokens: std::collections::HashSet<(Arc<str>, Arc<str>)>,
+}
+
+impl State {
+    /// Whether `service`'s token `id` is suspended under configuration `version`.
+    pub fn is_suspended(&self, version: &str, service: &str, id: &str) -> bool {
+        let guard = self.suspended.load();
+        guard.as_ref().is_some_and(|s| {
+            &*s.version == version && s.tokens.iter().any(|(sv, t)| &**sv == service && &**t == id)
+        })
+    }
+
+    /// Suspend every token with this id under the configuration serving; the (service, id)
+    /// pairs suspended.
+    pub fn suspend(&self, id: &str) -> Vec<(Arc<str>, Arc<str>)> {
+        let snap = self.snapshot.load();
+        let found: Vec<(Arc<str>, Arc<str>)> = snap
+            .policy
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.tokens.iter().filter(|t| &*t.id == id).map(move |t| (s.name.clone(), t.id.clone()))
+            })
+            .collect();
+        let mut next = match self.suspended.load_full() {
+            Some(s) if s.version == snap.version => (*s).clone(),
+            _ => Suspended { version: snap.version.clone(), ..Default::default() },
+        };
+        next.tokens.extend(found.iter().cloned());
+        self.suspended.store(Some(Arc::new(next)));
+        found
+    }
+
+    /// Tokens suspended under the configuration serving.
+    pub fn suspended_now(&self) -> usize {
+        let version = self.snapshot.load().version.clone();
+        self.suspended.load().as_ref().filter(|s| s.version == version).map_or(0, |s| s.tokens.len())
+    }
 }
 
 impl State {
@@ -26,6 +73,7 @@ impl State {
             audit,
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
+            suspended: Default::default(),
         })
     }
 }

@@ -189,6 +189,7 @@ pub fn proxy_identify<'s>(
     match validity(service, token, facts) {
         Ok(()) => Ok((service, token)),
         Err(Failure::ExpiredToken { .. }) => Err(invalid("has expired")),
+        Err(Failure::RevokedToken { .. }) => Err(invalid("was revoked")),
         Err(Failure::TokenNotYetValid { .. }) => Err(invalid("is not valid yet")),
         Err(Failure::IpNotAllowed) => Err(invalid("does not allow calls from this address")),
         Err(f) => Err(f),
@@ -217,6 +218,7 @@ fn identify<'s>(policy: &'s Policy, facts: &RequestFacts<'s>) -> Result<Identifi
     let (service, token) = lookup(policy, found);
     let named = |f| match f {
         Failure::ExpiredToken { .. } => Failure::ExpiredToken { redacted: redact(&presented) },
+        Failure::RevokedToken { .. } => Failure::RevokedToken { redacted: redact(&presented) },
         Failure::TokenNotYetValid { .. } => Failure::TokenNotYetValid { redacted: redact(&presented) },
         other => other,
     };
@@ -229,6 +231,9 @@ fn identify<'s>(policy: &'s Policy, facts: &RequestFacts<'s>) -> Result<Identifi
 /// Whether a known token is good now, from this address. Its refusals name no token: the
 /// caller, who knows how it was presented, names it.
 fn validity(service: &Service, token: &Token, facts: &RequestFacts<'_>) -> Result<(), Failure> {
+    if token.revoked.is_some_and(|t| facts.now >= t) {
+        return Err(Failure::RevokedToken { redacted: String::new() });
+    }
     if token.expires.is_some_and(|t| facts.now >= t) {
         return Err(Failure::ExpiredToken { redacted: String::new() });
     }

@@ -16,6 +16,12 @@ pub enum Failure {
     TokenNotYetValid {
         redacted: String,
     },
+    /// An operator suspended the token (`POST /-/tokens/{id}/suspend`).
+    SuspendedToken,
+    /// The token's `revoked` time has passed.
+    RevokedToken {
+        redacted: String,
+    },
     IpNotAllowed,
     /// The token's service names `client_ids` and the caller sent no client certificate.
     ClientCertRequired,
@@ -94,9 +100,12 @@ impl Failure {
     pub fn status(&self) -> StatusCode {
         use Failure::*;
         match self {
-            MissingToken | InvalidToken { .. } | ExpiredToken { .. } | TokenNotYetValid { .. } => {
-                StatusCode::UNAUTHORIZED
-            }
+            MissingToken
+            | InvalidToken { .. }
+            | ExpiredToken { .. }
+            | TokenNotYetValid { .. }
+            | RevokedToken { .. }
+            | SuspendedToken => StatusCode::UNAUTHORIZED,
             ClientCertRequired => StatusCode::UNAUTHORIZED,
             ClientCertNotAllowed => StatusCode::FORBIDDEN,
             IpNotAllowed
@@ -130,6 +139,7 @@ impl Failure {
             InvalidToken { .. } => "api_key_invalid",
             ExpiredToken { .. } => "api_key_expired",
             TokenNotYetValid { .. } => "api_key_not_yet_valid",
+            RevokedToken { .. } | SuspendedToken => "api_key_revoked",
             IpNotAllowed => "ip_not_allowed",
             ClientCertRequired => "client_certificate_required",
             ClientCertNotAllowed => "client_certificate_not_allowed",
@@ -169,6 +179,7 @@ impl Failure {
             Failure::RateLimited { .. } => "rate_limited",
             Failure::ConcurrencyLimited => "concurrency_limited",
             Failure::BudgetLimited { .. } => "budget_limited",
+            Failure::SuspendedToken => "api_key_suspended",
             other => other.code(),
         }
     }
@@ -200,6 +211,14 @@ impl Failure {
                 .into(),
             InvalidToken { redacted } => format!("Invalid API Key provided: {redacted}"),
             ExpiredToken { redacted } => format!("Expired API Key provided: {redacted}"),
+            SuspendedToken => {
+                "The API key provided has been suspended by your platform team (until keyward's \
+                               configuration next changes). Ask them for a new one."
+                    .into()
+            }
+            RevokedToken { redacted } => format!(
+                "The API key provided has been revoked: {redacted}. Ask your platform team for a new one."
+            ),
             TokenNotYetValid { redacted } => {
                 format!("API Key provided is not valid yet: {redacted}")
             }

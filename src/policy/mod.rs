@@ -12,6 +12,7 @@ pub mod identity;
 mod model;
 pub mod multipart;
 pub mod params;
+pub mod token_format;
 
 pub use decide::{
     Decision, RequestFacts, Route, Ruling, Verdict, authorize, check_form, decide, expansion_failure,

@@ -98,5 +98,7 @@ pub struct Token {
     /// Unix seconds.
     pub not_before: Option<i64>,
     pub expires: Option<i64>,
+    /// Revoked from this time on (Unix seconds): a leaked token, refused without a restart.
+    pub revoked: Option<i64>,
     pub source_ips: Option<Vec<IpNet>>,
 }

@@ -25,6 +25,8 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("keyward-request-id"
 /// What the Stripe SDKs read as the request id (`e.request_id`): on keyward's own answers the
 /// same id as `Keyward-Request-Id`; on forwarded answers the upstream's.
 pub static STRIPE_REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+/// The reason recorded for an answer in which keyward replaced the secret key.
+pub const SECRET_SCRUBBED: &str = "secret_scrubbed";
 /// The reason recorded for an answer cut off because its caller stopped taking it.
 pub const CLIENT_STALLED: &str = "client_stalled";
 
@@ -56,6 +58,8 @@ pub struct Exchange {
     pub body_late: Arc<AtomicBool>,
     /// Raised when a multipart body turned out to carry a part keyward refuses.
     pub body_refused: Arc<AtomicBool>,
+    /// Raised when the upstream's answer carried the secret, which was replaced.
+    pub scrubbed: Arc<AtomicBool>,
     /// Raised when the caller's connection was cut off for not reading.
     caller_cut: Arc<AtomicBool>,
     /// The HTTP/2 stream's watchdog, if the request came on one.
@@ -95,6 +99,7 @@ impl Exchange {
             answer_cut: Default::default(),
             body_late: Default::default(),
             body_refused: Default::default(),
+            scrubbed: Default::default(),
             caller_cut: caller.cut.clone(),
             stream: Progress::current(),
             trace: crate::control::telemetry::parent(&parts.headers),
@@ -181,6 +186,14 @@ impl Drop for Exchange {
         r.duration_ms = self.started.elapsed().as_secs_f64() * 1e3;
         r.bytes_in = self.bytes_in.load(Ordering::Relaxed);
         r.bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        if self.scrubbed.load(Ordering::Relaxed) {
+            tracing::warn!(
+                request_id = r.request_id,
+                upstream = r.upstream.as_deref(),
+                "the upstream's answer carried the secret key; keyward replaced it"
+            );
+            r.reason = SECRET_SCRUBBED.into();
+        }
         if self.answer_cut.load(Ordering::Relaxed) {
             r.reason = Failure::UpstreamTimeout.code().into();
         } else if self.caller_cut.load(Ordering::Relaxed)

@@ -10,4 +10,5 @@ pub mod listener;
 pub mod meter;
 pub mod proxy;
 pub mod respond;
+pub mod scrub;
 pub mod stall;

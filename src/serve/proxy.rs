@@ -28,6 +28,7 @@ use crate::serve::body::{Deadline, Idle, Metered, PartNames};
 use crate::serve::exchange::{Caller, Exchange, REQUEST_ID, RequestIds, STRIPE_REQUEST_ID, new_record};
 use crate::serve::meter::{self, MeterSessions};
 use crate::serve::respond;
+use crate::serve::scrub::{self, Scrub};
 use crate::upstream::{self, Answer, Body, BoxError};
 
 /// Shared by every connection: the state the control plane keeps, the connection counts,
@@ -84,7 +85,12 @@ impl Proxy {
             tunnel: caller.tunnel.as_deref(),
             client_ids: &caller.client_ids,
         };
-        let ruling = policy::decide(&snap.policy, &facts);
+        let mut ruling = policy::decide(&snap.policy, &facts);
+        if let (Some(service), Some(token)) = (ruling.service, ruling.token)
+            && self.state.is_suspended(&snap.version, &service.name, &token.id)
+        {
+            ruling.verdict = Verdict::Deny(Failure::SuspendedToken);
+        }
         let exchange = || {
             let mut ex = Exchange::start(self.state.clone(), &self.ids, &caller, &snap.version, &parts);
             ex.note(&ruling, &snap.policy.upstreams);
@@ -184,7 +190,7 @@ async fn forward(
     ex: &mut Exchange,
 ) -> Result<Response<Body>, Failure> {
     let body = check_body(snap, route, parts, body, forms, ex).await?;
-    let (mut req, up) = rewrite_request(snap, route, parts, body, ex)?;
+    let (mut req, up, secret) = rewrite_request(snap, route, parts, body, ex)?;
     let meter = route.entry.filter(|e| e.method == http::Method::POST).map(|e| &*e.template);
     if meter == Some(meter::STREAM) {
         match stream_session(snap, route, parts, meters).await? {
@@ -201,7 +207,7 @@ async fn forward(
         }
     }
     let (answer, deadline) = send(snap, up, req, ex).await?;
-    let resp = rewrite_response(answer, parts, deadline, ex);
+    let resp = rewrite_response(answer, parts, deadline, secret, ex);
     if meter == Some(meter::SESSION) && resp.status().is_success() {
         return session_answer(resp, snap, route, parts, meters).await;
     }
@@ -398,7 +404,7 @@ fn rewrite_request<'s>(
     parts: &Parts,
     body: Body,
     ex: &mut Exchange,
-) -> Result<(Request<Body>, Outbound<'s>), Failure> {
+) -> Result<(Request<Body>, Outbound<'s>, Arc<crate::secrets::Loaded>), Failure> {
     let up = &snap.upstreams[route.upstream];
     let secret = snap.secrets[route.service.secret].serving().ok_or(Failure::SecretStale)?;
     ex.record.secret_version = secret.version;
@@ -411,7 +417,7 @@ fn rewrite_request<'s>(
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = up.uri(parts.uri.path_and_query());
     *req.headers_mut() = headers;
-    Ok((req, Outbound { up, client }))
+    Ok((req, Outbound { up, client }, secret))
 }
 
 /// Where a request leaves by: the upstream and its client for the chosen egress address.
@@ -464,13 +470,18 @@ fn rewrite_response(
     mut resp: Response<Answer>,
     parts: &Parts,
     deadline: tokio::time::Instant,
+    secret: Arc<crate::secrets::Loaded>,
     ex: &mut Exchange,
 ) -> Response<Body> {
     upstream::strip_response_headers(resp.headers_mut());
+    if scrub::headers(resp.headers_mut(), secret.value.expose().as_bytes()) {
+        ex.scrubbed.store(true, Ordering::Relaxed);
+    }
     *resp.version_mut() = parts.version;
     ex.record.upstream_request_id =
         resp.headers().get("request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-    resp.map(|b| Deadline::new(b, deadline, ex.answer_cut.clone()).boxed())
+    let scrubbed = ex.scrubbed.clone();
+    resp.map(|b| Scrub::new(Deadline::new(b, deadline, ex.answer_cut.clone()), secret, scrubbed).boxed())
 }
 
 /// How a request body is read on its way upstream.

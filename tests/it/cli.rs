@@ -69,7 +69,8 @@ fn token_new_prints_a_token_and_its_hash() {
     let (ok, out) = keyward(dir.path(), &["token", "new", "billing", "--id", "billing-2026-11"]);
     assert!(ok);
     let token = out.split_whitespace().find(|w| w.starts_with("kw_")).unwrap();
-    assert_eq!(token.len(), 46);
+    assert_eq!(token.len(), 52);
+    assert!(keyward::policy::token_format::checksum_ok(token), "{token}");
     let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
     assert!(
         out.contains(&format!("sha256 = \"{hash}\"")) && out.contains("id = \"billing-2026-11\""),

@@ -323,5 +323,7 @@ pub struct TokenFile {
     pub sha256: Spanned<String>,
     pub expires: Option<Spanned<String>>,
     pub not_before: Option<Spanned<String>>,
+    /// Refused from this time on (`api_key_revoked`).
+    pub revoked: Option<Spanned<String>>,
     pub source_ips: Option<Vec<IpNet>>,
 }

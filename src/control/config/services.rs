@@ -193,6 +193,7 @@ fn build_tokens(
             id: t.id.get_ref().as_str().into(),
             expires: timestamp(t.expires.as_ref(), &format!("{tkey}.expires"), errs),
             not_before: timestamp(t.not_before.as_ref(), &format!("{tkey}.not_before"), errs),
+            revoked: timestamp(t.revoked.as_ref(), &format!("{tkey}.revoked"), errs),
             source_ips: t.source_ips.clone(),
         });
     }

@@ -175,6 +175,10 @@ async fn answer(
         parts.headers.get("x-test-body-bytes").and_then(|v| v.to_str().ok()?.parse().ok());
     let path = parts.uri.path().to_string();
     let refuse = parts.headers.get("stripe-version").is_some_and(|v| v == "test-refuse");
+    // An upstream (or a debugging proxy before it) that echoes the Authorization it received.
+    let echo = parts.headers.contains_key("x-test-echo-auth").then(|| {
+        parts.headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+    });
     let n = {
         let mut log = log.lock().unwrap();
         log.push(Seen {
@@ -205,9 +209,11 @@ async fn answer(
     } else {
         serde_json::json!({ "object": "list", "data": [], "has_more": false, "url": path })
     };
-    let text = match size {
-        Some(n) => "x".repeat(n),
-        None => json.to_string(),
+    let text = match (&echo, size) {
+        // The secret in the middle, so that a stalled answer splits it across two chunks.
+        (Some(auth), _) => format!("{pad}{auth}{pad}", pad = "x".repeat(64)),
+        (None, Some(n)) => "x".repeat(n),
+        (None, None) => json.to_string(),
     };
     if refuse {
         let error = r#"{"error":{"type":"invalid_request_error","code":"test_refused","message":"refused"}}"#;
@@ -218,6 +224,7 @@ async fn answer(
         .header("content-type", "application/json")
         .header("request-id", format!("req_upstream_{n}"))
         .header("x-upstream-says", "hello")
+        .header("x-echo-auth", echo.as_deref().unwrap_or("-"))
         .body(stalling(text, stall_ms))
         .unwrap();
     Ok(resp)

@@ -1,0 +1,220 @@
+//! The secret never goes back out: an upstream answer that carries the secret keyward sent
+//! (an upstream, or a debugging proxy in front of it, echoing `Authorization`) has it
+//! replaced, in headers and body, before the caller sees a byte of it. The body is searched
+//! as it streams: a chunk's last bytes that could begin the secret wait for the next chunk.
+//! The replacement has the secret's length, so `Content-Length` stays true.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::secrets::Loaded;
+use crate::upstream::BoxError;
+
+/// What replaces the secret: this, then `*`, cut to the secret's length.
+const MASK: &[u8] = b"keyward-scrubbed";
+
+fn mask(len: usize) -> Vec<u8> {
+    MASK.iter().copied().chain(std::iter::repeat(b'*')).take(len).collect()
+}
+
+/// Replace the secret in every header value; whether any had it.
+pub fn headers(headers: &mut HeaderMap, secret: &[u8]) -> bool {
+    let mut hit = false;
+    for value in headers.values_mut() {
+        if memchr::memmem::find(value.as_bytes(), secret).is_some() {
+            let mut bytes = value.as_bytes().to_vec();
+            replace_all(&mut bytes, secret);
+            if let Ok(v) = http::HeaderValue::from_bytes(&bytes) {
+                *value = v;
+                hit = true;
+            }
+        }
+    }
+    hit
+}
+
+fn replace_all(buf: &mut [u8], secret: &[u8]) -> bool {
+    let finder = memchr::memmem::Finder::new(secret);
+    let starts: Vec<usize> = finder.find_iter(buf).collect();
+    let m = mask(secret.len());
+    for s in &starts {
+        buf[*s..*s + secret.len()].copy_from_slice(&m);
+    }
+    !starts.is_empty()
+}
+
+/// The longest proper prefix of `secret` that `data` ends with: held back for the next chunk.
+fn held_back(data: &[u8], secret: &[u8]) -> usize {
+    (1..secret.len().min(data.len() + 1)).rev().find(|&k| data.ends_with(&secret[..k])).unwrap_or(0)
+}
+
+/// The streaming half: chunks in, scrubbed chunks out.
+pub struct Scrubber {
+    secret: Arc<Loaded>,
+    carry: BytesMut,
+}
+
+impl Scrubber {
+    pub fn new(secret: Arc<Loaded>) -> Scrubber {
+        Scrubber { secret, carry: BytesMut::new() }
+    }
+
+    /// What can go to the caller now, and whether the secret was in it.
+    pub fn push(&mut self, chunk: Bytes) -> (Bytes, bool) {
+        let secret = self.secret.value.expose().as_bytes();
+        let found = memchr::memmem::find(&chunk, secret).is_some();
+        // The usual case: nothing to replace, nothing held, nothing that could begin it.
+        if self.carry.is_empty() && !found && held_back(&chunk, secret) == 0 {
+            return (chunk, false);
+        }
+        self.carry.extend_from_slice(&chunk);
+        let hit = replace_all(&mut self.carry, secret);
+        let keep = held_back(&self.carry, secret);
+        let out = self.carry.split_to(self.carry.len() - keep).freeze();
+        (out, hit)
+    }
+
+    /// The bytes held back, at the end of the body.
+    pub fn finish(&mut self) -> Bytes {
+        std::mem::take(&mut self.carry).freeze()
+    }
+}
+
+/// A body with the secret replaced; raises `hit` when it was there.
+pub struct Scrub<B> {
+    inner: B,
+    scrubber: Scrubber,
+    hit: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl<B> Scrub<B> {
+    pub fn new(inner: B, secret: Arc<Loaded>, hit: Arc<AtomicBool>) -> Self {
+        Scrub { inner, scrubber: Scrubber::new(secret), hit, done: false }
+    }
+}
+
+impl<B> Body for Scrub<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let (out, hit) = self.scrubber.push(data);
+                        if hit {
+                            self.hit.store(true, Ordering::Relaxed);
+                        }
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    // Trailers end the data: what was held back goes first.
+                    Err(trailers) => {
+                        let rest = self.scrubber.finish();
+                        if rest.is_empty() {
+                            return Poll::Ready(Some(Ok(trailers)));
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    self.done = true;
+                    let rest = self.scrubber.finish();
+                    if !rest.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || (self.inner.is_end_stream() && self.scrubber.carry.is_empty())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn loaded(value: &str) -> Arc<Loaded> {
+        Arc::new(Loaded { value: crate::secrets::Secret::new(value.to_string()), version: None })
+    }
+
+    /// `text` cut at `cuts`, through a scrubber: what comes out, and whether it hit.
+    fn through(text: &[u8], cuts: &[usize], secret: &str) -> (Vec<u8>, bool) {
+        let mut s = Scrubber::new(loaded(secret));
+        let (mut out, mut hit, mut at) = (Vec::new(), false, 0);
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
+        cuts.sort_unstable();
+        for c in cuts.into_iter().chain([text.len()]) {
+            let (o, h) = s.push(Bytes::copy_from_slice(&text[at..c.max(at)]));
+            out.extend_from_slice(&o);
+            hit |= h;
+            at = c.max(at);
+        }
+        out.extend_from_slice(&s.finish());
+        (out, hit)
+    }
+
+    #[test]
+    fn the_secret_is_replaced_wherever_the_chunks_split_it() {
+        let secret = "sk_test_51Mz9EchoedBackByAProxy";
+        let text = format!(r#"{{"echo":"Bearer {secret}","again":"{secret}","near":"sk_test_5"}}"#);
+        let want = text.replace(secret, std::str::from_utf8(&mask(secret.len())).unwrap());
+        for cut in 0..text.len() {
+            let (out, hit) = through(text.as_bytes(), &[cut, cut + 3], secret);
+            assert_eq!(String::from_utf8(out).unwrap(), want, "cut at {cut}");
+            assert!(hit);
+        }
+        let (out, hit) = through(b"nothing here but sk_test_ and s", &[7, 28], secret);
+        assert_eq!((out.as_slice(), hit), (&b"nothing here but sk_test_ and s"[..], false));
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_any_split(prefix in "[a-z_ ]{0,40}", suffix in "[a-z_ ]{0,40}", cuts in proptest::collection::vec(0usize..200, 0..6)) {
+            let secret = "sk_live_Zq81";
+            let text = format!("{prefix}{secret}{suffix}{secret}");
+            let (out, hit) = through(text.as_bytes(), &cuts, secret);
+            let out = String::from_utf8(out).unwrap();
+            prop_assert!(hit);
+            prop_assert!(!out.contains(secret));
+            prop_assert_eq!(out.len(), text.len());
+        }
+    }
+
+    #[test]
+    fn header_values_are_scrubbed_too() {
+        let mut h = HeaderMap::new();
+        h.insert("x-echo", "Bearer sk_test_abcdefgh".parse().unwrap());
+        h.insert("x-other", "fine".parse().unwrap());
+        assert!(headers(&mut h, b"sk_test_abcdefgh"));
+        assert_eq!(h["x-echo"], "Bearer keyward-scrubbed");
+        assert!(!headers(&mut h, b"sk_test_abcdefgh"));
+    }
+}

@@ -1,0 +1,34 @@
+//! The secret never goes back out: an upstream that echoes the `Authorization` keyward sent
+//! has the secret replaced in its headers and its body (also split across chunks), and the
+//! record says `secret_scrubbed`.
+
+use crate::common::*;
+
+const TOKEN: &str = "kw_scrub_token_0123456789abcdefWXYZab";
+
+#[tokio::test]
+async fn an_echoed_secret_is_replaced_before_the_caller_sees_it() {
+    let kw =
+        Harness::new().service(Svc::new("billing").token("b1", TOKEN).scope("charge", "read")).start().await;
+    for stall in [None, Some("50")] {
+        let mut r = req("GET", "/v1/charges", TOKEN, "");
+        r.headers_mut().insert("x-test-echo-auth", "1".parse().unwrap());
+        if let Some(ms) = stall {
+            r.headers_mut().insert("x-test-body-stall-ms", ms.parse().unwrap());
+        }
+        let reply = kw.send(r).await;
+        assert_eq!(reply.status, 200);
+        let body = String::from_utf8_lossy(&reply.body).into_owned();
+        assert!(!body.contains(SECRET), "the secret in the body: {body}");
+        assert!(body.contains("Bearer keyward-scrubbed"), "{body}");
+        assert_eq!(body.len(), 64 * 2 + "Bearer ".len() + SECRET.len(), "same length");
+        let echoed = reply.headers["x-echo-auth"].to_str().unwrap();
+        assert!(!echoed.contains(SECRET) && echoed.starts_with("Bearer keyward-scrubbed"), "{echoed}");
+    }
+    assert!(kw.upstream.requests()[0].headers["authorization"].to_str().unwrap().contains(SECRET));
+    let recs = kw.records(2).await;
+    assert!(recs.iter().all(|r| r["reason"] == "secret_scrubbed"), "{recs:?}");
+    // An ordinary answer is untouched.
+    let plain = kw.get("/v1/charges", TOKEN).await;
+    assert_eq!(plain.json()["object"], "list");
+}
