@@ -108,14 +108,14 @@ fn benches(c: &mut Criterion) {
         concurrency: std::num::NonZeroU32::new(16),
         priority: Default::default(),
     };
-    let services = [("billing".into(), spec)];
+    let services = [("billing".into(), Some(spec))];
     let budget = BudgetSpec { rate: spec.rate.unwrap(), burst: spec.burst.unwrap() };
     for (name, budget) in [("service_limits_admit", None), ("service_limits_and_budget_admit", Some(budget))]
     {
         let plan = limits::Plan { services: &services, budget, store: None };
         let limits = limits::build(plan, None).now_or_never().unwrap().unwrap();
         c.bench_function(name, |b| {
-            b.iter(|| black_box(limits.admit(black_box("billing")).now_or_never().unwrap().unwrap()))
+            b.iter(|| black_box(limits.admit(black_box(0)).now_or_never().unwrap().unwrap()))
         });
     }
 }

@@ -156,6 +156,7 @@ fn builtin() -> Policy {
 /// A service granted nothing, for any account: what `--no-config` decides for.
 fn anyone(policy: &Policy) -> Service {
     Service {
+        index: usize::MAX,
         name: "(none)".into(),
         mode: Mode::Enforce,
         source_ips: vec![],

@@ -52,6 +52,8 @@ pub struct TokenRef {
 
 #[derive(Debug)]
 pub struct Service {
+    /// Position in `Policy::services` (per-service state elsewhere is indexed by it).
+    pub index: usize,
     pub name: Arc<str>,
     pub mode: Mode,
     pub source_ips: Vec<IpNet>,

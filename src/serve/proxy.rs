@@ -113,7 +113,7 @@ impl Proxy {
         };
         // The service's rate and concurrency and the shared budget, in report mode too: they
         // protect the budget every service shares.
-        let in_flight = match snap.ratelimits.admit(&route.service.name).await {
+        let in_flight = match snap.ratelimits.admit(route.service.index).await {
             Err(f) => {
                 let mut ex = exchange();
                 let f = ex.deny(f);

@@ -12,16 +12,7 @@ fn metering(h: Harness) -> Harness {
 }
 
 async fn run(program: &str, script: &str, env: &[(&str, &std::ffi::OsStr)]) -> Vec<serde_json::Value> {
-    let out = tokio::process::Command::new(program)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/").to_string() + script)
-        .envs(env.iter().copied())
-        .env("KW_TOKEN", TOKEN)
-        .output()
-        .await
-        .expect("the SDK's runtime runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{script}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    run_sdk(program, script, TOKEN, env).await
 }
 
 /// What reached the upstreams: no keyward token anywhere; the session request with the

@@ -24,20 +24,8 @@ async fn sdk(
     script: &str,
     env: &[(&str, &std::ffi::OsStr)],
 ) -> HashMap<String, serde_json::Value> {
-    let out = tokio::process::Command::new(program)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/").to_string() + script)
-        .envs(env.iter().copied())
-        .env("KW_TOKEN", TOKEN)
-        .output()
-        .await
-        .expect("the SDK's runtime runs (the test command installs the SDKs)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .map(|v| (v["scenario"].as_str().unwrap().to_string(), v))
-        .collect()
+    let lines = run_sdk(program, script, TOKEN, env).await;
+    lines.into_iter().map(|v| (v["scenario"].as_str().unwrap().to_string(), v)).collect()
 }
 
 #[tokio::test]

@@ -30,7 +30,7 @@ fn name_is_usable(name: &str) -> bool {
 pub struct Compiled {
     pub services: Vec<Service>,
     pub tokens: HashMap<[u8; 32], TokenRef>,
-    pub limits: Vec<(Arc<str>, LimitSpec)>,
+    pub limits: Vec<(Arc<str>, Option<LimitSpec>)>,
 }
 
 pub fn build(
@@ -83,10 +83,9 @@ pub fn build(
             );
         }
         let svc_tokens = build_tokens(s, &key, services.len() as u32, &mut tokens, errs);
-        if let Some(spec) = limits(file, s, &key, errs) {
-            limit_specs.push((Arc::from(s.name.get_ref().as_str()), spec));
-        }
+        limit_specs.push((Arc::from(s.name.get_ref().as_str()), limits(file, s, &key, errs)));
         services.push(Service {
+            index: services.len(),
             name: s.name.get_ref().as_str().into(),
             mode: s.mode,
             source_ips: s.source_ips.clone(),

@@ -36,7 +36,7 @@ pub struct Plan {
     pub audit: crate::audit::Settings,
     pub forward: Option<ForwardSettings>,
     /// `rate`, `burst`, `concurrency` of the services that have them.
-    pub service_limits: Vec<(Arc<str>, crate::control::limits::LimitSpec)>,
+    pub service_limits: Vec<(Arc<str>, Option<crate::control::limits::LimitSpec>)>,
     /// The index in `secrets` of `forward.ca_key_secret`.
     pub forward_ca_secret: Option<usize>,
     /// `[ratelimit]`: the shared budget and the Redis store.

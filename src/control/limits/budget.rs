@@ -55,16 +55,23 @@ pub struct BudgetSpec {
 pub struct Budget {
     pub spec: BudgetSpec,
     cell: Gcra,
+    /// The parameters of each priority for one replica alone: the usual case, computed once.
+    alone: [Params; 3],
 }
 
 impl Budget {
     pub fn new(spec: BudgetSpec) -> Budget {
-        Budget { spec, cell: Gcra::default() }
+        let of = |p: Priority| p.params(Params::new(spec.rate, spec.burst, 1));
+        let alone = [of(Priority::Critical), of(Priority::Normal), of(Priority::Batch)];
+        Budget { spec, cell: Gcra::default(), alone }
     }
 
     /// The GCRA parameters for a call of `priority`, for one of `share` replicas.
     pub fn params(&self, priority: Priority, share: u32) -> Params {
-        priority.params(Params::new(self.spec.rate, self.spec.burst, share))
+        match share {
+            0 | 1 => self.alone[priority as usize],
+            n => priority.params(Params::new(self.spec.rate, self.spec.burst, n)),
+        }
     }
 
     pub fn take(&self, priority: Priority, share: u32) -> Result<(), std::time::Duration> {

@@ -52,7 +52,7 @@ impl Rate {
 /// Every limit a snapshot enforces. Kept across a reload where settings are unchanged.
 #[derive(Debug, Default)]
 pub struct RateLimits {
-    /// The services that have a `rate`, `concurrency` or `priority`, by name.
+    /// Each service's `rate`, `concurrency` and `priority`, by its index.
     pub services: Limiters,
     pub budget: Option<Arc<Budget>>,
     pub store: Option<Arc<Store>>,
@@ -61,8 +61,8 @@ pub struct RateLimits {
 impl RateLimits {
     /// Admit one call of `service`: a place among its calls in flight (held until the answer
     /// has ended), then its rate and the shared budget, in Redis when there is one.
-    pub async fn admit(&self, service: &str) -> Result<Option<OwnedSemaphorePermit>, Failure> {
-        let limits = self.services.get(service);
+    pub async fn admit(&self, service: usize) -> Result<Option<OwnedSemaphorePermit>, Failure> {
+        let limits = self.services.get(service).and_then(Option::as_ref);
         let permit = match limits {
             Some(l) => l.hold()?,
             None => None,
@@ -82,7 +82,7 @@ impl RateLimits {
             Some(store) if store.is_up() => {
                 let mut checks = Vec::with_capacity(2);
                 if let Some(p) = limits.and_then(|l| l.params(1)) {
-                    checks.push((store.key(&format!("rate:{service}")), p));
+                    checks.push((store.key(&format!("rate:{}", limits.map_or("", |l| &*l.name))), p));
                 }
                 if let Some(b) = &self.budget {
                     checks.push((store.key("budget"), b.params(priority, 1)));
@@ -137,7 +137,7 @@ impl RateLimits {
 
 /// What a configuration asks for: per-service specs, the budget, the store.
 pub struct Plan<'a> {
-    pub services: &'a [(Arc<str>, LimitSpec)],
+    pub services: &'a [(Arc<str>, Option<LimitSpec>)],
     pub budget: Option<BudgetSpec>,
     pub store: Option<StoreSpec>,
 }

@@ -26,6 +26,7 @@ pub struct LimitSpec {
 
 /// The live limiters of one service.
 pub struct ServiceLimits {
+    pub name: Arc<str>,
     pub spec: LimitSpec,
     rate: Option<DefaultDirectRateLimiter>,
     /// This replica's share of the rate while the shared store is out.
@@ -40,7 +41,7 @@ impl std::fmt::Debug for ServiceLimits {
 }
 
 impl ServiceLimits {
-    pub fn new(spec: LimitSpec) -> ServiceLimits {
+    pub fn new(name: Arc<str>, spec: LimitSpec) -> ServiceLimits {
         let rate = spec.rate.map(|r| {
             // One cell every `per / count`; a burst of `burst` (default: `count`) when idle.
             let period = r.per / r.count.get();
@@ -49,7 +50,7 @@ impl ServiceLimits {
             RateLimiter::direct(quota.allow_burst(spec.burst.unwrap_or(r.count)))
         });
         let in_flight = spec.concurrency.map(|n| Arc::new(Semaphore::new(n.get() as usize)));
-        ServiceLimits { spec, rate, share: Gcra::default(), in_flight }
+        ServiceLimits { name, spec, rate, share: Gcra::default(), in_flight }
     }
 
     /// A place among the calls in flight, held until the call's answer has ended.
@@ -86,16 +87,20 @@ impl ServiceLimits {
     }
 }
 
-/// The limiters of the services that have limits, by service name.
-pub type Limiters = HashMap<Arc<str>, Arc<ServiceLimits>>;
+/// The limiters of each service, by its index in `Policy::services` (`None`: no limits).
+pub type Limiters = Vec<Option<Arc<ServiceLimits>>>;
 
-/// The limiters for `specs`, keeping from `previous` those whose settings are unchanged.
-pub fn build(specs: &[(Arc<str>, LimitSpec)], previous: Option<&Limiters>) -> Limiters {
+/// The limiters for `specs` (one per service, in order), keeping from `previous` those whose
+/// service and settings are unchanged.
+pub fn build(specs: &[(Arc<str>, Option<LimitSpec>)], previous: Option<&Limiters>) -> Limiters {
+    let before: HashMap<&str, &Arc<ServiceLimits>> =
+        previous.into_iter().flatten().flatten().map(|l| (&*l.name, l)).collect();
     specs
         .iter()
         .map(|(name, spec)| {
-            let kept = previous.and_then(|p| p.get(name)).filter(|l| l.spec == *spec);
-            (name.clone(), kept.cloned().unwrap_or_else(|| Arc::new(ServiceLimits::new(*spec))))
+            let spec = (*spec)?;
+            let kept = before.get(&**name).filter(|l| l.spec == spec).map(|l| (*l).clone());
+            Some(kept.unwrap_or_else(|| Arc::new(ServiceLimits::new(name.clone(), spec))))
         })
         .collect()
 }
@@ -117,7 +122,7 @@ mod tests {
             concurrency: None,
             priority: Priority::Normal,
         };
-        let l = ServiceLimits::new(spec);
+        let l = ServiceLimits::new("a".into(), spec);
         for _ in 0..3 {
             assert!(l.take().is_ok());
         }
@@ -129,7 +134,7 @@ mod tests {
         }
         let spec =
             LimitSpec { rate: None, burst: None, concurrency: Some(nz(1)), priority: Priority::Normal };
-        let l = ServiceLimits::new(spec);
+        let l = ServiceLimits::new("a".into(), spec);
         let held = l.hold().unwrap();
         assert!(matches!(l.hold(), Err(Failure::ConcurrencyLimited)));
         drop(held);
@@ -142,7 +147,7 @@ mod tests {
             rate: Some(Rate { count: nz(4), per: Duration::from_secs(60) }),
             ..Default::default()
         };
-        let l = ServiceLimits::new(spec);
+        let l = ServiceLimits::new("a".into(), spec);
         assert_eq!((0..9).filter(|_| l.take_share(2).is_ok()).count(), 2, "half the burst of 4");
         assert_eq!((0..9).filter(|_| l.take().is_ok()).count(), 4, "the whole burst, untouched");
     }
@@ -150,10 +155,14 @@ mod tests {
     #[test]
     fn a_reload_keeps_unchanged_limiters() {
         let spec = LimitSpec { concurrency: NonZeroU32::new(2), ..Default::default() };
-        let first = build(&[("a".into(), spec), ("b".into(), spec)], None);
+        let first = build(&[("a".into(), Some(spec)), ("b".into(), Some(spec))], None);
         let changed = LimitSpec { concurrency: NonZeroU32::new(3), ..spec };
-        let second = build(&[("a".into(), spec), ("b".into(), changed)], Some(&first));
-        assert!(Arc::ptr_eq(&first["a"], &second["a"]));
-        assert!(!Arc::ptr_eq(&first["b"], &second["b"]));
+        // Reordered, one changed, one without limits now.
+        let second =
+            build(&[("b".into(), Some(changed)), ("c".into(), None), ("a".into(), Some(spec))], Some(&first));
+        let (a1, b1) = (first[0].as_ref().unwrap(), first[1].as_ref().unwrap());
+        assert!(Arc::ptr_eq(a1, second[2].as_ref().unwrap()));
+        assert!(!Arc::ptr_eq(b1, second[0].as_ref().unwrap()));
+        assert!(second[1].is_none());
     }
 }

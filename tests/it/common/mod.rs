@@ -902,3 +902,22 @@ pub async fn try_send(
     let body = body.collect().await.map_err(|x| e(&x))?.to_bytes();
     Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
 }
+
+/// Run an SDK script from tests/sdk/ with `KW_TOKEN` and `env`: its output, a JSON value a line.
+pub async fn run_sdk(
+    program: &str,
+    script: &str,
+    token: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Vec<serde_json::Value> {
+    let out = tokio::process::Command::new(program)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/").to_string() + script)
+        .envs(env.iter().copied())
+        .env("KW_TOKEN", token)
+        .output()
+        .await
+        .expect("the SDK's runtime runs (the test command installs the SDKs)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
