@@ -157,6 +157,7 @@ fn builtin() -> Policy {
 fn anyone(policy: &Policy) -> Service {
     Service {
         index: usize::MAX,
+        livemode: None,
         name: "(none)".into(),
         mode: Mode::Enforce,
         source_ips: vec![],

@@ -58,6 +58,8 @@ pub enum Failure {
     AuditBusy,
     UpstreamTimeout,
     SecretStale,
+    /// The service's `livemode` and its secret's key mode differ (a vault version changed it).
+    LivemodeMismatch,
     /// Forward mode: a `CONNECT` (or plain-HTTP request) for a host keyward does not intercept.
     /// `allowed` lists the hosts it does.
     HostNotProxied {
@@ -119,7 +121,7 @@ impl Failure {
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             UpstreamNotConfigured(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            SecretStale => StatusCode::SERVICE_UNAVAILABLE,
+            SecretStale | LivemodeMismatch => StatusCode::SERVICE_UNAVAILABLE,
             AuditUnavailable | AuditBusy | TunnelsFull | RateLimitUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -156,6 +158,7 @@ impl Failure {
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             SecretStale => "secret_stale",
+            LivemodeMismatch => "secret_livemode_mismatch",
             AuditUnavailable => "audit_log_unavailable",
             AuditBusy => "audit_queue_full",
             HostNotProxied { .. } => "host_not_proxied",
@@ -260,6 +263,9 @@ impl Failure {
             BodyTimeout => "The request body did not arrive in time: keyward stopped waiting for it.".into(),
             UpstreamUnavailable => "keyward could not reach the upstream API.".into(),
             UpstreamTimeout => "The upstream API did not answer in time.".into(),
+            LivemodeMismatch => "keyward's copy of the upstream API key is not of the mode this service is \
+                                 configured for (livemode): keyward does not use it. Tell your platform team."
+                .into(),
             SecretStale => "keyward's copy of the upstream API key could not be refreshed from the vault \
                             for longer than allowed (max_staleness)."
                 .into(),

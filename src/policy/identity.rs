@@ -12,6 +12,16 @@ const MAX_TOKEN: usize = 256;
 /// The token a request presents: `Authorization: Bearer T`, or Basic with T as the user name
 /// and an empty password (what Stripe SDKs and `curl -u T:` send). `Proxy-Authorization` is
 /// read the same way when `proxy` is set (forward mode).
+/// Whether a Stripe secret is a live-mode key (`sk_live_`, `rk_live_`), a test-mode one
+/// (`sk_test_`, `rk_test_`), or neither (`None`).
+pub fn key_livemode(secret: &str) -> Option<bool> {
+    match secret.get(..8)? {
+        "sk_live_" | "rk_live_" => Some(true),
+        "sk_test_" | "rk_test_" => Some(false),
+        _ => None,
+    }
+}
+
 pub fn token_from(headers: &HeaderMap, header: http::header::HeaderName) -> Option<Cow<'_, str>> {
     let value = headers.get(header)?.to_str().ok()?.trim();
     let (scheme, rest) = value.split_once(' ')?;
@@ -69,6 +79,15 @@ pub fn redact(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_modes_read_from_the_prefix_only() {
+        assert_eq!(key_livemode("sk_live_abc"), Some(true));
+        assert_eq!(key_livemode("rk_test_abc"), Some(false));
+        for other in ["", "sk_live", "pk_live_abc", "whsec_abc", "SK_LIVE_abc", "é"] {
+            assert_eq!(key_livemode(other), None, "{other}");
+        }
+    }
     use http::header::AUTHORIZATION;
 
     fn headers(v: &str) -> HeaderMap {

@@ -63,6 +63,8 @@ pub struct Service {
     /// Index into `Snapshot::secrets`.
     pub secret: usize,
     pub egress_ip: Option<IpAddr>,
+    /// The key mode its secret must have (`livemode`), if set.
+    pub livemode: Option<bool>,
     pub tokens: Vec<Token>,
     /// Identities a caller's verified client certificate must carry (one of them) for this
     /// service's tokens to be accepted; empty: no certificate needed.

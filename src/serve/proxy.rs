@@ -408,6 +408,17 @@ fn rewrite_request<'s>(
     let up = &snap.upstreams[route.upstream];
     let secret = snap.secrets[route.service.secret].serving().ok_or(Failure::SecretStale)?;
     ex.record.secret_version = secret.version;
+    // Fail closed when a vault's new version is of the other mode than the service allows.
+    if let Some(want) = route.service.livemode
+        && policy::identity::key_livemode(secret.value.expose()) != Some(want)
+    {
+        tracing::error!(
+            service = &*route.service.name,
+            request_id = ex.record.request_id,
+            "the service's secret is not of its configured livemode; refusing (503)"
+        );
+        return Err(Failure::LivemodeMismatch);
+    }
     let headers =
         upstream::request_headers(&parts.headers, secret.value.expose()).ok_or(Failure::Internal)?;
     let egress = route.service.egress_ip.or(up.egress_ip);

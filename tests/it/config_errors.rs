@@ -237,6 +237,11 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             vec!["ratelimit.upstream_burst", "at least 1", "ratelimit.on_redis_error", "needs ratelimit.redis"],
         ),
         (
+            "a live-mode service whose secret is a test key",
+            good.replace("source_ips =", "livemode = true\nsource_ips ="),
+            vec!["service \"billing\".livemode", "is true, but secret \"stripe\" holds a test-mode key"],
+        ),
+        (
             "an OTLP endpoint that is not an http URL",
             good.replace("[audit]", "[telemetry]\notlp_endpoint = \"grpc://collector:4317\"\n[audit]"),
             vec!["telemetry.otlp_endpoint", "http:// or https://"],

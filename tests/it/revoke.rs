@@ -39,6 +39,30 @@ async fn a_revoked_token_gets_401_api_key_revoked_after_a_reload() {
     );
 }
 
+/// `livemode = false`: a reload that would give the service a live key is refused whole, and
+/// the test key keeps serving.
+#[tokio::test]
+async fn a_sandbox_service_never_gets_a_live_key() {
+    let kw = Harness::new()
+        .service(Svc::new("billing").token("fresh", FRESH).scope("charge", "read").extra("livemode = false"))
+        .start()
+        .await;
+    assert_eq!(kw.get("/v1/charges", FRESH).await.status, 200);
+    let version = kw.version();
+    let secrets = kw.dir.path().join("secrets.toml");
+    std::fs::write(&secrets, "stripe = \"sk_live_LIVEKEY_000000000000\"\n").unwrap();
+    let (status, outcome) = kw.admin_reload().await;
+    assert_eq!(status, 422, "{outcome}");
+    let errors = outcome["errors"].to_string();
+    assert!(
+        errors.contains("livemode") && errors.contains("live-mode key") && !errors.contains("LIVEKEY"),
+        "{errors}"
+    );
+    assert_eq!(kw.version(), version);
+    assert_eq!(kw.get("/v1/charges", FRESH).await.status, 200);
+    assert!(kw.upstream.requests().iter().all(|r| r.headers["authorization"] == format!("Bearer {SECRET}")));
+}
+
 #[tokio::test]
 async fn the_admin_endpoint_suspends_a_token_until_the_next_configuration_change() {
     let kw = Harness::new()

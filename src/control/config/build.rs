@@ -63,6 +63,7 @@ pub async fn build(
     let client = if opts.tls { load_client_auth(&plan.file, &mut errs) } else { None };
     let tls = if opts.tls { load_tls(&plan.file, client.clone(), &mut errs) } else { None };
     let intercept = if opts.tls { load_intercept(&plan, &secrets, client, &mut errs) } else { None };
+    check_livemode(&plan, &secrets, &mut errs);
     let ratelimits = build_ratelimits(&plan, &secrets, opts, previous, &mut errs).await;
     if !errs.list.is_empty() {
         return Err(errs.list);
@@ -295,6 +296,27 @@ fn load_intercept(
         Err(msg) => {
             errs.at(None, "forward.ca_cert", msg);
             None
+        }
+    }
+}
+
+/// Each service's `livemode` against the key its secret holds now.
+fn check_livemode(plan: &Plan, secrets: &[Arc<SecretCell>], errs: &mut Errors<'_>) {
+    for s in &plan.policy.services {
+        let (Some(want), Some(cell)) = (s.livemode, secrets.get(s.secret)) else { continue };
+        let Some(loaded) = cell.serving() else { continue };
+        let have = crate::policy::identity::key_livemode(loaded.value.expose());
+        if have != Some(want) {
+            let is = match have {
+                Some(true) => "a live-mode key",
+                Some(false) => "a test-mode key",
+                None => "no Stripe key (sk_/rk_ live or test)",
+            };
+            errs.at(
+                None,
+                format!("service \"{}\".livemode", s.name),
+                format!("is {want}, but secret \"{}\" holds {is}", cell.name),
+            );
         }
     }
 }

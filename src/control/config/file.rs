@@ -296,6 +296,9 @@ pub struct ServiceFile {
     #[serde(default)]
     pub mode: Mode,
     pub egress_ip: Option<IpAddr>,
+    /// `false`: the service's secret must be a test-mode key (`sk_test_`, `rk_test_`); `true`:
+    /// a live-mode one. Checked when the configuration compiles and on every call.
+    pub livemode: Option<bool>,
     #[serde(default)]
     pub accounts: Vec<String>,
     #[serde(default)]

@@ -93,6 +93,7 @@ pub fn build(
             scope: scope(s, &key, catalog, errs),
             secret,
             egress_ip: s.egress_ip,
+            livemode: s.livemode,
             tokens: svc_tokens,
             client_ids: client_ids(s, &key, errs),
         });
