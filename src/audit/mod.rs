@@ -5,6 +5,7 @@ mod file;
 mod line;
 pub mod queue;
 pub mod report;
+pub mod scope;
 pub mod verify;
 
 use std::borrow::Cow;

@@ -18,7 +18,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn keeps(&self, r: &AccessRecord) -> bool {
+    pub fn keeps(&self, r: &AccessRecord) -> bool {
         if self.service.as_deref().is_some_and(|s| r.service.as_deref() != Some(s)) {
             return false;
         }

@@ -17,6 +17,21 @@ pub enum AuditCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Each service's grants against the access it used (and, in report mode, what its
+    /// would_deny calls needed): grants never used, writes where only reads were used, and the
+    /// smallest scope that allows it all (`--format toml` prints it to paste).
+    Scope {
+        /// Access-log files, oldest first.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        config: super::ConfigArg,
+        /// Only records from this RFC 3339 time on, e.g. 2026-11-01T00:00:00Z.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ScopeFormat,
+    },
     /// Print each instance's chain head (seq and hash), once its chain verifies: record it
     /// elsewhere, and later prove that nothing before it changed.
     Head {
@@ -44,6 +59,14 @@ pub enum AuditCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum ScopeFormat {
+    Table,
+    Json,
+    /// The suggested `[service.scope]` blocks.
+    Toml,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum Format {
     /// Plain text.
     Table,
@@ -57,6 +80,9 @@ pub fn audit(command: AuditCommand) -> ExitCode {
     match command {
         AuditCommand::Verify { files } => verify(&files, false),
         AuditCommand::Head { files } => verify(&files, true),
+        AuditCommand::Scope { files, config, since, format } => {
+            scope(&files, &config, since.as_deref(), format)
+        }
         AuditCommand::Report { files, since, until, service, format } => {
             report(&files, since.as_deref(), until.as_deref(), service, format)
         }
@@ -124,6 +150,50 @@ fn verify(files: &[PathBuf], head_only: bool) -> ExitCode {
     if broken.is_empty() { ExitCode::SUCCESS } else { fail(broken) }
 }
 
+fn scope(files: &[PathBuf], config: &super::ConfigArg, since: Option<&str>, format: ScopeFormat) -> ExitCode {
+    let since =
+        match since.map(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(_)) => return fail(["--since takes an RFC 3339 time such as 2026-11-01T00:00:00Z"]),
+        };
+    let policy = match super::lenient_policy(config.config.as_deref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let (records, unreadable) = match read_records(files) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    if unreadable > 0 {
+        eprintln!(
+            "warning: {unreadable} lines are not access records and were left out (see `keyward audit verify`)"
+        );
+    }
+    let filter = report::Filter { since, until: None, service: None };
+    let rep = keyward::audit::scope::scope(&policy, records.iter().filter(|r| filter.keeps(r)));
+    match format {
+        ScopeFormat::Table => print!("{}", keyward::audit::scope::table(&rep)),
+        ScopeFormat::Json => println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default()),
+        ScopeFormat::Toml => print!("{}", keyward::audit::scope::toml(&rep)),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Every record in `files`, and how many lines were not records.
+fn read_records(files: &[PathBuf]) -> Result<(Vec<keyward::audit::AccessRecord>, u64), ExitCode> {
+    let data = read_all(files)?;
+    let lines = data.iter().flat_map(|(_, b)| b.split(|&c| c == b'\n')).filter(|l| !l.is_empty());
+    let (mut records, mut unreadable) = (Vec::new(), 0u64);
+    for line in lines {
+        match serde_json::from_slice::<keyward::audit::AccessRecord>(line) {
+            Ok(r) => records.push(r),
+            Err(_) => unreadable += 1,
+        }
+    }
+    Ok((records, unreadable))
+}
+
 fn report(
     files: &[PathBuf],
     since: Option<&str>,
@@ -138,18 +208,10 @@ fn report(
         (Ok(s), Ok(u)) => (s, u),
         _ => return fail(["--since and --until take RFC 3339 times such as 2026-11-01T00:00:00Z"]),
     };
-    let data = match read_all(files) {
-        Ok(d) => d,
+    let (records, unreadable) = match read_records(files) {
+        Ok(r) => r,
         Err(code) => return code,
     };
-    let lines = data.iter().flat_map(|(_, b)| b.split(|&c| c == b'\n')).filter(|l| !l.is_empty());
-    let (mut records, mut unreadable) = (Vec::new(), 0u64);
-    for line in lines {
-        match serde_json::from_slice::<keyward::audit::AccessRecord>(line) {
-            Ok(r) => records.push(r),
-            Err(_) => unreadable += 1,
-        }
-    }
     // Said on stderr, so that json and html output stay clean: `keyward audit verify` tells why.
     if unreadable > 0 {
         eprintln!(

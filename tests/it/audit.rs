@@ -490,3 +490,60 @@ async fn restarts_continue_the_chain_and_refuse_what_they_cannot_continue() {
     assert!(out.contains("is not an access record"), "{out}");
     drop((pki, dir));
 }
+
+/// `keyward audit scope`: grants against the access used, on a log the proxy wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_scope_finds_excess_grants_and_suggests_the_smallest_scope() {
+    const REPORTER: &str = "kw_audit_reporter_0123456789abcdefWX";
+    let kw = Harness::new()
+        .service(
+            Svc::new("billing")
+                .token("b1", TOKEN)
+                .scope("charge", "write")
+                .scope("customer", "read")
+                .scope("balance", "read"),
+        )
+        .service(
+            Svc::new("newcomer").token("n1", REPORTER).scope("customer", "read").extra("mode = \"report\""),
+        )
+        .start()
+        .await;
+    assert_eq!(kw.get("/v1/charges", TOKEN).await.status, 200);
+    assert_eq!(kw.get("/v1/charges/ch_1", TOKEN).await.status, 200);
+    assert_eq!(kw.get("/v1/customers", REPORTER).await.status, 200);
+    assert_eq!(kw.post("/v1/customers", REPORTER, "email=a%40b.c").await.status, 200, "report mode forwards");
+    kw.records(4).await;
+    let (config, log) =
+        (kw.config_path.display().to_string(), kw.dir.path().join("audit.jsonl").display().to_string());
+    let (ok, out) = keyward(&["audit", "scope", "--config", &config, &log, "--format", "json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let b = &v["services"]["billing"];
+    assert_eq!(b["granted"], serde_json::json!({"balance": "read", "charge": "write", "customer": "read"}));
+    assert_eq!(b["used"], serde_json::json!({"charge": "read"}));
+    assert_eq!(b["unused"], serde_json::json!(["balance", "customer"]));
+    assert_eq!(b["write_only_read"], serde_json::json!(["charge"]));
+    assert_eq!(b["suggested"], serde_json::json!({"charge": "read"}));
+    let n = &v["services"]["newcomer"];
+    assert_eq!(n["would_deny_needed"], serde_json::json!({"customer": "write"}));
+    assert_eq!(n["suggested"], serde_json::json!({"customer": "write"}));
+    let (ok, out) = keyward(&["audit", "scope", "--config", &config, &log, "--format", "toml"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("[service.scope]\ncharge = \"read\"\n"), "{out}");
+    let (ok, out) = keyward(&["audit", "scope", "--config", &config, &log]);
+    assert!(ok && out.contains("never used: remove") && out.contains("only read: grant read"), "{out}");
+    let (ok, out) = keyward(&[
+        "audit",
+        "scope",
+        "--config",
+        &config,
+        &log,
+        "--since",
+        "2999-01-01T00:00:00Z",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["services"]["billing"]["used"], serde_json::json!({}), "nothing in the window");
+}
