@@ -55,7 +55,10 @@ fn next_start(line: &str, from: usize) -> Option<usize> {
     let bytes = line.as_bytes();
     (from..bytes.len()).find(|&i| {
         let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-        boundary && (line[i..].starts_with(PREFIX) || STRIPE.iter().any(|p| line[i..].starts_with(p)))
+        // Bytes, not `str` slices: `i` may fall inside a multi-byte character.
+        let rest = &bytes[i..];
+        boundary
+            && (rest.starts_with(PREFIX.as_bytes()) || STRIPE.iter().any(|p| rest.starts_with(p.as_bytes())))
     })
 }
 
@@ -211,6 +214,8 @@ mod tests {
         );
         let old = format!("kw_{}", "Z".repeat(BODY));
         let owners = Owners::from([(hash_token(&old), "service \"b\", token \"b1\"".to_string())]);
+        // Any text: multi-byte characters next to where a token could start.
+        assert!(find("… é—kw_ …sk_live_ ☃whsec_", &Owners::new()).is_empty());
         let found = find(&format!("{old} {token}"), &owners);
         assert_eq!(
             found[0].owner.as_deref(),
