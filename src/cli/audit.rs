@@ -151,25 +151,18 @@ fn verify(files: &[PathBuf], head_only: bool) -> ExitCode {
 }
 
 fn scope(files: &[PathBuf], config: &super::ConfigArg, since: Option<&str>, format: ScopeFormat) -> ExitCode {
-    let since =
-        match since.map(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)) {
-            None => None,
-            Some(Ok(t)) => Some(t),
-            Some(Err(_)) => return fail(["--since takes an RFC 3339 time such as 2026-11-01T00:00:00Z"]),
-        };
+    let since = match time_arg(since) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     let policy = match super::lenient_policy(config.config.as_deref()) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let (records, unreadable) = match read_records(files) {
+    let records = match read_records(files) {
         Ok(r) => r,
         Err(code) => return code,
     };
-    if unreadable > 0 {
-        eprintln!(
-            "warning: {unreadable} lines are not access records and were left out (see `keyward audit verify`)"
-        );
-    }
     let filter = report::Filter { since, until: None, service: None };
     let rep = keyward::audit::scope::scope(&policy, records.iter().filter(|r| filter.keeps(r)));
     match format {
@@ -180,8 +173,16 @@ fn scope(files: &[PathBuf], config: &super::ConfigArg, since: Option<&str>, form
     ExitCode::SUCCESS
 }
 
-/// Every record in `files`, and how many lines were not records.
-fn read_records(files: &[PathBuf]) -> Result<(Vec<keyward::audit::AccessRecord>, u64), ExitCode> {
+/// `--since` / `--until`: an RFC 3339 time.
+fn time_arg(t: Option<&str>) -> Result<Option<time::OffsetDateTime>, ExitCode> {
+    t.map(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339))
+        .transpose()
+        .map_err(|_| fail(["--since and --until take RFC 3339 times such as 2026-11-01T00:00:00Z"]))
+}
+
+/// Every record in `files`. Lines that are not records are left out, and said so on stderr
+/// (json and html output stay clean; `keyward audit verify` tells why).
+fn read_records(files: &[PathBuf]) -> Result<Vec<keyward::audit::AccessRecord>, ExitCode> {
     let data = read_all(files)?;
     let lines = data.iter().flat_map(|(_, b)| b.split(|&c| c == b'\n')).filter(|l| !l.is_empty());
     let (mut records, mut unreadable) = (Vec::new(), 0u64);
@@ -191,7 +192,12 @@ fn read_records(files: &[PathBuf]) -> Result<(Vec<keyward::audit::AccessRecord>,
             Err(_) => unreadable += 1,
         }
     }
-    Ok((records, unreadable))
+    if unreadable > 0 {
+        eprintln!(
+            "warning: {unreadable} lines are not access records and were left out (see `keyward audit verify`)"
+        );
+    }
+    Ok(records)
 }
 
 fn report(
@@ -201,23 +207,14 @@ fn report(
     service: Option<String>,
     format: Format,
 ) -> ExitCode {
-    let parse = |s: Option<&str>| {
-        s.map(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)).transpose()
+    let (since, until) = match time_arg(since).and_then(|s| Ok((s, time_arg(until)?))) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
-    let (since, until) = match (parse(since), parse(until)) {
-        (Ok(s), Ok(u)) => (s, u),
-        _ => return fail(["--since and --until take RFC 3339 times such as 2026-11-01T00:00:00Z"]),
-    };
-    let (records, unreadable) = match read_records(files) {
+    let records = match read_records(files) {
         Ok(r) => r,
         Err(code) => return code,
     };
-    // Said on stderr, so that json and html output stay clean: `keyward audit verify` tells why.
-    if unreadable > 0 {
-        eprintln!(
-            "warning: {unreadable} lines are not access records and were left out (see `keyward audit verify`)"
-        );
-    }
     let rep = report::build(&records, &report::Filter { since, until, service });
     match format {
         Format::Table => print!("{}", report::table(&rep)),
