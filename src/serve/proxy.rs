@@ -295,10 +295,22 @@ async fn make_session(
             failed(Failure::UpstreamUnavailable)
         });
     }
+    // Stripe's answer goes to the caller: like every answer, never with the secret in it.
     upstream::strip_response_headers(&mut head.headers);
+    let mut body = body.to_vec();
+    if scrub::headers(&mut head.headers, secret.as_bytes()) | scrub::replace_all(&mut body, secret.as_bytes())
+    {
+        tracing::warn!(
+            upstream = &*up.name,
+            "the upstream's answer carried the secret key; keyward replaced it"
+        );
+    }
     head.headers.remove(CONTENT_LENGTH);
     head.version = parts.version;
-    Err(Made::Refused(Response::from_parts(head, Full::new(body).map_err(|e| match e {}).boxed())))
+    Err(Made::Refused(Response::from_parts(
+        head,
+        Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed(),
+    )))
 }
 
 /// The longest answer to a session request keyward reads (Stripe's is a few hundred bytes).

@@ -39,7 +39,8 @@ pub fn headers(headers: &mut HeaderMap, secret: &[u8]) -> bool {
     hit
 }
 
-fn replace_all(buf: &mut [u8], secret: &[u8]) -> bool {
+/// Replace the secret in a whole body held in memory; whether it was there.
+pub fn replace_all(buf: &mut [u8], secret: &[u8]) -> bool {
     let finder = memchr::memmem::Finder::new(secret);
     let starts: Vec<usize> = finder.find_iter(buf).collect();
     let m = mask(secret.len());

@@ -87,6 +87,8 @@ async fn a_session_token_is_never_accepted_as_a_key_and_stripes_refusal_passes_t
     refused.headers_mut().insert("stripe-version", "test-refuse".parse().unwrap());
     let r = kw.send(refused).await;
     assert_eq!((r.status, r.error_code()), (400, "test_refused".to_string()));
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("keyward-scrubbed") && !message.contains(SECRET), "{message}");
     assert!(kw.others["meter_events"].requests().is_empty(), "nothing streamed without a session");
     // Without the permission: refused before any session is made.
     let other = "kw_meter_other_0123456789abcdefWXYZab";

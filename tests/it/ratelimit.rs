@@ -188,3 +188,33 @@ async fn deny_refuses_with_503_says_so_in_the_log_and_a_reload_to_allow_serves()
     assert!(logs.contains("the rate-limit store (ratelimit.redis) is out"), "{logs}");
     assert!(!logs.contains("CANARY"), "the Redis password was logged");
 }
+
+#[tokio::test]
+async fn a_server_that_is_not_redis_is_an_outage_not_a_crash() {
+    // Answers every connection with HTTP, as a wrong address in `redis` would.
+    let wrong = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = wrong.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut s in wrong.incoming().take(64).flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let kw = Harness::new()
+        .top(&format!(
+            "[ratelimit]\nupstream_rate = \"100/s\"\nredis = \"redis://127.0.0.1:{port}/0\"\ntimeout = \"200ms\"\non_redis_error = \"deny\""
+        ))
+        .service(svc("a", BATCH, ""))
+        .start()
+        .await;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let r = kw.get("/v1/charges", BATCH).await;
+        assert_eq!((r.status, r.error_code()), (503, "rate_limit_unavailable".to_string()));
+        assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}", started.elapsed());
+    }
+    assert_eq!(kw.metric("keyward_ratelimit_store_up").await, 0.0);
+    assert!(kw.upstream.requests().is_empty());
+}

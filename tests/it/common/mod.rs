@@ -174,7 +174,10 @@ async fn answer(
     let size: Option<usize> =
         parts.headers.get("x-test-body-bytes").and_then(|v| v.to_str().ok()?.parse().ok());
     let path = parts.uri.path().to_string();
-    let refuse = parts.headers.get("stripe-version").is_some_and(|v| v == "test-refuse");
+    // Refused, echoing the Authorization it got in the message (as a careless upstream would).
+    let refuse = parts.headers.get("stripe-version").is_some_and(|v| v == "test-refuse").then(|| {
+        parts.headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+    });
     // An upstream (or a debugging proxy before it) that echoes the Authorization it received.
     let echo = parts.headers.contains_key("x-test-echo-auth").then(|| {
         parts.headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
@@ -215,8 +218,10 @@ async fn answer(
         (None, Some(n)) => "x".repeat(n),
         (None, None) => json.to_string(),
     };
-    if refuse {
-        let error = r#"{"error":{"type":"invalid_request_error","code":"test_refused","message":"refused"}}"#;
+    if let Some(auth) = refuse {
+        let error = serde_json::json!({"error": {"type": "invalid_request_error", "code": "test_refused",
+            "message": format!("refused {auth}")}})
+        .to_string();
         let resp = Response::builder().status(400).header("content-type", "application/json");
         return Ok(resp.body(Full::new(Bytes::from(error)).boxed_unsync()).unwrap());
     }
