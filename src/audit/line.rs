@@ -67,6 +67,13 @@ impl AccessRecord {
             Some(v) => j.num("secret_version", v),
             None => j.null("secret_version"),
         }
+        match self.livemode {
+            Some(live) => {
+                j.key("livemode");
+                j.0.extend_from_slice(if live { b"true" } else { b"false" });
+            }
+            None => j.null("livemode"),
+        }
         j.0.push(b'}');
     }
 }
@@ -226,10 +233,12 @@ mod tests {
             bytes_out: 1 << 40,
             config_version: Arc::from("558c468d608e"),
             secret_version: Some(7),
+            livemode: Some(true),
         };
         same_as_serde(&full);
         for f in [0.0, -0.0, 3.0, 1e21, f64::NAN, f64::INFINITY, f64::MIN_POSITIVE] {
             same_as_serde(&AccessRecord { duration_ms: f, upstream_ms: Some(f), ..full.clone() });
+            same_as_serde(&AccessRecord { livemode: Some(false), ..full.clone() });
         }
     }
 

@@ -62,6 +62,9 @@ pub struct AccessRecord {
     pub bytes_out: u64,
     pub config_version: Arc<str>,
     pub secret_version: Option<u64>,
+    /// Whether the secret sent was a live key (`sk_live_`, `rk_live_`), a test key, or neither.
+    #[serde(default)]
+    pub livemode: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

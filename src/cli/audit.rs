@@ -31,6 +31,10 @@ pub enum AuditCommand {
         since: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: ScopeFormat,
+        /// Exit 1 if any service holds a grant it did not use, or write where it only read
+        /// (a weekly CI job).
+        #[arg(long)]
+        check: bool,
     },
     /// Print each instance's chain head (seq and hash), once its chain verifies: record it
     /// elsewhere, and later prove that nothing before it changed.
@@ -39,7 +43,9 @@ pub enum AuditCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Summarise: decisions per service and permission, top denials, would-deny, tokens, upstreams.
+    /// Summarise for an auditor: whether the chains verified (exit 1 if not), decisions,
+    /// requests over time, source addresses, Connect accounts, secret versions, live keys,
+    /// suspicious activity; with `--config` also the configured tokens' state and the scope table.
     Report {
         /// Access-log files, oldest first.
         #[arg(required = true)]
@@ -53,6 +59,10 @@ pub enum AuditCommand {
         /// Only this service's records.
         #[arg(long)]
         service: Option<String>,
+        /// The configuration the log was written under: adds configured tokens that are
+        /// unused, expired or expiring, and each service's grants against its use.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -72,7 +82,7 @@ pub enum Format {
     Table,
     /// The same data as one JSON object.
     Json,
-    /// A self-contained page with bar charts.
+    /// A self-contained page with charts, to print or keep.
     Html,
 }
 
@@ -80,11 +90,11 @@ pub fn audit(command: AuditCommand) -> ExitCode {
     match command {
         AuditCommand::Verify { files } => verify(&files, false),
         AuditCommand::Head { files } => verify(&files, true),
-        AuditCommand::Scope { files, config, since, format } => {
-            scope(&files, &config, since.as_deref(), format)
+        AuditCommand::Scope { files, config, since, format, check } => {
+            scope(&files, &config, since.as_deref(), format, check)
         }
-        AuditCommand::Report { files, since, until, service, format } => {
-            report(&files, since.as_deref(), until.as_deref(), service, format)
+        AuditCommand::Report { files, since, until, service, config, format } => {
+            report(&files, since.as_deref(), until.as_deref(), service, config.as_deref(), format)
         }
     }
 }
@@ -150,7 +160,13 @@ fn verify(files: &[PathBuf], head_only: bool) -> ExitCode {
     if broken.is_empty() { ExitCode::SUCCESS } else { fail(broken) }
 }
 
-fn scope(files: &[PathBuf], config: &super::ConfigArg, since: Option<&str>, format: ScopeFormat) -> ExitCode {
+fn scope(
+    files: &[PathBuf],
+    config: &super::ConfigArg,
+    since: Option<&str>,
+    format: ScopeFormat,
+    check: bool,
+) -> ExitCode {
     let since = match time_arg(since) {
         Ok(t) => t,
         Err(code) => return code,
@@ -170,7 +186,19 @@ fn scope(files: &[PathBuf], config: &super::ConfigArg, since: Option<&str>, form
         ScopeFormat::Json => println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default()),
         ScopeFormat::Toml => print!("{}", keyward::audit::scope::toml(&rep)),
     }
-    ExitCode::SUCCESS
+    let excess: Vec<String> = rep
+        .services
+        .iter()
+        .filter(|(_, s)| !s.unused.is_empty() || !s.write_only_read.is_empty())
+        .map(|(name, s)| {
+            format!(
+                "service \"{name}\": {} unused, {} write used only to read",
+                s.unused.len(),
+                s.write_only_read.len()
+            )
+        })
+        .collect();
+    if check && !excess.is_empty() { fail(excess) } else { ExitCode::SUCCESS }
 }
 
 /// `--since` / `--until`: an RFC 3339 time.
@@ -183,7 +211,10 @@ fn time_arg(t: Option<&str>) -> Result<Option<time::OffsetDateTime>, ExitCode> {
 /// Every record in `files`. Lines that are not records are left out, and said so on stderr
 /// (json and html output stay clean; `keyward audit verify` tells why).
 fn read_records(files: &[PathBuf]) -> Result<Vec<keyward::audit::AccessRecord>, ExitCode> {
-    let data = read_all(files)?;
+    Ok(records_of(&read_all(files)?))
+}
+
+fn records_of(data: &[(String, Vec<u8>)]) -> Vec<keyward::audit::AccessRecord> {
     let lines = data.iter().flat_map(|(_, b)| b.split(|&c| c == b'\n')).filter(|l| !l.is_empty());
     let (mut records, mut unreadable) = (Vec::new(), 0u64);
     for line in lines {
@@ -197,7 +228,7 @@ fn read_records(files: &[PathBuf]) -> Result<Vec<keyward::audit::AccessRecord>, 
             "warning: {unreadable} lines are not access records and were left out (see `keyward audit verify`)"
         );
     }
-    Ok(records)
+    records
 }
 
 fn report(
@@ -205,21 +236,70 @@ fn report(
     since: Option<&str>,
     until: Option<&str>,
     service: Option<String>,
+    config: Option<&std::path::Path>,
     format: Format,
 ) -> ExitCode {
     let (since, until) = match time_arg(since).and_then(|s| Ok((s, time_arg(until)?))) {
         Ok(both) => both,
         Err(code) => return code,
     };
-    let records = match read_records(files) {
-        Ok(r) => r,
+    let policy = match config.map(|c| super::lenient_policy(Some(c))).transpose() {
+        Ok(p) => p,
         Err(code) => return code,
     };
-    let rep = report::build(&records, &report::Filter { since, until, service });
+    let data = match read_all(files) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let records = records_of(&data);
+    let integrity = integrity(&data);
+    let verified = integrity.verified;
+    let cx = report::Context {
+        inputs: files.iter().map(|f| f.display().to_string()).collect(),
+        filter: report::Filter { since, until, service },
+        integrity,
+        now: time::OffsetDateTime::now_utc(),
+        policy: policy.as_ref(),
+    };
+    let rep = report::build(&records, cx);
     match format {
         Format::Table => print!("{}", report::table(&rep)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default()),
         Format::Html => print!("{}", report::html(&rep)),
     }
-    ExitCode::SUCCESS
+    if verified {
+        ExitCode::SUCCESS
+    } else {
+        fail(["the access log did not verify: the report says where (see also `keyward audit verify`)"])
+    }
+}
+
+/// Every chain's verification, for the report's first section.
+fn integrity(data: &[(String, Vec<u8>)]) -> report::Integrity {
+    use keyward::audit::verify;
+    let chains = match verify::verify_all(data) {
+        Ok(c) => c,
+        Err(b) => {
+            return report::Integrity { verified: false, chains: Vec::new(), problems: vec![b.to_string()] };
+        }
+    };
+    let mut out = report::Integrity { verified: true, ..Default::default() };
+    for c in chains {
+        let instance = c.instance.unwrap_or_else(|| "(no instance)".into());
+        match c.outcome {
+            Ok(v) => out.chains.push(report::ChainRow {
+                instance,
+                records: v.records,
+                first_seq: v.first_seq,
+                last_seq: v.last_seq,
+                head: v.head,
+                restarts: v.restarts,
+            }),
+            Err(b) => {
+                out.verified = false;
+                out.problems.push(format!("{instance}: {b}"));
+            }
+        }
+    }
+    out
 }

@@ -167,5 +167,6 @@ fn anyone(policy: &Policy) -> Service {
         egress_ip: None,
         tokens: vec![],
         client_ids: vec![],
+        quarantine: None,
     }
 }

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Forward mode: tunnels open.
     pub tunnels_open: Gauge,
+    /// Tokens suspended by quarantine (`quarantine` on a service).
+    pub quarantined: Counter,
     /// Forward mode: `CONNECT`s by outcome (`opened`, or the refusal's reason).
     connects: Family<OutcomeLabel, Counter>,
 }
@@ -107,7 +109,7 @@ impl Default for Metrics {
         let reloads = Family::<ResultLabel, Counter>::default();
         let (last_reload, in_flight, connections_open) =
             (Gauge::default(), Gauge::default(), Gauge::default());
-        let connections_refused = Counter::default();
+        let (connections_refused, quarantined) = (Counter::default(), Counter::default());
         let (tunnels_open, connects) = (Gauge::default(), Family::<OutcomeLabel, Counter>::default());
         let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
         build.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))]).set(1);
@@ -133,6 +135,11 @@ impl Default for Metrics {
             upstream_errors.clone(),
         );
         r.register("keyward_reloads", "Configuration reloads by result", reloads.clone());
+        r.register(
+            "keyward_tokens_quarantined",
+            "Tokens suspended after too many calls from outside their allowlist (quarantine)",
+            quarantined.clone(),
+        );
         r.register(
             "keyward_last_reload_success_timestamp_seconds",
             "When the configuration serving was applied (Unix seconds)",
@@ -168,6 +175,7 @@ impl Default for Metrics {
             connections_open,
             connections_refused,
             tunnels_open,
+            quarantined,
             connects,
         };
         m.applied();
@@ -283,7 +291,7 @@ pub fn scrape(snap: &Snapshot, audit: &AuditCounts, suspended: usize, now: i64) 
     );
     r.register(
         "keyward_tokens_suspended",
-        "Tokens suspended by the admin endpoint, until the next configuration change",
+        "Tokens suspended (by the admin endpoint or by quarantine), until the next configuration change",
         gauge(suspended as u64),
     );
     r.register("keyward_audit_healthy", "1 while the access log is writable", gauge(audit.healthy.into()));

@@ -6,6 +6,7 @@ pub mod config;
 pub mod intercept;
 pub mod limits;
 pub mod metrics;
+pub mod quarantine;
 pub mod reload;
 pub mod snapshot;
 pub mod state;

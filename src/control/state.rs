@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
 use crate::audit::AuditSink;
 use crate::control::metrics::Metrics;
 use crate::control::snapshot::Snapshot;
+use crate::policy::{Service, Token};
 
 pub struct State {
     /// Swapped whole by a reload; a request keeps the one it started with.
@@ -20,6 +22,8 @@ pub struct State {
     /// Tokens suspended by an operator (`POST /-/tokens/{id}/suspend`), until the next
     /// configuration change.
     pub suspended: arc_swap::ArcSwapOption<Suspended>,
+    /// Refusals for the source address per token, for `quarantine`.
+    strikes: std::sync::Mutex<crate::control::quarantine::Strikes>,
 }
 
 /// Suspended tokens, by service and token id, for one configuration version.
@@ -50,13 +54,42 @@ impl State {
                 s.tokens.iter().filter(|t| &*t.id == id).map(move |t| (s.name.clone(), t.id.clone()))
             })
             .collect();
-        let mut next = match self.suspended.load_full() {
-            Some(s) if s.version == snap.version => (*s).clone(),
-            _ => Suspended { version: snap.version.clone(), ..Default::default() },
-        };
-        next.tokens.extend(found.iter().cloned());
-        self.suspended.store(Some(Arc::new(next)));
+        self.suspend_under(&snap.version, &found);
         found
+    }
+
+    /// Add `tokens` to the suspended under configuration `version` (none if it no longer serves).
+    fn suspend_under(&self, version: &Arc<str>, tokens: &[(Arc<str>, Arc<str>)]) {
+        // Read-modify-write of the set, so that two suspensions at once both stay.
+        self.suspended.rcu(|now| {
+            let mut next = match now {
+                Some(s) if s.version == *version => (**s).clone(),
+                _ => Suspended { version: version.clone(), ..Default::default() },
+            };
+            next.tokens.extend(tokens.iter().cloned());
+            Some(Arc::new(next))
+        });
+    }
+
+    /// A refusal of `token` of `service` for its source address, under configuration
+    /// `version`: true when it quarantines the token (suspended until the next configuration
+    /// change, with a log line and a metric).
+    pub fn strike(&self, version: &Arc<str>, service: &Service, token: &Token) -> bool {
+        let Some(q) = service.quarantine else { return false };
+        let key = (service.index, token.id.clone());
+        let tipped = self.strikes.lock().is_ok_and(|mut s| s.strike(version, key, q, Instant::now()));
+        if tipped {
+            self.suspend_under(version, &[(service.name.clone(), token.id.clone())]);
+            self.metrics.quarantined.inc();
+            tracing::warn!(
+                service = &*service.name,
+                token_id = &*token.id,
+                refusals = q.refusals,
+                within = ?q.within,
+                "token quarantined: presented from outside the allowlist too often; suspended until the next configuration change"
+            );
+        }
+        tipped
     }
 
     /// Tokens suspended under the configuration serving.
@@ -74,6 +107,7 @@ impl State {
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
             suspended: Default::default(),
+            strikes: Default::default(),
         })
     }
 }

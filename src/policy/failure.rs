@@ -215,8 +215,9 @@ impl Failure {
             InvalidToken { redacted } => format!("Invalid API Key provided: {redacted}"),
             ExpiredToken { redacted } => format!("Expired API Key provided: {redacted}"),
             SuspendedToken => {
-                "The API key provided has been suspended by your platform team (until keyward's \
-                               configuration next changes). Ask them for a new one."
+                "The API key provided has been suspended, by your platform team or by keyward after \
+                               repeated calls from addresses the key does not allow, until keyward's \
+                               configuration next changes. Ask your platform team for a new one."
                     .into()
             }
             RevokedToken { redacted } => format!(

@@ -19,4 +19,4 @@ pub use decide::{
     proxy_identify,
 };
 pub use failure::Failure;
-pub use model::{Accounts, Level, Mode, Policy, Service, Token, TokenRef};
+pub use model::{Accounts, Level, Mode, Policy, Quarantine, Service, Token, TokenRef};

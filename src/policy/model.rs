@@ -69,6 +69,15 @@ pub struct Service {
     /// Identities a caller's verified client certificate must carry (one of them) for this
     /// service's tokens to be accepted; empty: no certificate needed.
     pub client_ids: Vec<String>,
+    /// Suspend a token presented from outside the allowlist this often (`quarantine`).
+    pub quarantine: Option<Quarantine>,
+}
+
+/// `refusals` refusals for the source address within `within` suspend the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quarantine {
+    pub refusals: u32,
+    pub within: std::time::Duration,
 }
 
 impl Service {

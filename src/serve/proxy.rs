@@ -86,10 +86,13 @@ impl Proxy {
             client_ids: &caller.client_ids,
         };
         let mut ruling = policy::decide(&snap.policy, &facts);
-        if let (Some(service), Some(token)) = (ruling.service, ruling.token)
-            && self.state.is_suspended(&snap.version, &service.name, &token.id)
-        {
-            ruling.verdict = Verdict::Deny(Failure::SuspendedToken);
+        let mut quarantined = false;
+        if let (Some(service), Some(token)) = (ruling.service, ruling.token) {
+            if self.state.is_suspended(&snap.version, &service.name, &token.id) {
+                ruling.verdict = Verdict::Deny(Failure::SuspendedToken);
+            } else if matches!(ruling.verdict, Verdict::Deny(Failure::IpNotAllowed)) {
+                quarantined = self.state.strike(&snap.version, service, token);
+            }
         }
         let exchange = || {
             let mut ex = Exchange::start(self.state.clone(), &self.ids, &caller, &snap.version, &parts);
@@ -107,7 +110,11 @@ impl Proxy {
                 {
                     close.cancel();
                 }
-                return Ok(exchange().refuse(closing(respond::failure(f), unread)));
+                let mut ex = exchange();
+                if quarantined {
+                    ex.record.reason = "token_quarantined".into();
+                }
+                return Ok(ex.refuse(closing(respond::failure(f), unread)));
             }
             Verdict::Allow(route) | Verdict::WouldDeny(route, _) => *route,
         };
@@ -420,9 +427,10 @@ fn rewrite_request<'s>(
     let up = &snap.upstreams[route.upstream];
     let secret = snap.secrets[route.service.secret].serving().ok_or(Failure::SecretStale)?;
     ex.record.secret_version = secret.version;
+    ex.record.livemode = policy::identity::key_livemode(secret.value.expose());
     // Fail closed when a vault's new version is of the other mode than the service allows.
     if let Some(want) = route.service.livemode
-        && policy::identity::key_livemode(secret.value.expose()) != Some(want)
+        && ex.record.livemode != Some(want)
     {
         tracing::error!(
             service = &*route.service.name,

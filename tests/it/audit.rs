@@ -358,57 +358,265 @@ async fn metrics_match_the_traffic_and_parse_as_prometheus_text() {
     assert!(families >= 10, "{families} metric families");
 }
 
-#[tokio::test]
-async fn report_summarises_and_renders_in_a_browser() {
+const SHADOW: &str = "kw_shadow_token_000000000000000000";
+const LOCKED: &str = "kw_locked_token_0123456789abcdefWXYZ";
+
+/// `keyward audit report` for an auditor, on a log the proxy wrote: integrity, time, sources,
+/// accounts, secrets, configured tokens, scope, suspicious activity (bursts, an allowlist
+/// quarantining a token, a suspended token, an unknown endpoint); "new" addresses and unusual
+/// hours on the same log moved back in time; a tampered log named at the top; the HTML rendered
+/// in headless Chromium (`KEYWARD_KEEP_REPORT=DIR` keeps the log, config, page and screenshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_tells_an_auditor_what_happened_and_whether_the_log_is_intact() {
     let kw = Harness::new()
-        .service(Svc::new("billing").token("b1", TOKEN).scope("charge", "read"))
         .service(
-            Svc::new("shadow").token("s1", "kw_shadow_token_000000000000000000").extra("mode = \"report\""),
+            Svc::new("billing")
+                .token("b1", TOKEN)
+                .scope("charge", "read")
+                .scope("customer", "read")
+                .extra("accounts = [\"acct_1\"]"),
+        )
+        .service(
+            Svc::new("shadow")
+                .token("s1", SHADOW)
+                .token("s-spare", "kw_spare_token_0000000000000000000")
+                .extra("mode = \"report\""),
+        )
+        .service(
+            Svc::new("locked")
+                .token("l1", LOCKED)
+                .scope("charge", "read")
+                .source_ips(&["127.0.0.1/32"])
+                .extra("quarantine = { ip_refusals = 3, within = \"1m\" }"),
         )
         .start()
         .await;
     for _ in 0..4 {
-        kw.get("/v1/charges", TOKEN).await;
+        assert_eq!(kw.get("/v1/charges", TOKEN).await.status, 200);
     }
-    kw.post("/v1/refunds", TOKEN, "charge=ch_1").await;
-    kw.get("/v1/customers", "kw_shadow_token_000000000000000000").await;
-    kw.records(6).await;
+    let mut connect = req("GET", "/v1/charges", TOKEN, "");
+    connect.headers_mut().insert("stripe-account", "acct_1".parse().unwrap());
+    assert_eq!(kw.send(connect).await.status, 200);
+    for _ in 0..12 {
+        assert_eq!(kw.post("/v1/refunds", TOKEN, "charge=ch_1").await.status, 403);
+    }
+    assert_eq!(kw.get("/v1/customers", SHADOW).await.status, 200);
+    assert_eq!(kw.get("/v1/no_such_things", TOKEN).await.error_code(), "endpoint_not_in_catalog");
+    // Quarantine: the third call from outside the allowlist suspends the token.
+    let outside: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    for _ in 0..3 {
+        assert_eq!(kw.send_from(outside, req("GET", "/v1/charges", LOCKED, "")).await.status, 403);
+    }
+    let r = kw.get("/v1/charges", LOCKED).await;
+    assert_eq!((r.status, r.error_code()), (401, "api_key_revoked".to_string()), "suspended from everywhere");
+    assert_eq!(kw.metric("keyward_tokens_quarantined_total").await, 1.0);
+    assert_eq!(kw.metric("keyward_tokens_suspended").await, 1.0);
+    let recs = kw.records(23).await;
+    let reasons: Vec<&str> = recs[19..23].iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["ip_not_allowed", "ip_not_allowed", "token_quarantined", "api_key_suspended"]);
+    assert_eq!(recs[0]["livemode"], false, "the test secret is a test key");
+
     let log = kw.dir.path().join("audit.jsonl");
-    let (ok, json) = keyward(&["audit", "report", "--format", "json", log.to_str().unwrap()]);
+    let (config, logs) = (kw.config_path.to_str().unwrap().to_string(), log.to_str().unwrap().to_string());
+    let report = |extra: &[&str]| {
+        let mut args = vec!["audit", "report", "--config", &config];
+        args.extend(extra);
+        keyward(&args)
+    };
+    let (ok, json) = report(&["--format", "json", &logs]);
     assert!(ok, "{json}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["records"], 6);
+    assert_eq!(v["records"], 23);
+    assert_eq!(v["integrity"]["verified"], true);
+    assert_eq!(v["integrity"]["chains"][0]["records"], 23);
+    assert_eq!(v["inputs"], serde_json::json!([logs]));
+    assert!(v["generated_at"].as_str().unwrap().ends_with('Z'));
     let row = v["decisions"].as_array().unwrap().iter().find(|r| r["permission"] == "charge_read").unwrap();
-    assert_eq!((row["service"].as_str(), row["allow"].as_u64()), (Some("billing"), Some(4)));
+    assert_eq!((row["service"].as_str(), row["allow"].as_u64()), (Some("billing"), Some(5)));
     assert_eq!(v["top_denied"][0]["endpoint"], "POST /v1/refunds");
     assert_eq!(v["would_deny"][0]["service"], "shadow");
-    assert_eq!(v["tokens"].as_array().unwrap().len(), 2);
-    let (_, only) =
-        keyward(&["audit", "report", "--format", "json", "--service", "shadow", log.to_str().unwrap()]);
+    let t = &v["timeline"];
+    assert_eq!(t["bucket"], "hour");
+    let total: u64 = t["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| ["allow", "deny", "would_deny"].iter().map(|k| b[k].as_u64().unwrap()).sum::<u64>())
+        .sum();
+    assert_eq!(total, 23);
+    let sources = v["sources"].as_array().unwrap();
+    assert!(sources.iter().any(|s| s["service"] == "locked" && s["address"] == "127.0.0.3"), "{sources:?}");
+    assert!(sources.iter().all(|s| s["new"] == false), "no baseline yet: nothing is new");
+    assert_eq!(
+        v["connect_accounts"],
+        serde_json::json!([{"service": "billing", "account": "acct_1", "requests": 1, "denied": 0}])
+    );
+    let secrets = v["secret_versions"].as_array().unwrap();
+    assert!(secrets.iter().any(|s| s["service"] == "billing" && s["requests"] == 5), "{secrets:?}");
+    assert_eq!(v["live_keys"], serde_json::json!([]));
+    let status = v["token_status"].as_array().unwrap();
+    let spare = status.iter().find(|t| t["token_id"] == "s-spare").unwrap();
+    assert_eq!(spare["flags"], serde_json::json!(["unused"]));
+    assert_eq!(v["scope"]["services"]["billing"]["unused"], serde_json::json!(["customer"]));
+    let s = &v["suspicious"];
+    assert_eq!(s["denial_bursts"][0]["caller"], "b1");
+    assert_eq!(s["denial_bursts"][0]["denials"], 13, "12 refunds and the unknown endpoint");
+    let outside = s["outside_allowlist"].as_array().unwrap();
+    let counts: Vec<(&str, u64)> =
+        outside.iter().map(|c| (c["reason"].as_str().unwrap(), c["count"].as_u64().unwrap())).collect();
+    assert_eq!(counts, [("ip_not_allowed", 2), ("token_quarantined", 1)]);
+    assert_eq!(s["bad_tokens"][0]["reason"], "api_key_suspended");
+    assert_eq!(s["unknown_endpoints"][0]["endpoint"], "GET /v1/no_such_things");
+    let (_, only) = report(&["--format", "json", "--service", "shadow", &logs]);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&only).unwrap()["records"], 1);
-    // Lines that are not records are left out, and said to be.
-    let mangled = kw.dir.path().join("mangled.jsonl");
-    std::fs::write(&mangled, std::fs::read_to_string(&log).unwrap() + "not a record\n").unwrap();
-    let (ok, out) = keyward(&["audit", "report", mangled.to_str().unwrap()]);
-    assert!(ok && out.contains("1 lines are not access records"), "{out}");
-    let (_, none) = keyward(&[
-        "audit",
-        "report",
-        "--format",
-        "json",
-        "--since",
-        "2999-01-01T00:00:00Z",
-        log.to_str().unwrap(),
-    ]);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&none).unwrap()["records"], 0);
-    let (ok, table) = keyward(&["audit", "report", log.to_str().unwrap()]);
-    assert!(ok && table.contains("TOP DENIED") && table.contains("billing"), "{table}");
+    let (_, none) = report(&["--format", "json", "--since", "2999-01-01T00:00:00Z", &logs]);
+    let none: serde_json::Value = serde_json::from_str(&none).unwrap();
+    assert_eq!(
+        (none["records"].as_u64(), none["filters"]["since"].as_str()),
+        (Some(0), Some("2999-01-01T00:00:00.000000Z"))
+    );
+    let (ok, table) = report(&[&logs]);
+    assert!(ok && table.starts_with("LOG VERIFIED: 1 chain(s) intact"), "{table}");
+    for part in [
+        "TOP DENIED",
+        "PER HOUR",
+        "SOURCE ADDRESSES",
+        "CONFIGURED TOKENS",
+        "SUSPICIOUS ACTIVITY",
+        "burst: 13 denials of b1",
+        "SCOPE: GRANTS AGAINST USE",
+    ] {
+        assert!(table.contains(part), "{part} in\n{table}");
+    }
 
-    let (ok, html) = keyward(&["audit", "report", "--format", "html", log.to_str().unwrap()]);
+    // The same log, its first 12 records moved back two days and an hour: now there is a
+    // baseline, so the later calls' addresses and hours are judged against it.
+    let moved = kw.dir.path().join("moved.jsonl");
+    std::fs::write(
+        &moved,
+        rechain(&std::fs::read_to_string(&log).unwrap(), |i, r| {
+            if i < 12 {
+                let t = time::OffsetDateTime::parse(
+                    r["time"].as_str().unwrap(),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .unwrap();
+                r["time"] = keyward::audit::timestamp(t - time::Duration::hours(49)).into();
+            }
+        }),
+    )
+    .unwrap();
+    let (ok, json) = report(&["--format", "json", moved.to_str().unwrap()]);
+    assert!(ok, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["timeline"]["bucket"], "day", "more than two days");
+    assert_eq!(v["integrity"]["verified"], true);
+    let fresh: Vec<&serde_json::Value> =
+        v["sources"].as_array().unwrap().iter().filter(|s| s["new"] == true).collect();
+    assert!(fresh.is_empty(), "billing's address is the same, locked had no baseline: {fresh:?}");
+    let hours = v["suspicious"]["unusual_hours"].as_array().unwrap();
+    // billing's later calls came an hour after all its earlier ones; the others had none before.
+    assert!(!hours.is_empty() && hours.iter().all(|h| h["service"] == "billing"), "{hours:?}");
+    let moved_ip = kw.dir.path().join("moved-ip.jsonl");
+    std::fs::write(
+        &moved_ip,
+        rechain(&std::fs::read_to_string(&moved).unwrap(), |i, r| {
+            if i >= 12 && r["service"] == "billing" {
+                r["client_ip"] = "10.9.9.9".into();
+            }
+        }),
+    )
+    .unwrap();
+    let (_, json) = report(&["--format", "json", moved_ip.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let fresh: Vec<&serde_json::Value> =
+        v["sources"].as_array().unwrap().iter().filter(|s| s["new"] == true).collect();
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    assert_eq!(
+        (fresh[0]["service"].as_str(), fresh[0]["address"].as_str()),
+        (Some("billing"), Some("10.9.9.9"))
+    );
+
+    // A tampered log is said to be at the top, and the report exits 1.
+    let tampered = kw.dir.path().join("tampered.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&tampered, text.replacen("\"status\":403", "\"status\":200", 1)).unwrap();
+    let (ok, table) = report(&[tampered.to_str().unwrap()]);
+    assert!(!ok && table.starts_with("WARNING: THE LOG DID NOT VERIFY"), "{table}");
+    assert!(table.contains("tampered.jsonl line"), "{table}");
+    let (ok, json) = report(&["--format", "json", tampered.to_str().unwrap()]);
+    assert!(!ok);
+    let j = &json[..json.rfind('}').unwrap() + 1];
+    assert_eq!(serde_json::from_str::<serde_json::Value>(j).unwrap()["integrity"]["verified"], false);
+    let (_, bad_html) = report(&["--format", "html", tampered.to_str().unwrap()]);
+    assert!(bad_html.contains("<div class=bad>THE LOG DID NOT VERIFY"));
+    // Lines that are not records: the chain is broken, and the rest is still summarised.
+    let mangled = kw.dir.path().join("mangled.jsonl");
+    std::fs::write(&mangled, text.clone() + "not a record\n").unwrap();
+    let (ok, out) = report(&[mangled.to_str().unwrap()]);
+    assert!(!ok && out.contains("1 lines are not access records") && out.contains("23 records"), "{out}");
+
+    let (ok, html) = report(&["--format", "html", &logs]);
     assert!(ok && html.starts_with("<!doctype html>"));
+    assert!(
+        !html.contains("<script") && !html.contains(" src=") && !html.contains("<link"),
+        "self-contained"
+    );
     let page = kw.dir.path().join("report.html");
+    std::fs::write(&page, &html).unwrap();
+    let dom = chromium(&page, &["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for id in [
+        "integrity",
+        "decisions",
+        "timeline",
+        "suspicious",
+        "scope",
+        "denied",
+        "would-deny",
+        "tokens",
+        "sources",
+        "accounts",
+        "secrets",
+        "upstreams",
+    ] {
+        assert!(dom.contains(&format!("<section id=\"{id}\">")), "section {id} rendered");
+    }
+    assert!(dom.contains("<svg") && dom.contains("<rect"), "the chart");
+    assert!(dom.contains("Log verified: 1 chain(s) intact."));
     let shot = kw.dir.path().join("report.png");
-    std::fs::write(&page, html).unwrap();
+    chromium(&page, &[&format!("--screenshot={}", shot.display()), "--window-size=1200,2400"]);
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
+    let pdf = kw.dir.path().join("report.pdf");
+    chromium(&page, &[&format!("--print-to-pdf={}", pdf.display()), "--no-pdf-header-footer"]);
+    assert!(std::fs::read(&pdf).expect("a PDF").starts_with(b"%PDF"), "prints");
+    if let Ok(keep) = std::env::var("KEYWARD_KEEP_REPORT") {
+        for f in [&log, &kw.config_path, &page, &shot, &pdf, &moved_ip] {
+            std::fs::copy(f, Path::new(&keep).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    kw.stop().await;
+}
+
+/// A log's lines with `edit` applied to each record (by index), chained anew as keyward would.
+fn rechain(text: &str, mut edit: impl FnMut(usize, &mut serde_json::Value)) -> String {
+    let mut prev = keyward::audit::GENESIS.to_string();
+    let mut out = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let mut r: serde_json::Value = serde_json::from_str(line).unwrap();
+        edit(i, &mut r);
+        r["prev"] = prev.clone().into();
+        let line = serde_json::to_string(&r).unwrap();
+        prev = keyward::audit::line_hash(line.as_bytes());
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Headless Chromium on `page` with `args`; fails the test if it fails.
+fn chromium(page: &Path, args: &[&str]) -> std::process::Output {
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new("chromium")
         .args([
@@ -419,17 +627,14 @@ async fn report_summarises_and_renders_in_a_browser() {
             "--disable-component-update",
             "--disable-sync",
             "--no-first-run",
-            "--window-size=1200,900",
         ])
+        .args(args)
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("file://{}", page.display()))
         .output()
         .expect("chromium (installed by the test command)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let png = std::fs::read(&shot).expect("a screenshot");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 5000, "{} bytes", png.len());
-    kw.stop().await;
+    out
 }
 
 /// `keyward run` that is expected to refuse to start: its output, or a panic if it runs.
@@ -532,6 +737,8 @@ async fn audit_scope_finds_excess_grants_and_suggests_the_smallest_scope() {
     assert!(out.contains("[service.scope]\ncharge = \"read\"\n"), "{out}");
     let (ok, out) = keyward(&["audit", "scope", "--config", &config, &log]);
     assert!(ok && out.contains("never used: remove") && out.contains("only read: grant read"), "{out}");
+    let (ok, out) = keyward(&["audit", "scope", "--config", &config, &log, "--check"]);
+    assert!(!ok && out.contains("service \"billing\": 2 unused, 1 write used only to read"), "{out}");
     let (ok, out) = keyward(&[
         "audit",
         "scope",

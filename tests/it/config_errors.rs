@@ -242,6 +242,21 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             vec!["service \"billing\".livemode", "is true, but secret \"stripe\" holds a test-mode key"],
         ),
         (
+            "a quarantine that would trip at once, or never end its window",
+            good.replace("source_ips =", "quarantine = { ip_refusals = 1, within = \"2d\" }\nsource_ips ="),
+            vec![
+                "service \"billing\".quarantine.ip_refusals",
+                "at least 2",
+                "service \"billing\".quarantine.within",
+                "between 1s and 24h",
+            ],
+        ),
+        (
+            "a quarantine with a key it does not have",
+            good.replace("source_ips =", "quarantine = { ip_refusals = 5, within = \"5m\", ban = true }\nsource_ips ="),
+            vec!["unknown field `ban`"],
+        ),
+        (
             "an OTLP endpoint that is not an http URL",
             good.replace("[audit]", "[telemetry]\notlp_endpoint = \"grpc://collector:4317\"\n[audit]"),
             vec!["telemetry.otlp_endpoint", "http:// or https://"],

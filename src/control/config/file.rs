@@ -317,6 +317,17 @@ pub struct ServiceFile {
     pub concurrency: Option<u32>,
     /// Its place in the shared budget (`[ratelimit] upstream_rate`).
     pub priority: Option<Spanned<crate::control::limits::Priority>>,
+    /// Suspend a token presented from outside the allowlist this often.
+    pub quarantine: Option<Spanned<QuarantineFile>>,
+}
+
+/// `quarantine = { ip_refusals = 20, within = "5m" }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineFile {
+    pub ip_refusals: u32,
+    #[serde(with = "humantime_serde")]
+    pub within: Duration,
 }
 
 #[derive(Debug, Deserialize)]

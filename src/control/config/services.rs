@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -13,7 +14,7 @@ use super::file::{FileConfig, ServiceFile};
 use super::validate::Errors;
 use crate::control::limits::{LimitSpec, Rate};
 use crate::policy::catalog::Catalog;
-use crate::policy::{Accounts, Level, Service, Token, TokenRef};
+use crate::policy::{Accounts, Level, Quarantine, Service, Token, TokenRef};
 
 /// How errors name a service: `service "billing"`, or by position while its name is unusable.
 fn service_key(i: usize, s: &ServiceFile) -> String {
@@ -96,9 +97,23 @@ pub fn build(
             livemode: s.livemode,
             tokens: svc_tokens,
             client_ids: client_ids(s, &key, errs),
+            quarantine: quarantine(s, &key, errs),
         });
     }
     Compiled { services, tokens, limits: limit_specs }
+}
+
+/// A service's `quarantine`: at least 2 refusals (one could be a mistake), within 1 s..24 h.
+fn quarantine(s: &ServiceFile, key: &str, errs: &mut Errors) -> Option<Quarantine> {
+    let q = s.quarantine.as_ref()?;
+    let (span, f) = (q.span(), q.get_ref());
+    if f.ip_refusals < 2 {
+        errs.at(Some(span.clone()), format!("{key}.quarantine.ip_refusals"), "must be at least 2");
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&f.within) {
+        errs.at(Some(span), format!("{key}.quarantine.within"), "must be between 1s and 24h");
+    }
+    Some(Quarantine { refusals: f.ip_refusals, within: f.within })
 }
 
 /// A service's `rate`, `burst` and `concurrency`, if it has any.

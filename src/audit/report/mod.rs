@@ -1,0 +1,458 @@
+//! `keyward audit report`: what the access log says, summarised for auditors: whether the
+//! log is intact, decisions, time, who called from where with what, the configured tokens'
+//! state, excess grants and suspicious activity. Pure: the CLI reads files, verifies the
+//! chains and hands in the outcome, the clock and the configuration.
+
+mod html;
+mod suspicious;
+mod text;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+pub use html::html;
+pub use suspicious::Suspicious;
+pub use text::table;
+
+use super::AccessRecord;
+use super::scope::{self, ScopeReport};
+use crate::policy::{Decision, Policy};
+
+#[derive(Debug, Default, Serialize)]
+pub struct Filter {
+    #[serde(serialize_with = "opt_time")]
+    pub since: Option<OffsetDateTime>,
+    #[serde(serialize_with = "opt_time")]
+    pub until: Option<OffsetDateTime>,
+    pub service: Option<String>,
+}
+
+impl Filter {
+    pub fn keeps(&self, r: &AccessRecord) -> bool {
+        if self.service.as_deref().is_some_and(|s| r.service.as_deref() != Some(s)) {
+            return false;
+        }
+        if self.since.is_none() && self.until.is_none() {
+            return true;
+        }
+        let Ok(t) = OffsetDateTime::parse(&r.time, &Rfc3339) else { return false };
+        self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u)
+    }
+}
+
+/// What the report is made from, besides the records.
+pub struct Context<'a> {
+    /// The files, as named on the command line.
+    pub inputs: Vec<String>,
+    pub filter: Filter,
+    /// The chains' verification, done on the whole files (the filter does not apply).
+    pub integrity: Integrity,
+    pub now: OffsetDateTime,
+    /// With `--config`: the configured tokens' state and the excess grants.
+    pub policy: Option<&'a Policy>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Integrity {
+    /// Every chain verified: no record edited, dropped, reordered, inserted or truncated.
+    pub verified: bool,
+    pub chains: Vec<ChainRow>,
+    /// What broke, file and line first; empty when verified.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChainRow {
+    pub instance: String,
+    pub records: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub head: String,
+    pub restarts: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub generated_at: String,
+    pub inputs: Vec<String>,
+    pub filters: Filter,
+    pub integrity: Integrity,
+    pub records: u64,
+    pub first: Option<String>,
+    pub last: Option<String>,
+    /// Records per instance (replica), merged into the rest of the report.
+    pub instances: BTreeMap<String, u64>,
+    /// service → permission → decision → count
+    pub decisions: Vec<DecisionRow>,
+    pub timeline: Timeline,
+    pub top_denied: Vec<EndpointRow>,
+    pub would_deny: Vec<EndpointRow>,
+    pub tokens: Vec<TokenRow>,
+    pub upstreams: Vec<UpstreamRow>,
+    pub sources: Vec<SourceRow>,
+    pub connect_accounts: Vec<AccountRow>,
+    pub secret_versions: Vec<SecretRow>,
+    /// Services whose calls went out with a live key.
+    pub live_keys: Vec<LiveRow>,
+    /// With `--config`: every configured token, flagged unused / expired / expiring / revoked.
+    pub token_status: Option<Vec<TokenStatus>>,
+    /// With `--config`: `keyward audit scope`'s report for the same records.
+    pub scope: Option<ScopeReport>,
+    pub suspicious: Suspicious,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DecisionRow {
+    pub service: String,
+    pub permission: String,
+    pub allow: u64,
+    pub deny: u64,
+    pub would_deny: u64,
+}
+
+/// Counts per hour (a window of up to two days) or per day.
+#[derive(Debug, Default, Serialize)]
+pub struct Timeline {
+    pub bucket: &'static str,
+    pub rows: Vec<Bucket>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Bucket {
+    pub start: String,
+    pub allow: u64,
+    pub deny: u64,
+    pub would_deny: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointRow {
+    pub service: String,
+    pub endpoint: String,
+    pub reason: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenRow {
+    pub service: String,
+    pub token_id: String,
+    pub requests: u64,
+    pub last_seen: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpstreamRow {
+    pub upstream: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SourceRow {
+    pub service: String,
+    pub address: IpAddr,
+    pub requests: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    /// First seen in the report's last day, by a service seen from elsewhere before it.
+    pub new: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AccountRow {
+    pub service: String,
+    pub account: String,
+    pub requests: u64,
+    pub denied: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SecretRow {
+    pub service: String,
+    /// The vault's version (`null`: a secret from the environment or a file).
+    pub version: Option<u64>,
+    pub requests: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LiveRow {
+    pub service: String,
+    pub requests: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenStatus {
+    pub service: String,
+    pub token_id: String,
+    pub requests: u64,
+    pub expires: Option<String>,
+    /// `unused` (no call in the window), `expired`, `expiring` (within 7 days), `revoked`.
+    pub flags: Vec<&'static str>,
+}
+
+const TOP: usize = 10;
+/// A token expiring this soon is flagged (as `keyward status` does).
+const EXPIRING: i64 = 7 * 86_400;
+/// "New" and "unusual" are judged for the last day against everything before it.
+pub const RECENT: time::Duration = time::Duration::DAY;
+
+/// A record that passed the filter, with its time read.
+pub(super) struct Seen<'a> {
+    pub r: &'a AccessRecord,
+    pub at: OffsetDateTime,
+}
+
+/// Summarise the records that pass the context's filter.
+pub fn build<'a>(records: impl IntoIterator<Item = &'a AccessRecord>, cx: Context<'_>) -> Report {
+    let kept: Vec<Seen<'a>> = records
+        .into_iter()
+        .filter(|r| cx.filter.keeps(r))
+        .filter_map(|r| Some(Seen { r, at: OffsetDateTime::parse(&r.time, &Rfc3339).ok()? }))
+        .collect();
+    let mut rep = Report {
+        generated_at: super::timestamp(cx.now),
+        inputs: cx.inputs,
+        integrity: cx.integrity,
+        ..Report::default()
+    };
+    counts(&kept, &mut rep);
+    rep.timeline = timeline(&kept);
+    rep.sources = sources(&kept);
+    rep.suspicious = suspicious::find(&kept);
+    if let Some(policy) = cx.policy {
+        rep.token_status = Some(token_status(policy, &rep.tokens, cx.now.unix_timestamp()));
+        rep.scope = Some(scope::scope(policy, kept.iter().map(|s| s.r)));
+    }
+    rep.filters = cx.filter;
+    rep
+}
+
+/// The per-key counts: decisions, endpoints, tokens, upstreams, accounts, secrets, live keys.
+fn counts(kept: &[Seen<'_>], rep: &mut Report) {
+    let mut decisions: BTreeMap<(String, String), [u64; 3]> = BTreeMap::new();
+    let mut denied: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    let mut would: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    let mut tokens: BTreeMap<(String, String), (u64, String)> = BTreeMap::new();
+    let mut upstreams: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut accounts: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    let mut secrets: BTreeMap<(String, Option<u64>), (u64, String, String)> = BTreeMap::new();
+    let mut live: BTreeMap<String, u64> = BTreeMap::new();
+    for Seen { r, .. } in kept {
+        rep.records += 1;
+        rep.first.get_or_insert_with(|| r.time.clone());
+        rep.last = Some(r.time.clone());
+        *rep.instances.entry(r.instance.as_deref().unwrap_or("(no instance)").to_string()).or_default() += 1;
+        let service = service_of(r);
+        let permission = r.permission.as_deref().unwrap_or("(none)").to_string();
+        decisions.entry((service.clone(), permission)).or_default()[slot(r.decision)] += 1;
+        let endpoint = format!("{} {}", r.method, r.template.as_deref().unwrap_or(&r.path));
+        let key = (service.clone(), endpoint, r.reason.to_string());
+        match r.decision {
+            Decision::Deny => *denied.entry(key).or_default() += 1,
+            Decision::WouldDeny => *would.entry(key).or_default() += 1,
+            Decision::Allow => {}
+        }
+        if let Some(t) = &r.token_id {
+            let e = tokens.entry((service.clone(), t.to_string())).or_default();
+            e.0 += 1;
+            e.1 = r.time.clone();
+        }
+        if let Some(a) = &r.stripe_account {
+            let e = accounts.entry((service.clone(), a.clone())).or_default();
+            e.0 += 1;
+            e.1 += u64::from(r.decision == Decision::Deny);
+        }
+        // What went out: a call with an upstream that keyward did not refuse.
+        let Some(u) = r.upstream.as_deref().filter(|_| r.decision != Decision::Deny) else { continue };
+        let e = upstreams.entry(u.to_string()).or_default();
+        e.0 += 1;
+        e.1 += u64::from(r.status >= 500);
+        if r.secret_version.is_some() || r.livemode.is_some() {
+            let e = secrets
+                .entry((service.clone(), r.secret_version))
+                .or_insert_with(|| (0, r.time.clone(), String::new()));
+            e.0 += 1;
+            e.2 = r.time.clone();
+        }
+        if r.livemode == Some(true) {
+            *live.entry(service).or_default() += 1;
+        }
+    }
+    rep.decisions = decisions
+        .into_iter()
+        .map(|((service, permission), [allow, deny, would_deny])| DecisionRow {
+            service,
+            permission,
+            allow,
+            deny,
+            would_deny,
+        })
+        .collect();
+    rep.top_denied = top(denied);
+    rep.would_deny = top(would);
+    rep.tokens = tokens
+        .into_iter()
+        .map(|((service, token_id), (requests, last_seen))| TokenRow {
+            service,
+            token_id,
+            requests,
+            last_seen,
+        })
+        .collect();
+    rep.upstreams = upstreams
+        .into_iter()
+        .map(|(upstream, (requests, errors))| UpstreamRow {
+            upstream,
+            requests,
+            errors,
+            error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
+        })
+        .collect();
+    rep.connect_accounts = accounts
+        .into_iter()
+        .map(|((service, account), (requests, denied))| AccountRow { service, account, requests, denied })
+        .collect();
+    rep.secret_versions = secrets
+        .into_iter()
+        .map(|((service, version), (requests, first_seen, last_seen))| SecretRow {
+            service,
+            version,
+            requests,
+            first_seen,
+            last_seen,
+        })
+        .collect();
+    rep.live_keys = live.into_iter().map(|(service, requests)| LiveRow { service, requests }).collect();
+}
+
+pub(super) fn service_of(r: &AccessRecord) -> String {
+    r.service.as_deref().unwrap_or("(unidentified)").to_string()
+}
+
+fn slot(d: Decision) -> usize {
+    match d {
+        Decision::Allow => 0,
+        Decision::Deny => 1,
+        Decision::WouldDeny => 2,
+    }
+}
+
+fn top(counts: BTreeMap<(String, String, String), u64>) -> Vec<EndpointRow> {
+    let mut rows: Vec<EndpointRow> = counts
+        .into_iter()
+        .map(|((service, endpoint, reason), count)| EndpointRow { service, endpoint, reason, count })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.count));
+    rows.truncate(TOP);
+    rows
+}
+
+/// Hourly buckets for a window of up to two days, else daily; empty buckets in between kept,
+/// so the chart's axis is time.
+fn timeline(kept: &[Seen<'_>]) -> Timeline {
+    let (Some(first), Some(last)) = (kept.iter().map(|s| s.at).min(), kept.iter().map(|s| s.at).max()) else {
+        return Timeline { bucket: "hour", rows: Vec::new() };
+    };
+    let (bucket, width) =
+        if last - first <= time::Duration::days(2) { ("hour", 3_600) } else { ("day", 86_400) };
+    let floor = |t: OffsetDateTime| t.unix_timestamp().div_euclid(width) * width;
+    let start = floor(first);
+    let n = ((floor(last) - start) / width + 1) as usize;
+    let mut rows: Vec<Bucket> = (0..n)
+        .map(|i| Bucket {
+            start: OffsetDateTime::from_unix_timestamp(start + i as i64 * width)
+                .map(super::timestamp)
+                .unwrap_or_default(),
+            allow: 0,
+            deny: 0,
+            would_deny: 0,
+        })
+        .collect();
+    for s in kept {
+        let b = &mut rows[((floor(s.at) - start) / width) as usize];
+        match s.r.decision {
+            Decision::Allow => b.allow += 1,
+            Decision::Deny => b.deny += 1,
+            Decision::WouldDeny => b.would_deny += 1,
+        }
+    }
+    Timeline { bucket, rows }
+}
+
+/// Source addresses per service; an address first seen in the last day is `new` when the
+/// service was seen, from other addresses, before that day.
+fn sources(kept: &[Seen<'_>]) -> Vec<SourceRow> {
+    let Some(last) = kept.iter().map(|s| s.at).max() else { return Vec::new() };
+    let recent = last - RECENT;
+    let mut seen: BTreeMap<(String, IpAddr), (u64, &str, &str, OffsetDateTime)> = BTreeMap::new();
+    let mut known_before: BTreeMap<String, bool> = BTreeMap::new();
+    for s in kept {
+        let (Some(ip), Some(service)) = (s.r.client_ip, s.r.service.as_deref()) else { continue };
+        if s.at < recent {
+            known_before.insert(service.to_string(), true);
+        }
+        let e = seen.entry((service.to_string(), ip)).or_insert((0, &s.r.time, &s.r.time, s.at));
+        e.0 += 1;
+        e.2 = &s.r.time;
+        if s.at < e.3 {
+            (e.1, e.3) = (&s.r.time, s.at);
+        }
+    }
+    seen.into_iter()
+        .map(|((service, address), (requests, first_seen, last_seen, first_at))| SourceRow {
+            new: first_at >= recent && known_before.get(&service).copied().unwrap_or(false),
+            service,
+            address,
+            requests,
+            first_seen: first_seen.to_string(),
+            last_seen: last_seen.to_string(),
+        })
+        .collect()
+}
+
+/// Every configured token with its use in the window and what an auditor should know of it.
+fn token_status(policy: &Policy, used: &[TokenRow], now: i64) -> Vec<TokenStatus> {
+    let at = |t: i64| OffsetDateTime::from_unix_timestamp(t).map(super::timestamp).ok();
+    let mut out = Vec::new();
+    for s in &policy.services {
+        for t in &s.tokens {
+            let requests =
+                used.iter().find(|u| u.service == *s.name && u.token_id == *t.id).map_or(0, |u| u.requests);
+            let mut flags = Vec::new();
+            if requests == 0 {
+                flags.push("unused");
+            }
+            match t.expires {
+                Some(e) if e <= now => flags.push("expired"),
+                Some(e) if e - now <= EXPIRING => flags.push("expiring"),
+                _ => {}
+            }
+            if t.revoked.is_some_and(|r| r <= now) {
+                flags.push("revoked");
+            }
+            out.push(TokenStatus {
+                service: s.name.to_string(),
+                token_id: t.id.to_string(),
+                requests,
+                expires: t.expires.and_then(at),
+                flags,
+            });
+        }
+    }
+    out
+}
+
+fn opt_time<S: serde::Serializer>(t: &Option<OffsetDateTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_some(&super::timestamp(*t)),
+        None => s.serialize_none(),
+    }
+}

@@ -1,0 +1,171 @@
+//! The report as plain text, integrity first.
+
+use std::fmt::Write;
+
+use super::Report;
+
+/// A plain-text report.
+pub fn table(r: &Report) -> String {
+    let mut out = String::new();
+    let o = &mut out;
+    integrity(o, r);
+    let span = format!("{} .. {}", r.first.as_deref().unwrap_or("-"), r.last.as_deref().unwrap_or("-"));
+    let _ = writeln!(o, "{} records, {span}", r.records);
+    let per: Vec<String> = r.instances.iter().map(|(i, n)| format!("{i} ({n})")).collect();
+    let _ = writeln!(o, "from {} instance(s): {}", r.instances.len(), per.join(", "));
+    let _ = writeln!(o, "inputs: {}", r.inputs.join(" "));
+    let _ = writeln!(o, "filters: {}", filters(r));
+    let _ = writeln!(o, "generated {}\n", r.generated_at);
+    let _ = writeln!(
+        o,
+        "{:<20} {:<44} {:>8} {:>8} {:>10}",
+        "SERVICE", "PERMISSION", "ALLOW", "DENY", "WOULD_DENY"
+    );
+    for d in &r.decisions {
+        let _ = writeln!(
+            o,
+            "{:<20} {:<44} {:>8} {:>8} {:>10}",
+            d.service, d.permission, d.allow, d.deny, d.would_deny
+        );
+    }
+    let _ = writeln!(o, "\nPER {}", r.timeline.bucket.to_uppercase());
+    for b in &r.timeline.rows {
+        let _ = writeln!(
+            o,
+            "{}  {:>8} allow {:>8} deny {:>8} would_deny",
+            b.start, b.allow, b.deny, b.would_deny
+        );
+    }
+    for (title, rows) in [("TOP DENIED", &r.top_denied), ("WOULD DENY (report mode)", &r.would_deny)] {
+        let _ = writeln!(o, "\n{title}");
+        for e in rows {
+            let _ = writeln!(o, "{:>8}  {:<20} {:<50} {}", e.count, e.service, e.endpoint, e.reason);
+        }
+    }
+    let _ = writeln!(o, "\nTOKENS IN USE");
+    for t in &r.tokens {
+        let _ = writeln!(o, "{:>8}  {:<20} {:<30} last {}", t.requests, t.service, t.token_id, t.last_seen);
+    }
+    if let Some(status) = &r.token_status {
+        let _ = writeln!(o, "\nCONFIGURED TOKENS");
+        for t in status {
+            let expires = t.expires.as_deref().unwrap_or("never");
+            let _ = writeln!(
+                o,
+                "{:>8}  {:<20} {:<30} expires {expires:<27} {}",
+                t.requests,
+                t.service,
+                t.token_id,
+                t.flags.join(", ")
+            );
+        }
+    }
+    let _ = writeln!(o, "\nSOURCE ADDRESSES");
+    for s in &r.sources {
+        let new = if s.new { "  NEW" } else { "" };
+        let _ =
+            writeln!(o, "{:>8}  {:<20} {:<40} first {}{new}", s.requests, s.service, s.address, s.first_seen);
+    }
+    let _ = writeln!(o, "\nCONNECT ACCOUNTS");
+    for a in &r.connect_accounts {
+        let _ = writeln!(o, "{:>8}  {:<20} {:<30} {} denied", a.requests, a.service, a.account, a.denied);
+    }
+    let _ = writeln!(o, "\nSECRET VERSIONS");
+    for s in &r.secret_versions {
+        let v = s.version.map_or("-".to_string(), |v| v.to_string());
+        let _ =
+            writeln!(o, "{:>8}  {:<20} v{v:<8} {} .. {}", s.requests, s.service, s.first_seen, s.last_seen);
+    }
+    let _ = writeln!(o, "\nLIVE KEYS USED");
+    for l in &r.live_keys {
+        let _ = writeln!(o, "{:>8}  {}", l.requests, l.service);
+    }
+    let _ = writeln!(o, "\nUPSTREAMS");
+    for u in &r.upstreams {
+        let _ = writeln!(
+            o,
+            "{:>8}  {:<20} {} errors ({:.2}%)",
+            u.requests,
+            u.upstream,
+            u.errors,
+            u.error_rate * 100.0
+        );
+    }
+    suspicious(o, r);
+    if let Some(scope) = &r.scope {
+        let _ = writeln!(o, "\nSCOPE: GRANTS AGAINST USE");
+        o.push_str(&crate::audit::scope::table(scope));
+    }
+    out
+}
+
+fn integrity(o: &mut String, r: &Report) {
+    let i = &r.integrity;
+    if i.verified {
+        let _ = writeln!(o, "LOG VERIFIED: {} chain(s) intact", i.chains.len());
+    } else {
+        let _ = writeln!(o, "WARNING: THE LOG DID NOT VERIFY: records were edited, dropped or truncated");
+        for p in &i.problems {
+            let _ = writeln!(o, "  {p}");
+        }
+    }
+    for c in &i.chains {
+        let _ = writeln!(
+            o,
+            "  {}: {} records, seq {}..{}, head {}",
+            c.instance, c.records, c.first_seq, c.last_seq, c.head
+        );
+    }
+    o.push('\n');
+}
+
+pub(super) fn filters(r: &Report) -> String {
+    let f = &r.filters;
+    let mut parts = Vec::new();
+    if let Some(t) = f.since {
+        parts.push(format!("since {}", crate::audit::timestamp(t)));
+    }
+    if let Some(t) = f.until {
+        parts.push(format!("until {}", crate::audit::timestamp(t)));
+    }
+    if let Some(s) = &f.service {
+        parts.push(format!("service {s}"));
+    }
+    if parts.is_empty() { "none".into() } else { parts.join(", ") }
+}
+
+fn suspicious(o: &mut String, r: &Report) {
+    let s = &r.suspicious;
+    let _ = writeln!(o, "\nSUSPICIOUS ACTIVITY{}", if s.is_empty() { ": none found" } else { "" });
+    for b in &s.denial_bursts {
+        let _ = writeln!(
+            o,
+            "  burst: {} denials of {} ({}) {} .. {}",
+            b.denials, b.caller, b.service, b.start, b.end
+        );
+    }
+    for c in &s.outside_allowlist {
+        let _ = writeln!(
+            o,
+            "  outside allowlist: {} calls, {} token {} from {} (last {})",
+            c.count, c.service, c.token_id, c.address, c.last_seen
+        );
+    }
+    for c in &s.bad_tokens {
+        let _ = writeln!(
+            o,
+            "  {}: {} calls, {} token {} from {} (last {})",
+            c.reason, c.count, c.service, c.token_id, c.address, c.last_seen
+        );
+    }
+    for u in &s.unknown_endpoints {
+        let _ = writeln!(o, "  not in catalog: {} calls, {} {}", u.count, u.service, u.endpoint);
+    }
+    for h in &s.unusual_hours {
+        let _ = writeln!(
+            o,
+            "  unusual hour: {} called {} times at {:02}:00 UTC, first {}",
+            h.service, h.calls, h.hour, h.first_seen
+        );
+    }
+}
