@@ -147,8 +147,8 @@ fn suspicious(o: &mut String, r: &Report) {
     for c in &s.outside_allowlist {
         let _ = writeln!(
             o,
-            "  outside allowlist: {} calls, {} token {} from {} (last {})",
-            c.count, c.service, c.token_id, c.address, c.last_seen
+            "  outside allowlist ({}): {} calls, {} token {} from {} (last {})",
+            c.reason, c.count, c.service, c.token_id, c.address, c.last_seen
         );
     }
     for c in &s.bad_tokens {
