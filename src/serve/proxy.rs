@@ -277,7 +277,7 @@ async fn make_session(
     *req.uri_mut() = up.uri(Some(&path));
     *req.headers_mut() = headers;
     let deadline = tokio::time::Instant::now() + snap.timeouts.upstream;
-    let answer = tokio::time::timeout_at(deadline, client.request(req, deadline)).await;
+    let answer = tokio::time::timeout_at(deadline, client.request(req, &route.service.name, deadline)).await;
     let answer = match answer {
         Err(_) => return Err(failed(Failure::UpstreamTimeout)),
         Ok(Err(e)) => {
@@ -419,7 +419,7 @@ async fn check_body(
 /// the real secret, the upstream's URI; and which upstream and egress address it leaves by.
 fn rewrite_request<'s>(
     snap: &'s Snapshot,
-    route: Route<'_>,
+    route: Route<'s>,
     parts: &Parts,
     body: Body,
     ex: &mut Exchange,
@@ -448,13 +448,15 @@ fn rewrite_request<'s>(
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = up.uri(parts.uri.path_and_query());
     *req.headers_mut() = headers;
-    Ok((req, Outbound { up, client }, secret))
+    Ok((req, Outbound { up, client, service: &route.service.name }, secret))
 }
 
 /// Where a request leaves by: the upstream and its client for the chosen egress address.
 struct Outbound<'s> {
     up: &'s upstream::Upstream,
     client: &'s upstream::Client,
+    /// The service it goes for (its share of the upstream's HTTP/2 streams).
+    service: &'s Arc<str>,
 }
 
 /// Phase 7: send, within `timeouts.upstream`; returns the answer and the deadline its body
@@ -469,7 +471,7 @@ async fn send(
     let timeout = snap.timeouts.upstream;
     // One deadline for the whole answer: its head, then the rest of its body.
     let deadline = tokio::time::Instant::from_std(started) + timeout;
-    let answer = tokio::time::timeout_at(deadline, out.client.request(req, deadline)).await;
+    let answer = tokio::time::timeout_at(deadline, out.client.request(req, &out.service, deadline)).await;
     ex.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1e3);
     let (request_id, upstream, url) = (&ex.record.request_id, &*out.up.name, &out.up.url);
     match answer {

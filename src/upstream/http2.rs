@@ -1,8 +1,19 @@
-//! HTTP/2 to an upstream without a pool in between: one multiplexed connection per upstream
-//! and egress address, driven by a task of its own, while each call is sent and awaited
-//! from the caller's task. hyper-util's pooled client would add, per call, a pool check-out,
-//! a channel to hyper's dispatch task and a spawned task awaiting the answer.
+//! HTTP/2 to an upstream: a few multiplexed connections per upstream and egress address, each
+//! driven by a task of its own, while each call is sent and awaited from the caller's task
+//! (hyper-util's pooled client would add, per call, a pool check-out, a channel to hyper's
+//! dispatch task and a spawned task awaiting the answer).
+//!
+//! Sharing a connection must not let one service slow another down, so:
+//! - a call goes on the first connection with a free stream, counting keyward's own calls
+//!   against the upstream's stream limit (and `STREAMS_PER_CONNECTION`); when every connection
+//!   is full a new one is opened (up to `MAX_CONNECTIONS`), so nobody queues behind the
+//!   upstream's limit while another connection could carry the call;
+//! - a service has at most `streams_per_service` calls in flight per upstream and egress
+//!   address: past that its own calls wait, never another service's;
+//! - the connection's receive window covers every stream's window at once, so answers left
+//!   unread take no credit another stream needs.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -17,6 +28,7 @@ use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -31,10 +43,14 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection that carried no call for this many ping periods is closed.
 const IDLE_PERIODS: u32 = 5;
-/// Unread answers count against the connection window: keep each call's share small and
-/// the connection's large, so that a few slow readers cannot stall the other calls.
+/// Unread answers count against the connection window: each call's share is small, and the
+/// connection's is all of them together, so that slow readers cannot stall the other calls.
 const STREAM_WINDOW: u32 = 256 * 1024;
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Calls keyward puts on one connection at most (fewer if the upstream allows fewer).
+const STREAMS_PER_CONNECTION: usize = 100;
+const CONNECTION_WINDOW: u32 = STREAM_WINDOW * STREAMS_PER_CONNECTION as u32;
+/// Connections per upstream and egress address; past it calls wait for a stream.
+const MAX_CONNECTIONS: usize = 8;
 
 pub struct H2 {
     tls: TlsConnector,
@@ -45,8 +61,12 @@ pub struct H2 {
     /// Dialled instead of resolving `host`.
     connect_to: Option<SocketAddr>,
     connect_timeout: Duration,
-    live: Arc<Mutex<Option<Live>>>,
+    live: Arc<Mutex<Vec<Live>>>,
     connecting: tokio::sync::Mutex<()>,
+    /// Each service's calls in flight, at most `streams_per_service` (by service name: the
+    /// pool outlives a reload that renumbers services).
+    services: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
+    streams_per_service: usize,
     /// Connection attempts that failed: a call that waited behind a failed attempt fails with
     /// it instead of queueing another (a blackholed upstream would cost each call a timeout).
     /// An attempt abandoned by its caller (gone, or out of time) counts for nothing.
@@ -76,19 +96,30 @@ pub struct Ready {
     _call: InFlight,
 }
 
-struct InFlight(Arc<Load>);
+/// A call's place: on its connection, and in its service's share.
+struct InFlight {
+    load: Arc<Load>,
+    permit: Option<OwnedSemaphorePermit>,
+}
 
 impl InFlight {
-    fn new(load: &Arc<Load>) -> InFlight {
+    /// For a call whose stream `Live::claim` took.
+    fn new(load: &Arc<Load>, permit: OwnedSemaphorePermit) -> InFlight {
         load.started.fetch_add(1, Ordering::Relaxed);
-        load.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(load.clone())
+        InFlight { load: load.clone(), permit: Some(permit) }
+    }
+}
+
+impl InFlight {
+    /// Give back the stream, keep the service's place (to try another connection).
+    fn release(mut self) -> OwnedSemaphorePermit {
+        self.permit.take().expect("taken only here")
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -100,6 +131,7 @@ impl H2 {
         port: u16,
         egress: Option<IpAddr>,
         dial: super::Dialling,
+        streams_per_service: usize,
     ) -> Result<H2, String> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let server_name =
@@ -114,48 +146,90 @@ impl H2 {
             connect_timeout: dial.connect_timeout,
             live: Arc::default(),
             connecting: tokio::sync::Mutex::new(()),
+            services: Mutex::default(),
+            streams_per_service,
             failures: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             http1_only: AtomicBool::new(false),
         })
     }
 
-    /// A sender ready for one more call, connecting if there is no live connection; `None`
-    /// when the upstream speaks only HTTP/1.1. A connection found dead (closed, or gone away)
-    /// before the call was handed to it is replaced once.
-    pub async fn sender(&self) -> Result<Option<Ready>, BoxError> {
+    /// A sender ready for one more call of `service`, on a connection with a free stream
+    /// (opened if none has one); `None` when the upstream speaks only HTTP/1.1. A connection
+    /// found dead before the call was handed to it is replaced once.
+    pub async fn sender(&self, service: &Arc<str>) -> Result<Option<Ready>, BoxError> {
+        if self.http1_only.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let share = self.share(service);
+        // Past its share a service waits for its own calls to end (within the call's timeout).
+        let permit = match share.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => share.acquire_owned().await.map_err(|_| "closed")?,
+        };
+        let mut permit = Some(permit);
         for _ in 0..2 {
-            if self.http1_only.load(Ordering::Relaxed) {
-                return Ok(None);
-            }
-            let Some(live) = self.current().await? else { return Ok(None) };
-            let call = InFlight::new(&live.load);
+            let Some(live) = self.pick().await? else { return Ok(None) };
+            let call = InFlight::new(&live.load, permit.take().expect("one try per permit"));
             match live.tx.ready().await {
                 Ok(tx) => return Ok(Some(Ready { tx, _call: call })),
                 Err(e) => {
                     tracing::debug!(host = %self.host, error = %e, "upstream HTTP/2 connection is gone");
                     self.forget(live.generation);
+                    permit = Some(call.release());
                 }
             }
         }
         Err("no usable HTTP/2 connection to the upstream".into())
     }
 
-    async fn current(&self) -> Result<Option<Live>, BoxError> {
-        match self.cached() {
-            Some(live) => Ok(Some(live)),
+    fn share(&self, service: &Arc<str>) -> Arc<Semaphore> {
+        let mut shares = self.services.lock().expect("not poisoned");
+        if let Some(s) = shares.get(service) {
+            return s.clone();
+        }
+        // Bounded by the services configured (a reload may add names; their shares are small).
+        let s = Arc::new(Semaphore::new(self.streams_per_service));
+        shares.insert(service.clone(), s.clone());
+        s
+    }
+
+    /// The first connection with a free stream; else a new one; else, with `MAX_CONNECTIONS`
+    /// open, the least loaded (h2 queues the call until a stream frees).
+    async fn pick(&self) -> Result<Option<Live>, BoxError> {
+        match self.with_room() {
+            Ok(live) => Ok(Some(live)),
             // Boxed: connecting is rare, and its state (DNS, TCP, TLS, handshake: kilobytes)
             // would otherwise be carried, and moved, by every call's future.
-            None => Box::pin(self.connect_once()).await,
+            Err(_) => Box::pin(self.connect_once()).await,
         }
+    }
+
+    /// A connection with a free stream, claimed; or (`Err`) whether another may be opened.
+    /// Under the pool's lock, so that two calls cannot both take a connection's last stream.
+    fn with_room(&self) -> Result<Live, bool> {
+        let live = self.live.lock().expect("not poisoned");
+        match live.iter().find(|l| l.load.in_flight.load(Ordering::Relaxed) < l.limit()) {
+            Some(l) => Ok(l.claim()),
+            None => Err(live.len() < MAX_CONNECTIONS),
+        }
+    }
+
+    /// With `MAX_CONNECTIONS` open and all full: the least loaded, claimed (h2 queues the
+    /// call until one of its streams ends).
+    fn least_loaded(&self) -> Option<Live> {
+        let live = self.live.lock().expect("not poisoned");
+        live.iter().min_by_key(|l| l.load.in_flight.load(Ordering::Relaxed)).map(Live::claim)
     }
 
     async fn connect_once(&self) -> Result<Option<Live>, BoxError> {
         // One connection attempt at a time; the calls waiting behind it use its result.
         let before = self.failures.load(Ordering::Relaxed);
         let _one = self.connecting.lock().await;
-        if let Some(live) = self.cached() {
-            return Ok(Some(live));
+        match self.with_room() {
+            Ok(live) => return Ok(Some(live)),
+            Err(false) => return Ok(self.least_loaded()),
+            Err(true) => {}
         }
         if self.http1_only.load(Ordering::Relaxed) {
             return Ok(None);
@@ -176,9 +250,9 @@ impl H2 {
         };
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let live = Live { generation, tx, load: Arc::default() };
-        *self.live.lock().expect("not poisoned") = Some(live.clone());
+        self.live.lock().expect("not poisoned").push(live.clone());
         tokio::spawn(drive(conn, Arc::downgrade(&self.live), generation, live.load.clone()));
-        Ok(Some(live))
+        Ok(Some(live.claim()))
     }
 
     /// A new HTTP/2 connection; `None` if the upstream did not choose `h2`.
@@ -190,10 +264,6 @@ impl H2 {
             .handshake(tls)
             .await?;
         Ok(Some(both))
-    }
-
-    fn cached(&self) -> Option<Live> {
-        self.live.lock().expect("not poisoned").clone()
     }
 
     fn forget(&self, generation: u64) {
@@ -240,17 +310,27 @@ impl H2 {
     }
 }
 
-fn forget(live: &Mutex<Option<Live>>, generation: u64) {
-    let mut live = live.lock().expect("not poisoned");
-    if live.as_ref().is_some_and(|l| l.generation == generation) {
-        *live = None;
+fn forget(live: &Mutex<Vec<Live>>, generation: u64) {
+    live.lock().expect("not poisoned").retain(|l| l.generation != generation);
+}
+
+impl Live {
+    /// Streams keyward puts on this connection: the upstream's limit, at most ours.
+    fn limit(&self) -> usize {
+        self.tx.current_max_send_streams().min(STREAMS_PER_CONNECTION)
+    }
+
+    /// Count one more call in flight on it (`InFlight` gives it back).
+    fn claim(&self) -> Live {
+        self.load.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.clone()
     }
 }
 
 /// Drive one connection until it fails, goes away, misses a ping or stays idle; then make
 /// sure no new call picks it. Holds only a weak reference: once the upstream is dropped (a
 /// reload that changed it), h2 closes the connection when its last call is done.
-async fn drive(mut conn: Conn, live: Weak<Mutex<Option<Live>>>, generation: u64, load: Arc<Load>) {
+async fn drive(mut conn: Conn, live: Weak<Mutex<Vec<Live>>>, generation: u64, load: Arc<Load>) {
     let mut ping = conn.ping_pong().expect("the first call takes it");
     let keepalive = async {
         let (mut idle, mut seen) = (0, load.started.load(Ordering::Relaxed));

@@ -52,28 +52,31 @@ impl fmt::Debug for Upstream {
 
 impl Upstream {
     /// Parse `url` (https, no path) and build one pooled client per egress address in `egress`;
-    /// `http2` also offers HTTP/2 by ALPN. `connect_to` is dialled instead of the URL's host.
+    /// `http2` (streams per service) also offers HTTP/2 by ALPN. `connect_to` is dialled
+    /// instead of the URL's host.
     pub fn build(
         name: &str,
         url: &str,
         ca: Option<&Path>,
         egress: impl IntoIterator<Item = Option<IpAddr>>,
         dial: Dialling,
-        http2: bool,
+        http2: Option<usize>,
     ) -> Result<Upstream, String> {
         let authority = check_url(url)?;
         let tls = client_tls(ca)?;
-        let h2_tls = http2.then(|| {
+        let h2_tls = http2.map(|streams| {
             let mut tls = tls.clone();
             tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            Arc::new(tls)
+            (Arc::new(tls), streams)
         });
         let (host, port) = (authority.host(), authority.port_u16().unwrap_or(443));
         let clients = egress
             .into_iter()
             .map(|ip| {
                 let h2 = match &h2_tls {
-                    Some(tls) => Some(Arc::new(http2::H2::new(tls.clone(), host, port, ip, dial)?)),
+                    Some((tls, streams)) => {
+                        Some(Arc::new(http2::H2::new(tls.clone(), host, port, ip, dial, *streams)?))
+                    }
                     None => None,
                 };
                 Ok((ip, Client { pooled: pooled(&tls, ip, dial), h2 }))
@@ -157,21 +160,27 @@ pub(crate) fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, Stri
     Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
 }
 
-/// How one upstream is reached from one egress address. HTTP/1.1 by default: each call has
-/// a connection of its own, so a caller that reads its answer slowly holds only that. With
-/// `http2`, all calls share one connection's flow-control window and stream limit.
+/// How one upstream is reached from one egress address: HTTP/2 when the upstream offers it
+/// (`http2`, the default; see `http2.rs` for how services share its connections), else pooled
+/// HTTP/1.1, where each call in flight has a connection of its own.
 #[derive(Clone)]
 pub struct Client {
-    /// Pooled HTTP/1.1: the default, and what an upstream that does not offer `h2` gets.
+    /// Pooled HTTP/1.1: with `http2 = false`, and for an upstream that does not offer `h2`.
     pooled: PooledClient,
     h2: Option<Arc<http2::H2>>,
 }
 
 impl Client {
-    /// One call; `deadline` bounds what the call may still do on the side once answered.
-    pub async fn request(&self, req: Request<Body>, deadline: Instant) -> Result<Response<Answer>, BoxError> {
+    /// One call for `service` (whose share of HTTP/2 streams it takes); `deadline` bounds
+    /// what the call may still do on the side once answered.
+    pub async fn request(
+        &self,
+        req: Request<Body>,
+        service: &Arc<str>,
+        deadline: Instant,
+    ) -> Result<Response<Answer>, BoxError> {
         if let Some(h2) = &self.h2
-            && let Some(tx) = h2.sender().await?
+            && let Some(tx) = h2.sender(service).await?
         {
             return Ok(http2::send(tx, req, deadline).await?.map(Answer::H2));
         }
@@ -368,7 +377,7 @@ mod tests {
         for url in
             ["http://api.stripe.com", "https://api.stripe.com/v1", "https://u:p@api.stripe.com", "nope"]
         {
-            assert!(Upstream::build("api", url, None, [None], t, false).is_err(), "{url}");
+            assert!(Upstream::build("api", url, None, [None], t, None).is_err(), "{url}");
         }
     }
 }

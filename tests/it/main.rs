@@ -9,6 +9,7 @@ mod catalog;
 mod cli;
 mod config_errors;
 mod connect_expand;
+mod fairness;
 mod flood;
 mod forward;
 mod hostile;

@@ -9,25 +9,25 @@ fn billing() -> Svc {
 }
 
 #[tokio::test]
-async fn allowed_call_injects_the_secret_over_http1_by_default() {
-    injects_the_secret_and_streams_both_ways(Harness::new(), http::Version::HTTP_11).await;
+async fn allowed_call_injects_the_secret_over_http2_by_default() {
+    injects_the_secret_and_streams_both_ways(Harness::new(), http::Version::HTTP_2).await;
 }
 
 #[tokio::test]
-async fn allowed_call_injects_the_secret_over_http2_when_enabled_and_offered() {
-    let h2 = Harness::new().upstream("http2 = true");
-    injects_the_secret_and_streams_both_ways(h2, http::Version::HTTP_2).await;
+async fn allowed_call_injects_the_secret_over_http1_with_http2_off() {
+    let h1 = Harness::new().upstream("http2 = false");
+    injects_the_secret_and_streams_both_ways(h1, http::Version::HTTP_11).await;
 }
 
 #[tokio::test]
-async fn http2_enabled_falls_back_to_http1_when_the_upstream_offers_only_that() {
-    let h2 = Harness::new().upstream("http2 = true").http1_upstream();
+async fn http2_falls_back_to_http1_when_the_upstream_offers_only_that() {
+    let h2 = Harness::new().http1_upstream();
     injects_the_secret_and_streams_both_ways(h2, http::Version::HTTP_11).await;
 }
 
 #[tokio::test]
 async fn a_connection_the_upstream_closed_is_replaced_for_the_next_call() {
-    for extra in ["", "http2 = true"] {
+    for extra in ["http2 = false", ""] {
         let kw = Harness::new().upstream(extra).service(billing()).start().await;
         assert_eq!(kw.get("/v1/charges/ch_1", TOKEN).await.status, 200, "{extra}");
         kw.upstream.close_connections();
@@ -38,7 +38,7 @@ async fn a_connection_the_upstream_closed_is_replaced_for_the_next_call() {
         }
         let peers: Vec<_> = kw.upstream.requests().iter().map(|s| s.peer).collect();
         assert_ne!(peers[0], peers[1], "{extra}: a new connection after the close");
-        if !extra.is_empty() {
+        if extra.is_empty() {
             assert!(peers[1..].iter().all(|p| *p == peers[1]), "{extra}: one multiplexed connection");
         }
     }
@@ -182,12 +182,12 @@ async fn report_mode_forwards_and_records_would_deny() {
 
 #[tokio::test]
 async fn source_ips_and_egress_pinning_over_http1() {
-    source_ips_and_egress_pinning("").await;
+    source_ips_and_egress_pinning("http2 = false").await;
 }
 
 #[tokio::test]
 async fn source_ips_and_egress_pinning_over_http2() {
-    source_ips_and_egress_pinning("http2 = true").await;
+    source_ips_and_egress_pinning("").await;
 }
 
 async fn source_ips_and_egress_pinning(upstream: &str) {
@@ -271,7 +271,7 @@ async fn body_limits_and_upstream_failures() {
     kw.stop().await;
 
     // An upstream nobody listens on: 502, for calls that arrive together too.
-    for extra in ["", "http2 = true"] {
+    for extra in ["http2 = false", ""] {
         let pki = Pki::new();
         let dead = Harness::new().upstream(extra).service(billing());
         let dir = tempfile::tempdir().unwrap();
@@ -327,7 +327,7 @@ async fn http2_clients_are_served() {
 /// A streamed (chunked) body over the limit gets 413 whichever protocol goes upstream.
 #[tokio::test]
 async fn oversized_chunked_bodies_get_413_over_either_protocol() {
-    for extra in ["", "http2 = true"] {
+    for extra in ["http2 = false", ""] {
         let kw = Harness::new()
             .service(billing())
             .top("[limits]\nmax_body_bytes = 1000")

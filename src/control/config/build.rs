@@ -112,14 +112,24 @@ fn build_upstreams(
         let mut egress = service_egress.clone();
         egress.insert(u.egress_ip);
         let dial = Dialling { connect_to: u.connect_to, connect_timeout: file.timeouts.upstream_connect };
-        let identity = upstream_identity(u.url.get_ref(), u.ca.as_deref(), &egress, dial, u.http2);
+        let streams = u.streams_per_service.unwrap_or(DEFAULT_STREAMS_PER_SERVICE);
+        if !(1..=10_000).contains(&streams) {
+            errs.at(
+                Some(u.url.span()),
+                format!("upstream.{name}.streams_per_service"),
+                "must be between 1 and 10000",
+            );
+            continue;
+        }
+        let http2 = u.http2.then_some(streams as usize);
+        let identity = upstream_identity(u.url.get_ref(), u.ca.as_deref(), &egress, dial, http2);
         let kept =
             previous.and_then(|p| p.upstreams.iter().find(|o| *o.name == **name && o.identity == identity));
         if let Some(old) = kept {
             out.push(old.clone().with_egress(u.egress_ip));
             continue;
         }
-        match Upstream::build(name, u.url.get_ref(), u.ca.as_deref(), egress, dial, u.http2) {
+        match Upstream::build(name, u.url.get_ref(), u.ca.as_deref(), egress, dial, http2) {
             Ok(up) => out.push(up.with_egress(u.egress_ip).with_identity(identity)),
             Err(msg) => errs.at(Some(u.url.span()), format!("upstream.{name}"), msg),
         }
@@ -127,12 +137,16 @@ fn build_upstreams(
     out
 }
 
+/// A service's HTTP/2 streams in flight per upstream and egress address: as many as one
+/// connection carries, so that one service fills at most one connection's worth.
+const DEFAULT_STREAMS_PER_SERVICE: u32 = 100;
+
 fn upstream_identity(
     url: &str,
     ca: Option<&Path>,
     egress: &HashSet<Option<IpAddr>>,
     dial: Dialling,
-    http2: bool,
+    http2: Option<usize>,
 ) -> [u8; 32] {
     let mut egress: Vec<String> = egress.iter().map(|e| format!("{e:?}")).collect();
     egress.sort();
@@ -144,7 +158,7 @@ fn upstream_identity(
         .chain_update(egress.join(","))
         .chain_update(dial.connect_timeout.as_millis().to_le_bytes())
         .chain_update(format!("{:?}", dial.connect_to))
-        .chain_update([u8::from(http2)])
+        .chain_update(format!("{http2:?}"))
         .finalize()
         .into()
 }

@@ -235,9 +235,15 @@ pub struct UpstreamFile {
     pub egress_ip: Option<IpAddr>,
     /// Dial this address instead of resolving the URL's host (TLS still verifies the host).
     pub connect_to: Option<SocketAddr>,
-    /// Offer HTTP/2: one connection shared by every service's calls (see docs/configuration.md).
-    #[serde(default)]
+    /// Offer HTTP/2 (the default): a few connections shared by every service's calls, each
+    /// service holding at most `streams_per_service` streams (see docs/configuration.md).
+    #[serde(default = "yes")]
     pub http2: bool,
+    pub streams_per_service: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]

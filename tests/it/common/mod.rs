@@ -126,7 +126,9 @@ impl Upstream {
                         return;
                     };
                     let svc = service_fn(move |req| answer(req, peer, log.clone()));
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    // Stripe-like: 100 streams at once per connection.
+                    builder.http2().max_concurrent_streams(100);
                     let conn = builder.serve_connection(TokioIo::new(tls), svc);
                     tokio::pin!(conn);
                     tokio::select! {
@@ -165,7 +167,11 @@ async fn answer(
         Some(a) => a.to_string(),
         None => parts.headers.get("host").map(|h| h.to_str().unwrap().to_string()).unwrap_or_default(),
     };
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    // A request whose body did not arrive whole (the caller or keyward cut it) is not one a
+    // server acts on: it is not recorded.
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return Ok(Response::builder().status(400).body(Full::new(Bytes::new()).boxed_unsync()).unwrap());
+    };
     if let Some(ms) = parts.headers.get("x-test-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
