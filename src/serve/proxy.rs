@@ -471,7 +471,7 @@ async fn send(
     let timeout = snap.timeouts.upstream;
     // One deadline for the whole answer: its head, then the rest of its body.
     let deadline = tokio::time::Instant::from_std(started) + timeout;
-    let answer = tokio::time::timeout_at(deadline, out.client.request(req, &out.service, deadline)).await;
+    let answer = tokio::time::timeout_at(deadline, out.client.request(req, out.service, deadline)).await;
     ex.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1e3);
     let (request_id, upstream, url) = (&ex.record.request_id, &*out.up.name, &out.up.url);
     match answer {
