@@ -26,7 +26,8 @@ fn mask(len: usize) -> Vec<u8> {
 /// Replace the secret in every header value; whether any had it.
 pub fn headers(headers: &mut HeaderMap, secret: &[u8]) -> bool {
     let mut hit = false;
-    for value in headers.values_mut() {
+    // Most values are shorter than a key: no search for those.
+    for value in headers.values_mut().filter(|v| v.len() >= secret.len()) {
         if memchr::memmem::find(value.as_bytes(), secret).is_some() {
             let mut bytes = value.as_bytes().to_vec();
             replace_all(&mut bytes, secret);
@@ -52,7 +53,13 @@ pub fn replace_all(buf: &mut [u8], secret: &[u8]) -> bool {
 
 /// The longest proper prefix of `secret` that `data` ends with: held back for the next chunk.
 fn held_back(data: &[u8], secret: &[u8]) -> usize {
-    (1..secret.len().min(data.len() + 1)).rev().find(|&k| data.ends_with(&secret[..k])).unwrap_or(0)
+    let (Some(&first), Some(_)) = (secret.first(), data.last()) else { return 0 };
+    // Candidates start where the secret's first byte is, within its length of the end.
+    let from = data.len().saturating_sub(secret.len() - 1);
+    memchr::memchr_iter(first, &data[from..])
+        .map(|i| data.len() - (from + i))
+        .find(|&k| data.ends_with(&secret[..k]))
+        .unwrap_or(0)
 }
 
 /// The streaming half: chunks in, scrubbed chunks out.
