@@ -161,7 +161,10 @@ pub async fn http<IO>(
         stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(crate::control::tls::client_ids);
     let caller = Caller { client_ids: client_ids.unwrap_or_default().into(), ..caller };
     let handler = proxy.clone();
-    let svc = service_fn(move |req| handler.clone().handle(caller.clone(), req));
+    // Boxed: hyper's HTTP/1.1 dispatcher keeps room for the service's future for the
+    // connection's whole life, so an idle connection holds a pointer, not the request path's
+    // state (kilobytes, times every idle keep-alive connection).
+    let svc = service_fn(move |req| Box::pin(handler.clone().handle(caller.clone(), req)));
     // ALPN has chosen the protocol: no need to sniff the first bytes for it.
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(stream);

@@ -76,7 +76,7 @@ pub fn table(r: &Report) -> String {
         let _ =
             writeln!(o, "{:>8}  {:<20} v{v:<8} {} .. {}", s.requests, s.service, s.first_seen, s.last_seen);
     }
-    let _ = writeln!(o, "\nLIVE KEYS USED");
+    let _ = writeln!(o, "\nLIVE KEYS USED{}", if r.live_keys.is_empty() { ": none" } else { "" });
     for l in &r.live_keys {
         let _ = writeln!(o, "{:>8}  {}", l.requests, l.service);
     }
