@@ -48,20 +48,16 @@ pub fn html(r: &Report) -> String {
             rows_html(b, &["service", "permission", "granted", "used", "suggested", ""], rows);
         });
     }
-    section(&mut b, "denied", "Top denied endpoints", |b| {
-        let rows = r
-            .top_denied
-            .iter()
-            .map(|e| vec![num(e.count), esc(&e.service), esc(&e.endpoint), esc(&e.reason)]);
-        rows_html(b, &["count", "service", "endpoint", "reason"], rows);
-    });
-    section(&mut b, "would-deny", "Would be denied if enforced", |b| {
-        let rows = r
-            .would_deny
-            .iter()
-            .map(|e| vec![num(e.count), esc(&e.service), esc(&e.endpoint), esc(&e.reason)]);
-        rows_html(b, &["count", "service", "endpoint", "reason"], rows);
-    });
+    for (id, title, rows) in [
+        ("denied", "Top denied endpoints", &r.top_denied),
+        ("would-deny", "Would be denied if enforced", &r.would_deny),
+    ] {
+        section(&mut b, id, title, |b| {
+            let rows =
+                rows.iter().map(|e| vec![num(e.count), esc(&e.service), esc(&e.endpoint), esc(&e.reason)]);
+            rows_html(b, &["count", "service", "endpoint", "reason"], rows);
+        });
+    }
     section(&mut b, "tokens", "Tokens", |b| tokens(b, r));
     section(&mut b, "sources", "Source addresses", |b| {
         let rows = r.sources.iter().map(|s| {
