@@ -252,7 +252,7 @@ fn report(
         Err(code) => return code,
     };
     let records = records_of(&data);
-    let integrity = integrity(&data);
+    let integrity = report::Integrity::of(&data);
     let verified = integrity.verified;
     let cx = report::Context {
         inputs: files.iter().map(|f| f.display().to_string()).collect(),
@@ -272,34 +272,4 @@ fn report(
     } else {
         fail(["the access log did not verify: the report says where (see also `keyward audit verify`)"])
     }
-}
-
-/// Every chain's verification, for the report's first section.
-fn integrity(data: &[(String, Vec<u8>)]) -> report::Integrity {
-    use keyward::audit::verify;
-    let chains = match verify::verify_all(data) {
-        Ok(c) => c,
-        Err(b) => {
-            return report::Integrity { verified: false, chains: Vec::new(), problems: vec![b.to_string()] };
-        }
-    };
-    let mut out = report::Integrity { verified: true, ..Default::default() };
-    for c in chains {
-        let instance = c.instance.unwrap_or_else(|| "(no instance)".into());
-        match c.outcome {
-            Ok(v) => out.chains.push(report::ChainRow {
-                instance,
-                records: v.records,
-                first_seq: v.first_seq,
-                last_seq: v.last_seq,
-                head: v.head,
-                restarts: v.restarts,
-            }),
-            Err(b) => {
-                out.verified = false;
-                out.problems.push(format!("{instance}: {b}"));
-            }
-        }
-    }
-    out
 }

@@ -23,6 +23,9 @@ pub enum Failure {
         redacted: String,
     },
     IpNotAllowed,
+    /// The refusal for the source address that quarantined the token (`quarantine`): answered
+    /// as `IpNotAllowed`, recorded as `token_quarantined`.
+    Quarantined,
     /// The token's service names `client_ids` and the caller sent no client certificate.
     ClientCertRequired,
     /// The caller's certificate carries none of the service's `client_ids`.
@@ -111,6 +114,7 @@ impl Failure {
             ClientCertRequired => StatusCode::UNAUTHORIZED,
             ClientCertNotAllowed => StatusCode::FORBIDDEN,
             IpNotAllowed
+            | Quarantined
             | UnknownEndpoint { .. }
             | MissingPermission { .. }
             | AccountNotAllowed { .. }
@@ -142,7 +146,7 @@ impl Failure {
             ExpiredToken { .. } => "api_key_expired",
             TokenNotYetValid { .. } => "api_key_not_yet_valid",
             RevokedToken { .. } | SuspendedToken => "api_key_revoked",
-            IpNotAllowed => "ip_not_allowed",
+            IpNotAllowed | Quarantined => "ip_not_allowed",
             ClientCertRequired => "client_certificate_required",
             ClientCertNotAllowed => "client_certificate_not_allowed",
             NonCanonical(_) => "non_canonical_request",
@@ -183,6 +187,7 @@ impl Failure {
             Failure::ConcurrencyLimited => "concurrency_limited",
             Failure::BudgetLimited { .. } => "budget_limited",
             Failure::SuspendedToken => "api_key_suspended",
+            Failure::Quarantined => "token_quarantined",
             other => other.code(),
         }
     }
@@ -226,7 +231,9 @@ impl Failure {
             TokenNotYetValid { redacted } => {
                 format!("API Key provided is not valid yet: {redacted}")
             }
-            IpNotAllowed => "The API key provided does not allow requests from your IP address.".into(),
+            IpNotAllowed | Quarantined => {
+                "The API key provided does not allow requests from your IP address.".into()
+            }
             ClientCertRequired => "The API key provided is accepted only over a connection with a client \
                                    certificate, and this connection has none."
                 .into(),

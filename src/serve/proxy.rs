@@ -86,12 +86,13 @@ impl Proxy {
             client_ids: &caller.client_ids,
         };
         let mut ruling = policy::decide(&snap.policy, &facts);
-        let mut quarantined = false;
         if let (Some(service), Some(token)) = (ruling.service, ruling.token) {
             if self.state.is_suspended(&snap.version, &service.name, &token.id) {
                 ruling.verdict = Verdict::Deny(Failure::SuspendedToken);
-            } else if matches!(ruling.verdict, Verdict::Deny(Failure::IpNotAllowed)) {
-                quarantined = self.state.strike(&snap.version, service, token);
+            } else if matches!(ruling.verdict, Verdict::Deny(Failure::IpNotAllowed))
+                && self.state.strike(&snap.version, service, token)
+            {
+                ruling.verdict = Verdict::Deny(Failure::Quarantined);
             }
         }
         let exchange = || {
@@ -110,11 +111,7 @@ impl Proxy {
                 {
                     close.cancel();
                 }
-                let mut ex = exchange();
-                if quarantined {
-                    ex.record.reason = "token_quarantined".into();
-                }
-                return Ok(ex.refuse(closing(respond::failure(f), unread)));
+                return Ok(exchange().refuse(closing(respond::failure(f), unread)));
             }
             Verdict::Allow(route) | Verdict::WouldDeny(route, _) => *route,
         };

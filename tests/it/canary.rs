@@ -30,7 +30,9 @@ async fn canary(upstream_extra: &str, log_on_stdout: bool) {
             Svc::new("billing")
                 .token("live", TOKEN)
                 .token_with("old", EXPIRED, "expires = \"2021-01-01T00:00:00Z\"")
-                .scope("charge", "read"),
+                .scope("charge", "read")
+                .source_ips(&["127.0.0.1/32", "::1/128"])
+                .extra("quarantine = { ip_refusals = 2, within = \"1m\" }"),
         )
         .top("[timeouts]\nupstream = \"200ms\"\ndrain_delay = \"0s\"")
         .audit(if log_on_stdout { "path = \"-\"" } else { "" })
@@ -60,9 +62,16 @@ async fn canary(upstream_extra: &str, log_on_stdout: bool) {
         slow,
         basic,
     ];
+    // Last: the token tried twice from outside its allowlist (quarantined), then refused.
+    let outside = "127.0.0.9".parse().unwrap();
+    let mix: Vec<_> = mix
+        .into_iter()
+        .map(|r| (local, r))
+        .chain([outside, outside, local].map(|from| (from, req("GET", "/v1/charges/ch_1", TOKEN, ""))))
+        .collect();
     let n = mix.len();
-    for r in mix {
-        let reply = send(addr, tls.clone(), local, r).await;
+    for (from, r) in mix {
+        let reply = send(addr, tls.clone(), from, r).await;
         bodies.push_str(&String::from_utf8_lossy(&reply.body));
         for (_, v) in reply.headers.iter() {
             bodies.push_str(v.to_str().unwrap_or(""));
@@ -104,6 +113,7 @@ async fn canary(upstream_extra: &str, log_on_stdout: bool) {
     };
     assert_eq!(audit.lines().count(), n, "one record per request");
     assert!(stderr.contains("TRACE") || stderr.contains("DEBUG"), "logs ran verbose");
+    assert!(stderr.contains("token quarantined"), "the quarantine path ran");
 
     for (place, text) in
         [("access log", &audit), ("stderr", &stderr), ("stdout", &stdout), ("responses", &bodies)]

@@ -252,6 +252,11 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             ],
         ),
         (
+            "an upstream share of no streams",
+            good.replace("[upstream.api]\n", "[upstream.api]\nstreams_per_service = 0\n"),
+            vec!["upstream.api.streams_per_service", "between 1 and 10000"],
+        ),
+        (
             "a quarantine with a key it does not have",
             good.replace("source_ips =", "quarantine = { ip_refusals = 5, within = \"5m\", ban = true }\nsource_ips ="),
             vec!["unknown field `ban`"],

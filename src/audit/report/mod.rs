@@ -49,7 +49,7 @@ pub struct Context<'a> {
     /// The files, as named on the command line.
     pub inputs: Vec<String>,
     pub filter: Filter,
-    /// The chains' verification, done on the whole files (the filter does not apply).
+    /// The chains' verification (`Integrity::of`), on the whole files (the filter does not apply).
     pub integrity: Integrity,
     pub now: OffsetDateTime,
     /// With `--config`: the configured tokens' state and the excess grants.
@@ -63,6 +63,37 @@ pub struct Integrity {
     pub chains: Vec<ChainRow>,
     /// What broke, file and line first; empty when verified.
     pub problems: Vec<String>,
+}
+
+impl Integrity {
+    /// Every instance's chain in `files` (oldest first), verified.
+    pub fn of(files: &[(String, Vec<u8>)]) -> Integrity {
+        let chains = match super::verify::verify_all(files) {
+            Ok(c) => c,
+            Err(b) => {
+                return Integrity { verified: false, chains: Vec::new(), problems: vec![b.to_string()] };
+            }
+        };
+        let mut out = Integrity { verified: true, ..Default::default() };
+        for c in chains {
+            let instance = c.instance.unwrap_or_else(|| "(no instance)".into());
+            match c.outcome {
+                Ok(v) => out.chains.push(ChainRow {
+                    instance,
+                    records: v.records,
+                    first_seq: v.first_seq,
+                    last_seq: v.last_seq,
+                    head: v.head,
+                    restarts: v.restarts,
+                }),
+                Err(b) => {
+                    out.verified = false;
+                    out.problems.push(format!("{instance}: {b}"));
+                }
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Serialize)]
