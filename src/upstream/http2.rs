@@ -380,7 +380,7 @@ pub async fn send(
     let (head, body) = req.into_parts();
     let eos = body.is_end_stream();
     let (answer, stream) = tx.send_request(Request::from_parts(head, ()), eos)?;
-    let mut answer = std::pin::pin!(answer);
+    let mut waiting = Awaited { answer: Some(answer), call: Some(call), body_sent: eos, deadline };
     let mut pipe = (!eos).then(|| Pipe { body, stream });
     let resp = std::future::poll_fn(|cx| {
         // The request body goes out while the answer is awaited: an upstream may answer first.
@@ -388,10 +388,14 @@ pub async fn send(
             && Pin::new(p).poll(cx).is_ready()
         {
             pipe = None;
+            waiting.body_sent = true;
         }
-        answer.as_mut().poll(cx)
+        Pin::new(waiting.answer.as_mut().expect("until answered")).poll(cx)
     })
-    .await?;
+    .await;
+    waiting.answer = None;
+    let call = waiting.call.take().expect("until answered");
+    let resp = resp?;
     if let Some(p) = pipe {
         // Answered before the request body was all sent: finish sending it on the side.
         tokio::spawn(async move {
@@ -402,6 +406,34 @@ pub async fn send(
         });
     }
     Ok(resp.map(|stream| RecvBody { stream, data_done: false, _call: call }))
+}
+
+/// A call sent and not yet answered. If its caller leaves now, the stream is not reset at
+/// once: the upstream may not have taken it up yet, and servers count resets of such streams
+/// as an attack (HTTP/2 "rapid reset") and close the whole connection, failing every other
+/// service's calls on it. The answer's head is awaited on the side instead (until the
+/// deadline), still counted in the service's share; the stream is reset after it.
+struct Awaited {
+    answer: Option<h2::client::ResponseFuture>,
+    call: Option<InFlight>,
+    /// A body cut off by its caller is reset at once: the upstream must not wait for the rest.
+    body_sent: bool,
+    deadline: Instant,
+}
+
+impl Drop for Awaited {
+    fn drop(&mut self) {
+        let (Some(answer), Some(call)) = (self.answer.take(), self.call.take()) else { return };
+        if !self.body_sent {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let deadline = self.deadline;
+        rt.spawn(async move {
+            let _ = tokio::time::timeout_at(deadline, answer).await;
+            drop(call);
+        });
+    }
 }
 
 /// Copies a request body into its stream as the upstream's flow control lets it out: the

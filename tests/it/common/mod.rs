@@ -119,6 +119,10 @@ impl Upstream {
                 let Ok((tcp, peer)) = listener.accept().await else {
                     continue;
                 };
+                // As API servers do: without it a small answer written right after another
+                // small frame waits for keyward's delayed ACK (Nagle), which a slow upload
+                // sharing the connection turned into 10 ms stalls for other calls.
+                let _ = tcp.set_nodelay(true);
                 let (acceptor, log, mut closing) = (acceptor.clone(), log.clone(), closing.clone());
                 closing.mark_unchanged();
                 tokio::spawn(async move {
