@@ -105,11 +105,11 @@ pub fn scope<'a>(policy: &Policy, records: impl IntoIterator<Item = &'a AccessRe
 pub fn toml(r: &ScopeReport) -> String {
     let mut out = String::new();
     for (service, s) in &r.services {
-        out.push_str(&format!(
-            "# service \"{service}\": {} granted, {} used\n[service.scope]\n",
-            s.granted.len(),
-            s.suggested.len()
-        ));
+        out.push_str(&format!("# service \"{service}\": {} granted, {} used", s.granted.len(), s.used.len()));
+        if !s.would_deny_needed.is_empty() {
+            out.push_str(&format!(", {} needed by would_deny calls", s.would_deny_needed.len()));
+        }
+        out.push_str("\n[service.scope]\n");
         for (base, level) in &s.suggested {
             out.push_str(&format!("{base} = \"{level}\"\n"));
         }

@@ -735,6 +735,11 @@ async fn audit_scope_finds_excess_grants_and_suggests_the_smallest_scope() {
     let (ok, out) = keyward(&["audit", "scope", "--config", &config, &log, "--format", "toml"]);
     assert!(ok, "{out}");
     assert!(out.contains("[service.scope]\ncharge = \"read\"\n"), "{out}");
+    assert!(out.contains("# service \"billing\": 3 granted, 1 used\n"), "{out}");
+    assert!(
+        out.contains("# service \"newcomer\": 1 granted, 1 used, 1 needed by would_deny calls\n"),
+        "{out}"
+    );
     let (ok, out) = keyward(&["audit", "scope", "--config", &config, &log]);
     assert!(ok && out.contains("never used: remove") && out.contains("only read: grant read"), "{out}");
     let (ok, out) = keyward(&["audit", "scope", "--config", &config, &log, "--check"]);

@@ -72,9 +72,9 @@ pub fn table(r: &Report) -> String {
     }
     let _ = writeln!(o, "\nSECRET VERSIONS");
     for s in &r.secret_versions {
-        let v = s.version.map_or("-".to_string(), |v| v.to_string());
+        let v = s.version.map_or("(not versioned)".to_string(), |v| format!("v{v}"));
         let _ =
-            writeln!(o, "{:>8}  {:<20} v{v:<8} {} .. {}", s.requests, s.service, s.first_seen, s.last_seen);
+            writeln!(o, "{:>8}  {:<20} {v:<16} {} .. {}", s.requests, s.service, s.first_seen, s.last_seen);
     }
     let _ = writeln!(o, "\nLIVE KEYS USED{}", if r.live_keys.is_empty() { ": none" } else { "" });
     for l in &r.live_keys {
@@ -147,25 +147,44 @@ fn suspicious(o: &mut String, r: &Report) {
     for c in &s.outside_allowlist {
         let _ = writeln!(
             o,
-            "  outside allowlist ({}): {} calls, {} token {} from {} (last {})",
-            c.reason, c.count, c.service, c.token_id, c.address, c.last_seen
+            "  outside allowlist ({}): {}, {} token {} from {} (last {})",
+            c.reason,
+            calls(c.count),
+            c.service,
+            c.token_id,
+            c.address,
+            c.last_seen
         );
     }
     for c in &s.bad_tokens {
         let _ = writeln!(
             o,
-            "  {}: {} calls, {} token {} from {} (last {})",
-            c.reason, c.count, c.service, c.token_id, c.address, c.last_seen
+            "  {}: {}, {} token {} from {} (last {})",
+            c.reason,
+            calls(c.count),
+            c.service,
+            c.token_id,
+            c.address,
+            c.last_seen
         );
     }
     for u in &s.unknown_endpoints {
-        let _ = writeln!(o, "  not in catalog: {} calls, {} {}", u.count, u.service, u.endpoint);
+        let _ = writeln!(o, "  not in catalog: {}, {} {}", calls(u.count), u.service, u.endpoint);
     }
     for h in &s.unusual_hours {
         let _ = writeln!(
             o,
-            "  unusual hour: {} called {} times at {:02}:00 UTC, first {}",
-            h.service, h.calls, h.hour, h.first_seen
+            "  unusual hour: {} called {} at {:02}:00 UTC, first {}",
+            h.service,
+            calls(h.calls),
+            h.hour,
+            h.first_seen
         );
     }
+}
+
+/// "1 call", "3 calls".
+fn calls(n: impl Into<u64>) -> String {
+    let n = n.into();
+    format!("{n} call{}", if n == 1 { "" } else { "s" })
 }
