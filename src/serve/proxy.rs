@@ -197,7 +197,9 @@ async fn forward(
     let (mut req, up, secret) = rewrite_request(snap, route, parts, body, ex)?;
     let meter = route.entry.filter(|e| e.method == http::Method::POST).map(|e| &*e.template);
     if meter == Some(meter::STREAM) {
-        match stream_session(snap, route, parts, meters).await? {
+        // Boxed, as is the session answer below: the rare meter paths would otherwise size
+        // every call's future (the request path's future is one allocation per request).
+        match Box::pin(stream_session(snap, route, parts, meters)).await? {
             Ok(token) => {
                 let mut auth = HeaderValue::try_from(format!("Bearer {}", token.as_str()))
                     .map_err(|_| Failure::Internal)?;
@@ -213,7 +215,7 @@ async fn forward(
     let (answer, deadline) = send(snap, up, req, ex).await?;
     let resp = rewrite_response(answer, parts, deadline, secret, ex);
     if meter == Some(meter::SESSION) && resp.status().is_success() {
-        return session_answer(resp, snap, route, parts, meters).await;
+        return Box::pin(session_answer(resp, snap, route, parts, meters)).await;
     }
     Ok(resp)
 }
