@@ -2,6 +2,7 @@
 # Where one request's time goes on one keep-alive connection, keyward against nginx: from the
 # scheduler's switches and the proxy's write calls on CPU 0 (perf tracepoints), the medians of
 #   request  - proxy woken by the client's request until it writes the call to the upstream,
+#   sent     - what the proxy still does after writing the call, before the upstream runs,
 #   upstream - the upstream stand-in's run that answers it,
 #   answer   - proxy woken by the answer until it writes the response to the client,
 #   tail     - what the proxy still does after that before it sleeps (records, clean-up).
@@ -64,7 +65,7 @@ for line in open(trace):
             cur[2].append(t - cur[1])
 med = lambda xs: statistics.median(xs) if xs else float('nan')
 p99 = lambda xs: statistics.quantiles(xs, n=100)[98] if len(xs) > 100 else float('nan')
-request, answer, tail, upstream = [], [], [], []
+request, sent, answer, tail, upstream = [], [], [], [], []
 for before, r, after in zip(runs, runs[1:], runs[2:]):
     if r[0] == up and r[2] - r[1] > 15:
         upstream.append(r[2] - r[1])
@@ -72,16 +73,17 @@ for before, r, after in zip(runs, runs[1:], runs[2:]):
         continue
     if after[0] == up:
         request.append(r[3][0])
+        sent.append(r[2] - r[1] - r[3][0])
     elif before[0] == up:
         answer.append(r[3][0])
         tail.append(r[2] - r[1] - r[3][0])
 text = open(wrk).read()
 p50 = re.search(r'^\s+50%\s+(\S+)', text, re.M)[1]
 rps = re.search(r'Requests/sec:\s+(\S+)', text)[1]
-print(f"{name:8s} request {med(request):5.1f} µs | upstream {med(upstream):5.1f} µs | answer {med(answer):5.1f} µs"
+print(f"{name:8s} request {med(request):5.1f} µs | sent {med(sent):5.1f} µs | upstream {med(upstream):5.1f} µs | answer {med(answer):5.1f} µs"
       f" | tail {med(tail):5.1f} µs | wrk p50 {p50}, {rps} req/s")
 wrk99 = re.search(r'^\s+99%\s+(\S+)', text, re.M)[1]
-print(f"{'  p99':8s} request {p99(request):5.1f} µs | upstream {p99(upstream):5.1f} µs | answer {p99(answer):5.1f} µs"
+print(f"{'  p99':8s} request {p99(request):5.1f} µs | sent {p99(sent):5.1f} µs | upstream {p99(upstream):5.1f} µs | answer {p99(answer):5.1f} µs"
       f" | tail {p99(tail):5.1f} µs | wrk p99 {wrk99}")
 PY
 }

@@ -2,8 +2,9 @@
 # Load benchmark: keyward against nginx and HAProxy doing the crude version of its job, all on
 # loopback. Proxy and upstream share CPU 0; wrk runs on CPU 1; one worker per proxy.
 # Usage: benches/load/run.sh [seconds-per-run]   (writes benches/load/last-run.md)
+# Each mode runs every target ROUNDS times (3), interleaved; ratios use the medians.
 # keyward runs its default configuration (HTTP/2 to the upstream when offered).
-# Knobs (environment): TARGETS, MODES, IDLE=0, KEYWARD_HTTP2=0, UPSTREAM_H2=0, KEYWARD_BIN, and
+# Knobs (environment): TARGETS, MODES, ROUNDS, IDLE=0, KEYWARD_HTTP2=0, UPSTREAM_H2=0, KEYWARD_BIN, and
 # NGINX_LOG_BUFFER=64k (nginx buffers its access log, flushing every 10 ms, as keyward batches).
 set -euo pipefail
 # A relative KEYWARD_BIN means relative to where the script was started.
@@ -11,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SECS=${1:-8}
+ROUNDS=${ROUNDS:-3}
 W=$(mktemp -d /tmp/keyward-load.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -196,15 +198,15 @@ OUT=$ROOT/benches/load/last-run.md
   echo
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem/{print $2}') GiB."
   echo "Versions: keyward $("$KW" --version | cut -d' ' -f2), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)."
-  echo "Pinning: upstream and the proxy under test on CPU 0 (taskset -c 0), wrk on CPU 1; one worker each (keyward --workers 1, nginx worker_processes 1, HAProxy nbthread 1). ${SECS}s per run. TLS both sides; each proxy writes an access log line per request to a file."
+  echo "Pinning: upstream and the proxy under test on CPU 0 (taskset -c 0), wrk on CPU 1; one worker each (keyward --workers 1, nginx worker_processes 1, HAProxy nbthread 1). ${SECS}s per run, ${ROUNDS} interleaved rounds per mode (ratios from each target's median). TLS both sides; each proxy writes an access log line per request to a file."
   echo
   echo "| mode | target | req/s | p50 ms | p99 ms | proxy CPU µs/req | proxy RSS MiB |"
   echo "|---|---|---:|---:|---:|---:|---:|"
 } > "$OUT"
 
-declare -A RPS CPU P50 P99
-run() { # mode target wrk-args...
-  local mode=$1 t=$2; shift 2
+declare -A RPS CPU P50 P99 ALL_RPS ALL_CPU ALL_P50 ALL_P99
+run() { # mode target round wrk-args...
+  local mode=$1 t=$2 round=$3; shift 3
   local pid="" before=0
   if [ "$t" != direct ]; then pid=$(proxy_pid "$t"); before=$(cpu_ticks "$pid"); fi
   local res; res=$(taskset -c 1 wrk --latency -d "${SECS}s" -H "Authorization: $(auth $t)" "$@" "https://localhost:${PORT[$t]}/v1/charges/ch_3NxAbCdEfGhIjKlM")
@@ -219,8 +221,22 @@ run() { # mode target wrk-args...
     rss=$(python3 -c "print(round($(hwm_kib "$pid")/1024, 1))")
   fi
   ms() { python3 -c "import sys;v=sys.argv[1];print(float(v[:-2]) if v.endswith('ms') else float(v[:-2])/1000 if v.endswith('us') else float(v[:-1])*1000)" "$1"; }
-  RPS[$mode/$t]=$rps; CPU[$mode/$t]=$cpu; P50[$mode/$t]=$(ms "$p50"); P99[$mode/$t]=$(ms "$p99")
-  echo "| $mode | $t | $rps | ${P50[$mode/$t]} | ${P99[$mode/$t]} | $cpu | $rss |" | tee -a "$OUT"
+  p50=$(ms "$p50"); p99=$(ms "$p99")
+  ALL_RPS[$mode/$t]+=" $rps"; ALL_CPU[$mode/$t]+=" $cpu"; ALL_P50[$mode/$t]+=" $p50"; ALL_P99[$mode/$t]+=" $p99"
+  echo "| $mode | $t (round $round) | $rps | $p50 | $p99 | $cpu | $rss |" | tee -a "$OUT"
+}
+median() { python3 -c "import statistics,sys;v=sys.argv[1:];print('-' if '-' in v else round(statistics.median(map(float,v)),3))" $1; }
+# The machine's speed wanders by tens of per cent within a minute: each mode runs its targets
+# in ROUNDS interleaved rounds (direct, keyward, nginx, HAProxy, direct, …) and the ratios use
+# each target's median, so that one slow moment does not decide a comparison.
+rounds() { # mode wrk-args...
+  local mode=$1; shift
+  for r in $(seq 1 "$ROUNDS"); do for t in $TARGETS; do run "$mode" "$t" "$r" "$@"; done; done
+  for t in $TARGETS; do
+    RPS[$mode/$t]=$(median "${ALL_RPS[$mode/$t]}"); CPU[$mode/$t]=$(median "${ALL_CPU[$mode/$t]}")
+    P50[$mode/$t]=$(median "${ALL_P50[$mode/$t]}"); P99[$mode/$t]=$(median "${ALL_P99[$mode/$t]}")
+    echo "| $mode | **$t, median** | ${RPS[$mode/$t]} | ${P50[$mode/$t]} | ${P99[$mode/$t]} | ${CPU[$mode/$t]} | |" | tee -a "$OUT"
+  done
 }
 
 TARGETS=${TARGETS:-direct keyward nginx haproxy}
@@ -228,9 +244,9 @@ MODES=${MODES:-keepalive-64 one-connection new-connection}
 for t in $TARGETS; do [ -n "${PORT[$t]:-}" ] || { echo "unknown target $t (direct keyward nginx haproxy)" >&2; exit 1; }; done
 for m in $MODES; do case $m in keepalive-64|one-connection|new-connection) ;; *) echo "unknown mode $m" >&2; exit 1;; esac; done
 wants() { [[ " $MODES " == *" $1 "* ]]; }
-wants keepalive-64 && for t in $TARGETS; do run keepalive-64 "$t" -t1 -c64; done
-wants one-connection && for t in $TARGETS; do run one-connection "$t" -t1 -c1; done
-wants new-connection && for t in $TARGETS; do run new-connection "$t" -t1 -c16 -H "Connection: close"; done
+wants keepalive-64 && rounds keepalive-64 -t1 -c64
+wants one-connection && rounds one-connection -t1 -c1
+wants new-connection && rounds new-connection -t1 -c16 -H "Connection: close"
 
 # Idle keep-alive connections: RSS of keyward holding 1,000 of them.
 KPID=$(proxy_pid keyward)
