@@ -144,23 +144,11 @@ fn suspicious(o: &mut String, r: &Report) {
             b.denials, b.caller, b.service, b.start, b.end
         );
     }
-    for c in &s.outside_allowlist {
+    let outside = s.outside_allowlist.iter().map(|c| (c, format!("outside allowlist ({})", c.reason)));
+    for (c, what) in outside.chain(s.bad_tokens.iter().map(|c| (c, c.reason.to_string()))) {
         let _ = writeln!(
             o,
-            "  outside allowlist ({}): {}, {} token {} from {} (last {})",
-            c.reason,
-            calls(c.count),
-            c.service,
-            c.token_id,
-            c.address,
-            c.last_seen
-        );
-    }
-    for c in &s.bad_tokens {
-        let _ = writeln!(
-            o,
-            "  {}: {}, {} token {} from {} (last {})",
-            c.reason,
+            "  {what}: {}, {} token {} from {} (last {})",
             calls(c.count),
             c.service,
             c.token_id,
