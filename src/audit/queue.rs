@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::RwLock;
@@ -73,7 +72,7 @@ pub struct AuditSink {
     forwarded: Arc<Semaphore>,
     /// The places each service's calls may hold: half the forwarded share. Read-mostly: a
     /// service's semaphore is made by its first call.
-    services: RwLock<HashMap<Arc<str>, Arc<Semaphore>>>,
+    services: RwLock<foldhash::HashMap<Arc<str>, Arc<Semaphore>>>,
     service_share: usize,
     pub state: Arc<SinkState>,
     pub settings: Settings,

@@ -53,7 +53,7 @@ pub struct Entry {
 
 #[derive(Debug, Default)]
 struct Node {
-    literal: HashMap<Box<str>, Node>,
+    literal: foldhash::HashMap<Box<str>, Node>,
     param: Option<Box<Node>>,
     leaf: [Option<u32>; METHODS.len()],
 }

@@ -2,7 +2,6 @@
 //! expansion table, and which upstream each catalog entry goes to. Built by the control plane
 //! from the configuration; held by the snapshot.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -25,7 +24,7 @@ pub struct Policy {
     /// that is a DNS name (never an address or `localhost`).
     pub hosts: Vec<Option<String>>,
     pub services: Vec<Service>,
-    pub tokens: HashMap<TokenHash, TokenRef>,
+    pub tokens: foldhash::HashMap<TokenHash, TokenRef>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -13,7 +13,6 @@
 //! - the connection's receive window covers every stream's window at once, so answers left
 //!   unread take no credit another stream needs.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -65,7 +64,7 @@ pub struct H2 {
     connecting: tokio::sync::Mutex<()>,
     /// Each service's calls in flight, at most `streams_per_service` (by service name: the
     /// pool outlives a reload that renumbers services).
-    services: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
+    services: Mutex<foldhash::HashMap<Arc<str>, Arc<Semaphore>>>,
     streams_per_service: usize,
     /// Connection attempts that failed: a call that waited behind a failed attempt fails with
     /// it instead of queueing another (a blackholed upstream would cost each call a timeout).

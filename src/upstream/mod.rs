@@ -4,7 +4,6 @@
 mod dial;
 mod http2;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
@@ -41,7 +40,7 @@ pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     pub egress_ip: Option<IpAddr>,
-    clients: HashMap<Option<IpAddr>, Client>,
+    clients: foldhash::HashMap<Option<IpAddr>, Client>,
 }
 
 impl fmt::Debug for Upstream {

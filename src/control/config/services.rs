@@ -30,7 +30,7 @@ fn name_is_usable(name: &str) -> bool {
 /// The compiled services and the token index; and the limits of those that have any.
 pub struct Compiled {
     pub services: Vec<Service>,
-    pub tokens: HashMap<[u8; 32], TokenRef>,
+    pub tokens: foldhash::HashMap<[u8; 32], TokenRef>,
     pub limits: Vec<(Arc<str>, Option<LimitSpec>)>,
 }
 
@@ -41,7 +41,7 @@ pub fn build(
     errs: &mut Errors,
 ) -> Compiled {
     let mut services = Vec::new();
-    let mut tokens = HashMap::new();
+    let mut tokens = foldhash::HashMap::default();
     let mut limit_specs = Vec::new();
     let mut names = HashSet::new();
     for (i, s) in file.service.iter().enumerate() {
@@ -179,7 +179,7 @@ fn build_tokens(
     s: &ServiceFile,
     key: &str,
     service: u32,
-    index: &mut HashMap<[u8; 32], TokenRef>,
+    index: &mut foldhash::HashMap<[u8; 32], TokenRef>,
     errs: &mut Errors,
 ) -> Vec<Token> {
     let mut out = Vec::new();
