@@ -144,17 +144,11 @@ fn suspicious(o: &mut String, r: &Report) {
             b.denials, b.caller, b.service, b.start, b.end
         );
     }
-    let outside = s.outside_allowlist.iter().map(|c| (c, format!("outside allowlist ({})", c.reason)));
-    for (c, what) in outside.chain(s.bad_tokens.iter().map(|c| (c, c.reason.to_string()))) {
-        let _ = writeln!(
-            o,
-            "  {what}: {}, {} token {} from {} (last {})",
-            calls(c.count),
-            c.service,
-            c.token_id,
-            c.address,
-            c.last_seen
-        );
+    for c in &s.outside_allowlist {
+        caller(o, &format!("outside allowlist ({})", c.reason), c);
+    }
+    for c in &s.bad_tokens {
+        caller(o, &c.reason, c);
     }
     for u in &s.unknown_endpoints {
         let _ = writeln!(o, "  not in catalog: {}, {} {}", calls(u.count), u.service, u.endpoint);
@@ -169,6 +163,19 @@ fn suspicious(o: &mut String, r: &Report) {
             h.first_seen
         );
     }
+}
+
+/// One suspicious caller: what it did, how often, whose token, from where.
+fn caller(o: &mut String, what: &str, c: &super::suspicious::Caller) {
+    let _ = writeln!(
+        o,
+        "  {what}: {}, {} token {} from {} (last {})",
+        calls(c.count),
+        c.service,
+        c.token_id,
+        c.address,
+        c.last_seen
+    );
 }
 
 /// "1 call", "3 calls".
