@@ -87,10 +87,8 @@ pub struct Metrics {
     last_reload: Gauge,
     /// Requests between their arrival and the end of their answer.
     pub in_flight: Gauge,
-    /// Connections open on the proxy listener.
-    pub connections_open: Gauge,
-    /// Connections closed at once because their address had too many open.
-    pub connections_refused: Counter,
+    /// Connections on the proxy listeners: open, unproven, refused, evicted.
+    pub connections: crate::serve::admission::AdmissionMetrics,
     /// Forward mode: tunnels open.
     pub tunnels_open: Gauge,
     /// Tokens suspended by quarantine (`quarantine` on a service).
@@ -107,9 +105,9 @@ impl Default for Metrics {
         let upstream_duration = Histogram::new(BUCKETS);
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
-        let (last_reload, in_flight, connections_open) =
-            (Gauge::default(), Gauge::default(), Gauge::default());
-        let (connections_refused, quarantined) = (Counter::default(), Counter::default());
+        let (last_reload, in_flight) = (Gauge::default(), Gauge::default());
+        let connections = crate::serve::admission::AdmissionMetrics::default();
+        let quarantined = Counter::default();
         let (tunnels_open, connects) = (Gauge::default(), Family::<OutcomeLabel, Counter>::default());
         let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
         build.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))]).set(1);
@@ -148,13 +146,23 @@ impl Default for Metrics {
         r.register("keyward_requests_in_flight", "Requests not answered in full yet", in_flight.clone());
         r.register(
             "keyward_connections_open",
-            "Open connections on the proxy listener",
-            connections_open.clone(),
+            "Open connections on the proxy listeners",
+            connections.open.clone(),
+        );
+        r.register(
+            "keyward_connections_unproven",
+            "Open connections none of whose requests has passed the token checks yet",
+            connections.unproven.clone(),
         );
         r.register(
             "keyward_connections_refused",
-            "Connections closed at once because their address had max_connections_per_ip open",
-            connections_refused.clone(),
+            "Connections closed at once: their address had max_connections_per_ip or max_unproven_per_ip open",
+            connections.refused_per_ip.clone(),
+        );
+        r.register(
+            "keyward_connections_evicted",
+            "Unproven connections closed to make room (max_unproven_connections, max_handshakes)",
+            connections.evicted.clone(),
         );
         r.register("keyward_tunnels_open", "Forward mode: tunnels open", tunnels_open.clone());
         r.register(
@@ -172,8 +180,7 @@ impl Default for Metrics {
             reloads,
             last_reload,
             in_flight,
-            connections_open,
-            connections_refused,
+            connections,
             tunnels_open,
             quarantined,
             connects,

@@ -55,6 +55,10 @@ pub struct Limits {
     pub max_handshakes: usize,
     pub max_handshakes_per_ip: usize,
     pub max_streams_per_connection: u32,
+    /// What callers that have proven nothing may hold (`serve::admission`).
+    pub max_unproven_connections: usize,
+    pub max_unproven_per_ip: usize,
+    pub refusals_per_connection: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +78,10 @@ pub struct Timeouts {
     /// HTTP/2 keep-alive pings to callers: how often, and how long an answer may take.
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
+    /// A new connection's whole ClientHello must arrive within this, before it takes a turn.
+    pub client_hello: Duration,
+    /// An unproven connection with no request begun for this long is closed.
+    pub unproven_idle: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]

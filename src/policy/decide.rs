@@ -104,6 +104,12 @@ pub struct Ruling<'s> {
 }
 
 impl<'s> Ruling<'s> {
+    /// Whether the caller proved who it is: a token of a service, good from this address (and
+    /// certificate), whatever the call it asked for. Its connection is then *proven*.
+    pub fn proves(&self) -> bool {
+        self.token.is_some() && !matches!(&self.verdict, Verdict::Deny(f) if f.is_identity())
+    }
+
     fn deny(failure: Failure) -> Self {
         Ruling {
             verdict: Verdict::Deny(failure),

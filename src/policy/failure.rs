@@ -192,6 +192,26 @@ impl Failure {
         }
     }
 
+    /// Whether it refuses who the caller is (its token, address, certificate, tunnel), rather
+    /// than what a known caller asked for: such a refusal proves nothing about the caller.
+    pub fn is_identity(&self) -> bool {
+        matches!(
+            self,
+            Failure::MissingToken
+                | Failure::InvalidToken { .. }
+                | Failure::ExpiredToken { .. }
+                | Failure::TokenNotYetValid { .. }
+                | Failure::SuspendedToken
+                | Failure::RevokedToken { .. }
+                | Failure::IpNotAllowed
+                | Failure::Quarantined
+                | Failure::ClientCertRequired
+                | Failure::ClientCertNotAllowed
+                | Failure::ProxyTokenInvalid { .. }
+                | Failure::TunnelServiceMismatch
+        )
+    }
+
     /// Seconds after which a retry may succeed (`Retry-After`), for the limits.
     pub fn retry_after(&self) -> Option<u64> {
         match self {

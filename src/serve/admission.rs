@@ -1,57 +1,116 @@
-//! Who gets a connection: at most `limits.max_connections` open (past it, new connections
-//! wait in the kernel's backlog), at most `limits.max_connections_per_ip` from one address
-//! (past it, a new one is closed at once), and at most `limits.max_handshakes` TLS handshakes
-//! at a time, `limits.max_handshakes_per_ip` of them from one address (past them, a handshake
-//! waits for a turn, within its timeout): one address with many silent connections cannot
-//! take every turn. An IPv6 address counts with the rest of its /64, which one host may hold
-//! whole. Limits are read from the snapshot serving at the time, so a reload changes them;
-//! established connections keep working whatever the limits become.
+//! Who gets a connection, and what a caller that has proven nothing may hold.
+//!
+//! A connection is *unproven* until one of its requests passes the token (and client
+//! certificate) checks. Unproven connections get a bounded share of everything a flood could
+//! take, and proven ones keep the rest:
+//!
+//! - at most `limits.max_connections` open (past it, new connections wait in the kernel's
+//!   backlog) and `limits.max_connections_per_ip` from one address (past it, closed at once);
+//! - at most `limits.max_unproven_connections` unproven ones in all: a newcomer past it takes
+//!   the place of the oldest unproven connection of the address that holds the most, so that a
+//!   flood from many addresses evicts itself and a caller from a quiet address always gets in;
+//!   at most `limits.max_unproven_per_ip` from one address (past it, closed at once);
+//! - TLS handshake turns (`limits.max_handshakes`, `limits.max_handshakes_per_ip`), taken only
+//!   once a whole ClientHello has arrived (`listener`), shared the same way: with every turn
+//!   taken, a newcomer takes the oldest turn of an address that holds more than its own.
+//!
+//! An IPv6 address counts with the rest of its /64, which one host may hold whole. Limits are
+//! read from the snapshot serving at the time, so a reload changes them; connections already
+//! open keep what they have.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use foldhash::HashMap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
+use crate::control::snapshot::Limits;
 use crate::policy::identity::address_key;
+
+/// Counters the admission keeps for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct AdmissionMetrics {
+    /// Open connections: the metric is the count.
+    pub open: Gauge,
+    /// Of them, unproven.
+    pub unproven: Gauge,
+    /// Connections closed at once because their address had too many (all, or unproven).
+    pub refused_per_ip: Counter,
+    /// Unproven connections closed to make room for a newcomer, or for a handshake turn.
+    pub evicted: Counter,
+}
 
 #[derive(Debug)]
 pub struct Admission {
-    /// Open connections: the metric is the count.
-    open: Gauge,
+    metrics: AdmissionMetrics,
     closed: Notify,
-    per_ip: Mutex<HashMap<IpAddr, PerIp>>,
-    handshaking: AtomicUsize,
-    handshake_done: Notify,
-    /// Connections closed at once because their address had too many.
-    refused_per_ip: Counter,
+    table: Mutex<Table>,
+    turn_free: Notify,
 }
 
+/// An unproven connection or a handshake in progress, in its address's queue, oldest first.
 #[derive(Debug)]
-struct PerIp {
-    connections: usize,
-    /// This address's handshake turns, and how many there are.
-    handshakes: Arc<Semaphore>,
-    turns: usize,
+struct Held {
+    id: u64,
+    evict: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Open connections per address.
+    connections: HashMap<IpAddr, usize>,
+    /// Unproven connections per address (only addresses that have some).
+    unproven: HashMap<IpAddr, VecDeque<Held>>,
+    unproven_total: usize,
+    /// Handshakes holding a turn, per address (only addresses that have some).
+    turns: HashMap<IpAddr, VecDeque<Held>>,
+    turns_total: usize,
+    next_id: u64,
+}
+
+impl Table {
+    /// Take `id` out of `ip`'s queue in `map`, if it is there; whether it was.
+    fn remove(map: &mut HashMap<IpAddr, VecDeque<Held>>, ip: IpAddr, id: u64) -> bool {
+        let Some(queue) = map.get_mut(&ip) else { return false };
+        let Some(at) = queue.iter().position(|h| h.id == id) else { return false };
+        queue.remove(at);
+        if queue.is_empty() {
+            map.remove(&ip);
+        }
+        true
+    }
+
+    /// The oldest entry of the address that holds the most in `map` (if it holds more than
+    /// `more_than`), taken out of its queue and told to go.
+    fn evict_busiest(map: &mut HashMap<IpAddr, VecDeque<Held>>, more_than: usize) -> bool {
+        let busiest = map.iter().max_by_key(|(_, q)| q.len()).filter(|(_, q)| q.len() > more_than);
+        let Some((&ip, _)) = busiest else { return false };
+        let queue = map.get_mut(&ip).expect("just found");
+        let held = queue.pop_front().expect("queues in the map are not empty");
+        if queue.is_empty() {
+            map.remove(&ip);
+        }
+        held.evict.cancel();
+        true
+    }
 }
 
 impl Admission {
-    pub fn new(open: Gauge, refused_per_ip: Counter) -> Admission {
-        Admission {
-            open,
-            closed: Notify::new(),
-            per_ip: Mutex::default(),
-            handshaking: AtomicUsize::new(0),
-            handshake_done: Notify::new(),
-            refused_per_ip,
-        }
+    pub fn new(metrics: AdmissionMetrics) -> Admission {
+        Admission { metrics, closed: Notify::new(), table: Mutex::default(), turn_free: Notify::new() }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn open(&self) -> usize {
-        self.open.get().max(0) as usize
+        self.metrics.open.get().max(0) as usize
     }
 
     /// Until fewer than `max` connections are open.
@@ -61,50 +120,71 @@ impl Admission {
         }
     }
 
-    /// Count a new connection from `ip`, unless that address already has `max_per_ip`; its
-    /// handshake will take one of the address's `handshakes_per_ip` turns.
-    pub fn admit(
-        self: &Arc<Self>,
-        ip: IpAddr,
-        max_per_ip: usize,
-        handshakes_per_ip: usize,
-    ) -> Option<Connection> {
+    /// Count a new, unproven connection from `ip`, unless that address already has
+    /// `max_connections_per_ip` or `max_unproven_per_ip`; with `unproven_cap` unproven
+    /// connections open, the busiest address's oldest is evicted for it.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits, unproven_cap: usize) -> Option<Connection> {
         let ip = address_key(ip);
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let turns = handshakes_per_ip.max(1);
-        let entry = per_ip.entry(ip).or_insert_with(|| PerIp {
-            connections: 0,
-            handshakes: Arc::new(Semaphore::new(turns)),
-            turns,
-        });
-        // A reload changed the limit: new connections take turns from a new set (those
-        // handshaking keep theirs until done).
-        if entry.turns != turns {
-            (entry.handshakes, entry.turns) = (Arc::new(Semaphore::new(turns)), turns);
-        }
-        if entry.connections >= max_per_ip {
-            drop(per_ip);
-            self.refused_per_ip.inc();
+        let mut t = self.table();
+        let open = t.connections.get(&ip).copied().unwrap_or(0);
+        let unproven = t.unproven.get(&ip).map_or(0, VecDeque::len);
+        if open >= limits.max_connections_per_ip || unproven >= limits.max_unproven_per_ip {
+            drop(t);
+            self.metrics.refused_per_ip.inc();
             return None;
         }
-        entry.connections += 1;
-        let turns = entry.handshakes.clone();
-        self.open.inc();
-        Some(Connection { admission: self.clone(), ip, turns })
+        if t.unproven_total >= unproven_cap && Table::evict_busiest(&mut t.unproven, 0) {
+            t.unproven_total -= 1;
+            self.metrics.unproven.dec();
+            self.metrics.evicted.inc();
+        }
+        t.next_id += 1;
+        let (id, evict) = (t.next_id, CancellationToken::new());
+        *t.connections.entry(ip).or_default() += 1;
+        t.unproven.entry(ip).or_default().push_back(Held { id, evict: evict.clone() });
+        t.unproven_total += 1;
+        drop(t);
+        self.metrics.open.inc();
+        self.metrics.unproven.inc();
+        Some(Connection {
+            admission: self.clone(),
+            ip,
+            id,
+            evict,
+            proven: AtomicBool::new(false),
+            refusals: AtomicU32::new(0),
+            activity: AtomicU64::new(0),
+        })
     }
 
-    /// A turn to handshake: one of the address's, then one of the `max` in all.
-    pub async fn handshake(self: &Arc<Self>, conn: &Connection, max: usize) -> Handshake {
-        let own = conn.turns.clone().acquire_owned().await.expect("the semaphore is never closed");
+    /// A turn to handshake, for a connection whose ClientHello has arrived: one of its
+    /// address's `max_handshakes_per_ip`, and of the `max_handshakes` in all. With every turn
+    /// taken, an address holding more turns than this one (plus the one it asks for) gives up
+    /// its oldest; otherwise this waits for one to end.
+    async fn handshake(self: &Arc<Self>, conn: &Connection, limits: &Limits) -> Handshake {
         loop {
-            let n = self.handshaking.load(Ordering::Acquire);
-            if n < max {
-                if self.handshaking.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                    return Handshake { admission: self.clone(), _own: own };
+            let freed = self.turn_free.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut t = self.table();
+                let own = t.turns.get(&conn.ip).map_or(0, VecDeque::len);
+                let room = own < limits.max_handshakes_per_ip
+                    && (t.turns_total < limits.max_handshakes || Table::evict_busiest(&mut t.turns, own + 1));
+                if room {
+                    if t.turns_total >= limits.max_handshakes {
+                        t.turns_total -= 1;
+                        self.metrics.evicted.inc();
+                    }
+                    // A proven connection (a tunnel opened with a good Proxy-Authorization) is
+                    // never closed: its turn may be taken, not the connection.
+                    let evict = if conn.is_proven() { CancellationToken::new() } else { conn.evict.clone() };
+                    t.turns.entry(conn.ip).or_default().push_back(Held { id: conn.id, evict });
+                    t.turns_total += 1;
+                    return Handshake { admission: self.clone(), ip: conn.ip, id: conn.id };
                 }
-                continue;
             }
-            self.handshake_done.notified().await;
+            freed.await;
         }
     }
 }
@@ -113,36 +193,107 @@ impl Admission {
 pub struct Connection {
     admission: Arc<Admission>,
     ip: IpAddr,
-    turns: Arc<Semaphore>,
+    id: u64,
+    /// Cancelled to close the connection at once: evicted while unproven, or unproven and
+    /// idle or refused too often (`listener::guarded`).
+    pub evict: CancellationToken,
+    proven: AtomicBool,
+    /// Requests refused on this connection while it was unproven.
+    refusals: AtomicU32,
+    /// Bumped by each request and the handshake's end: what `timeouts.unproven_idle` watches.
+    activity: AtomicU64,
+}
+
+impl Connection {
+    /// One of its requests passed the token checks: from now on it holds no unproven place,
+    /// and nothing evicts it.
+    pub fn prove(&self) {
+        if self.proven.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let a = &self.admission;
+        let mut t = a.table();
+        if Table::remove(&mut t.unproven, self.ip, self.id) {
+            t.unproven_total -= 1;
+            a.metrics.unproven.dec();
+        }
+    }
+
+    /// A turn to handshake (see [`Admission::handshake`]).
+    pub async fn turn(&self, limits: &Limits) -> Handshake {
+        self.admission.handshake(self, limits).await
+    }
+
+    pub fn is_proven(&self) -> bool {
+        self.proven.load(Ordering::Acquire)
+    }
+
+    /// A request refused while unproven: how many this connection has had.
+    pub fn refused(&self) -> u32 {
+        self.refusals.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Something happened on the connection (a request, a finished handshake).
+    pub fn active(&self) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Returns once the connection has been unproven and quiet for a whole `every`: no request
+    /// began and no handshake ended in it. Never, once proven.
+    pub async fn unproven_idle(&self, every: std::time::Duration) {
+        let mut seen = self.activity.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(every).await;
+            if self.is_proven() {
+                return std::future::pending().await;
+            }
+            let now = self.activity.load(Ordering::Relaxed);
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+    }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         let a = &self.admission;
-        let mut per_ip = a.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = per_ip.get_mut(&self.ip) {
-            entry.connections -= 1;
-            if entry.connections == 0 {
-                per_ip.remove(&self.ip);
+        let mut t = a.table();
+        if let Some(n) = t.connections.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.connections.remove(&self.ip);
             }
         }
-        drop(per_ip);
-        a.open.dec();
+        if Table::remove(&mut t.unproven, self.ip, self.id) {
+            t.unproven_total -= 1;
+            a.metrics.unproven.dec();
+        }
+        drop(t);
+        a.metrics.open.dec();
         // One waiter (the accept loop); a stored permit covers a close just before it waits.
         a.closed.notify_one();
     }
 }
 
-/// A handshake in progress.
+/// A handshake holding a turn.
 pub struct Handshake {
     admission: Arc<Admission>,
-    _own: OwnedSemaphorePermit,
+    ip: IpAddr,
+    id: u64,
 }
 
 impl Drop for Handshake {
     fn drop(&mut self) {
-        self.admission.handshaking.fetch_sub(1, Ordering::AcqRel);
-        self.admission.handshake_done.notify_one();
+        let a = &self.admission;
+        let mut t = a.table();
+        // Not there if it was evicted (its turn already went to another).
+        if Table::remove(&mut t.turns, self.ip, self.id) {
+            t.turns_total -= 1;
+        }
+        drop(t);
+        a.turn_free.notify_waiters();
     }
 }
 
@@ -153,47 +304,102 @@ mod tests {
     use super::*;
 
     fn admission() -> Arc<Admission> {
-        Arc::new(Admission::new(Gauge::default(), Counter::default()))
+        Arc::new(Admission::new(AdmissionMetrics::default()))
+    }
+
+    fn limits(
+        per_ip: usize,
+        unproven: usize,
+        unproven_per_ip: usize,
+        turns: usize,
+        turns_per_ip: usize,
+    ) -> Limits {
+        Limits {
+            max_connections_per_ip: per_ip,
+            max_unproven_connections: unproven,
+            max_unproven_per_ip: unproven_per_ip,
+            max_handshakes: turns,
+            max_handshakes_per_ip: turns_per_ip,
+            ..crate::control::config::validate::limits(&Default::default())
+        }
+    }
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, n])
     }
 
     #[test]
     fn an_address_gets_its_share_and_the_count_returns_on_close() {
         let a = admission();
-        let (one, two): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
-        let held: Vec<_> = (0..3).map(|_| a.admit(one, 3, 8).unwrap()).collect();
-        assert!(a.admit(one, 3, 8).is_none(), "a fourth from the same address");
-        assert!(a.admit(two, 3, 8).is_some(), "another address is not held up");
-        assert_eq!(a.refused_per_ip.get(), 1);
+        let l = limits(3, 100, 100, 8, 8);
+        let held: Vec<_> = (0..3).map(|_| a.admit(ip(2), &l, l.max_unproven_connections).unwrap()).collect();
+        assert!(a.admit(ip(2), &l, l.max_unproven_connections).is_none(), "a fourth from the same address");
+        assert!(a.admit(ip(3), &l, l.max_unproven_connections).is_some(), "another address is not held up");
+        assert_eq!(a.metrics.refused_per_ip.get(), 1);
         drop(held);
         assert_eq!(a.open(), 0);
-        assert!(a.per_ip.lock().unwrap().is_empty(), "no entry left behind per address");
-        assert!(a.admit(one, 3, 8).is_some());
+        let t = a.table();
+        assert!(t.connections.is_empty() && t.unproven.is_empty(), "nothing left behind per address");
+        drop(t);
+        assert!(a.admit(ip(2), &l, l.max_unproven_connections).is_some());
     }
 
     #[test]
     fn an_ipv6_host_counts_as_its_64() {
         let a = admission();
-        let _first = a.admit("2001:db8::1".parse().unwrap(), 1, 8).unwrap();
-        assert!(a.admit("2001:db8::ffff:2".parse().unwrap(), 1, 8).is_none(), "same /64");
-        assert!(a.admit("2001:db8:0:1::1".parse().unwrap(), 1, 8).is_some(), "another /64");
+        let l = limits(1, 100, 100, 8, 8);
+        let _first = a.admit("2001:db8::1".parse().unwrap(), &l, 100).unwrap();
+        assert!(a.admit("2001:db8::ffff:2".parse().unwrap(), &l, 100).is_none(), "same /64");
+        assert!(a.admit("2001:db8:0:1::1".parse().unwrap(), &l, 100).is_some(), "another /64");
+    }
+
+    #[test]
+    fn past_the_unproven_share_the_busiest_address_makes_room_and_proven_ones_stay() {
+        let a = admission();
+        let l = limits(100, 4, 3, 8, 8);
+        let flood: Vec<_> = (0..3).map(|_| a.admit(ip(2), &l, l.max_unproven_connections).unwrap()).collect();
+        assert!(a.admit(ip(2), &l, l.max_unproven_connections).is_none(), "past max_unproven_per_ip");
+        let other = a.admit(ip(3), &l, l.max_unproven_connections).unwrap();
+        other.prove();
+        let late = a.admit(ip(4), &l, l.max_unproven_connections).unwrap();
+        assert!(flood.iter().all(|c| !c.evict.is_cancelled()), "proving freed a place");
+        let newcomer = a.admit(ip(5), &l, l.max_unproven_connections).unwrap();
+        assert!(flood[0].evict.is_cancelled(), "the busiest address's oldest went");
+        assert!(
+            !flood[1].evict.is_cancelled() && !late.evict.is_cancelled() && !newcomer.evict.is_cancelled()
+        );
+        assert!(!other.evict.is_cancelled(), "a proven connection is never evicted");
+        assert_eq!((a.table().unproven_total, a.metrics.unproven.get()), (4, 4));
+        drop(flood);
+        assert_eq!((a.table().unproven_total, a.metrics.unproven.get(), a.open()), (2, 2, 3));
     }
 
     #[tokio::test]
-    async fn handshakes_past_either_cap_wait_for_one_to_end() {
+    async fn with_every_turn_taken_a_busier_address_gives_one_up() {
         let a = admission();
-        let (busy, other): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
-        let (c1, c2, c3) =
-            (a.admit(busy, 9, 1).unwrap(), a.admit(busy, 9, 1).unwrap(), a.admit(other, 9, 1).unwrap());
-        let first = a.handshake(&c1, 2).await;
-        // The busy address has used its one turn; another address still gets one.
-        let second = tokio::spawn({
+        let l = limits(100, 100, 100, 2, 2);
+        let (c1, c2, c3, c4) = (
+            a.admit(ip(2), &l, l.max_unproven_connections).unwrap(),
+            a.admit(ip(2), &l, l.max_unproven_connections).unwrap(),
+            a.admit(ip(3), &l, l.max_unproven_connections).unwrap(),
+            a.admit(ip(3), &l, l.max_unproven_connections).unwrap(),
+        );
+        let first = a.handshake(&c1, &l).await;
+        let _second = a.handshake(&c2, &l).await;
+        // 127.0.0.2 holds both turns; 127.0.0.3 (none) takes the older.
+        let _third = tokio::time::timeout(Duration::from_secs(1), a.handshake(&c3, &l)).await.unwrap();
+        assert!(c1.evict.is_cancelled() && !c2.evict.is_cancelled());
+        // Now one each: the next from 127.0.0.3 waits for a turn to end.
+        let fourth = tokio::spawn({
             let a = a.clone();
-            async move { a.handshake(&c2, 2).await }
+            async move {
+                let _turn = a.handshake(&c4, &l).await;
+            }
         });
-        let third = tokio::time::timeout(Duration::from_secs(5), a.handshake(&c3, 2)).await.unwrap();
-        tokio::task::yield_now().await;
-        assert!(!second.is_finished(), "the address's second handshake waits for its first");
-        drop((first, third));
-        tokio::time::timeout(Duration::from_secs(5), second).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!fourth.is_finished(), "equal shares: it waits");
+        drop(first); // evicted already: ending it frees nothing more
+        drop(_second);
+        tokio::time::timeout(Duration::from_secs(1), fourth).await.unwrap().unwrap();
     }
 }

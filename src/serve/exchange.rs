@@ -41,6 +41,9 @@ pub struct Caller {
     pub close: Option<tokio_util::sync::CancellationToken>,
     /// The identities of the connection's verified client certificate, if it has one.
     pub client_ids: Arc<[String]>,
+    /// The connection's place in the admission: proven by a request that passes the token
+    /// checks.
+    pub conn: Arc<crate::serve::admission::Connection>,
 }
 
 pub struct Exchange {

@@ -22,7 +22,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
 use crate::audit::ProxyMode;
 use crate::control::snapshot::{ForwardSettings, Snapshot};
@@ -40,11 +39,10 @@ use crate::upstream::Body;
 pub async fn connection(tcp: StallGuard<TcpStream>, conn: Accepted, proxy: Arc<Proxy>, ends: Ends) {
     let snap = proxy.state.snapshot.load_full();
     let Some(settings) = snap.forward else { return };
-    match &snap.forward_tls {
+    match snap.forward_tls.clone() {
         Some(tls) => {
-            let accept = TlsAcceptor::from(tls.clone()).accept(tcp);
             drop(snap);
-            if let Some(tls) = listener::handshake(&proxy, &conn, accept).await {
+            if let Some(tls) = listener::handshake(&conn, tcp, |_| Some(tls)).await {
                 proxy_port(tls, conn, proxy, ends, settings).await;
             }
         }
@@ -97,12 +95,20 @@ fn answer(
         return proxy.unrecorded(Failure::AuditUnavailable);
     }
     let asked = asked_for(&parts);
+    conn.counted.active();
     let opened = open(&snap, proxy, conn, &parts).map(|(tunnel, tls, slot)| {
+        // A good `Proxy-Authorization` proves the caller; otherwise the tunnel's first
+        // request with a good token will.
+        if tunnel.token.is_some() {
+            conn.counted.prove();
+        }
         let (proxy, conn, ends2) = (proxy.clone(), conn.clone(), ends.clone());
         let settings = snap.forward.expect("a forward port has settings");
         ends.tasks.spawn(async move {
             let _slot = slot;
-            serve_tunnel(upgrade, tunnel, tls, &proxy, &conn, &ends2, settings.idle_timeout).await;
+            let (counted, idle, peer) = (conn.counted.clone(), conn.timeouts.unproven_idle, conn.peer);
+            let serving = serve_tunnel(upgrade, tunnel, tls, &proxy, &conn, &ends2, settings.idle_timeout);
+            listener::guarded(serving, &counted, idle, peer).await;
         });
     });
     match opened {
@@ -215,8 +221,14 @@ fn refuse(
     asked: Option<String>,
     f: &Failure,
 ) -> Response<Body> {
-    let caller =
-        Caller { ip: conn.ip, cut: conn.cut.clone(), tunnel: None, close: None, client_ids: Arc::default() };
+    let caller = Caller {
+        ip: conn.ip,
+        cut: conn.cut.clone(),
+        tunnel: None,
+        close: None,
+        client_ids: Arc::default(),
+        conn: conn.counted.clone(),
+    };
     let mut ex = Exchange::start(proxy.state.clone(), &proxy.ids, &caller, &snap.version, parts);
     (ex.record.mode, ex.record.connect_host) = (ProxyMode::Forward, asked);
     let f = ex.deny(f.clone());
@@ -244,17 +256,17 @@ async fn serve_tunnel(
     let Ok(upgraded) = upgraded else { return };
     let moved = Arc::new(AtomicU64::new(0));
     let io = Active { io: TokioIo::new(upgraded), moved: moved.clone() };
-    let host = tunnel.host().to_string();
-    let accept = async {
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
-        if start.client_hello().server_name().is_some_and(|sni| sni != host) {
+    let host = tunnel.host();
+    let sni = |hello: &rustls::server::ClientHello<'_>| {
+        if hello.server_name().is_some_and(|sni| sni != host) {
             proxy.state.metrics.connect("sni_mismatch");
-            return Err(std::io::Error::other("the TLS server name is not the CONNECT host"));
+            tracing::debug!(peer = %conn.peer, "the TLS server name is not the CONNECT host");
+            return None;
         }
-        start.into_stream(tls).await
+        Some(tls)
     };
     let stream = tokio::select! {
-        s = listener::handshake(proxy, conn, accept) => s,
+        s = listener::handshake(conn, io, sni) => s,
         _ = ends.kill.cancelled() => None,
     };
     let Some(stream) = stream else { return };
@@ -267,6 +279,7 @@ async fn serve_tunnel(
         tunnel: Some(tunnel),
         close: Some(ends.drain.clone()),
         client_ids: Arc::default(),
+        conn: conn.counted.clone(),
     };
     tokio::select! {
         _ = listener::http(stream, caller, conn, proxy, &ends, idle) => {}

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,6 +26,7 @@ use crate::serve::stall::{StallGuard, StreamCount, StreamExec};
 
 /// Which port a listener serves.
 #[derive(Debug, Clone, Copy)]
+#[repr(usize)]
 pub enum Port {
     /// The API over TLS: callers use keyward as their base URL.
     Reverse,
@@ -52,12 +53,13 @@ pub struct Accepted {
 /// been handed to the log.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: CancellationToken, port: Port) {
     let ends = Ends::default();
+    let admission = proxy.admission[port as usize].clone();
     loop {
         let max = proxy.state.snapshot.load().limits.max_connections;
         let accepted = tokio::select! {
             a = async {
                 // Past `max_connections`, new connections wait in the kernel's backlog.
-                proxy.admission.room(max).await;
+                admission.room(max).await;
                 listener.accept().await
             } => a,
             _ = accept.cancelled() => break,
@@ -76,9 +78,14 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: Cancellatio
         let ip = peer.ip().to_canonical();
         let snap = proxy.state.snapshot.load();
         let l = &snap.limits;
-        let Some(counted) = proxy.admission.admit(ip, l.max_connections_per_ip, l.max_handshakes_per_ip)
-        else {
-            tracing::debug!(%peer, "connection closed: too many from this address (max_connections_per_ip)");
+        // Unproven tunnels may hold at most half of `forward.max_tunnels`: the rest is for
+        // callers who have shown a token.
+        let unproven_cap = match (port, snap.forward) {
+            (Port::Forward, Some(f)) => l.max_unproven_connections.min((f.max_tunnels / 2).max(1)),
+            _ => l.max_unproven_connections,
+        };
+        let Some(counted) = admission.admit(ip, l, unproven_cap) else {
+            tracing::debug!(%peer, "connection closed: too many from this address (max_connections_per_ip, max_unproven_per_ip)");
             continue;
         };
         let (timeouts, limits) = (snap.timeouts, snap.limits);
@@ -86,13 +93,17 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: Cancellatio
         let _ = tcp.set_nodelay(true);
         let (proxy, ends2) = (proxy.clone(), ends.clone());
         ends.tasks.spawn(async move {
+            let counted = Arc::new(counted);
             let cut = Arc::new(AtomicBool::new(false));
             let tcp = StallGuard::new(tcp, timeouts.client_send, cut.clone());
-            let conn = Accepted { ip, peer, cut, counted: Arc::new(counted), timeouts, limits };
-            match port {
-                Port::Reverse => reverse(tcp, conn, proxy, ends2).await,
-                Port::Forward => crate::serve::forward::connection(tcp, conn, proxy, ends2).await,
-            }
+            let conn = Accepted { ip, peer, cut, counted: counted.clone(), timeouts, limits };
+            let serving = async move {
+                match port {
+                    Port::Reverse => reverse(tcp, conn, proxy, ends2).await,
+                    Port::Forward => crate::serve::forward::connection(tcp, conn, proxy, ends2).await,
+                }
+            };
+            guarded(serving, &counted, timeouts.unproven_idle, peer).await;
         });
     }
     drop(listener);
@@ -108,30 +119,71 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: Cancellatio
     ends.tasks.wait().await;
 }
 
-/// A connection to the reverse-proxy listener: TLS, then HTTP.
+/// Serve a connection until it ends, or until it is closed for proving nothing: evicted to make
+/// room (`admission`), or unproven with no request begun for `idle` (`timeouts.unproven_idle`).
+/// Dropping what serves it ends its exchanges, which are recorded.
+pub async fn guarded(serving: impl Future<Output = ()>, conn: &Connection, idle: Duration, peer: SocketAddr) {
+    tokio::select! {
+        _ = serving => {}
+        _ = conn.evict.cancelled() => tracing::debug!(%peer, "unproven connection closed"),
+        _ = conn.unproven_idle(idle) => tracing::debug!(%peer, "unproven connection idle; closed"),
+    }
+}
+
+/// A connection to the reverse-proxy listener: TLS, then HTTP, with a `close` of its own that
+/// the request path uses to end it politely (an unproven caller refused too often).
 async fn reverse(tcp: StallGuard<TcpStream>, conn: Accepted, proxy: Arc<Proxy>, ends: Ends) {
     let Some(tls) = proxy.state.snapshot.load().tls.clone() else {
         return tracing::error!("no TLS configuration loaded; refusing connection");
     };
-    let Some(stream) = handshake(&proxy, &conn, TlsAcceptor::from(tls).accept(tcp)).await else { return };
-    let caller =
-        Caller { ip: conn.ip, cut: conn.cut.clone(), tunnel: None, close: None, client_ids: Arc::default() };
+    let Some(stream) = handshake(&conn, tcp, |_| Some(tls)).await else { return };
+    let ends = Ends { drain: ends.drain.child_token(), ..ends };
+    let caller = Caller {
+        ip: conn.ip,
+        cut: conn.cut.clone(),
+        tunnel: None,
+        close: Some(ends.drain.clone()),
+        client_ids: Arc::default(),
+        conn: conn.counted.clone(),
+    };
     http(stream, caller, &conn, &proxy, &ends, conn.timeouts.request_head).await;
 }
 
-/// A TLS handshake, in one of the admission's turns and within `timeouts.handshake`.
-pub async fn handshake<S>(
-    proxy: &Arc<Proxy>,
+/// A TLS handshake. First the whole ClientHello, within `timeouts.client_hello`, holding no
+/// turn: a connection that is silent, or sends its hello a byte at a time, holds nothing but
+/// itself. `config` answers the hello with a configuration, or refuses it (`None`). Then, in
+/// one of the admission's turns, the rest within `timeouts.handshake`.
+pub async fn handshake<IO>(
     conn: &Accepted,
-    accept: impl Future<Output = std::io::Result<S>>,
-) -> Option<S> {
-    let turn = async {
-        let _turn = proxy.admission.handshake(&conn.counted, conn.limits.max_handshakes).await;
-        accept.await
-    };
+    io: IO,
+    config: impl FnOnce(&rustls::server::ClientHello<'_>) -> Option<Arc<rustls::ServerConfig>>,
+) -> Option<TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let peer = conn.peer;
-    match tokio::time::timeout(conn.timeouts.handshake, turn).await {
-        Ok(Ok(s)) => Some(s),
+    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match tokio::time::timeout(conn.timeouts.client_hello, hello).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS ClientHello unreadable");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no TLS ClientHello in time (timeouts.client_hello)");
+            return None;
+        }
+    };
+    let tls = config(&start.client_hello())?;
+    let rest = async {
+        let _turn = conn.counted.turn(&conn.limits).await;
+        start.into_stream(tls).await
+    };
+    match tokio::time::timeout(conn.timeouts.handshake, rest).await {
+        Ok(Ok(s)) => {
+            conn.counted.active();
+            Some(s)
+        }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             None

@@ -35,7 +35,8 @@ use crate::upstream::{self, Answer, Body, BoxError};
 /// the request ids.
 pub struct Proxy {
     pub state: Arc<State>,
-    pub admission: Arc<Admission>,
+    /// Each port's connections: unproven callers of one cannot take the other's share.
+    pub admission: [Arc<Admission>; 2],
     /// What all form bodies being read whole may take together, in KiB
     /// (`limits.max_form_bytes_total`): a service with many calls cannot fill the memory.
     forms: Arc<Semaphore>,
@@ -49,7 +50,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(state: Arc<State>) -> Arc<Proxy> {
         let m = &state.metrics;
-        let admission = Arc::new(Admission::new(m.connections_open.clone(), m.connections_refused.clone()));
+        let admission = [(); 2].map(|_| Arc::new(Admission::new(m.connections.clone())));
         let kib = state.snapshot.load().limits.max_form_bytes_total.div_ceil(1024);
         let forms = Arc::new(Semaphore::new(kib.min(Semaphore::MAX_PERMITS)));
         Arc::new(Proxy {
@@ -95,6 +96,11 @@ impl Proxy {
                 ruling.verdict = Verdict::Deny(Failure::Quarantined);
             }
         }
+        caller.conn.active();
+        let refused_unproven = !caller.conn.is_proven() && !ruling.proves();
+        if ruling.proves() {
+            caller.conn.prove();
+        }
         let exchange = || {
             let mut ex = Exchange::start(self.state.clone(), &self.ids, &caller, &snap.version, &parts);
             ex.note(&ruling, &snap.policy.upstreams);
@@ -111,7 +117,14 @@ impl Proxy {
                 {
                     close.cancel();
                 }
-                return Ok(exchange().refuse(closing(respond::failure(f), unread)));
+                // An unproven connection refused `limits.refusals_per_connection` times is
+                // closed after this answer: a caller without a token gets a few tries, not a
+                // connection to keep sending refusals on.
+                let enough = refused_unproven && caller.conn.refused() >= snap.limits.refusals_per_connection;
+                if enough && let Some(close) = &caller.close {
+                    close.cancel();
+                }
+                return Ok(exchange().refuse(closing(respond::failure(f), unread || enough)));
             }
             Verdict::Allow(route) | Verdict::WouldDeny(route, _) => *route,
         };

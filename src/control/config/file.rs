@@ -123,6 +123,11 @@ pub struct LimitsFile {
     pub max_handshakes: usize,
     pub max_handshakes_per_ip: usize,
     pub max_streams_per_connection: u32,
+    /// Connections (tunnels too) that have not yet carried a request passing the token checks.
+    pub max_unproven_connections: usize,
+    pub max_unproven_per_ip: usize,
+    /// Refusals an unproven connection may get before it is closed.
+    pub refusals_per_connection: u32,
 }
 
 impl Default for LimitsFile {
@@ -136,8 +141,11 @@ impl Default for LimitsFile {
             max_connections: 10_000,
             max_connections_per_ip: 256,
             max_handshakes: 256,
-            max_handshakes_per_ip: 32,
+            max_handshakes_per_ip: 16,
             max_streams_per_connection: 100,
+            max_unproven_connections: 1024,
+            max_unproven_per_ip: 64,
+            refusals_per_connection: 4,
         }
     }
 }
@@ -167,6 +175,12 @@ pub struct TimeoutsFile {
     pub ping_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
+    /// How long a new connection may take to send its whole TLS ClientHello.
+    #[serde(with = "humantime_serde")]
+    pub client_hello: Duration,
+    /// An unproven connection in which no request began for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub unproven_idle: Duration,
 }
 
 impl Default for TimeoutsFile {
@@ -185,6 +199,8 @@ impl Default for TimeoutsFile {
             drain_delay: Duration::from_secs(5),
             ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(10),
+            client_hello: Duration::from_secs(2),
+            unproven_idle: Duration::from_secs(10),
         }
     }
 }

@@ -141,29 +141,8 @@ pub fn validate(
             tokens,
         },
         secrets,
-        limits: Limits {
-            max_body_bytes: l.max_body_bytes,
-            max_header_bytes: l.max_header_bytes,
-            max_form_bytes: l.max_form_bytes,
-            max_form_bytes_total: l.max_form_bytes_total,
-            max_connections: l.max_connections,
-            max_connections_per_ip: l.max_connections_per_ip,
-            max_handshakes: l.max_handshakes,
-            max_handshakes_per_ip: l.max_handshakes_per_ip,
-            max_streams_per_connection: l.max_streams_per_connection,
-        },
-        timeouts: Timeouts {
-            handshake: t.handshake,
-            request_head: t.request_head,
-            upstream: t.upstream,
-            shutdown_grace: t.shutdown_grace,
-            request_body_idle: t.request_body_idle,
-            form_body: t.form_body,
-            client_send: t.client_send,
-            drain_delay: t.drain_delay,
-            ping_interval: t.ping_interval,
-            ping_timeout: t.ping_timeout,
-        },
+        limits: limits(l),
+        timeouts: timeouts(t),
         audit: crate::audit::Settings {
             path: a.path.clone(),
             max_bytes: a.max_bytes,
@@ -238,6 +217,41 @@ fn check_otlp(file: &FileConfig, errs: &mut Errors) -> Option<String> {
     Some(e.get_ref().clone())
 }
 
+/// The `[limits]` as the request path reads them.
+pub fn limits(l: &super::file::LimitsFile) -> Limits {
+    Limits {
+        max_body_bytes: l.max_body_bytes,
+        max_header_bytes: l.max_header_bytes,
+        max_form_bytes: l.max_form_bytes,
+        max_form_bytes_total: l.max_form_bytes_total,
+        max_connections: l.max_connections,
+        max_connections_per_ip: l.max_connections_per_ip,
+        max_handshakes: l.max_handshakes,
+        max_handshakes_per_ip: l.max_handshakes_per_ip,
+        max_streams_per_connection: l.max_streams_per_connection,
+        max_unproven_connections: l.max_unproven_connections,
+        max_unproven_per_ip: l.max_unproven_per_ip,
+        refusals_per_connection: l.refusals_per_connection,
+    }
+}
+
+fn timeouts(t: &super::file::TimeoutsFile) -> Timeouts {
+    Timeouts {
+        handshake: t.handshake,
+        request_head: t.request_head,
+        upstream: t.upstream,
+        shutdown_grace: t.shutdown_grace,
+        request_body_idle: t.request_body_idle,
+        form_body: t.form_body,
+        client_send: t.client_send,
+        drain_delay: t.drain_delay,
+        ping_interval: t.ping_interval,
+        ping_timeout: t.ping_timeout,
+        client_hello: t.client_hello,
+        unproven_idle: t.unproven_idle,
+    }
+}
+
 /// Bounds that keep a typo from becoming an allocation or a loop of that size.
 fn check_bounds(file: &FileConfig, errs: &mut Errors) {
     if file.audit.keep > 1000 {
@@ -262,6 +276,9 @@ fn check_bounds(file: &FileConfig, errs: &mut Errors) {
         ("limits.max_handshakes", l.max_handshakes),
         ("limits.max_handshakes_per_ip", l.max_handshakes_per_ip),
         ("limits.max_streams_per_connection", l.max_streams_per_connection as usize),
+        ("limits.max_unproven_connections", l.max_unproven_connections),
+        ("limits.max_unproven_per_ip", l.max_unproven_per_ip),
+        ("limits.refusals_per_connection", l.refusals_per_connection as usize),
     ] {
         if n == 0 {
             errs.at(None, key, "must be at least 1");
@@ -278,6 +295,8 @@ fn check_bounds(file: &FileConfig, errs: &mut Errors) {
         ("timeouts.client_send", t.client_send),
         ("timeouts.ping_interval", t.ping_interval),
         ("timeouts.ping_timeout", t.ping_timeout),
+        ("timeouts.client_hello", t.client_hello),
+        ("timeouts.unproven_idle", t.unproven_idle),
     ] {
         if d.is_zero() {
             errs.at(None, key, "must be longer than zero, e.g. \"10s\"");
