@@ -39,6 +39,7 @@ impl AccessRecord {
         j.str("prev", &self.prev);
         j.str("time", &self.time);
         j.opt_str("instance", self.instance.as_deref());
+        j.str("kind", self.kind.as_str());
         j.str("request_id", &self.request_id);
         j.opt_str("service", self.service.as_deref());
         j.opt_str("token_id", self.token_id.as_deref());
@@ -208,6 +209,7 @@ mod tests {
             prev: "ab".repeat(32),
             time: "2026-11-26T13:00:00.123456789Z".into(),
             instance: Some(Arc::from("keyward-7d9f-\"x\"")),
+            kind: crate::audit::Kind::Request,
             request_id: "kwreq_0123456789abcdef01".into(),
             service: Some(Arc::from("svc \"quoted\" \\ é ☃")),
             token_id: Some(Arc::from(every_ascii.as_str())),

@@ -2,6 +2,7 @@
 //! insert is found. Records have no field that could hold a token or a secret.
 
 mod file;
+pub mod fold;
 mod line;
 pub mod queue;
 pub mod report;
@@ -30,6 +31,9 @@ pub struct AccessRecord {
     /// The keyward process (replica) that wrote it: each keeps its own chain.
     #[serde(default)]
     pub instance: Option<Arc<str>>,
+    /// `request` (logs written before records had a kind are all requests).
+    #[serde(default)]
+    pub kind: Kind,
     pub request_id: String,
     pub service: Option<Arc<str>>,
     pub token_id: Option<Arc<str>>,
@@ -65,6 +69,25 @@ pub struct AccessRecord {
     /// Whether the secret sent was a live key (`sk_live_`, `rk_live_`), a test key, or neither.
     #[serde(default)]
     pub livemode: Option<bool>,
+}
+
+/// What a record in the log is: one call's (`request`), or refusals folded together
+/// (`refusals`, see `fold`). Every record says.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    #[default]
+    Request,
+    Refusals,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Request => "request",
+            Kind::Refusals => "refusals",
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::policy::identity::address_key;
 
 use super::file::{Output, Pending};
+use super::fold::{FoldedRefusals, Folds};
 use super::{AccessRecord, write_line_hash};
 
 /// How the access log is written, from `[audit]`.
@@ -31,14 +32,19 @@ pub struct Settings {
     pub queue: usize,
     /// Refuse new requests (503) while records cannot be written.
     pub fail_closed: bool,
-    /// Refusal records written per second from one address (its /64 for IPv6); beyond it,
-    /// refusals are answered and counted, not recorded.
+    /// Refusal records written per second from one address (its /64 for IPv6), and from all
+    /// together; beyond either, refusals are folded (`fold`).
     pub refusals_per_ip: u32,
+    pub refusals_per_second: u32,
+    /// How often folded refusals are written.
+    pub fold_interval: Duration,
 }
 
 enum Msg {
     /// With the refusal share's permit, if it is a refusal's: given back once the writer has it.
     Record(Box<AccessRecord>, Option<OwnedSemaphorePermit>),
+    /// Refusals folded over an interval.
+    Folded(Box<FoldedRefusals>),
     /// Write what is queued, then close the file (and its lock): shutting down.
     Close(oneshot::Sender<()>),
 }
@@ -51,9 +57,10 @@ pub struct SinkState {
     pub write_errors: AtomicU64,
     /// Requests refused because the log could not be written (fail closed).
     pub refused: AtomicU64,
-    /// Refusals (by keyward or by the HTTP parser) whose record found the refusals' share of
-    /// the queue full.
+    /// Records lost: folded refusals that could not be queued because the writer was gone.
     pub unrecorded: AtomicU64,
+    /// Refusals folded into `kind = "refusals"` records.
+    pub folded: AtomicU64,
     /// The chain's head as written: its last record's seq and line hash (`None` before the
     /// first record), for anchoring elsewhere (`GET /-/audit/head`).
     pub head: std::sync::Mutex<Option<(u64, String)>>,
@@ -64,9 +71,12 @@ pub struct AuditSink {
     /// The places refusals may hold: a quarter of the queue. Their callers, with or without a
     /// token, cannot crowd out the records of calls being forwarded.
     refusals: Arc<Semaphore>,
-    /// How fast one address's refusals are recorded: a flood must not rotate the log away.
+    /// How fast one address's refusals, and all of them, are recorded one by one: a flood
+    /// must not rotate the log's history away. Past either, they are folded.
     refusal_rate: DefaultKeyedRateLimiter<IpAddr>,
+    refusal_budget: DefaultDirectRateLimiter,
     refusals_checked: AtomicU64,
+    folds: Arc<Mutex<Folds>>,
     /// The places forwarded calls may hold: the rest of the queue, so that the refusals' quarter
     /// is theirs.
     forwarded: Arc<Semaphore>,
@@ -121,7 +131,11 @@ impl AuditSink {
         let forwarded_places = queue.saturating_sub(refusal_places).max(1);
         let per_ip = NonZeroU32::new(settings.refusals_per_ip.max(1)).expect("at least 1");
         let refusal_rate = RateLimiter::keyed(Quota::per_second(per_ip));
+        let all = NonZeroU32::new(settings.refusals_per_second.max(1)).expect("at least 1");
+        let refusal_budget = RateLimiter::direct(Quota::per_second(all));
         let state = Arc::new(SinkState { healthy: AtomicBool::new(true), ..Default::default() });
+        let folds = Arc::new(Mutex::new(Folds::default()));
+        tokio::spawn(flush_folds_every(settings.fold_interval, folds.clone(), tx.downgrade(), state.clone()));
         let writer = Writer {
             out: Some(out),
             rx,
@@ -137,7 +151,9 @@ impl AuditSink {
             tx,
             refusals,
             refusal_rate,
+            refusal_budget,
             refusals_checked: AtomicU64::new(0),
+            folds,
             forwarded: Arc::new(Semaphore::new(forwarded_places)),
             services: RwLock::default(),
             service_share: (forwarded_places / 2).max(1),
@@ -174,23 +190,31 @@ impl AuditSink {
             .clone()
     }
 
-    /// A place for a refusal's record, if its address has not had too many recorded this
-    /// second and the refusals' share has one free now: a refusal never waits. `None` is
-    /// counted in `unrecorded`.
-    pub fn refusal_slot(&self, from: IpAddr) -> Option<Slot> {
+    /// Record a refusal: on its own line while its address and all refusals are within their
+    /// budgets and the refusals' share of the queue has a place free now, else folded. A
+    /// refusal never waits, and is never lost.
+    pub fn refusal(&self, record: AccessRecord) {
+        match self.refusal_slot(record.client_ip) {
+            Some(slot) => slot.send(record),
+            None => {
+                self.folds.lock().unwrap_or_else(|e| e.into_inner()).add(&record);
+                self.state.folded.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn refusal_slot(&self, from: Option<IpAddr>) -> Option<Slot> {
         // Forget quiet addresses now and then: the limiter keeps a cell per address.
         if self.refusals_checked.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
             self.refusal_rate.retain_recent();
         }
-        let taken = self.refusal_rate.check_key(&address_key(from)).ok().and_then(|_| {
-            let share = self.refusals.clone().try_acquire_owned().ok()?;
-            let place = self.tx.clone().try_reserve_owned().ok()?;
-            Some(Slot { place, share: Some(share), _service: None })
-        });
-        if taken.is_none() {
-            self.state.unrecorded.fetch_add(1, Ordering::Relaxed);
+        let own = from.is_none_or(|ip| self.refusal_rate.check_key(&address_key(ip)).is_ok());
+        if !own || self.refusal_budget.check().is_err() {
+            return None;
         }
-        taken
+        let share = self.refusals.clone().try_acquire_owned().ok()?;
+        let place = self.tx.clone().try_reserve_owned().ok()?;
+        Some(Slot { place, share: Some(share), _service: None })
     }
 
     /// Whether requests can be recorded: the writer is running, and the log writable or
@@ -209,11 +233,65 @@ impl AuditSink {
     pub async fn close(&self) {
         let (done, wait) = oneshot::channel();
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            flush_folds(&self.folds, &self.tx, &self.state).await;
             if self.tx.send(Msg::Close(done)).await.is_ok() {
                 let _ = wait.await;
             }
         })
         .await;
+    }
+}
+
+/// A record the writer chains: its `seq`, `prev` and `instance` are set as it is written.
+trait Linked {
+    fn links(&mut self) -> (&mut u64, &mut String, &mut Option<Arc<str>>);
+    fn write_json(&self, out: &mut Vec<u8>);
+}
+
+impl Linked for AccessRecord {
+    fn links(&mut self) -> (&mut u64, &mut String, &mut Option<Arc<str>>) {
+        (&mut self.seq, &mut self.prev, &mut self.instance)
+    }
+    fn write_json(&self, out: &mut Vec<u8>) {
+        AccessRecord::write_json(self, out)
+    }
+}
+
+impl Linked for FoldedRefusals {
+    fn links(&mut self) -> (&mut u64, &mut String, &mut Option<Arc<str>>) {
+        (&mut self.seq, &mut self.prev, &mut self.instance)
+    }
+    fn write_json(&self, out: &mut Vec<u8>) {
+        FoldedRefusals::write_json(self, out)
+    }
+}
+
+/// Write what was folded every `every`, until the sink is gone.
+async fn flush_folds_every(
+    every: Duration,
+    folds: Arc<Mutex<Folds>>,
+    tx: mpsc::WeakSender<Msg>,
+    state: Arc<SinkState>,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(tx) = tx.upgrade() else { return };
+        flush_folds(&folds, &tx, &state).await;
+    }
+}
+
+/// Queue the folded records (at most `fold::MAX_ADDRESSES` + 1), waiting for places: they
+/// are few, and each stands for many refusals.
+async fn flush_folds(folds: &Mutex<Folds>, tx: &mpsc::Sender<Msg>, state: &SinkState) {
+    let records = folds.lock().unwrap_or_else(|e| e.into_inner()).take();
+    for mut r in records {
+        r.time = super::timestamp(time::OffsetDateTime::now_utc());
+        let count = r.count;
+        if tx.send(Msg::Folded(Box::new(r))).await.is_err() {
+            state.unrecorded.fetch_add(count, Ordering::Relaxed);
+        }
     }
 }
 
@@ -318,21 +396,26 @@ impl Writer {
     fn take(&mut self, msg: Msg, closers: &mut Vec<oneshot::Sender<()>>) {
         match msg {
             Msg::Close(done) => closers.push(done),
-            Msg::Record(mut rec, _share) => {
-                self.seq += 1;
-                rec.seq = self.seq;
-                rec.prev = std::mem::take(&mut self.prev);
-                rec.instance = Some(self.instance.clone());
-                let p = &mut self.pending;
-                let start = p.bytes.len();
-                rec.write_json(&mut p.bytes);
-                // The record's `prev` buffer becomes the next one.
-                self.prev = std::mem::take(&mut rec.prev);
-                write_line_hash(&p.bytes[start..], &mut self.prev);
-                p.bytes.push(b'\n');
-                p.ends.push_back(p.bytes.len());
-            }
+            Msg::Record(mut rec, _share) => self.append(&mut *rec),
+            Msg::Folded(mut rec) => self.append(&mut *rec),
         }
+    }
+
+    /// Chain `rec` onto the head and queue its line.
+    fn append(&mut self, rec: &mut impl Linked) {
+        self.seq += 1;
+        let (seq, prev, instance) = rec.links();
+        *seq = self.seq;
+        *prev = std::mem::take(&mut self.prev);
+        *instance = Some(self.instance.clone());
+        let p = &mut self.pending;
+        let start = p.bytes.len();
+        rec.write_json(&mut p.bytes);
+        // The record's `prev` buffer becomes the next one.
+        self.prev = std::mem::take(rec.links().1);
+        write_line_hash(&p.bytes[start..], &mut self.prev);
+        p.bytes.push(b'\n');
+        p.ends.push_back(p.bytes.len());
     }
 
     /// [`Self::write_pending`], unless the last try failed less than `RETRY` ago.
@@ -395,12 +478,13 @@ mod tests {
             queue: 8,
             fail_closed: true,
             refusals_per_ip: 100,
+            refusals_per_second: 100,
+            fold_interval: Duration::from_secs(1),
         };
         let sink = AuditSink::open(settings, "test".into()).unwrap();
         let from = "127.0.0.2".parse().unwrap();
-        let refusals: Vec<Slot> = std::iter::from_fn(|| sink.refusal_slot(from)).take(10).collect();
+        let refusals: Vec<Slot> = std::iter::from_fn(|| sink.refusal_slot(Some(from))).take(10).collect();
         assert_eq!(refusals.len(), 2, "a quarter of 8");
-        assert_eq!(sink.state.unrecorded.load(Ordering::Relaxed), 1, "the one refused is counted");
         // Forwarded requests still find the rest.
         let forwarded: Vec<Slot> = std::iter::from_fn(|| sink.tx.clone().try_reserve_owned().ok())
             .map(|place| Slot { place, share: None, _service: None })
@@ -423,7 +507,16 @@ mod tests {
     fn sink(dir: &Path, queue: usize, refusals_per_ip: u32) -> AuditSink {
         let path = dir.join("audit.jsonl").display().to_string();
         AuditSink::open(
-            Settings { path, max_bytes: u64::MAX, keep: 0, queue, fail_closed: true, refusals_per_ip },
+            Settings {
+                path,
+                max_bytes: u64::MAX,
+                keep: 0,
+                queue,
+                fail_closed: true,
+                refusals_per_ip,
+                refusals_per_second: 1000,
+                fold_interval: Duration::from_secs(1),
+            },
             "test".into(),
         )
         .unwrap()
@@ -444,7 +537,7 @@ mod tests {
             held.push(sink.slot(&b).await.unwrap());
         }
         assert_eq!(sink.slot(&c).await.err(), Some(Unplaced::Busy), "forwarded calls hold six at most");
-        assert!(sink.refusal_slot("127.0.0.2".parse().unwrap()).is_some(), "the refusals' places are theirs");
+        assert!(sink.refusal_slot("127.0.0.2".parse().ok()).is_some(), "the refusals' places are theirs");
         drop(held.remove(0));
         assert!(sink.slot(&a).await.is_ok(), "a place given back is the service's again");
     }
@@ -454,11 +547,53 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sink = sink(dir.path(), 64, 3);
         let (flood, other) = ("2001:db8::1".parse().unwrap(), "127.0.0.9".parse().unwrap());
-        let recorded = (0..10).filter_map(|_| sink.refusal_slot(flood)).count();
+        let recorded = (0..10).filter_map(|_| sink.refusal_slot(Some(flood))).count();
         assert_eq!(recorded, 3);
-        assert!(sink.refusal_slot("2001:db8::2".parse().unwrap()).is_none(), "the same /64");
-        assert!(sink.refusal_slot(other).is_some(), "another address is recorded");
-        assert_eq!(sink.state.unrecorded.load(Ordering::Relaxed), 8);
+        assert!(sink.refusal_slot("2001:db8::2".parse().ok()).is_none(), "the same /64");
+        assert!(sink.refusal_slot(Some(other)).is_some(), "another address is recorded");
+    }
+
+    #[tokio::test]
+    async fn refusals_past_the_budgets_are_folded_into_one_chained_record_and_none_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let settings = Settings {
+            path: path.display().to_string(),
+            max_bytes: u64::MAX,
+            keep: 0,
+            queue: 64,
+            fail_closed: true,
+            refusals_per_ip: 3,
+            refusals_per_second: 5,
+            fold_interval: Duration::from_millis(100),
+        };
+        let sink = AuditSink::open(settings, "test".into()).unwrap();
+        let refusal = |ip: &str| AccessRecord {
+            client_ip: ip.parse().ok(),
+            reason: "api_key_missing".into(),
+            time: crate::audit::timestamp(time::OffsetDateTime::now_utc()),
+            ..Default::default()
+        };
+        for _ in 0..10 {
+            sink.refusal(refusal("127.0.0.2"));
+        }
+        for _ in 0..4 {
+            sink.refusal(refusal("127.0.0.3"));
+        }
+        // 3 of the first address's, then 2 of the second's (the budget of 5 for all): 9 folded.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sink.close().await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let folded: Vec<_> = lines.iter().filter(|r| r["kind"] == "refusals").collect();
+        assert_eq!(lines.len() - folded.len(), 5, "{text}");
+        let counts: Vec<_> = folded.iter().map(|r| (r["client_ip"].as_str().unwrap(), r["count"].as_u64().unwrap())).collect();
+        assert_eq!(counts, [("127.0.0.2", 7), ("127.0.0.3", 2)]);
+        assert_eq!(folded[0]["reasons"]["api_key_missing"], 7);
+        assert_eq!(sink.state.folded.load(Ordering::Relaxed), 9);
+        assert_eq!(sink.state.unrecorded.load(Ordering::Relaxed), 0);
+        let files = vec![(path.display().to_string(), text.into_bytes())];
+        assert_eq!(crate::audit::verify::verify(&files).unwrap().records, 14 - 9 + 2, "chained like the rest");
     }
 
     /// A writer whose every write fails (its directory does not exist), and its sender.

@@ -88,13 +88,26 @@ pub struct Metrics {
     /// Requests between their arrival and the end of their answer.
     pub in_flight: Gauge,
     /// Connections on the proxy listeners: open, unproven, refused, evicted.
-    pub connections: crate::serve::admission::AdmissionMetrics,
+    pub connections: AdmissionMetrics,
     /// Forward mode: tunnels open.
     pub tunnels_open: Gauge,
     /// Tokens suspended by quarantine (`quarantine` on a service).
     pub quarantined: Counter,
     /// Forward mode: `CONNECT`s by outcome (`opened`, or the refusal's reason).
     connects: Family<OutcomeLabel, Counter>,
+}
+
+/// What the proxy listeners' admission counts (`serve::admission`).
+#[derive(Debug, Clone, Default)]
+pub struct AdmissionMetrics {
+    /// Open connections: the metric is the count.
+    pub open: Gauge,
+    /// Of them, unproven.
+    pub unproven: Gauge,
+    /// Connections closed at once because their address had too many (all, or unproven).
+    pub refused_per_ip: Counter,
+    /// Unproven connections closed to make room for a newcomer, or for a handshake turn.
+    pub evicted: Counter,
 }
 
 impl Default for Metrics {
@@ -106,7 +119,7 @@ impl Default for Metrics {
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let (last_reload, in_flight) = (Gauge::default(), Gauge::default());
-        let connections = crate::serve::admission::AdmissionMetrics::default();
+        let connections = AdmissionMetrics::default();
         let quarantined = Counter::default();
         let (tunnels_open, connects) = (Gauge::default(), Family::<OutcomeLabel, Counter>::default());
         let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();

@@ -24,26 +24,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use foldhash::HashMap;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::control::metrics::AdmissionMetrics;
 use crate::control::snapshot::Limits;
 use crate::policy::identity::address_key;
-
-/// Counters the admission keeps for `/metrics`.
-#[derive(Debug, Clone, Default)]
-pub struct AdmissionMetrics {
-    /// Open connections: the metric is the count.
-    pub open: Gauge,
-    /// Of them, unproven.
-    pub unproven: Gauge,
-    /// Connections closed at once because their address had too many (all, or unproven).
-    pub refused_per_ip: Counter,
-    /// Unproven connections closed to make room for a newcomer, or for a handshake turn.
-    pub evicted: Counter,
-}
 
 #[derive(Debug)]
 pub struct Admission {

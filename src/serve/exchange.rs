@@ -49,6 +49,8 @@ pub struct Caller {
 pub struct Exchange {
     state: Arc<State>,
     pub slot: Option<Slot>,
+    /// Answered by `refuse`: recorded without a slot of its own.
+    refused: bool,
     /// A place among the service's `concurrency`, held until the answer's last byte.
     pub in_flight: Option<tokio::sync::OwnedSemaphorePermit>,
     pub record: AccessRecord,
@@ -94,6 +96,7 @@ impl Exchange {
         Exchange {
             state,
             slot: None,
+            refused: false,
             in_flight: None,
             record,
             started: Instant::now(),
@@ -157,8 +160,8 @@ impl Exchange {
         Response::from_parts(parts, Metered::new(body, count, self).boxed())
     }
 
-    /// Tag a refusal and record it now, from the refusals' share of the access-log queue
-    /// (dropped and counted if that is full): its answer is all in `resp`.
+    /// Tag a refusal, recorded as one when the answer is done (`AuditSink::refusal`: on its
+    /// own line or folded, never waiting): its answer is all in `resp`.
     pub fn refuse(mut self, mut resp: Response<Body>) -> Response<Body> {
         self.tag(&mut resp, true);
         // A caller that gives the answer no window is cut off like any other.
@@ -167,8 +170,7 @@ impl Exchange {
         }
         let size = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
         self.bytes_out.store(size, Ordering::Relaxed);
-        let from = self.record.client_ip.expect("set at the start");
-        self.slot = self.state.audit.refusal_slot(from);
+        self.refused = true;
         resp
     }
 
@@ -211,8 +213,10 @@ impl Drop for Exchange {
             let start = end - self.started.elapsed();
             crate::control::telemetry::export(r, start, end, self.trace.as_ref());
         }
-        if let Some(slot) = self.slot.take() {
-            slot.send(std::mem::take(r));
+        match self.slot.take() {
+            Some(slot) => slot.send(std::mem::take(r)),
+            None if self.refused => self.state.audit.refusal(std::mem::take(r)),
+            None => {}
         }
     }
 }

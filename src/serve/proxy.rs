@@ -169,9 +169,8 @@ impl Proxy {
 
     /// Record a request that hyper refused while parsing it, before keyward saw it: hyper
     /// has already answered it with a bare `status`. Such a record has no method or path.
-    /// Like every refusal's it never waits: with the refusals' share of the queue full the
-    /// record is dropped and counted, so that a flood of garbage cannot queue ahead of real
-    /// requests.
+    /// Like every refusal's it never waits: past the refusals' budgets it is folded, so that
+    /// a flood of garbage can neither queue ahead of real requests nor rotate the log away.
     pub fn record_unparsed(&self, client_ip: IpAddr, status: u16, reason: &'static str) {
         let record = AccessRecord {
             decision: Decision::Deny,
@@ -180,9 +179,7 @@ impl Proxy {
             ..new_record(&self.ids, client_ip, &self.state.snapshot.load().version)
         };
         self.state.metrics.observe(&record);
-        if let Some(slot) = self.state.audit.refusal_slot(client_ip) {
-            slot.send(record);
-        }
+        self.state.audit.refusal(record);
     }
 }
 

@@ -175,7 +175,9 @@ async fn floods_without_a_token_do_not_slow_an_authenticated_caller() {
         started.elapsed(),
         during.len()
     );
-    assert!(h2 > 4200, "the HTTP/2 flood opened {h2} streams");
+    // Unproven, each flood connection is closed after `limits.refusals_per_connection`
+    // refusals (plus the streams it had open): far fewer than 42 × 200.
+    assert!(h2 > 0 && h2 < 42 * 110, "the HTTP/2 flood opened {h2} streams");
     assert!(max <= base_max + Duration::from_secs(1), "a call took {max:?} during the flood");
 
     // Recovery: every flood connection closes, the queue empties, calls go on.

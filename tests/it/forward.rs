@@ -483,7 +483,8 @@ async fn a_tunnel_whose_basis_a_reload_removes_is_refused_and_closed() {
 #[tokio::test]
 async fn past_max_tunnels_a_connect_gets_503() {
     let kw = forward_harness("max_tunnels = 1\nidle_timeout = \"76s\"").await;
-    let first = tunnel(&kw, API, "").await;
+    // Proven by its token: an unproven tunnel would give its place to the next caller.
+    let first = tunnel(&kw, API, &format!("Proxy-Authorization: Bearer {TOKEN}\r\n")).await;
     assert!(eventually(|| async { kw.metric("keyward_tunnels_open").await == 1.0 }).await);
     let (_, answer) = connect_raw(&kw, &format!("CONNECT {API} HTTP/1.1\r\nHost: {API}\r\n\r\n")).await;
     assert_eq!(status_and_code(&answer), (503, "tunnels_full".into()), "{answer}");

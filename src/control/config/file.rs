@@ -282,8 +282,12 @@ pub struct AuditFile {
     /// Records queued for the writer before new requests wait.
     pub queue: usize,
     pub on_failure: OnFailure,
-    /// Refusal records per second from one address.
+    /// Refusal records per second from one address, and from all together; past either,
+    /// refusals are folded into one record per address every `fold_interval`.
     pub refusals_per_ip: u32,
+    pub refusals_per_second: u32,
+    #[serde(with = "humantime_serde")]
+    pub fold_interval: Duration,
 }
 
 impl Default for AuditFile {
@@ -295,6 +299,8 @@ impl Default for AuditFile {
             queue: 8192,
             on_failure: OnFailure::FailClosed,
             refusals_per_ip: 50,
+            refusals_per_second: 200,
+            fold_interval: Duration::from_secs(1),
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -150,6 +151,8 @@ pub fn validate(
             queue: a.queue,
             fail_closed: a.on_failure == super::file::OnFailure::FailClosed,
             refusals_per_ip: a.refusals_per_ip,
+            refusals_per_second: a.refusals_per_second,
+            fold_interval: a.fold_interval,
         },
         forward,
         service_limits,
@@ -262,6 +265,12 @@ fn check_bounds(file: &FileConfig, errs: &mut Errors) {
     }
     if file.audit.refusals_per_ip == 0 {
         errs.at(None, "audit.refusals_per_ip", "must be at least 1");
+    }
+    if file.audit.refusals_per_second < file.audit.refusals_per_ip {
+        errs.at(None, "audit.refusals_per_second", "must be at least audit.refusals_per_ip");
+    }
+    if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&file.audit.fold_interval) {
+        errs.at(None, "audit.fold_interval", "must be between 100ms and 60s");
     }
     if file.limits.max_header_bytes < 8192 {
         errs.at(None, "limits.max_header_bytes", "must be at least 8192");

@@ -492,6 +492,7 @@ impl Harness {
         audit.insert("path".into(), path(&dir.join("audit.jsonl")).into());
         // Tests count every refusal's record; the per-address cap has tests of its own.
         audit.insert("refusals_per_ip".into(), 1_000_000.into());
+        audit.insert("refusals_per_second".into(), 1_000_000.into());
         merge(audit, fragment(&self.audit));
         merge(&mut t, fragment(&self.extra_top));
         let services: Vec<toml::Value> = self.services.iter().map(|s| s.table().into()).collect();
