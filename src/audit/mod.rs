@@ -107,6 +107,22 @@ impl ProxyMode {
     }
 }
 
+/// The most a record keeps of a field the caller chose: a flood of long paths must not make
+/// each record long. Longer values are cut (on a character boundary) and end in `…`, which no
+/// canonical path or header value holds, so a cut value cannot pass for a real one.
+pub const MAX_PATH: usize = 512;
+pub const MAX_METHOD: usize = 32;
+pub const MAX_ACCOUNT: usize = 128;
+
+/// `s`, cut to `max` bytes (see [`MAX_PATH`]).
+pub fn capped(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let cut = s.floor_char_boundary(max - '…'.len_utf8());
+    format!("{}…", &s[..cut])
+}
+
 /// The `prev` of the very first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -123,4 +139,16 @@ pub fn write_line_hash(line: &[u8], out: &mut String) {
     hex::encode_to_slice(Sha256::digest(line), &mut hex).expect("64 hex digits for 32 bytes");
     out.clear();
     out.push_str(std::str::from_utf8(&hex).expect("hex is ASCII"));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_caller_chosen_fields_are_cut_and_marked() {
+        assert_eq!(super::capped("/v1/charges", 512), "/v1/charges");
+        let long = format!("/v1/{}", "é".repeat(400));
+        let cut = super::capped(&long, super::MAX_PATH);
+        assert!(cut.len() <= super::MAX_PATH && cut.ends_with('…'), "{}", cut.len());
+        assert!(long.starts_with(cut.trim_end_matches('…')));
+    }
 }

@@ -18,6 +18,9 @@ pub struct Verified {
     /// New chains from the genesis hash after the first (the process restarted, writing to
     /// stdout): each verified on its own; `last_seq` and `head` are the last one's.
     pub restarts: u64,
+    /// Records of folded refusals (`kind = "refusals"`), and the refusals they count.
+    pub folded_records: u64,
+    pub folded_refusals: u64,
 }
 
 /// One instance's chain (records without `instance`, written before replicas had names,
@@ -47,6 +50,8 @@ struct Line<'a> {
     bytes: &'a [u8],
     seq: u64,
     prev: String,
+    /// A folded record's count of refusals.
+    folded: Option<u64>,
 }
 
 /// Verify one chain in files given oldest first (`audit.jsonl.2 audit.jsonl.1 audit.jsonl`).
@@ -84,7 +89,8 @@ pub fn verify_all(files: &[(String, Vec<u8>)]) -> Result<Vec<Chain>, Break> {
                 return Err(at("the record has no seq/prev: not written by keyward, or edited"));
             };
             let instance = v["instance"].as_str().map(String::from);
-            let line = Line { file: name, no: i + 1, bytes: raw, seq, prev: prev.to_string() };
+            let folded = (v["kind"] == "refusals").then(|| v["count"].as_u64().unwrap_or(0));
+            let line = Line { file: name, no: i + 1, bytes: raw, seq, prev: prev.to_string(), folded };
             match chains.iter_mut().find(|(name, _)| *name == instance) {
                 Some((_, lines)) => lines.push(line),
                 None => chains.push((instance, vec![line])),
@@ -115,6 +121,8 @@ fn verify_instance(lines: &[Line<'_>]) -> Result<Verified, Break> {
             None => v,
             Some(t) => Verified {
                 records: t.records + v.records,
+                folded_records: t.folded_records + v.folded_records,
+                folded_refusals: t.folded_refusals + v.folded_refusals,
                 last_seq: v.last_seq,
                 head: v.head,
                 restarts: t.restarts + 1,
@@ -181,6 +189,8 @@ fn verify_chain(lines: &[Line<'_>]) -> Result<Verified, Break> {
         head: line_hash(last.bytes),
         from_genesis,
         restarts: 0,
+        folded_records: lines.iter().filter(|l| l.folded.is_some()).count() as u64,
+        folded_refusals: lines.iter().filter_map(|l| l.folded).sum(),
     })
 }
 

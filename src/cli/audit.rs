@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
+use keyward::audit::Kind;
+use keyward::audit::fold::FoldedRefusals;
 use keyward::audit::report;
 
 use super::fail;
@@ -141,7 +143,15 @@ fn verify(files: &[PathBuf], head_only: bool) -> ExitCode {
             let from = if v.from_genesis {
                 "from the first record ever written".to_string()
             } else {
-                format!("from seq {}", v.first_seq)
+                format!(
+                    "history begins at seq {}: records 1..{} are not in the files given (rotated away, or not passed)",
+                    v.first_seq,
+                    v.first_seq - 1
+                )
+            };
+            let from = match v.folded_records {
+                0 => from,
+                n => format!("{from}; {n} records fold {} refusals", v.folded_refusals),
             };
             let restarts = match v.restarts {
                 0 => String::new(),
@@ -211,24 +221,32 @@ fn time_arg(t: Option<&str>) -> Result<Option<time::OffsetDateTime>, ExitCode> {
 /// Every record in `files`. Lines that are not records are left out, and said so on stderr
 /// (json and html output stay clean; `keyward audit verify` tells why).
 fn read_records(files: &[PathBuf]) -> Result<Vec<keyward::audit::AccessRecord>, ExitCode> {
-    Ok(records_of(&read_all(files)?))
+    Ok(records_of(&read_all(files)?).0)
 }
 
-fn records_of(data: &[(String, Vec<u8>)]) -> Vec<keyward::audit::AccessRecord> {
+/// The calls' records and the folded refusals' in `data`.
+fn records_of(data: &[(String, Vec<u8>)]) -> (Vec<keyward::audit::AccessRecord>, Vec<FoldedRefusals>) {
+    #[derive(serde::Deserialize)]
+    struct KindOf {
+        #[serde(default)]
+        kind: Kind,
+    }
     let lines = data.iter().flat_map(|(_, b)| b.split(|&c| c == b'\n')).filter(|l| !l.is_empty());
-    let (mut records, mut unreadable) = (Vec::new(), 0u64);
+    let (mut records, mut folded, mut unreadable) = (Vec::new(), Vec::new(), 0u64);
     for line in lines {
-        match serde_json::from_slice::<keyward::audit::AccessRecord>(line) {
-            Ok(r) => records.push(r),
-            Err(_) => unreadable += 1,
-        }
+        let read = match serde_json::from_slice::<KindOf>(line).map(|k| k.kind) {
+            Ok(Kind::Request) => serde_json::from_slice(line).map(|r| records.push(r)),
+            Ok(Kind::Refusals) => serde_json::from_slice(line).map(|r| folded.push(r)),
+            Err(e) => Err(e),
+        };
+        unreadable += read.is_err() as u64;
     }
     if unreadable > 0 {
         eprintln!(
             "warning: {unreadable} lines are not access records and were left out (see `keyward audit verify`)"
         );
     }
-    records
+    (records, folded)
 }
 
 fn report(
@@ -251,7 +269,7 @@ fn report(
         Ok(d) => d,
         Err(code) => return code,
     };
-    let records = records_of(&data);
+    let (records, folded) = records_of(&data);
     let integrity = report::Integrity::of(&data);
     let verified = integrity.verified;
     let cx = report::Context {
@@ -260,6 +278,7 @@ fn report(
         integrity,
         now: time::OffsetDateTime::now_utc(),
         policy: policy.as_ref(),
+        folded: &folded,
     };
     let rep = report::build(&records, cx);
     match format {

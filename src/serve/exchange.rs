@@ -82,11 +82,9 @@ impl Exchange {
         version: &Arc<str>,
         parts: &Parts,
     ) -> Exchange {
-        let path = parts.uri.path();
         let record = AccessRecord {
-            method: parts.method.as_str().to_owned(),
-            // Cut on a character boundary: hyper passes UTF-8 in paths (refused later).
-            path: path[..path.floor_char_boundary(crate::policy::canonical::MAX_PATH)].to_string(),
+            method: audit::capped(parts.method.as_str(), audit::MAX_METHOD),
+            path: audit::capped(parts.uri.path(), audit::MAX_PATH),
             mode: if caller.tunnel.is_some() { ProxyMode::Forward } else { ProxyMode::Reverse },
             connect_host: caller.tunnel.as_ref().map(|t| t.target.clone()),
             client_id: caller.client_ids.first().cloned(),
@@ -117,7 +115,7 @@ impl Exchange {
         let r = &mut self.record;
         r.service = ruling.service.map(|s| s.name.clone());
         r.token_id = ruling.token.map(|t| t.id.clone());
-        r.stripe_account = ruling.account.map(str::to_string);
+        r.stripe_account = ruling.account.map(|a| audit::capped(a, audit::MAX_ACCOUNT));
         if let Some(e) = ruling.entry {
             r.template = Some(e.template.clone());
             r.permission = Some(e.name.clone());

@@ -130,6 +130,9 @@ fn integrity(b: &mut String, r: &Report) {
         esc(&super::text::filters(r)),
         esc(&r.generated_at),
     );
+    if r.folded.records > 0 {
+        let _ = write!(b, "<tr><th>folded refusals</th><td>{}</td></tr>", esc(&super::text::folded_line(r)));
+    }
     for c in &i.chains {
         let _ = write!(
             b,

@@ -19,6 +19,7 @@ pub use suspicious::Suspicious;
 pub use text::table;
 
 use super::AccessRecord;
+use super::fold::FoldedRefusals;
 use super::scope::{self, ScopeReport};
 use crate::policy::{Decision, Policy};
 
@@ -54,6 +55,34 @@ pub struct Context<'a> {
     pub now: OffsetDateTime,
     /// With `--config`: the configured tokens' state and the excess grants.
     pub policy: Option<&'a Policy>,
+    /// The records of refusals folded past the recording budgets (`kind = "refusals"`).
+    pub folded: &'a [FoldedRefusals],
+}
+
+/// Refusals folded past the recording budgets: the log still counts each.
+#[derive(Debug, Default, Serialize)]
+pub struct Folded {
+    pub records: u64,
+    pub refusals: u64,
+    pub addresses: u64,
+    pub reasons: BTreeMap<String, u64>,
+}
+
+impl Folded {
+    fn of<'a>(folded: impl IntoIterator<Item = &'a FoldedRefusals>) -> Folded {
+        let mut out = Folded::default();
+        let mut addresses = std::collections::BTreeSet::new();
+        for f in folded {
+            out.records += 1;
+            out.refusals += f.count;
+            addresses.insert(f.client_ip.as_str());
+            for (reason, n) in &f.reasons {
+                *out.reasons.entry(reason.clone()).or_default() += n;
+            }
+        }
+        out.addresses = addresses.len() as u64;
+        out
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -134,6 +163,7 @@ pub struct Report {
     /// With `--config`: `keyward audit scope`'s report for the same records.
     pub scope: Option<ScopeReport>,
     pub suspicious: Suspicious,
+    pub folded: Folded,
 }
 
 #[derive(Debug, Serialize)]
@@ -262,6 +292,13 @@ pub fn build<'a>(records: impl IntoIterator<Item = &'a AccessRecord>, cx: Contex
         rep.token_status = Some(token_status(policy, &rep.tokens, cx.now.unix_timestamp()));
         rep.scope = Some(scope::scope(policy, kept.iter().map(|s| s.r)));
     }
+    let in_window = |f: &&FoldedRefusals| {
+        let at = OffsetDateTime::parse(&f.first, &Rfc3339).ok();
+        at.is_some_and(|t| cx.filter.since.is_none_or(|s| t >= s) && cx.filter.until.is_none_or(|u| t < u))
+    };
+    // A folded record names services, not one: with a service filter, those naming it.
+    let named = |f: &&FoldedRefusals| cx.filter.service.as_ref().is_none_or(|s| f.services.contains(s));
+    rep.folded = Folded::of(cx.folded.iter().filter(in_window).filter(named));
     rep.filters = cx.filter;
     rep
 }

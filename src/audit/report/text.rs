@@ -5,12 +5,28 @@ use std::fmt::Write;
 use super::Report;
 
 /// A plain-text report.
+/// The refusals folded past the recording budgets, in one line.
+pub(super) fn folded_line(r: &Report) -> String {
+    let f = &r.folded;
+    let reasons: Vec<String> = f.reasons.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    format!(
+        "plus {} refusals folded into {} records (past audit.refusals_per_ip / refusals_per_second), from {} address(es): {}",
+        f.refusals,
+        f.records,
+        f.addresses,
+        reasons.join(", ")
+    )
+}
+
 pub fn table(r: &Report) -> String {
     let mut out = String::new();
     let o = &mut out;
     integrity(o, r);
     let span = format!("{} .. {}", r.first.as_deref().unwrap_or("-"), r.last.as_deref().unwrap_or("-"));
     let _ = writeln!(o, "{} records, {span}", r.records);
+    if r.folded.records > 0 {
+        let _ = writeln!(o, "{}", folded_line(r));
+    }
     let per: Vec<String> = r.instances.iter().map(|(i, n)| format!("{i} ({n})")).collect();
     let _ = writeln!(o, "from {} instance(s): {}", r.instances.len(), per.join(", "));
     let _ = writeln!(o, "inputs: {}", r.inputs.join(" "));
