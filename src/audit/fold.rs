@@ -16,7 +16,7 @@ use super::{AccessRecord, Kind};
 use crate::policy::identity::address_key;
 
 /// Addresses with a folded record of their own per interval.
-pub const MAX_ADDRESSES: usize = 64;
+pub const MAX_ADDRESSES: usize = 32;
 /// Services and token ids named in one folded record (they come from the configuration, so
 /// this is a bound on the record's size, seldom reached).
 pub const MAX_NAMES: usize = 16;

@@ -6,10 +6,11 @@
 //!
 //! - at most `limits.max_connections` open (past it, new connections wait in the kernel's
 //!   backlog) and `limits.max_connections_per_ip` from one address (past it, closed at once);
-//! - at most `limits.max_unproven_connections` unproven ones in all: a newcomer past it takes
-//!   the place of the oldest unproven connection of the address that holds the most, so that a
-//!   flood from many addresses evicts itself and a caller from a quiet address always gets in;
-//!   at most `limits.max_unproven_per_ip` from one address (past it, closed at once);
+//! - at most `limits.max_unproven_connections` unproven ones in all: past it, a newcomer from
+//!   an address that holds fewer than the busiest takes the place of that address's oldest
+//!   unproven connection, and any other is closed at once. A flood from many addresses settles
+//!   at equal shares, and a caller from a quiet address always gets in; at most
+//!   `limits.max_unproven_per_ip` from one address (past it, closed at once);
 //! - TLS handshake turns (`limits.max_handshakes`, `limits.max_handshakes_per_ip`), taken only
 //!   once a whole ClientHello has arrived (`listener`), shared the same way: with every turn
 //!   taken, a newcomer takes the oldest turn of an address that holds more than its own.
@@ -114,12 +115,21 @@ impl Admission {
         let mut t = self.table();
         let open = t.connections.get(&ip).copied().unwrap_or(0);
         let unproven = t.unproven.get(&ip).map_or(0, VecDeque::len);
-        if open >= limits.max_connections_per_ip || unproven >= limits.max_unproven_per_ip {
+        let refuse = |t: std::sync::MutexGuard<'_, Table>| {
             drop(t);
             self.metrics.refused_per_ip.inc();
-            return None;
+            None
+        };
+        if open >= limits.max_connections_per_ip || unproven >= limits.max_unproven_per_ip {
+            return refuse(t);
         }
-        if t.unproven_total >= unproven_cap && Table::evict_busiest(&mut t.unproven, 0) {
+        // With the unproven share full, an address holding fewer than the busiest (by two or
+        // more) takes the busiest's oldest place; any other newcomer is closed at once, before
+        // any TLS: a flood from many addresses settles at equal shares instead of churning.
+        if t.unproven_total >= unproven_cap {
+            if !Table::evict_busiest(&mut t.unproven, unproven + 1) {
+                return refuse(t);
+            }
             t.unproven_total -= 1;
             self.metrics.unproven.dec();
             self.metrics.evicted.inc();
@@ -355,6 +365,7 @@ mod tests {
             !flood[1].evict.is_cancelled() && !late.evict.is_cancelled() && !newcomer.evict.is_cancelled()
         );
         assert!(!other.evict.is_cancelled(), "a proven connection is never evicted");
+        assert!(a.admit(ip(4), &l, 4).is_none(), "shares are even (2, 1, 1): no eviction, closed at once");
         assert_eq!((a.table().unproven_total, a.metrics.unproven.get()), (4, 4));
         drop(flood);
         assert_eq!((a.table().unproven_total, a.metrics.unproven.get(), a.open()), (2, 2, 3));

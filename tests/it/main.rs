@@ -3,6 +3,7 @@
 
 mod common;
 
+mod attack;
 mod audit;
 mod canary;
 mod catalog;

@@ -299,7 +299,7 @@ impl Default for AuditFile {
             queue: 8192,
             on_failure: OnFailure::FailClosed,
             refusals_per_ip: 50,
-            refusals_per_second: 200,
+            refusals_per_second: 100,
             fold_interval: Duration::from_secs(1),
         }
     }

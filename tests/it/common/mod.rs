@@ -539,6 +539,74 @@ impl Harness {
         let app = keyward::app::start(&src).await.unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
         Running::new(app, upstream, others, pki, dir, config_path)
     }
+
+    /// Start `keyward run` as a child process (its own file descriptors and threads, as in
+    /// production), on ports chosen now; returns once its admin port says it is ready.
+    pub async fn start_child(self) -> Running {
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (addr, admin, forward) = (free(), free(), self.forward.as_ref().map(|_| free()));
+        let Harness { listen, .. } = &self;
+        assert!(listen.ends_with(":0"), "start_child chooses the port");
+        let mut placed = None;
+        let kw = self
+            .start_with(|dir, text| {
+                let mut t: toml::Table = text.parse().unwrap();
+                table_at(&mut t, &["server"]).insert("listen".into(), addr.to_string().into());
+                table_at(&mut t, &["server"]).insert("admin_listen".into(), admin.to_string().into());
+                if let Some(f) = forward {
+                    table_at(&mut t, &["forward"]).insert("listen".into(), f.to_string().into());
+                }
+                let path = dir.join("keyward.toml");
+                std::fs::write(&path, toml::to_string(&t).unwrap()).unwrap();
+                placed = Some(path.clone());
+                // The in-process keyward reads a copy on other ports, and is stopped at once.
+                let copy = dir.join("in-process.toml");
+                std::fs::write(&copy, text).unwrap();
+                copy
+            })
+            .await;
+        let Running { app, upstream, others, pki, client, dir, .. } = kw;
+        app.unwrap().stop().await;
+        let config_path = placed.unwrap();
+        let log = std::fs::File::create(dir.path().join("keyward.stderr")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(["run", "--config", config_path.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let running = Running {
+            app: None,
+            addr,
+            admin_addr: Some(admin),
+            forward_addr: forward,
+            upstream,
+            others,
+            pki,
+            client,
+            dir,
+            config_path,
+            child: Some(Child(child)),
+        };
+        for _ in 0..300 {
+            if tokio::net::TcpStream::connect(admin).await.is_ok() && running.admin_raw("GET", "/readyz", &[]).await.0 == 200 {
+                return running;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("keyward (child) did not become ready: {}", running.child_log());
+    }
+}
+
+/// A child process, killed when dropped.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub struct Running {
@@ -554,6 +622,8 @@ pub struct Running {
     pub client: Arc<rustls::ClientConfig>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    /// keyward as a child process (`Harness::start_child`).
+    pub child: Option<Child>,
 }
 
 pub struct Reply {
@@ -594,7 +664,13 @@ impl Running {
             client,
             dir,
             config_path,
+            child: None,
         }
+    }
+
+    /// What the child process wrote to stderr so far.
+    pub fn child_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("keyward.stderr")).unwrap_or_default()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -603,6 +679,10 @@ impl Running {
 
     pub fn admin(&self) -> SocketAddr {
         self.admin_addr.expect("an admin port")
+    }
+
+    pub fn forward_addr_opt(&self) -> Option<SocketAddr> {
+        self.forward_addr
     }
 
     /// Forward mode's proxy port.
