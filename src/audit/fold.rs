@@ -155,7 +155,10 @@ mod tests {
         assert_eq!(out.len(), MAX_ADDRESSES + 1, "the bound, then one record for the others");
         let first = &out[0];
         assert_eq!((first.client_ip.as_str(), first.count), ("127.0.0.2", 2));
-        assert_eq!((first.first.as_str(), first.last.as_str()), ("2026-12-07T10:00:00.000001Z", "2026-12-07T10:00:00.000002Z"));
+        assert_eq!(
+            (first.first.as_str(), first.last.as_str()),
+            ("2026-12-07T10:00:00.000001Z", "2026-12-07T10:00:00.000002Z")
+        );
         assert_eq!(first.reasons.get("api_key_invalid"), Some(&1));
         assert_eq!(out[1].client_ip, "2001:db8::/64");
         assert_eq!(out[1].count, 2, "an IPv6 host's /64 together");

@@ -587,13 +587,18 @@ mod tests {
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let folded: Vec<_> = lines.iter().filter(|r| r["kind"] == "refusals").collect();
         assert_eq!(lines.len() - folded.len(), 5, "{text}");
-        let counts: Vec<_> = folded.iter().map(|r| (r["client_ip"].as_str().unwrap(), r["count"].as_u64().unwrap())).collect();
+        let counts: Vec<_> =
+            folded.iter().map(|r| (r["client_ip"].as_str().unwrap(), r["count"].as_u64().unwrap())).collect();
         assert_eq!(counts, [("127.0.0.2", 7), ("127.0.0.3", 2)]);
         assert_eq!(folded[0]["reasons"]["api_key_missing"], 7);
         assert_eq!(sink.state.folded.load(Ordering::Relaxed), 9);
         assert_eq!(sink.state.unrecorded.load(Ordering::Relaxed), 0);
         let files = vec![(path.display().to_string(), text.into_bytes())];
-        assert_eq!(crate::audit::verify::verify(&files).unwrap().records, 14 - 9 + 2, "chained like the rest");
+        assert_eq!(
+            crate::audit::verify::verify(&files).unwrap().records,
+            14 - 9 + 2,
+            "chained like the rest"
+        );
     }
 
     /// A writer whose every write fails (its directory does not exist), and its sender.

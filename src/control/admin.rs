@@ -203,6 +203,7 @@ fn metrics(state: &State, snap: &Snapshot) -> Response<Full<Bytes>> {
         write_errors: sink.state.write_errors.load(Ordering::Relaxed),
         refused: sink.state.refused.load(Ordering::Relaxed),
         unrecorded: sink.state.unrecorded.load(Ordering::Relaxed),
+        folded: sink.state.folded.load(Ordering::Relaxed),
         healthy: sink.state.healthy.load(Ordering::Relaxed),
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();

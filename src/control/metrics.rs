@@ -282,6 +282,7 @@ pub struct AuditCounts {
     pub write_errors: u64,
     pub refused: u64,
     pub unrecorded: u64,
+    pub folded: u64,
     pub healthy: bool,
 }
 
@@ -306,8 +307,13 @@ pub fn scrape(snap: &Snapshot, audit: &AuditCounts, suspended: usize, now: i64) 
     );
     r.register(
         "keyward_audit_unrecorded",
-        "Refusals whose record found the refusals' share of the access-log queue full",
+        "Records lost: folded refusals that found the access log's writer gone",
         ConstCounter::new(audit.unrecorded),
+    );
+    r.register(
+        "keyward_audit_refusals_folded",
+        "Refusals past audit.refusals_per_ip or refusals_per_second, counted in kind=refusals records",
+        ConstCounter::new(audit.folded),
     );
     r.register(
         "keyward_tokens_suspended",

@@ -140,7 +140,9 @@ async fn attacker(t: Target, attack: Attack, from: IpAddr, until: Instant) -> u6
                 }
                 Attack::Tunnel => {
                     let connect = format!("CONNECT {API} HTTP/1.1\r\nHost: {API}\r\n\r\n");
-                    if tcp.write_all(connect.as_bytes()).await.is_err() || !read_head(&mut tcp).await.contains(" 200 ") {
+                    if tcp.write_all(connect.as_bytes()).await.is_err()
+                        || !read_head(&mut tcp).await.contains(" 200 ")
+                    {
                         return;
                     }
                     let name = ServerName::try_from("api.stripe.com").unwrap();
@@ -158,7 +160,14 @@ async fn attacker(t: Target, attack: Attack, from: IpAddr, until: Instant) -> u6
 
 /// `per_ip` attackers from each of `from`, started `per_second` a second in all, on a thread
 /// and runtime of their own (as another host's would be), until `until`.
-fn launch(t: &Target, attack: Attack, from: std::ops::RangeInclusive<u8>, per_ip: usize, per_second: u32, until: Instant) -> std::thread::JoinHandle<u64> {
+fn launch(
+    t: &Target,
+    attack: Attack,
+    from: std::ops::RangeInclusive<u8>,
+    per_ip: usize,
+    per_second: u32,
+    until: Instant,
+) -> std::thread::JoinHandle<u64> {
     let t = t.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -200,7 +209,8 @@ async fn call(kw: &Running, t: &Target, forward: bool) -> Option<Duration> {
         } else {
             Box::new(kw.tls_from(from, b"http/1.1").await.ok()?) as Box<dyn Io>
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.ok()?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.ok()?;
         tokio::spawn(conn);
         let mut r = req("GET", "/v1/customers/cus_1", TOKEN, "");
         r.headers_mut().insert("host", "api.stripe.com".parse().unwrap());
@@ -364,8 +374,10 @@ async fn a_refusal_flood_neither_erases_history_nor_grows_the_log_past_its_bound
     let refused = sent.load(Ordering::Relaxed);
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let folded: u64 = lines.iter().filter(|r| r["kind"] == "refusals").map(|r| r["count"].as_u64().unwrap()).sum();
-    let own = lines.iter().filter(|r| r["kind"] == "request" && r["reason"] == "api_key_missing").count() as u64;
+    let folded: u64 =
+        lines.iter().filter(|r| r["kind"] == "refusals").map(|r| r["count"].as_u64().unwrap()).sum();
+    let own =
+        lines.iter().filter(|r| r["kind"] == "request" && r["reason"] == "api_key_missing").count() as u64;
     let rate = grown as f64 / took;
     println!(
         "refusal flood: {refused} refusals answered in {took:.1} s ({:.0}/s): {own} recorded one by one, {folded} folded; \

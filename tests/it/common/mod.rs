@@ -590,7 +590,9 @@ impl Harness {
             child: Some(Child(child)),
         };
         for _ in 0..300 {
-            if tokio::net::TcpStream::connect(admin).await.is_ok() && running.admin_raw("GET", "/readyz", &[]).await.0 == 200 {
+            if tokio::net::TcpStream::connect(admin).await.is_ok()
+                && running.admin_raw("GET", "/readyz", &[]).await.0 == 200
+            {
                 return running;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
