@@ -162,7 +162,7 @@ fn tunnelled<'s>(
     let upstream = forward::connect_target(policy, &tunnel.target)?;
     forward::check_authority(facts.parts, tunnel)?;
     let by = match &tunnel.token {
-        Some(t) => Some(proxy_identify(policy, &t.hash, facts)?.0),
+        Some(t) => Some(proxy_identify(policy, &t.hash, facts).map_err(|r| r.failure)?.0),
         None => None,
     };
     Ok((upstream, by))
@@ -182,14 +182,22 @@ fn through_tunnel(ruling: &mut Ruling<'_>, upstream: usize, tunnel: &Tunnel) {
     }
 }
 
+/// A `Proxy-Authorization` refused: why, and whose token it was when it was refused for the
+/// caller's address (which counts toward the service's `quarantine`, as on the reverse port).
+#[derive(Debug)]
+pub struct ProxyRefusal<'s> {
+    pub failure: Failure,
+    pub from_elsewhere: Option<(&'s Service, &'s Token)>,
+}
+
 /// The token of a `CONNECT`'s `Proxy-Authorization`, by its hash: its service and token, if
 /// it is known, valid now and allowed from the caller's address.
 pub fn proxy_identify<'s>(
     policy: &'s Policy,
     hash: &TokenHash,
     facts: &RequestFacts<'_>,
-) -> Result<(&'s Service, &'s Token), Failure> {
-    let invalid = |why| Failure::ProxyTokenInvalid { why };
+) -> Result<(&'s Service, &'s Token), ProxyRefusal<'s>> {
+    let invalid = |why| ProxyRefusal { failure: Failure::ProxyTokenInvalid { why }, from_elsewhere: None };
     let found = policy.tokens.get(hash).ok_or(invalid("is not known to keyward"))?;
     let (service, token) = lookup(policy, found);
     match validity(service, token, facts) {
@@ -197,8 +205,11 @@ pub fn proxy_identify<'s>(
         Err(Failure::ExpiredToken { .. }) => Err(invalid("has expired")),
         Err(Failure::RevokedToken { .. }) => Err(invalid("was revoked")),
         Err(Failure::TokenNotYetValid { .. }) => Err(invalid("is not valid yet")),
-        Err(Failure::IpNotAllowed) => Err(invalid("does not allow calls from this address")),
-        Err(f) => Err(f),
+        Err(Failure::IpNotAllowed) => Err(ProxyRefusal {
+            from_elsewhere: Some((service, token)),
+            ..invalid("does not allow calls from this address")
+        }),
+        Err(failure) => Err(ProxyRefusal { failure, from_elsewhere: None }),
     }
 }
 
@@ -215,6 +226,10 @@ type Unidentified<'s> = (Failure, Option<(&'s Service, &'s Token)>);
 /// Phase 1: the token, its validity and the caller's address. A refusal says who it was,
 /// once the token is known.
 fn identify<'s>(policy: &'s Policy, facts: &RequestFacts<'s>) -> Result<Identified<'s>, Unidentified<'s>> {
+    // Two could be read two ways (the first, the last, both joined): refused, never chosen.
+    if facts.parts.headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+        return Err((Failure::NonCanonical("carries more than one Authorization header"), None));
+    }
     let Some(presented) = token_from(&facts.parts.headers, AUTHORIZATION) else {
         return Err((Failure::MissingToken, None));
     };

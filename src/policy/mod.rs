@@ -15,8 +15,8 @@ pub mod params;
 pub mod token_format;
 
 pub use decide::{
-    Decision, RequestFacts, Route, Ruling, Verdict, authorize, check_form, decide, expansion_failure,
-    proxy_identify,
+    Decision, ProxyRefusal, RequestFacts, Route, Ruling, Verdict, authorize, check_form, decide,
+    expansion_failure, proxy_identify,
 };
 pub use failure::Failure;
 pub use model::{Accounts, Level, Mode, Policy, Quarantine, Service, Token, TokenRef};

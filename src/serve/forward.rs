@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 
 use crate::audit::ProxyMode;
 use crate::control::snapshot::{ForwardSettings, Snapshot};
+use crate::control::state::State;
 use crate::policy::forward::{Tunnel, TunnelToken, connect_target};
 use crate::policy::identity::{hash_token, redact, token_from};
 use crate::policy::{Failure, RequestFacts, proxy_identify};
@@ -145,7 +146,7 @@ fn open(
     connect_target(&snap.policy, &target)?;
     let settings = snap.forward.ok_or(Failure::Internal)?;
     check_head(parts, &target)?;
-    let token = tunnel_token(snap, conn, parts, settings.tls)?;
+    let token = tunnel_token(snap, &proxy.state, conn, parts, settings.tls)?;
     let tunnel = Tunnel { target, token };
     // No leaf: its renewals failed until it expired (logged); fail closed.
     let tls = snap.intercept.as_ref().and_then(|i| i.tls(tunnel.host())).ok_or(Failure::Internal)?;
@@ -175,6 +176,7 @@ fn check_head(parts: &http::request::Parts, target: &str) -> Result<(), Failure>
 /// from loopback: from anywhere else it crossed the network in the clear (`forward.tls`).
 fn tunnel_token(
     snap: &Snapshot,
+    state: &State,
     conn: &Accepted,
     parts: &http::request::Parts,
     tls: bool,
@@ -196,7 +198,20 @@ fn tunnel_token(
     // The proxy port asks for no client certificate: a service bound to `client_ids` cannot
     // open tunnels by its token (its requests inside still can, with their certificate).
     let facts = RequestFacts { parts, client_ip: conn.ip, now, tunnel: None, client_ids: &[] };
-    proxy_identify(&snap.policy, &hash, &facts)?;
+    let (service, token_of) = match proxy_identify(&snap.policy, &hash, &facts) {
+        Ok(found) => found,
+        Err(refused) => {
+            // A token tried from outside its allowlist counts toward quarantine, here as on
+            // the reverse port: the proxy port is no oracle to test stolen tokens on.
+            if let Some((service, token)) = refused.from_elsewhere {
+                state.strike(&snap.version, service, token);
+            }
+            return Err(refused.failure);
+        }
+    };
+    if state.is_suspended(&snap.version, &service.name, &token_of.id) {
+        return Err(invalid("is suspended"));
+    }
     Ok(Some(TunnelToken { hash, redacted: redact(&token) }))
 }
 

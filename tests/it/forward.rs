@@ -580,3 +580,55 @@ async fn leaves_are_for_the_connect_host_signed_by_the_forward_ca() {
     assert!((7200..=7200 + 600).contains(&life), "lifetime {life} s");
     assert!(cert.public_key().algorithm.algorithm.to_id_string().starts_with("1.2.840.10045"), "ECDSA");
 }
+
+/// `Proxy-Authorization` is no oracle for stolen tokens: tried from outside its allowlist it
+/// counts toward `quarantine` (the third quarantines it); a suspended token opens no tunnel.
+#[tokio::test]
+async fn proxy_authorization_from_elsewhere_counts_toward_quarantine_and_a_suspended_token_opens_nothing() {
+    let kw = Harness::new()
+        .forward("")
+        .service(
+            Svc::new("billing")
+                .token("fw", TOKEN)
+                .scope("charge", "read")
+                .source_ips(&["10.9.0.0/16"])
+                .extra("quarantine = { ip_refusals = 3, within = \"1m\" }"),
+        )
+        .service(Svc::new("reports").token("other", OTHER).scope("charge", "read"))
+        .start()
+        .await;
+    let connect = |token: &str| {
+        format!("CONNECT {API} HTTP/1.1\r\nHost: {API}\r\nProxy-Authorization: Bearer {token}\r\n\r\n")
+    };
+    for _ in 0..3 {
+        let (_, answer) = connect_raw(&kw, &connect(TOKEN)).await;
+        assert_eq!(status_and_code(&answer), (407, "proxy_token_invalid".into()), "{answer}");
+    }
+    assert_eq!(kw.metric("keyward_tokens_quarantined_total").await, 1.0, "the third refusal quarantined it");
+    let (status, _) = kw.admin_call("POST", "/-/tokens/other/suspend").await;
+    assert_eq!(status, 200);
+    let (_, answer) = connect_raw(&kw, &connect(OTHER)).await;
+    assert_eq!(status_and_code(&answer), (407, "proxy_token_invalid".into()), "{answer}");
+    assert!(answer.contains("suspended"), "{answer}");
+    assert!(kw.upstream.requests().is_empty());
+}
+
+/// Two `Authorization` headers could be read two ways: 400, in a tunnel as on the listener.
+#[tokio::test]
+async fn two_authorization_headers_are_refused_in_a_tunnel_too() {
+    let kw = forward_harness("").await;
+    let tcp = tunnel(&kw, API, "").await;
+    let mut tls = tls_in(&kw, tcp, Some("api.stripe.com"), b"http/1.1").await.unwrap();
+    let head = format!(
+        "GET /v1/charges HTTP/1.1\r\nHost: api.stripe.com\r\nAuthorization: Bearer {TOKEN}\r\nAuthorization: Bearer {OTHER}\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+    assert_eq!(status_and_code(&String::from_utf8_lossy(&out)), (400, "non_canonical_request".into()));
+    let reverse = kw
+        .raw(format!("GET /v1/charges HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {OTHER}\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(status_and_code(&reverse), (400, "non_canonical_request".into()), "{reverse}");
+    assert!(kw.upstream.requests().is_empty());
+}
