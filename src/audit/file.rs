@@ -53,12 +53,14 @@ pub struct Output {
     size: u64,
     max_bytes: u64,
     keep: usize,
+    /// Files rotation deleted since last taken: name and the last seq each held.
+    pub removed: Vec<(String, u64)>,
 }
 
 impl Output {
     /// An output that opens `path` on its first write (`None`: stdout).
     pub fn unopened(path: Option<PathBuf>, max_bytes: u64, keep: usize) -> Output {
-        Output { path, file: None, size: 0, max_bytes, keep }
+        Output { path, file: None, size: 0, max_bytes, keep, removed: Vec::new() }
     }
 
     pub fn open(s: &Settings) -> std::io::Result<Output> {
@@ -199,12 +201,17 @@ impl Output {
         let Some(path) = self.path.clone() else { return Ok(()) };
         self.file = None;
         if self.keep == 0 {
+            self.removing(&path);
             std::fs::remove_file(&path)?;
         } else {
             // With `.1` free the older files have moved already (a retry after the last step
             // failed): moving them again would delete one more old file per retry.
             if rotated(&path, 1).exists() {
-                let _ = std::fs::remove_file(rotated(&path, self.keep));
+                let oldest = rotated(&path, self.keep);
+                if oldest.exists() {
+                    self.removing(&oldest);
+                }
+                let _ = std::fs::remove_file(oldest);
                 for i in (1..self.keep).rev() {
                     let from = rotated(&path, i);
                     if from.exists() {
@@ -219,6 +226,19 @@ impl Output {
             }
         }
         self.reopen()
+    }
+}
+
+impl Output {
+    /// Note that `file` is about to be deleted, with the last seq it holds (0 if unreadable:
+    /// the record still says a file went).
+    fn removing(&mut self, file: &Path) {
+        let seq = last_line(file)
+            .ok()
+            .flatten()
+            .and_then(|l| serde_json::from_slice::<serde_json::Value>(&l).ok()?["seq"].as_u64())
+            .unwrap_or(0);
+        self.removed.push((file.display().to_string(), seq));
     }
 }
 

@@ -6,6 +6,7 @@ pub mod fold;
 mod line;
 pub mod queue;
 pub mod report;
+pub mod rotation;
 pub mod scope;
 pub mod verify;
 
@@ -79,6 +80,7 @@ pub enum Kind {
     #[default]
     Request,
     Refusals,
+    Rotation,
 }
 
 impl Kind {
@@ -86,6 +88,7 @@ impl Kind {
         match self {
             Kind::Request => "request",
             Kind::Refusals => "refusals",
+            Kind::Rotation => "rotation",
         }
     }
 }

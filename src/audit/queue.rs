@@ -18,6 +18,7 @@ use crate::policy::identity::address_key;
 
 use super::file::{Output, Pending};
 use super::fold::{FoldedRefusals, Folds};
+use super::rotation::Rotation;
 use super::{AccessRecord, write_line_hash};
 
 /// How the access log is written, from `[audit]`.
@@ -257,6 +258,15 @@ impl Linked for AccessRecord {
     }
 }
 
+impl Linked for Rotation {
+    fn links(&mut self) -> (&mut u64, &mut String, &mut Option<Arc<str>>) {
+        (&mut self.seq, &mut self.prev, &mut self.instance)
+    }
+    fn write_json(&self, out: &mut Vec<u8>) {
+        Rotation::write_json(self, out)
+    }
+}
+
 impl Linked for FoldedRefusals {
     fn links(&mut self) -> (&mut u64, &mut String, &mut Option<Arc<str>>) {
         (&mut self.seq, &mut self.prev, &mut self.instance)
@@ -438,8 +448,21 @@ impl Writer {
             (out, pending, written)
         })
         .await;
-        let (out, pending, written) = done.expect("writing the access log does not panic");
+        let (mut out, pending, written) = done.expect("writing the access log does not panic");
+        let removed = std::mem::take(&mut out.removed);
         (self.out, self.pending) = (Some(out), pending);
+        // Files rotation deleted: the chain says so, in the next write.
+        for (removed_file, removed_through_seq) in removed {
+            let time = super::timestamp(time::OffsetDateTime::now_utc());
+            let kind = super::Kind::Rotation;
+            self.append(&mut Rotation {
+                time,
+                kind,
+                removed_file,
+                removed_through_seq,
+                ..Default::default()
+            });
+        }
         match written {
             Ok(n) => {
                 self.state.written.fetch_add(n, Ordering::Relaxed);
@@ -599,6 +622,42 @@ mod tests {
             14 - 9 + 2,
             "chained like the rest"
         );
+    }
+
+    #[tokio::test]
+    async fn a_file_deleted_by_rotation_is_recorded_so_verify_can_tell_rotation_from_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let settings = Settings {
+            path: path.display().to_string(),
+            max_bytes: 2000,
+            keep: 1,
+            queue: 64,
+            fail_closed: true,
+            refusals_per_ip: 100,
+            refusals_per_second: 100,
+            fold_interval: Duration::from_secs(1),
+        };
+        let sink = AuditSink::open(settings, "test".into()).unwrap();
+        let service: Arc<str> = "svc".into();
+        for i in 0..60 {
+            let slot = sink.slot(&service).await.unwrap();
+            slot.send(AccessRecord { request_id: format!("kwreq_{i}"), ..Default::default() });
+            if i % 10 == 9 {
+                tokio::time::sleep(COALESCE * 3).await;
+            }
+        }
+        tokio::time::sleep(RETRY * 2).await;
+        sink.close().await;
+        let read = |p: &Path| (p.display().to_string(), std::fs::read(p).unwrap());
+        let files = vec![read(&super::super::file::rotated(&path, 1)), read(&path)];
+        let v = crate::audit::verify::verify(&files).unwrap();
+        assert!(!v.from_genesis, "the oldest files were deleted");
+        let history = v.history();
+        assert!(history.contains("were rotated away (the chain says so"), "{history}");
+        // Without the newest file, which holds the rotation records, nothing says so.
+        let older = crate::audit::verify::verify(&files[..1]).unwrap();
+        assert!(older.history().contains("no rotation record"), "{}", older.history());
     }
 
     /// A writer whose every write fails (its directory does not exist), and its sender.

@@ -21,6 +21,28 @@ pub struct Verified {
     /// Records of folded refusals (`kind = "refusals"`), and the refusals they count.
     pub folded_records: u64,
     pub folded_refusals: u64,
+    /// The latest rotation record's: the last seq deleted, and when.
+    pub rotated_through: Option<(u64, String)>,
+}
+
+impl Verified {
+    /// Where the history these files hold begins, in words.
+    pub fn history(&self) -> String {
+        if self.from_genesis {
+            return "from the first record ever written".into();
+        }
+        let before = self.first_seq - 1;
+        match &self.rotated_through {
+            Some((through, at)) if *through >= before => format!(
+                "history begins at seq {}: records 1..{before} were rotated away (the chain says so, last at {at})",
+                self.first_seq
+            ),
+            _ => format!(
+                "history begins at seq {}: records 1..{before} are not in the files given, and no rotation record here says they were rotated away",
+                self.first_seq
+            ),
+        }
+    }
 }
 
 /// One instance's chain (records without `instance`, written before replicas had names,
@@ -52,6 +74,8 @@ struct Line<'a> {
     prev: String,
     /// A folded record's count of refusals.
     folded: Option<u64>,
+    /// A rotation record's last seq deleted, and its time.
+    rotated: Option<(u64, String)>,
 }
 
 /// Verify one chain in files given oldest first (`audit.jsonl.2 audit.jsonl.1 audit.jsonl`).
@@ -90,7 +114,11 @@ pub fn verify_all(files: &[(String, Vec<u8>)]) -> Result<Vec<Chain>, Break> {
             };
             let instance = v["instance"].as_str().map(String::from);
             let folded = (v["kind"] == "refusals").then(|| v["count"].as_u64().unwrap_or(0));
-            let line = Line { file: name, no: i + 1, bytes: raw, seq, prev: prev.to_string(), folded };
+            let rotated = (v["kind"] == "rotation").then(|| {
+                (v["removed_through_seq"].as_u64().unwrap_or(0), v["time"].as_str().unwrap_or("").to_string())
+            });
+            let line =
+                Line { file: name, no: i + 1, bytes: raw, seq, prev: prev.to_string(), folded, rotated };
             match chains.iter_mut().find(|(name, _)| *name == instance) {
                 Some((_, lines)) => lines.push(line),
                 None => chains.push((instance, vec![line])),
@@ -123,6 +151,7 @@ fn verify_instance(lines: &[Line<'_>]) -> Result<Verified, Break> {
                 records: t.records + v.records,
                 folded_records: t.folded_records + v.folded_records,
                 folded_refusals: t.folded_refusals + v.folded_refusals,
+                rotated_through: v.rotated_through.or(t.rotated_through),
                 last_seq: v.last_seq,
                 head: v.head,
                 restarts: t.restarts + 1,
@@ -191,6 +220,7 @@ fn verify_chain(lines: &[Line<'_>]) -> Result<Verified, Break> {
         restarts: 0,
         folded_records: lines.iter().filter(|l| l.folded.is_some()).count() as u64,
         folded_refusals: lines.iter().filter_map(|l| l.folded).sum(),
+        rotated_through: lines.iter().rev().find_map(|l| l.rotated.clone()),
     })
 }
 

@@ -136,11 +136,12 @@ fn integrity(b: &mut String, r: &Report) {
     for c in &i.chains {
         let _ = write!(
             b,
-            "<tr><th>instance {}</th><td>{} records, seq {}..{}{}, head <code>{}</code></td></tr>",
+            "<tr><th>instance {}</th><td>{} records, seq {}..{} ({}){}, head <code>{}</code></td></tr>",
             esc(&c.instance),
             c.records,
             c.first_seq,
             c.last_seq,
+            esc(&c.history),
             if c.restarts > 0 { format!(", {} restart(s)", c.restarts) } else { String::new() },
             esc(&c.head)
         );

@@ -112,6 +112,7 @@ impl Integrity {
                     records: v.records,
                     first_seq: v.first_seq,
                     last_seq: v.last_seq,
+                    history: v.history(),
                     head: v.head,
                     restarts: v.restarts,
                 }),
@@ -131,6 +132,8 @@ pub struct ChainRow {
     pub records: u64,
     pub first_seq: u64,
     pub last_seq: u64,
+    /// Where the files' history begins (`Verified::history`).
+    pub history: String,
     pub head: String,
     pub restarts: u64,
 }

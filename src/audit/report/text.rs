@@ -128,8 +128,8 @@ fn integrity(o: &mut String, r: &Report) {
     for c in &i.chains {
         let _ = writeln!(
             o,
-            "  {}: {} records, seq {}..{}, head {}",
-            c.instance, c.records, c.first_seq, c.last_seq, c.head
+            "  {}: {} records, seq {}..{} ({}), head {}",
+            c.instance, c.records, c.first_seq, c.last_seq, c.history, c.head
         );
     }
     o.push('\n');
