@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AccessRecord, Kind};
+use super::{AccessRecord, Kind, Links};
 use crate::policy::identity::address_key;
 
 /// Addresses with a folded record of their own per interval.
@@ -24,13 +24,8 @@ pub const MAX_NAMES: usize = 16;
 /// One address's refusals folded over an interval, as the log holds them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FoldedRefusals {
-    pub seq: u64,
-    pub prev: String,
-    /// When the record was written.
-    pub time: String,
-    #[serde(default)]
-    pub instance: Option<Arc<str>>,
-    pub kind: Kind,
+    #[serde(flatten)]
+    pub links: Links,
     /// The address (an IPv6 caller by its /64), or `others` for the addresses past
     /// [`MAX_ADDRESSES`].
     pub client_ip: String,
@@ -102,7 +97,7 @@ impl Folds {
 
 fn fresh(client_ip: String, r: &AccessRecord) -> FoldedRefusals {
     FoldedRefusals {
-        kind: Kind::Refusals,
+        links: Links { kind: Kind::Refusals, ..Default::default() },
         client_ip,
         first: r.time.clone(),
         last: r.time.clone(),

@@ -72,6 +72,25 @@ pub struct AccessRecord {
     pub livemode: Option<bool>,
 }
 
+/// How every record that is not a call's own begins: its place in the chain, when it was
+/// written, by which instance, and what it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Links {
+    pub seq: u64,
+    pub prev: String,
+    pub time: String,
+    #[serde(default)]
+    pub instance: Option<Arc<str>>,
+    pub kind: Kind,
+}
+
+impl Links {
+    /// Links for a record of `kind`, written now.
+    pub fn now(kind: Kind) -> Links {
+        Links { time: timestamp(time::OffsetDateTime::now_utc()), kind, ..Default::default() }
+    }
+}
+
 /// What a record in the log is: one call's (`request`), or refusals folded together
 /// (`refusals`, see `fold`). Every record says.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

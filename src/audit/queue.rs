@@ -260,7 +260,7 @@ impl Linked for AccessRecord {
 
 impl Linked for Rotation {
     fn links(&mut self) -> (&mut u64, &mut String, &mut Option<Arc<str>>) {
-        (&mut self.seq, &mut self.prev, &mut self.instance)
+        self.links.parts()
     }
     fn write_json(&self, out: &mut Vec<u8>) {
         Rotation::write_json(self, out)
@@ -269,10 +269,16 @@ impl Linked for Rotation {
 
 impl Linked for FoldedRefusals {
     fn links(&mut self) -> (&mut u64, &mut String, &mut Option<Arc<str>>) {
-        (&mut self.seq, &mut self.prev, &mut self.instance)
+        self.links.parts()
     }
     fn write_json(&self, out: &mut Vec<u8>) {
         FoldedRefusals::write_json(self, out)
+    }
+}
+
+impl super::Links {
+    fn parts(&mut self) -> (&mut u64, &mut String, &mut Option<Arc<str>>) {
+        (&mut self.seq, &mut self.prev, &mut self.instance)
     }
 }
 
@@ -297,7 +303,7 @@ async fn flush_folds_every(
 async fn flush_folds(folds: &Mutex<Folds>, tx: &mpsc::Sender<Msg>, state: &SinkState) {
     let records = folds.lock().unwrap_or_else(|e| e.into_inner()).take();
     for mut r in records {
-        r.time = super::timestamp(time::OffsetDateTime::now_utc());
+        r.links.time = super::timestamp(time::OffsetDateTime::now_utc());
         let count = r.count;
         if tx.send(Msg::Folded(Box::new(r))).await.is_err() {
             state.unrecorded.fetch_add(count, Ordering::Relaxed);
@@ -453,15 +459,8 @@ impl Writer {
         (self.out, self.pending) = (Some(out), pending);
         // Files rotation deleted: the chain says so, in the next write.
         for (removed_file, removed_through_seq) in removed {
-            let time = super::timestamp(time::OffsetDateTime::now_utc());
-            let kind = super::Kind::Rotation;
-            self.append(&mut Rotation {
-                time,
-                kind,
-                removed_file,
-                removed_through_seq,
-                ..Default::default()
-            });
+            let links = super::Links::now(super::Kind::Rotation);
+            self.append(&mut Rotation { links, removed_file, removed_through_seq });
         }
         match written {
             Ok(n) => {

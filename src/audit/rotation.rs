@@ -4,20 +4,14 @@
 //! says "history begins at seq N: records 1..N-1 were rotated away" only when the chain itself
 //! says they were.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
-use super::Kind;
+use super::Links;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rotation {
-    pub seq: u64,
-    pub prev: String,
-    pub time: String,
-    #[serde(default)]
-    pub instance: Option<Arc<str>>,
-    pub kind: Kind,
+    #[serde(flatten)]
+    pub links: Links,
     /// The file deleted, as configured (`audit.jsonl.10`, or `audit.jsonl` with `keep = 0`).
     pub removed_file: String,
     /// The last record it held: every record up to this one is gone from the files.
