@@ -14,6 +14,7 @@ use crate::audit::AuditSink;
 use crate::control::config::{self, ConfigError, Options, Source};
 use crate::control::reload::Reloader;
 use crate::control::state::State;
+use crate::control::suspensions::Suspensions;
 use crate::serve::proxy::Proxy;
 
 /// Why keyward did not start.
@@ -31,6 +32,8 @@ pub enum StartError {
     ForwardListen { addr: SocketAddr, source: std::io::Error },
     #[error("admin_listen {addr}: {source}")]
     AdminListen { addr: SocketAddr, source: std::io::Error },
+    #[error("admin.state_file {0}")]
+    State(String),
 }
 
 pub struct Running {
@@ -79,8 +82,14 @@ pub async fn start(src: &Source) -> Result<Running, StartError> {
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let suspensions = Suspensions::open(snap.admin.state_file.clone()).map_err(StartError::State)?;
+    if snap.admin.state_file.is_none() {
+        tracing::warn!(
+            "suspended tokens are kept in memory only: set [admin] state_file to keep them across restarts"
+        );
+    }
     crate::secrets::spawn_refresh(&snap.secrets);
-    let state = State::new(Arc::new(snap), audit);
+    let state = State::new(Arc::new(snap), audit, suspensions);
     let proxy = Proxy::new(state.clone());
     let reloader = Reloader::new(state, path.clone());
     let (tasks, background, accept) =

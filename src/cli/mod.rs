@@ -98,7 +98,7 @@ pub fn main() -> ExitCode {
             Command::Explain(a) => explain::explain(a).await,
             Command::Catalog(a) => catalog::catalog(a).await,
             Command::Audit { command } => audit::audit(command),
-            Command::Token { command } => token::token(command),
+            Command::Token { command } => token::token(command).await,
             Command::Certs { command } => certs::certs(command),
         }
     })

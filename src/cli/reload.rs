@@ -85,11 +85,18 @@ async fn call(
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method(method)
         .uri(path)
         .header("host", addr.to_string())
         .body(Empty::<bytes::Bytes>::new())?;
+    // The admin token, for calls that change keyward; never printed.
+    if let Some(token) = std::env::var("KEYWARD_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()) {
+        let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| "KEYWARD_ADMIN_TOKEN is not a valid header value")?;
+        value.set_sensitive(true);
+        req.headers_mut().insert(http::header::AUTHORIZATION, value);
+    }
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();

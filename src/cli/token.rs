@@ -15,7 +15,12 @@ pub enum TokenCommand {
     /// Changes no file.
     New {
         /// The service the token is for.
-        service: String,
+        #[arg(required_unless_present = "admin")]
+        service: Option<String>,
+        /// Mint an admin token with this id instead (`[[admin.token]]`): it may reload and
+        /// suspend or resume tokens on the admin port.
+        #[arg(long, value_name = "ID", conflicts_with_all = ["service", "id"])]
+        admin: Option<String>,
         /// Token id [default: SERVICE-YYYY-MM-DD, then -2, -3, … if the service has that one].
         #[arg(long)]
         id: Option<String>,
@@ -39,14 +44,36 @@ pub enum TokenCommand {
         #[arg(long)]
         git: bool,
     },
+    /// Suspend every token with this id now, on the running keyward (`POST
+    /// /-/tokens/ID/suspend`): refused until resumed, across reloads and restarts.
+    Suspend(AdminCall),
+    /// Lift the suspension of every token with this id (`POST /-/tokens/ID/resume`).
+    Resume(AdminCall),
 }
 
-pub fn token(command: TokenCommand) -> ExitCode {
+/// A call to the running keyward's admin port, with the admin token in `KEYWARD_ADMIN_TOKEN`.
+#[derive(clap::Args)]
+pub struct AdminCall {
+    /// The token id.
+    id: String,
+    /// The admin address [default: `server.admin_listen` of the configuration].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+pub async fn token(command: TokenCommand) -> ExitCode {
     let (service, id, json, config) = match command {
-        TokenCommand::New { service, id, json, config } => (service, id, json, config),
+        TokenCommand::New { admin: Some(id), json, .. } => return new_admin(&id, json),
+        TokenCommand::New { service, id, json, config, .. } => {
+            (service.unwrap_or_default(), id, json, config)
+        }
         TokenCommand::Scan { paths, config, git } => {
             return super::scan::scan(&paths, config.as_deref(), git);
         }
+        TokenCommand::Suspend(call) => return admin_call(call, "suspend").await,
+        TokenCommand::Resume(call) => return admin_call(call, "resume").await,
     };
     // Read leniently: only to learn the service's token ids and whether it exists.
     let table = Source::locate(config.config.as_deref())
@@ -78,6 +105,42 @@ pub fn token(command: TokenCommand) -> ExitCode {
     }
     print!("{block}");
     ExitCode::SUCCESS
+}
+
+/// `keyward token new --admin ID`: an admin token and its `[[admin.token]]`.
+fn new_admin(id: &str, json: bool) -> ExitCode {
+    let token = new_token();
+    let sha256 = hex::encode(hash_token(&token));
+    let block = format!("[[admin.token]]\nid = \"{id}\"\nsha256 = \"{sha256}\"\n");
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "admin": id, "token": token, "sha256": sha256, "snippet": block })
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "admin token (shown once; keep it in a secret store, give it as KEYWARD_ADMIN_TOKEN):\n\n  {token}\n"
+    );
+    println!("add to the config:\n");
+    print!("{block}");
+    ExitCode::SUCCESS
+}
+
+/// `keyward token suspend|resume ID`: the admin port's answer, printed.
+async fn admin_call(call: AdminCall, action: &str) -> ExitCode {
+    let addr = match super::reload::admin_addr(call.admin, &call.config) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let path = format!("/-/tokens/{}/{action}", call.id);
+    match super::reload::admin_request(addr, http::Method::POST, &path).await {
+        Ok((status, body)) => {
+            println!("{body}");
+            if status == 200 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => super::fail([format!("admin endpoint {addr}: {e}")]),
+    }
 }
 
 /// The services a configuration names, each with its token ids.

@@ -317,7 +317,7 @@ pub fn scrape(snap: &Snapshot, audit: &AuditCounts, suspended: usize, now: i64) 
     );
     r.register(
         "keyward_tokens_suspended",
-        "Tokens suspended (by the admin endpoint or by quarantine), until the next configuration change",
+        "Tokens suspended (by the admin endpoint or by quarantine), until resumed or removed from the configuration",
         gauge(suspended as u64),
     );
     r.register("keyward_audit_healthy", "1 while the access log is writable", gauge(audit.healthy.into()));

@@ -10,6 +10,7 @@ pub mod quarantine;
 pub mod reload;
 pub mod snapshot;
 pub mod state;
+pub mod suspensions;
 pub mod telemetry;
 pub mod tls;
 pub mod watch;

@@ -56,6 +56,7 @@ impl Reloader {
                 }
                 let next = Arc::new(next);
                 crate::secrets::spawn_refresh(&next.secrets);
+                self.state.suspensions.retain(&next.policy);
                 self.state.snapshot.store(next);
                 self.state.metrics.reloaded(true);
                 tracing::info!(trigger, from = %current.version, to = %version, "configuration reloaded");

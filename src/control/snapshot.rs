@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub admin_listen: Option<SocketAddr>,
     /// Host names the admin port answers besides IP addresses and `localhost`.
     pub admin_hosts: Vec<String>,
+    /// `[admin]` and `server.admin_tls`.
+    pub admin: crate::control::config::admin::AdminSettings,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub limits: Limits,
     pub timeouts: Timeouts,

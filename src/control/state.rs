@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use crate::audit::AuditSink;
 use crate::control::metrics::Metrics;
 use crate::control::snapshot::Snapshot;
+use crate::control::suspensions::{Entry, Suspensions};
 use crate::policy::{Service, Token};
 
 pub struct State {
@@ -19,94 +20,100 @@ pub struct State {
     pub metrics: Metrics,
     /// Shutting down: `/readyz` says 503 so that load balancers stop sending new callers.
     pub draining: AtomicBool,
-    /// Tokens suspended by an operator (`POST /-/tokens/{id}/suspend`), until the next
-    /// configuration change.
-    pub suspended: arc_swap::ArcSwapOption<Suspended>,
+    /// Tokens suspended by an operator (`POST /-/tokens/{id}/suspend`) or by quarantine, by
+    /// hash, until resumed or removed from the configuration.
+    pub suspensions: Suspensions,
     /// Refusals for the source address per token, for `quarantine`.
     strikes: std::sync::Mutex<crate::control::quarantine::Strikes>,
 }
 
-/// Suspended tokens, by service and token id, for one configuration version.
-#[derive(Debug, Clone, Default)]
-pub struct Suspended {
-    pub version: Arc<str>,
-    pub tokens: std::collections::HashSet<(Arc<str>, Arc<str>)>,
-}
-
 impl State {
-    /// Whether `service`'s token `id` is suspended under configuration `version`.
-    pub fn is_suspended(&self, version: &str, service: &str, id: &str) -> bool {
-        let guard = self.suspended.load();
-        guard.as_ref().is_some_and(|s| {
-            &*s.version == version && s.tokens.iter().any(|(sv, t)| &**sv == service && &**t == id)
-        })
+    pub fn is_suspended(&self, token: &Token) -> bool {
+        self.suspensions.contains(&token.hash)
     }
 
-    /// Suspend every token with this id under the configuration serving; the (service, id)
-    /// pairs suspended.
-    pub fn suspend(&self, id: &str) -> Vec<(Arc<str>, Arc<str>)> {
+    /// Every configured token with this id: (service, token).
+    fn with_id<'s>(snap: &'s Snapshot, id: &str) -> Vec<(&'s Service, &'s Token)> {
+        let services = snap.policy.services.iter();
+        services.flat_map(|s| s.tokens.iter().filter(|t| &*t.id == id).map(move |t| (s, t))).collect()
+    }
+
+    /// Suspend every token with this id: the (service, id) pairs suspended, and whether the
+    /// state file holds them.
+    pub fn suspend(&self, id: &str, by: &str) -> (Vec<(Arc<str>, Arc<str>)>, Result<(), String>) {
         let snap = self.snapshot.load();
-        let found: Vec<(Arc<str>, Arc<str>)> = snap
-            .policy
-            .services
+        let found = Self::with_id(&snap, id);
+        let saved = self.suspend_tokens(&found, by);
+        (found.iter().map(|(s, t)| (s.name.clone(), t.id.clone())).collect(), saved)
+    }
+
+    fn suspend_tokens(&self, tokens: &[(&Service, &Token)], by: &str) -> Result<(), String> {
+        let since = crate::audit::timestamp(time::OffsetDateTime::now_utc());
+        let entries: Vec<_> = tokens
             .iter()
-            .flat_map(|s| {
-                s.tokens.iter().filter(|t| &*t.id == id).map(move |t| (s.name.clone(), t.id.clone()))
+            .map(|(s, t)| {
+                let e = Entry {
+                    service: s.name.to_string(),
+                    token_id: t.id.to_string(),
+                    since: since.clone(),
+                    by: by.into(),
+                };
+                (t.hash, e)
             })
             .collect();
-        self.suspend_under(&snap.version, &found);
-        found
+        let saved = self.suspensions.add(&entries);
+        if let Err(e) = &saved {
+            tracing::error!(error = %e, "suspension in force, but not saved: it will not survive a restart");
+        }
+        saved
     }
 
-    /// Add `tokens` to the suspended under configuration `version` (none if it no longer serves).
-    fn suspend_under(&self, version: &Arc<str>, tokens: &[(Arc<str>, Arc<str>)]) {
-        // Read-modify-write of the set, so that two suspensions at once both stay.
-        self.suspended.rcu(|now| {
-            let mut next = match now {
-                Some(s) if s.version == *version => (**s).clone(),
-                _ => Suspended { version: version.clone(), ..Default::default() },
-            };
-            next.tokens.extend(tokens.iter().cloned());
-            Some(Arc::new(next))
-        });
+    /// Lift the suspension of every token with this id: the (service, id) pairs that were
+    /// suspended, and whether the state file says so.
+    pub fn resume(&self, id: &str) -> (Vec<(Arc<str>, Arc<str>)>, Result<(), String>) {
+        let snap = self.snapshot.load();
+        let found: Vec<_> =
+            Self::with_id(&snap, id).into_iter().filter(|(_, t)| self.is_suspended(t)).collect();
+        let hashes: Vec<_> = found.iter().map(|(_, t)| t.hash).collect();
+        let (_, saved) = self.suspensions.remove(&hashes);
+        (found.iter().map(|(s, t)| (s.name.clone(), t.id.clone())).collect(), saved)
     }
 
     /// A refusal of `token` of `service` for its source address, under configuration
-    /// `version`: true when it quarantines the token (suspended until the next configuration
-    /// change, with a log line and a metric).
+    /// `version`: true when it quarantines the token (suspended until resumed, with a log
+    /// line and a metric).
     pub fn strike(&self, version: &Arc<str>, service: &Service, token: &Token) -> bool {
         let Some(q) = service.quarantine else { return false };
         let key = (service.index, token.id.clone());
         let tipped = self.strikes.lock().is_ok_and(|mut s| s.strike(version, key, q, Instant::now()));
         if tipped {
-            self.suspend_under(version, &[(service.name.clone(), token.id.clone())]);
+            let _ = self.suspend_tokens(&[(service, token)], "quarantine");
             self.metrics.quarantined.inc();
             tracing::warn!(
                 service = &*service.name,
                 token_id = &*token.id,
                 refusals = q.refusals,
                 within = ?q.within,
-                "token quarantined: presented from outside the allowlist too often; suspended until the next configuration change"
+                "token quarantined: presented from outside the allowlist too often; suspended until resumed (POST /-/tokens/ID/resume)"
             );
         }
         tipped
     }
 
-    /// Tokens suspended under the configuration serving.
+    /// Tokens suspended now.
     pub fn suspended_now(&self) -> usize {
-        let version = self.snapshot.load().version.clone();
-        self.suspended.load().as_ref().filter(|s| s.version == version).map_or(0, |s| s.tokens.len())
+        self.suspensions.len()
     }
 }
 
 impl State {
-    pub fn new(snapshot: Arc<Snapshot>, audit: AuditSink) -> Arc<State> {
+    pub fn new(snapshot: Arc<Snapshot>, audit: AuditSink, suspensions: Suspensions) -> Arc<State> {
         Arc::new(State {
             snapshot: ArcSwap::new(snapshot),
             audit,
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
-            suspended: Default::default(),
+            suspensions,
             strikes: Default::default(),
         })
     }

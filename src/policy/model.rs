@@ -107,6 +107,8 @@ impl Accounts {
 #[derive(Debug)]
 pub struct Token {
     pub id: Arc<str>,
+    /// The SHA-256 of the token: what a suspension is keyed by.
+    pub hash: crate::policy::identity::TokenHash,
     /// Unix seconds.
     pub not_before: Option<i64>,
     pub expires: Option<i64>,

@@ -198,7 +198,7 @@ fn tunnel_token(
     // The proxy port asks for no client certificate: a service bound to `client_ids` cannot
     // open tunnels by its token (its requests inside still can, with their certificate).
     let facts = RequestFacts { parts, client_ip: conn.ip, now, tunnel: None, client_ids: &[] };
-    let (service, token_of) = match proxy_identify(&snap.policy, &hash, &facts) {
+    let (_, token_of) = match proxy_identify(&snap.policy, &hash, &facts) {
         Ok(found) => found,
         Err(refused) => {
             // A token tried from outside its allowlist counts toward quarantine, here as on
@@ -209,7 +209,7 @@ fn tunnel_token(
             return Err(refused.failure);
         }
     };
-    if state.is_suspended(&snap.version, &service.name, &token_of.id) {
+    if state.is_suspended(token_of) {
         return Err(invalid("is suspended"));
     }
     Ok(Some(TunnelToken { hash, redacted: redact(&token) }))

@@ -88,7 +88,7 @@ impl Proxy {
         };
         let mut ruling = policy::decide(&snap.policy, &facts);
         if let (Some(service), Some(token)) = (ruling.service, ruling.token) {
-            if self.state.is_suspended(&snap.version, &service.name, &token.id) {
+            if self.state.is_suspended(token) {
                 ruling.verdict = Verdict::Deny(Failure::SuspendedToken);
             } else if matches!(ruling.verdict, Verdict::Deny(Failure::IpNotAllowed))
                 && self.state.strike(&snap.version, service, token)

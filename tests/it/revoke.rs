@@ -63,8 +63,10 @@ async fn a_sandbox_service_never_gets_a_live_key() {
     assert!(kw.upstream.requests().iter().all(|r| r.headers["authorization"] == format!("Bearer {SECRET}")));
 }
 
+/// A suspension holds across a comment-only edit, a reload that renames the token's id, and a
+/// restart, until `resume`; a token removed from the configuration takes its suspension with it.
 #[tokio::test]
-async fn the_admin_endpoint_suspends_a_token_until_the_next_configuration_change() {
+async fn a_suspension_holds_across_edits_and_restarts_until_resumed() {
     let kw = Harness::new()
         .service(Svc::new("billing").token("leaked", LEAKED).token("fresh", FRESH).scope("charge", "read"))
         .start()
@@ -72,18 +74,92 @@ async fn the_admin_endpoint_suspends_a_token_until_the_next_configuration_change
     let (status, body) = kw.admin_call("POST", "/-/tokens/leaked/suspend").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["suspended"][0]["service"], "billing");
-    let r = kw.get("/v1/charges", LEAKED).await;
-    assert_eq!((r.status, r.error_code()), (401, "api_key_revoked".to_string()));
+    assert_eq!(body["saved"], true);
+    let refused = |r: Reply| (r.status, r.error_code());
+    assert_eq!(refused(kw.get("/v1/charges", LEAKED).await), (401, "api_key_revoked".to_string()));
     assert_eq!(kw.get("/v1/charges", FRESH).await.status, 200);
     assert_eq!(kw.metric("keyward_tokens_suspended").await, 1.0);
-    let recs = kw.records(2).await;
-    assert_eq!(recs[0]["reason"], "api_key_suspended");
-    let (status, _) = kw.admin_call("POST", "/-/tokens/nobody/suspend").await;
-    assert_eq!(status, 404);
-    // The next configuration (which should revoke it for good) lifts the suspension.
-    let next = kw.edited_config(|t| drop(scope_at(t, 0).insert("customer".into(), "read".into())));
-    std::fs::write(&kw.config_path, &next).unwrap();
-    assert!(kw.wait_version(&version_of(&next).await).await);
+    assert_eq!(kw.records(2).await[0]["reason"], "api_key_suspended");
+    assert_eq!(kw.admin_call("POST", "/-/tokens/nobody/suspend").await.0, 404);
+    // A comment, then the token's id renamed: the same hash, still suspended.
+    let commented = format!("{}\n# an unrelated edit\n", kw.config_text());
+    std::fs::write(&kw.config_path, &commented).unwrap();
+    assert!(kw.wait_version(&version_of(&commented).await).await);
+    assert_eq!(refused(kw.get("/v1/charges", LEAKED).await).0, 401, "a comment lifted it");
+    let renamed = kw.edited_config(|t| {
+        let tokens = service_at(t, 0)["token"].as_array_mut().unwrap();
+        tokens[0].as_table_mut().unwrap().insert("id".into(), "renamed".into());
+    });
+    std::fs::write(&kw.config_path, &renamed).unwrap();
+    assert!(kw.wait_version(&version_of(&renamed).await).await);
+    assert_eq!(refused(kw.get("/v1/charges", LEAKED).await).0, 401, "a new id lifted it");
+    // A restart on the same configuration and state file.
+    let (config_path, client) = (kw.config_path.clone(), kw.client.clone());
+    let Running { app, upstream, pki, dir, .. } = kw;
+    app.unwrap().stop().await;
+    let src = keyward::control::config::Source::read(&config_path).unwrap();
+    let app = keyward::app::start(&src).await.unwrap();
+    let get = |token: &'static str| {
+        let (addr, client) = (app.addr, client.clone());
+        async move {
+            let tls = tls_connect(addr, client, "127.0.0.1".parse().unwrap(), b"http/1.1").await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req("GET", "/v1/charges", token, "")).await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(get(LEAKED).await, 401, "a restart lifted it");
+    assert_eq!(get(FRESH).await, 200);
+    // Resumed: admitted again, and the state file says so.
+    let kw = Running::new(app, upstream, Default::default(), pki, dir, config_path);
+    let (status, body) = kw.admin_call("POST", "/-/tokens/renamed/resume").await;
+    assert_eq!((status, &body["resumed"][0]["token_id"]), (200, &serde_json::json!("renamed")), "{body}");
     assert_eq!(kw.get("/v1/charges", LEAKED).await.status, 200);
+    assert_eq!(kw.admin_call("POST", "/-/tokens/renamed/resume").await.0, 404, "nothing left to resume");
+    let state = std::fs::read_to_string(kw.dir.path().join("keyward-state.json")).unwrap();
+    assert!(!state.contains(&sha256_hex(LEAKED)) && !state.contains(LEAKED), "{state}");
+    // Suspended again, then removed from the configuration: the suspension goes with it.
+    assert_eq!(kw.admin_call("POST", "/-/tokens/renamed/suspend").await.0, 200);
+    let state = std::fs::read_to_string(kw.dir.path().join("keyward-state.json")).unwrap();
+    assert!(state.contains(&sha256_hex(LEAKED)) && !state.contains(LEAKED), "by hash, never the token");
+    let removed = kw.edited_config(|t| drop(service_at(t, 0)["token"].as_array_mut().unwrap().remove(0)));
+    std::fs::write(&kw.config_path, &removed).unwrap();
+    assert!(kw.wait_version(&version_of(&removed).await).await);
     assert_eq!(kw.metric("keyward_tokens_suspended").await, 0.0);
+    kw.stop().await;
+}
+
+/// With an `[[admin.token]]`, every change needs it, from loopback too; reads stay open.
+#[tokio::test]
+async fn admin_changes_need_the_admin_token_once_one_is_configured() {
+    const ADMIN: &str = "kw_admin_token_canary_0123456789abcdef";
+    let kw = Harness::new()
+        .service(Svc::new("billing").token("leaked", LEAKED).scope("charge", "read"))
+        .top(&format!("[[admin.token]]\nid = \"ops\"\nsha256 = \"{}\"\n", sha256_hex(ADMIN)))
+        .start()
+        .await;
+    for path in ["/-/reload", "/-/tokens/leaked/suspend", "/-/tokens/leaked/resume"] {
+        let (status, body) = kw.admin_raw("POST", path, &[]).await;
+        assert_eq!(status, 401, "{path}: {}", String::from_utf8_lossy(&body));
+        let wrong = kw
+            .admin_raw("POST", path, &[("authorization", "Bearer kw_not_the_admin_token_0123456789ab")])
+            .await;
+        assert_eq!(wrong.0, 401, "{path}");
+        // A service token is no admin token.
+        let service = kw.admin_raw("POST", path, &[("authorization", &format!("Bearer {LEAKED}"))]).await;
+        assert_eq!(service.0, 401, "{path}");
+    }
+    assert_eq!(kw.get("/v1/charges", LEAKED).await.status, 200, "nothing was suspended");
+    let bearer = format!("Bearer {ADMIN}");
+    let (status, _) = kw.admin_raw("POST", "/-/tokens/leaked/suspend", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(kw.get("/v1/charges", LEAKED).await.status, 401);
+    assert_eq!(kw.admin_raw("POST", "/-/reload", &[("authorization", &bearer)]).await.0, 200);
+    for open in ["/metrics", "/healthz", "/readyz", "/-/status"] {
+        let (status, body) = kw.admin_raw("GET", open, &[]).await;
+        assert_eq!(status, 200, "{open}");
+        assert!(!String::from_utf8_lossy(&body).contains(ADMIN), "{open}");
+    }
+    kw.stop().await;
 }

@@ -74,6 +74,7 @@ pub async fn build(
         listen: plan.file.server.listen,
         admin_listen: plan.file.server.admin_listen,
         admin_hosts: plan.file.server.admin_hosts.clone(),
+        admin: plan.admin.clone(),
         tls,
         limits: plan.limits,
         timeouts: plan.timeouts,

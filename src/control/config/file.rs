@@ -37,6 +37,27 @@ pub struct FileConfig {
     pub telemetry: TelemetryFile,
     #[serde(default)]
     pub service: Vec<ServiceFile>,
+    #[serde(default)]
+    pub admin: AdminFile,
+}
+
+/// `[admin]`: who may change keyward through its admin port, and where suspensions are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// Tokens that may call the admin port's mutating endpoints (`Authorization: Bearer`).
+    #[serde(default)]
+    pub token: Vec<AdminTokenFile>,
+    /// Where suspended tokens are kept across restarts.
+    pub state_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenFile {
+    pub id: Spanned<String>,
+    pub sha256: Spanned<String>,
+    pub expires: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +70,9 @@ pub struct ServerFile {
     /// Make a self-signed development CA and certificate at the paths above if missing.
     #[serde(default)]
     pub dev_certs: bool,
+    /// Serve the admin port over TLS (`tls_cert`), for admins and scrapers on other hosts.
+    #[serde(default)]
+    pub admin_tls: bool,
     /// Host names the admin port answers besides IP addresses and `localhost`.
     #[serde(default)]
     pub admin_hosts: Vec<String>,

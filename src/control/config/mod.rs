@@ -1,6 +1,7 @@
 //! Configuration: the file as users write it (`file`), checked and planned without I/O
 //! (`validate`), then built into a `Snapshot` (`build`: tables, secrets, clients, TLS).
 
+pub mod admin;
 pub mod build;
 pub mod file;
 mod forward;

@@ -206,6 +206,7 @@ fn build_tokens(
         }
         out.push(Token {
             id: t.id.get_ref().as_str().into(),
+            hash: digest,
             expires: timestamp(t.expires.as_ref(), &format!("{tkey}.expires"), errs),
             not_before: timestamp(t.not_before.as_ref(), &format!("{tkey}.not_before"), errs),
             revoked: timestamp(t.revoked.as_ref(), &format!("{tkey}.revoked"), errs),
@@ -215,7 +216,7 @@ fn build_tokens(
     out
 }
 
-fn timestamp(v: Option<&Spanned<String>>, key: &str, errs: &mut Errors) -> Option<i64> {
+pub(super) fn timestamp(v: Option<&Spanned<String>>, key: &str, errs: &mut Errors) -> Option<i64> {
     let v = v?;
     match OffsetDateTime::parse(v.get_ref(), &Rfc3339) {
         Ok(t) => Some(t.unix_timestamp()),

@@ -48,6 +48,7 @@ pub struct Plan {
     pub otlp_endpoint: Option<String>,
     /// Every file the configuration reads: a change to any of them triggers a reload.
     pub files: Vec<PathBuf>,
+    pub admin: super::admin::AdminSettings,
 }
 
 /// Errors of one configuration, each at its file, line and key.
@@ -123,6 +124,7 @@ pub fn validate(
     let index: HashMap<&str, usize> = secrets.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
     let compiled = super::services::build(&file, &catalog_parsed, &index, &mut errs);
     let (services, tokens, service_limits) = (compiled.services, compiled.tokens, compiled.limits);
+    let admin = super::admin::check(&file, &tokens, &mut errs);
     check_bounds(&file, &mut errs);
     let digest = Sha256::new()
         .chain_update(&src.text)
@@ -161,6 +163,7 @@ pub fn validate(
         redis_secret,
         otlp_endpoint,
         files: input_files(src, &file),
+        admin,
         file,
     };
     (plan, errs.list)

@@ -1,0 +1,205 @@
+//! Suspended tokens (`POST /-/tokens/{id}/suspend`, and quarantine), by the token's SHA-256:
+//! a renamed id, a reload, an unrelated edit or a restart does not lift a suspension; only
+//! `POST /-/tokens/{id}/resume`, or the token leaving the configuration, does. Kept in
+//! `[admin] state_file`, written whole (a temporary file renamed over it) on every change: a
+//! suspension the file does not hold yet is still in force in memory, and said to be unsaved.
+//! A state file that cannot be read stops keyward from starting: it would otherwise start with
+//! every suspension lifted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Policy;
+use crate::policy::identity::TokenHash;
+
+/// One suspension as the state file holds it (never the token: its hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub service: String,
+    pub token_id: String,
+    /// When, RFC 3339.
+    pub since: String,
+    /// `admin` or `quarantine`.
+    pub by: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileShape {
+    /// Token SHA-256 (hex) → its suspension.
+    suspended: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug)]
+pub struct Suspensions {
+    /// Read on every call: swapped whole on each change.
+    now: ArcSwap<foldhash::HashSet<TokenHash>>,
+    /// The entries, and the writes of the state file, one at a time.
+    entries: Mutex<BTreeMap<String, Entry>>,
+    file: Option<PathBuf>,
+}
+
+impl Suspensions {
+    /// The suspensions kept in `file` (none yet if it does not exist); an error names a file
+    /// that exists and cannot be read as a state file.
+    pub fn open(file: Option<PathBuf>) -> Result<Suspensions, String> {
+        let entries = match &file {
+            Some(path) => read(path)?,
+            None => BTreeMap::new(),
+        };
+        let s = Suspensions { now: ArcSwap::default(), entries: Mutex::new(entries), file };
+        s.publish(&s.lock());
+        Ok(s)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn contains(&self, hash: &TokenHash) -> bool {
+        self.now.load().contains(hash)
+    }
+
+    pub fn len(&self) -> usize {
+        self.now.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Suspend these tokens; whether the state file holds them (`Err`: why not).
+    pub fn add(&self, tokens: &[(TokenHash, Entry)]) -> Result<(), String> {
+        let mut entries = self.lock();
+        for (hash, entry) in tokens {
+            entries.entry(hex::encode(hash)).or_insert_with(|| entry.clone());
+        }
+        self.publish(&entries);
+        self.save(&entries)
+    }
+
+    /// Lift the suspension of these tokens; how many were suspended, and whether the state
+    /// file says so.
+    pub fn remove(&self, hashes: &[TokenHash]) -> (usize, Result<(), String>) {
+        let mut entries = self.lock();
+        let lifted = hashes.iter().filter(|h| entries.remove(&hex::encode(h)).is_some()).count();
+        self.publish(&entries);
+        (lifted, if lifted > 0 { self.save(&entries) } else { Ok(()) })
+    }
+
+    /// Forget suspensions of tokens `policy` no longer has: a token removed from the
+    /// configuration is gone for good, and one added back later is a new decision.
+    pub fn retain(&self, policy: &Policy) {
+        let mut entries = self.lock();
+        let before = entries.len();
+        entries.retain(|hex_hash, _| {
+            let mut h = [0u8; 32];
+            hex::decode_to_slice(hex_hash, &mut h).is_ok() && policy.tokens.contains_key(&h)
+        });
+        if entries.len() != before {
+            self.publish(&entries);
+            if let Err(e) = self.save(&entries) {
+                tracing::error!(error = %e, "suspensions of removed tokens dropped in memory only");
+            }
+        }
+    }
+
+    /// The suspensions, for `/-/status`: hash prefix, service, token id, since, by.
+    pub fn list(&self) -> Vec<(String, Entry)> {
+        self.lock().iter().map(|(h, e)| (h[..12].to_string(), e.clone())).collect()
+    }
+
+    fn publish(&self, entries: &BTreeMap<String, Entry>) {
+        let set = entries
+            .keys()
+            .filter_map(|k| {
+                let mut h = [0u8; 32];
+                hex::decode_to_slice(k, &mut h).ok().map(|()| h)
+            })
+            .collect();
+        self.now.store(Arc::new(set));
+    }
+
+    fn save(&self, entries: &BTreeMap<String, Entry>) -> Result<(), String> {
+        let Some(path) = &self.file else { return Ok(()) };
+        let text = serde_json::to_string_pretty(&FileShape { suspended: entries.clone() })
+            .map_err(|e| e.to_string())?;
+        let tmp = path.with_extension("tmp");
+        let written = (|| {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, path)
+        })();
+        written.map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+fn read(path: &Path) -> Result<BTreeMap<String, Entry>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let shape: FileShape = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: not a keyward state file ({e}); fix or remove it (it holds suspended tokens)",
+            path.display()
+        )
+    })?;
+    if let Some(bad) = shape.suspended.keys().find(|k| k.len() != 64 || hex::decode(k).is_err()) {
+        return Err(format!("{}: {bad:?} is not a token's SHA-256", path.display()));
+    }
+    Ok(shape.suspended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> Entry {
+        Entry {
+            service: "billing".into(),
+            token_id: id.into(),
+            since: "2026-12-07T00:00:00Z".into(),
+            by: "admin".into(),
+        }
+    }
+
+    #[test]
+    fn suspensions_are_kept_in_the_state_file_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state/keyward-state.json");
+        let s = Suspensions::open(Some(file.clone())).unwrap();
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        s.add(&[(a, entry("one")), (b, entry("two"))]).unwrap();
+        assert!(s.contains(&a) && s.contains(&b));
+        assert_eq!(s.remove(&[b, [3u8; 32]]).0, 1);
+        let again = Suspensions::open(Some(file.clone())).unwrap();
+        assert!(again.contains(&a) && !again.contains(&b), "read back after a restart");
+        assert_eq!(again.list()[0].1, entry("one"));
+    }
+
+    #[test]
+    fn a_state_file_that_cannot_be_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keyward-state.json");
+        for (text, says) in [
+            ("{", "not a keyward state file"),
+            (
+                r#"{"suspended":{"abc":{"service":"s","token_id":"t","since":"x","by":"admin"}}}"#,
+                "is not a token's SHA-256",
+            ),
+            (r#"{"suspended":{},"extra":1}"#, "not a keyward state file"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let e = Suspensions::open(Some(file.clone())).unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+    }
+}
