@@ -27,6 +27,10 @@ pub struct State {
     strikes: std::sync::Mutex<crate::control::quarantine::Strikes>,
 }
 
+/// The (service, token id) pairs a suspension or resumption changed, and whether the state file
+/// holds the change (`Err`: why not; it is in force all the same).
+pub type Changed = (Vec<(Arc<str>, Arc<str>)>, Result<(), String>);
+
 impl State {
     pub fn is_suspended(&self, token: &Token) -> bool {
         self.suspensions.contains(&token.hash)
@@ -40,7 +44,7 @@ impl State {
 
     /// Suspend every token with this id: the (service, id) pairs suspended, and whether the
     /// state file holds them.
-    pub fn suspend(&self, id: &str, by: &str) -> (Vec<(Arc<str>, Arc<str>)>, Result<(), String>) {
+    pub fn suspend(&self, id: &str, by: &str) -> Changed {
         let snap = self.snapshot.load();
         let found = Self::with_id(&snap, id);
         let saved = self.suspend_tokens(&found, by);
@@ -70,7 +74,7 @@ impl State {
 
     /// Lift the suspension of every token with this id: the (service, id) pairs that were
     /// suspended, and whether the state file says so.
-    pub fn resume(&self, id: &str) -> (Vec<(Arc<str>, Arc<str>)>, Result<(), String>) {
+    pub fn resume(&self, id: &str) -> Changed {
         let snap = self.snapshot.load();
         let found: Vec<_> =
             Self::with_id(&snap, id).into_iter().filter(|(_, t)| self.is_suspended(t)).collect();
