@@ -5,6 +5,11 @@
 //! suspension the file does not hold yet is still in force in memory, and said to be unsaved.
 //! A state file that cannot be read stops keyward from starting: it would otherwise start with
 //! every suspension lifted.
+//!
+//! With `[ratelimit] redis`, every replica shares them: each replica writes its changes to a
+//! Redis hash (`PREFIX:suspended`) and merges the hash in, every second. A change made while
+//! Redis is out is in force here at once and shared when Redis answers again; neither an
+//! outage nor a Redis that lost its data lifts a suspension.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+use crate::control::limits::Store;
 use crate::policy::Policy;
 use crate::policy::identity::TokenHash;
 
@@ -26,6 +32,9 @@ pub struct Entry {
     /// `admin` or `quarantine`.
     pub by: String,
 }
+
+/// A resumption, in the Redis hash.
+const RESUMED: &str = "resumed";
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +50,8 @@ pub struct Suspensions {
     /// The entries, and the writes of the state file, one at a time.
     entries: Mutex<BTreeMap<String, Entry>>,
     file: Option<PathBuf>,
+    /// Changes not yet written to Redis: hash → the entry to set, or `None` to delete.
+    unshared: Mutex<BTreeMap<String, Option<Entry>>>,
 }
 
 impl Suspensions {
@@ -51,7 +62,12 @@ impl Suspensions {
             Some(path) => read(path)?,
             None => BTreeMap::new(),
         };
-        let s = Suspensions { now: ArcSwap::default(), entries: Mutex::new(entries), file };
+        let s = Suspensions {
+            now: ArcSwap::default(),
+            entries: Mutex::new(entries),
+            file,
+            unshared: Mutex::default(),
+        };
         s.publish(&s.lock());
         Ok(s)
     }
@@ -76,7 +92,8 @@ impl Suspensions {
     pub fn add(&self, tokens: &[(TokenHash, Entry)]) -> Result<(), String> {
         let mut entries = self.lock();
         for (hash, entry) in tokens {
-            entries.entry(hex::encode(hash)).or_insert_with(|| entry.clone());
+            let entry = entries.entry(hex::encode(hash)).or_insert_with(|| entry.clone());
+            self.unshared().insert(hex::encode(hash), Some(entry.clone()));
         }
         self.publish(&entries);
         self.save(&entries)
@@ -87,6 +104,7 @@ impl Suspensions {
     pub fn remove(&self, hashes: &[TokenHash]) -> (usize, Result<(), String>) {
         let mut entries = self.lock();
         let lifted = hashes.iter().filter(|h| entries.remove(&hex::encode(h)).is_some()).count();
+        self.unshared().extend(hashes.iter().map(|h| (hex::encode(h), None)));
         self.publish(&entries);
         (lifted, if lifted > 0 { self.save(&entries) } else { Ok(()) })
     }
@@ -111,6 +129,67 @@ impl Suspensions {
     /// The suspensions, for `/-/status`: hash prefix, service, token id, since, by.
     pub fn list(&self) -> Vec<(String, Entry)> {
         self.lock().iter().map(|(h, e)| (h[..12].to_string(), e.clone())).collect()
+    }
+
+    fn unshared(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Option<Entry>>> {
+        self.unshared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// With Redis: write this replica's changes, then merge the shared hash in: what any
+    /// replica suspended, less what any resumed. A resumption is kept in the hash as
+    /// `"resumed"`, not deleted, so that a Redis that lost its data lifts nothing: what this
+    /// replica knows and Redis does not is written back. `Err` (Redis out): nothing changes
+    /// here, and the changes are written next time.
+    pub async fn share(&self, store: &Store) -> Result<(), String> {
+        let key = store.key("suspended");
+        let pending = std::mem::take(&mut *self.unshared());
+        let set: Vec<(String, String)> = pending
+            .iter()
+            .map(|(h, e)| {
+                let v =
+                    e.as_ref().and_then(|e| serde_json::to_string(e).ok()).unwrap_or_else(|| RESUMED.into());
+                (h.clone(), v)
+            })
+            .collect();
+        let shared = match store.hash_set(&key, &set).await {
+            Ok(()) => store.hash_all(&key).await,
+            Err(e) => Err(e),
+        };
+        let shared = match shared {
+            Ok(s) => s,
+            Err(e) => {
+                // Kept for the next try, behind anything newer.
+                let mut unshared = self.unshared();
+                for (h, e) in pending {
+                    unshared.entry(h).or_insert(e);
+                }
+                return Err(e);
+            }
+        };
+        let mut entries = self.lock();
+        let mut merged = entries.clone();
+        for (h, v) in shared.iter().filter(|(h, _)| h.len() == 64 && hex::decode(h).is_ok()) {
+            match serde_json::from_str::<Entry>(v) {
+                Ok(e) => drop(merged.insert(h.clone(), e)),
+                Err(_) if v == RESUMED => drop(merged.remove(h)),
+                Err(_) => {}
+            }
+        }
+        let mut unshared = self.unshared();
+        for (h, e) in &merged {
+            if !shared.contains_key(h) {
+                unshared.entry(h.clone()).or_insert_with(|| Some(e.clone()));
+            }
+        }
+        drop(unshared);
+        if *entries != merged {
+            *entries = merged;
+            self.publish(&entries);
+            if let Err(e) = self.save(&entries) {
+                tracing::error!(error = %e, "suspensions shared by Redis not saved to the state file");
+            }
+        }
+        Ok(())
     }
 
     fn publish(&self, entries: &BTreeMap<String, Entry>) {
@@ -200,6 +279,31 @@ mod tests {
             std::fs::write(&file, text).unwrap();
             let e = Suspensions::open(Some(file.clone())).unwrap_err();
             assert!(e.contains(says), "{e}");
+        }
+    }
+}
+
+/// Share suspensions through Redis every second while `[ratelimit] redis` is configured, until
+/// the state is gone.
+pub async fn share_every_second(state: std::sync::Weak<crate::control::state::State>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        let Some(store) = state.snapshot.load().ratelimits.store.clone() else { continue };
+        match state.suspensions.share(&store).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("suspensions shared through Redis again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "suspensions cannot be shared through Redis; those known here stay in force");
+            }
+            Err(_) => {}
         }
     }
 }

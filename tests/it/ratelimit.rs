@@ -218,3 +218,29 @@ async fn a_server_that_is_not_redis_is_an_outage_not_a_crash() {
     assert_eq!(kw.metric("keyward_ratelimit_store_up").await, 0.0);
     assert!(kw.upstream.requests().is_empty());
 }
+
+/// With Redis, a suspension made on one replica holds on every replica, and so does its end;
+/// one made while Redis is out holds here at once and reaches the others when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_on_one_replica_holds_on_every_replica() {
+    let mut redis = Redis::start();
+    let services = [("a", BATCH, ""), ("b", CHECKOUT, "")];
+    let one = replica(&redis, "", &services).await;
+    let two = replica(&redis, "", &services).await;
+    async fn refused_on(kw: &Running, token: &str) -> bool {
+        eventually(|| async { kw.get("/v1/charges", token).await.status == 401 }).await
+    }
+    assert_eq!(one.admin_call("POST", "/-/tokens/a/suspend").await.0, 200);
+    assert!(refused_on(&two, BATCH).await, "the other replica did not see the suspension");
+    assert_eq!(two.admin_call("POST", "/-/tokens/a/resume").await.0, 200);
+    let admitted = eventually(|| async { one.get("/v1/charges", BATCH).await.status == 200 });
+    assert!(admitted.await, "the other replica did not see the resumption");
+    // Redis out: suspended here at once, everywhere once it is back; nothing lifted meanwhile.
+    redis.stop();
+    assert_eq!(one.admin_call("POST", "/-/tokens/b/suspend").await.0, 200);
+    assert_eq!(one.get("/v1/charges", CHECKOUT).await.status, 401);
+    assert_eq!(two.get("/v1/charges", CHECKOUT).await.status, 200, "not shared while Redis is out");
+    redis.resume();
+    assert!(refused_on(&two, CHECKOUT).await, "shared once Redis answered again");
+    assert_eq!(one.get("/v1/charges", CHECKOUT).await.status, 401);
+}

@@ -199,6 +199,27 @@ impl Store {
         Err(())
     }
 
+    /// Set fields of the hash at `key` (nothing to do for none).
+    pub async fn hash_set(&self, key: &str, set: &[(String, String)]) -> Result<(), String> {
+        if set.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(key).arg(set);
+        let mut conn = self.conn.clone();
+        let done = tokio::time::timeout(self.spec.timeout, cmd.query_async::<()>(&mut conn)).await;
+        done.map_err(|_| "no answer in time (ratelimit.timeout)".to_string())?.map_err(|e| e.to_string())
+    }
+
+    /// Every field of the hash at `key`.
+    pub async fn hash_all(&self, key: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(key);
+        let answer = tokio::time::timeout(self.spec.timeout, cmd.query_async(&mut conn)).await;
+        answer.map_err(|_| "no answer in time (ratelimit.timeout)".to_string())?.map_err(|e| e.to_string())
+    }
+
     fn failed(&self, why: &str) {
         // Once per outage; at start (`up` is false before Redis first answers), the first.
         let first = self.errors.fetch_add(1, Ordering::Relaxed) == 0;
