@@ -83,9 +83,9 @@ pub async fn start(src: &Source) -> Result<Running, StartError> {
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let suspensions = Suspensions::open(snap.admin.state_file.clone()).map_err(StartError::State)?;
-    if snap.admin.state_file.is_none() {
+    if snap.admin.state_file.is_none() && snap.ratelimits.store.is_none() {
         tracing::warn!(
-            "suspended tokens are kept in memory only: set [admin] state_file to keep them across restarts"
+            "suspended tokens are kept in memory only: set [admin] state_file (or [ratelimit] redis) to keep them across restarts"
         );
     }
     crate::secrets::spawn_refresh(&snap.secrets);
