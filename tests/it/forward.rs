@@ -582,7 +582,7 @@ async fn leaves_are_for_the_connect_host_signed_by_the_forward_ca() {
 }
 
 /// `Proxy-Authorization` is no oracle for stolen tokens: tried from outside its allowlist it
-/// counts toward `quarantine` (the third quarantines it); a suspended token opens no tunnel.
+/// counts toward `quarantine` (the 20th quarantines it); a suspended token opens no tunnel.
 #[tokio::test]
 async fn proxy_authorization_from_elsewhere_counts_toward_quarantine_and_a_suspended_token_opens_nothing() {
     let kw = Harness::new()
@@ -592,7 +592,7 @@ async fn proxy_authorization_from_elsewhere_counts_toward_quarantine_and_a_suspe
                 .token("fw", TOKEN)
                 .scope("charge", "read")
                 .source_ips(&["10.9.0.0/16"])
-                .extra("quarantine = { ip_refusals = 3, within = \"1m\" }"),
+                .extra("quarantine = { ip_refusals = 20, within = \"1m\" }"),
         )
         .service(Svc::new("reports").token("other", OTHER).scope("charge", "read"))
         .start()
@@ -600,11 +600,12 @@ async fn proxy_authorization_from_elsewhere_counts_toward_quarantine_and_a_suspe
     let connect = |token: &str| {
         format!("CONNECT {API} HTTP/1.1\r\nHost: {API}\r\nProxy-Authorization: Bearer {token}\r\n\r\n")
     };
-    for _ in 0..3 {
+    // The red team's 20 CONNECTs with a stolen token from a refused address.
+    for _ in 0..20 {
         let (_, answer) = connect_raw(&kw, &connect(TOKEN)).await;
         assert_eq!(status_and_code(&answer), (407, "proxy_token_invalid".into()), "{answer}");
     }
-    assert_eq!(kw.metric("keyward_tokens_quarantined_total").await, 1.0, "the third refusal quarantined it");
+    assert_eq!(kw.metric("keyward_tokens_quarantined_total").await, 1.0, "the 20th refusal quarantined it");
     let (status, _) = kw.admin_call("POST", "/-/tokens/other/suspend").await;
     assert_eq!(status, 200);
     let (_, answer) = connect_raw(&kw, &connect(OTHER)).await;
