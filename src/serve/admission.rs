@@ -148,6 +148,7 @@ impl Admission {
             id,
             evict,
             proven: AtomicBool::new(false),
+            proved: CancellationToken::new(),
             refusals: AtomicU32::new(0),
             activity: AtomicU64::new(0),
         })
@@ -185,6 +186,15 @@ impl Admission {
     }
 }
 
+/// How watching an unproven connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unproven {
+    /// Nothing more to watch.
+    Proven,
+    /// To be closed now, and why.
+    Closed(&'static str),
+}
+
 /// An open connection, counted until dropped.
 pub struct Connection {
     admission: Arc<Admission>,
@@ -194,6 +204,8 @@ pub struct Connection {
     /// idle or refused too often (`listener::guarded`).
     pub evict: CancellationToken,
     proven: AtomicBool,
+    /// Cancelled when it is proven: its watch (`watch_unproven`) ends.
+    proved: CancellationToken,
     /// Requests refused on this connection while it was unproven.
     refusals: AtomicU32,
     /// Bumped by each request and the handshake's end: what `timeouts.unproven_idle` watches.
@@ -207,6 +219,7 @@ impl Connection {
         if self.proven.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.proved.cancel();
         let a = &self.admission;
         let mut t = a.table();
         if Table::remove(&mut t.unproven, self.ip, self.id) {
@@ -234,20 +247,25 @@ impl Connection {
         self.activity.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Returns once the connection has been unproven and quiet for a whole `every`: no request
-    /// began and no handshake ended in it. Never, once proven.
-    pub async fn unproven_idle(&self, every: std::time::Duration) {
-        let mut seen = self.activity.load(Ordering::Relaxed);
-        loop {
-            tokio::time::sleep(every).await;
-            if self.is_proven() {
-                return std::future::pending().await;
+    /// Watch the connection while it is unproven: `Proven` as soon as it is, `Closed` once it
+    /// has been evicted, or quiet for a whole `every` (no request began and no handshake ended
+    /// in it).
+    pub async fn watch_unproven(&self, every: std::time::Duration) -> Unproven {
+        let idle = async {
+            let mut seen = self.activity.load(Ordering::Relaxed);
+            loop {
+                tokio::time::sleep(every).await;
+                let now = self.activity.load(Ordering::Relaxed);
+                if now == seen {
+                    return;
+                }
+                seen = now;
             }
-            let now = self.activity.load(Ordering::Relaxed);
-            if now == seen {
-                return;
-            }
-            seen = now;
+        };
+        tokio::select! {
+            _ = self.proved.cancelled() => Unproven::Proven,
+            _ = self.evict.cancelled() => Unproven::Closed("unproven connection evicted"),
+            _ = idle => Unproven::Closed("unproven connection idle (timeouts.unproven_idle)"),
         }
     }
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::control::snapshot::{Limits, Timeouts};
-use crate::serve::admission::Connection;
+use crate::serve::admission::{Connection, Unproven};
 use crate::serve::exchange::Caller;
 use crate::serve::proxy::Proxy;
 use crate::serve::stall::{StallGuard, StreamCount, StreamExec};
@@ -123,11 +123,15 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: Cancellatio
 /// room (`admission`), or unproven with no request begun for `idle` (`timeouts.unproven_idle`).
 /// Dropping what serves it ends its exchanges, which are recorded.
 pub async fn guarded(serving: impl Future<Output = ()>, conn: &Connection, idle: Duration, peer: SocketAddr) {
+    tokio::pin!(serving);
     tokio::select! {
-        _ = serving => {}
-        _ = conn.evict.cancelled() => tracing::debug!(%peer, "unproven connection closed"),
-        _ = conn.unproven_idle(idle) => tracing::debug!(%peer, "unproven connection idle; closed"),
+        _ = &mut serving => return,
+        watched = conn.watch_unproven(idle) => if let Unproven::Closed(why) = watched {
+            return tracing::debug!(%peer, why, "connection closed");
+        },
     }
+    // Proven: nothing more to watch, so that its requests wake nothing else.
+    serving.await
 }
 
 /// A connection to the reverse-proxy listener: TLS, then HTTP, with a `close` of its own that

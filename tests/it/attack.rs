@@ -13,7 +13,7 @@ use crate::common::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 const TOKEN: &str = "kw_attack_caller_token_0123456789ab";
@@ -67,9 +67,7 @@ fn forward_client(kw: &Running) -> Arc<rustls::ClientConfig> {
 }
 
 async fn tcp_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let sock = TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(from, 0))?;
-    sock.connect(to).await
+    socket_from(from)?.connect(to).await
 }
 
 /// A request without a token; returns once its whole answer head was read (or the connection

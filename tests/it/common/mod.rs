@@ -956,15 +956,39 @@ pub async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> (u16,
 pub type TlsClientStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// A TLS connection to `addr` from `from`, offering one ALPN protocol.
+/// A TCP socket bound to source address `from`, its port left to `connect`
+/// (`IP_BIND_ADDRESS_NO_PORT`): binding with port 0 would take a port from the half of the range
+/// listeners bind to, and thousands of such clients (the flood tests) leave none for the next
+/// test's listener.
+pub fn socket_from(from: IpAddr) -> std::io::Result<TcpSocket> {
+    use std::os::fd::AsRawFd;
+    let sock = if from.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket, and a pointer to an int of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    // IPv6 sockets may not take it; they are few in the tests.
+    if set != 0 && from.is_ipv4() {
+        return Err(std::io::Error::last_os_error());
+    }
+    sock.bind(SocketAddr::new(from, 0))?;
+    Ok(sock)
+}
+
 pub async fn tls_connect(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     from: IpAddr,
     alpn: &[u8],
 ) -> std::io::Result<TlsClientStream> {
-    let sock = if from.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
-    sock.bind(SocketAddr::new(from, 0))?;
-    let tcp = sock.connect(addr).await?;
+    let tcp = socket_from(from)?.connect(addr).await?;
     let mut cfg = (*tls).clone();
     cfg.alpn_protocols = vec![alpn.to_vec()];
     TlsConnector::from(Arc::new(cfg)).connect(ServerName::try_from("localhost").unwrap(), tcp).await
@@ -987,9 +1011,7 @@ pub async fn try_send(
     req: Request<Full<Bytes>>,
 ) -> Result<Reply, String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
-    let sock = if from.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(|x| e(&x))?;
-    sock.bind(SocketAddr::new(from, 0)).map_err(|x| e(&x))?;
-    let tcp = sock.connect(addr).await.map_err(|x| e(&x))?;
+    let tcp = socket_from(from).map_err(|x| e(&x))?.connect(addr).await.map_err(|x| e(&x))?;
     let name = ServerName::try_from("localhost").unwrap();
     let tls = TlsConnector::from(tls).connect(name, tcp).await.map_err(|x| e(&x))?;
     let (mut sender, conn) =
