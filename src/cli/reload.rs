@@ -92,6 +92,13 @@ async fn call(
         .body(Empty::<bytes::Bytes>::new())?;
     // The admin token, for calls that change keyward; never printed.
     if let Some(token) = std::env::var("KEYWARD_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()) {
+        // This client speaks plain HTTP: the token would cross the network in the clear.
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "KEYWARD_ADMIN_TOKEN is sent only to a loopback address over plain HTTP, not {addr}: call a TLS admin port (server.admin_tls) with curl"
+            )
+            .into());
+        }
         let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
             .map_err(|_| "KEYWARD_ADMIN_TOKEN is not a valid header value")?;
         value.set_sensitive(true);

@@ -163,3 +163,83 @@ async fn admin_changes_need_the_admin_token_once_one_is_configured() {
     }
     kw.stop().await;
 }
+
+/// Canary: an admin token, right, wrong or expired, never appears in keyward's log or in an
+/// answer, through the admin port or the CLI (`KEYWARD_ADMIN_TOKEN`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_admin_token_escapes() {
+    const ADMIN: &str = "kw_CANARYADMIN_token_0123456789abcdefgh";
+    const OLD: &str = "kw_CANARYOLDADMIN_token_0123456789abcd";
+    const WRONG: &str = "kw_CANARYWRONG_token_0123456789abcdefg";
+    let admins = format!(
+        "[[admin.token]]\nid = \"ops\"\nsha256 = \"{}\"\n[[admin.token]]\nid = \"old\"\nsha256 = \"{}\"\nexpires = \"2020-01-01T00:00:00Z\"\n",
+        sha256_hex(ADMIN),
+        sha256_hex(OLD)
+    );
+    let kw = Harness::new()
+        .service(Svc::new("billing").token("leaked", LEAKED).scope("charge", "read"))
+        .top(&admins)
+        .start_child()
+        .await;
+    let mut said = String::new();
+    for token in [Some(ADMIN), Some(OLD), Some(WRONG), None] {
+        for path in ["/-/reload", "/-/tokens/leaked/suspend", "/-/tokens/leaked/resume"] {
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            let (status, body) = kw.admin_raw("POST", path, &headers).await;
+            assert_eq!(status == 401, token != Some(ADMIN), "{path} with {:?}", token.map(|t| &t[..8]));
+            said.push_str(&String::from_utf8_lossy(&body));
+        }
+    }
+    let cli = |token: Option<&str>, action: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"));
+        cmd.args(["token", action, "leaked", "--admin", &kw.admin().to_string()])
+            .env_remove("KEYWARD_ADMIN_TOKEN");
+        if let Some(t) = token {
+            cmd.env("KEYWARD_ADMIN_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    for (token, ok) in [(None, false), (Some(WRONG), false), (Some(ADMIN), true)] {
+        let (succeeded, out) = cli(token, "suspend");
+        assert_eq!(succeeded, ok, "{out}");
+        said.push_str(&out);
+    }
+    assert_eq!(kw.get("/v1/charges", LEAKED).await.status, 401, "the CLI suspended it");
+    assert!(cli(Some(ADMIN), "resume").0);
+    let log = kw.child_log();
+    assert!(
+        log.contains("admin call refused") && log.contains("token suspended by the admin endpoint"),
+        "{log}"
+    );
+    for (place, text) in [("the log", &log), ("the answers", &said)] {
+        for canary in ["CANARYADMIN", "CANARYOLDADMIN", "CANARYWRONG"] {
+            assert!(!text.contains(canary), "{canary} in {place}");
+        }
+    }
+}
+
+/// A state file that exists and cannot be read stops keyward from starting: it would start
+/// with every suspension lifted.
+#[tokio::test]
+async fn an_unreadable_state_file_stops_the_start() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = Harness::new().service(Svc::new("billing").token("leaked", LEAKED)).config(
+        &pki,
+        &upstream.url(),
+        dir.path(),
+    );
+    std::fs::write(dir.path().join("keyward-state.json"), "{\"suspended\": [").unwrap();
+    let path = dir.path().join("keyward.toml");
+    std::fs::write(&path, &text).unwrap();
+    let src = keyward::control::config::Source { name: path, text };
+    let Err(e) = keyward::app::start(&src).await else { panic!("keyward started") };
+    let said = e.to_string();
+    assert!(said.contains("admin.state_file") && said.contains("not a keyward state file"), "{said}");
+}
