@@ -252,6 +252,32 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             ],
         ),
         (
+            "admin tokens with one id twice and a hash that is not one",
+            format!(
+                "{good}\n[[admin.token]]\nid = \"ops\"\nsha256 = \"{}\"\n[[admin.token]]\nid = \"ops\"\nsha256 = \"nothex\"\nexpires = \"soon\"\n",
+                "a".repeat(64)
+            ),
+            vec![
+                "admin.token[1].id",
+                "admin token id is used twice",
+                "admin.token[1].sha256",
+                "must be 64 hex digits",
+                "admin.token[1].expires",
+                "RFC 3339",
+            ],
+        ),
+        (
+            "the unproven-caller limits and the ClientHello timeout at zero",
+            good.replace("[server]", "[limits]\nmax_unproven_connections = 0\nrefusals_per_connection = 0\n[timeouts]\nclient_hello = \"0s\"\n[server]"),
+            vec![
+                "limits.max_unproven_connections",
+                "limits.refusals_per_connection",
+                "at least 1",
+                "timeouts.client_hello",
+                "longer than zero",
+            ],
+        ),
+        (
             "an upstream share of no streams",
             good.replace("[upstream.api]\n", "[upstream.api]\nstreams_per_service = 0\n"),
             vec!["upstream.api.streams_per_service", "between 1 and 10000"],
