@@ -569,7 +569,9 @@ impl Harness {
         app.unwrap().stop().await;
         let config_path = placed.unwrap();
         let log = std::fs::File::create(dir.path().join("keyward.stderr")).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        // KEYWARD_BIN: measure another build (the release binary, for the figures in a note).
+        let bin = std::env::var("KEYWARD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_keyward").into());
+        let child = std::process::Command::new(bin)
             .args(["run", "--config", config_path.to_str().unwrap()])
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
