@@ -313,6 +313,7 @@ async fn make_session(
     }
     // Stripe's answer goes to the caller: like every answer, never with the secret in it.
     upstream::strip_response_headers(&mut head.headers);
+    upstream::strip_reason_phrase(&mut head.extensions);
     let mut body = body.to_vec();
     if scrub::headers(&mut head.headers, secret.as_bytes()) | scrub::replace_all(&mut body, secret.as_bytes())
     {
@@ -516,6 +517,7 @@ fn rewrite_response(
     ex: &mut Exchange,
 ) -> Response<Body> {
     upstream::strip_response_headers(resp.headers_mut());
+    upstream::strip_reason_phrase(resp.extensions_mut());
     if scrub::headers(resp.headers_mut(), secret.value.expose().as_bytes()) {
         ex.scrubbed.store(true, Ordering::Relaxed);
     }

@@ -326,6 +326,13 @@ pub fn causes(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The upstream's response headers as the caller gets them.
+/// An HTTP/1.1 upstream's own reason phrase (`HTTP/1.1 200 Whatever`), which hyper would pass
+/// on to an HTTP/1.1 caller: dropped, so that callers get the standard phrase. It is text the
+/// upstream chose, which no scrubber reads (an echo of the secret there went out whole).
+pub fn strip_reason_phrase(extensions: &mut http::Extensions) {
+    extensions.remove::<hyper::ext::ReasonPhrase>();
+}
+
 pub fn strip_response_headers(headers: &mut HeaderMap) {
     let connection = headers.contains_key(header::CONNECTION).then_some(&*headers);
     let names: Vec<HeaderName> = headers.keys().filter(|n| dropped(n, connection, false)).cloned().collect();

@@ -32,3 +32,27 @@ async fn an_echoed_secret_is_replaced_before_the_caller_sees_it() {
     let plain = kw.get("/v1/charges", TOKEN).await;
     assert_eq!(plain.json()["object"], "list");
 }
+
+/// An HTTP/1.1 upstream's reason phrase is not passed on: `HTTP/1.1 200 OK Bearer sk_…` reaches
+/// the caller as `HTTP/1.1 200 OK`.
+#[tokio::test]
+async fn an_upstreams_reason_phrase_never_reaches_the_caller() {
+    let kw = Harness::new()
+        .http1_upstream()
+        .service(Svc::new("billing").token("b1", TOKEN).scope("charge", "read"))
+        .start()
+        .await;
+    let answer = kw
+        .raw(
+            format!(
+                "GET /v1/charges HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nx-test-echo-auth: 1\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+    let status_line = answer.lines().next().unwrap_or_default();
+    assert_eq!(status_line, "HTTP/1.1 200 OK", "{answer}");
+    assert!(!answer.contains(SECRET), "{answer}");
+    let seen = kw.upstream.requests();
+    assert_eq!(seen[0].version, http::Version::HTTP_11, "the upstream spoke HTTP/1.1");
+}

@@ -235,13 +235,17 @@ async fn answer(
         let resp = Response::builder().status(400).header("content-type", "application/json");
         return Ok(resp.body(Full::new(Bytes::from(error)).boxed_unsync()).unwrap());
     }
-    let resp = Response::builder()
+    let mut resp = Response::builder()
         .header("content-type", "application/json")
         .header("request-id", format!("req_upstream_{n}"))
         .header("x-upstream-says", "hello")
         .header("x-echo-auth", echo.as_deref().unwrap_or("-"))
         .body(stalling(text, stall_ms))
         .unwrap();
+    // Over HTTP/1.1, the echo in the reason phrase too (`HTTP/1.1 200 OK Bearer sk_…`).
+    if let Some(reason) = echo.and_then(|auth| hyper::ext::ReasonPhrase::try_from(format!("OK {auth}")).ok()) {
+        resp.extensions_mut().insert(reason);
+    }
     Ok(resp)
 }
 
