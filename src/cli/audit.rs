@@ -7,6 +7,7 @@ use clap::{Subcommand, ValueEnum};
 use keyward::audit::Kind;
 use keyward::audit::fold::FoldedRefusals;
 use keyward::audit::report;
+use keyward::text::printable;
 
 use super::fail;
 
@@ -109,6 +110,11 @@ fn read_all(files: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, ExitCode> {
         .map_err(|e| fail([format!("cannot read: {e}")]))
 }
 
+/// A line of text made from the log, printed as a terminal will not act on it.
+fn say(line: String) {
+    println!("{}", printable(&line));
+}
+
 /// `verify`, or with `head_only` `head`: one line per instance; exit 1 if any chain is broken.
 fn verify(files: &[PathBuf], head_only: bool) -> ExitCode {
     let data = match read_all(files) {
@@ -128,7 +134,7 @@ fn verify(files: &[PathBuf], head_only: bool) -> ExitCode {
     if head_only {
         for c in &chains {
             if let Ok(v) = &c.outcome {
-                println!("{} {} {}", name(c), v.last_seq, v.head);
+                say(format!("{} {} {}", name(c), v.last_seq, v.head));
             }
         }
         return if broken.is_empty() { ExitCode::SUCCESS } else { fail(broken) };
@@ -136,7 +142,7 @@ fn verify(files: &[PathBuf], head_only: bool) -> ExitCode {
     let records: u64 = chains.iter().filter_map(|c| c.outcome.as_ref().ok()).map(|v| v.records).sum();
     let (n, s) = (chains.len(), if chains.len() == 1 { "" } else { "s" });
     if broken.is_empty() {
-        println!("OK: {n} instance{s}, {records} records");
+        say(format!("OK: {n} instance{s}, {records} records"));
     }
     for c in &chains {
         if let Ok(v) = &c.outcome {
@@ -149,14 +155,14 @@ fn verify(files: &[PathBuf], head_only: bool) -> ExitCode {
                 0 => String::new(),
                 r => format!("; {r} restart(s) began new chains from genesis"),
             };
-            println!(
+            say(format!(
                 "  {}: {} records, seq {}..{} ({from}{restarts}); head {}",
                 name(c),
                 v.records,
                 v.first_seq,
                 v.last_seq,
                 v.head
-            );
+            ));
         }
     }
     if broken.is_empty() { ExitCode::SUCCESS } else { fail(broken) }
@@ -184,7 +190,7 @@ fn scope(
     let filter = report::Filter { since, until: None, service: None };
     let rep = keyward::audit::scope::scope(&policy, records.iter().filter(|r| filter.keeps(r)));
     match format {
-        ScopeFormat::Table => print!("{}", keyward::audit::scope::table(&rep)),
+        ScopeFormat::Table => print!("{}", printable(&keyward::audit::scope::table(&rep))),
         ScopeFormat::Json => println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default()),
         ScopeFormat::Toml => print!("{}", keyward::audit::scope::toml(&rep)),
     }
@@ -276,7 +282,7 @@ fn report(
     };
     let rep = report::build(&records, cx);
     match format {
-        Format::Table => print!("{}", report::table(&rep)),
+        Format::Table => print!("{}", printable(&report::table(&rep))),
         Format::Json => println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default()),
         Format::Html => print!("{}", report::html(&rep)),
     }

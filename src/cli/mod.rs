@@ -119,7 +119,7 @@ fn init_logging(format: LogFormat) {
 
 fn fail(errors: impl IntoIterator<Item = impl std::fmt::Display>) -> ExitCode {
     for e in errors {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", keyward::text::printable(&e.to_string()));
     }
     ExitCode::FAILURE
 }

@@ -759,3 +759,33 @@ async fn audit_scope_finds_excess_grants_and_suggests_the_smallest_scope() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["services"]["billing"]["used"], serde_json::json!({}), "nothing in the window");
 }
+
+/// A tampered log whose `instance` holds terminal escapes (clear the screen, print a forged
+/// "OK", hide the rest) cannot make `audit verify` or `audit report` show only that: what came
+/// from the log is printed escaped.
+#[test]
+fn terminal_escapes_in_a_tampered_log_are_printed_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let hostile = "\u{1b}[2J\u{1b}[HOK: 1 instance, 2 records\u{1b}[8m";
+    let first = keyward::audit::AccessRecord {
+        seq: 1,
+        prev: keyward::audit::GENESIS.into(),
+        time: "2026-12-07T10:00:00.000000Z".into(),
+        instance: Some(hostile.into()),
+        request_id: "kwreq_1".into(),
+        ..Default::default()
+    };
+    let mut line = Vec::new();
+    first.write_json(&mut line);
+    let second = keyward::audit::AccessRecord { seq: 2, prev: "0".repeat(64), ..first.clone() };
+    line.push(b'\n');
+    second.write_json(&mut line);
+    line.push(b'\n');
+    std::fs::write(&path, &line).unwrap();
+    let (ok, out) = verify(std::slice::from_ref(&path));
+    assert!(!ok, "the second record does not chain: {out}");
+    assert!(!out.contains('\u{1b}') && out.contains("\\u{1b}[2J"), "{out}");
+    let (_, report) = keyward(&["audit", "report", path.to_str().unwrap()]);
+    assert!(!report.contains('\u{1b}'), "{report}");
+}

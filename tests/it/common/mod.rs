@@ -243,7 +243,8 @@ async fn answer(
         .body(stalling(text, stall_ms))
         .unwrap();
     // Over HTTP/1.1, the echo in the reason phrase too (`HTTP/1.1 200 OK Bearer sk_…`).
-    if let Some(reason) = echo.and_then(|auth| hyper::ext::ReasonPhrase::try_from(format!("OK {auth}")).ok()) {
+    if let Some(reason) = echo.and_then(|auth| hyper::ext::ReasonPhrase::try_from(format!("OK {auth}")).ok())
+    {
         resp.extensions_mut().insert(reason);
     }
     Ok(resp)
