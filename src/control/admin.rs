@@ -36,6 +36,7 @@ pub async fn serve(
             "the admin port is not on loopback and no [[admin.token]] is configured: only loopback peers may reload or suspend"
         );
     }
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -49,12 +50,19 @@ pub async fn serve(
                 continue;
             }
         };
+        // Past the bound a connection is closed at once: scrapers and admins need few, and a
+        // flood to the admin port must not hold descriptors or TLS handshakes without one.
+        let Ok(place) = open.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "admin connection closed: {MAX_CONNECTIONS} open");
+            continue;
+        };
         let (reloader, stop) = (reloader.clone(), stop.clone());
         let tls = {
             let snap = reloader.state().snapshot.load();
             snap.admin.tls.then(|| snap.tls.clone()).flatten()
         };
         tasks.spawn(async move {
+            let _place = place;
             let peer = Peer { ip: peer.ip().to_canonical(), tls: tls.is_some() };
             let served = async {
                 match tls {
@@ -226,6 +234,9 @@ fn token_path<'p>(path: &'p str, action: &str) -> Option<&'p str> {
     let id = path.strip_prefix("/-/tokens/")?.strip_suffix(action)?.strip_suffix('/')?;
     (!id.is_empty() && !id.contains('/')).then_some(id)
 }
+
+/// Admin connections open at once.
+const MAX_CONNECTIONS: usize = 64;
 
 const UNTIL: &str = "resumed (POST /-/tokens/ID/resume, keyward token resume ID), or the token is removed from the configuration";
 

@@ -243,3 +243,24 @@ async fn an_unreadable_state_file_stops_the_start() {
     let said = e.to_string();
     assert!(said.contains("admin.state_file") && said.contains("not a keyward state file"), "{said}");
 }
+
+/// The admin port holds at most 64 connections: a flood of idle ones from many addresses is
+/// closed at once past it, and the port answers again once they go.
+#[tokio::test]
+async fn the_admin_port_holds_a_bounded_number_of_connections() {
+    use tokio::io::AsyncReadExt;
+    let kw = Harness::new().service(Svc::new("billing").token("leaked", LEAKED)).start().await;
+    let mut held = Vec::new();
+    for i in 0..64u32 {
+        let from = std::net::IpAddr::from([127, 0, 0, 2 + (i % 40) as u8]);
+        held.push(socket_from(from).unwrap().connect(kw.admin()).await.unwrap());
+    }
+    let mut past = socket_from("127.0.0.45".parse().unwrap()).unwrap().connect(kw.admin()).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), past.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the 65th was closed: {read:?}");
+    drop(held);
+    let ready = eventually(|| async { kw.admin_raw("GET", "/healthz", &[]).await.0 == 200 });
+    assert!(ready.await);
+    kw.stop().await;
+}
