@@ -785,7 +785,7 @@ fn terminal_escapes_in_a_tampered_log_are_printed_escaped() {
     std::fs::write(&path, &line).unwrap();
     let (ok, out) = verify(std::slice::from_ref(&path));
     assert!(!ok, "the second record does not chain: {out}");
-    assert!(!out.contains('\u{1b}') && out.contains("\\u{1b}[2J"), "{out}");
+    assert!(!out.contains('\u{1b}') && out.contains("\\x1b[2J"), "{out}");
     let (_, report) = keyward(&["audit", "report", path.to_str().unwrap()]);
     assert!(!report.contains('\u{1b}'), "{report}");
 }
