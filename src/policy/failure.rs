@@ -60,6 +60,9 @@ pub enum Failure {
     /// No place in the access-log queue came free in time.
     AuditBusy,
     UpstreamTimeout,
+    /// The upstream's answer was compressed (or otherwise encoded) though keyward asked for
+    /// `identity`: it is not passed on, as the scrubber cannot read it.
+    UpstreamEncodingRefused,
     SecretStale,
     /// The service's `livemode` and its secret's key mode differ (a vault version changed it).
     LivemodeMismatch,
@@ -123,7 +126,9 @@ impl Failure {
             BodyTooLarge { .. } | FormTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyUnreadable => StatusCode::BAD_REQUEST,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            UpstreamNotConfigured(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            UpstreamNotConfigured(_) | UpstreamUnavailable | UpstreamEncodingRefused => {
+                StatusCode::BAD_GATEWAY
+            }
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             SecretStale | LivemodeMismatch => StatusCode::SERVICE_UNAVAILABLE,
             AuditUnavailable | AuditBusy | TunnelsFull | RateLimitUnavailable => {
@@ -161,6 +166,7 @@ impl Failure {
             BodyTimeout => "request_body_timeout",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
+            UpstreamEncodingRefused => "upstream_encoding_refused",
             SecretStale => "secret_stale",
             LivemodeMismatch => "secret_livemode_mismatch",
             AuditUnavailable => "audit_log_unavailable",
@@ -291,6 +297,9 @@ impl Failure {
             BodyTimeout => "The request body did not arrive in time: keyward stopped waiting for it.".into(),
             UpstreamUnavailable => "keyward could not reach the upstream API.".into(),
             UpstreamTimeout => "The upstream API did not answer in time.".into(),
+            UpstreamEncodingRefused => "The upstream API answered with a compressed body, which keyward \
+                                        does not pass on: it checks every answer for its secret key."
+                .into(),
             LivemodeMismatch => "keyward's copy of the upstream API key is not of the mode this service is \
                                  configured for (livemode): keyward does not use it. Tell your platform team."
                 .into(),

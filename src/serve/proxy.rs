@@ -280,6 +280,7 @@ async fn make_session(
     auth.set_sensitive(true);
     headers.insert(AUTHORIZATION, auth);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(http::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     let path = http::uri::PathAndQuery::from_static(meter::SESSION);
     let mut req = Request::new(Full::new(Bytes::from_static(b"{}")).map_err(|e| match e {}).boxed());
     *req.method_mut() = http::Method::POST;
@@ -296,6 +297,10 @@ async fn make_session(
                 "meter event session request failed (502)"
             );
             return Err(failed(Failure::UpstreamUnavailable));
+        }
+        Ok(Ok(a)) if upstream::encoded(a.headers()) => {
+            tracing::warn!(upstream = &*up.name, "meter event session answer was compressed (502)");
+            return Err(failed(Failure::UpstreamEncodingRefused));
         }
         Ok(Ok(a)) => a,
     };
@@ -502,6 +507,10 @@ async fn send(
             let cause = upstream::causes(&*e);
             tracing::warn!(request_id, upstream, url, cause, "upstream request failed (502)");
             Err(Failure::UpstreamUnavailable)
+        }
+        Ok(Ok(resp)) if upstream::encoded(resp.headers()) => {
+            tracing::warn!(request_id, upstream, url, "upstream answer was compressed; not passed on (502)");
+            Err(Failure::UpstreamEncodingRefused)
         }
         Ok(Ok(resp)) => Ok((resp, deadline)),
     }

@@ -281,6 +281,7 @@ fn dropped(name: &HeaderName, headers: Option<&HeaderMap>, request: bool) -> boo
             || name == header::PROXY_AUTHORIZATION
             || name == header::HOST
             || name == header::FORWARDED
+            || name == header::ACCEPT_ENCODING
             || name.as_str().starts_with("keyward-")
             || name.as_str().starts_with("x-forwarded-"))
 }
@@ -292,9 +293,11 @@ fn named_in_connection(name: &HeaderName, headers: &HeaderMap) -> bool {
         .any(|v| v.to_str().unwrap_or("").split(',').any(|t| t.trim().eq_ignore_ascii_case(name.as_str())))
 }
 
-/// The headers sent upstream: the caller's, less what must not cross, plus the real secret.
-/// Stripe's own headers pass untouched; the client derives `Host` (HTTP/1.1) or `:authority`
-/// (HTTP/2) from the upstream URI. `None`: the secret cannot be a header value.
+/// The headers sent upstream: the caller's, less what must not cross, plus the real secret,
+/// and `Accept-Encoding: identity` in place of the caller's: the scrubber reads the answer's
+/// bytes as they are, so the answer must come as it is (see [`encoded`]). Stripe's own headers
+/// pass untouched; the client derives `Host` (HTTP/1.1) or `:authority` (HTTP/2) from the
+/// upstream URI. `None`: the secret cannot be a header value.
 pub fn request_headers(from: &HeaderMap, secret: &str) -> Option<HeaderMap> {
     let mut out = HeaderMap::with_capacity(from.len() + 1);
     let connection = from.contains_key(header::CONNECTION).then_some(from);
@@ -306,7 +309,22 @@ pub fn request_headers(from: &HeaderMap, secret: &str) -> Option<HeaderMap> {
     let mut auth = HeaderValue::try_from(format!("Bearer {secret}")).ok()?;
     auth.set_sensitive(true);
     out.insert(header::AUTHORIZATION, auth);
+    out.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     Some(out)
+}
+
+/// Whether an answer's body is encoded anyway (`Content-Encoding` other than `identity`, or a
+/// transfer coding other than `chunked`), though keyward asked for `identity`: such a body is
+/// never passed on, since no scrubber reads a compressed echo of the secret. Fail closed: an
+/// unknown or unparseable coding counts as encoded; no decoder sits on the answer path.
+pub fn encoded(headers: &HeaderMap) -> bool {
+    let codings = |name, plain: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().map_or(true, |v| v.split(',').any(|c| !c.trim().eq_ignore_ascii_case(plain))))
+    };
+    codings(header::CONTENT_ENCODING, "identity") || codings(header::TRANSFER_ENCODING, "chunked")
 }
 
 /// An error and its causes, outermost first (`client error (Connect): tcp connect error:

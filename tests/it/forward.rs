@@ -633,3 +633,35 @@ async fn two_authorization_headers_are_refused_in_a_tunnel_too() {
     assert_eq!(status_and_code(&reverse), (400, "non_canonical_request".into()), "{reverse}");
     assert!(kw.upstream.requests().is_empty());
 }
+
+/// Through a tunnel as through the reverse port: keyward asks the upstream for `identity`, so
+/// an HTTP/1.1 caller asking for gzip gets the answer plain and scrubbed; an HTTP/2 caller's
+/// answer compressed anyway is refused with 502 `upstream_encoding_refused`.
+#[tokio::test]
+async fn a_compressed_answer_in_a_tunnel_never_reaches_the_caller_unscanned() {
+    let kw = forward_harness("").await;
+    let answer = raw_in_tunnel(
+        &kw,
+        &format!(
+            "GET /v1/charges HTTP/1.1\r\nHost: api.stripe.com\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Accept-Encoding: gzip, deflate, br\r\nx-test-echo-auth: 1\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("content-encoding"), "{answer}");
+    assert!(answer.contains("Bearer keyward-scrubbed") && !answer.contains(SECRET), "{answer}");
+    assert_eq!(kw.upstream.requests()[0].headers["accept-encoding"], "identity");
+
+    let r = Request::builder()
+        .uri("https://api.stripe.com/v1/charges")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("x-test-echo-auth", "1")
+        .header("x-test-encode", "br")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, body) = h2_in_tunnel(&kw, r).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream_encoding_refused") && !body.contains(SECRET), "{body}");
+    kw.stop().await;
+}

@@ -56,3 +56,41 @@ async fn an_upstreams_reason_phrase_never_reaches_the_caller() {
     let seen = kw.upstream.requests();
     assert_eq!(seen[0].version, http::Version::HTTP_11, "the upstream spoke HTTP/1.1");
 }
+
+/// The upstream compresses when asked, and the secret sits in its answer: keyward asks for
+/// `identity` whatever the caller asked, so the answer comes plain and is scrubbed; an upstream
+/// that compresses anyway has its answer refused (502 `upstream_encoding_refused`), never
+/// passed on unread. Over HTTP/2 and HTTP/1.1 upstreams, for gzip, deflate and br.
+#[tokio::test]
+async fn a_compressed_answer_never_reaches_the_caller_unscanned() {
+    for h1 in [false, true] {
+        let mut h = Harness::new().service(Svc::new("billing").token("b1", TOKEN).scope("charge", "read"));
+        if h1 {
+            h = h.http1_upstream();
+        }
+        let kw = h.start().await;
+        for coding in ["gzip", "deflate", "br"] {
+            let what = format!("{coding}, HTTP/1.1 upstream: {h1}");
+            let mut r = req("GET", "/v1/charges", TOKEN, "");
+            r.headers_mut().insert("x-test-echo-auth", "1".parse().unwrap());
+            r.headers_mut().insert("accept-encoding", format!("{coding}, identity;q=0.5").parse().unwrap());
+            let reply = kw.send(r).await;
+            assert_eq!(reply.status, 200, "{what}");
+            assert!(!reply.headers.contains_key("content-encoding"), "{what}");
+            let body = String::from_utf8_lossy(&reply.body).into_owned();
+            assert!(body.contains("Bearer keyward-scrubbed") && !body.contains(SECRET), "{what}: {body}");
+            let seen = kw.upstream.requests();
+            assert_eq!(seen.last().unwrap().headers["accept-encoding"], "identity", "{what}");
+
+            let mut r = req("GET", "/v1/charges", TOKEN, "");
+            r.headers_mut().insert("x-test-echo-auth", "1".parse().unwrap());
+            r.headers_mut().insert("x-test-encode", coding.parse().unwrap());
+            let reply = kw.send(r).await;
+            assert_eq!((reply.status, reply.error_code()), (502, "upstream_encoding_refused".into()), "{what}");
+            assert!(!String::from_utf8_lossy(&reply.body).contains(SECRET), "{what}");
+            let rec = kw.last_record(seen.len() + 1).await;
+            assert_eq!((&rec["status"], &rec["reason"]), (&502.into(), &"upstream_encoding_refused".into()));
+        }
+        kw.stop().await;
+    }
+}

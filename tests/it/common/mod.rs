@@ -184,13 +184,23 @@ async fn answer(
     let size: Option<usize> =
         parts.headers.get("x-test-body-bytes").and_then(|v| v.to_str().ok()?.parse().ok());
     let path = parts.uri.path().to_string();
-    // Refused, echoing the Authorization it got in the message (as a careless upstream would).
     let refuse = parts.headers.get("stripe-version").is_some_and(|v| v == "test-refuse").then(|| {
         parts.headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
     });
     // An upstream (or a debugging proxy before it) that echoes the Authorization it received.
     let echo = parts.headers.contains_key("x-test-echo-auth").then(|| {
         parts.headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+    });
+    let refused = refuse.is_some();
+    // Compressed when asked (`Accept-Encoding`), as the API does; `x-test-encode` compresses
+    // whatever was asked, as an upstream that ignores `identity` would.
+    let forced = parts.headers.get("x-test-encode").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let asked = parts.headers.get("accept-encoding").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let coding = forced.or_else(|| {
+        ["br", "gzip", "deflate"]
+            .into_iter()
+            .find(|c| asked.split(',').any(|a| a.trim() == *c))
+            .map(String::from)
     });
     let n = {
         let mut log = log.lock().unwrap();
@@ -222,20 +232,26 @@ async fn answer(
     } else {
         serde_json::json!({ "object": "list", "data": [], "has_more": false, "url": path })
     };
-    let text = match (&echo, size) {
+    let text = match (&echo, size, refuse) {
+        // Refused, echoing the Authorization it got in the message (as a careless upstream would).
+        (_, _, Some(auth)) => serde_json::json!({"error": {"type": "invalid_request_error",
+            "code": "test_refused", "message": format!("refused {auth}")}})
+        .to_string(),
         // The secret in the middle, so that a stalled answer splits it across two chunks.
-        (Some(auth), _) => format!("{pad}{auth}{pad}", pad = "x".repeat(64)),
-        (None, Some(n)) => "x".repeat(n),
-        (None, None) => json.to_string(),
+        (Some(auth), _, None) => format!("{pad}{auth}{pad}", pad = "x".repeat(64)),
+        (None, Some(n), None) => "x".repeat(n),
+        (None, None, None) => json.to_string(),
     };
-    if let Some(auth) = refuse {
-        let error = serde_json::json!({"error": {"type": "invalid_request_error", "code": "test_refused",
-            "message": format!("refused {auth}")}})
-        .to_string();
-        let resp = Response::builder().status(400).header("content-type", "application/json");
-        return Ok(resp.body(Full::new(Bytes::from(error)).boxed_unsync()).unwrap());
+    let (text, coding) = match coding {
+        Some(c) => (compressed(&c, text.as_bytes()), Some(c)),
+        None => (Bytes::from(text), None),
+    };
+    let status = if refused { 400 } else { 200 };
+    let mut resp = Response::builder().status(status);
+    if let Some(c) = coding {
+        resp = resp.header("content-encoding", c);
     }
-    let mut resp = Response::builder()
+    let mut resp = resp
         .header("content-type", "application/json")
         .header("request-id", format!("req_upstream_{n}"))
         .header("x-upstream-says", "hello")
@@ -250,17 +266,43 @@ async fn answer(
     Ok(resp)
 }
 
+/// `body` compressed with `coding` (`gzip`, `deflate`, `br`).
+fn compressed(coding: &str, body: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut out = Vec::new();
+    match coding {
+        "gzip" => {
+            let mut w = flate2::write::GzEncoder::new(&mut out, flate2::Compression::default());
+            w.write_all(body).unwrap();
+            w.finish().unwrap();
+        }
+        "deflate" => {
+            let mut w = flate2::write::ZlibEncoder::new(&mut out, flate2::Compression::default());
+            w.write_all(body).unwrap();
+            w.finish().unwrap();
+        }
+        "br" => {
+            let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+            w.write_all(body).unwrap();
+            w.flush().unwrap();
+            drop(w);
+        }
+        other => panic!("the test upstream does not compress with {other}"),
+    }
+    Bytes::from(out)
+}
+
 /// `text` as a body; with `stall_ms`, its first half now and the rest that much later.
-fn stalling(text: String, stall_ms: Option<u64>) -> UnsyncBoxBody<Bytes, Infallible> {
+fn stalling(text: Bytes, stall_ms: Option<u64>) -> UnsyncBoxBody<Bytes, Infallible> {
     let Some(ms) = stall_ms else {
-        return Full::new(Bytes::from(text)).boxed_unsync();
+        return Full::new(text).boxed_unsync();
     };
     let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(2);
     tokio::spawn(async move {
-        let (head, tail) = text.split_at(text.len() / 2);
-        let _ = tx.send_data(Bytes::copy_from_slice(head.as_bytes())).await;
+        let (head, tail) = (text.slice(..text.len() / 2), text.slice(text.len() / 2..));
+        let _ = tx.send_data(head).await;
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        let _ = tx.send_data(Bytes::copy_from_slice(tail.as_bytes())).await;
+        let _ = tx.send_data(tail).await;
     });
     body.boxed_unsync()
 }
