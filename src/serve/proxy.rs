@@ -205,6 +205,7 @@ async fn forward(
 ) -> Result<Response<Body>, Failure> {
     let body = check_body(snap, route, parts, body, forms, ex).await?;
     let (mut req, up, secret) = rewrite_request(snap, route, parts, body, ex)?;
+    let mut credentials = scrub::Credentials::new(secret);
     let meter = route.entry.filter(|e| e.method == http::Method::POST).map(|e| &*e.template);
     if meter == Some(meter::STREAM) {
         // Boxed, as is the session answer below: the rare meter paths would otherwise size
@@ -215,6 +216,7 @@ async fn forward(
                     .map_err(|_| Failure::Internal)?;
                 auth.set_sensitive(true);
                 req.headers_mut().insert(AUTHORIZATION, auth);
+                credentials.also_token(Arc::new(token));
             }
             // The caller's body was never sent: over HTTP/1.1 the connection closes after this.
             Err(stripes_refusal) => {
@@ -223,7 +225,11 @@ async fn forward(
         }
     }
     let (answer, deadline) = send(snap, up, req, ex).await?;
-    let resp = rewrite_response(answer, parts, deadline, secret, ex);
+    // A rotation may have swapped the secret while the call was out: its new version too.
+    if let Some(now) = snap.secrets[route.service.secret].serving() {
+        credentials.also_secret(now);
+    }
+    let resp = rewrite_response(answer, parts, deadline, credentials, ex);
     if meter == Some(meter::SESSION) && resp.status().is_success() {
         return Box::pin(session_answer(resp, snap, route, parts, meters)).await;
     }
@@ -240,7 +246,7 @@ async fn stream_session(
 ) -> Result<Result<Zeroizing<String>, Response<Body>>, Failure> {
     let secret = snap.secrets[route.service.secret].serving().ok_or(Failure::SecretStale)?;
     let key = meter::Key::of(secret.value.expose(), parts);
-    let made = meters.token(&key, make_session(snap, route, parts, secret.value.expose())).await;
+    let made = meters.token(&key, make_session(snap, route, parts, secret.clone())).await;
     match made {
         Ok(token) => Ok(Ok(token)),
         Err(Made::Refused(answer)) => Ok(Err(answer)),
@@ -260,7 +266,7 @@ async fn make_session(
     snap: &Snapshot,
     route: Route<'_>,
     parts: &Parts,
-    secret: &str,
+    secret: Arc<crate::secrets::Loaded>,
 ) -> Result<(Zeroizing<String>, i64), Made> {
     let failed = |f| Made::Failed(f);
     let entry =
@@ -275,8 +281,8 @@ async fn make_session(
             headers.insert(name, v.clone());
         }
     }
-    let mut auth =
-        HeaderValue::try_from(format!("Bearer {secret}")).map_err(|_| failed(Failure::Internal))?;
+    let mut auth = HeaderValue::try_from(format!("Bearer {}", secret.value.expose()))
+        .map_err(|_| failed(Failure::Internal))?;
     auth.set_sensitive(true);
     headers.insert(AUTHORIZATION, auth);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -320,8 +326,8 @@ async fn make_session(
     upstream::strip_response_headers(&mut head.headers);
     upstream::strip_reason_phrase(&mut head.extensions);
     let mut body = body.to_vec();
-    if scrub::headers(&mut head.headers, secret.as_bytes()) | scrub::replace_all(&mut body, secret.as_bytes())
-    {
+    let credentials = scrub::Credentials::new(secret);
+    if credentials.headers(&mut head.headers) | credentials.replace_all(&mut body) {
         tracing::warn!(
             upstream = &*up.name,
             "the upstream's answer carried the secret key; keyward replaced it"
@@ -522,19 +528,19 @@ fn rewrite_response(
     mut resp: Response<Answer>,
     parts: &Parts,
     deadline: tokio::time::Instant,
-    secret: Arc<crate::secrets::Loaded>,
+    credentials: scrub::Credentials,
     ex: &mut Exchange,
 ) -> Response<Body> {
     upstream::strip_response_headers(resp.headers_mut());
     upstream::strip_reason_phrase(resp.extensions_mut());
-    if scrub::headers(resp.headers_mut(), secret.value.expose().as_bytes()) {
+    if credentials.headers(resp.headers_mut()) {
         ex.scrubbed.store(true, Ordering::Relaxed);
     }
     *resp.version_mut() = parts.version;
     ex.record.upstream_request_id =
         resp.headers().get("request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     let scrubbed = ex.scrubbed.clone();
-    resp.map(|b| Scrub::new(Deadline::new(b, deadline, ex.answer_cut.clone()), secret, scrubbed).boxed())
+    resp.map(|b| Scrub::new(Deadline::new(b, deadline, ex.answer_cut.clone()), credentials, scrubbed).boxed())
 }
 
 /// How a request body is read on its way upstream.

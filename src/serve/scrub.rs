@@ -1,8 +1,10 @@
-//! The secret never goes back out: an upstream answer that carries the secret keyward sent
-//! (an upstream, or a debugging proxy in front of it, echoing `Authorization`) has it
-//! replaced, in headers and body, before the caller sees a byte of it. The body is searched
-//! as it streams: a chunk's last bytes that could begin the secret wait for the next chunk.
-//! The replacement has the secret's length, so `Content-Length` stays true.
+//! The secret never goes back out: an upstream answer that carries a credential keyward holds
+//! for the call (an upstream, or a debugging proxy in front of it, echoing `Authorization`)
+//! has it replaced, in headers and body, before the caller sees a byte of it. The credentials
+//! are the secret sent, the secret's newer version when a rotation swapped it meanwhile, and a
+//! meter-event session token (good from anywhere for 15 minutes). The body is searched as it
+//! streams: a chunk's last bytes that could begin a credential wait for the next chunk. The
+//! replacement has the credential's length, so `Content-Length` stays true.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,8 +25,57 @@ fn mask(len: usize) -> Vec<u8> {
     MASK.iter().copied().chain(std::iter::repeat(b'*')).take(len).collect()
 }
 
+/// The credentials an answer is searched for: never empty, the secret sent first.
+#[derive(Clone)]
+pub struct Credentials {
+    sent: Arc<Loaded>,
+    /// Rarely any: a vault version swapped in during the call, a meter-event session token.
+    more: Vec<Credential>,
+}
+
+#[derive(Clone)]
+enum Credential {
+    Secret(Arc<Loaded>),
+    Token(Arc<zeroize::Zeroizing<String>>),
+}
+
+impl Credentials {
+    pub fn new(sent: Arc<Loaded>) -> Credentials {
+        Credentials { sent, more: Vec::new() }
+    }
+
+    /// Another version of the secret (a rotation), if it differs from those held.
+    pub fn also_secret(&mut self, other: Arc<Loaded>) {
+        if !self.iter().any(|c| c == other.value.expose().as_bytes()) {
+            self.more.push(Credential::Secret(other));
+        }
+    }
+
+    /// A token keyward sent upstream for the call in place of the secret.
+    pub fn also_token(&mut self, token: Arc<zeroize::Zeroizing<String>>) {
+        self.more.push(Credential::Token(token));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.sent.value.expose().as_bytes()).chain(self.more.iter().map(|c| match c {
+            Credential::Secret(l) => l.value.expose().as_bytes(),
+            Credential::Token(t) => t.as_bytes(),
+        }))
+    }
+
+    /// Replace every credential in every header value; whether any had one.
+    pub fn headers(&self, map: &mut HeaderMap) -> bool {
+        self.iter().fold(false, |hit, c| headers(map, c) | hit)
+    }
+
+    /// Replace every credential in a whole body held in memory; whether any was there.
+    pub fn replace_all(&self, buf: &mut [u8]) -> bool {
+        self.iter().fold(false, |hit, c| replace_all(buf, c) | hit)
+    }
+}
+
 /// Replace the secret in every header value; whether any had it.
-pub fn headers(headers: &mut HeaderMap, secret: &[u8]) -> bool {
+fn headers(headers: &mut HeaderMap, secret: &[u8]) -> bool {
     let mut hit = false;
     // Most values are shorter than a key: no search for those.
     for value in headers.values_mut().filter(|v| v.len() >= secret.len()) {
@@ -52,7 +103,7 @@ fn contains(hay: &[u8], secret: &[u8]) -> bool {
 }
 
 /// Replace the secret in a whole body held in memory; whether it was there.
-pub fn replace_all(buf: &mut [u8], secret: &[u8]) -> bool {
+fn replace_all(buf: &mut [u8], secret: &[u8]) -> bool {
     let finder = memchr::memmem::Finder::new(secret);
     let starts: Vec<usize> = finder.find_iter(buf).collect();
     let m = mask(secret.len());
@@ -75,26 +126,25 @@ fn held_back(data: &[u8], secret: &[u8]) -> usize {
 
 /// The streaming half: chunks in, scrubbed chunks out.
 pub struct Scrubber {
-    secret: Arc<Loaded>,
+    credentials: Credentials,
     carry: BytesMut,
 }
 
 impl Scrubber {
-    pub fn new(secret: Arc<Loaded>) -> Scrubber {
-        Scrubber { secret, carry: BytesMut::new() }
+    pub fn new(credentials: Credentials) -> Scrubber {
+        Scrubber { credentials, carry: BytesMut::new() }
     }
 
-    /// What can go to the caller now, and whether the secret was in it.
+    /// What can go to the caller now, and whether a credential was in it.
     pub fn push(&mut self, chunk: Bytes) -> (Bytes, bool) {
-        let secret = self.secret.value.expose().as_bytes();
-        let found = contains(&chunk, secret);
-        // The usual case: nothing to replace, nothing held, nothing that could begin it.
-        if self.carry.is_empty() && !found && held_back(&chunk, secret) == 0 {
+        let creds = &self.credentials;
+        // The usual case: nothing to replace, nothing held, nothing that could begin one.
+        if self.carry.is_empty() && creds.iter().all(|c| !contains(&chunk, c) && held_back(&chunk, c) == 0) {
             return (chunk, false);
         }
         self.carry.extend_from_slice(&chunk);
-        let hit = replace_all(&mut self.carry, secret);
-        let keep = held_back(&self.carry, secret);
+        let hit = creds.replace_all(&mut self.carry);
+        let keep = creds.iter().map(|c| held_back(&self.carry, c)).max().unwrap_or(0);
         let out = self.carry.split_to(self.carry.len() - keep).freeze();
         (out, hit)
     }
@@ -105,7 +155,7 @@ impl Scrubber {
     }
 }
 
-/// A body with the secret replaced; raises `hit` when it was there.
+/// A body with the credentials replaced; raises `hit` when one was there.
 pub struct Scrub<B> {
     inner: B,
     scrubber: Scrubber,
@@ -114,8 +164,8 @@ pub struct Scrub<B> {
 }
 
 impl<B> Scrub<B> {
-    pub fn new(inner: B, secret: Arc<Loaded>, hit: Arc<AtomicBool>) -> Self {
-        Scrub { inner, scrubber: Scrubber::new(secret), hit, done: false }
+    pub fn new(inner: B, credentials: Credentials, hit: Arc<AtomicBool>) -> Self {
+        Scrub { inner, scrubber: Scrubber::new(credentials), hit, done: false }
     }
 }
 
@@ -186,7 +236,7 @@ mod tests {
 
     /// `text` cut at `cuts`, through a scrubber: what comes out, and whether it hit.
     fn through(text: &[u8], cuts: &[usize], secret: &str) -> (Vec<u8>, bool) {
-        let mut s = Scrubber::new(loaded(secret));
+        let mut s = Scrubber::new(Credentials::new(loaded(secret)));
         let (mut out, mut hit, mut at) = (Vec::new(), false, 0);
         let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
         cuts.sort_unstable();
@@ -233,6 +283,27 @@ mod tests {
                 let want = memchr::memmem::find(hay.as_bytes(), secret.as_bytes()).is_some();
                 prop_assert_eq!(contains(hay.as_bytes(), secret.as_bytes()), want);
             }
+        }
+    }
+
+    #[test]
+    fn every_credential_of_the_call_is_replaced() {
+        let (old, new, tok) =
+            ("sk_test_51OldVersionOfTheKey", "sk_test_51NewVersionOfTheKey", "mes_tok_Zq81Session");
+        let mut creds = Credentials::new(loaded(old));
+        creds.also_secret(loaded(old));
+        creds.also_secret(loaded(new));
+        creds.also_token(Arc::new(zeroize::Zeroizing::new(tok.to_string())));
+        assert_eq!(creds.more.len(), 2, "the same version is held once");
+        let text = format!("{old}|Bearer {tok}|{new}");
+        for cut in 0..text.len() {
+            let mut s = Scrubber::new(creds.clone());
+            let (a, hit) = s.push(Bytes::copy_from_slice(&text.as_bytes()[..cut]));
+            let (b, hit2) = s.push(Bytes::copy_from_slice(&text.as_bytes()[cut..]));
+            let out = [a, b, s.finish()].concat();
+            let out = String::from_utf8(out).unwrap();
+            assert!(hit | hit2 && out.len() == text.len(), "cut at {cut}");
+            assert!(![old, new, tok].iter().any(|c| out.contains(c)), "cut at {cut}: {out}");
         }
     }
 

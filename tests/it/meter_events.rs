@@ -103,3 +103,23 @@ async fn a_session_token_is_never_accepted_as_a_key_and_stripes_refusal_passes_t
     assert_eq!((r.status, r.error_code()), (403, "more_permissions_required".to_string()));
     assert!(kw2.upstream.requests().is_empty() && kw2.others["meter_events"].requests().is_empty());
 }
+
+/// A stream answer that echoes the session token keyward sent has it replaced: the token works
+/// from anywhere for 15 minutes, so it is a credential like the secret.
+#[tokio::test]
+async fn an_echoed_session_token_never_reaches_the_caller() {
+    let kw = metering(Harness::new()).start().await;
+    let mut r = req("POST", "/v2/billing/meter_event_stream", TOKEN, "{}");
+    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut().insert("x-test-echo-auth", "1".parse().unwrap());
+    let reply = kw.send(r).await;
+    assert_eq!(reply.status, 200);
+    let body = String::from_utf8_lossy(&reply.body).into_owned();
+    let header = reply.headers["x-echo-auth"].to_str().unwrap().to_string();
+    for shown in [&body, &header] {
+        assert!(!shown.contains("mes_tok_") && shown.contains("Bearer keyward-scrubbed"), "{shown}");
+    }
+    let sent = kw.others["meter_events"].requests();
+    assert!(sent[0].headers["authorization"].to_str().unwrap().starts_with("Bearer mes_tok_upstream_"));
+    assert_eq!(kw.last_record(1).await["reason"], "secret_scrubbed");
+}

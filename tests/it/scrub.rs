@@ -86,7 +86,11 @@ async fn a_compressed_answer_never_reaches_the_caller_unscanned() {
             r.headers_mut().insert("x-test-echo-auth", "1".parse().unwrap());
             r.headers_mut().insert("x-test-encode", coding.parse().unwrap());
             let reply = kw.send(r).await;
-            assert_eq!((reply.status, reply.error_code()), (502, "upstream_encoding_refused".into()), "{what}");
+            assert_eq!(
+                (reply.status, reply.error_code()),
+                (502, "upstream_encoding_refused".into()),
+                "{what}"
+            );
             assert!(!String::from_utf8_lossy(&reply.body).contains(SECRET), "{what}");
             let rec = kw.last_record(seen.len() + 1).await;
             assert_eq!((&rec["status"], &rec["reason"]), (&502.into(), &"upstream_encoding_refused".into()));
