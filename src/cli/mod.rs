@@ -105,8 +105,14 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::EnvFilter;
+    // At debug, `h2` logs every frame, a GOAWAY's debug data with it: text the upstream chose,
+    // which may echo the secret. Its events stay at info whatever KEYWARD_LOG asks.
+    let asked = std::env::var("KEYWARD_LOG").unwrap_or_else(|_| "info".into());
+    let kept: Vec<&str> = asked.split(',').filter(|d| !d.trim_start().starts_with("h2")).collect();
+    let filter = EnvFilter::try_new(kept.join(","))
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive("h2=info".parse().expect("a directive"));
     // Colour only for a person at a terminal, never into a log file.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder =

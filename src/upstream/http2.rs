@@ -173,7 +173,7 @@ impl H2 {
             match live.tx.ready().await {
                 Ok(tx) => return Ok(Some(Ready { tx, _call: call })),
                 Err(e) => {
-                    tracing::debug!(host = %self.host, error = %e, "upstream HTTP/2 connection is gone");
+                    tracing::debug!(host = %self.host, error = super::causes(&e), "upstream HTTP/2 connection is gone");
                     self.forget(live.generation);
                     permit = Some(call.release());
                 }

@@ -328,19 +328,48 @@ pub fn encoded(headers: &HeaderMap) -> bool {
 }
 
 /// An error and its causes, outermost first (`client error (Connect): tcp connect error:
-/// Connection refused`): what went wrong upstream, for the log.
+/// Connection refused`): what went wrong upstream, for the log. Never text the upstream chose:
+/// an HTTP/2 GOAWAY's debug data (which an upstream echoing `Authorization` fills with the
+/// secret) is left out, and anything credential-looking or a control character that is left
+/// is shown redacted and escaped (see `text`).
 pub fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
+    const MAX: usize = 512;
+    let mut out = String::new();
+    let mut next = Some(e);
     while let Some(cause) = next {
-        let text = cause.to_string();
+        let text = match cause.downcast_ref::<h2::Error>() {
+            Some(h2) => h2_shown(h2),
+            None => cause.to_string(),
+        };
         if !out.ends_with(&text) {
-            out.push_str(": ");
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
             out.push_str(&text);
         }
         next = cause.source();
     }
+    let mut out = crate::text::escaped(&crate::text::redacted(&out)).into_owned();
+    if out.len() > MAX {
+        let cut = (0..=MAX).rev().find(|&i| out.is_char_boundary(i)).unwrap_or(0);
+        out.truncate(cut);
+        out.push('…');
+    }
     out
+}
+
+/// An HTTP/2 error as `h2` shows it, without a GOAWAY's debug data: its reason and who sent it.
+fn h2_shown(e: &h2::Error) -> String {
+    let Some(reason) = e.reason() else { return e.to_string() };
+    let by = if e.is_remote() { "received" } else { "detected" };
+    let kind = if e.is_go_away() {
+        "connection"
+    } else if e.is_reset() {
+        "stream"
+    } else {
+        "protocol"
+    };
+    format!("{kind} error {by}: {reason}")
 }
 
 /// The upstream's response headers as the caller gets them.

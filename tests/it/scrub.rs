@@ -98,3 +98,73 @@ async fn a_compressed_answer_never_reaches_the_caller_unscanned() {
         kw.stop().await;
     }
 }
+
+/// An HTTP/2 upstream that answers every request with a GOAWAY whose debug data echoes the
+/// `Authorization` it was sent (written frame by frame: no server library sends debug data).
+async fn goaway_upstream(pki: &Pki) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config(&[b"h2"]));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(goaway_once(acceptor.clone(), tcp));
+        }
+    });
+    addr
+}
+
+async fn goaway_once(acceptor: tokio_rustls::TlsAcceptor, tcp: tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let frame = |kind: u8, flags: u8, payload: &[u8]| {
+        let len = (payload.len() as u32).to_be_bytes();
+        [&len[1..], &[kind, flags, 0, 0, 0, 0], payload].concat()
+    };
+    let mut tls = acceptor.accept(tcp).await?;
+    let mut preface = [0u8; 24];
+    tls.read_exact(&mut preface).await?;
+    tls.write_all(&frame(0x4, 0, &[])).await?;
+    loop {
+        let mut head = [0u8; 9];
+        tls.read_exact(&mut head).await?;
+        let mut payload = vec![0; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+        tls.read_exact(&mut payload).await?;
+        match head[3] {
+            0x4 if head[4] & 1 == 0 => tls.write_all(&frame(0x4, 1, &[])).await?,
+            0x1 => break,
+            _ => {}
+        }
+    }
+    // Last stream 0 (the request was not processed), INTERNAL_ERROR, and the echo.
+    let goaway = [&[0, 0, 0, 0, 0, 0, 0, 2][..], format!("echo Bearer {SECRET}").as_bytes()].concat();
+    tls.write_all(&frame(0x7, 0, &goaway)).await?;
+    tls.flush().await?;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    Ok(())
+}
+
+/// A GOAWAY's debug data is text the upstream chose: an echo of the secret there is not
+/// logged, at the default level or at debug (where `h2` would log the frame).
+#[tokio::test]
+async fn an_upstreams_goaway_text_is_never_logged() {
+    let pki = Pki::new();
+    let up = goaway_upstream(&pki).await;
+    for level in ["info", "debug"] {
+        let kw = Harness::new()
+            .upstream(&format!(
+                "url = \"https://localhost:{}\"\nca = {:?}",
+                up.port(),
+                pki.ca.display().to_string()
+            ))
+            .service(Svc::new("billing").token("b1", TOKEN).scope("charge", "read"))
+            .log(level)
+            .start_child()
+            .await;
+        let reply = kw.get("/v1/charges", TOKEN).await;
+        assert_eq!((reply.status, reply.error_code()), (502, "upstream_unavailable".into()), "{level}");
+        assert!(!String::from_utf8_lossy(&reply.body).contains(SECRET));
+        let log = kw.child_log();
+        assert!(log.contains("upstream request failed"), "{level}: {log}");
+        assert!(log.contains("INTERNAL_ERROR") || log.contains("internal error"), "{level}: {log}");
+        assert!(!log.contains(SECRET) && !log.contains("echo Bearer"), "{level}: the echo logged:\n{log}");
+    }
+}

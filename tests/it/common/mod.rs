@@ -67,7 +67,7 @@ impl Pki {
         Arc::new(cfg)
     }
 
-    fn server_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
         let chain: Vec<_> = CertificateDer::pem_file_iter(&self.cert).unwrap().map(Result::unwrap).collect();
         let key = PrivateKeyDer::from_pem_file(&self.key).unwrap();
         let mut cfg =
@@ -459,6 +459,8 @@ pub struct Harness {
     /// Forward mode: a `[forward]` port, and upstreams named `https://NAME.stripe.com`
     /// (`api.stripe.com` for `api`) reached through `connect_to`.
     pub forward: Option<String>,
+    /// `KEYWARD_LOG` for a child (`start_child`).
+    pub log: String,
 }
 
 impl Harness {
@@ -472,7 +474,14 @@ impl Harness {
             upstream_alpn: vec![b"h2", b"http/1.1"],
             listen: "127.0.0.1:0".into(),
             forward: None,
+            log: "info".into(),
         }
+    }
+
+    /// `KEYWARD_LOG` for a keyward started with `start_child`.
+    pub fn log(mut self, filter: &str) -> Harness {
+        self.log = filter.into();
+        self
     }
     /// Forward mode, with these extra lines in `[forward]`.
     pub fn forward(mut self, toml: &str) -> Harness {
@@ -592,7 +601,8 @@ impl Harness {
     pub async fn start_child(self) -> Running {
         let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let (addr, admin, forward) = (free(), free(), self.forward.as_ref().map(|_| free()));
-        let Harness { listen, .. } = &self;
+        let Harness { listen, log: level, .. } = &self;
+        let level = level.clone();
         assert!(listen.ends_with(":0"), "start_child chooses the port");
         let mut placed = None;
         let kw = self
@@ -620,7 +630,7 @@ impl Harness {
         let bin = std::env::var("KEYWARD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_keyward").into());
         let child = std::process::Command::new(bin)
             .args(["run", "--config", config_path.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
+            .env("KEYWARD_LOG", level)
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
