@@ -30,12 +30,14 @@ pub fn redacted(s: &str) -> std::borrow::Cow<'_, str> {
             i += 1;
             continue;
         };
-        let end = i
-            + prefix.len()
-            + bytes[i + prefix.len()..]
-                .iter()
-                .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
-                .count();
+        let run =
+            bytes[i + prefix.len()..].iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'_').count();
+        // A bare prefix hides nothing (and a value shown already stays as it is).
+        if run == 0 {
+            i += prefix.len();
+            continue;
+        }
+        let end = i + prefix.len() + run;
         out.push_str(&s[copied..i]);
         out.push_str(&credential_shown(prefix, &s[i..end]));
         (i, copied) = (end.max(i + 1), end);
@@ -57,6 +59,12 @@ pub fn url_shown(url: &str) -> String {
 /// 1-based line of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// A value from an input (a name, a path, a key) as any output may quote it: credentials shown
+/// as prefix and last 4, control characters escaped.
+pub fn shown(s: &str) -> String {
+    escaped(&redacted(s)).into_owned()
 }
 
 /// `s` safe to print to a terminal: control characters other than newlines (an `ESC[2J` that
@@ -110,6 +118,7 @@ mod tests {
         assert_eq!(r("/etc/xsk_test_abcdefgh1234/ca.pem"), "/etc/xsk_test_…1234/ca.pem", "glued letters");
         assert_eq!(r("rk_test_abc and whsec_0123456789 and kw_Q"), "rk_test_… and whsec_…6789 and kw_…");
         assert_eq!(r("kw_kw_aaaaaaaabbbb"), "kw_…bbbb", "a prefix inside a value is part of it");
+        assert_eq!(r("sk_live_…cdef and sk_test_"), "sk_live_…cdef and sk_test_", "shown already");
         assert_eq!(r("plain ünïcode text"), "plain ünïcode text");
         assert_eq!(super::credential_shown("kw_", "kw_abcdefgh9x9Qa"), "kw_…x9Qa");
     }

@@ -15,6 +15,8 @@ impl SecretSource for EnvSource {
 }
 
 fn from_env(var: &str, value: Option<String>) -> Result<Loaded, String> {
+    // The name as errors show it: a key pasted as the name (`var = "sk_live_…"`) is not quoted.
+    let var = crate::text::shown(var);
     let Some(value) = value.map(Secret::new) else {
         return Err(format!("environment variable {var} is not set"));
     };
@@ -39,6 +41,8 @@ mod tests {
             (Some(" sk_test_canary1"), "K has whitespace at its ends"),
             (Some("sk_test_\x01canary1"), "control characters"),
         ] {
+            let e = from_env("sk_live_pastedcanary9876", value.map(String::from)).err().unwrap();
+            assert!(e.contains("sk_live_…9876") && !e.contains("canary"), "{e}");
             let e = from_env("K", value.map(String::from)).err().unwrap();
             assert!(e.contains(error) && !e.contains("canary"), "{e}");
         }

@@ -409,15 +409,24 @@ mod tests {
             ("stripe-account", "acct_1"),
             ("idempotency-key", "abc"),
             ("content-type", "application/x-www-form-urlencoded"),
+            ("accept-encoding", "gzip, br"),
         ] {
             h.append(k, v.parse().unwrap());
         }
         let out = request_headers(&h, "sk_test_real").unwrap();
+        assert_eq!(out["accept-encoding"], "identity", "answers come as they are, for the scrubber");
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(
             names,
-            ["authorization", "content-type", "idempotency-key", "stripe-account", "stripe-version"]
+            [
+                "accept-encoding",
+                "authorization",
+                "content-type",
+                "idempotency-key",
+                "stripe-account",
+                "stripe-version"
+            ]
         );
         assert_eq!(out["authorization"], "Bearer sk_test_real");
         assert!(out["authorization"].is_sensitive());

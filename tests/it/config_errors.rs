@@ -506,3 +506,59 @@ fn forward_mistakes_are_refused_by_key() {
         assert!(!out.contains("panicked"), "{what}: panicked:\n{out}");
     }
 }
+
+/// A key pasted where a name, a path or a URL goes is shown as its prefix and last 4 by
+/// `check` and `check --offline` (so into CI logs), whatever the error it causes.
+#[test]
+fn a_pasted_key_is_shown_as_prefix_and_last_4() {
+    const PASTED: &str = "sk_live_51PastedKeyCANARYabcd9876";
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let good = base(&pki, dir.path());
+    let ca = pki.ca.to_str().unwrap();
+    let cases = [
+        (
+            "a key as the service's secret",
+            good.replace("secret = \"stripe\"", &format!("secret = \"{PASTED}\"")),
+        ),
+        (
+            "a key as the variable's name",
+            good.replace("source = \"file\"", &format!("source = \"env\"\nvar = \"{PASTED}\""))
+                .replace(&format!("path = {:?}\nkey = \"stripe\"\n", dir.path().join("secrets.toml")), ""),
+        ),
+        (
+            "a key in the upstream's URL",
+            good.replace("https://localhost:9", &format!("https://localhost:9/{PASTED}")),
+        ),
+        ("a key in a ca path", good.replace(ca, &format!("/etc/{PASTED}/ca.pem"))),
+        ("a key as a key name", good.replace("[upstream.api]\n", &format!("[upstream.api]\n{PASTED} = 1\n"))),
+    ];
+    let path = dir.path().join("keyward.toml");
+    for (what, text) in cases {
+        for offline in [false, true] {
+            std::fs::write(&path, &text).unwrap();
+            let mut args = vec!["check", "--config", path.to_str().unwrap()];
+            if offline {
+                args.push("--offline");
+            }
+            let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+                .args(&args)
+                .env("KEYWARD_LOG", "warn")
+                .output()
+                .unwrap();
+            let out =
+                String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            println!(
+                "{what:<32} offline={offline:<5} {}",
+                out.lines().find(|l| l.contains("sk_live")).unwrap_or("-")
+            );
+            assert!(
+                !out.contains("PastedKeyCANARY"),
+                "{what} (offline: {offline}): the key quoted whole:\n{out}"
+            );
+            if !offline || !what.contains("variable") && !what.contains("ca path") {
+                assert!(out.contains("sk_live_…9876"), "{what} (offline: {offline}): not named:\n{out}");
+            }
+        }
+    }
+}

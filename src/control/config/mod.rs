@@ -91,14 +91,20 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// A key or message that quotes what was written (a key pasted as `secret = "sk_live_…"`, a
+    /// path or URL holding one) shows it as prefix and last 4, and control characters escaped:
+    /// these errors go to CI logs, the reload log and `POST /-/reload` answers.
     pub fn new(file: &Path, line: Option<usize>, key: &str, message: impl Into<String>) -> Self {
-        ConfigError { file: file.to_path_buf(), line, key: key.to_string(), message: message.into() }
+        let shown = |s: &str| crate::text::printable(&crate::text::redacted(s)).into_owned();
+        let key = crate::text::shown(key);
+        ConfigError { file: file.to_path_buf(), line, key, message: shown(&message.into()) }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
+        let file = self.file.display().to_string();
+        write!(f, "{}", crate::text::shown(&file))?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
         }

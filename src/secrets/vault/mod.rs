@@ -265,7 +265,9 @@ impl VaultSource {
             Auth::TokenEnv(var) => match std::env::var(var) {
                 Ok(v) if is_token(v.trim()) => Ok(Secret::new(v.trim().to_string())),
                 Ok(_) => Err(format!("token_env: environment variable {var} is empty or not a token")),
-                Err(_) => Err(format!("token_env: environment variable {var} is not set")),
+                Err(_) => {
+                    Err(format!("token_env: environment variable {} is not set", crate::text::shown(var)))
+                }
             },
             Auth::AppRole { .. } => Err("no configured token with AppRole".into()),
         }
