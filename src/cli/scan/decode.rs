@@ -33,7 +33,7 @@ fn layer(bytes: &[u8], owners: &Owners, max: usize, depth: usize, partial: &mut 
         return out;
     }
     let inner = |bytes: &[u8], partial: &mut Vec<String>| layer(bytes, owners, max, depth + 1, partial);
-    if let Some(inflated) = gunzip(bytes, max, partial) {
+    if let Some(inflated) = gunzip(bytes, max, depth == 0, partial) {
         // Lines inside are the decompressed text's.
         out.extend(inner(&inflated, partial).into_iter().map(|f| f.under("gzip")));
     }
@@ -48,14 +48,18 @@ fn layer(bytes: &[u8], owners: &Owners, max: usize, depth: usize, partial: &mut 
 }
 
 /// What `bytes` decompresses to, if it is gzip (its first `max` bytes): a `.gz` log or backup.
-fn gunzip(bytes: &[u8], max: usize, partial: &mut Vec<String>) -> Option<Vec<u8>> {
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
+/// A broken one is named if it is the file itself (`outer`): decoded base64 that only starts
+/// like gzip is noise.
+fn gunzip(bytes: &[u8], max: usize, outer: bool, partial: &mut Vec<String>) -> Option<Vec<u8>> {
+    // The magic, deflate, and no reserved flag.
+    if !matches!(bytes, [0x1f, 0x8b, 8, flags, ..] if flags & 0xe0 == 0) {
         return None;
     }
     let mut out = Vec::new();
     let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
     // On an error, what was decompressed before it is kept in `out`, and scanned.
-    if let Err(e) = flate2::read::MultiGzDecoder::new(bytes).take(limit).read_to_end(&mut out) {
+    let read = flate2::read::MultiGzDecoder::new(bytes).take(limit).read_to_end(&mut out);
+    if let (Err(e), true) = (read, outer) {
         partial.push(format!("gzip: {e}; what it decompressed before was scanned"));
     }
     if out.len() > max {
