@@ -33,16 +33,22 @@ pub enum TokenCommand {
     /// Find keyward tokens (by their checksum) and Stripe keys in files and directories; exit 1
     /// if any is found (a pre-commit hook, a CI step). Shows only a prefix and the last 4.
     Scan {
-        /// Files and directories to read (`.git` folders are skipped; see --git).
+        /// Files and directories to read (`.git` folders are skipped, see --git; symlinks given
+        /// are followed, symlinked folders met inside one are not).
         #[arg(required = true)]
         paths: Vec<std::path::PathBuf>,
         /// Name the service and token id of each keyward token found (by its hash), and find
         /// tokens older than the checksum too.
         #[arg(long, value_name = "PATH")]
         config: Option<std::path::PathBuf>,
-        /// Also read every commit of the repositories given (`git log -p --all`).
+        /// Also read everything the repositories the paths are in hold: every blob, commit and
+        /// tag their refs, reflogs (stashes) and index reach.
         #[arg(long)]
         git: bool,
+        /// Scan at most this many bytes of a file, object or decompressed gzip; a larger one is
+        /// named on stderr (exit 2 if nothing was found).
+        #[arg(long, value_name = "BYTES", default_value_t = super::scan::MAX_BYTES)]
+        max_bytes: u64,
     },
     /// Suspend every token with this id now, on the running keyward (`POST
     /// /-/tokens/ID/suspend`): refused until resumed, across reloads and restarts.
@@ -69,8 +75,8 @@ pub async fn token(command: TokenCommand) -> ExitCode {
         TokenCommand::New { service, id, json, config, .. } => {
             (service.unwrap_or_default(), id, json, config)
         }
-        TokenCommand::Scan { paths, config, git } => {
-            return super::scan::scan(&paths, config.as_deref(), git);
+        TokenCommand::Scan { paths, config, git, max_bytes } => {
+            return super::scan::scan(&paths, config.as_deref(), git, max_bytes);
         }
         TokenCommand::Suspend(call) => return admin_call(call, "suspend").await,
         TokenCommand::Resume(call) => return admin_call(call, "resume").await,
