@@ -349,7 +349,7 @@ pub fn causes(e: &(dyn std::error::Error + 'static)) -> String {
         }
         next = cause.source();
     }
-    let mut out = crate::text::escaped(&crate::text::redacted(&out)).into_owned();
+    let mut out = crate::text::shown(&out);
     if out.len() > MAX {
         let cut = (0..=MAX).rev().find(|&i| out.is_char_boundary(i)).unwrap_or(0);
         out.truncate(cut);
