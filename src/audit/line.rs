@@ -54,6 +54,10 @@ impl AccessRecord {
         j.opt_str("access", self.access.as_deref());
         j.str("decision", self.decision.as_str());
         j.str("reason", &self.reason);
+        if self.token_exposed {
+            j.key("token_exposed");
+            j.0.extend_from_slice(b"true");
+        }
         j.num("status", self.status);
         j.opt_str("upstream", self.upstream.as_deref());
         j.opt_str("upstream_request_id", self.upstream_request_id.as_deref());
@@ -224,6 +228,7 @@ mod tests {
             access: Some("write".into()),
             decision: crate::policy::Decision::Allow,
             reason: "ok".into(),
+            token_exposed: true,
             status: 200,
             upstream: Some(Arc::from("stripe")),
             upstream_request_id: Some("req_\u{0}x".into()),
@@ -240,7 +245,7 @@ mod tests {
         same_as_serde(&full);
         for f in [0.0, -0.0, 3.0, 1e21, f64::NAN, f64::INFINITY, f64::MIN_POSITIVE] {
             same_as_serde(&AccessRecord { duration_ms: f, upstream_ms: Some(f), ..full.clone() });
-            same_as_serde(&AccessRecord { livemode: Some(false), ..full.clone() });
+            same_as_serde(&AccessRecord { livemode: Some(false), token_exposed: false, ..full.clone() });
         }
     }
 

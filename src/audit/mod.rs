@@ -56,6 +56,10 @@ pub struct AccessRecord {
     pub access: Option<Cow<'static, str>>,
     pub decision: Decision,
     pub reason: Cow<'static, str>,
+    /// The request carried a keyward token outside `Authorization` (`token_in_wrong_place`):
+    /// the token named is to be rotated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub token_exposed: bool,
     pub status: u16,
     pub upstream: Option<Arc<str>>,
     pub upstream_request_id: Option<String>,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::canonical::{self, Target};
 use crate::policy::catalog::{Access, Entry, permission_name};
+use crate::policy::exposure;
 use crate::policy::failure::Failure;
 use crate::policy::forward::{self, Tunnel};
 use crate::policy::identity::{TokenHash, hash_token, redact, token_from};
@@ -127,6 +128,11 @@ impl<'s> Ruling<'s> {
 /// token is still good, against this (the current) policy; then that the call goes to the
 /// tunnel's upstream, for the service the tunnel's token names.
 pub fn decide<'s>(policy: &'s Policy, facts: &RequestFacts<'s>) -> Ruling<'s> {
+    // First of all: whatever else is wrong with it, a request that carries a token where the
+    // API would log it goes nowhere.
+    if let Some((place, exposed)) = exposure::in_head(facts.parts, &policy.tokens) {
+        return exposed_ruling(policy, facts, exposed, place);
+    }
     let tunnel = match facts.tunnel.map(|t| tunnelled(policy, facts, t)).transpose() {
         Ok(t) => t,
         Err(failure) => return Ruling::deny(failure),
@@ -150,6 +156,33 @@ pub fn decide<'s>(policy: &'s Policy, facts: &RequestFacts<'s>) -> Ruling<'s> {
         }
     }
     ruling
+}
+
+/// A request refused for the token it exposed. The record names that token when keyward
+/// knows it (it is the one to rotate), else whoever `Authorization` says is calling.
+fn exposed_ruling<'s>(
+    policy: &'s Policy,
+    facts: &RequestFacts<'s>,
+    exposed: exposure::Exposed,
+    place: String,
+) -> Ruling<'s> {
+    let whose = match exposed.owner {
+        Some(owner) => Some(lookup(policy, &owner)),
+        None => identify(policy, facts).ok().map(|(s, t, _)| (s, t)),
+    };
+    let named = whose.map(|(s, t)| (s.name.clone(), t.id.clone()));
+    Ruling {
+        service: whose.map(|(s, _)| s),
+        token: whose.map(|(_, t)| t),
+        ..Ruling::deny(Failure::TokenInWrongPlace { place, whose: named })
+    }
+}
+
+/// A token in a body, found by `exposure::find` or a stream's search: the refusal, naming the
+/// token's owner when keyward knows it.
+pub fn exposed_in(policy: &Policy, exposed: exposure::Exposed, place: &str) -> Failure {
+    let whose = exposed.owner.map(|o| lookup(policy, &o)).map(|(s, t)| (s.name.clone(), t.id.clone()));
+    Failure::TokenInWrongPlace { place: place.into(), whose }
 }
 
 /// A tunnelled request's upstream (the tunnel's, if still configured) and the service its
@@ -355,6 +388,9 @@ pub fn check_form(
     form: &[u8],
     token: &str,
 ) -> Result<Option<Failure>, Failure> {
+    if let Some(exposed) = exposure::find(form, &policy.tokens) {
+        return Err(exposed_in(policy, exposed, "the form body"));
+    }
     let fields = crate::policy::params::read(form).map_err(Failure::NonCanonical)?;
     match expansion_failure(policy, service, &fields, token) {
         Some(f) if service.mode == Mode::Enforce => Err(f),

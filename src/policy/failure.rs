@@ -31,6 +31,13 @@ pub enum Failure {
     /// The caller's certificate carries none of the service's `client_ids`.
     ClientCertNotAllowed,
     NonCanonical(&'static str),
+    /// A keyward token outside `Authorization`: in `place` (`the query string`, `the X header`,
+    /// `the body`…). Never forwarded; the record counts the token as exposed, and names
+    /// `whose` it is (service, token id) when keyward knows.
+    TokenInWrongPlace {
+        place: String,
+        whose: Option<(std::sync::Arc<str>, std::sync::Arc<str>)>,
+    },
     /// No catalog entry: `endpoint` is the method and canonical path, as asked.
     UnknownEndpoint {
         endpoint: String,
@@ -122,7 +129,7 @@ impl Failure {
             | MissingPermission { .. }
             | AccountNotAllowed { .. }
             | DirectPermission { .. } => StatusCode::FORBIDDEN,
-            NonCanonical(_) => StatusCode::BAD_REQUEST,
+            NonCanonical(_) | TokenInWrongPlace { .. } => StatusCode::BAD_REQUEST,
             BodyTooLarge { .. } | FormTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyUnreadable => StatusCode::BAD_REQUEST,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -155,6 +162,7 @@ impl Failure {
             ClientCertRequired => "client_certificate_required",
             ClientCertNotAllowed => "client_certificate_not_allowed",
             NonCanonical(_) => "non_canonical_request",
+            TokenInWrongPlace { .. } => "token_in_wrong_place",
             UnknownEndpoint { .. } => "endpoint_not_in_catalog",
             MissingPermission { .. } => "more_permissions_required",
             AccountNotAllowed { .. } => "account_not_allowed",
@@ -215,7 +223,13 @@ impl Failure {
                 | Failure::ClientCertNotAllowed
                 | Failure::ProxyTokenInvalid { .. }
                 | Failure::TunnelServiceMismatch
+                | Failure::TokenInWrongPlace { .. }
         )
+    }
+
+    /// Whether the request it refuses carried a keyward token where others could read it.
+    pub fn exposes_token(&self) -> bool {
+        matches!(self, Failure::TokenInWrongPlace { .. })
     }
 
     /// Seconds after which a retry may succeed (`Retry-After`), for the limits.
@@ -267,6 +281,12 @@ impl Failure {
                                      it names none of the identities the key is bound to."
                 .into(),
             NonCanonical(what) => format!("Request refused: the request target {what}."),
+            TokenInWrongPlace { place, .. } => format!(
+                "Request refused: it carries a keyward token in {place}. keyward takes its token in \
+                 the Authorization header only (and Proxy-Authorization for a CONNECT), and forwards \
+                 no request that carries one anywhere else, where the API would log it. Treat the \
+                 token as exposed: ask your platform team to rotate it."
+            ),
             UnknownEndpoint { endpoint } => format!(
                 "keyward's catalog has no entry for {endpoint}, so keyward does not forward it. If it is \
                  an operation of the API, ask your platform team to add it to keyward's catalog \

@@ -6,6 +6,7 @@ pub mod canonical;
 pub mod catalog;
 mod decide;
 pub mod expand;
+pub mod exposure;
 pub mod failure;
 pub mod forward;
 pub mod identity;
@@ -16,7 +17,7 @@ pub mod token_format;
 
 pub use decide::{
     Decision, ProxyRefusal, RequestFacts, Route, Ruling, Verdict, authorize, check_form, decide,
-    expansion_failure, proxy_identify,
+    expansion_failure, exposed_in, proxy_identify,
 };
 pub use failure::Failure;
 pub use model::{Accounts, Level, Mode, Policy, Quarantine, Service, Token, TokenRef};

@@ -43,7 +43,7 @@ pub enum Level {
     Write,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenRef {
     pub service: u32,
     pub token: u32,

@@ -6,13 +6,15 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use crate::policy::exposure::{self, Exposed};
 use crate::policy::multipart::Scan;
 use crate::serve::stall::Watch;
 use crate::upstream::BoxError;
@@ -206,6 +208,103 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Passes a streamed request body through while searching it for a keyward token
+/// (`policy::exposure`): one found ends the body with an error before a byte of it is sent,
+/// and is kept in `found`. The last bytes of a piece that could begin a token wait for the
+/// next piece, as the scrubber's do.
+pub struct NoTokens<B> {
+    inner: B,
+    snapshot: Arc<crate::control::snapshot::Snapshot>,
+    carry: BytesMut,
+    found: Arc<OnceLock<Exposed>>,
+    done: bool,
+}
+
+impl<B> NoTokens<B> {
+    pub fn new(
+        inner: B,
+        snapshot: Arc<crate::control::snapshot::Snapshot>,
+        found: Arc<OnceLock<Exposed>>,
+    ) -> Self {
+        NoTokens { inner, snapshot, carry: BytesMut::new(), found, done: false }
+    }
+
+    /// What of `chunk` may be sent now, or the token it completes.
+    fn push(&mut self, chunk: Bytes) -> Result<Bytes, Exposed> {
+        let tokens = &self.snapshot.policy.tokens;
+        if self.carry.is_empty() {
+            // The usual case: no token, nothing that could begin one, nothing copied.
+            if let Some(e) = exposure::find(&chunk, tokens) {
+                return Err(e);
+            }
+            let keep = exposure::pending(&chunk);
+            self.carry.extend_from_slice(&chunk[chunk.len() - keep..]);
+            return Ok(chunk.slice(..chunk.len() - keep));
+        }
+        self.carry.extend_from_slice(&chunk);
+        if let Some(e) = exposure::find(&self.carry, tokens) {
+            return Err(e);
+        }
+        let keep = exposure::pending(&self.carry);
+        Ok(self.carry.split_to(self.carry.len() - keep).freeze())
+    }
+
+    fn refuse(&mut self, e: Exposed) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let _ = self.found.set(e);
+        self.done = true;
+        Poll::Ready(Some(Err("a request body that carries a keyward token".into())))
+    }
+}
+
+impl<B> Body for NoTokens<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            // Trailers end the data; like an answer's, they are not forwarded.
+            let data = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame.into_data().ok(),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => None,
+            };
+            let Some(data) = data else {
+                // The end: what was held back is decided now (an old token is 43 letters).
+                this.done = true;
+                let rest = std::mem::take(&mut this.carry);
+                if let Some(e) = exposure::find(&rest, &this.snapshot.policy.tokens) {
+                    return this.refuse(e);
+                }
+                return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest.freeze()))));
+            };
+            match this.push(data) {
+                Err(e) => return this.refuse(e),
+                Ok(out) if out.is_empty() => continue,
+                Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || (self.carry.is_empty() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

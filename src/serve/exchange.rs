@@ -16,7 +16,7 @@ use crate::audit::ProxyMode;
 use crate::audit::{self, AccessRecord, Slot};
 use crate::control::state::State;
 use crate::policy::forward::Tunnel;
-use crate::policy::{Decision, Failure, Ruling};
+use crate::policy::{self, Decision, Failure, Ruling};
 use crate::serve::body::Metered;
 use crate::serve::stall::{Progress, Pulled};
 use crate::upstream::Body;
@@ -63,6 +63,8 @@ pub struct Exchange {
     pub body_late: Arc<AtomicBool>,
     /// Raised when a multipart body turned out to carry a part keyward refuses.
     pub body_refused: Arc<AtomicBool>,
+    /// Set when a streamed body turned out to carry a keyward token.
+    pub body_token: Arc<std::sync::OnceLock<policy::exposure::Exposed>>,
     /// Raised when the upstream's answer carried the secret, which was replaced.
     pub scrubbed: Arc<AtomicBool>,
     /// Raised when the caller's connection was cut off for not reading.
@@ -103,6 +105,7 @@ impl Exchange {
             answer_cut: Default::default(),
             body_late: Default::default(),
             body_refused: Default::default(),
+            body_token: Default::default(),
             scrubbed: Default::default(),
             caller_cut: caller.cut.clone(),
             stream: Progress::current(),
@@ -123,12 +126,27 @@ impl Exchange {
         }
         r.upstream = ruling.upstream.map(|i| upstream_names[i].clone());
         (r.decision, r.reason) = (ruling.verdict.decision(), ruling.verdict.reason().into());
+        if let policy::Verdict::Deny(f) = &ruling.verdict {
+            self.exposure(f);
+        }
     }
 
     /// A refusal found after the policy allowed the call (the body rules).
     pub fn deny(&mut self, f: Failure) -> Failure {
         (self.record.decision, self.record.reason) = (Decision::Deny, f.reason().into());
+        self.exposure(&f);
         f
+    }
+
+    /// A refusal for a token in the wrong place: the record counts it exposed, and names the
+    /// token's owner when keyward knows it.
+    fn exposure(&mut self, f: &Failure) {
+        if let Failure::TokenInWrongPlace { whose, .. } = f {
+            self.record.token_exposed = true;
+            if let Some((service, token)) = whose {
+                (self.record.service, self.record.token_id) = (Some(service.clone()), Some(token.clone()));
+            }
+        }
     }
 
     pub fn would_deny(&mut self, f: &Failure) {

@@ -24,7 +24,7 @@ use crate::control::snapshot::Snapshot;
 use crate::control::state::State;
 use crate::policy::{self, Decision, Failure, RequestFacts, Route, Verdict};
 use crate::serve::admission::Admission;
-use crate::serve::body::{Deadline, Idle, Metered, PartNames};
+use crate::serve::body::{Deadline, Idle, Metered, NoTokens, PartNames};
 use crate::serve::exchange::{Caller, Exchange, REQUEST_ID, RequestIds, STRIPE_REQUEST_ID, new_record};
 use crate::serve::meter::{self, MeterSessions};
 use crate::serve::respond;
@@ -87,7 +87,8 @@ impl Proxy {
             client_ids: &caller.client_ids,
         };
         let mut ruling = policy::decide(&snap.policy, &facts);
-        if let (Some(service), Some(token)) = (ruling.service, ruling.token) {
+        let exposed = matches!(&ruling.verdict, Verdict::Deny(f) if f.exposes_token());
+        if let (Some(service), Some(token), false) = (ruling.service, ruling.token, exposed) {
             if self.state.is_suspended(token) {
                 ruling.verdict = Verdict::Deny(Failure::SuspendedToken);
             } else if matches!(ruling.verdict, Verdict::Deny(Failure::IpNotAllowed))
@@ -195,7 +196,7 @@ fn closing(mut resp: Response<Body>, unread: bool) -> Response<Body> {
 
 /// The phases of a call the policy let go.
 async fn forward(
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
     route: Route<'_>,
     parts: &Parts,
     body: Incoming,
@@ -379,7 +380,7 @@ async fn session_answer(
 /// Phase 5, the body rules: its size, a body where none may be, how long it takes to arrive,
 /// and what a form or multipart body carries. Form bodies are read whole here.
 async fn check_body(
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
     route: Route<'_>,
     parts: &Parts,
     body: Incoming,
@@ -398,7 +399,10 @@ async fn check_body(
     }
     let body = Idle::new(body, snap.timeouts.request_body_idle, ex.body_late.clone());
     let count = ex.bytes_in.clone();
+    let found = ex.body_token.clone();
+    // A streamed body is searched for tokens as it goes (a form is, whole, by `check_form`).
     let streamed = |body: Body| {
+        let body = NoTokens::new(body, snap.clone(), found);
         Limited::new(Metered::new(body, count, ()), limit as usize).map_err(BoxError::from).boxed()
     };
     Ok(match body_kind(parts) {
@@ -506,6 +510,7 @@ async fn send(
             Err(Failure::BodyTooLarge { limit: snap.limits.max_body_bytes })
         }
         Ok(Err(_)) if ex.body_late.load(Ordering::Relaxed) => Err(Failure::BodyTimeout),
+        Ok(Err(_)) if ex.body_token.get().is_some() => Err(body_token(snap, ex)),
         Ok(Err(_)) if ex.body_refused.load(Ordering::Relaxed) => Err(
             ex.deny(Failure::NonCanonical("has a multipart body that is not in the one shape keyward reads"))
         ),
@@ -514,12 +519,21 @@ async fn send(
             tracing::warn!(request_id, upstream, url, cause, "upstream request failed (502)");
             Err(Failure::UpstreamUnavailable)
         }
+        // An upstream that answered before the body was in: the token never left, but the
+        // call is refused all the same.
+        Ok(Ok(_)) if ex.body_token.get().is_some() => Err(body_token(snap, ex)),
         Ok(Ok(resp)) if upstream::encoded(resp.headers()) => {
             tracing::warn!(request_id, upstream, url, "upstream answer was compressed; not passed on (502)");
             Err(Failure::UpstreamEncodingRefused)
         }
         Ok(Ok(resp)) => Ok((resp, deadline)),
     }
+}
+
+/// The refusal for a streamed body in which a token was found.
+fn body_token(snap: &Snapshot, ex: &mut Exchange) -> Failure {
+    let exposed = *ex.body_token.get().expect("found");
+    ex.deny(policy::exposed_in(&snap.policy, exposed, "the body"))
 }
 
 /// Phase 8: the upstream's answer as the caller gets it: hop-by-hop headers dropped, framed

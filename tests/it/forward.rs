@@ -665,3 +665,26 @@ async fn a_compressed_answer_in_a_tunnel_never_reaches_the_caller_unscanned() {
     assert!(body.contains("upstream_encoding_refused") && !body.contains(SECRET), "{body}");
     kw.stop().await;
 }
+
+/// Through a tunnel as through the reverse port: a keyward token outside `Authorization`
+/// (here one keyward does not know, in the query) is refused and never forwarded.
+#[tokio::test]
+async fn a_token_in_the_wrong_place_in_a_tunnel_is_refused() {
+    let kw = forward_harness("").await;
+    let stray = keyward::policy::token_format::with_checksum(&"Fw0".repeat(15)[..43]);
+    let r = Request::builder()
+        .uri(format!("https://api.stripe.com/v1/charges?api_key={stray}"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, body) = h2_in_tunnel(&kw, r).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("token_in_wrong_place") && body.contains("the query string"), "{body}");
+    let record = kw.last_record(1).await;
+    assert_eq!(
+        (record["token_exposed"].as_bool(), record["service"].as_str()),
+        (Some(true), Some("billing"))
+    );
+    assert!(kw.upstream.requests().is_empty());
+    kw.stop().await;
+}

@@ -31,3 +31,4 @@ mod stripe_sdk;
 mod telemetry;
 mod token_scan;
 mod vault;
+mod wrong_place;

@@ -288,6 +288,7 @@ fn suspicious(b: &mut String, r: &Report) {
     }
     callers(b, "Calls from outside the allowlist", &s.outside_allowlist);
     callers(b, "Expired, revoked or suspended tokens presented", &s.bad_tokens);
+    callers(b, "Tokens exposed outside Authorization: rotate them", &s.exposed_tokens);
     if !s.unknown_endpoints.is_empty() {
         b.push_str("<h3>Endpoints not in the catalog</h3>");
         let rows = s.unknown_endpoints.iter().map(|u| vec![esc(&u.service), esc(&u.endpoint), num(u.count)]);

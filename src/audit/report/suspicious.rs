@@ -1,6 +1,6 @@
 //! The report's "suspicious activity": what a person reading request logs for misuse looks
 //! for, found in the records: bursts of refusals, calls from outside an allowlist, expired or
-//! revoked tokens still presented, endpoints keyward does not know, and hours of the day a
+//! revoked tokens still presented, tokens sent where others could read them, endpoints keyward does not know, and hours of the day a
 //! service never called at before.
 
 use std::collections::BTreeMap;
@@ -22,6 +22,8 @@ pub struct Suspicious {
     pub outside_allowlist: Vec<Caller>,
     /// Expired, revoked, suspended or not-yet-valid tokens presented.
     pub bad_tokens: Vec<Caller>,
+    /// Tokens sent outside `Authorization` (`token_exposed`): to be rotated.
+    pub exposed_tokens: Vec<Caller>,
     pub unknown_endpoints: Vec<Unknown>,
     /// Hours (UTC) in the report's last day at which the service had never called before.
     pub unusual_hours: Vec<Hour>,
@@ -32,6 +34,7 @@ impl Suspicious {
         self.denial_bursts.is_empty()
             && self.outside_allowlist.is_empty()
             && self.bad_tokens.is_empty()
+            && self.exposed_tokens.is_empty()
             && self.unknown_endpoints.is_empty()
             && self.unusual_hours.is_empty()
     }
@@ -81,6 +84,7 @@ pub(super) fn find(kept: &[Seen<'_>]) -> Suspicious {
     let mut denials: BTreeMap<(String, String), Vec<&Seen<'_>>> = BTreeMap::new();
     let mut outside = BTreeMap::new();
     let mut bad = BTreeMap::new();
+    let mut exposed = BTreeMap::new();
     let mut unknown: BTreeMap<(String, String), u64> = BTreeMap::new();
     for s in kept {
         let r = s.r;
@@ -95,7 +99,9 @@ pub(super) fn find(kept: &[Seen<'_>]) -> Suspicious {
             denials.entry((service.clone(), caller)).or_default().push(s);
         }
         let reason = &*r.reason;
-        let into = if OUTSIDE.contains(&reason) {
+        let into = if r.token_exposed {
+            &mut exposed
+        } else if OUTSIDE.contains(&reason) {
             &mut outside
         } else if BAD_TOKEN.contains(&reason) {
             &mut bad
@@ -135,6 +141,7 @@ pub(super) fn find(kept: &[Seen<'_>]) -> Suspicious {
             .collect(),
         outside_allowlist: callers(outside),
         bad_tokens: callers(bad),
+        exposed_tokens: callers(exposed),
         unknown_endpoints: unknown,
         unusual_hours: unusual_hours(kept),
     }

@@ -166,6 +166,9 @@ fn suspicious(o: &mut String, r: &Report) {
     for c in &s.bad_tokens {
         caller(o, &c.reason, c);
     }
+    for c in &s.exposed_tokens {
+        caller(o, "token exposed, rotate it (token_in_wrong_place)", c);
+    }
     for u in &s.unknown_endpoints {
         let _ = writeln!(o, "  not in catalog: {}, {} {}", calls(u.count), u.service, u.endpoint);
     }
