@@ -82,6 +82,12 @@ pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
     escape(s, |_| false)
 }
 
+/// Whether `s` prints as it is: [`escaped`] would leave it alone. What a configuration names
+/// (services, token ids) must be, as records, reports and terminals show it.
+pub fn is_printable(s: &str) -> bool {
+    matches!(escaped(s), std::borrow::Cow::Borrowed(_))
+}
+
 fn escape(s: &str, keep: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
     let hostile = |c: char| {
         !keep(c)

@@ -119,7 +119,8 @@ pub async fn explain(args: ExplainArgs) -> ExitCode {
         for k in order.iter().chain(&rest) {
             let v = &out[k];
             if !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()) {
-                println!("{k:>10}: {}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+                let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                println!("{k:>10}: {}", keyward::text::shown(&v));
             }
         }
     }

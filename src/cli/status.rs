@@ -53,7 +53,10 @@ pub async fn status(args: StatusArgs) -> ExitCode {
 
 fn render(v: &serde_json::Value) -> String {
     use std::fmt::Write;
-    let s = |v: &serde_json::Value| v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
+    // Every field comes from a config or a running process: shown escaped, one line each.
+    let s = |v: &serde_json::Value| {
+        keyward::text::shown(&v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))
+    };
     let mut out = String::new();
     let _ = writeln!(out, "instance  {}", s(&v["instance"]));
     let _ = writeln!(
@@ -101,5 +104,25 @@ pub async fn health(args: HealthArgs) -> ExitCode {
         Ok((200, _)) => ExitCode::SUCCESS,
         Ok((code, body)) => fail([format!("{path} answered {code}: {}", body.trim())]),
         Err(e) => fail([format!("admin endpoint {addr}: {e}")]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn what_a_process_or_config_says_is_shown_escaped_one_line_each() {
+        let v = serde_json::json!({
+            "instance": "kw-1\u{1b}[2J",
+            "version": "v1",
+            "audit": { "healthy": true, "head": { "seq": 1, "head": "ab" } },
+            "secrets": [{ "name": "sk_live_0123456789abcdef", "age_seconds": 3 }],
+            "tokens_expiring_within_7_days":
+                [{ "service": "billing\u{202e}", "token_id": "t\nforged OK", "expires_in_seconds": 7200 }],
+        });
+        let out = super::render(&v);
+        assert!(out.contains("kw-1\\x1b[2J") && !out.contains('\u{1b}'), "{out}");
+        assert!(out.contains("billing\\u{202e}/t\\nforged OK: expires in 2 h"), "{out}");
+        assert!(out.contains("sk_live_…cdef") && !out.contains("0123456789abcdef"), "{out}");
+        assert_eq!(out.lines().count(), 5, "{out}");
     }
 }

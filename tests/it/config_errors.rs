@@ -312,6 +312,18 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             good.replace("[upstream.api]", &format!("[timeouts]\nupstream = \"{CANARY}\"\n[upstream.api]")),
             vec!["keyward.toml:"],
         ),
+        // Names records, reports and terminals show: an escape there could forge a line.
+        (
+            "a token id with an escape",
+            good.replace("id = \"b1\"", "id = \"b1\\u001b[2J\""),
+            vec!["token[0].id", "must be non-empty and printable"],
+        ),
+        (
+            "a service name with a bidirectional override",
+            good.replace("name = \"billing\"", "name = \"bill\\u202eing\""),
+            vec!["service[0].name", "be printable"],
+        ),
+        ("an empty token id", good.replace("id = \"b1\"", "id = \"\""), vec!["token[0].id", "non-empty"]),
     ];
     for (what, text, wants) in cases {
         let (ok, out) = check(dir.path(), &text);

@@ -24,7 +24,7 @@ fn service_key(i: usize, s: &ServiceFile) -> String {
 
 /// Records, reports and metrics name a service by this; `(…)` is theirs for "none".
 fn name_is_usable(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with('(') && !name.chars().any(char::is_control)
+    !name.is_empty() && !name.starts_with('(') && crate::text::is_printable(name)
 }
 
 /// The compiled services and the token index; and the limits of those that have any.
@@ -50,7 +50,7 @@ pub fn build(
             errs.at(
                 Some(s.name.span()),
                 format!("{key}.name"),
-                "must be non-empty, not start with `(`, and have no control characters",
+                "must be non-empty, not start with `(`, and be printable (no control or bidirectional characters)",
             );
         }
         if !names.insert(s.name.get_ref().as_str()) {
@@ -186,7 +186,13 @@ fn build_tokens(
     let mut ids = HashSet::new();
     for (j, t) in s.token.iter().enumerate() {
         let tkey = format!("{key}.token[{j}]");
-        if !ids.insert(t.id.get_ref().as_str()) {
+        if t.id.get_ref().is_empty() || !crate::text::is_printable(t.id.get_ref()) {
+            errs.at(
+                Some(t.id.span()),
+                format!("{tkey}.id"),
+                "must be non-empty and printable (no control or bidirectional characters)",
+            );
+        } else if !ids.insert(t.id.get_ref().as_str()) {
             errs.at(Some(t.id.span()), format!("{tkey}.id"), "token id is used twice in this service");
         }
         let hash = t.sha256.get_ref();
