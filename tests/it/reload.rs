@@ -427,3 +427,32 @@ async fn a_change_to_any_file_the_configuration_reads_is_applied() {
     assert_eq!(kw.get("/v1/charges", TOKEN).await.status, 200);
     kw.stop().await;
 }
+
+/// A key pasted into a configuration that a running keyward reloads is shown as its prefix
+/// and last 4, in the `POST /-/reload` answer, `keyward reload`'s output and the log.
+#[tokio::test]
+async fn a_pasted_key_in_a_reloaded_config_is_shown_as_prefix_and_last_4() {
+    const PASTED: &str = "sk_live_51PastedKeyCANARYabcd9876";
+    let kw = Harness::new().service(billing()).start_child().await;
+    let text = kw.edited_config(|t| drop(service_at(t, 0).insert("secret".into(), PASTED.into())));
+    let tmp = kw.config_path.with_extension("tmp");
+    std::fs::write(&tmp, &text).unwrap();
+    std::fs::rename(&tmp, &kw.config_path).unwrap();
+    let (status, out) = kw.admin_reload().await;
+    assert_eq!(status, 422, "{out}");
+    let errors = out["errors"].to_string();
+    assert!(errors.contains("sk_live_…9876") && !errors.contains("PastedKeyCANARY"), "{errors}");
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["reload", "--admin", &kw.admin().to_string()])
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&cli.stdout) + String::from_utf8_lossy(&cli.stderr);
+    assert!(shown.contains("sk_live_…9876") && !shown.contains("PastedKeyCANARY"), "{shown}");
+    assert!(
+        eventually(|| async { kw.child_log().contains("sk_live_…9876") }).await,
+        "the reload error is logged: {}",
+        kw.child_log()
+    );
+    assert!(!kw.child_log().contains("PastedKeyCANARY"), "{}", kw.child_log());
+}
