@@ -48,8 +48,9 @@ impl Reloader {
             Err(e) => Err(e),
         };
         match compiled {
-            Ok(next) => {
+            Ok(mut next) => {
                 let restart_required = self.bound.differs(&next);
+                self.bound.keep(&mut next);
                 let version = next.version.clone();
                 for setting in &restart_required {
                     tracing::warn!(setting, "changed setting needs a restart; keeping the running one");
@@ -93,6 +94,20 @@ impl Bound {
             max_form_bytes_total: s.limits.max_form_bytes_total,
             otlp_endpoint: s.otlp_endpoint.clone(),
         }
+    }
+
+    /// `next` with the running values of what only a restart changes: the snapshot then says
+    /// what the process does (the open log, the form budget sized at start), not what the
+    /// file asks for.
+    fn keep(&self, next: &mut Snapshot) {
+        next.listen = self.listen;
+        next.admin_listen = self.admin_listen;
+        if let (Some(f), Some(listen)) = (next.forward.as_mut(), self.forward_listen) {
+            f.listen = listen;
+        }
+        next.audit = self.audit.clone();
+        next.limits.max_form_bytes_total = self.max_form_bytes_total;
+        next.otlp_endpoint = self.otlp_endpoint.clone();
     }
 
     /// What `next` asks for that only a restart gives, compared with what is running.

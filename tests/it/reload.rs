@@ -362,19 +362,30 @@ async fn a_reload_keeps_warm_upstream_connections() {
 }
 
 /// Settings bound at start are reported by every reload until keyward restarts, including
-/// one that comes after the file watch has already applied the rest.
+/// one that comes after the file watch has already applied the rest, and none of them is
+/// applied.
 #[tokio::test]
 async fn settings_bound_at_start_are_reported_until_restart() {
     let kw = Harness::new().service(billing()).start().await;
-    let moved =
-        kw.edited_config(|t| drop(table_at(t, &["server"]).insert("listen".into(), "127.0.0.2:0".into())));
+    let moved = kw.edited_config(|t| {
+        table_at(t, &["server"]).insert("listen".into(), "127.0.0.2:0".into());
+        table_at(t, &["limits"]).insert("max_form_bytes_total".into(), 12_345_678.into());
+    });
     std::fs::write(&kw.config_path, &moved).unwrap();
     let reloader = &kw.app.as_ref().unwrap().reloader;
+    let running = reloader.state().snapshot.load().limits.max_form_bytes_total;
     for _ in 0..2 {
         let outcome = reloader.reload("test").await;
         assert!(outcome.ok, "{:?}", outcome.errors);
-        assert_eq!(outcome.restart_required.len(), 1, "{:?}", outcome.restart_required);
-        assert!(outcome.restart_required[0].starts_with("server.listen"), "{:?}", outcome.restart_required);
+        let said = &outcome.restart_required;
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(said[0].starts_with("server.listen") && said[1] == "limits.max_form_bytes_total", "{said:?}");
+        // Nothing of them applied: the live snapshot says what the process does.
+        let snap = reloader.state().snapshot.load();
+        assert_eq!(
+            (snap.limits.max_form_bytes_total, snap.listen.ip().to_string()),
+            (running, "127.0.0.1".into())
+        );
     }
     // Still served on the address bound at start.
     assert_eq!(kw.get("/v1/charges/ch_1", TOKEN).await.status, 200);
