@@ -62,10 +62,7 @@ pub async fn explain(args: ExplainArgs) -> ExitCode {
         Ok(r) => r.into_parts().0,
         Err(e) => return fail([format!("bad request: {e}")]),
     };
-    if args.form.is_some() && parts.method != http::Method::POST {
-        return fail(["--form: only POST calls have a form body (keyward refuses a body on others)"]);
-    }
-    let ruling = policy::authorize(&policy, svc, &parts, "kw_***");
+    let ruling = policy::authorize(&policy, svc, &parts, args.form.is_some(), "kw_***");
     // The body rules apply to a call the policy lets go.
     let form = match (&ruling.verdict, &args.form) {
         (Verdict::Allow(_) | Verdict::WouldDeny(..), Some(body)) => {

@@ -55,12 +55,25 @@ const ALIASED: [&str; 21] = [
 /// Why a target is refused; the text completes "the request target …".
 pub type Reason = &'static str;
 
-/// A request target keyward reads as the upstream will: its path, and the `expand` fields of
-/// its query string.
+/// A request target keyward reads as the upstream will: its path, the `expand` fields of
+/// its query string, and how the upstream reads its body.
 #[derive(Debug)]
 pub struct Target<'a> {
     pub path: &'a str,
     pub expand: Vec<String>,
+    pub body: BodyShape<'a>,
+}
+
+/// How the upstream reads a request's body, by its Content-Type (read here, once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyShape<'a> {
+    /// A form: declared as one, or a POST that declares nothing (frameworks read an untyped
+    /// POST body as a form), so its fields are checked.
+    Form,
+    /// `multipart/*`, with its one boundary.
+    Multipart(&'a str),
+    /// Anything else (JSON, a file), as it is.
+    Other,
 }
 
 /// Checks the target and the headers that could change how it is read.
@@ -68,7 +81,7 @@ pub fn check<'a>(
     method: &Method,
     uri: &'a Uri,
     version: Version,
-    headers: &HeaderMap,
+    headers: &'a HeaderMap,
 ) -> Result<Target<'a>, Reason> {
     // HTTP/2 always carries :authority; in HTTP/1 an absolute-form target names a host
     // the client hopes to reach, which reverse mode never forwards to.
@@ -78,17 +91,17 @@ pub fn check<'a>(
     if *method == Method::CONNECT {
         return Err("uses CONNECT, which this listener does not serve");
     }
-    check_headers(headers)?;
+    let body = check_headers(method, headers)?;
     let path = uri.path();
     check_path(path)?;
     let expand = match uri.query() {
         Some(q) => check_query(q)?,
         None => Vec::new(),
     };
-    Ok(Target { path, expand })
+    Ok(Target { path, expand, body })
 }
 
-fn check_headers(headers: &HeaderMap) -> Result<(), Reason> {
+fn check_headers<'a>(method: &Method, headers: &'a HeaderMap) -> Result<BodyShape<'a>, Reason> {
     if METHOD_OVERRIDES.iter().any(|h| headers.contains_key(h)) {
         return Err("carries a method-override header");
     }
@@ -100,9 +113,11 @@ fn check_headers(headers: &HeaderMap) -> Result<(), Reason> {
             return Err("carries more than one Content-Type, Stripe-Account or Stripe-Context");
         }
     }
-    if let Some(ct) = headers.get(http::header::CONTENT_TYPE) {
-        check_content_type(ct)?;
-    }
+    let body = match headers.get(http::header::CONTENT_TYPE) {
+        Some(ct) => check_content_type(method, ct)?,
+        None if *method == Method::POST => BodyShape::Form,
+        None => BodyShape::Other,
+    };
     // keyward reads bodies as sent; something in front of the API might decode them first.
     if headers
         .get_all(http::header::CONTENT_ENCODING)
@@ -119,7 +134,7 @@ fn check_headers(headers: &HeaderMap) -> Result<(), Reason> {
     }) {
         return Err("comes with a Connection header naming a header keyward checks");
     }
-    Ok(())
+    Ok(body)
 }
 
 /// `Stripe_Account`, `X-HTTP_Method-Override`, `Keyward_Debug`: a name with `_` that, with
@@ -133,8 +148,8 @@ fn is_alias(name: &str) -> bool {
 }
 
 /// Rack reads the media type up to a `;` or `,` and an empty one as none (a POST body is then
-/// a form): refuse what is not one readable media type.
-fn check_content_type(ct: &http::HeaderValue) -> Result<(), Reason> {
+/// a form): refuse what is not one readable media type, and say how the body is read.
+fn check_content_type<'a>(method: &Method, ct: &'a http::HeaderValue) -> Result<BodyShape<'a>, Reason> {
     let ct = ct.to_str().map_err(|_| "has a Content-Type that is not readable text")?;
     if ct.trim().is_empty() {
         return Err("has an empty Content-Type");
@@ -142,10 +157,14 @@ fn check_content_type(ct: &http::HeaderValue) -> Result<(), Reason> {
     if ct.contains(',') {
         return Err("has a Content-Type that is a list");
     }
-    if media_type(ct).starts_with("multipart/") && crate::policy::multipart::boundary(ct).is_none() {
-        return Err("has a multipart Content-Type without one plain boundary");
-    }
-    Ok(())
+    Ok(match media_type(ct).as_str() {
+        "application/x-www-form-urlencoded" if *method == Method::POST => BodyShape::Form,
+        m if m.starts_with("multipart/") => match crate::policy::multipart::boundary(ct) {
+            Some(boundary) => BodyShape::Multipart(boundary),
+            None => return Err("has a multipart Content-Type without one plain boundary"),
+        },
+        _ => BodyShape::Other,
+    })
 }
 
 /// The media type of a Content-Type value, lowercase: `Text/Plain; charset=x` → `text/plain`.
@@ -296,9 +315,19 @@ mod tests {
             "multipart/form-data; boundary=\"a-b\"",
             "application/json",
         ];
-        for ct in ok {
-            assert_eq!(check_content_type(&ct.parse().unwrap()), Ok(()), "{ct}");
+        let shapes = [
+            BodyShape::Form,
+            BodyShape::Form,
+            BodyShape::Multipart("abc"),
+            BodyShape::Multipart("a-b"),
+            BodyShape::Other,
+        ];
+        for (ct, shape) in ok.into_iter().zip(shapes) {
+            let value: http::HeaderValue = ct.parse().unwrap();
+            assert_eq!(check_content_type(&Method::POST, &value), Ok(shape), "{ct}");
         }
+        let form: http::HeaderValue = ok[0].parse().unwrap();
+        assert_eq!(check_content_type(&Method::GET, &form), Ok(BodyShape::Other), "a GET has no form");
         let bad = [
             ("", "empty"),
             ("  ", "empty"),
@@ -309,7 +338,7 @@ mod tests {
             ("multipart/form-data; boundary = AAA", "boundary"),
         ];
         for (ct, want) in bad {
-            let got = check_content_type(&ct.parse().unwrap()).unwrap_err();
+            let got = check_content_type(&Method::POST, &ct.parse().unwrap()).unwrap_err();
             assert!(got.contains(want), "{ct:?}: {got}");
         }
     }

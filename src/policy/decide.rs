@@ -10,7 +10,7 @@ use http::request::Parts;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::canonical::{self, Target};
+use crate::policy::canonical::{self, BodyShape, Target};
 use crate::policy::catalog::{Access, Entry, permission_name};
 use crate::policy::exposure;
 use crate::policy::failure::Failure;
@@ -32,6 +32,12 @@ pub struct RequestFacts<'a> {
     /// The identities of the caller's verified client certificate (URI SANs, `dns:` DNS SANs);
     /// empty without one.
     pub client_ids: &'a [String],
+    /// Whether the token is suspended (by an operator, or by its quarantine): state the
+    /// control plane keeps, which the policy reads and never changes.
+    pub suspended: &'a (dyn Fn(&Token) -> bool + Sync),
+    /// Whether a body follows the head (HTTP/2: the HEADERS frame did not end the stream;
+    /// HTTP/1.1: a length other than 0, or chunked).
+    pub has_body: bool,
 }
 
 /// What the access record, the metrics and the report say was decided.
@@ -63,6 +69,9 @@ pub struct Route<'s> {
     /// The catalog entry (`None`: a report-mode call to an endpoint the catalog lacks).
     pub entry: Option<&'s Entry>,
     pub upstream: usize,
+    /// How the body is read on its way: a form whole (and checked, `check_form`), multipart
+    /// with its part headers checked, anything else as it is.
+    pub body: BodyShape<'s>,
 }
 
 #[derive(Debug)]
@@ -111,6 +120,25 @@ impl<'s> Ruling<'s> {
         self.token.is_some() && !matches!(&self.verdict, Verdict::Deny(f) if f.is_identity())
     }
 
+    /// A refusal that counts toward its token's quarantine (a known token of a service with
+    /// `quarantine`, from an address it does not allow): the service and token to count it for.
+    pub fn strike(&self) -> Option<(&'s Service, &'s Token)> {
+        match (&self.verdict, self.service, self.token) {
+            (Verdict::Deny(Failure::IpNotAllowed), Some(s), Some(t)) if s.quarantine.is_some() => {
+                Some((s, t))
+            }
+            _ => None,
+        }
+    }
+
+    /// The count reached the quarantine's: this refusal is the one that suspended the token,
+    /// and is recorded so (answered as any other from that address).
+    pub fn tipped(&mut self) {
+        if self.strike().is_some() {
+            self.verdict = Verdict::Deny(Failure::Quarantined);
+        }
+    }
+
     fn deny(failure: Failure) -> Self {
         Ruling {
             verdict: Verdict::Deny(failure),
@@ -147,7 +175,7 @@ pub fn decide<'s>(policy: &'s Policy, facts: &RequestFacts<'s>) -> Ruling<'s> {
             };
         }
     };
-    let mut ruling = authorize(policy, service, facts.parts, &presented);
+    let mut ruling = authorize(policy, service, facts.parts, facts.has_body, &presented);
     ruling.token = Some(token);
     if let (Some((upstream, by)), Some(t)) = (tunnel, facts.tunnel) {
         through_tunnel(&mut ruling, upstream, t);
@@ -233,6 +261,9 @@ pub fn proxy_identify<'s>(
     let invalid = |why| ProxyRefusal { failure: Failure::ProxyTokenInvalid { why }, from_elsewhere: None };
     let found = policy.tokens.get(hash).ok_or(invalid("is not known to keyward"))?;
     let (service, token) = lookup(policy, found);
+    if (facts.suspended)(token) {
+        return Err(invalid("is suspended"));
+    }
     match validity(service, token, facts) {
         Ok(()) => Ok((service, token)),
         Err(Failure::ExpiredToken { .. }) => Err(invalid("has expired")),
@@ -270,6 +301,10 @@ fn identify<'s>(policy: &'s Policy, facts: &RequestFacts<'s>) -> Result<Identifi
         return Err((Failure::InvalidToken { redacted: redact(&presented) }, None));
     };
     let (service, token) = lookup(policy, found);
+    // Suspended is suspended, whatever else holds of the token now.
+    if (facts.suspended)(token) {
+        return Err((Failure::SuspendedToken, Some((service, token))));
+    }
     let named = |f| match f {
         Failure::ExpiredToken { .. } => Failure::ExpiredToken { redacted: redact(&presented) },
         Failure::RevokedToken { .. } => Failure::RevokedToken { redacted: redact(&presented) },
@@ -312,8 +347,15 @@ fn validity(service: &Service, token: &Token, facts: &RequestFacts<'_>) -> Resul
 }
 
 /// Whether `service` may make this call, whoever presented it (also `keyward explain`):
-/// phases 2 to 4. `token` is only ever shown redacted.
-pub fn authorize<'s>(policy: &'s Policy, service: &'s Service, parts: &'s Parts, token: &str) -> Ruling<'s> {
+/// phases 2 to 4. `has_body`: whether a body follows the head. `token` is only ever shown
+/// redacted.
+pub fn authorize<'s>(
+    policy: &'s Policy,
+    service: &'s Service,
+    parts: &'s Parts,
+    has_body: bool,
+    token: &str,
+) -> Ruling<'s> {
     let mut ruling = Ruling { service: Some(service), ..Ruling::deny(Failure::Internal) };
     // Phase 2: canonicalise.
     let target = match canonical::check(&parts.method, &parts.uri, parts.version, &parts.headers) {
@@ -323,6 +365,13 @@ pub fn authorize<'s>(policy: &'s Policy, service: &'s Service, parts: &'s Parts,
             return ruling;
         }
     };
+    // Stripe's GET and DELETE calls take their parameters in the query, where they are
+    // checked; a body there could carry unchecked ones to a lenient server.
+    if has_body && parts.method != http::Method::POST {
+        ruling.verdict =
+            Verdict::Deny(Failure::NonCanonical("comes with a body, which only POST calls may have"));
+        return ruling;
+    }
     // Phase 3: classify.
     ruling.account = stripe_account(parts);
     ruling.entry = policy.catalog.classify(&parts.method, target.path);
@@ -340,11 +389,18 @@ pub fn authorize<'s>(policy: &'s Policy, service: &'s Service, parts: &'s Parts,
         }
         Some(e) => check_entry(policy, service, e, parts, &target, ruling.account, token),
     };
+    let route = |upstream| Route { service, entry: ruling.entry, upstream, body: target.body };
+    // Only the endpoints that take files read multipart (Rack would read any other's parts as
+    // form fields keyward never saw): refused, in report mode too, for a call that would go.
+    let parts_unread =
+        matches!(target.body, BodyShape::Multipart(_)) && !ruling.entry.is_some_and(|e| e.multipart);
+    let goes = failure.is_none() || service.mode == Mode::Report;
     ruling.verdict = match (failure, ruling.upstream, service.mode) {
-        (None, Some(upstream), _) => Verdict::Allow(Route { service, entry: ruling.entry, upstream }),
-        (Some(f), Some(upstream), Mode::Report) => {
-            Verdict::WouldDeny(Route { service, entry: ruling.entry, upstream }, f)
+        (_, Some(_), _) if parts_unread && goes => {
+            Verdict::Deny(Failure::NonCanonical("sends a multipart body to an endpoint that takes none"))
         }
+        (None, Some(upstream), _) => Verdict::Allow(route(upstream)),
+        (Some(f), Some(upstream), Mode::Report) => Verdict::WouldDeny(route(upstream), f),
         (Some(f), _, _) => Verdict::Deny(f),
         (None, None, _) => Verdict::Deny(Failure::Internal),
     };

@@ -197,22 +197,27 @@ fn tunnel_token(
     let now = OffsetDateTime::now_utc().unix_timestamp();
     // The proxy port asks for no client certificate: a service bound to `client_ids` cannot
     // open tunnels by its token (its requests inside still can, with their certificate).
-    let facts = RequestFacts { parts, client_ip: conn.ip, now, tunnel: None, client_ids: &[] };
-    let (_, token_of) = match proxy_identify(&snap.policy, &hash, &facts) {
-        Ok(found) => found,
+    let suspended = |t: &crate::policy::Token| state.is_suspended(t);
+    let facts = RequestFacts {
+        parts,
+        client_ip: conn.ip,
+        now,
+        tunnel: None,
+        client_ids: &[],
+        suspended: &suspended,
+        has_body: false,
+    };
+    match proxy_identify(&snap.policy, &hash, &facts) {
+        Ok(_) => Ok(Some(TunnelToken { hash, redacted: redact(&token) })),
         Err(refused) => {
             // A token tried from outside its allowlist counts toward quarantine, here as on
             // the reverse port: the proxy port is no oracle to test stolen tokens on.
             if let Some((service, token)) = refused.from_elsewhere {
                 state.strike(&snap.version, service, token);
             }
-            return Err(refused.failure);
+            Err(refused.failure)
         }
-    };
-    if state.is_suspended(token_of) {
-        return Err(invalid("is suspended"));
     }
-    Ok(Some(TunnelToken { hash, redacted: redact(&token) }))
 }
 
 /// What a request to the forward port asked for, as the record shows it: the `CONNECT`

@@ -22,6 +22,7 @@ use crate::audit::AccessRecord;
 use crate::audit::queue::Unplaced;
 use crate::control::snapshot::Snapshot;
 use crate::control::state::State;
+use crate::policy::canonical::BodyShape;
 use crate::policy::{self, Decision, Failure, RequestFacts, Route, Verdict};
 use crate::serve::admission::Admission;
 use crate::serve::body::{Deadline, Idle, Metered, NoTokens, PartNames};
@@ -79,23 +80,22 @@ impl Proxy {
             return Ok(closing(self.unrecorded(Failure::AuditUnavailable), unread));
         }
         let now = OffsetDateTime::now_utc().unix_timestamp();
+        let suspended = |t: &policy::Token| self.state.is_suspended(t);
         let facts = RequestFacts {
             parts: &parts,
             client_ip: caller.ip,
             now,
             tunnel: caller.tunnel.as_deref(),
             client_ids: &caller.client_ids,
+            suspended: &suspended,
+            has_body: !http_body::Body::is_end_stream(&body),
         };
         let mut ruling = policy::decide(&snap.policy, &facts);
-        let exposed = matches!(&ruling.verdict, Verdict::Deny(f) if f.exposes_token());
-        if let (Some(service), Some(token), false) = (ruling.service, ruling.token, exposed) {
-            if self.state.is_suspended(token) {
-                ruling.verdict = Verdict::Deny(Failure::SuspendedToken);
-            } else if matches!(ruling.verdict, Verdict::Deny(Failure::IpNotAllowed))
-                && self.state.strike(&snap.version, service, token)
-            {
-                ruling.verdict = Verdict::Deny(Failure::Quarantined);
-            }
+        // The policy says what counts toward quarantine; the control plane counts.
+        if let Some((service, token)) = ruling.strike()
+            && self.state.strike(&snap.version, service, token)
+        {
+            ruling.tipped();
         }
         caller.conn.active();
         let refused_unproven = !caller.conn.is_proven() && !ruling.proves();
@@ -377,8 +377,8 @@ async fn session_answer(
     Ok(Response::from_parts(head, Full::new(Bytes::from(answer)).map_err(|e| match e {}).boxed()))
 }
 
-/// Phase 5, the body rules: its size, a body where none may be, how long it takes to arrive,
-/// and what a form or multipart body carries. Form bodies are read whole here.
+/// Phase 5, the body rules as the policy shaped them (`Route::body`): its size, how long it
+/// takes to arrive, and what a form or multipart body carries. Form bodies are read whole here.
 async fn check_body(
     snap: &Arc<Snapshot>,
     route: Route<'_>,
@@ -392,11 +392,6 @@ async fn check_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(ex.deny(Failure::BodyTooLarge { limit }));
     }
-    // Stripe's GET and DELETE calls take their parameters in the query, where they are
-    // checked; a body there could carry unchecked ones to a lenient server.
-    if parts.method != http::Method::POST && !http_body::Body::is_end_stream(&body) {
-        return Err(ex.deny(Failure::NonCanonical("comes with a body, which only POST calls may have")));
-    }
     let body = Idle::new(body, snap.timeouts.request_body_idle, ex.body_late.clone());
     let count = ex.bytes_in.clone();
     let found = ex.body_token.clone();
@@ -405,8 +400,8 @@ async fn check_body(
         let body = NoTokens::new(body, snap.clone(), found);
         Limited::new(Metered::new(body, count, ()), limit as usize).map_err(BoxError::from).boxed()
     };
-    Ok(match body_kind(parts) {
-        BodyKind::Form => {
+    Ok(match route.body {
+        BodyShape::Form => {
             // Its share of the forms' budget, for as long as the form is held.
             let size =
                 declared.map_or(snap.limits.max_form_bytes, |n| n as usize).min(snap.limits.max_form_bytes);
@@ -428,15 +423,10 @@ async fn check_body(
             }
             Metered::new(Full::new(form).map_err(|e| match e {}), Default::default(), budget).boxed()
         }
-        BodyKind::Multipart(_) if !route.entry.is_some_and(|e| e.multipart) => {
-            return Err(
-                ex.deny(Failure::NonCanonical("sends a multipart body to an endpoint that takes none"))
-            );
-        }
-        BodyKind::Multipart(boundary) => {
+        BodyShape::Multipart(boundary) => {
             streamed(PartNames::new(body, boundary, ex.body_refused.clone()).boxed())
         }
-        BodyKind::Other => streamed(body.boxed()),
+        BodyShape::Other => streamed(body.boxed()),
     })
 }
 
@@ -555,32 +545,6 @@ fn rewrite_response(
         resp.headers().get("request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     let scrubbed = ex.scrubbed.clone();
     resp.map(|b| Scrub::new(Deadline::new(b, deadline, ex.answer_cut.clone()), credentials, scrubbed).boxed())
-}
-
-/// How a request body is read on its way upstream.
-enum BodyKind<'a> {
-    /// Read whole: a POST body the upstream reads as a form, declared as one or not declared
-    /// at all (frameworks read an untyped POST body as a form), so its fields are checked.
-    Form,
-    /// Streamed, its part headers checked on the way (`multipart`), with this boundary.
-    Multipart(&'a str),
-    /// Streamed as it is.
-    Other,
-}
-
-/// (`canonical::check` has already refused Content-Types that read two ways.)
-fn body_kind(parts: &Parts) -> BodyKind<'_> {
-    let Some(ct) = parts.headers.get(CONTENT_TYPE) else {
-        return if parts.method == http::Method::POST { BodyKind::Form } else { BodyKind::Other };
-    };
-    let ct = ct.to_str().unwrap_or("");
-    match policy::canonical::media_type(ct).as_str() {
-        "application/x-www-form-urlencoded" if parts.method == http::Method::POST => BodyKind::Form,
-        m if m.starts_with("multipart/") => {
-            policy::multipart::boundary(ct).map_or(BodyKind::Other, BodyKind::Multipart)
-        }
-        _ => BodyKind::Other,
-    }
 }
 
 /// A form body, whole: at most `limit` bytes, arriving within `within` (and with no pause

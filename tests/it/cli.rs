@@ -29,7 +29,10 @@ fn explain_json_answers_for_scripts() {
     assert!(ok && out.contains("allow_with: charge = \"write\""), "{out}");
     let (ok, out) =
         keyward(dir.path(), &["explain", "--service", "demo", "--form", "name=x", "GET", "/v1/charges/ch_1"]);
-    assert!(!ok && out.contains("only POST calls have a form body"), "{out}");
+    assert!(
+        !ok && out.contains("non_canonical_request") && out.contains("only POST calls may have"),
+        "{out}"
+    );
 
     let (_, out) = keyward(
         dir.path(),
