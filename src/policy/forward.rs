@@ -1,42 +1,86 @@
-//! Forward mode's rules: which `CONNECT` targets keyward intercepts, and which requests a
-//! tunnel carries. Targets are compared byte for byte with the configured `host:port`: a
+//! Forward mode's rules: which `CONNECT`s open a tunnel (target, head, token), and which
+//! requests a tunnel carries. Targets are compared byte for byte with the configured `host:port`: a
 //! host in other case, with a trailing dot, with user info or as an address is another
 //! spelling some resolver could read another way, and is refused, never normalised.
 
-use http::header::HOST;
+use http::Method;
+use http::header::{CONTENT_LENGTH, HOST, PROXY_AUTHORIZATION, TRANSFER_ENCODING};
 use http::request::Parts;
 
+use crate::policy::caller::{ProxyRefusal, proxy_identify};
+use crate::policy::facts::RequestFacts;
+use crate::policy::facts::host_of;
+pub use crate::policy::facts::{Tunnel, TunnelToken};
 use crate::policy::failure::Failure;
-use crate::policy::identity::TokenHash;
+use crate::policy::identity::{hash_token, redact, token_from};
 use crate::policy::model::Policy;
 
-/// A tunnel, as the requests inside it are decided: what it was opened to, and the token of
-/// its `CONNECT`'s `Proxy-Authorization` (its hash only), if it had one.
-#[derive(Debug, Clone)]
-pub struct Tunnel {
-    /// The `CONNECT` target as accepted: exactly a configured upstream's `host:port`.
-    pub target: String,
-    pub token: Option<TunnelToken>,
+/// Whether a `Host` (or `:authority`) value names `target`: its host, or `host:port`, exactly.
+fn names(value: &[u8], target: &str) -> bool {
+    value == target.as_bytes() || value == host_of(target).as_bytes()
 }
 
-#[derive(Clone)]
-pub struct TunnelToken {
-    pub hash: TokenHash,
-    /// The token as it may be shown (`kw_***abcd`).
-    pub redacted: String,
+/// Whether a request to the forward port opens a tunnel: a `CONNECT` (authority form) to an
+/// intercepted host, its head read one way, and a good `Proxy-Authorization` token if it
+/// sends one. `over_tls`: the forward port speaks TLS (`forward.tls`). A refusal of a known
+/// token from an address it does not allow says whose it was (it counts toward quarantine).
+pub fn admit_connect<'s>(
+    policy: &'s Policy,
+    facts: &RequestFacts<'_>,
+    over_tls: bool,
+) -> Result<Tunnel, ProxyRefusal<'s>> {
+    let refused = |failure| ProxyRefusal { failure, from_elsewhere: None };
+    let parts = facts.parts;
+    if parts.method != Method::CONNECT {
+        let f = if parts.uri.authority().is_some() { Failure::PlainHttp } else { Failure::NotProxyRequest };
+        return Err(refused(f));
+    }
+    // Authority form only, as sent: `CONNECT https://host/` has a scheme and a path too.
+    let target = parts.uri.to_string();
+    connect_target(policy, &target).map_err(refused)?;
+    check_head(parts, &target).map_err(refused)?;
+    let token = tunnel_token(policy, facts, over_tls)?;
+    Ok(Tunnel { target, token })
 }
 
-impl std::fmt::Debug for TunnelToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.redacted)
+/// A `CONNECT` head read one way: no body (whatever follows the head is the tunnel's), and a
+/// `Host`, if any, naming the target.
+fn check_head(parts: &Parts, target: &str) -> Result<(), Failure> {
+    let h = &parts.headers;
+    let body =
+        h.contains_key(TRANSFER_ENCODING) || h.get_all(CONTENT_LENGTH).iter().any(|v| v.as_bytes() != b"0");
+    let elsewhere = h.get_all(HOST).iter().any(|v| !names(v.as_bytes(), target));
+    match (body, elsewhere) {
+        (false, false) => Ok(()),
+        (true, _) => Err(Failure::NonCanonical("is a CONNECT with a body")),
+        (_, true) => Err(Failure::NonCanonical("is a CONNECT whose Host is not its target")),
     }
 }
 
-impl Tunnel {
-    /// The host part of the target, which SNI and `Host` name.
-    pub fn host(&self) -> &str {
-        self.target.rsplit_once(':').map_or(&self.target, |(h, _)| h)
+/// The token of `Proxy-Authorization` (Basic with the token as user name, or Bearer), if
+/// one is sent: it must be good now, and from this address. Over plain TCP it is taken only
+/// from loopback: from anywhere else it crossed the network in the clear (`forward.tls`).
+fn tunnel_token<'s>(
+    policy: &'s Policy,
+    facts: &RequestFacts<'_>,
+    over_tls: bool,
+) -> Result<Option<TunnelToken>, ProxyRefusal<'s>> {
+    let invalid = |why| ProxyRefusal { failure: Failure::ProxyTokenInvalid { why }, from_elsewhere: None };
+    let headers = &facts.parts.headers;
+    match headers.get_all(PROXY_AUTHORIZATION).iter().count() {
+        0 => return Ok(None),
+        1 => {}
+        _ => return Err(invalid("is given more than once")),
     }
+    if !over_tls && !facts.client_ip.is_loopback() {
+        return Err(invalid(
+            "came over plain TCP from another host: send it only to a TLS proxy port (forward.tls = true)",
+        ));
+    }
+    let token = token_from(headers, PROXY_AUTHORIZATION).ok_or(invalid("cannot be read"))?;
+    let hash = hash_token(&token);
+    proxy_identify(policy, &hash, facts)?;
+    Ok(Some(TunnelToken { hash, redacted: redact(&token) }))
 }
 
 /// The index (in `Policy::upstreams`) of the upstream a `CONNECT` target names, or why none.
@@ -53,12 +97,10 @@ pub fn not_proxied(policy: &Policy) -> Failure {
 /// A request in a tunnel names the tunnel's host: `Host` (HTTP/1.1) and `:authority`
 /// (HTTP/2) are each the host, or `host:port`, exactly; every `Host` a request carries counts.
 pub fn check_authority(parts: &Parts, tunnel: &Tunnel) -> Result<(), Failure> {
-    let host = tunnel.host().as_bytes();
-    let names = |n: &[u8]| n == host || n == tunnel.target.as_bytes();
     let headers = parts.headers.get_all(HOST);
     let authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
     let mut named = headers.iter().map(|v| v.as_bytes()).chain(authority).peekable();
-    if named.peek().is_none() || !named.all(names) {
+    if named.peek().is_none() || !named.all(|n| names(n, &tunnel.target)) {
         return Err(Failure::Misdirected { tunnel: tunnel.target.clone() });
     }
     Ok(())

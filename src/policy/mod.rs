@@ -2,11 +2,13 @@
 //! sockets, clocks, files or async runtime; everything it needs is in its arguments, so it is
 //! table-tested, benchmarked and used as it is by `keyward explain`.
 
+mod caller;
 pub mod canonical;
 pub mod catalog;
 mod decide;
 pub mod expand;
 pub mod exposure;
+pub mod facts;
 pub mod failure;
 pub mod forward;
 pub mod identity;
@@ -15,9 +17,10 @@ pub mod multipart;
 pub mod params;
 pub mod token_format;
 
+pub use caller::{ProxyRefusal, proxy_identify};
 pub use decide::{
-    Decision, ProxyRefusal, RequestFacts, Route, Ruling, Verdict, authorize, check_form, decide,
-    expansion_failure, exposed_in, proxy_identify,
+    Decision, Route, Ruling, Verdict, authorize, check_form, decide, expansion_failure, exposed_in,
 };
+pub use facts::RequestFacts;
 pub use failure::Failure;
 pub use model::{Accounts, Level, Mode, Policy, Quarantine, Service, Token, TokenRef};

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, PROXY_AUTHORIZATION, TRANSFER_ENCODING};
+use http::header::{CONNECTION, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -25,10 +25,8 @@ use tokio::net::TcpStream;
 
 use crate::audit::ProxyMode;
 use crate::control::snapshot::{ForwardSettings, Snapshot};
-use crate::control::state::State;
-use crate::policy::forward::{Tunnel, TunnelToken, connect_target};
-use crate::policy::identity::{hash_token, redact, token_from};
-use crate::policy::{Failure, RequestFacts, proxy_identify};
+use crate::policy::forward::{Tunnel, admit_connect};
+use crate::policy::{Failure, RequestFacts};
 use crate::serve::exchange::{Caller, Exchange};
 use crate::serve::listener::{self, Accepted, Ends};
 use crate::serve::proxy::Proxy;
@@ -126,98 +124,41 @@ fn answer(
     }
 }
 
-/// Check a request to the forward port: a `CONNECT` to an intercepted host, with a good
-/// `Proxy-Authorization` token if any, while a tunnel may still be opened.
+/// A request to the forward port, as the policy admits it (`policy::forward::admit_connect`),
+/// and what opening its tunnel takes: the leaf certificate for its host and a tunnel slot.
 fn open(
     snap: &Snapshot,
     proxy: &Proxy,
     conn: &Accepted,
     parts: &http::request::Parts,
 ) -> Result<(Arc<Tunnel>, Arc<rustls::ServerConfig>, TunnelSlot), Failure> {
-    if parts.method != Method::CONNECT {
-        return Err(if parts.uri.authority().is_some() {
-            Failure::PlainHttp
-        } else {
-            Failure::NotProxyRequest
-        });
-    }
-    // Authority form only, as sent: `CONNECT https://host/` has a scheme and a path too.
-    let target = parts.uri.to_string();
-    connect_target(&snap.policy, &target)?;
     let settings = snap.forward.ok_or(Failure::Internal)?;
-    check_head(parts, &target)?;
-    let token = tunnel_token(snap, &proxy.state, conn, parts, settings.tls)?;
-    let tunnel = Tunnel { target, token };
-    // No leaf: its renewals failed until it expired (logged); fail closed.
-    let tls = snap.intercept.as_ref().and_then(|i| i.tls(tunnel.host())).ok_or(Failure::Internal)?;
-    let max = settings.max_tunnels;
-    let slot = TunnelSlot::take(proxy, max).ok_or(Failure::TunnelsFull)?;
-    Ok((Arc::new(tunnel), tls, slot))
-}
-
-/// A `CONNECT` head read one way: no body (whatever follows the head is the tunnel's), and a
-/// `Host`, if any, naming the target.
-fn check_head(parts: &http::request::Parts, target: &str) -> Result<(), Failure> {
-    let h = &parts.headers;
-    let body =
-        h.contains_key(TRANSFER_ENCODING) || h.get_all(CONTENT_LENGTH).iter().any(|v| v.as_bytes() != b"0");
-    let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
-    let elsewhere =
-        h.get_all(HOST).iter().any(|v| v.as_bytes() != target.as_bytes() && v.as_bytes() != host.as_bytes());
-    match (body, elsewhere) {
-        (false, false) => Ok(()),
-        (true, _) => Err(Failure::NonCanonical("is a CONNECT with a body")),
-        (_, true) => Err(Failure::NonCanonical("is a CONNECT whose Host is not its target")),
-    }
-}
-
-/// The token of `Proxy-Authorization` (Basic with the token as user name, or Bearer), if
-/// one is sent: it must be good now, and from this address. Over plain TCP it is taken only
-/// from loopback: from anywhere else it crossed the network in the clear (`forward.tls`).
-fn tunnel_token(
-    snap: &Snapshot,
-    state: &State,
-    conn: &Accepted,
-    parts: &http::request::Parts,
-    tls: bool,
-) -> Result<Option<TunnelToken>, Failure> {
-    let invalid = |why| Failure::ProxyTokenInvalid { why };
-    match parts.headers.get_all(PROXY_AUTHORIZATION).iter().count() {
-        0 => return Ok(None),
-        1 => {}
-        _ => return Err(invalid("is given more than once")),
-    }
-    if !tls && !conn.ip.is_loopback() {
-        return Err(invalid(
-            "came over plain TCP from another host: send it only to a TLS proxy port (forward.tls = true)",
-        ));
-    }
-    let token = token_from(&parts.headers, PROXY_AUTHORIZATION).ok_or(invalid("cannot be read"))?;
-    let hash = hash_token(&token);
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    // The proxy port asks for no client certificate: a service bound to `client_ids` cannot
-    // open tunnels by its token (its requests inside still can, with their certificate).
-    let suspended = |t: &crate::policy::Token| state.is_suspended(t);
+    let suspended = |t: &crate::policy::Token| proxy.state.is_suspended(t);
     let facts = RequestFacts {
         parts,
         client_ip: conn.ip,
-        now,
+        now: OffsetDateTime::now_utc().unix_timestamp(),
         tunnel: None,
+        // The proxy port asks for no client certificate: a service bound to `client_ids`
+        // cannot open tunnels by its token (its requests inside still can, with theirs).
         client_ids: &[],
         suspended: &suspended,
         has_body: false,
     };
-    match proxy_identify(&snap.policy, &hash, &facts) {
-        Ok(_) => Ok(Some(TunnelToken { hash, redacted: redact(&token) })),
+    let tunnel = match admit_connect(&snap.policy, &facts, settings.tls) {
+        Ok(tunnel) => tunnel,
         Err(refused) => {
-            // A token tried from outside its allowlist counts toward quarantine, here as on
-            // the reverse port: the proxy port is no oracle to test stolen tokens on.
+            // The policy says what counts toward quarantine; the control plane counts.
             if let Some((service, token)) = refused.from_elsewhere {
-                state.strike(&snap.version, service, token);
+                proxy.state.strike(&snap.version, service, token);
             }
-            Err(refused.failure)
+            return Err(refused.failure);
         }
-    }
+    };
+    // No leaf: its renewals failed until it expired (logged); fail closed.
+    let tls = snap.intercept.as_ref().and_then(|i| i.tls(tunnel.host())).ok_or(Failure::Internal)?;
+    let slot = TunnelSlot::take(proxy, settings.max_tunnels).ok_or(Failure::TunnelsFull)?;
+    Ok((Arc::new(tunnel), tls, slot))
 }
 
 /// What a request to the forward port asked for, as the record shows it: the `CONNECT`
