@@ -10,6 +10,7 @@ mod catalog;
 mod cli;
 mod config_errors;
 mod connect_expand;
+mod decide;
 mod fairness;
 mod flood;
 mod forward;
