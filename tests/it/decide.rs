@@ -222,11 +222,15 @@ struct Req {
     now: i64,
     tunnel: Option<Tunnel>,
     client_ids: Vec<String>,
+    /// The hashes of the tokens the control plane holds suspended.
+    suspended: Vec<[u8; 32]>,
+    has_body: bool,
 }
 
 fn req(method: &str, uri: &str) -> Req {
     let (parts, ()) = http::Request::builder().method(method).uri(uri).body(()).unwrap().into_parts();
-    Req { parts, ip: CALLER.parse().unwrap(), now: NOW, tunnel: None, client_ids: Vec::new() }
+    let ip = CALLER.parse().unwrap();
+    Req { parts, ip, now: NOW, tunnel: None, client_ids: Vec::new(), suspended: Vec::new(), has_body: false }
 }
 
 fn get(uri: &str) -> Req {
@@ -284,6 +288,18 @@ impl Req {
 
     fn host(self, host: &str) -> Self {
         self.header("host", host)
+    }
+
+    /// An operator (or the quarantine) suspended this token.
+    fn suspend(mut self, token: &str) -> Self {
+        self.suspended.push(hash_token(token));
+        self
+    }
+
+    /// A body follows the head.
+    fn with_body(mut self) -> Self {
+        self.has_body = true;
+        self
     }
 
     fn h2(mut self) -> Self {
@@ -1169,6 +1185,59 @@ async fn every_verdict_and_reason_of_decide() {
             get("/v1/files").bearer(r1).tunnel(FILES, Some(r1)).host("files.stripe.com"),
             deny("host_not_proxied").says("none configured").on(On::NoApi),
         ),
+        // The control plane's state, read by the policy: suspension wins over what else holds.
+        (
+            "a suspended token",
+            get("/v1/customers").bearer(b1).suspend(b1),
+            deny("api_key_suspended").by(BILL),
+        ),
+        (
+            "a suspended token that has expired too",
+            get("/v1/customers").bearer(&t.b_expired).suspend(&t.b_expired),
+            deny("api_key_suspended").by(("billing", "b-expired")),
+        ),
+        (
+            "a suspended token from outside its allowlist",
+            get("/v1/customers").bearer(b1).suspend(b1).from(OUTSIDE),
+            deny("api_key_suspended").by(BILL),
+        ),
+        (
+            "another token of the service is suspended",
+            get("/v1/customers").bearer(b1).suspend(&t.b_narrow),
+            allow().by(BILL),
+        ),
+        (
+            "tunnel: its proxy token suspended since it opened",
+            get("/v1/customers").bearer(b1).tunnel(API, Some(b1)).host("api.stripe.com").suspend(b1),
+            deny("proxy_token_invalid").says("is suspended"),
+        ),
+        // The body's shape, read once from the head.
+        (
+            "a GET with a body",
+            get("/v1/customers").bearer(b1).with_body(),
+            deny("non_canonical_request").by(BILL).says("only POST calls may have"),
+        ),
+        (
+            "a DELETE with a body",
+            req("DELETE", "/v1/customers/cus_1").bearer(b1).with_body(),
+            deny("non_canonical_request").by(BILL).says("only POST calls may have"),
+        ),
+        ("a POST with a body", post("/v1/customers").form().bearer(b1).with_body(), allow().by(BILL)),
+        (
+            "multipart to an endpoint that takes none",
+            post("/v1/customers").header("content-type", multipart).bearer(b1).with_body(),
+            deny("non_canonical_request").by(BILL).says("takes none"),
+        ),
+        (
+            "report mode: multipart to one that takes none is refused all the same",
+            post("/v1/customers").header("content-type", multipart).bearer(r1).with_body(),
+            deny("non_canonical_request").by(REP).says("takes none"),
+        ),
+        (
+            "multipart where the scope refuses first",
+            post("/v1/charges").header("content-type", multipart).bearer(b1).with_body(),
+            deny("more_permissions_required").by(BILL),
+        ),
     ];
 
     let mut seen = BTreeSet::new();
@@ -1185,6 +1254,8 @@ async fn every_verdict_and_reason_of_decide() {
             now: r.now,
             tunnel: r.tunnel.as_ref(),
             client_ids: &r.client_ids,
+            suspended: &|t| r.suspended.contains(&t.hash),
+            has_body: r.has_body,
         };
         let ruling = decide(policy, &facts);
         let (decision, reason) = (ruling.verdict.decision().as_str(), ruling.verdict.reason());
@@ -1207,6 +1278,7 @@ async fn every_verdict_and_reason_of_decide() {
         "api_key_expired",
         "api_key_not_yet_valid",
         "api_key_revoked",
+        "api_key_suspended",
         "ip_not_allowed",
         "client_certificate_required",
         "client_certificate_not_allowed",
