@@ -205,7 +205,8 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Count a finished request from its access record.
-    pub fn observe(&self, r: &AccessRecord) {
+    /// A request's record, and the kind of upstream failure it met (`Failure::upstream_kind`).
+    pub fn observe(&self, r: &AccessRecord, upstream_error: Option<&'static str>) {
         let status = match r.status {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -225,7 +226,7 @@ impl Metrics {
         if let Some(ms) = r.upstream_ms {
             self.upstream_duration.observe(ms / 1e3);
         }
-        if let Some(kind) = upstream_failure(r) {
+        if let Some(kind) = upstream_error {
             self.upstream_errors
                 .get_or_create(&UpstreamLabels { upstream: Name(r.upstream.clone()), kind })
                 .inc();
@@ -263,15 +264,6 @@ impl Metrics {
         let _ = text::encode_registry(&mut out, scrape);
         let _ = text::encode_eof(&mut out);
         out
-    }
-}
-
-/// `upstream_timeout` → `timeout`: the kind of upstream failure a record's reason names.
-/// Reasons on the request path are the static codes of `Failure::code`.
-fn upstream_failure(r: &AccessRecord) -> Option<&'static str> {
-    match r.reason {
-        Cow::Borrowed(code) => code.strip_prefix("upstream_"),
-        Cow::Owned(_) => None,
     }
 }
 

@@ -227,6 +227,17 @@ impl Failure {
         )
     }
 
+    /// The kind of upstream failure it is, as the metrics count them (`timeout`, …), if it is one.
+    pub fn upstream_kind(&self) -> Option<&'static str> {
+        match self {
+            Failure::UpstreamUnavailable => Some("unavailable"),
+            Failure::UpstreamTimeout => Some("timeout"),
+            Failure::UpstreamEncodingRefused => Some("encoding_refused"),
+            Failure::UpstreamNotConfigured(_) => Some("not_configured"),
+            _ => None,
+        }
+    }
+
     /// Whether the request it refuses carried a keyward token where others could read it.
     pub fn exposes_token(&self) -> bool {
         matches!(self, Failure::TokenInWrongPlace { .. })

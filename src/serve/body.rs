@@ -6,8 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
@@ -16,17 +15,25 @@ use tokio::time::{Instant, Sleep};
 
 use crate::policy::exposure::{self, Exposed};
 use crate::policy::multipart::Scan;
+use crate::serve::outcome::{Signal, Signals};
 use crate::serve::stall::Watch;
 use crate::upstream::BoxError;
 
 pub struct Metered<B, G> {
     inner: B,
-    count: Arc<AtomicU64>,
+    count: Count,
     _guard: G,
 }
 
+/// Which of the exchange's counts a body adds to.
+pub enum Count {
+    In(Arc<Signals>),
+    Out(Arc<Signals>),
+    Nothing,
+}
+
 impl<B, G> Metered<B, G> {
-    pub fn new(inner: B, count: Arc<AtomicU64>, guard: G) -> Self {
+    pub fn new(inner: B, count: Count, guard: G) -> Self {
         Metered { inner, count, _guard: guard }
     }
 }
@@ -47,7 +54,12 @@ where
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            let n = data.len() as u64;
+            match &self.count {
+                Count::In(s) => s.bytes_in.fetch_add(n, Ordering::Relaxed),
+                Count::Out(s) => s.bytes_out.fetch_add(n, Ordering::Relaxed),
+                Count::Nothing => 0,
+            };
         }
         polled
     }
@@ -61,19 +73,19 @@ where
     }
 }
 
-/// Ends a body with an error once `deadline` passes, and raises `cut`: an upstream that
+/// Ends a body with an error once `deadline` passes, and signals `AnswerCut`: an upstream that
 /// stalls mid-answer does not hold the caller forever. The timer is only armed if the body
 /// ever has to wait, so an answer that is already in (the usual case) costs none.
 pub struct Deadline<B> {
     inner: B,
     deadline: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
-    cut: Arc<AtomicBool>,
+    signals: Arc<Signals>,
 }
 
 impl<B> Deadline<B> {
-    pub fn new(inner: B, deadline: Instant, cut: Arc<AtomicBool>) -> Self {
-        Deadline { inner, deadline, sleep: None, cut }
+    pub fn new(inner: B, deadline: Instant, signals: Arc<Signals>) -> Self {
+        Deadline { inner, deadline, sleep: None, signals }
     }
 }
 
@@ -97,7 +109,7 @@ where
                 if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                self.cut.store(true, Ordering::Relaxed);
+                self.signals.raise(Signal::AnswerCut);
                 Poll::Ready(Some(Err("the upstream answer did not finish in time".into())))
             }
         }
@@ -113,21 +125,21 @@ where
 }
 
 /// Ends a request body with an error when its caller sends nothing for `idle`
-/// (`timeouts.request_body_idle`), and raises `late`: a caller that stops half-way through a
+/// (`timeouts.request_body_idle`), and signals `BodyLate`: a caller that stops half-way through a
 /// body does not hold its connection and access-log slot for long.
 pub struct Idle<B> {
     inner: B,
     watch: Watch,
-    late: Arc<AtomicBool>,
+    signals: Arc<Signals>,
 }
 
 impl<B> Idle<B> {
-    pub fn new(inner: B, idle: std::time::Duration, late: Arc<AtomicBool>) -> Self {
-        Idle { inner, watch: Watch::new(idle), late }
+    pub fn new(inner: B, idle: std::time::Duration, signals: Arc<Signals>) -> Self {
+        Idle { inner, watch: Watch::new(idle), signals }
     }
 
-    pub fn late(&self) -> Arc<AtomicBool> {
-        self.late.clone()
+    pub fn signals(&self) -> Arc<Signals> {
+        self.signals.clone()
     }
 }
 
@@ -150,7 +162,7 @@ where
             }
             Poll::Pending if !self.watch.expired(cx) => Poll::Pending,
             Poll::Pending => {
-                self.late.store(true, Ordering::Relaxed);
+                self.signals.raise(Signal::BodyLate);
                 Poll::Ready(Some(Err("the caller paused its request body too long".into())))
             }
         }
@@ -165,17 +177,17 @@ where
     }
 }
 
-/// Passes a multipart body through, ending it with an error (and raising `refused`) as soon
+/// Passes a multipart body through, ending it with an error (and signalling `BodyRefused`) as soon
 /// as it turns out not to have the one shape keyward accepts (`policy::multipart`).
 pub struct PartNames<B> {
     inner: B,
     scan: Scan,
-    refused: Arc<AtomicBool>,
+    signals: Arc<Signals>,
 }
 
 impl<B> PartNames<B> {
-    pub fn new(inner: B, boundary: &str, refused: Arc<AtomicBool>) -> Self {
-        PartNames { inner, scan: Scan::new(boundary), refused }
+    pub fn new(inner: B, boundary: &str, signals: Arc<Signals>) -> Self {
+        PartNames { inner, scan: Scan::new(boundary), signals }
     }
 }
 
@@ -200,7 +212,7 @@ where
         // Judge the end with the last piece: the sender may not ask for more once it is in.
         let ended = frame.is_none() || this.inner.is_end_stream();
         if fed.is_err() || (ended && this.scan.finish().is_err()) {
-            this.refused.store(true, Ordering::Relaxed);
+            this.signals.raise(Signal::BodyRefused);
             return Poll::Ready(Some(Err("a multipart body keyward does not accept".into())));
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -217,23 +229,19 @@ where
 
 /// Passes a streamed request body through while searching it for a keyward token
 /// (`policy::exposure`): one found ends the body with an error before a byte of it is sent,
-/// and is kept in `found`. The last bytes of a piece that could begin a token wait for the
+/// and is signalled. The last bytes of a piece that could begin a token wait for the
 /// next piece, as the scrubber's do.
 pub struct NoTokens<B> {
     inner: B,
     snapshot: Arc<crate::control::snapshot::Snapshot>,
     carry: BytesMut,
-    found: Arc<OnceLock<Exposed>>,
+    signals: Arc<Signals>,
     done: bool,
 }
 
 impl<B> NoTokens<B> {
-    pub fn new(
-        inner: B,
-        snapshot: Arc<crate::control::snapshot::Snapshot>,
-        found: Arc<OnceLock<Exposed>>,
-    ) -> Self {
-        NoTokens { inner, snapshot, carry: BytesMut::new(), found, done: false }
+    pub fn new(inner: B, snapshot: Arc<crate::control::snapshot::Snapshot>, signals: Arc<Signals>) -> Self {
+        NoTokens { inner, snapshot, carry: BytesMut::new(), signals, done: false }
     }
 
     /// What of `chunk` may be sent now, or the token it completes.
@@ -257,7 +265,7 @@ impl<B> NoTokens<B> {
     }
 
     fn refuse(&mut self, e: Exposed) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let _ = self.found.set(e);
+        self.signals.found_token(e);
         self.done = true;
         Poll::Ready(Some(Err("a request body that carries a keyward token".into())))
     }

@@ -17,7 +17,8 @@ use crate::audit::{self, AccessRecord, Slot};
 use crate::control::state::State;
 use crate::policy::forward::Tunnel;
 use crate::policy::{self, Decision, Failure, Ruling};
-use crate::serve::body::Metered;
+use crate::serve::body::{Count, Metered};
+use crate::serve::outcome::{Signal, Signals};
 use crate::serve::stall::{Progress, Pulled};
 use crate::upstream::Body;
 
@@ -55,18 +56,10 @@ pub struct Exchange {
     pub in_flight: Option<tokio::sync::OwnedSemaphorePermit>,
     pub record: AccessRecord,
     started: Instant,
-    pub bytes_in: Arc<AtomicU64>,
-    bytes_out: Arc<AtomicU64>,
-    /// Raised when the upstream's answer was cut off at its deadline.
-    pub answer_cut: Arc<AtomicBool>,
-    /// Raised when the caller paused its request body too long.
-    pub body_late: Arc<AtomicBool>,
-    /// Raised when a multipart body turned out to carry a part keyward refuses.
-    pub body_refused: Arc<AtomicBool>,
-    /// Set when a streamed body turned out to carry a keyward token.
-    pub body_token: Arc<std::sync::OnceLock<policy::exposure::Exposed>>,
-    /// Raised when the upstream's answer carried the secret, which was replaced.
-    pub scrubbed: Arc<AtomicBool>,
+    /// What the request's and the answer's parts tell of the way (`outcome`).
+    pub signals: Arc<Signals>,
+    /// The kind of upstream failure, for the metrics (`Failure::upstream_kind`).
+    upstream_error: Option<&'static str>,
     /// Raised when the caller's connection was cut off for not reading.
     caller_cut: Arc<AtomicBool>,
     /// The HTTP/2 stream's watchdog, if the request came on one.
@@ -100,13 +93,8 @@ impl Exchange {
             in_flight: None,
             record,
             started: Instant::now(),
-            bytes_in: Default::default(),
-            bytes_out: Default::default(),
-            answer_cut: Default::default(),
-            body_late: Default::default(),
-            body_refused: Default::default(),
-            body_token: Default::default(),
-            scrubbed: Default::default(),
+            signals: Default::default(),
+            upstream_error: None,
             caller_cut: caller.cut.clone(),
             stream: Progress::current(),
             trace: crate::control::telemetry::parent(&parts.headers),
@@ -127,26 +115,15 @@ impl Exchange {
         r.upstream = ruling.upstream.map(|i| upstream_names[i].clone());
         (r.decision, r.reason) = (ruling.verdict.decision(), ruling.verdict.reason().into());
         if let policy::Verdict::Deny(f) = &ruling.verdict {
-            self.exposure(f);
+            self.failure_seen(f);
         }
     }
 
     /// A refusal found after the policy allowed the call (the body rules).
     pub fn deny(&mut self, f: Failure) -> Failure {
         (self.record.decision, self.record.reason) = (Decision::Deny, f.reason().into());
-        self.exposure(&f);
+        self.failure_seen(&f);
         f
-    }
-
-    /// A refusal for a token in the wrong place: the record counts it exposed, and names the
-    /// token's owner when keyward knows it.
-    fn exposure(&mut self, f: &Failure) {
-        if let Failure::TokenInWrongPlace { whose, .. } = f {
-            self.record.token_exposed = true;
-            if let Some((service, token)) = whose {
-                (self.record.service, self.record.token_id) = (Some(service.clone()), Some(token.clone()));
-            }
-        }
     }
 
     pub fn would_deny(&mut self, f: &Failure) {
@@ -158,6 +135,39 @@ impl Exchange {
     pub fn failed(&mut self, f: &Failure) {
         if self.record.decision == Decision::Allow {
             self.record.reason = f.reason().into();
+        }
+        self.failure_seen(f);
+    }
+
+    /// What a failure tells besides its reason: an upstream's kind of failure (metrics), a
+    /// token exposed (the record counts it, and names the token's owner when keyward knows).
+    fn failure_seen(&mut self, f: &Failure) {
+        self.upstream_error = self.upstream_error.or(f.upstream_kind());
+        if let Failure::TokenInWrongPlace { whose, .. } = f {
+            self.record.token_exposed = true;
+            if let Some((service, token)) = whose {
+                (self.record.service, self.record.token_id) = (Some(service.clone()), Some(token.clone()));
+            }
+        }
+    }
+
+    /// The reason an allowed call that went well until its answer ends with: what happened on
+    /// the way, the most serious first. A secret scrubbed is never hidden behind a stall; a
+    /// refusal, a failure or report mode's would-deny keeps its own reason.
+    fn settled(&self) -> Option<&'static str> {
+        if self.record.decision != Decision::Allow || self.record.reason != "ok" {
+            return None;
+        }
+        let cut = self.caller_cut.load(Ordering::Relaxed)
+            || self.stream.as_ref().is_some_and(|s| s.cut.load(Ordering::Relaxed));
+        if self.signals.raised(Signal::Scrubbed) {
+            Some(SECRET_SCRUBBED)
+        } else if self.signals.raised(Signal::AnswerCut) {
+            Some(Failure::UpstreamTimeout.code())
+        } else if cut {
+            Some(CLIENT_STALLED)
+        } else {
+            None
         }
     }
 
@@ -172,7 +182,7 @@ impl Exchange {
             }
             None => body,
         };
-        let count = self.bytes_out.clone();
+        let count = Count::Out(self.signals.clone());
         Response::from_parts(parts, Metered::new(body, count, self).boxed())
     }
 
@@ -185,7 +195,7 @@ impl Exchange {
             progress.answering();
         }
         let size = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
-        self.bytes_out.store(size, Ordering::Relaxed);
+        self.signals.bytes_out.store(size, Ordering::Relaxed);
         self.refused = true;
         resp
     }
@@ -205,25 +215,24 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         let r = &mut self.record;
         r.duration_ms = self.started.elapsed().as_secs_f64() * 1e3;
-        r.bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        r.bytes_out = self.bytes_out.load(Ordering::Relaxed);
-        if self.scrubbed.load(Ordering::Relaxed) {
+        r.bytes_in = self.signals.bytes_in.load(Ordering::Relaxed);
+        r.bytes_out = self.signals.bytes_out.load(Ordering::Relaxed);
+        if self.signals.raised(Signal::Scrubbed) {
             tracing::warn!(
                 request_id = r.request_id,
                 upstream = r.upstream.as_deref(),
                 "the upstream's answer carried the secret key; keyward replaced it"
             );
-            r.reason = SECRET_SCRUBBED.into();
         }
-        if self.answer_cut.load(Ordering::Relaxed) {
-            r.reason = Failure::UpstreamTimeout.code().into();
-        } else if self.caller_cut.load(Ordering::Relaxed)
-            || self.stream.as_ref().is_some_and(|s| s.cut.load(Ordering::Relaxed))
-        {
-            r.reason = CLIENT_STALLED.into();
+        if self.signals.raised(Signal::AnswerCut) {
+            self.upstream_error = self.upstream_error.or(Failure::UpstreamTimeout.upstream_kind());
         }
+        if let Some(reason) = self.settled() {
+            self.record.reason = reason.into();
+        }
+        let r = &mut self.record;
         self.state.metrics.in_flight.dec();
-        self.state.metrics.observe(r);
+        self.state.metrics.observe(r, self.upstream_error);
         if crate::control::telemetry::enabled() {
             let end = std::time::SystemTime::now();
             let start = end - self.started.elapsed();

@@ -8,6 +8,7 @@ pub mod exchange;
 pub mod forward;
 pub mod listener;
 pub mod meter;
+pub mod outcome;
 pub mod proxy;
 pub mod respond;
 pub mod scrub;

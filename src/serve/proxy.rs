@@ -25,9 +25,10 @@ use crate::control::state::State;
 use crate::policy::canonical::BodyShape;
 use crate::policy::{self, Decision, Failure, RequestFacts, Route, Verdict};
 use crate::serve::admission::Admission;
-use crate::serve::body::{Deadline, Idle, Metered, NoTokens, PartNames};
+use crate::serve::body::{Count, Deadline, Idle, Metered, NoTokens, PartNames};
 use crate::serve::exchange::{Caller, Exchange, REQUEST_ID, RequestIds, STRIPE_REQUEST_ID, new_record};
 use crate::serve::meter::{self, MeterSessions};
+use crate::serve::outcome::{BodyStop, Signal};
 use crate::serve::respond;
 use crate::serve::scrub::{self, Scrub};
 use crate::upstream::{self, Answer, Body, BoxError};
@@ -179,7 +180,7 @@ impl Proxy {
             status,
             ..new_record(&self.ids, client_ip, &self.state.snapshot.load().version)
         };
-        self.state.metrics.observe(&record);
+        self.state.metrics.observe(&record, None);
         self.state.audit.refusal(record);
     }
 }
@@ -392,13 +393,13 @@ async fn check_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(ex.deny(Failure::BodyTooLarge { limit }));
     }
-    let body = Idle::new(body, snap.timeouts.request_body_idle, ex.body_late.clone());
-    let count = ex.bytes_in.clone();
-    let found = ex.body_token.clone();
+    let signals = ex.signals.clone();
+    let body = Idle::new(body, snap.timeouts.request_body_idle, signals.clone());
     // A streamed body is searched for tokens as it goes (a form is, whole, by `check_form`).
     let streamed = |body: Body| {
-        let body = NoTokens::new(body, snap.clone(), found);
-        Limited::new(Metered::new(body, count, ()), limit as usize).map_err(BoxError::from).boxed()
+        let body = NoTokens::new(body, snap.clone(), signals.clone());
+        let counted = Metered::new(body, Count::In(signals.clone()), ());
+        Limited::new(counted, limit as usize).map_err(BoxError::from).boxed()
     };
     Ok(match route.body {
         BodyShape::Form => {
@@ -414,17 +415,17 @@ async fn check_body(
             .await
             .unwrap_or(Err(Failure::BodyTimeout))
             .map_err(|f| ex.deny(f))?;
-            ex.bytes_in.store(form.len() as u64, Ordering::Relaxed);
+            ex.signals.bytes_in.store(form.len() as u64, Ordering::Relaxed);
             let token = policy::identity::token_from(&parts.headers, AUTHORIZATION).unwrap_or_default();
             if let Some(f) =
                 policy::check_form(&snap.policy, route.service, &form, &token).map_err(|f| ex.deny(f))?
             {
                 ex.would_deny(&f);
             }
-            Metered::new(Full::new(form).map_err(|e| match e {}), Default::default(), budget).boxed()
+            Metered::new(Full::new(form).map_err(|e| match e {}), Count::Nothing, budget).boxed()
         }
         BodyShape::Multipart(boundary) => {
-            streamed(PartNames::new(body, boundary, ex.body_refused.clone()).boxed())
+            streamed(PartNames::new(body, boundary, ex.signals.clone()).boxed())
         }
         BodyShape::Other => streamed(body.boxed()),
     })
@@ -494,16 +495,9 @@ async fn send(
             tracing::warn!(request_id, upstream, url, ?timeout, "upstream did not answer in time (504)");
             Err(Failure::UpstreamTimeout)
         }
-        // The flags, not the error chain, tell what the caller's body did: over HTTP/2 the
-        // body is sent by another task and its error does not come back.
-        Ok(Err(_)) if ex.bytes_in.load(Ordering::Relaxed) > snap.limits.max_body_bytes => {
-            Err(Failure::BodyTooLarge { limit: snap.limits.max_body_bytes })
+        Ok(Err(_)) if let Some(stop) = ex.signals.body_stop(snap.limits.max_body_bytes) => {
+            Err(body_stopped(snap, stop, ex))
         }
-        Ok(Err(_)) if ex.body_late.load(Ordering::Relaxed) => Err(Failure::BodyTimeout),
-        Ok(Err(_)) if ex.body_token.get().is_some() => Err(body_token(snap, ex)),
-        Ok(Err(_)) if ex.body_refused.load(Ordering::Relaxed) => Err(
-            ex.deny(Failure::NonCanonical("has a multipart body that is not in the one shape keyward reads"))
-        ),
         Ok(Err(e)) => {
             let cause = upstream::causes(&*e);
             tracing::warn!(request_id, upstream, url, cause, "upstream request failed (502)");
@@ -511,7 +505,7 @@ async fn send(
         }
         // An upstream that answered before the body was in: the token never left, but the
         // call is refused all the same.
-        Ok(Ok(_)) if ex.body_token.get().is_some() => Err(body_token(snap, ex)),
+        Ok(Ok(_)) if let Some(e) = ex.signals.token() => Err(body_stopped(snap, BodyStop::Token(e), ex)),
         Ok(Ok(resp)) if upstream::encoded(resp.headers()) => {
             tracing::warn!(request_id, upstream, url, "upstream answer was compressed; not passed on (502)");
             Err(Failure::UpstreamEncodingRefused)
@@ -520,10 +514,16 @@ async fn send(
     }
 }
 
-/// The refusal for a streamed body in which a token was found.
-fn body_token(snap: &Snapshot, ex: &mut Exchange) -> Failure {
-    let exposed = *ex.body_token.get().expect("found");
-    ex.deny(policy::exposed_in(&snap.policy, exposed, "the body"))
+/// What the caller gets when its body stopped the call on the way (`Signals::body_stop`).
+fn body_stopped(snap: &Snapshot, stop: BodyStop, ex: &mut Exchange) -> Failure {
+    match stop {
+        BodyStop::TooLarge => Failure::BodyTooLarge { limit: snap.limits.max_body_bytes },
+        BodyStop::Late => Failure::BodyTimeout,
+        BodyStop::Token(e) => ex.deny(policy::exposed_in(&snap.policy, e, "the body")),
+        BodyStop::Refused => {
+            ex.deny(Failure::NonCanonical("has a multipart body that is not in the one shape keyward reads"))
+        }
+    }
 }
 
 /// Phase 8: the upstream's answer as the caller gets it: hop-by-hop headers dropped, framed
@@ -538,24 +538,24 @@ fn rewrite_response(
     upstream::strip_response_headers(resp.headers_mut());
     upstream::strip_reason_phrase(resp.extensions_mut());
     if credentials.headers(resp.headers_mut()) {
-        ex.scrubbed.store(true, Ordering::Relaxed);
+        ex.signals.raise(Signal::Scrubbed);
     }
     *resp.version_mut() = parts.version;
     ex.record.upstream_request_id =
         resp.headers().get("request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let scrubbed = ex.scrubbed.clone();
-    resp.map(|b| Scrub::new(Deadline::new(b, deadline, ex.answer_cut.clone()), credentials, scrubbed).boxed())
+    let signals = ex.signals.clone();
+    resp.map(|b| Scrub::new(Deadline::new(b, deadline, signals.clone()), credentials, signals).boxed())
 }
 
 /// A form body, whole: at most `limit` bytes, arriving within `within` (and with no pause
 /// longer than the body's own idle timeout).
 async fn read_form(body: Idle<Incoming>, limit: usize, within: Duration) -> Result<Bytes, Failure> {
-    let late = body.late();
+    let signals = body.signals();
     match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
         Err(_) => Err(Failure::BodyTimeout),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Failure::FormTooLarge { limit }),
-        Ok(Err(_)) if late.load(Ordering::Relaxed) => Err(Failure::BodyTimeout),
+        Ok(Err(_)) if signals.raised(Signal::BodyLate) => Err(Failure::BodyTimeout),
         Ok(Err(_)) => Err(Failure::BodyUnreadable),
     }
 }

@@ -8,7 +8,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -16,6 +15,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::secrets::Loaded;
+use crate::serve::outcome::{Signal, Signals};
 use crate::upstream::BoxError;
 
 /// What replaces the secret: this, then `*`, cut to the secret's length.
@@ -155,17 +155,17 @@ impl Scrubber {
     }
 }
 
-/// A body with the credentials replaced; raises `hit` when one was there.
+/// A body with the credentials replaced; signals `Scrubbed` when one was there.
 pub struct Scrub<B> {
     inner: B,
     scrubber: Scrubber,
-    hit: Arc<AtomicBool>,
+    signals: Arc<Signals>,
     done: bool,
 }
 
 impl<B> Scrub<B> {
-    pub fn new(inner: B, credentials: Credentials, hit: Arc<AtomicBool>) -> Self {
-        Scrub { inner, scrubber: Scrubber::new(credentials), hit, done: false }
+    pub fn new(inner: B, credentials: Credentials, signals: Arc<Signals>) -> Self {
+        Scrub { inner, scrubber: Scrubber::new(credentials), signals, done: false }
     }
 }
 
@@ -189,7 +189,7 @@ where
                     Ok(data) => {
                         let (out, hit) = self.scrubber.push(data);
                         if hit {
-                            self.hit.store(true, Ordering::Relaxed);
+                            self.signals.raise(Signal::Scrubbed);
                         }
                         if !out.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
