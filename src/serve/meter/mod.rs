@@ -11,6 +11,8 @@
 //!
 //! Sessions are per process: a replica that holds none makes its own. Never recorded or logged.
 
+mod session;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +21,8 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use zeroize::Zeroizing;
+
+pub use session::{session_answer, stream_session};
 
 pub const SESSION: &str = "/v2/billing/meter_event_session";
 pub const STREAM: &str = "/v2/billing/meter_event_stream";
@@ -29,18 +33,21 @@ const MAX_HELD: usize = 1024;
 const MARGIN_SECS: i64 = 60;
 
 /// Which secret (by a hash of its value, so a rotated key makes new sessions) and for which
-/// Connect context (`Stripe-Context`, else `Stripe-Account`).
+/// Connect context: both `Stripe-Account` and `Stripe-Context` as sent, so that a session is
+/// never used for a call whose context differs in either (no precedence to choose).
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Key([u8; 16], String);
+pub struct Key([u8; 16], Option<String>, Option<String>);
 
 impl Key {
     pub fn of(secret: &str, parts: &Parts) -> Key {
         let digest = Sha256::digest(secret.as_bytes());
-        let context = ["stripe-context", "stripe-account"]
-            .iter()
-            .find_map(|h| parts.headers.get(*h).and_then(|v| v.to_str().ok()))
-            .unwrap_or("");
-        Key(digest[..16].try_into().expect("16 of 32 bytes"), context.to_string())
+        let header =
+            |h: &str| parts.headers.get(h).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        Key(
+            digest[..16].try_into().expect("16 of 32 bytes"),
+            header("stripe-account"),
+            header("stripe-context"),
+        )
     }
 }
 
