@@ -148,7 +148,8 @@ fn builtin() -> Policy {
         }
     }
     let routes = catalog.entries.iter().map(|e| upstreams.iter().position(|u| **u == *e.upstream)).collect();
-    Policy { catalog, expansions, routes, upstreams, ..Policy::default() }
+    let main_upstream = upstreams.iter().position(|u| **u == *policy::MAIN_UPSTREAM);
+    Policy { catalog, expansions, routes, upstreams, main_upstream, ..Policy::default() }
 }
 
 /// A service granted nothing, for any account: what `--no-config` decides for.

@@ -49,6 +49,9 @@ pub struct Entry {
     pub direct: bool,
     /// Takes a multipart body (file uploads); no other entry does.
     pub multipart: bool,
+    /// The path segment (by `/`-split position) of its `{account}` parameter: a connected
+    /// account the call acts on, checked against the service's `accounts`.
+    pub account_segment: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +149,18 @@ impl Catalog {
             }
         }
         let segments = template_segments(template).map_err(AddError::Message)?;
+        // The convention the account rule relies on, held here rather than assumed there.
+        for tree in ["/v1/accounts/", "/v2/core/accounts/"] {
+            if let Some(rest) = template.strip_prefix(tree)
+                && rest.starts_with('{')
+                && !rest.starts_with("{account}")
+            {
+                return Err(AddError::Message(format!(
+                    "a template under {tree} names its first parameter `{{account}}`"
+                )));
+            }
+        }
+        let account_segment = template.split('/').position(|s| s == "{account}");
         let perm_id = self.intern(permission);
         let idx = self.entries.len() as u32;
         let mut node = &mut self.root;
@@ -169,6 +184,7 @@ impl Catalog {
             upstream: upstream.to_string(),
             direct,
             multipart,
+            account_segment,
         });
         Ok(idx)
     }
@@ -311,5 +327,27 @@ mod tests {
         assert_eq!(lines, [2, 3, 5], "{errs:?}");
         let dup = Catalog::parse("GET /v1/{a} x read api\nGET /v1/{b} y read api\n").unwrap_err();
         assert_eq!(dup[0].message, "same method and path shape as line 1");
+    }
+
+    #[test]
+    fn an_account_parameter_is_found_by_its_name_and_the_accounts_trees_must_name_it() {
+        let c = Catalog::parse(
+            "GET /v1/accounts/{account}/persons x read api
+GET /v2/core/accounts/{account} y read api
+GET /v1/charges/{charge} z read api
+",
+        )
+        .unwrap();
+        let segments: Vec<_> = c.entries.iter().map(|e| e.account_segment).collect();
+        assert_eq!(segments, [Some(3), Some(4), None]);
+        for bad in [
+            "GET /v1/accounts/{id} x read api
+",
+            "GET /v2/core/accounts/{acct}/persons x read api
+",
+        ] {
+            let errs = Catalog::parse(bad).unwrap_err();
+            assert!(errs[0].message.contains("names its first parameter `{account}`"), "{errs:?}");
+        }
     }
 }

@@ -255,7 +255,7 @@ pub fn authorize<'s>(
     ruling.upstream = match ruling.entry {
         Some(e) => policy.routes[e.index],
         // Report mode forwards unknown calls too, to the main API, so the record shows them.
-        None => policy.upstreams.iter().position(|u| &**u == "api"),
+        None => policy.main_upstream,
     };
     // Phase 4: authorize.
     let failure = match ruling.entry {
@@ -351,21 +351,13 @@ fn stripe_account(parts: &Parts) -> Option<&str> {
 }
 
 /// Every connected account a call acts for: `Stripe-Account`, each account in a
-/// `Stripe-Context` path, and the `{account}` of `/v1/accounts/{account}/…` and
-/// `/v2/core/accounts/{account}/…` (the catalog's convention, docs/catalog.md).
+/// `Stripe-Context` path, and the entry's `{account}` path parameter (`/v1/accounts/{account}/…`).
 fn connect_accounts<'a>(parts: &'a Parts, entry: &Entry, path: &'a str) -> impl Iterator<Item = &'a str> {
     let headers = [&STRIPE_ACCOUNT, &STRIPE_CONTEXT]
         .into_iter()
         .flat_map(|name| parts.headers.get_all(name))
         // An unreadable header names an account we cannot check: refuse it as that.
         .flat_map(|v| v.to_str().unwrap_or("<unreadable>").split('/').map(str::trim));
-    let segment = if entry.template.starts_with("/v1/accounts/{") {
-        Some(3)
-    } else if entry.template.starts_with("/v2/core/accounts/{") {
-        Some(4)
-    } else {
-        None
-    };
-    let in_path = segment.and_then(|n| path.split('/').nth(n));
+    let in_path = entry.account_segment.and_then(|n| path.split('/').nth(n));
     headers.chain(in_path)
 }

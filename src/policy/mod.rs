@@ -23,4 +23,4 @@ pub use decide::{
 };
 pub use facts::RequestFacts;
 pub use failure::Failure;
-pub use model::{Accounts, Level, Mode, Policy, Quarantine, Service, Token, TokenRef};
+pub use model::{Accounts, Level, MAIN_UPSTREAM, Mode, Policy, Quarantine, Service, Token, TokenRef};

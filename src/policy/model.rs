@@ -12,6 +12,9 @@ use crate::policy::catalog::{Catalog, PermId};
 use crate::policy::expand::Expansions;
 use crate::policy::identity::TokenHash;
 
+/// The payments API's main host's upstream name (`[upstream.api]`), as the catalog names it.
+pub const MAIN_UPSTREAM: &str = "api";
+
 #[derive(Debug, Default)]
 pub struct Policy {
     pub catalog: Catalog,
@@ -20,6 +23,9 @@ pub struct Policy {
     pub routes: Vec<Option<usize>>,
     /// The configured upstreams' names, in the snapshot's order.
     pub upstreams: Vec<Arc<str>>,
+    /// The index of [`MAIN_UPSTREAM`] among them, if configured: where report mode sends calls
+    /// to endpoints the catalog lacks, so that their records show them.
+    pub main_upstream: Option<usize>,
     /// For each upstream, the `host:port` a forward-mode `CONNECT` names it by: its URL's, when
     /// that is a DNS name (never an address or `localhost`).
     pub hosts: Vec<Option<String>>,

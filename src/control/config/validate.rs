@@ -138,6 +138,7 @@ pub fn validate(
             catalog: catalog_parsed,
             expansions: expansions_parsed,
             routes,
+            main_upstream: upstreams.iter().position(|u| **u == *crate::policy::MAIN_UPSTREAM),
             upstreams,
             hosts,
             services,
