@@ -110,7 +110,7 @@ pub async fn start(src: &Source) -> Result<Running, StartError> {
     if let Some(l) = admin_listener {
         tasks.spawn(crate::control::admin::serve(l, reloader.clone(), tasks.clone(), background.clone()));
     }
-    use crate::serve::listener::{Port, serve};
+    use crate::serve::accept::{Port, serve};
     let mut listeners = vec![tokio::spawn(serve(listener, proxy.clone(), accept.clone(), Port::Reverse))];
     if let Some(l) = forward_listener {
         listeners.push(tokio::spawn(serve(l, proxy.clone(), accept.clone(), Port::Forward)));

@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::queue::Settings;
+use super::settings::Settings;
 use super::{GENESIS, line_hash};
 
 /// Lines back to back, each with its newline, serialized in place: no buffer per record,

@@ -8,6 +8,7 @@ pub mod queue;
 pub mod report;
 pub mod rotation;
 pub mod scope;
+mod settings;
 pub mod verify;
 
 use std::borrow::Cow;
@@ -20,7 +21,8 @@ use crate::policy::Decision;
 use sha2::{Digest, Sha256};
 
 pub use line::timestamp;
-pub use queue::{AuditSink, Settings, Slot};
+pub use queue::{AuditSink, Slot};
+pub use settings::Settings;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct AccessRecord {

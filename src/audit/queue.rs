@@ -19,27 +19,8 @@ use crate::policy::identity::address_key;
 use super::file::{Output, Pending};
 use super::fold::{FoldedRefusals, Folds};
 use super::rotation::Rotation;
+use super::settings::Settings;
 use super::{AccessRecord, write_line_hash};
-
-/// How the access log is written, from `[audit]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// A file, or "-" for stdout.
-    pub path: String,
-    /// Rotate when the file would grow past this.
-    pub max_bytes: u64,
-    /// Rotated files kept (`path.1` … `path.N`).
-    pub keep: usize,
-    pub queue: usize,
-    /// Refuse new requests (503) while records cannot be written.
-    pub fail_closed: bool,
-    /// Refusal records written per second from one address (its /64 for IPv6), and from all
-    /// together; beyond either, refusals are folded (`fold`).
-    pub refusals_per_ip: u32,
-    pub refusals_per_second: u32,
-    /// How often folded refusals are written.
-    pub fold_interval: Duration,
-}
 
 enum Msg {
     /// With the refusal share's permit, if it is a refusal's: given back once the writer has it.

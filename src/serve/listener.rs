@@ -1,6 +1,6 @@
-//! The listeners: accept TCP (within the connection limits); on the reverse-proxy port
-//! handshake TLS and serve HTTP/1.1 and HTTP/2 with every caller-facing timeout (tunnels do
-//! the same inside, `forward`); drain on shutdown.
+//! A connection's life once accepted (`accept`): on the reverse-proxy port handshake TLS and
+//! serve HTTP/1.1 and HTTP/2 with every caller-facing timeout (tunnels do the same inside,
+//! `forward`), close politely when shutdown drains, record what hyper refused to parse.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -24,16 +24,6 @@ use crate::serve::exchange::Caller;
 use crate::serve::proxy::Proxy;
 use crate::serve::stall::{StallGuard, StreamCount, StreamExec};
 
-/// Which port a listener serves.
-#[derive(Debug, Clone, Copy)]
-#[repr(usize)]
-pub enum Port {
-    /// The API over TLS: callers use keyward as their base URL.
-    Reverse,
-    /// The HTTP proxy (`HTTPS_PROXY`): `CONNECT` to the API's hosts, intercepted.
-    Forward,
-}
-
 /// An accepted connection: who, its admission, and the limits it started under.
 pub struct Accepted {
     pub ip: IpAddr,
@@ -44,79 +34,6 @@ pub struct Accepted {
     pub counted: Arc<Connection>,
     pub timeouts: Timeouts,
     pub limits: Limits,
-}
-
-/// Serve `listener` until `accept` is cancelled, then stop accepting, close connections
-/// politely (HTTP/1.1 `Connection: close` after the request in flight, HTTP/2 `GOAWAY`) and
-/// give in-flight requests the snapshot's grace period; end what is left after it, and return
-/// once every connection and stream task is gone, so that every request's access record has
-/// been handed to the log.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, accept: CancellationToken, port: Port) {
-    let ends = Ends::default();
-    let admission = proxy.admission[port as usize].clone();
-    loop {
-        let max = proxy.state.snapshot.load().limits.max_connections;
-        let accepted = tokio::select! {
-            a = async {
-                // Past `max_connections`, new connections wait in the kernel's backlog.
-                admission.room(max).await;
-                listener.accept().await
-            } => a,
-            _ = accept.cancelled() => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends pass; never end the server over one accept.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // A dual-stack listener sees IPv4 callers as `::ffff:a.b.c.d`: allowlists and
-        // records speak of them as IPv4.
-        let ip = peer.ip().to_canonical();
-        let snap = proxy.state.snapshot.load();
-        let l = &snap.limits;
-        // Unproven tunnels may hold at most half of `forward.max_tunnels`: the rest is for
-        // callers who have shown a token.
-        let unproven_cap = match (port, snap.forward) {
-            (Port::Forward, Some(f)) => l.max_unproven_connections.min((f.max_tunnels / 2).max(1)),
-            _ => l.max_unproven_connections,
-        };
-        let Some(counted) = admission.admit(ip, l, unproven_cap) else {
-            tracing::debug!(%peer, "connection closed: too many from this address (max_connections_per_ip, max_unproven_per_ip)");
-            continue;
-        };
-        let (timeouts, limits) = (snap.timeouts, snap.limits);
-        drop(snap);
-        let _ = tcp.set_nodelay(true);
-        let (proxy, ends2) = (proxy.clone(), ends.clone());
-        ends.tasks.spawn(async move {
-            let counted = Arc::new(counted);
-            let cut = Arc::new(AtomicBool::new(false));
-            let tcp = StallGuard::new(tcp, timeouts.client_send, cut.clone());
-            let conn = Accepted { ip, peer, cut, counted: counted.clone(), timeouts, limits };
-            let serving = async move {
-                match port {
-                    Port::Reverse => reverse(tcp, conn, proxy, ends2).await,
-                    Port::Forward => crate::serve::forward::connection(tcp, conn, proxy, ends2).await,
-                }
-            };
-            guarded(serving, &counted, timeouts.unproven_idle, peer).await;
-        });
-    }
-    drop(listener);
-    let grace = proxy.state.snapshot.load().timeouts.shutdown_grace;
-    ends.drain.cancel();
-    ends.tasks.close();
-    match tokio::time::timeout(grace, ends.tasks.wait()).await {
-        Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
-    }
-    // Whatever is left ends now; its exchanges are dropped, and so recorded.
-    ends.kill.cancel();
-    ends.tasks.wait().await;
 }
 
 /// Serve a connection until it ends, or until it is closed for proving nothing: evicted to make
@@ -136,7 +53,7 @@ pub async fn guarded(serving: impl Future<Output = ()>, conn: &Connection, idle:
 
 /// A connection to the reverse-proxy listener: TLS, then HTTP, with a `close` of its own that
 /// the request path uses to end it politely (an unproven caller refused too often).
-async fn reverse(tcp: StallGuard<TcpStream>, conn: Accepted, proxy: Arc<Proxy>, ends: Ends) {
+pub async fn reverse(tcp: StallGuard<TcpStream>, conn: Accepted, proxy: Arc<Proxy>, ends: Ends) {
     let Some(tls) = proxy.state.snapshot.load().tls.clone() else {
         return tracing::error!("no TLS configuration loaded; refusing connection");
     };

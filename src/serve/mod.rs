@@ -2,6 +2,7 @@
 //! `exchange` per request), the one place failures become responses (`respond`), and the
 //! body wrappers the request path streams through.
 
+pub mod accept;
 pub mod admission;
 pub mod body;
 pub mod exchange;

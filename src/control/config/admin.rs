@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::errors::Errors;
 use super::file::FileConfig;
-use super::validate::Errors;
 use crate::policy::identity::TokenHash;
 
 /// A token that may call the admin port's mutating endpoints.

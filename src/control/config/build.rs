@@ -9,8 +9,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::errors::Errors;
 use super::file::{ClientCert, FileConfig, SecretFile};
-use super::validate::{Errors, Plan, Table};
+use super::validate::{Plan, Table};
 use super::{ConfigError, Options, Source};
 use crate::control::intercept::Intercept;
 use crate::control::limits::{self, RateLimits};

@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::errors::Errors;
 use super::file::FileConfig;
-use super::validate::Errors;
 use crate::control::snapshot::ForwardSettings;
 
 /// For each upstream (in the file's order), the `host:port` a `CONNECT` names it by: only DNS

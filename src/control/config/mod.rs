@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod build;
+mod errors;
 pub mod file;
 mod forward;
 mod ratelimit;

@@ -3,8 +3,8 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use super::errors::Errors;
 use super::file::FileConfig;
-use super::validate::Errors;
 use crate::control::limits::{BudgetSpec, Rate, StoreSpec};
 
 /// `[ratelimit]` as planned; the store's password is read from its secret by `build`.

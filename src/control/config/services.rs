@@ -10,8 +10,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use toml::Spanned;
 
+use super::errors::Errors;
 use super::file::{FileConfig, ServiceFile};
-use super::validate::Errors;
 use crate::control::limits::{LimitSpec, Rate};
 use crate::policy::catalog::Catalog;
 use crate::policy::{Accounts, Level, Quarantine, Service, Token, TokenRef};

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::errors::Errors;
 use super::file::{FileConfig, SecretFile};
 use super::{ConfigError, Source};
 use crate::control::snapshot::{ForwardSettings, Limits, Timeouts};
 use crate::policy::Policy;
-use crate::policy::catalog::{Catalog, LineError};
+use crate::policy::catalog::Catalog;
 use crate::policy::expand::Expansions;
 use crate::secrets::vault::Spec;
 use crate::text::line_of;
@@ -51,25 +52,6 @@ pub struct Plan {
     pub admin: super::admin::AdminSettings,
 }
 
-/// Errors of one configuration, each at its file, line and key.
-pub struct Errors<'a> {
-    pub src: &'a Source,
-    pub list: Vec<ConfigError>,
-}
-
-impl Errors<'_> {
-    pub fn at(&mut self, span: Option<std::ops::Range<usize>>, key: impl AsRef<str>, msg: impl Into<String>) {
-        let line = span.map(|s| line_of(&self.src.text, s.start));
-        self.list.push(ConfigError::new(&self.src.name, line, key.as_ref(), msg));
-    }
-
-    fn table(&mut self, table: &Table, lines: Vec<LineError>) {
-        for l in lines {
-            self.list.push(ConfigError::new(std::path::Path::new(&table.name), Some(l.line), "", l.message));
-        }
-    }
-}
-
 /// Read the configuration text into its file types (the first syntax or type error stops it).
 pub fn parse(src: &Source) -> Result<FileConfig, Vec<ConfigError>> {
     toml::from_str(&src.text).map_err(|e| {
@@ -90,14 +72,14 @@ pub fn validate(
 ) -> (Plan, Vec<ConfigError>) {
     let mut errs = Errors { src, list: Vec::new() };
     let catalog_parsed = Catalog::parse(&catalog.text).unwrap_or_else(|lines| {
-        errs.table(catalog, lines);
+        errs.table(&catalog.name, lines);
         Catalog::default()
     });
     // A broken catalog already said why; its names would be missing here too.
     let expansions_parsed = match catalog_parsed.permission_count() {
         0 => Expansions::default(),
         _ => Expansions::parse(&expansions.text, &catalog_parsed).unwrap_or_else(|lines| {
-            errs.table(expansions, lines);
+            errs.table(&expansions.name, lines);
             Expansions::default()
         }),
     };
