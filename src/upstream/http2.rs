@@ -526,3 +526,6 @@ impl http_body::Body for RecvBody {
         SizeHint::default()
     }
 }
+
+#[cfg(test)]
+mod tests;
