@@ -5,91 +5,342 @@ use crate::common::*;
 
 const TOKEN: &str = "kw_hostile_token_0123456789abcdWXYZ";
 
-/// `(request line, extra header, status, code)`. A `code` of `-` means the HTTP parser itself
-/// refuses the request (a bare 400 before keyward's policy runs).
-const CASES: &[(&str, &str, u16, &str)] = &[
-    ("GET /v1/charges/../customers HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/./charges HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1/../../charges HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges/%2e%2e/customers HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges/%2E%2E/customers HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges/ch_1%2e HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges%2fch_1 HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges%2Fch_1 HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges%5cch_1 HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges%5Cch_1 HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges/%252e%252e HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges\\ch_1 HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET //v1/charges HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1//charges HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges/ HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges;jsessionid=1 HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges/ch_1;v=2 HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges/ch_1%00 HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges/ch_1%0d%0aX-Injected:1 HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges/ch_1%C3%A9 HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges/%zz HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges. HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges/ch_1. HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/charges.. HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET https://evil.example/v1/charges HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET http://api.stripe.com/v1/charges HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1 HTTP/1.1", "X-HTTP-Method-Override: DELETE", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1 HTTP/1.1", "X-HTTP-Method: DELETE", 400, "non_canonical_request"),
+/// `(request line, extra header, status, code, why)`. A `code` of `-` means the HTTP parser
+/// itself refuses the request (a bare 400 before keyward's policy runs). `why` is what the
+/// refusal's message must say: the rule that fired, so that a row cannot pass because another
+/// one did.
+const CASES: &[(&str, &str, u16, &str, &str)] = &[
+    ("GET /v1/charges/../customers HTTP/1.1", "", 400, "non_canonical_request", "has a dot segment"),
+    ("GET /v1/./charges HTTP/1.1", "", 400, "non_canonical_request", "has a dot segment"),
+    ("GET /v1/customers/cus_1/../../charges HTTP/1.1", "", 400, "non_canonical_request", "has a dot segment"),
+    (
+        "GET /v1/charges/%2e%2e/customers HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "percent-encodes a path delimiter (/ \\ . % ;)",
+    ),
+    (
+        "GET /v1/charges/%2E%2E/customers HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "percent-encodes a path delimiter (/ \\ . % ;)",
+    ),
+    (
+        "GET /v1/charges/ch_1%2e HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "percent-encodes a path delimiter (/ \\ . % ;)",
+    ),
+    (
+        "GET /v1/charges%2fch_1 HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "percent-encodes a path delimiter (/ \\ . % ;)",
+    ),
+    (
+        "GET /v1/charges%2Fch_1 HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "percent-encodes a path delimiter (/ \\ . % ;)",
+    ),
+    (
+        "GET /v1/charges%5cch_1 HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "percent-encodes a path delimiter (/ \\ . % ;)",
+    ),
+    (
+        "GET /v1/charges%5Cch_1 HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "percent-encodes a path delimiter (/ \\ . % ;)",
+    ),
+    (
+        "GET /v1/charges/%252e%252e HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "percent-encodes a path delimiter (/ \\ . % ;)",
+    ),
+    ("GET /v1/charges\\ch_1 HTTP/1.1", "", 400, "non_canonical_request", "has a backslash"),
+    (
+        "GET //v1/charges HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "has an empty path segment (// or a trailing /)",
+    ),
+    (
+        "GET /v1//charges HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "has an empty path segment (// or a trailing /)",
+    ),
+    (
+        "GET /v1/charges/ HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "has an empty path segment (// or a trailing /)",
+    ),
+    ("GET /v1/charges;jsessionid=1 HTTP/1.1", "", 400, "non_canonical_request", "has a ; path parameter"),
+    ("GET /v1/charges/ch_1;v=2 HTTP/1.1", "", 400, "non_canonical_request", "has a ; path parameter"),
+    (
+        "GET /v1/charges/ch_1%00 HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "percent-encodes a control or non-ASCII byte",
+    ),
+    (
+        "GET /v1/charges/ch_1%0d%0aX-Injected:1 HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "percent-encodes a control or non-ASCII byte",
+    ),
+    (
+        "GET /v1/charges/ch_1%C3%A9 HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "percent-encodes a control or non-ASCII byte",
+    ),
+    ("GET /v1/charges/%zz HTTP/1.1", "", 400, "non_canonical_request", "has a malformed percent-encoding"),
+    ("GET /v1/charges. HTTP/1.1", "", 400, "non_canonical_request", "has a path segment ending in a dot"),
+    (
+        "GET /v1/charges/ch_1. HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "has a path segment ending in a dot",
+    ),
+    ("GET /v1/charges.. HTTP/1.1", "", 400, "non_canonical_request", "has a path segment ending in a dot"),
+    (
+        "GET https://evil.example/v1/charges HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "is in absolute form; send only the path",
+    ),
+    (
+        "GET http://api.stripe.com/v1/charges HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "is in absolute form; send only the path",
+    ),
+    (
+        "GET /v1/customers/cus_1 HTTP/1.1",
+        "X-HTTP-Method-Override: DELETE",
+        400,
+        "non_canonical_request",
+        "carries a method-override header",
+    ),
+    (
+        "GET /v1/customers/cus_1 HTTP/1.1",
+        "X-HTTP-Method: DELETE",
+        400,
+        "non_canonical_request",
+        "carries a method-override header",
+    ),
     // A header named in `Connection` is dropped on the way: keyward would check one request
     // (and record one account) and forward another.
-    ("GET /v1/customers/cus_1 HTTP/1.1", "Connection: Stripe-Account", 400, "non_canonical_request"),
+    (
+        "GET /v1/customers/cus_1 HTTP/1.1",
+        "Connection: Stripe-Account",
+        400,
+        "non_canonical_request",
+        "comes with a Connection header naming a header keyward checks",
+    ),
     (
         "GET /v1/customers/cus_1 HTTP/1.1",
         "Connection: keep-alive, stripe-context",
         400,
         "non_canonical_request",
+        "comes with a Connection header naming a header keyward checks",
     ),
-    ("GET /v1/customers/cus_1 HTTP/1.1", "Connection: content-type", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1 HTTP/1.1", "Connection: keep-alive", 200, ""),
-    ("GET /v1/customers/%73earch HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1?%5Fmethod=DELETE HTTP/1.1", "", 400, "non_canonical_request"),
+    (
+        "GET /v1/customers/cus_1 HTTP/1.1",
+        "Connection: content-type",
+        400,
+        "non_canonical_request",
+        "comes with a Connection header naming a header keyward checks",
+    ),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "Connection: keep-alive", 200, "", ""),
+    (
+        "GET /v1/customers/%73earch HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "percent-encodes a letter, digit, -, _ or ~, which need no encoding",
+    ),
+    (
+        "GET /v1/customers/cus_1?%5Fmethod=DELETE HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "carries a _method override",
+    ),
     (
         "POST /v1/customers/cus_1 HTTP/1.1",
         "Content-Type: text/plain\r\nContent-Type: application/x-www-form-urlencoded",
         400,
         "non_canonical_request",
+        "carries more than one Content-Type, Stripe-Account or Stripe-Context",
     ),
-    ("GET /v1/customers/cus_1 HTTP/1.1", "X-Method-Override: POST", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1?_method=DELETE HTTP/1.1", "", 400, "non_canonical_request"),
+    (
+        "GET /v1/customers/cus_1 HTTP/1.1",
+        "X-Method-Override: POST",
+        400,
+        "non_canonical_request",
+        "carries a method-override header",
+    ),
+    (
+        "GET /v1/customers/cus_1?_method=DELETE HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "carries a _method override",
+    ),
     // CGI-style servers read `_` in a header name as `-`.
-    ("GET /v1/customers/cus_1 HTTP/1.1", "Stripe_Account: acct_evil", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1 HTTP/1.1", "Stripe_Context: acct_evil", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1 HTTP/1.1", "X_HTTP_Method_Override: DELETE", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1 HTTP/1.1", "X-HTTP_Method-Override: DELETE", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1 HTTP/1.1", "Keyward_Debug: 1", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1 HTTP/1.1", "X_Forwarded_For: 10.0.0.1", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1 HTTP/1.1", "X_Custom_Header: 1", 200, ""),
+    (
+        "GET /v1/customers/cus_1 HTTP/1.1",
+        "Stripe_Account: acct_evil",
+        400,
+        "non_canonical_request",
+        "has a header name with _ that servers read as a header keyward checks or sets",
+    ),
+    (
+        "GET /v1/customers/cus_1 HTTP/1.1",
+        "Stripe_Context: acct_evil",
+        400,
+        "non_canonical_request",
+        "has a header name with _ that servers read as a header keyward checks or sets",
+    ),
+    (
+        "GET /v1/customers/cus_1 HTTP/1.1",
+        "X_HTTP_Method_Override: DELETE",
+        400,
+        "non_canonical_request",
+        "has a header name with _ that servers read as a header keyward checks or sets",
+    ),
+    (
+        "GET /v1/customers/cus_1 HTTP/1.1",
+        "X-HTTP_Method-Override: DELETE",
+        400,
+        "non_canonical_request",
+        "has a header name with _ that servers read as a header keyward checks or sets",
+    ),
+    (
+        "GET /v1/customers/cus_1 HTTP/1.1",
+        "Keyward_Debug: 1",
+        400,
+        "non_canonical_request",
+        "has a header name with _ that servers read as a header keyward checks or sets",
+    ),
+    (
+        "GET /v1/customers/cus_1 HTTP/1.1",
+        "X_Forwarded_For: 10.0.0.1",
+        400,
+        "non_canonical_request",
+        "has a header name with _ that servers read as a header keyward checks or sets",
+    ),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "X_Custom_Header: 1", 200, "", ""),
     (
         "GET /v1/customers/cus_1 HTTP/1.1",
         "Stripe-Account: acct_1\r\nStripe-Account: acct_2",
         400,
         "non_canonical_request",
+        "carries more than one Content-Type, Stripe-Account or Stripe-Context",
     ),
     // Rack splits the query on `;` too, and reads stray brackets leniently.
-    ("GET /v1/customers/cus_1?a=1;expand[]=default_source HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1?[expand][]=default_source HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1?expand]=default_source HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1?expand[0=default_source HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1?expand=a&expand=b HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1?expand[]=%zz HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /v1/customers/cus_1?expand[0]=a&expand[1]=b HTTP/1.1", "", 200, ""),
-    ("CONNECT api.stripe.com:443 HTTP/1.1", "", 400, "non_canonical_request"),
-    ("GET /V1/CHARGES HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
-    ("GET /v1/Charges HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
-    ("Get /v1/charges HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
-    ("TRACE /v1/charges HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
-    ("PUT /v1/customers/cus_1 HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
-    ("GET /v1/customers/cus_1/extra HTTP/1.1", "", 403, "endpoint_not_in_catalog"),
+    (
+        "GET /v1/customers/cus_1?a=1;expand[]=default_source HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "uses ; between parameters, which some servers read as &",
+    ),
+    (
+        "GET /v1/customers/cus_1?[expand][]=default_source HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "has a parameter name with stray or unbalanced brackets",
+    ),
+    (
+        "GET /v1/customers/cus_1?expand]=default_source HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "has a parameter name with stray or unbalanced brackets",
+    ),
+    (
+        "GET /v1/customers/cus_1?expand[0=default_source HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "has a parameter name with stray or unbalanced brackets",
+    ),
+    (
+        "GET /v1/customers/cus_1?expand=a&expand=b HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "gives expand twice, or in two forms, which servers read differently",
+    ),
+    (
+        "GET /v1/customers/cus_1?expand[]=%zz HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "has a malformed percent-encoding in a parameter",
+    ),
+    ("GET /v1/customers/cus_1?expand[0]=a&expand[1]=b HTTP/1.1", "", 200, "", ""),
+    (
+        "CONNECT api.stripe.com:443 HTTP/1.1",
+        "",
+        400,
+        "non_canonical_request",
+        "is in absolute form; send only the path",
+    ),
+    ("GET /V1/CHARGES HTTP/1.1", "", 403, "endpoint_not_in_catalog", "no entry for GET /V1/CHARGES"),
+    ("GET /v1/Charges HTTP/1.1", "", 403, "endpoint_not_in_catalog", "no entry for GET /v1/Charges"),
+    ("Get /v1/charges HTTP/1.1", "", 403, "endpoint_not_in_catalog", "no entry for Get /v1/charges"),
+    ("TRACE /v1/charges HTTP/1.1", "", 403, "endpoint_not_in_catalog", "no entry for TRACE /v1/charges"),
+    (
+        "PUT /v1/customers/cus_1 HTTP/1.1",
+        "",
+        403,
+        "endpoint_not_in_catalog",
+        "no entry for PUT /v1/customers/cus_1",
+    ),
+    (
+        "GET /v1/customers/cus_1/extra HTTP/1.1",
+        "",
+        403,
+        "endpoint_not_in_catalog",
+        "no entry for GET /v1/customers/cus_1/extra",
+    ),
     // The Host header is not where a call goes: keyward picks the upstream.
-    ("GET /v1/customers/cus_1 HTTP/1.1", "Host: evil.example", 200, ""),
-    ("GET /v1/customers/cus_1?expand[]=x HTTP/1.1", "", 200, ""),
+    ("GET /v1/customers/cus_1 HTTP/1.1", "Host: evil.example", 200, "", ""),
+    ("GET /v1/customers/cus_1?expand[]=x HTTP/1.1", "", 200, "", ""),
 ];
+
+/// The `error.message` of a JSON answer, or nothing.
+fn message_of(body: &[u8]) -> String {
+    let v = serde_json::from_slice::<serde_json::Value>(body).ok();
+    v.and_then(|v| v["error"]["message"].as_str().map(str::to_string)).unwrap_or_default()
+}
 
 #[tokio::test]
 async fn hostile_request_table() {
@@ -100,15 +351,16 @@ async fn hostile_request_table() {
     let utf8 = "GET /v1/charges/ch_\u{e9} HTTP/1.1".to_string();
     // The record keeps the first 1,024 bytes of a path: here that cut falls inside the `é`.
     let utf8_at_cut = format!("GET /{}\u{e9} HTTP/1.1", "a".repeat(1022));
-    let extra: Vec<(String, &str, u16, &str)> = vec![
-        (overlong, "", 400, "non_canonical_request"),
-        (nul, "", 400, "-"),
-        (utf8, "", 400, "non_canonical_request"),
-        (utf8_at_cut, "", 400, "non_canonical_request"),
+    let extra: Vec<(String, &str, u16, &str, &str)> = vec![
+        (overlong, "", 400, "non_canonical_request", "path is too long"),
+        (nul, "", 400, "-", ""),
+        (utf8, "", 400, "non_canonical_request", "has a non-ASCII byte"),
+        // Too long before it is anything else.
+        (utf8_at_cut, "", 400, "non_canonical_request", "path is too long"),
     ];
-    let all = CASES.iter().map(|(l, h, s, c)| (l.to_string(), *h, *s, *c)).chain(extra);
+    let all = CASES.iter().map(|(l, h, s, c, w)| (l.to_string(), *h, *s, *c, *w)).chain(extra);
     let mut rows = 0;
-    for (line, header, status, code) in all {
+    for (line, header, status, code, why) in all {
         rows += 1;
         let mut raw = format!("{line}\r\n");
         if !header.starts_with("Host:") {
@@ -126,9 +378,12 @@ async fn hostile_request_table() {
             .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
             .unwrap_or_else(|| if got_status == 200 { String::new() } else { "-".into() });
         let shown: String = line.chars().take(60).collect::<String>().escape_debug().to_string();
-        println!("{shown:<62} {header:<32} -> {got_status} {got_code}");
-        if got_status != status || got_code != code {
-            failures.push(format!("{shown} [{header}]: got {got_status} {got_code}, want {status} {code}"));
+        let message = message_of(body.as_bytes());
+        println!("{shown:<62} {header:<32} -> {got_status} {got_code} ({why})");
+        if got_status != status || got_code != code || !message.contains(why) {
+            failures.push(format!(
+                "{shown} [{header}]: got {got_status} {got_code} \"{message}\", want {status} {code} \"{why}\""
+            ));
         }
     }
     assert!(rows >= 30);
@@ -350,7 +605,7 @@ async fn hostile_request_table_over_http2() {
         let _ = conn.await;
     });
     let (mut failures, mut sent) = (Vec::new(), Vec::new());
-    for (line, header, status, code) in CASES {
+    for (line, header, status, code, why) in CASES {
         let mut words = line.split(' ');
         let (method, target) = (words.next().unwrap(), words.next().unwrap());
         let extra: Vec<(&str, &str)> =
@@ -385,8 +640,11 @@ async fn hostile_request_table_over_http2() {
             .ok()
             .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
             .unwrap_or_default();
-        if got_status != *status || got_code != *code {
-            failures.push(format!("{line} [{header}]: got {got_status} {got_code}, want {status} {code}"));
+        let message = message_of(&bytes);
+        if got_status != *status || got_code != *code || !message.contains(why) {
+            failures.push(format!(
+                "{line} [{header}]: got {got_status} {got_code} \"{message}\", want {status} {code} \"{why}\""
+            ));
         }
         sent.push((id, *line, *status, *code));
     }
