@@ -1,7 +1,9 @@
 //! keyward: an egress proxy that holds the payments API's secret key so services do not.
 //!
-//! Request path: `server` (TLS, HTTP) → `proxy` (phases, access record) → `policy::decide`
-//! (pure: `identity`, `canonical`, `catalog`, scope) → `upstream` (header rewrite, pooled TLS).
+//! Request path: `serve::accept` and `serve::listener` (TLS, HTTP) → `serve::proxy` (phases,
+//! the access record) → `policy::decide` (pure: the caller, the canonical request, the catalog,
+//! the scope) → `upstream` (header rewrite, pooled TLS). `control` builds and swaps what they
+//! run on; `audit` writes and reads the log. docs/architecture.md has the whole map.
 
 pub mod app;
 pub mod audit;
