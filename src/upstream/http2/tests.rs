@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::{Body, H2, MAX_CONNECTIONS, RecvBody, STREAMS_PER_CONNECTION, send};
+use super::{H2, MAX_CONNECTIONS, RecvBody, STREAMS_PER_CONNECTION, send};
+use crate::upstream::Body;
 use crate::upstream::Dialling;
 
 /// How the upstream treats a TCP connection, by its number (from 0).
