@@ -14,7 +14,8 @@ use crate::audit::AuditSink;
 use crate::control::config::{self, ConfigError, Options, Source};
 use crate::control::reload::Reloader;
 use crate::control::state::State;
-use crate::control::suspensions::Suspensions;
+use crate::control::suspensions::{Suspensions, SuspensionsError};
+use crate::control::telemetry::TelemetryError;
 use crate::serve::proxy::Proxy;
 
 /// Why keyward did not start.
@@ -23,7 +24,7 @@ pub enum StartError {
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<ConfigError>),
     #[error("telemetry: {0}")]
-    Telemetry(String),
+    Telemetry(TelemetryError),
     #[error("audit log {path}: {source}")]
     AuditLog { path: String, source: std::io::Error },
     #[error("listen {addr}: {source}")]
@@ -33,7 +34,7 @@ pub enum StartError {
     #[error("admin_listen {addr}: {source}")]
     AdminListen { addr: SocketAddr, source: std::io::Error },
     #[error("admin.state_file {0}")]
-    State(String),
+    State(SuspensionsError),
 }
 
 pub struct Running {

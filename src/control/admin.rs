@@ -20,6 +20,7 @@ use crate::control::metrics::{self, AuditCounts};
 use crate::control::reload::Reloader;
 use crate::control::snapshot::Snapshot;
 use crate::control::state::State;
+use crate::control::suspensions::SuspensionsError;
 use crate::policy::identity::{hash_token, token_from};
 
 /// Serve the admin port until `stop`; each connection runs in `tasks` and ends with it.
@@ -279,10 +280,10 @@ fn pairs(found: &[(Arc<str>, Arc<str>)]) -> Vec<serde_json::Value> {
 }
 
 /// `true`, or why the state file does not hold the change (it is in force all the same).
-fn saved_json(saved: Result<(), String>) -> serde_json::Value {
+fn saved_json(saved: Result<(), SuspensionsError>) -> serde_json::Value {
     match saved {
         Ok(()) => serde_json::Value::Bool(true),
-        Err(e) => serde_json::json!({ "error": e, "in_force": "until this process ends" }),
+        Err(e) => serde_json::json!({ "error": e.to_string(), "in_force": "until this process ends" }),
     }
 }
 

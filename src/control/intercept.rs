@@ -17,6 +17,41 @@ use zeroize::Zeroizing;
 
 use super::tls::ClientAuth;
 
+/// Why the interception CA cannot be used, or a leaf made. Never quotes key material: errors
+/// about the key say which check failed, not what the parser saw.
+#[derive(Debug, thiserror::Error)]
+pub enum InterceptError {
+    #[error("the secret is not base64 (of the CA key's PEM file or DER)")]
+    SecretNotBase64,
+    #[error("the decoded PEM is not text")]
+    PemNotText,
+    #[error("the decoded secret is neither a PEM file nor a PKCS#8 DER private key")]
+    SecretNotAKey,
+    #[error("the CA key is not a PEM private key")]
+    KeyNotPem,
+    #[error("the CA certificate cannot be read: {0}")]
+    CaCert(rcgen::Error),
+    #[error("the CA certificate cannot be read: {0}")]
+    CaPem(rustls::pki_types::pem::Error),
+    #[error("cannot make a leaf certificate for {host}: {source}")]
+    Leaf { host: String, source: rcgen::Error },
+    /// The leaf's key in the form rustls takes (rustls' own words).
+    #[error("{0}")]
+    LeafKey(&'static str),
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+    #[error("the CA certificate: {0}")]
+    CaRoot(rustls::Error),
+    #[error(transparent)]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
+    #[error(transparent)]
+    HostName(#[from] rustls::pki_types::InvalidDnsNameError),
+    #[error(
+        "a leaf it signs does not verify against the CA certificate ({0}): is the key that certificate's?"
+    )]
+    NotVerified(rustls::Error),
+}
+
 pub struct Intercept {
     issuer: Issuer<'static, KeyPair>,
     /// The CA certificate, to check each leaf against before it is used.
@@ -32,18 +67,17 @@ pub struct Intercept {
 /// The CA key as a `[secret.NAME]` holds it: secrets are one-line values (they are made to go
 /// into a header), so the key is base64 of its PEM file (`base64 -w0 forward-ca.key`) or of
 /// its PKCS#8 DER. Returns the PEM text. Errors never quote the value.
-pub fn key_from_secret(value: &str) -> Result<Zeroizing<String>, String> {
+pub fn key_from_secret(value: &str) -> Result<Zeroizing<String>, InterceptError> {
     let bytes = Zeroizing::new(
         base64::engine::general_purpose::STANDARD
             .decode(value)
-            .map_err(|_| "the secret is not base64 (of the CA key's PEM file or DER)".to_string())?,
+            .map_err(|_| InterceptError::SecretNotBase64)?,
     );
     if bytes.starts_with(b"-----BEGIN ") {
-        let pem = std::str::from_utf8(&bytes).map_err(|_| "the decoded PEM is not text".to_string())?;
+        let pem = std::str::from_utf8(&bytes).map_err(|_| InterceptError::PemNotText)?;
         return Ok(Zeroizing::new(pem.to_string()));
     }
-    let key = KeyPair::try_from(bytes.as_slice())
-        .map_err(|_| "the decoded secret is neither a PEM file nor a PKCS#8 DER private key".to_string())?;
+    let key = KeyPair::try_from(bytes.as_slice()).map_err(|_| InterceptError::SecretNotAKey)?;
     Ok(Zeroizing::new(key.serialize_pem()))
 }
 
@@ -73,13 +107,11 @@ impl Intercept {
         hosts: impl IntoIterator<Item = &'h str>,
         lifetime: Duration,
         client: Option<ClientAuth>,
-    ) -> Result<Intercept, String> {
-        let key =
-            KeyPair::from_pem(key_pem).map_err(|_| "the CA key is not a PEM private key".to_string())?;
-        let issuer = Issuer::from_ca_cert_pem(ca_pem, key)
-            .map_err(|e| format!("the CA certificate cannot be read: {e}"))?;
+    ) -> Result<Intercept, InterceptError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|_| InterceptError::KeyNotPem)?;
+        let issuer = Issuer::from_ca_cert_pem(ca_pem, key).map_err(InterceptError::CaCert)?;
         let ca = rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes())
-            .map_err(|e| format!("the CA certificate cannot be read: {e}"))?;
+            .map_err(InterceptError::CaPem)?;
         let mut intercept =
             Intercept { issuer, ca, lifetime, client, leaves: HashMap::new(), renewing: Mutex::new(()) };
         for host in hosts {
@@ -117,8 +149,8 @@ impl Intercept {
         (now < leaf.expires).then(|| leaf.tls.clone())
     }
 
-    fn leaf(&self, host: &str) -> Result<Leaf, String> {
-        let fail = |e: rcgen::Error| format!("cannot make a leaf certificate for {host}: {e}");
+    fn leaf(&self, host: &str) -> Result<Leaf, InterceptError> {
+        let fail = |source| InterceptError::Leaf { host: host.to_string(), source };
         let mut params = CertificateParams::new(vec![host.to_string()]).map_err(fail)?;
         params.distinguished_name.push(DnType::CommonName, host);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -134,15 +166,14 @@ impl Intercept {
         let cert = params.signed_by(&key, &self.issuer).map_err(fail)?;
         let der = cert.der().clone();
         self.check(&der, host)?;
-        let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
+        let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(InterceptError::LeafKey)?;
         let builder = rustls::ServerConfig::builder_with_provider(Arc::new(super::tls::provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
+            .with_safe_default_protocol_versions()?;
         let builder = match &self.client {
             Some(v) => builder.with_client_cert_verifier(v.clone()),
             None => builder.with_no_client_auth(),
         };
-        let mut tls = builder.with_single_cert(vec![der], key).map_err(|e| e.to_string())?;
+        let mut tls = builder.with_single_cert(vec![der], key)?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         tls.ignore_client_order = true;
         Ok(Leaf {
@@ -154,20 +185,19 @@ impl Intercept {
 
     /// The leaf verifies for `host` against the CA certificate, as a client would check it: a
     /// key that is not the certificate's, or a certificate that is no CA, fails here.
-    fn check(&self, leaf: &CertificateDer<'_>, host: &str) -> Result<(), String> {
+    fn check(&self, leaf: &CertificateDer<'_>, host: &str) -> Result<(), InterceptError> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).map_err(|e| format!("the CA certificate: {e}"))?;
+        roots.add(self.ca.clone()).map_err(InterceptError::CaRoot)?;
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
             Arc::new(super::tls::provider()),
         )
-        .build()
-        .map_err(|e| e.to_string())?;
-        let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+        .build()?;
+        let name = ServerName::try_from(host.to_string())?;
         verifier
             .verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
             .map(|_| ())
-            .map_err(|e| format!("a leaf it signs does not verify against the CA certificate ({e}): is the key that certificate's?"))
+            .map_err(InterceptError::NotVerified)
     }
 }
 
@@ -185,7 +215,7 @@ mod tests {
         assert_eq!(KeyPair::from_pem(&from_der).unwrap().public_key_pem(), key.public_key_pem());
         for bad in [pem.clone(), "not base64 CANARY".into(), b64(b"CANARY garbage"), b64(b"-----BEGIN \xff")]
         {
-            let e = key_from_secret(&bad).unwrap_err();
+            let e = key_from_secret(&bad).unwrap_err().to_string();
             assert!(!e.contains("CANARY") && !e.contains("BEGIN"), "{e}");
         }
     }

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use crate::audit::AuditSink;
 use crate::control::metrics::Metrics;
 use crate::control::snapshot::Snapshot;
-use crate::control::suspensions::{Entry, Suspensions};
+use crate::control::suspensions::{Entry, Suspensions, SuspensionsError};
 use crate::policy::{Service, Token};
 
 pub struct State {
@@ -29,7 +29,7 @@ pub struct State {
 
 /// The (service, token id) pairs a suspension or resumption changed, and whether the state file
 /// holds the change (`Err`: why not; it is in force all the same).
-pub type Changed = (Vec<(Arc<str>, Arc<str>)>, Result<(), String>);
+pub type Changed = (Vec<(Arc<str>, Arc<str>)>, Result<(), SuspensionsError>);
 
 impl State {
     pub fn is_suspended(&self, token: &Token) -> bool {
@@ -51,7 +51,7 @@ impl State {
         (found.iter().map(|(s, t)| (s.name.clone(), t.id.clone())).collect(), saved)
     }
 
-    fn suspend_tokens(&self, tokens: &[(&Service, &Token)], by: &str) -> Result<(), String> {
+    fn suspend_tokens(&self, tokens: &[(&Service, &Token)], by: &str) -> Result<(), SuspensionsError> {
         let since = crate::audit::timestamp(time::OffsetDateTime::now_utc());
         let entries: Vec<_> = tokens
             .iter()

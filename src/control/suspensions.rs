@@ -18,9 +18,28 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
-use crate::control::limits::Store;
+use crate::control::limits::{LimitsError, Store};
 use crate::policy::Policy;
 use crate::policy::identity::TokenHash;
+
+/// Why the state file cannot be read or written, or Redis did not share the suspensions.
+#[derive(Debug, thiserror::Error)]
+pub enum SuspensionsError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{}: not a keyward state file ({source}); fix or remove it (it holds suspended tokens)",
+        path.display()
+    )]
+    NotStateFile { path: PathBuf, source: serde_json::Error },
+    /// `key`: a key of the file's `suspended` table (a hash, never a token).
+    #[error("{}: {key:?} is not a token's SHA-256", path.display())]
+    NotAHash { path: PathBuf, key: String },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Store(#[from] LimitsError),
+}
 
 /// One suspension as the state file holds it (never the token: its hash).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,7 +76,7 @@ pub struct Suspensions {
 impl Suspensions {
     /// The suspensions kept in `file` (none yet if it does not exist); an error names a file
     /// that exists and cannot be read as a state file.
-    pub fn open(file: Option<PathBuf>) -> Result<Suspensions, String> {
+    pub fn open(file: Option<PathBuf>) -> Result<Suspensions, SuspensionsError> {
         let entries = match &file {
             Some(path) => read(path)?,
             None => BTreeMap::new(),
@@ -89,7 +108,7 @@ impl Suspensions {
     }
 
     /// Suspend these tokens; whether the state file holds them (`Err`: why not).
-    pub fn add(&self, tokens: &[(TokenHash, Entry)]) -> Result<(), String> {
+    pub fn add(&self, tokens: &[(TokenHash, Entry)]) -> Result<(), SuspensionsError> {
         let mut entries = self.lock();
         for (hash, entry) in tokens {
             let entry = entries.entry(hex::encode(hash)).or_insert_with(|| entry.clone());
@@ -101,7 +120,7 @@ impl Suspensions {
 
     /// Lift the suspension of these tokens; how many were suspended, and whether the state
     /// file says so.
-    pub fn remove(&self, hashes: &[TokenHash]) -> (usize, Result<(), String>) {
+    pub fn remove(&self, hashes: &[TokenHash]) -> (usize, Result<(), SuspensionsError>) {
         let mut entries = self.lock();
         let lifted = hashes.iter().filter(|h| entries.remove(&hex::encode(h)).is_some()).count();
         self.unshared().extend(hashes.iter().map(|h| (hex::encode(h), None)));
@@ -140,7 +159,7 @@ impl Suspensions {
     /// `"resumed"`, not deleted, so that a Redis that lost its data lifts nothing: what this
     /// replica knows and Redis does not is written back. `Err` (Redis out): nothing changes
     /// here, and the changes are written next time.
-    pub async fn share(&self, store: &Store) -> Result<(), String> {
+    pub async fn share(&self, store: &Store) -> Result<(), SuspensionsError> {
         let key = store.key("suspended");
         let pending = std::mem::take(&mut *self.unshared());
         let set: Vec<(String, String)> = pending
@@ -163,7 +182,7 @@ impl Suspensions {
                 for (h, e) in pending {
                     unshared.entry(h).or_insert(e);
                 }
-                return Err(e);
+                return Err(e.into());
             }
         };
         let mut entries = self.lock();
@@ -203,10 +222,9 @@ impl Suspensions {
         self.now.store(Arc::new(set));
     }
 
-    fn save(&self, entries: &BTreeMap<String, Entry>) -> Result<(), String> {
+    fn save(&self, entries: &BTreeMap<String, Entry>) -> Result<(), SuspensionsError> {
         let Some(path) = &self.file else { return Ok(()) };
-        let text = serde_json::to_string_pretty(&FileShape { suspended: entries.clone() })
-            .map_err(|e| e.to_string())?;
+        let text = serde_json::to_string_pretty(&FileShape { suspended: entries.clone() })?;
         let tmp = path.with_extension("tmp");
         let written = (|| {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -215,24 +233,20 @@ impl Suspensions {
             std::fs::write(&tmp, text)?;
             std::fs::rename(&tmp, path)
         })();
-        written.map_err(|e| format!("{}: {e}", path.display()))
+        written.map_err(|source| SuspensionsError::Io { path: path.clone(), source })
     }
 }
 
-fn read(path: &Path) -> Result<BTreeMap<String, Entry>, String> {
+fn read(path: &Path) -> Result<BTreeMap<String, Entry>, SuspensionsError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(source) => return Err(SuspensionsError::Io { path: path.to_path_buf(), source }),
     };
-    let shape: FileShape = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "{}: not a keyward state file ({e}); fix or remove it (it holds suspended tokens)",
-            path.display()
-        )
-    })?;
+    let shape: FileShape = serde_json::from_str(&text)
+        .map_err(|source| SuspensionsError::NotStateFile { path: path.to_path_buf(), source })?;
     if let Some(bad) = shape.suspended.keys().find(|k| k.len() != 64 || hex::decode(k).is_err()) {
-        return Err(format!("{}: {bad:?} is not a token's SHA-256", path.display()));
+        return Err(SuspensionsError::NotAHash { path: path.to_path_buf(), key: bad.clone() });
     }
     Ok(shape.suspended)
 }
@@ -302,7 +316,7 @@ mod tests {
             (r#"{"suspended":{},"extra":1}"#, "not a keyward state file"),
         ] {
             std::fs::write(&file, text).unwrap();
-            let e = Suspensions::open(Some(file.clone())).unwrap_err();
+            let e = Suspensions::open(Some(file.clone())).unwrap_err().to_string();
             assert!(e.contains(says), "{e}");
         }
     }

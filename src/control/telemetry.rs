@@ -22,10 +22,15 @@ struct Telemetry {
 
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
 
+/// Why telemetry cannot start: the exporter refused its settings.
+#[derive(Debug, thiserror::Error)]
+#[error("the OTLP exporter: {0}")]
+pub struct TelemetryError(#[from] opentelemetry_otlp::ExporterBuildError);
+
 /// Start exporting, if an endpoint is configured (`otlp_endpoint`, a base URL such as
 /// `http://collector:4318`, else the standard `OTEL_EXPORTER_OTLP_*ENDPOINT` variables).
 /// Called once, at start; the exporter sends from a thread of its own.
-pub fn start(endpoint: Option<&str>, instance: &str) -> Result<bool, String> {
+pub fn start(endpoint: Option<&str>, instance: &str) -> Result<bool, TelemetryError> {
     use opentelemetry_otlp::WithExportConfig;
     let from_env = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
         .iter()
@@ -37,10 +42,7 @@ pub fn start(endpoint: Option<&str>, instance: &str) -> Result<bool, String> {
     if let Some(base) = endpoint {
         exporter = exporter.with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')));
     }
-    let exporter = exporter
-        .with_timeout(std::time::Duration::from_secs(5))
-        .build()
-        .map_err(|e| format!("the OTLP exporter: {e}"))?;
+    let exporter = exporter.with_timeout(std::time::Duration::from_secs(5)).build()?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name("keyward")
         .with_attribute(KeyValue::new("service.instance.id", instance.to_string()))

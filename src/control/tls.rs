@@ -3,12 +3,46 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::upstream::UpstreamError;
+
+/// Why the listener's TLS, or a development certificate, cannot be had. Never quotes key
+/// material: the key's parse error does not.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The client CA bundle (`server.client_ca`).
+    #[error(transparent)]
+    ClientCa(#[from] UpstreamError),
+    #[error("{}: {source}", ca.display())]
+    ClientVerifier { ca: PathBuf, source: rustls::server::VerifierBuilderError },
+    #[error("{}: {source}", path.display())]
+    Pem { path: PathBuf, source: rustls::pki_types::pem::Error },
+    #[error("{}: no certificate found", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+    #[error("{} and {}: {source}", cert.display(), key.display())]
+    Pair { cert: PathBuf, key: PathBuf, source: rustls::Error },
+    #[error("cannot make a development forward CA: {0}")]
+    DevForwardCa(rcgen::Error),
+    #[error("cannot make development certificates: {0}")]
+    DevCerts(rcgen::Error),
+    #[error("{}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{} exists but {} does not: development certificates are made only where neither exists, \
+         so that no real certificate or key is overwritten",
+        there.display(),
+        missing.display()
+    )]
+    OnlyOne { there: PathBuf, missing: PathBuf },
+}
 
 /// How callers' client certificates are asked for: verified against a CA bundle, and either
 /// optional or required. `None` in a config: not asked for.
@@ -17,12 +51,12 @@ pub type ClientAuth = Arc<dyn rustls::server::danger::ClientCertVerifier>;
 /// The verifier of callers' certificates: chains to a CA of the bundle at `ca`, valid now,
 /// for client authentication. With `required` false a caller may send none; one that sends a
 /// certificate that does not verify is refused in the handshake either way.
-pub fn client_auth(ca: &Path, required: bool) -> Result<ClientAuth, String> {
+pub fn client_auth(ca: &Path, required: bool) -> Result<ClientAuth, TlsError> {
     let roots = crate::upstream::roots_from(ca)?;
     let builder =
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()));
     let builder = if required { builder } else { builder.allow_unauthenticated() };
-    builder.build().map_err(|e| format!("{}: {e}", ca.display()))
+    builder.build().map_err(|source| TlsError::ClientVerifier { ca: ca.to_path_buf(), source })
 }
 
 /// The identities a verified client certificate carries: each URI SAN (a SPIFFE ID), and each
@@ -52,25 +86,27 @@ pub fn server_config(
     cert: &Path,
     key: &Path,
     client: Option<ClientAuth>,
-) -> Result<rustls::ServerConfig, String> {
+) -> Result<rustls::ServerConfig, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect())
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
+        .map_err(|source| TlsError::Pem { path: cert.to_path_buf(), source })?;
     if chain.is_empty() {
-        return Err(format!("{}: no certificate found", cert.display()));
+        return Err(TlsError::NoCertificate { path: cert.to_path_buf() });
     }
     // The key's parse error never quotes key material.
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|source| TlsError::Pem { path: key.to_path_buf(), source })?;
     let builder = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .with_safe_default_protocol_versions()?;
     let builder = match client {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
-    let mut cfg = builder
-        .with_single_cert(chain, key_der)
-        .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+    let mut cfg = builder.with_single_cert(chain, key_der).map_err(|source| TlsError::Pair {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        source,
+    })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     cfg.ignore_client_order = true;
     Ok(cfg)
@@ -117,14 +153,13 @@ pub fn dev_ca(name: &str) -> Result<(String, Issuer<'static, KeyPair>), rcgen::E
 }
 
 /// Write a development forward-mode CA (certificate and key) unless both files exist.
-pub fn ensure_dev_forward_ca(cert: &Path, key: &Path) -> Result<bool, String> {
+pub fn ensure_dev_forward_ca(cert: &Path, key: &Path) -> Result<bool, TlsError> {
     if !both_or_neither(cert, key)? {
         return Ok(false);
     }
-    let fail = |e: rcgen::Error| format!("cannot make a development forward CA: {e}");
-    let (ca_pem, issuer) = dev_ca("keyward development forward CA").map_err(fail)?;
+    let (ca_pem, issuer) = dev_ca("keyward development forward CA").map_err(TlsError::DevForwardCa)?;
     for dir in [cert, key].iter().filter_map(|p| p.parent()).filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        create_dir_all(dir)?;
     }
     write_file(cert, &ca_pem, 0o644)?;
     write_file(key, &issuer.key().serialize_pem(), 0o600)?;
@@ -135,13 +170,13 @@ pub const DEV_NAMES: [&str; 4] = ["localhost", "keyward.internal", "127.0.0.1", 
 
 /// Write development certificates (and `ca.crt` beside them) unless both files exist.
 /// Returns whether it wrote them.
-pub fn ensure_dev_certs(cert: &Path, key: &Path) -> Result<bool, String> {
+pub fn ensure_dev_certs(cert: &Path, key: &Path) -> Result<bool, TlsError> {
     if !both_or_neither(cert, key)? {
         return Ok(false);
     }
-    let pki = dev_pki(&DEV_NAMES).map_err(|e| format!("cannot make development certificates: {e}"))?;
+    let pki = dev_pki(&DEV_NAMES).map_err(TlsError::DevCerts)?;
     let dir = cert.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    create_dir_all(dir)?;
     write_file(&dir.join("ca.crt"), &pki.ca_pem, 0o644)?;
     write_file(cert, &pki.cert_pem, 0o644)?;
     write_file(key, &pki.key_pem, 0o600)?;
@@ -151,23 +186,22 @@ pub fn ensure_dev_certs(cert: &Path, key: &Path) -> Result<bool, String> {
 /// Whether development files should be made: neither exists (`true`) or both do (`false`).
 /// One without the other is an error: never overwrite a file that may be a real certificate
 /// or key.
-fn both_or_neither(cert: &Path, key: &Path) -> Result<bool, String> {
+fn both_or_neither(cert: &Path, key: &Path) -> Result<bool, TlsError> {
     match (cert.exists(), key.exists()) {
         (false, false) => Ok(true),
         (true, true) => Ok(false),
         (has_cert, _) => {
             let (there, missing) = if has_cert { (cert, key) } else { (key, cert) };
-            Err(format!(
-                "{} exists but {} does not: development certificates are made only where neither \
-                 exists, so that no real certificate or key is overwritten",
-                there.display(),
-                missing.display()
-            ))
+            Err(TlsError::OnlyOne { there: there.to_path_buf(), missing: missing.to_path_buf() })
         }
     }
 }
 
-fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), String> {
+fn create_dir_all(dir: &Path) -> Result<(), TlsError> {
+    fs::create_dir_all(dir).map_err(|source| TlsError::Write { path: dir.to_path_buf(), source })
+}
+
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
     fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -175,5 +209,5 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), String> {
         .mode(mode)
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|source| TlsError::Write { path: path.to_path_buf(), source })
 }

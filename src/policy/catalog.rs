@@ -148,7 +148,7 @@ impl Catalog {
                 return Err(AddError::Message(format!("flag `{flag}` given twice")));
             }
         }
-        let segments = template_segments(template).map_err(AddError::Message)?;
+        let segments = template_segments(template).map_err(|e| AddError::Message(e.to_string()))?;
         // The convention the account rule relies on, held here rather than assumed there.
         for tree in ["/v1/accounts/", "/v2/core/accounts/"] {
             if let Some(rest) = template.strip_prefix(tree)
@@ -240,14 +240,23 @@ fn find(node: &Node, mut segs: std::str::Split<'_, char>, slot: usize) -> Option
         .or_else(|| node.param.as_deref().and_then(|n| find(n, segs, slot)))
 }
 
+/// Why a catalog line's path template is refused.
+#[derive(Debug, thiserror::Error)]
+enum CatalogError {
+    #[error("template `{template}` does not start with /")]
+    NoSlash { template: String },
+    #[error("template `{template}` has a bad segment `{segment}`")]
+    BadSegment { template: String, segment: String },
+}
+
 enum Segment<'a> {
     Literal(&'a str),
     Param,
 }
 
-fn template_segments(template: &str) -> Result<Vec<Segment<'_>>, String> {
+fn template_segments(template: &str) -> Result<Vec<Segment<'_>>, CatalogError> {
     let rest =
-        template.strip_prefix('/').ok_or_else(|| format!("template `{template}` does not start with /"))?;
+        template.strip_prefix('/').ok_or_else(|| CatalogError::NoSlash { template: template.to_string() })?;
     rest.split('/')
         .map(|s| {
             if let Some(name) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
@@ -257,7 +266,7 @@ fn template_segments(template: &str) -> Result<Vec<Segment<'_>>, String> {
             } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
                 return Ok(Segment::Literal(s));
             }
-            Err(format!("template `{template}` has a bad segment `{s}`"))
+            Err(CatalogError::BadSegment { template: template.to_string(), segment: s.to_string() })
         })
         .collect()
 }

@@ -208,7 +208,7 @@ fn mono_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secrets::{LoadFuture, Secret};
+    use crate::secrets::{LoadFuture, Secret, SecretError};
 
     /// A source that answers from a script, one answer per load.
     #[derive(Debug)]
@@ -219,7 +219,7 @@ mod tests {
             let next = self.0.lock().unwrap().remove(0);
             Box::pin(async move {
                 next.map(|(v, n)| Loaded { value: Secret::new(v.into()), version: Some(n) })
-                    .map_err(String::from)
+                    .map_err(|why| SecretError::EnvUnset { var: why.into() })
             })
         }
     }

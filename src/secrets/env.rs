@@ -1,6 +1,6 @@
 //! A secret from an environment variable.
 
-use super::{LoadFuture, Loaded, Secret, SecretSource, UNUSABLE, header_safe};
+use super::{LoadFuture, Loaded, Secret, SecretError, SecretSource, header_safe};
 
 /// An environment variable.
 #[derive(Debug)]
@@ -14,15 +14,15 @@ impl SecretSource for EnvSource {
     }
 }
 
-fn from_env(var: &str, value: Option<String>) -> Result<Loaded, String> {
+fn from_env(var: &str, value: Option<String>) -> Result<Loaded, SecretError> {
     // The name as errors show it: a key pasted as the name (`var = "sk_live_…"`) is not quoted.
     let var = crate::text::shown(var);
     let Some(value) = value.map(Secret::new) else {
-        return Err(format!("environment variable {var} is not set"));
+        return Err(SecretError::EnvUnset { var });
     };
     match value.expose() {
-        v if v.trim().is_empty() => Err(format!("environment variable {var} is empty")),
-        v if !header_safe(v) => Err(format!("environment variable {var} {UNUSABLE}")),
+        v if v.trim().is_empty() => Err(SecretError::EnvEmpty { var }),
+        v if !header_safe(v) => Err(SecretError::EnvUnusable { var }),
         _ => Ok(Loaded { value, version: None }),
     }
 }
@@ -42,8 +42,10 @@ mod tests {
             (Some("sk_test_\x01canary1"), "control characters"),
         ] {
             let e = from_env("sk_live_pastedcanary9876", value.map(String::from)).err().unwrap();
+            assert!(!format!("{e:?}").contains("canary"), "{e:?}");
+            let e = e.to_string();
             assert!(e.contains("sk_live_…9876") && !e.contains("canary"), "{e}");
-            let e = from_env("K", value.map(String::from)).err().unwrap();
+            let e = from_env("K", value.map(String::from)).err().unwrap().to_string();
             assert!(e.contains(error) && !e.contains("canary"), "{e}");
         }
     }

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{LoadFuture, Loaded, Secret, SecretSource, UNUSABLE, header_safe};
+use super::{LoadFuture, Loaded, Secret, SecretError, SecretSource, header_safe};
 
 /// A TOML file of `name = "value"` pairs; refused if group- or world-readable.
 #[derive(Debug)]
@@ -19,35 +19,33 @@ impl SecretSource for FileSource {
     }
 }
 
-fn read_secret_file(path: &Path, key: &str) -> Result<Loaded, String> {
-    let shown = path.display();
+fn read_secret_file(path: &Path, key: &str) -> Result<Loaded, SecretError> {
+    let read = |source| SecretError::Read { path: path.to_path_buf(), source };
     // One handle for the check and the read (fstat, not stat): the file whose mode was
     // checked is the file that is read, even if the path is swapped in between.
-    let mut file = std::fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
-    let mode = file.metadata().map_err(|e| format!("{shown}: {e}"))?.permissions().mode();
+    let mut file = std::fs::File::open(path).map_err(read)?;
+    let mode = file.metadata().map_err(read)?.permissions().mode();
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "{shown}: readable by group or others (mode {:o}); run `chmod 600 {shown}`",
-            mode & 0o777
-        ));
+        return Err(SecretError::Loose { path: path.to_path_buf(), mode: mode & 0o777 });
     }
     let mut text = String::new();
-    file.read_to_string(&mut text).map_err(|e| format!("{shown}: {e}"))?;
+    file.read_to_string(&mut text).map_err(read)?;
     // The parse error of a secrets file could quote a value: report only where it is.
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
         let line = e.span().map(|s| crate::text::line_of(&text, s.start));
-        format!("{shown}: not valid TOML (line {})", line.unwrap_or(0))
+        SecretError::NotToml { path: path.to_path_buf(), line: line.unwrap_or(0) }
     })?;
-    match table.remove(key) {
+    let (path, key) = (path.to_path_buf(), key.to_string());
+    match table.remove(&key) {
         Some(toml::Value::String(v)) if !v.is_empty() => {
             let value = Secret::new(v);
             match header_safe(value.expose()) {
                 true => Ok(Loaded { value, version: None }),
-                false => Err(format!("{shown}: key `{key}` {UNUSABLE}")),
+                false => Err(SecretError::Unusable { path, key }),
             }
         }
-        Some(_) => Err(format!("{shown}: key `{key}` is not a non-empty string")),
-        None => Err(format!("{shown}: no key `{key}`")),
+        Some(_) => Err(SecretError::NotAString { path, key }),
+        None => Err(SecretError::NoKey { path, key }),
     }
 }
 
@@ -61,7 +59,7 @@ mod tests {
         let path = dir.path().join("s.toml");
         std::fs::write(&path, "stripe = \"sk_test_canary2\\n\"\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let e = read_secret_file(&path, "stripe").err().unwrap();
+        let e = read_secret_file(&path, "stripe").err().unwrap().to_string();
         assert!(e.contains("key `stripe` has whitespace at its ends") && !e.contains("canary"), "{e}");
     }
 
@@ -71,11 +69,11 @@ mod tests {
         let path = dir.path().join("s.toml");
         std::fs::write(&path, "stripe = \"sk_test_canary\"\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = read_secret_file(&path, "stripe").unwrap_err();
+        let err = read_secret_file(&path, "stripe").unwrap_err().to_string();
         assert!(err.contains("chmod 600") && !err.contains("canary"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_secret_file(&path, "stripe").unwrap().value.expose(), "sk_test_canary");
-        let err = read_secret_file(&path, "other").unwrap_err();
+        let err = read_secret_file(&path, "other").unwrap_err().to_string();
         assert!(err.contains("no key `other`"), "{err}");
     }
 
@@ -85,7 +83,7 @@ mod tests {
         let path = dir.path().join("s.toml");
         std::fs::write(&path, "stripe = \"sk_test_canary\nbroken").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let err = read_secret_file(&path, "stripe").unwrap_err();
+        let err = read_secret_file(&path, "stripe").unwrap_err().to_string();
         assert!(err.contains("not valid TOML") && !err.contains("canary"), "{err}");
     }
 }

@@ -4,6 +4,7 @@
 
 mod cell;
 mod env;
+mod error;
 mod file;
 pub mod vault;
 
@@ -16,6 +17,7 @@ use zeroize::Zeroize;
 
 pub use cell::{Refresh, SecretCell, spawn_refresh};
 pub use env::EnvSource;
+pub use error::SecretError;
 pub use file::FileSource;
 
 /// What to do once a vault secret is older than `max_staleness` (docs/configuration.md says why
@@ -67,7 +69,7 @@ pub struct Loaded {
     pub version: Option<u64>,
 }
 
-pub type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<Loaded, String>> + Send + 'a>>;
+pub type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<Loaded, SecretError>> + Send + 'a>>;
 
 /// Where a secret comes from. Errors name the source, never the value.
 pub trait SecretSource: Send + Sync + fmt::Debug {

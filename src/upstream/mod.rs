@@ -2,6 +2,7 @@
 //! the caller's token for the real secret.
 
 mod dial;
+mod error;
 mod http2;
 
 use std::fmt;
@@ -25,6 +26,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::time::Instant;
+
+pub use error::UpstreamError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -60,7 +63,7 @@ impl Upstream {
         egress: impl IntoIterator<Item = Option<IpAddr>>,
         dial: Dialling,
         http2: Option<usize>,
-    ) -> Result<Upstream, String> {
+    ) -> Result<Upstream, UpstreamError> {
         let authority = check_url(url)?;
         let tls = client_tls(ca)?;
         let h2_tls = http2.map(|streams| {
@@ -74,13 +77,15 @@ impl Upstream {
             .map(|ip| {
                 let h2 = match &h2_tls {
                     Some((tls, streams)) => {
-                        Some(Arc::new(http2::H2::new(tls.clone(), host, port, ip, dial, *streams)?))
+                        let h2 = http2::H2::new(tls.clone(), host, port, ip, dial, *streams)
+                            .map_err(UpstreamError::Http2)?;
+                        Some(Arc::new(h2))
                     }
                     None => None,
                 };
                 Ok((ip, Client { pooled: pooled(&tls, ip, dial), h2 }))
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, UpstreamError>>()?;
         Ok(Upstream {
             identity: [0; 32],
             name: name.into(),
@@ -118,41 +123,43 @@ impl Upstream {
 
 /// An upstream URL as keyward takes it: `https://host[:port]`, no path, query or
 /// credentials. Returns its authority; errors show the URL without credentials.
-pub fn check_url(url: &str) -> Result<Authority, String> {
-    let shown = crate::text::url_shown(url);
-    let uri: Uri = url.parse().map_err(|e| format!("url `{shown}` is not a URL: {e}"))?;
+pub fn check_url(url: &str) -> Result<Authority, UpstreamError> {
+    let url_shown = || crate::text::url_shown(url);
+    let uri: Uri = url.parse().map_err(|source| UpstreamError::NotUrl { url: url_shown(), source })?;
     if uri.scheme() != Some(&Scheme::HTTPS) {
-        return Err(format!("url `{shown}` must start with https://"));
+        return Err(UpstreamError::NotHttps { url: url_shown() });
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("url `{shown}` must have no path or query"));
+        return Err(UpstreamError::PathOrQuery { url: url_shown() });
     }
-    let authority = uri.authority().cloned().ok_or_else(|| format!("url `{shown}` has no host"))?;
+    let authority = uri.authority().cloned().ok_or_else(|| UpstreamError::NoHost { url: url_shown() })?;
     if authority.as_str().contains('@') {
-        return Err(format!("url `{shown}` must not carry credentials"));
+        return Err(UpstreamError::Credentials { url: url_shown() });
     }
     Ok(authority)
 }
 
 /// The CA certificates of a PEM bundle, at least one; errors name the file.
-pub fn roots_from(path: &Path) -> Result<rustls::RootCertStore, String> {
+pub fn roots_from(path: &Path) -> Result<rustls::RootCertStore, UpstreamError> {
     let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|source| UpstreamError::ReadCa { path: path.to_path_buf(), source })?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate found", path.display()));
+        return Err(UpstreamError::NoCertificate { path: path.to_path_buf() });
     }
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs {
-        roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|source| UpstreamError::BadCertificate { path: path.to_path_buf(), source })?;
     }
     Ok(roots)
 }
 
-pub(crate) fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+pub(crate) fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, UpstreamError> {
     let roots = match ca {
         // A configured CA replaces the public roots: the upstream is pinned to it.
-        Some(path) => roots_from(path).map_err(|e| format!("ca {e}"))?,
+        Some(path) => roots_from(path).map_err(|e| UpstreamError::Ca(Box::new(e)))?,
         None => rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
     };
     // hyper-rustls sets ALPN itself.

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use keyward::text::escaped;
 
-use super::{Found, Scanner};
+use super::{Found, ScanError, Scanner};
 
 /// One object rev-list names: its id and, for a tree or blob, a path it is at.
 struct Object {
@@ -29,11 +29,11 @@ struct Hit<'o> {
 /// Scans the repository `path` is in (once, whichever of its folders and files are given).
 pub(super) fn history(path: &Path, repos: &mut HashSet<PathBuf>, s: &mut Scanner) {
     if let Err(e) = repository(path, repos, s) {
-        s.not_whole(&format!("{} (--git)", escaped(&path.display().to_string())), &e);
+        s.not_whole(&format!("{} (--git)", escaped(&path.display().to_string())), &e.to_string());
     }
 }
 
-fn repository(path: &Path, repos: &mut HashSet<PathBuf>, s: &mut Scanner) -> Result<(), String> {
+fn repository(path: &Path, repos: &mut HashSet<PathBuf>, s: &mut Scanner) -> Result<(), ScanError> {
     let dir = match path.is_dir() {
         true => path,
         false => path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
@@ -71,7 +71,7 @@ fn repository(path: &Path, repos: &mut HashSet<PathBuf>, s: &mut Scanner) -> Res
 }
 
 /// The findings in each blob, commit (its message) and tag, by `git cat-file --batch`.
-fn read_objects<'o>(dir: &Path, objects: &'o [Object], s: &mut Scanner) -> Result<Vec<Hit<'o>>, String> {
+fn read_objects<'o>(dir: &Path, objects: &'o [Object], s: &mut Scanner) -> Result<Vec<Hit<'o>>, ScanError> {
     let mut child = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -80,7 +80,7 @@ fn read_objects<'o>(dir: &Path, objects: &'o [Object], s: &mut Scanner) -> Resul
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("git cat-file: {e}"))?;
+        .map_err(ScanError::CatFile)?;
     let mut stdin = child.stdin.take().expect("piped");
     let ids: String = objects.iter().map(|o| format!("{}\n", o.id)).collect();
     // Written from another thread: git answers as it reads, and would block on a full pipe.
@@ -89,16 +89,18 @@ fn read_objects<'o>(dir: &Path, objects: &'o [Object], s: &mut Scanner) -> Resul
     let mut hits = Vec::new();
     for object in objects {
         let mut header = String::new();
-        out.read_line(&mut header).map_err(|e| format!("git cat-file: {e}"))?;
+        out.read_line(&mut header).map_err(ScanError::CatFile)?;
         let place = format!("git:{}:{}", short(&object.id), escaped(object.path.as_deref().unwrap_or("")));
         let (kind, size) = match header.split_whitespace().collect::<Vec<_>>()[..] {
-            [_, kind, size] => (kind, size.parse::<u64>().map_err(|_| format!("git cat-file: {header}"))?),
+            [_, kind, size] => {
+                (kind, size.parse::<u64>().map_err(|_| ScanError::CatFileHeader(header.clone()))?)
+            }
             _ => {
                 s.not_whole(&place, &format!("git cat-file: {}", header.trim_end()));
                 continue;
             }
         };
-        let bytes = body(&mut out, size, s.max).map_err(|e| format!("git cat-file: {e}"))?;
+        let bytes = body(&mut out, size, s.max).map_err(ScanError::CatFile)?;
         if (bytes.len() as u64) < size {
             s.not_whole(&place, &format!("larger than --max-bytes; its first {} bytes were scanned", s.max));
         }
@@ -116,7 +118,7 @@ fn read_objects<'o>(dir: &Path, objects: &'o [Object], s: &mut Scanner) -> Resul
     let _ = writer.join();
     match child.wait() {
         Ok(status) if status.success() => Ok(hits),
-        other => Err(format!("git cat-file: {other:?}")),
+        other => Err(ScanError::CatFileExit(other)),
     }
 }
 
@@ -129,7 +131,7 @@ fn body(out: &mut impl BufRead, size: u64, max: usize) -> std::io::Result<Vec<u8
 }
 
 /// For each blob of `blobs`, the oldest commit whose change (to any parent) adds it.
-fn first_commits(dir: &Path, blobs: &HashSet<&str>) -> Result<HashMap<String, String>, String> {
+fn first_commits(dir: &Path, blobs: &HashSet<&str>) -> Result<HashMap<String, String>, ScanError> {
     let log =
         ["log", "--all", "--reflog", "-m", "--raw", "--no-abbrev", "--no-renames", "--format=commit %H"];
     let mut added = HashMap::new();
@@ -150,16 +152,17 @@ fn first_commits(dir: &Path, blobs: &HashSet<&str>) -> Result<HashMap<String, St
 }
 
 /// `git -C dir ARGS`' output, or its error.
-fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+fn git(dir: &Path, args: &[&str]) -> Result<String, ScanError> {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("git: {e}"))?;
+        .map_err(ScanError::Git)?;
     if !out.status.success() {
-        return Err(format!("git {}: {}", args[0], String::from_utf8_lossy(&out.stderr).trim()));
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(ScanError::GitFailed { command: args[0].to_string(), stderr });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

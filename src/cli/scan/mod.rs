@@ -4,6 +4,7 @@
 //! CI step), 2 when it found none but could not read something whole (named on stderr).
 
 mod decode;
+mod error;
 mod find;
 mod git;
 
@@ -14,6 +15,8 @@ use std::process::ExitCode;
 
 use keyward::policy::identity::TokenHash;
 use keyward::text::{escaped, printable};
+
+use error::ScanError;
 
 /// One finding: where, what it is, and its value shown as prefix and last 4.
 #[derive(Debug, PartialEq, Eq)]
@@ -62,7 +65,7 @@ pub fn scan(paths: &[PathBuf], config: Option<&Path>, git: bool, max_bytes: u64)
         Ok(o) => o.unwrap_or_default(),
         Err(e) => {
             // 2, not 1: 1 says a token was found.
-            eprintln!("error: {}", printable(&e));
+            eprintln!("error: {}", printable(&e.to_string()));
             return ExitCode::from(2);
         }
     };
@@ -185,10 +188,13 @@ impl Scanner<'_> {
 }
 
 /// The token hashes a configuration holds, read leniently (a broken config still names them).
-fn owners(config: &Path) -> Result<Owners, String> {
-    let text = std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).map_err(|e| format!("{}: {}", config.display(), e.message()))?;
+fn owners(config: &Path) -> Result<Owners, ScanError> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|source| ScanError::ConfigRead { path: config.to_path_buf(), source })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ScanError::ConfigToml {
+        path: config.to_path_buf(),
+        message: e.message().to_string(),
+    })?;
     let mut out = Owners::new();
     for s in table.get("service").and_then(|s| s.as_array()).into_iter().flatten() {
         let name = s.get("name").and_then(|n| n.as_str()).unwrap_or("?");

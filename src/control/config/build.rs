@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -20,8 +20,18 @@ use crate::control::tls::ClientAuth;
 use crate::policy::catalog::STRIPE_CATALOG;
 use crate::policy::expand::STRIPE_EXPANSIONS;
 use crate::secrets::vault::{Spec, VaultFile, VaultSource};
-use crate::secrets::{EnvSource, FileSource, Loaded, Refresh, Secret, SecretCell, SecretSource};
+use crate::secrets::{EnvSource, FileSource, Loaded, Refresh, Secret, SecretCell, SecretError, SecretSource};
 use crate::upstream::{Dialling, Upstream};
+
+/// Why a file the build reads itself (`forward.ca_key`) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// `mode`: the file's permission bits (`& 0o777`).
+    #[error("{} may be read by group or others (mode {mode:o}): chmod 600 it", path.display())]
+    Loose { path: PathBuf, mode: u32 },
+}
 
 /// The catalog and expansion table `file` names, or the built-in ones.
 pub fn tables(src: &Source, file: &FileConfig) -> Result<(Table, Table), Vec<ConfigError>> {
@@ -192,7 +202,7 @@ async fn load_secret(
     def: &SecretFile,
     opts: Options,
     previous: Option<&Snapshot>,
-) -> Result<Arc<SecretCell>, String> {
+) -> Result<Arc<SecretCell>, SecretError> {
     if !opts.secrets {
         return Ok(placeholder(name));
     }
@@ -220,7 +230,7 @@ async fn vault_cell(
     spec: Spec,
     file: &VaultFile,
     previous: Option<&Snapshot>,
-) -> Result<Arc<SecretCell>, String> {
+) -> Result<Arc<SecretCell>, SecretError> {
     let source = VaultSource::connect(spec, file)?;
     let kept = previous
         .and_then(|p| p.secrets.iter().find(|c| &*c.name == name))
@@ -368,15 +378,12 @@ fn proxy_port_tls(plan: &Plan, tls: Option<&Arc<rustls::ServerConfig>>) -> Optio
 }
 
 /// A key file, refused if its group or others may read it.
-fn read_private(path: &Path) -> Result<Zeroizing<String>, String> {
+fn read_private(path: &Path) -> Result<Zeroizing<String>, BuildError> {
     use std::os::unix::fs::PermissionsExt;
-    let shown = path.display();
-    let mode = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?.permissions().mode();
+    let read = |source| BuildError::Read { path: path.to_path_buf(), source };
+    let mode = std::fs::metadata(path).map_err(read)?.permissions().mode();
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "{shown} may be read by group or others (mode {:o}): chmod 600 it",
-            mode & 0o777
-        ));
+        return Err(BuildError::Loose { path: path.to_path_buf(), mode: mode & 0o777 });
     }
-    std::fs::read_to_string(path).map(Zeroizing::new).map_err(|e| format!("{shown}: {e}"))
+    std::fs::read_to_string(path).map(Zeroizing::new).map_err(read)
 }

@@ -10,9 +10,15 @@ pub struct Errors<'a> {
 }
 
 impl Errors<'_> {
-    pub fn at(&mut self, span: Option<std::ops::Range<usize>>, key: impl AsRef<str>, msg: impl Into<String>) {
+    /// `msg` is a message or a typed error, as its `Display` says it.
+    pub fn at(
+        &mut self,
+        span: Option<std::ops::Range<usize>>,
+        key: impl AsRef<str>,
+        msg: impl std::fmt::Display,
+    ) {
         let line = span.map(|s| line_of(&self.src.text, s.start));
-        self.list.push(ConfigError::new(&self.src.name, line, key.as_ref(), msg));
+        self.list.push(ConfigError::new(&self.src.name, line, key.as_ref(), msg.to_string()));
     }
 
     /// A table's (catalog, expansions) errors, at the table's own lines.

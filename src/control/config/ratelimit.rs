@@ -15,6 +15,20 @@ pub struct RatelimitPlan {
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
+/// Why `ratelimit.redis` is refused. Never quotes the URL (it may hold a password).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RatelimitError {
+    #[error("must be redis://host:port/db (TLS to Redis, rediss://, is not built in)")]
+    NotRedis,
+    /// `detail`: the Redis client's word for why, if it has one.
+    #[error("is not a Redis URL: {detail}")]
+    NotRedisUrl { detail: String },
+    #[error(
+        "must not hold a password: put it in a [secret.NAME] and set ratelimit.password_secret = \"NAME\""
+    )]
+    Password,
+}
+
 pub fn check(file: &FileConfig, errs: &mut Errors) -> RatelimitPlan {
     let r = &file.ratelimit;
     let rate = r.upstream_rate.as_ref().and_then(|text| {
@@ -79,16 +93,15 @@ pub fn check(file: &FileConfig, errs: &mut Errors) -> RatelimitPlan {
 
 /// `redis://[user@]host[:port][/db]`: no password (it goes in a secret), no TLS (not built
 /// in: reach Redis over the cluster's network, or a local TLS sidecar).
-fn check_url(url: &str) -> Result<(), String> {
+fn check_url(url: &str) -> Result<(), RatelimitError> {
     if !url.starts_with("redis://") {
-        return Err("must be redis://host:port/db (TLS to Redis, rediss://, is not built in)".into());
+        return Err(RatelimitError::NotRedis);
     }
-    let info = redis::IntoConnectionInfo::into_connection_info(url)
-        .map_err(|e| format!("is not a Redis URL: {}", e.detail().unwrap_or("does not parse")))?;
+    let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| {
+        RatelimitError::NotRedisUrl { detail: e.detail().unwrap_or("does not parse").to_string() }
+    })?;
     if info.redis_settings().password().is_some() {
-        return Err("must not hold a password: put it in a [secret.NAME] and set \
-                    ratelimit.password_secret = \"NAME\""
-            .into());
+        return Err(RatelimitError::Password);
     }
     Ok(())
 }
@@ -112,7 +125,7 @@ mod tests {
             "redis://127.0.0.1:6379/zero",
             "REDIS://127.0.0.1",
         ] {
-            let msg = check_url(bad).expect_err(bad);
+            let msg = check_url(bad).expect_err(bad).to_string();
             assert!(!msg.contains("hunter2"), "{msg}");
         }
     }

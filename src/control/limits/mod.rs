@@ -3,6 +3,7 @@
 //! kept in Redis so that every replica enforces the same ones (`store`).
 
 mod budget;
+mod error;
 mod gcra;
 mod service;
 mod store;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
 pub use budget::{Budget, BudgetSpec, Priority};
+pub use error::LimitsError;
 pub use service::{LimitSpec, Limiters, ServiceLimits};
 pub use store::{OnRedisError, Store, StoreSpec};
 
@@ -29,8 +31,8 @@ pub struct Rate {
 }
 
 impl Rate {
-    pub fn parse(text: &str) -> Result<Rate, String> {
-        let bad = || format!("`{text}` is not a rate like \"20/s\" or \"600/m\"");
+    pub fn parse(text: &str) -> Result<Rate, LimitsError> {
+        let bad = || LimitsError::NotARate { text: text.to_string() };
         let (n, unit) = text.split_once('/').ok_or_else(bad)?;
         let per = match unit {
             "s" => Duration::from_secs(1),
@@ -43,7 +45,7 @@ impl Rate {
         }
         // GCRA adds one call every `per / count`: that must be at least a nanosecond.
         if per.as_nanos() / u128::from(count.get()) == 0 {
-            return Err(format!("`{text}` is more than 1000000000 calls a second"));
+            return Err(LimitsError::TooFast { text: text.to_string() });
         }
         Ok(Rate { count, per })
     }
@@ -144,7 +146,7 @@ pub struct Plan<'a> {
 
 /// The limits for `plan`, keeping from `previous` what is configured the same: a reload
 /// neither refills a spent budget nor forgets the calls in flight, nor reconnects to Redis.
-pub async fn build(plan: Plan<'_>, previous: Option<&RateLimits>) -> Result<RateLimits, String> {
+pub async fn build(plan: Plan<'_>, previous: Option<&RateLimits>) -> Result<RateLimits, LimitsError> {
     let services = service::build(plan.services, previous.map(|p| &p.services));
     let kept_budget = previous.and_then(|p| p.budget.clone()).filter(|b| Some(b.spec) == plan.budget);
     let budget = plan.budget.map(|spec| kept_budget.unwrap_or_else(|| Arc::new(Budget::new(spec))));

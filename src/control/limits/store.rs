@@ -11,6 +11,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use super::LimitsError;
 use super::gcra::Params;
 
 /// What a replica does while Redis cannot be reached (`on_redis_error`).
@@ -122,20 +123,20 @@ impl Store {
     /// Connect, waiting at most a second (a Redis that is down does not stop keyward
     /// starting: calls then get `on_redis_error` until the heartbeat reaches it), and start
     /// the heartbeat, which ends when the store is dropped.
-    pub async fn start(spec: StoreSpec) -> Result<Arc<Store>, String> {
+    pub async fn start(spec: StoreSpec) -> Result<Arc<Store>, LimitsError> {
         let mut info = redis::IntoConnectionInfo::into_connection_info(spec.url.as_str())
-            .map_err(|e| format!("not a Redis URL: {e}"))?;
+            .map_err(LimitsError::NotRedisUrl)?;
         if let Some(pw) = &spec.password {
             info = info.clone().set_redis_settings(info.redis_settings().clone().set_password(pw.as_str()));
         }
-        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(spec.timeout))
             .set_response_timeout(Some(spec.timeout))
             .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         let mut suffix = [0u8; 4];
-        getrandom::fill(&mut suffix).map_err(|e| e.to_string())?;
+        getrandom::fill(&mut suffix)?;
         let store = Arc::new(Store {
             member: format!("{}/{}", crate::control::state::instance(), hex::encode(suffix)),
             spec,
@@ -200,7 +201,7 @@ impl Store {
     }
 
     /// Set fields of the hash at `key` (nothing to do for none).
-    pub async fn hash_set(&self, key: &str, set: &[(String, String)]) -> Result<(), String> {
+    pub async fn hash_set(&self, key: &str, set: &[(String, String)]) -> Result<(), LimitsError> {
         if set.is_empty() {
             return Ok(());
         }
@@ -208,16 +209,19 @@ impl Store {
         cmd.arg(key).arg(set);
         let mut conn = self.conn.clone();
         let done = tokio::time::timeout(self.spec.timeout, cmd.query_async::<()>(&mut conn)).await;
-        done.map_err(|_| "no answer in time (ratelimit.timeout)".to_string())?.map_err(|e| e.to_string())
+        Ok(done.map_err(|_| LimitsError::Timeout)??)
     }
 
     /// Every field of the hash at `key`.
-    pub async fn hash_all(&self, key: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    pub async fn hash_all(
+        &self,
+        key: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, LimitsError> {
         let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(key);
         let answer = tokio::time::timeout(self.spec.timeout, cmd.query_async(&mut conn)).await;
-        answer.map_err(|_| "no answer in time (ratelimit.timeout)".to_string())?.map_err(|e| e.to_string())
+        Ok(answer.map_err(|_| LimitsError::Timeout)??)
     }
 
     fn failed(&self, why: &str) {

@@ -3,6 +3,7 @@
 //! and errors that name the vault path, never a value or a token.
 
 pub mod answer;
+mod error;
 pub mod spec;
 
 use std::fmt;
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::secrets::{LoadFuture, Loaded, Secret, SecretSource};
 use crate::upstream::{HttpClient, client_tls};
 use answer::{Lease, Refusal};
+pub use error::VaultError;
 pub use spec::{Auth, Spec, VaultFile};
 
 /// One KV v2 secret field, with the vault session used to read it.
@@ -54,6 +56,8 @@ struct Session {
 /// Why one vault call gave nothing.
 enum Fault {
     Local(String),
+    /// The configured token, or the secret_id, cannot be read.
+    Credential(VaultError),
     Unreachable(String),
     Timeout(Duration),
     Refused(Refusal),
@@ -63,6 +67,7 @@ impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Fault::Local(msg) => f.write_str(msg),
+            Fault::Credential(e) => e.fmt(f),
             Fault::Unreachable(msg) => write!(f, "cannot reach the vault: {msg}"),
             Fault::Timeout(t) => write!(f, "no answer within {}", humantime::format_duration(*t)),
             Fault::Refused(r) => r.fmt(f),
@@ -78,9 +83,9 @@ impl From<Refusal> for Fault {
 
 impl VaultSource {
     /// Read the CA and build the client. `file` identifies the configuration: see `origin`.
-    pub fn connect(spec: Spec, file: &VaultFile) -> Result<VaultSource, String> {
+    pub fn connect(spec: Spec, file: &VaultFile) -> Result<VaultSource, VaultError> {
         let ca_pem = match &spec.ca {
-            Some(p) => Some(std::fs::read(p).map_err(|e| format!("ca {}: {e}", p.display()))?),
+            Some(p) => Some(std::fs::read(p).map_err(|source| VaultError::Ca { path: p.clone(), source })?),
             None => None,
         };
         let tls = client_tls(spec.ca.as_deref())?;
@@ -117,16 +122,20 @@ impl VaultSource {
         self.origin
     }
 
-    async fn fetch(&self) -> Result<Loaded, String> {
+    async fn fetch(&self) -> Result<Loaded, VaultError> {
         let mut session = self.session.lock().await;
         let result = self.fetch_with(&mut session).await;
-        result.map_err(|(what, fault)| {
-            let mut msg = format!("vault {} {what}: {fault}", self.spec.addr());
+        result.map_err(|(doing, fault)| {
             // Belt and braces: vault's own messages are quoted, and must never echo the token.
-            if let Some(s) = session.as_ref() {
-                msg = msg.replace(s.token.expose(), "***");
+            let scrub = |text: String| match session.as_ref() {
+                Some(s) => text.replace(s.token.expose(), "***"),
+                None => text,
+            };
+            VaultError::Load {
+                addr: scrub(self.spec.addr()),
+                doing: scrub(doing),
+                why: scrub(fault.to_string()),
             }
-            msg
         })
     }
 
@@ -195,7 +204,7 @@ impl VaultSource {
                 // Read every time: an agent (vault agent, a CSI driver) may rotate it.
                 let token = self
                     .configured_token()
-                    .map_err(|m| ("reading the token".to_string(), Fault::Local(m)))?;
+                    .map_err(|e| ("reading the token".to_string(), Fault::Credential(e)))?;
                 if let Some(s) = session.as_mut().filter(|s| s.token.expose() == token.expose()) {
                     if s.renewable && self.near_expiry(s) {
                         // A failed renewal is not fatal: the read says whether the token works.
@@ -240,7 +249,7 @@ impl VaultSource {
     }
 
     async fn login(&self, mount: &str, role_id: &str, secret_id_file: &Path) -> Result<Lease, Fault> {
-        let secret_id = read_credential_file(secret_id_file, "secret_id_file").map_err(Fault::Local)?;
+        let secret_id = read_credential_file(secret_id_file, "secret_id_file").map_err(Fault::Credential)?;
         let body = serde_json::json!({ "role_id": role_id, "secret_id": secret_id.expose() }).to_string();
         let (status, answer) =
             self.call(Method::POST, &format!("v1/auth/{mount}/login"), None, Some(Bytes::from(body))).await?;
@@ -259,17 +268,15 @@ impl VaultSource {
         })
     }
 
-    fn configured_token(&self) -> Result<Secret, String> {
+    fn configured_token(&self) -> Result<Secret, VaultError> {
         match &self.spec.auth {
             Auth::TokenFile(path) => read_credential_file(path, "token_file"),
             Auth::TokenEnv(var) => match std::env::var(var) {
                 Ok(v) if is_token(v.trim()) => Ok(Secret::new(v.trim().to_string())),
-                Ok(_) => Err(format!("token_env: environment variable {var} is empty or not a token")),
-                Err(_) => {
-                    Err(format!("token_env: environment variable {} is not set", crate::text::shown(var)))
-                }
+                Ok(_) => Err(VaultError::TokenEnvNotToken { var: var.clone() }),
+                Err(_) => Err(VaultError::TokenEnvUnset { var: crate::text::shown(var) }),
             },
-            Auth::AppRole { .. } => Err("no configured token with AppRole".into()),
+            Auth::AppRole { .. } => Err(VaultError::NoConfiguredToken),
         }
     }
 
@@ -325,7 +332,7 @@ impl From<Lease> for Session {
 
 impl SecretSource for VaultSource {
     fn load(&self) -> LoadFuture<'_> {
-        Box::pin(self.fetch())
+        Box::pin(async { Ok(self.fetch().await?) })
     }
 }
 
@@ -334,16 +341,16 @@ fn is_token(t: &str) -> bool {
 }
 
 /// A token or secret_id file: one line. Refused if anyone but owner and group may read it.
-fn read_credential_file(path: &Path, key: &str) -> Result<Secret, String> {
-    let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("{key} {shown}: {e}"))?;
+fn read_credential_file(path: &Path, key: &'static str) -> Result<Secret, VaultError> {
+    let read = |source| VaultError::CredentialRead { key, path: path.to_path_buf(), source };
+    let meta = std::fs::metadata(path).map_err(read)?;
     if meta.permissions().mode() & 0o004 != 0 {
-        return Err(format!("{key} {shown}: readable by others; run `chmod o-r {shown}`"));
+        return Err(VaultError::CredentialReadable { key, path: path.to_path_buf() });
     }
-    let text = Secret::new(std::fs::read_to_string(path).map_err(|e| format!("{key} {shown}: {e}"))?);
+    let text = Secret::new(std::fs::read_to_string(path).map_err(read)?);
     let value = text.expose().trim();
     if !is_token(value) {
-        return Err(format!("{key} {shown}: empty, or not a single line of printable characters"));
+        return Err(VaultError::NotACredential { key, path: path.to_path_buf() });
     }
     Ok(Secret::new(value.to_string()))
 }

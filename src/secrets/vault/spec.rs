@@ -10,6 +10,7 @@ use http::uri::{Authority, Scheme, Uri};
 
 use serde::Deserialize;
 
+use super::VaultError;
 use crate::secrets::OnStale;
 
 /// A field of a KV v2 secret in HashiCorp Vault or OpenBao. Checked by `vault::Spec::parse`.
@@ -84,11 +85,11 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 impl Spec {
     pub fn parse(f: &VaultFile) -> Result<Spec, Vec<(&'static str, String)>> {
         let mut errs = Vec::new();
-        let addr = parse_addr(&f.addr).map_err(|m| errs.push(("addr", m))).ok();
-        let mount = vault_path(&f.mount).map_err(|m| errs.push(("mount", m))).ok();
-        let path = vault_path(&f.path).map_err(|m| errs.push(("path", m))).ok();
+        let addr = parse_addr(&f.addr).map_err(|e| errs.push(("addr", e.to_string()))).ok();
+        let mount = vault_path(&f.mount).map_err(|e| errs.push(("mount", e.to_string()))).ok();
+        let path = vault_path(&f.path).map_err(|e| errs.push(("path", e.to_string()))).ok();
         let approle_mount = vault_path(f.approle_mount.as_deref().unwrap_or("approle"))
-            .map_err(|m| errs.push(("approle_mount", m)))
+            .map_err(|e| errs.push(("approle_mount", e.to_string())))
             .ok();
         if f.approle_mount.is_some() && f.role_id.is_none() {
             errs.push(("approle_mount", "is only used with `role_id` and `secret_id_file`".into()));
@@ -106,7 +107,8 @@ impl Spec {
                 }
             },
         };
-        let auth = auth(f, approle_mount.unwrap_or_default()).map_err(|m| errs.push(("auth", m))).ok();
+        let auth =
+            auth(f, approle_mount.unwrap_or_default()).map_err(|e| errs.push(("auth", e.to_string()))).ok();
         if f.refresh < MIN_INTERVAL {
             errs.push(("refresh", "must be at least 100ms".into()));
         }
@@ -148,60 +150,48 @@ impl Spec {
 
 /// `https://host[:port]`; plain `http://` only to a loopback address (a local dev server or a
 /// vault agent on the same host), since the token would cross the network in the clear.
-fn parse_addr(addr: &str) -> Result<(Scheme, Authority), String> {
-    let shown = crate::text::url_shown(addr);
-    let uri: Uri = addr.parse().map_err(|_| format!("`{shown}` is not a URL"))?;
-    let authority = uri.authority().cloned().ok_or_else(|| format!("`{shown}` has no host"))?;
+fn parse_addr(addr: &str) -> Result<(Scheme, Authority), VaultError> {
+    let shown = || crate::text::url_shown(addr);
+    let uri: Uri = addr.parse().map_err(|_| VaultError::NotUrl { addr: shown() })?;
+    let authority = uri.authority().cloned().ok_or_else(|| VaultError::NoHost { addr: shown() })?;
     if authority.as_str().contains('@') {
-        return Err(format!("`{shown}` must not carry credentials"));
+        return Err(VaultError::Credentials { addr: shown() });
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("`{shown}` must have no path or query"));
+        return Err(VaultError::PathOrQuery { addr: shown() });
     }
     let host = authority.host().trim_start_matches('[').trim_end_matches(']');
     let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     match uri.scheme() {
         Some(s) if *s == Scheme::HTTPS => Ok((Scheme::HTTPS, authority)),
         Some(s) if *s == Scheme::HTTP && loopback => Ok((Scheme::HTTP, authority)),
-        Some(s) if *s == Scheme::HTTP => Err(format!(
-            "`{shown}` must start with https:// (http:// is accepted for loopback addresses only)"
-        )),
-        _ => Err(format!("`{shown}` must start with https://")),
+        Some(s) if *s == Scheme::HTTP => Err(VaultError::PlainHttp { addr: shown() }),
+        _ => Err(VaultError::NotHttps { addr: shown() }),
     }
 }
 
 /// A mount, secret path or namespace: `/`-separated segments of URL-safe characters, with no
 /// empty, `.` or `..` segment, so the request path is exactly the one configured.
-fn vault_path(p: &str) -> Result<String, String> {
+fn vault_path(p: &str) -> Result<String, VaultError> {
     let trimmed = p.trim_matches('/');
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "-_.@+=:,~".contains(c);
     let bad = trimmed.is_empty()
         || trimmed
             .split('/')
             .any(|seg| seg.is_empty() || seg == "." || seg == ".." || !seg.chars().all(ok_char));
-    if bad {
-        Err(format!(
-            "`{p}` is not a vault path: use segments of letters, digits and -_.@+=:,~ separated by /"
-        ))
-    } else {
-        Ok(trimmed.to_string())
-    }
+    if bad { Err(VaultError::NotAPath { path: p.to_string() }) } else { Ok(trimmed.to_string()) }
 }
 
-fn auth(f: &VaultFile, approle_mount: String) -> Result<Auth, String> {
+fn auth(f: &VaultFile, approle_mount: String) -> Result<Auth, VaultError> {
     match (&f.token_file, &f.token_env, &f.role_id, &f.secret_id_file) {
         (Some(file), None, None, None) => Ok(Auth::TokenFile(file.clone())),
         (None, Some(var), None, None) if !var.is_empty() => Ok(Auth::TokenEnv(var.clone())),
         (None, None, Some(role_id), Some(file)) if !role_id.is_empty() => {
             Ok(Auth::AppRole { mount: approle_mount, role_id: role_id.clone(), secret_id_file: file.clone() })
         }
-        (None, None, Some(_), None) | (None, None, None, Some(_)) => {
-            Err("AppRole needs both `role_id` and `secret_id_file`".into())
-        }
-        (None, None, None, None) => {
-            Err("set one of `token_file`, `token_env`, or `role_id` with `secret_id_file`".into())
-        }
-        _ => Err("set only one of `token_file`, `token_env`, or `role_id` with `secret_id_file`".into()),
+        (None, None, Some(_), None) | (None, None, None, Some(_)) => Err(VaultError::HalfAppRole),
+        (None, None, None, None) => Err(VaultError::NoAuth),
+        _ => Err(VaultError::TwoAuths),
     }
 }
 
@@ -277,7 +267,7 @@ mod tests {
             ("https://root:hvs CANARY1@vault:8200", "is not a URL"),
             ("https://root:hvs/CANARY1@vault:8200", "must have no path"),
         ] {
-            let e = parse_addr(addr).unwrap_err();
+            let e = parse_addr(addr).unwrap_err().to_string();
             assert!(e.contains(why) && e.contains("https://***@vault") && !e.contains("CANARY"), "{e}");
         }
     }
