@@ -24,7 +24,7 @@ pub enum UpstreamError {
     /// An upstream's (or a vault's) `ca`: the bundle's error, said to be the `ca`'s.
     #[error("ca {0}")]
     Ca(Box<UpstreamError>),
-    /// The HTTP/2 connector refused the host; `http2.rs` says why as text.
-    #[error("{0}")]
-    Http2(String),
+    /// The host is not a name TLS can verify (HTTP/2's connector names it in its ClientHello).
+    #[error("host `{host}`: {source}")]
+    ServerName { host: String, source: rustls::pki_types::InvalidDnsNameError },
 }

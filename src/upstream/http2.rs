@@ -126,10 +126,10 @@ impl H2 {
         egress: Option<IpAddr>,
         dial: super::Dialling,
         streams_per_service: usize,
-    ) -> Result<H2, String> {
+    ) -> Result<H2, super::UpstreamError> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name =
-            ServerName::try_from(bare.to_string()).map_err(|e| format!("host `{host}`: {e}"))?;
+        let server_name = ServerName::try_from(bare.to_string())
+            .map_err(|source| super::UpstreamError::ServerName { host: host.to_string(), source })?;
         Ok(H2 {
             tls: TlsConnector::from(tls),
             host: bare.to_string(),

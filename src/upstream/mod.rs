@@ -77,8 +77,7 @@ impl Upstream {
             .map(|ip| {
                 let h2 = match &h2_tls {
                     Some((tls, streams)) => {
-                        let h2 = http2::H2::new(tls.clone(), host, port, ip, dial, *streams)
-                            .map_err(UpstreamError::Http2)?;
+                        let h2 = http2::H2::new(tls.clone(), host, port, ip, dial, *streams)?;
                         Some(Arc::new(h2))
                     }
                     None => None,

@@ -37,7 +37,7 @@ pub enum VaultError {
     /// the session's token replaced by `***`: vault's own messages are quoted.
     #[error("vault {addr} {doing}: {why}")]
     Load { addr: String, doing: String, why: String },
-    /// `token_env`'s variable holds no token (named as written).
+    /// `token_env`'s variable holds no token. `var`: as errors show it (`text::shown`).
     #[error("token_env: environment variable {var} is empty or not a token")]
     TokenEnvNotToken { var: String },
     /// `var`: as errors show it (`text::shown`).

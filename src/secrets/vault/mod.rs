@@ -273,7 +273,7 @@ impl VaultSource {
             Auth::TokenFile(path) => read_credential_file(path, "token_file"),
             Auth::TokenEnv(var) => match std::env::var(var) {
                 Ok(v) if is_token(v.trim()) => Ok(Secret::new(v.trim().to_string())),
-                Ok(_) => Err(VaultError::TokenEnvNotToken { var: var.clone() }),
+                Ok(_) => Err(VaultError::TokenEnvNotToken { var: crate::text::shown(var) }),
                 Err(_) => Err(VaultError::TokenEnvUnset { var: crate::text::shown(var) }),
             },
             Auth::AppRole { .. } => Err(VaultError::NoConfiguredToken),
