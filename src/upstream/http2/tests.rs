@@ -71,10 +71,13 @@ struct Upstream {
 
 impl Upstream {
     async fn start(opts: Options) -> Upstream {
-        let pki = crate::control::tls::dev_pki(&["localhost"]).unwrap();
-        let provider = Arc::new(crate::control::tls::provider());
+        // A certificate made here (rcgen), trusted as its own root: `upstream` sits below
+        // `control`, whose development PKI it does not reach for.
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert_pem, key_pem) = (made.cert.pem(), made.signing_key.serialize_pem());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap()).unwrap();
+        roots.add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()).unwrap();
         let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -82,8 +85,8 @@ impl Upstream {
             .with_no_client_auth();
         // As `Upstream::build` sets it up: h2 first, http/1.1 to tell an HTTP/1.1 upstream apart.
         client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let chain = vec![CertificateDer::from_pem_slice(pki.cert_pem.as_bytes()).unwrap()];
-        let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).unwrap();
+        let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
