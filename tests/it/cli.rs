@@ -61,7 +61,7 @@ fn catalog_lists_and_filters() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, out) = keyward(dir.path(), &["catalog"]);
     assert!(ok);
-    assert_eq!(out.lines().count(), 759);
+    assert_eq!(out.lines().count(), 762);
     let (_, out) = keyward(dir.path(), &["catalog", "webhook_"]);
     assert!(out.lines().count() >= 5 && out.lines().all(|l| l.contains("webhook_")), "{out}");
 }
