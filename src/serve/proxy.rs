@@ -38,8 +38,7 @@ pub struct Proxy {
     pub state: Arc<State>,
     /// Each port's connections: unproven callers of one cannot take the other's share.
     pub admission: [Arc<Admission>; 2],
-    /// What all form bodies being read whole may take together, in KiB
-    /// (`limits.max_form_bytes_total`): a service with many calls cannot fill the memory.
+    /// What form bodies read whole take together, in KiB (`limits.max_form_bytes_total`).
     forms: Arc<Semaphore>,
     pub ids: RequestIds,
     /// Forward mode's tunnels open.
@@ -108,24 +107,9 @@ impl Proxy {
             ex
         };
         let route = match &ruling.verdict {
-            // Refused before anything is read or sent: answered and recorded at once, so the
-            // caller (token or not) holds no place in the access-log queue while it reads.
             Verdict::Deny(f) => {
-                // A tunnel whose host is no longer intercepted, or whose token is no longer
-                // good, carries nothing more: it is closed after this answer.
-                if matches!(f, Failure::HostNotProxied { .. } | Failure::ProxyTokenInvalid { .. })
-                    && let Some(close) = &caller.close
-                {
-                    close.cancel();
-                }
-                // An unproven connection refused `limits.refusals_per_connection` times is
-                // closed after this answer: a caller without a token gets a few tries, not a
-                // connection to keep sending refusals on.
-                let enough = refused_unproven && caller.conn.refused() >= snap.limits.refusals_per_connection;
-                if enough && let Some(close) = &caller.close {
-                    close.cancel();
-                }
-                return Ok(exchange().refuse(closing(respond::failure(f), unread || enough)));
+                let close = refused_unproven && caller.conn.refused() >= snap.limits.refusals_per_connection;
+                return Ok(refuse_now(&caller, f, close, unread, exchange()));
             }
             Verdict::Allow(route) | Verdict::WouldDeny(route, _) => *route,
         };
@@ -182,6 +166,22 @@ impl Proxy {
         self.state.metrics.observe(&record, None);
         self.state.audit.refusal(record);
     }
+}
+
+/// Refused before anything is read or sent: answered and recorded at once, so that the caller
+/// (token or not) holds no place in the access-log queue while it reads. `enough`: an
+/// unproven connection refused `limits.refusals_per_connection` times, closed after this
+/// answer (a caller without a token gets a few tries, not a connection to send refusals on).
+fn refuse_now(caller: &Caller, f: &Failure, enough: bool, unread: bool, ex: Exchange) -> Response<Body> {
+    // A tunnel whose host is no longer intercepted, or whose token is no longer good,
+    // carries nothing more: it is closed after this answer.
+    let tunnel_over = matches!(f, Failure::HostNotProxied { .. } | Failure::ProxyTokenInvalid { .. });
+    if (tunnel_over || enough)
+        && let Some(close) = &caller.close
+    {
+        close.cancel();
+    }
+    ex.refuse(closing(respond::failure(f), unread || enough))
 }
 
 /// keyward's own answer to an HTTP/1.1 request whose body it has not read (`unread`): hyper
