@@ -58,7 +58,7 @@ pub struct Running {
 pub async fn start(src: &Source) -> Result<Running, StartError> {
     let path = src.path().map(ToOwned::to_owned);
     let snap = config::compile(src, Options::FULL).await.map_err(StartError::Config)?;
-    let instance = crate::control::state::instance();
+    let instance = crate::control::instance::instance();
     crate::control::telemetry::start(snap.otlp_endpoint.as_deref(), instance)
         .map_err(StartError::Telemetry)?;
     let audit = AuditSink::open(snap.audit.clone(), instance.into())

@@ -291,7 +291,7 @@ fn saved_json(saved: Result<(), SuspensionsError>) -> serde_json::Value {
 fn audit_head(state: &State) -> serde_json::Value {
     let head = state.audit.state.head.lock().expect("not poisoned").clone();
     serde_json::json!({
-        "instance": crate::control::state::instance(),
+        "instance": crate::control::instance::instance(),
         "seq": head.as_ref().map(|h| h.0),
         "head": head.map(|h| h.1),
     })
@@ -324,7 +324,7 @@ fn status(state: &State, snap: &Snapshot) -> serde_json::Value {
         .as_ref()
         .map(|s| serde_json::json!({ "up": s.is_up(), "replicas": s.replicas() }));
     serde_json::json!({
-        "instance": crate::control::state::instance(),
+        "instance": crate::control::instance::instance(),
         "version": snap.version,
         "draining": state.draining.load(Ordering::Relaxed),
         "audit": { "healthy": state.audit.admits(), "head": audit_head(state) },

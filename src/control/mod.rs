@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod instance;
 pub mod intercept;
 pub mod limits;
 pub mod metrics;

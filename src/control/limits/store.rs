@@ -138,7 +138,7 @@ impl Store {
         let mut suffix = [0u8; 4];
         getrandom::fill(&mut suffix)?;
         let store = Arc::new(Store {
-            member: format!("{}/{}", crate::control::state::instance(), hex::encode(suffix)),
+            member: format!("{}/{}", crate::control::instance::instance(), hex::encode(suffix)),
             spec,
             conn,
             take: redis::Script::new(TAKE),
