@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use foldhash::HashMap;
@@ -35,9 +35,18 @@ use crate::policy::identity::address_key;
 #[derive(Debug)]
 pub struct Admission {
     metrics: AdmissionMetrics,
-    closed: Notify,
+    open: Arc<Open>,
     table: Mutex<Table>,
     turn_free: Notify,
+}
+
+/// The connections open on both ports together (`limits.max_connections` counts them all),
+/// and a wake-up for the accept loops waiting for one to close. Its own count, not the
+/// metric's: a gauge is for reading, not for deciding.
+#[derive(Debug, Default)]
+pub struct Open {
+    count: AtomicUsize,
+    closed: Notify,
 }
 
 /// An unproven connection or a handshake in progress, in its address's queue, oldest first.
@@ -88,8 +97,8 @@ impl Table {
 }
 
 impl Admission {
-    pub fn new(metrics: AdmissionMetrics) -> Admission {
-        Admission { metrics, closed: Notify::new(), table: Mutex::default(), turn_free: Notify::new() }
+    pub fn new(metrics: AdmissionMetrics, open: Arc<Open>) -> Admission {
+        Admission { metrics, open, table: Mutex::default(), turn_free: Notify::new() }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -97,13 +106,20 @@ impl Admission {
     }
 
     pub fn open(&self) -> usize {
-        self.metrics.open.get().max(0) as usize
+        self.open.count.load(Ordering::Relaxed)
     }
 
-    /// Until fewer than `max` connections are open.
+    /// Until fewer than `max` connections are open (on both ports).
     pub async fn room(&self, max: usize) {
-        while self.open() >= max {
-            self.closed.notified().await;
+        loop {
+            // Listening before looking: a close between the two still wakes this.
+            let closed = self.open.closed.notified();
+            let mut closed = std::pin::pin!(closed);
+            closed.as_mut().enable();
+            if self.open() < max {
+                return;
+            }
+            closed.await;
         }
     }
 
@@ -140,6 +156,7 @@ impl Admission {
         t.unproven.entry(ip).or_default().push_back(Held { id, evict: evict.clone() });
         t.unproven_total += 1;
         drop(t);
+        self.open.count.fetch_add(1, Ordering::Relaxed);
         self.metrics.open.inc();
         self.metrics.unproven.inc();
         Some(Connection {
@@ -285,9 +302,10 @@ impl Drop for Connection {
             a.metrics.unproven.dec();
         }
         drop(t);
+        a.open.count.fetch_sub(1, Ordering::Relaxed);
         a.metrics.open.dec();
-        // One waiter (the accept loop); a stored permit covers a close just before it waits.
-        a.closed.notify_one();
+        // Both ports' accept loops may wait for room.
+        a.open.closed.notify_waiters();
     }
 }
 
@@ -318,7 +336,7 @@ mod tests {
     use super::*;
 
     fn admission() -> Arc<Admission> {
-        Arc::new(Admission::new(AdmissionMetrics::default()))
+        Arc::new(Admission::new(AdmissionMetrics::default(), Arc::default()))
     }
 
     fn limits(

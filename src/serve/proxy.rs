@@ -36,7 +36,7 @@ use crate::upstream::{self, Answer, Body, BoxError};
 /// the request ids.
 pub struct Proxy {
     pub state: Arc<State>,
-    /// Each port's connections: unproven callers of one cannot take the other's share.
+    /// Each port's connections (unproven callers of one cannot take the other's share).
     pub admission: [Arc<Admission>; 2],
     /// What form bodies read whole take together, in KiB (`limits.max_form_bytes_total`).
     forms: Arc<Semaphore>,
@@ -50,7 +50,8 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(state: Arc<State>) -> Arc<Proxy> {
         let m = &state.metrics;
-        let admission = [(); 2].map(|_| Arc::new(Admission::new(m.connections.clone())));
+        let open: Arc<crate::serve::admission::Open> = Arc::default(); // both ports' count
+        let admission = [(); 2].map(|_| Arc::new(Admission::new(m.connections.clone(), open.clone())));
         let kib = state.snapshot.load().limits.max_form_bytes_total.div_ceil(1024);
         let forms = Arc::new(Semaphore::new(kib.min(Semaphore::MAX_PERMITS)));
         Arc::new(Proxy {
@@ -135,8 +136,7 @@ impl Proxy {
             Ok(resp) => ex.respond(resp, false),
             Err(f) => {
                 ex.failed(&f);
-                // It may have come before the body was read whole.
-                ex.respond(closing(respond::failure(&f), unread), true)
+                ex.respond(closing(respond::failure(&f), unread), true) // maybe before the body
             }
         })
     }
