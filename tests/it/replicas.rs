@@ -123,12 +123,27 @@ async fn three_replicas_converge_verify_together_and_drain_without_loss() {
     assert!(done > 20, "only {done} calls");
     assert_eq!(failed, 0, "{failed} of {} calls found no replica", done + failed);
 
-    // The head each live replica reports is the one its file ends with.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The head each live replica reports is the one its file ends with, once its writer has
+    // written what was queued.
+    let last_seq = |home: &tempfile::TempDir| {
+        let text = std::fs::read_to_string(home.path().join("audit.jsonl")).unwrap_or_default();
+        let last = text.lines().last().and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        last.map(|v| v["seq"].clone())
+    };
+    let head_of = |admin| async move {
+        let (_, body) = admin_request(admin, "GET", "/-/audit/head").await;
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    };
     let mut heads = Vec::new();
     for r in &replicas {
-        let (_, body) = admin_request(r.admin.unwrap(), "GET", "/-/audit/head").await;
-        heads.push(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
+        let admin = r.admin.unwrap();
+        // `kw-N` writes in homes[N] (a restarted replica comes last in `replicas`).
+        let name = head_of(admin).await["instance"].as_str().unwrap().to_string();
+        let home = &homes[name.trim_start_matches("kw-").parse::<usize>().unwrap()];
+        let settled =
+            eventually(|| async move { Some(head_of(admin).await["seq"].clone()) == last_seq(home) });
+        assert!(settled.await, "{name}'s head never matched its file's {:?}", last_seq(home));
+        heads.push(head_of(admin).await);
     }
     for r in &mut replicas {
         let _ = r.child.kill();
