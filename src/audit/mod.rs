@@ -10,6 +10,7 @@ pub mod rotation;
 pub mod scope;
 mod settings;
 pub mod verify;
+mod writer;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
