@@ -87,15 +87,7 @@ fn benches(c: &mut Criterion) {
     let allow = request("GET", "/v1/charges/ch_3NxAbCdEfGhIjK");
     let deny = request("POST", "/v1/charges/ch_3NxAbCdEfGhIjK/refund");
     let ip = "10.1.2.3".parse().unwrap();
-    let facts = |parts| RequestFacts {
-        parts,
-        client_ip: ip,
-        now: 1_800_000_000,
-        tunnel: None,
-        client_ids: &[],
-        suspended: &|_| false,
-        has_body: false,
-    };
+    let facts = |parts| RequestFacts::direct(parts, ip, 1_800_000_000);
     assert!(matches!(decide(&snap.policy, &facts(&allow)).verdict, Verdict::Allow(_)));
     assert!(matches!(decide(&snap.policy, &facts(&deny)).verdict, Verdict::Deny(_)));
     c.bench_function("decide_allow_1000_services", |b| {

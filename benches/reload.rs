@@ -58,15 +58,7 @@ fn benches(c: &mut Criterion) {
         .into_parts()
         .0;
     let ip = "10.1.2.3".parse().unwrap();
-    let facts = RequestFacts {
-        parts: &parts,
-        client_ip: ip,
-        now: 1_800_000_000,
-        tunnel: None,
-        client_ids: &[],
-        suspended: &|_| false,
-        has_body: false,
-    };
+    let facts = RequestFacts::direct(&parts, ip, 1_800_000_000);
     c.bench_function("snapshot_load_full", |b| b.iter(|| swap.load_full().version.len()));
     c.bench_function("decide_10000_services", |b| {
         let snap = swap.load_full();

@@ -27,6 +27,22 @@ pub struct RequestFacts<'a> {
     pub has_body: bool,
 }
 
+impl<'a> RequestFacts<'a> {
+    /// A request straight to the listener, with no body, no client certificate and no token
+    /// suspended: what benchmarks and examples decide; set the other fields as needed.
+    pub fn direct(parts: &'a Parts, client_ip: IpAddr, now: i64) -> RequestFacts<'a> {
+        RequestFacts {
+            parts,
+            client_ip,
+            now,
+            tunnel: None,
+            client_ids: &[],
+            suspended: &|_| false,
+            has_body: false,
+        }
+    }
+}
+
 /// A tunnel, as the requests inside it are decided: what it was opened to, and the token of
 /// its `CONNECT`'s `Proxy-Authorization` (its hash only), if it had one.
 #[derive(Debug, Clone)]
