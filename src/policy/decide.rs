@@ -312,6 +312,16 @@ fn check_entry(
     expansion_failure(policy, service, &target.expand, token)
 }
 
+/// Whether the secret a call is about to be sent with may be used for its service: of the
+/// service's `livemode` (`Some(true)`: a live key), if it names one. Read when the secret is
+/// loaded, as a vault's new version may be of the other mode: fail closed.
+pub fn secret_mode(service: &Service, key_livemode: Option<bool>) -> Result<(), Failure> {
+    match service.livemode {
+        Some(want) if key_livemode != Some(want) => Err(Failure::LivemodeMismatch),
+        _ => Ok(()),
+    }
+}
+
 /// The body rule, for a form body (read whole) of a call about to be forwarded: `Err` refuses
 /// it whatever the service's mode (it could be read two ways), `Ok(Some(f))` is a refusal the
 /// service's report mode turns into `would_deny`, `Ok(None)` lets it go.

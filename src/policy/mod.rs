@@ -20,6 +20,7 @@ pub mod token_format;
 pub use caller::{ProxyRefusal, proxy_identify};
 pub use decide::{
     Decision, Route, Ruling, Verdict, authorize, check_form, decide, expansion_failure, exposed_in,
+    secret_mode,
 };
 pub use facts::RequestFacts;
 pub use failure::Failure;

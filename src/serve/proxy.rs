@@ -303,16 +303,13 @@ fn rewrite_request<'s>(
     let secret = snap.secrets[route.service.secret].serving().ok_or(Failure::SecretStale)?;
     ex.record.secret_version = secret.version;
     ex.record.livemode = policy::identity::key_livemode(secret.value.expose());
-    // Fail closed when a vault's new version is of the other mode than the service allows.
-    if let Some(want) = route.service.livemode
-        && ex.record.livemode != Some(want)
-    {
+    if let Err(f) = policy::secret_mode(route.service, ex.record.livemode) {
         tracing::error!(
             service = &*route.service.name,
             request_id = ex.record.request_id,
             "the service's secret is not of its configured livemode; refusing (503)"
         );
-        return Err(Failure::LivemodeMismatch);
+        return Err(f);
     }
     let headers =
         upstream::request_headers(&parts.headers, secret.value.expose()).ok_or(Failure::Internal)?;

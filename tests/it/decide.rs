@@ -1415,3 +1415,39 @@ async fn check_form_rules() {
     assert!(wrong.is_empty(), "{} rows differ:\n{}", wrong.len(), wrong.join("\n"));
     println!("{} rows", table.len());
 }
+
+/// `secret_mode`: a service that names its `livemode` is never sent with a key of the other
+/// mode (a vault's new version can change it), nor with one of no known mode; a service that
+/// names none takes any.
+#[tokio::test]
+async fn a_secret_of_the_other_mode_is_never_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = Tokens::new();
+    // A test-mode key, as the configuration's check of `livemode` reads it at compile time.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("secrets.toml");
+    std::fs::write(&keys, "s = \"sk_test_0123456789abcdefABCDEF\"\n").unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = main_config(&t)
+        .replacen("name = \"billing\"\n", "name = \"billing\"\nlivemode = false\n", 1)
+        .replacen(
+            "source = \"env\"\nvar = \"X\"",
+            &format!("source = \"file\"\npath = {keys:?}\nkey = \"s\""),
+            1,
+        );
+    let with_secrets = Options { secrets: true, ..Options::POLICY_ONLY };
+    let snap = compile(&Source { name: "mode.toml".into(), text }, with_secrets).await.unwrap();
+    let service = |name: &str| snap.policy.services.iter().find(|s| &*s.name == name).unwrap();
+    let (test_only, any) = (service("billing"), service("reports"));
+    assert_eq!(keyward::policy::secret_mode(test_only, Some(false)), Ok(()));
+    for other in [Some(true), None] {
+        assert_eq!(
+            keyward::policy::secret_mode(test_only, other),
+            Err(Failure::LivemodeMismatch),
+            "{other:?}"
+        );
+    }
+    for mode in [Some(true), Some(false), None] {
+        assert_eq!(keyward::policy::secret_mode(any, mode), Ok(()), "{mode:?}");
+    }
+}
