@@ -59,7 +59,7 @@ pub async fn start(src: &Source) -> Result<Running, StartError> {
     let path = src.path().map(ToOwned::to_owned);
     let snap = config::compile(src, Options::FULL).await.map_err(StartError::Config)?;
     let instance = crate::control::instance::instance();
-    crate::control::telemetry::start(snap.otlp_endpoint.as_deref(), instance)
+    let telemetry = crate::control::telemetry::start(snap.otlp_endpoint.as_deref(), instance)
         .map_err(StartError::Telemetry)?;
     let audit = AuditSink::open(snap.audit.clone(), instance.into())
         .map_err(|source| StartError::AuditLog { path: snap.audit.path.clone(), source })?;
@@ -90,7 +90,7 @@ pub async fn start(src: &Source) -> Result<Running, StartError> {
         );
     }
     crate::secrets::spawn_refresh(&snap.secrets);
-    let state = State::new(Arc::new(snap), audit, suspensions);
+    let state = State::new(Arc::new(snap), audit, suspensions, telemetry);
     tokio::spawn(crate::control::suspensions::share_every_second(Arc::downgrade(&state)));
     let proxy = Proxy::new(state.clone());
     let reloader = Reloader::new(state, path.clone());
@@ -145,7 +145,9 @@ impl Running {
         self.background.cancel();
         self.tasks.close();
         self.tasks.wait().await;
-        crate::control::telemetry::shutdown();
+        if let Some(t) = &self.proxy.state.telemetry {
+            t.shutdown();
+        }
     }
 
     /// Run until `shutdown` (SIGTERM or SIGINT, see [`shutdown_signal`]), then drain: `/readyz`

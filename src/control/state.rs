@@ -25,6 +25,8 @@ pub struct State {
     pub suspensions: Suspensions,
     /// Refusals for the source address per token, for `quarantine`.
     strikes: std::sync::Mutex<crate::control::quarantine::Strikes>,
+    /// The OTLP exporter, when telemetry is on (bound at start).
+    pub telemetry: Option<crate::control::telemetry::Telemetry>,
 }
 
 /// The (service, token id) pairs a suspension or resumption changed, and whether the state file
@@ -111,7 +113,12 @@ impl State {
 }
 
 impl State {
-    pub fn new(snapshot: Arc<Snapshot>, audit: AuditSink, suspensions: Suspensions) -> Arc<State> {
+    pub fn new(
+        snapshot: Arc<Snapshot>,
+        audit: AuditSink,
+        suspensions: Suspensions,
+        telemetry: Option<crate::control::telemetry::Telemetry>,
+    ) -> Arc<State> {
         Arc::new(State {
             snapshot: ArcSwap::new(snapshot),
             audit,
@@ -119,6 +126,7 @@ impl State {
             draining: AtomicBool::new(false),
             suspensions,
             strikes: Default::default(),
+            telemetry,
         })
     }
 }

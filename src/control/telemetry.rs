@@ -4,7 +4,6 @@
 //! what the record does (no token, no secret) and costs nothing while telemetry is off. A
 //! caller's W3C `traceparent` is continued.
 
-use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
@@ -15,12 +14,18 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 use crate::audit::AccessRecord;
 
-struct Telemetry {
+/// The exporter of one keyward instance (held by its `State`: in-process instances, as the
+/// tests run them, each export their own).
+pub struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
 }
 
-static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Telemetry")
+    }
+}
 
 /// Why telemetry cannot start: the exporter refused its settings.
 #[derive(Debug, thiserror::Error)]
@@ -30,13 +35,13 @@ pub struct TelemetryError(#[from] opentelemetry_otlp::ExporterBuildError);
 /// Start exporting, if an endpoint is configured (`otlp_endpoint`, a base URL such as
 /// `http://collector:4318`, else the standard `OTEL_EXPORTER_OTLP_*ENDPOINT` variables).
 /// Called once, at start; the exporter sends from a thread of its own.
-pub fn start(endpoint: Option<&str>, instance: &str) -> Result<bool, TelemetryError> {
+pub fn start(endpoint: Option<&str>, instance: &str) -> Result<Option<Telemetry>, TelemetryError> {
     use opentelemetry_otlp::WithExportConfig;
     let from_env = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
         .iter()
         .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()));
     if endpoint.is_none() && !from_env {
-        return Ok(false);
+        return Ok(None);
     }
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
     if let Some(base) = endpoint {
@@ -49,22 +54,35 @@ pub fn start(endpoint: Option<&str>, instance: &str) -> Result<bool, TelemetryEr
         .build();
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
     let tracer = provider.tracer("keyward");
-    let _ = TELEMETRY.set(Telemetry { provider, tracer });
-    Ok(true)
+    Ok(Some(Telemetry { provider, tracer }))
 }
 
-pub fn enabled() -> bool {
-    TELEMETRY.get().is_some()
+impl Telemetry {
+    /// The caller's trace (`traceparent`, `tracestate`), if it sent one.
+    pub fn parent(&self, headers: &http::HeaderMap) -> Context {
+        TraceContextPropagator::new().extract(&Headers(headers))
+    }
+
+    /// Export one request's span, from its record.
+    pub fn export(&self, r: &AccessRecord, start: SystemTime, end: SystemTime, parent: Option<&Context>) {
+        export(&self.tracer, r, start, end, parent)
+    }
+
+    /// Send what is queued before the process exits.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!(error = %e, "the OTLP exporter did not shut down cleanly");
+        }
+    }
 }
 
-/// The caller's trace (`traceparent`, `tracestate`), if it sent one and telemetry is on.
-pub fn parent(headers: &http::HeaderMap) -> Option<Context> {
-    enabled().then(|| TraceContextPropagator::new().extract(&Headers(headers)))
-}
-
-/// Export one request's span, from its record.
-pub fn export(r: &AccessRecord, start: SystemTime, end: SystemTime, parent: Option<&Context>) {
-    let Some(t) = TELEMETRY.get() else { return };
+fn export(
+    tracer: &SdkTracer,
+    r: &AccessRecord,
+    start: SystemTime,
+    end: SystemTime,
+    parent: Option<&Context>,
+) {
     let name = match &r.template {
         Some(template) => format!("{} {template}", r.method),
         None => r.method.clone(),
@@ -87,29 +105,19 @@ pub fn export(r: &AccessRecord, start: SystemTime, end: SystemTime, parent: Opti
     if let Some(id) = &r.upstream_request_id {
         attributes.push(KeyValue::new("stripe.request_id", id.clone()));
     }
-    let builder = t
-        .tracer
+    let builder = tracer
         .span_builder(name)
         .with_kind(SpanKind::Server)
         .with_start_time(start)
         .with_attributes(attributes);
     let mut span = match parent {
-        Some(cx) if cx.span().span_context().is_valid() => builder.start_with_context(&t.tracer, cx),
-        _ => builder.start(&t.tracer),
+        Some(cx) if cx.span().span_context().is_valid() => builder.start_with_context(tracer, cx),
+        _ => builder.start(tracer),
     };
     if r.status >= 500 {
         span.set_status(Status::error(r.reason.to_string()));
     }
     span.end_with_timestamp(end);
-}
-
-/// Send what is queued before the process exits.
-pub fn shutdown() {
-    if let Some(t) = TELEMETRY.get()
-        && let Err(e) = t.provider.shutdown()
-    {
-        tracing::warn!(error = %e, "the OTLP exporter did not shut down cleanly");
-    }
 }
 
 struct Headers<'a>(&'a http::HeaderMap);

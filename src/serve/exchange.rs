@@ -86,6 +86,7 @@ impl Exchange {
             ..new_record(ids, caller.ip, version)
         };
         state.metrics.in_flight.inc();
+        let trace = state.telemetry.as_ref().map(|t| t.parent(&parts.headers));
         Exchange {
             state,
             slot: None,
@@ -97,7 +98,7 @@ impl Exchange {
             upstream_error: None,
             caller_cut: caller.cut.clone(),
             stream: Progress::current(),
-            trace: crate::control::telemetry::parent(&parts.headers),
+            trace,
         }
     }
 
@@ -233,10 +234,10 @@ impl Drop for Exchange {
         let r = &mut self.record;
         self.state.metrics.in_flight.dec();
         self.state.metrics.observe(r, self.upstream_error);
-        if crate::control::telemetry::enabled() {
+        if let Some(t) = &self.state.telemetry {
             let end = std::time::SystemTime::now();
             let start = end - self.started.elapsed();
-            crate::control::telemetry::export(r, start, end, self.trace.as_ref());
+            t.export(r, start, end, self.trace.as_ref());
         }
         match self.slot.take() {
             Some(slot) => slot.send(std::mem::take(r)),
