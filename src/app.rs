@@ -91,7 +91,7 @@ pub async fn start(src: &Source) -> Result<Running, StartError> {
     }
     crate::secrets::spawn_refresh(&snap.secrets);
     let state = State::new(Arc::new(snap), audit, suspensions, telemetry);
-    tokio::spawn(crate::control::suspensions::share_every_second(Arc::downgrade(&state)));
+    tokio::spawn(crate::control::state::share_suspensions_every_second(Arc::downgrade(&state)));
     let proxy = Proxy::new(state.clone());
     let reloader = Reloader::new(state, path.clone());
     let (tasks, background, accept) =

@@ -19,7 +19,7 @@ pub struct Snapshot {
     /// Host names the admin port answers besides IP addresses and `localhost`.
     pub admin_hosts: Vec<String>,
     /// `[admin]` and `server.admin_tls`.
-    pub admin: crate::control::config::admin::AdminSettings,
+    pub admin: AdminSettings,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub limits: Limits,
     pub timeouts: Timeouts,
@@ -94,4 +94,24 @@ pub struct ForwardSettings {
     pub max_tunnels: usize,
     pub head_timeout: Duration,
     pub idle_timeout: Duration,
+}
+
+/// A token that may call the admin port's mutating endpoints (`[[admin.token]]`).
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub id: Arc<str>,
+    pub hash: crate::policy::identity::TokenHash,
+    /// Unix seconds.
+    pub expires: Option<i64>,
+}
+
+/// `[admin]` as it runs.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    pub tokens: Vec<AdminToken>,
+    /// Where suspensions are kept: `[admin] state_file`, else `keyward-state.json` beside a
+    /// file access log; `None` (memory only) with the log on stdout.
+    pub state_file: Option<std::path::PathBuf>,
+    /// The admin port speaks TLS (`server.admin_tls`).
+    pub tls: bool,
 }

@@ -251,31 +251,6 @@ fn read(path: &Path) -> Result<BTreeMap<String, Entry>, SuspensionsError> {
     Ok(shape.suspended)
 }
 
-/// Share suspensions through Redis every second while `[ratelimit] redis` is configured, until
-/// the state is gone.
-pub async fn share_every_second(state: std::sync::Weak<crate::control::state::State>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tick.tick().await;
-        let Some(state) = state.upgrade() else { return };
-        let Some(store) = state.snapshot.load().ratelimits.store.clone() else { continue };
-        match state.suspensions.share(&store).await {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!("suspensions shared through Redis again");
-            }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "suspensions cannot be shared through Redis; those known here stay in force");
-            }
-            Err(_) => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,31 +1,13 @@
 //! `[admin]`: the admin tokens that may change a running keyward, and where suspensions are
 //! kept.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use super::errors::Errors;
 use super::file::FileConfig;
 use crate::policy::identity::TokenHash;
 
-/// A token that may call the admin port's mutating endpoints.
-#[derive(Debug, Clone)]
-pub struct AdminToken {
-    pub id: Arc<str>,
-    pub hash: TokenHash,
-    /// Unix seconds.
-    pub expires: Option<i64>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct AdminSettings {
-    pub tokens: Vec<AdminToken>,
-    /// Where suspensions are kept: `[admin] state_file`, else `keyward-state.json` beside a
-    /// file access log; `None` (memory only) with the log on stdout.
-    pub state_file: Option<PathBuf>,
-    /// The admin port speaks TLS (`server.admin_tls`).
-    pub tls: bool,
-}
+pub use crate::control::snapshot::{AdminSettings, AdminToken};
 
 pub fn check(
     file: &FileConfig,
