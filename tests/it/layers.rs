@@ -64,3 +64,86 @@ fn each_layer_imports_only_from_the_layers_below_it() {
     }
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
 }
+
+/// A module's path from its file: `src/serve/meter/mod.rs` → `serve::meter`.
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    parts
+}
+
+/// No import circles inside a folder: within each folder, its children (files and subfolders,
+/// each counted with everything under it) import one another without a cycle. Test code
+/// (after `#[cfg(test)]`) may reach anywhere.
+#[test]
+fn no_folder_has_an_import_circle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let modules: Vec<Vec<String>> = files.iter().map(|f| module_of(&src, f)).collect();
+    // The longest module a path names (`crate::a::b::Item` → `a::b`).
+    let known = |parts: &[String]| -> Option<Vec<String>> {
+        (1..=parts.len()).rev().map(|k| parts[..k].to_vec()).find(|p| modules.contains(p))
+    };
+    // Each module's imports of the crate's modules (`crate::a::b`, `super::c`).
+    let mut edges: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    for (file, module) in files.iter().zip(&modules) {
+        let text = std::fs::read_to_string(file).unwrap();
+        let text = text.split("#[cfg(test)]").next().unwrap();
+        let parent = &module[..module.len().saturating_sub(1)];
+        for (marker, base) in [("crate::", &[][..]), ("super::", parent)] {
+            for used in text.split(marker).skip(1) {
+                let path: Vec<String> = used
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                    .next()
+                    .unwrap_or("")
+                    .split("::")
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                let full: Vec<String> = base.iter().cloned().chain(path).collect();
+                if let Some(to) = known(&full)
+                    && to != *module
+                {
+                    edges.push((module.clone(), to));
+                }
+            }
+        }
+    }
+    let mut folders: Vec<Vec<String>> =
+        modules.iter().map(|m| m[..m.len().saturating_sub(1)].to_vec()).collect();
+    folders.sort();
+    folders.dedup();
+    let mut circles = Vec::new();
+    for folder in &folders {
+        let n = folder.len();
+        let child = |m: &Vec<String>| (m.len() > n && m[..n] == folder[..]).then(|| m[n].clone());
+        let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+            Default::default();
+        for (from, to) in &edges {
+            if let (Some(a), Some(b)) = (child(from), child(to))
+                && a != b
+            {
+                graph.entry(a).or_default().insert(b);
+            }
+        }
+        // A child that reaches itself again is on a circle.
+        for start in graph.keys() {
+            let (mut seen, mut todo) = (std::collections::BTreeSet::new(), vec![start.clone()]);
+            while let Some(at) = todo.pop() {
+                for next in graph.get(&at).into_iter().flatten() {
+                    if next == start {
+                        circles.push(format!("{}: {start} imports itself again", folder.join("::")));
+                    } else if seen.insert(next.clone()) {
+                        todo.push(next.clone());
+                    }
+                }
+            }
+        }
+    }
+    circles.dedup();
+    assert!(circles.is_empty(), "\n{}", circles.join("\n"));
+}
