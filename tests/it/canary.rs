@@ -9,6 +9,11 @@ use crate::common::*;
 const TOKEN: &str = "kw_CANARYTOKEN_5e1f0c9a7b3d2e4f6a8c";
 const EXPIRED: &str = "kw_CANARYEXPIRED_00112233445566778899";
 
+/// A token of the minted shape, so that keyward finds it where it does not belong.
+fn minted() -> String {
+    keyward::policy::token_format::with_checksum("CANARYMINTED0123456789abcdefghijklmnopqrstu")
+}
+
 #[tokio::test]
 async fn no_secret_or_token_escapes() {
     canary("http2 = false", false).await;
@@ -30,6 +35,7 @@ async fn canary(upstream_extra: &str, log_on_stdout: bool) {
             Svc::new("billing")
                 .token("live", TOKEN)
                 .token_with("old", EXPIRED, "expires = \"2021-01-01T00:00:00Z\"")
+                .token("minted", &minted())
                 .scope("charge", "read")
                 .source_ips(&["127.0.0.1/32", "::1/128"])
                 .extra("quarantine = { ip_refusals = 2, within = \"1m\" }"),
@@ -52,7 +58,15 @@ async fn canary(upstream_extra: &str, log_on_stdout: bool) {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{TOKEN}:"));
     basic.headers_mut().insert("authorization", format!("Basic {b64}").parse().unwrap());
+    // A token in the wrong place: refused, and in no output either.
+    let mut in_header = req("GET", "/v1/charges", TOKEN, "");
+    in_header.headers_mut().insert("x-api-key", minted().parse().unwrap());
+    let mut in_json = req("POST", "/v1/charges", TOKEN, &format!(r#"{{"k":"{}"}}"#, minted()));
+    in_json.headers_mut().insert("content-type", "application/json".parse().unwrap());
     let mix = vec![
+        req("GET", &format!("/v1/charges?api_key={}", minted()), TOKEN, ""),
+        in_header,
+        in_json,
         req("GET", "/v1/charges/ch_1", TOKEN, ""),
         req("POST", "/v1/charges", TOKEN, "amount=100"),
         req("GET", "/v1/charges", &format!("{TOKEN}x"), ""),
@@ -119,7 +133,7 @@ async fn canary(upstream_extra: &str, log_on_stdout: bool) {
         [("access log", &audit), ("stderr", &stderr), ("stdout", &stdout), ("responses", &bodies)]
     {
         // The Basic credential is the token base64-encoded: that form must not escape either.
-        for canary in ["CANARYTOKEN", "CANARYEXPIRED", "REALSECRET", SECRET, TOKEN, &b64] {
+        for canary in ["CANARYTOKEN", "CANARYEXPIRED", "CANARYMINTED", "REALSECRET", SECRET, TOKEN, &b64] {
             assert!(!text.contains(canary), "{canary} appears in {place}");
         }
     }
