@@ -178,18 +178,22 @@ fn exposed_ruling<'s>(
         Some(owner) => Some(lookup(policy, &owner)),
         None => identify(policy, facts).ok().map(|(s, t, _)| (s, t)),
     };
-    let named = whose.map(|(s, t)| (s.name.clone(), t.id.clone()));
     Ruling {
         service: whose.map(|(s, _)| s),
         token: whose.map(|(_, t)| t),
-        ..Ruling::deny(Failure::TokenInWrongPlace { place, whose: named })
+        ..Ruling::deny(Failure::TokenInWrongPlace { place, whose: whose.map(named) })
     }
+}
+
+/// A service and token as a failure names them (`Failure::TokenInWrongPlace::whose`).
+fn named((service, token): (&Service, &Token)) -> (std::sync::Arc<str>, std::sync::Arc<str>) {
+    (service.name.clone(), token.id.clone())
 }
 
 /// A token in a body, found by `exposure::find` or a stream's search: the refusal, naming the
 /// token's owner when keyward knows it.
 pub fn exposed_in(policy: &Policy, exposed: exposure::Exposed, place: &str) -> Failure {
-    let whose = exposed.owner.map(|o| lookup(policy, &o)).map(|(s, t)| (s.name.clone(), t.id.clone()));
+    let whose = exposed.owner.map(|o| named(lookup(policy, &o)));
     Failure::TokenInWrongPlace { place: place.into(), whose }
 }
 

@@ -60,6 +60,8 @@ pub struct Exchange {
     pub signals: Arc<Signals>,
     /// The kind of upstream failure, for the metrics (`Failure::upstream_kind`).
     upstream_error: Option<&'static str>,
+    /// A refusal or failure was recorded: its reason stands (`settled`).
+    failed: bool,
     /// Raised when the caller's connection was cut off for not reading.
     caller_cut: Arc<AtomicBool>,
     /// The HTTP/2 stream's watchdog, if the request came on one.
@@ -96,6 +98,7 @@ impl Exchange {
             started: Instant::now(),
             signals: Default::default(),
             upstream_error: None,
+            failed: false,
             caller_cut: caller.cut.clone(),
             stream: Progress::current(),
             trace,
@@ -143,6 +146,7 @@ impl Exchange {
     /// What a failure tells besides its reason: an upstream's kind of failure (metrics), a
     /// token exposed (the record counts it, and names the token's owner when keyward knows).
     fn failure_seen(&mut self, f: &Failure) {
+        self.failed = true;
         self.upstream_error = self.upstream_error.or(f.upstream_kind());
         if let Failure::TokenInWrongPlace { whose, .. } = f {
             self.record.token_exposed = true;
@@ -156,7 +160,7 @@ impl Exchange {
     /// the way, the most serious first. A secret scrubbed is never hidden behind a stall; a
     /// refusal, a failure or report mode's would-deny keeps its own reason.
     fn settled(&self) -> Option<&'static str> {
-        if self.record.decision != Decision::Allow || self.record.reason != "ok" {
+        if self.record.decision != Decision::Allow || self.failed {
             return None;
         }
         let cut = self.caller_cut.load(Ordering::Relaxed)

@@ -74,7 +74,8 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         // keyward's own answers may come before the body was read: then, over HTTP/1.1, the
         // connection closes after them (`closing`).
-        let unread = parts.version < http::Version::HTTP_2 && !http_body::Body::is_end_stream(&body);
+        let has_body = !http_body::Body::is_end_stream(&body);
+        let unread = parts.version < http::Version::HTTP_2 && has_body;
         // No record, no request: fail closed while the access log cannot be written.
         if !self.state.audit.admits() {
             return Ok(closing(self.unrecorded(Failure::AuditUnavailable), unread));
@@ -88,7 +89,7 @@ impl Proxy {
             tunnel: caller.tunnel.as_deref(),
             client_ids: &caller.client_ids,
             suspended: &suspended,
-            has_body: !http_body::Body::is_end_stream(&body),
+            has_body,
         };
         let mut ruling = policy::decide(&snap.policy, &facts);
         // The policy says what counts toward quarantine; the control plane counts.
