@@ -324,52 +324,13 @@ async fn a_refusal_flood_neither_erases_history_nor_grows_the_log_past_its_bound
     let log = kw.dir.path().join("audit.jsonl");
     let size = || std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let before = size();
-    let (addr, tls) = (kw.addr(), kw.client.clone());
-    let sent = Arc::new(AtomicU64::new(0));
-    let seconds = 6;
-    let flood = {
-        let sent = sent.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let tasks: Vec<_> = (2..=50u8)
-                    .map(|n| {
-                        let (tls, sent) = (tls.clone(), sent.clone());
-                        tokio::spawn(async move {
-                            let path = format!("/v1/customers/{}", "x".repeat(1024));
-                            let end = Instant::now() + Duration::from_secs(seconds);
-                            let mut tick = tokio::time::interval(Duration::from_millis(20));
-                            let mut conn = None;
-                            while Instant::now() < end {
-                                tick.tick().await;
-                                if conn.is_none() {
-                                    let Ok(tcp) = tcp_from(address(n), addr).await else { continue };
-                                    let name = ServerName::try_from("localhost").unwrap();
-                                    conn = TlsConnector::from(tls.clone()).connect(name, tcp).await.ok();
-                                }
-                                let Some(io) = conn.as_mut() else { continue };
-                                if refused_request(io, &path).await {
-                                    sent.fetch_add(1, Ordering::Relaxed);
-                                } else {
-                                    conn = None;
-                                }
-                            }
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    let _ = t.await;
-                }
-            })
-        })
-    };
     let started = Instant::now();
-    tokio::task::spawn_blocking(move || flood.join().unwrap()).await.unwrap();
+    let path = format!("/v1/customers/{}", "x".repeat(1024));
+    let refused = refusal_flood(kw.addr(), kw.client.clone(), path, 6).await;
     let took = started.elapsed().as_secs_f64();
     // The last folded records are written within a fold interval.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let grown = size() - before;
-    let refused = sent.load(Ordering::Relaxed);
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let folded: u64 =
@@ -397,4 +358,98 @@ async fn a_refusal_flood_neither_erases_history_nor_grows_the_log_past_its_bound
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && said.contains("fold"), "{said}");
     println!("{said}");
+}
+
+/// Refused requests (no token) for `path` from 127.0.0.2–50 at once, each address every 20 ms
+/// on one connection (a new one when keyward closes it), for `seconds`: how many were
+/// answered. On a thread of its own, as an attacker's load would be.
+async fn refusal_flood(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, path: String, seconds: u64) -> u64 {
+    let sent = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let tasks: Vec<_> = (2..=50u8)
+                    .map(|n| {
+                        let (tls, sent, path) = (tls.clone(), sent.clone(), path.clone());
+                        tokio::spawn(async move {
+                            let end = Instant::now() + Duration::from_secs(seconds);
+                            let mut tick = tokio::time::interval(Duration::from_millis(20));
+                            let mut conn = None;
+                            while Instant::now() < end {
+                                tick.tick().await;
+                                if conn.is_none() {
+                                    let Ok(tcp) = tcp_from(address(n), addr).await else { continue };
+                                    let name = ServerName::try_from("localhost").unwrap();
+                                    conn = TlsConnector::from(tls.clone()).connect(name, tcp).await.ok();
+                                }
+                                let Some(io) = conn.as_mut() else { continue };
+                                if refused_request(io, &path).await {
+                                    sent.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    conn = None;
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    let _ = t.await;
+                }
+            })
+        })
+    };
+    tokio::task::spawn_blocking(move || flood.join().unwrap()).await.unwrap();
+    sent.load(Ordering::Relaxed)
+}
+
+/// A flood of requests that carry a keyward token in the query and no `Authorization`, from
+/// 49 addresses: each is refused (`token_in_wrong_place`) and accounted for, on its own or
+/// folded, none reaches the API, and a legitimate caller is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_tokens_in_the_wrong_place_is_refused_accounted_and_never_forwarded() {
+    let kw = harness(false).audit("refusals_per_ip = 50\nrefusals_per_second = 100").start_child().await;
+    let stray = keyward::policy::token_format::with_checksum(&"Flood9".repeat(8)[..43]);
+    let path = format!("/v1/customers?api_key={stray}");
+    let flood = refusal_flood(kw.addr(), kw.client.clone(), path, 3);
+    let caller = async {
+        let mut served = 0;
+        for _ in 0..20 {
+            served += u32::from(kw.get("/v1/customers/cus_real", TOKEN).await.status == 200);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        served
+    };
+    let (refused, served) = tokio::join!(flood, caller);
+    assert!(served >= 19, "{served} of 20 calls served during the flood");
+    assert!(refused > 1000, "only {refused} refusals sent");
+    let lines = || {
+        let text = std::fs::read_to_string(kw.dir.path().join("audit.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>()
+    };
+    let accounted = |lines: &[serde_json::Value]| {
+        let folded: u64 = lines
+            .iter()
+            .filter(|r| r["kind"] == "refusals")
+            .map(|r| r["reasons"]["token_in_wrong_place"].as_u64().unwrap_or(0))
+            .sum();
+        let own = lines.iter().filter(|r| r["reason"] == "token_in_wrong_place").count() as u64;
+        assert!(
+            lines
+                .iter()
+                .filter(|r| r["reason"] == "token_in_wrong_place")
+                .all(|r| r["token_exposed"] == true)
+        );
+        own + folded
+    };
+    // The last folded records are written within a fold interval.
+    assert!(
+        eventually(|| async { accounted(&lines()) == refused }).await,
+        "{} of {refused}",
+        accounted(&lines())
+    );
+    let seen = kw.upstream.requests();
+    assert!(seen.iter().all(|s| s.uri == "/v1/customers/cus_real"), "a flood request reached the API");
+    println!("token-in-the-wrong-place flood: {refused} refused and accounted, {served} of 20 calls served");
 }
