@@ -1,14 +1,17 @@
 //! The access log: one JSON line per request, chained so that any edit, drop, reorder or
 //! insert is found. Records have no field that could hold a token or a secret.
 
+pub mod checkpoint;
 mod file;
 pub mod fold;
 mod line;
+mod publish;
 pub mod queue;
 pub mod report;
 pub mod rotation;
 pub mod scope;
 mod settings;
+pub mod signed;
 pub mod verify;
 mod writer;
 
@@ -81,7 +84,7 @@ pub struct AccessRecord {
 
 /// How every record that is not a call's own begins: its place in the chain, when it was
 /// written, by which instance, and what it is.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Links {
     pub seq: u64,
     pub prev: String,
@@ -98,8 +101,9 @@ impl Links {
     }
 }
 
-/// What a record in the log is: one call's (`request`), or refusals folded together
-/// (`refusals`, see `fold`). Every record says.
+/// What a record in the log is: one call's (`request`), refusals folded together
+/// (`refusals`, see `fold`), files rotation removed (`rotation`), a signed head
+/// (`checkpoint`). Every record says.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -107,6 +111,7 @@ pub enum Kind {
     Request,
     Refusals,
     Rotation,
+    Checkpoint,
 }
 
 impl Kind {
@@ -115,6 +120,7 @@ impl Kind {
             Kind::Request => "request",
             Kind::Refusals => "refusals",
             Kind::Rotation => "rotation",
+            Kind::Checkpoint => "checkpoint",
         }
     }
 }

@@ -19,9 +19,10 @@ use crate::policy::identity::address_key;
 use super::AccessRecord;
 use super::file::{Output, Pending};
 use super::fold::Folds;
+use super::publish::Publisher;
 use super::settings::Settings;
 pub use super::writer::SinkState;
-use super::writer::{Msg, Writer};
+use super::writer::{Checkpoints, Msg, Writer};
 
 pub struct AuditSink {
     tx: mpsc::Sender<Msg>,
@@ -93,6 +94,21 @@ impl AuditSink {
         let state = Arc::new(SinkState { healthy: AtomicBool::new(true), ..Default::default() });
         let folds = Arc::new(Mutex::new(Folds::default()));
         tokio::spawn(flush_folds_every(settings.fold_interval, folds.clone(), tx.downgrade(), state.clone()));
+        tokio::spawn(checkpoint_every(
+            settings.checkpoint_interval,
+            folds.clone(),
+            tx.downgrade(),
+            state.clone(),
+        ));
+        let publisher = settings.checkpoints.as_deref().map(Publisher::open).transpose()?;
+        let checkpoints = Checkpoints {
+            signer: settings.signer.clone(),
+            interval: settings.checkpoint_interval,
+            since_seq: seq + 1,
+            answered: 0,
+            publisher,
+            unpublished: Vec::new(),
+        };
         let writer = Writer {
             out: Some(out),
             rx,
@@ -102,6 +118,7 @@ impl AuditSink {
             prev,
             pending: Pending::default(),
             failed_at: None,
+            checkpoints,
         };
         tokio::spawn(writer.run());
         Ok(AuditSink {
@@ -191,6 +208,7 @@ impl AuditSink {
         let (done, wait) = oneshot::channel();
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
             flush_folds(&self.folds, &self.tx, &self.state).await;
+            let _ = self.tx.send(Msg::Checkpoint).await;
             if self.tx.send(Msg::Close(done)).await.is_ok() {
                 let _ = wait.await;
             }
@@ -212,6 +230,27 @@ async fn flush_folds_every(
         tick.tick().await;
         let Some(tx) = tx.upgrade() else { return };
         flush_folds(&folds, &tx, &state).await;
+    }
+}
+
+/// Chain a checkpoint every `every`, the refusals folded so far written first (so that it
+/// accounts for them), until the sink is gone.
+async fn checkpoint_every(
+    every: Duration,
+    folds: Arc<Mutex<Folds>>,
+    tx: mpsc::WeakSender<Msg>,
+    state: Arc<SinkState>,
+) {
+    let every = every.max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(tx) = tx.upgrade() else { return };
+        flush_folds(&folds, &tx, &state).await;
+        if tx.send(Msg::Checkpoint).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -248,6 +287,9 @@ mod tests {
             refusals_per_ip: 100,
             refusals_per_second: 100,
             fold_interval: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(10),
+            checkpoints: None,
+            signer: None,
         };
         let sink = AuditSink::open(settings, "test".into()).unwrap();
         let from = "127.0.0.2".parse().unwrap();
@@ -284,6 +326,9 @@ mod tests {
                 refusals_per_ip,
                 refusals_per_second: 1000,
                 fold_interval: Duration::from_secs(1),
+                checkpoint_interval: Duration::from_secs(10),
+                checkpoints: None,
+                signer: None,
             },
             "test".into(),
         )
@@ -334,6 +379,9 @@ mod tests {
             refusals_per_ip: 3,
             refusals_per_second: 5,
             fold_interval: Duration::from_millis(100),
+            checkpoint_interval: Duration::from_secs(10),
+            checkpoints: None,
+            signer: None,
         };
         let sink = AuditSink::open(settings, "test".into()).unwrap();
         let refusal = |ip: &str| AccessRecord {
@@ -354,7 +402,8 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let folded: Vec<_> = lines.iter().filter(|r| r["kind"] == "refusals").collect();
-        assert_eq!(lines.len() - folded.len(), 5, "{text}");
+        let own = lines.iter().filter(|r| r["kind"] == "request").count();
+        assert_eq!(own, 5, "{text}");
         let counts: Vec<_> =
             folded.iter().map(|r| (r["client_ip"].as_str().unwrap(), r["count"].as_u64().unwrap())).collect();
         assert_eq!(counts, [("127.0.0.2", 7), ("127.0.0.3", 2)]);
@@ -364,8 +413,8 @@ mod tests {
         let files = vec![(path.display().to_string(), text.into_bytes())];
         assert_eq!(
             crate::audit::verify::verify(&files).unwrap().records,
-            14 - 9 + 2,
-            "chained like the rest"
+            14 - 9 + 2 + 1,
+            "chained like the rest, and the checkpoint written at close"
         );
     }
 
@@ -382,6 +431,9 @@ mod tests {
             refusals_per_ip: 100,
             refusals_per_second: 100,
             fold_interval: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(10),
+            checkpoints: None,
+            signer: None,
         };
         let sink = AuditSink::open(settings, "test".into()).unwrap();
         let service: Arc<str> = "svc".into();
@@ -420,6 +472,14 @@ mod tests {
             prev: crate::audit::GENESIS.into(),
             pending,
             failed_at: None,
+            checkpoints: Checkpoints {
+                signer: None,
+                interval: Duration::from_secs(10),
+                since_seq: 1,
+                answered: 0,
+                publisher: None,
+                unpublished: Vec::new(),
+            },
         };
         (writer, tx, state)
     }

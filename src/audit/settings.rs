@@ -20,4 +20,10 @@ pub struct Settings {
     pub refusals_per_second: u32,
     /// How often folded refusals are written.
     pub fold_interval: Duration,
+    /// How often a checkpoint is chained (and at shutdown).
+    pub checkpoint_interval: Duration,
+    /// Where checkpoints are published too: a file, or "stderr".
+    pub checkpoints: Option<String>,
+    /// The key checkpoints are signed with (`signing_key_secret`).
+    pub signer: Option<super::checkpoint::SharedSigner>,
 }

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use super::checkpoint::Checkpoint;
 use super::{GENESIS, line_hash};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -23,6 +24,24 @@ pub struct Verified {
     pub folded_refusals: u64,
     /// The latest rotation record's: the last seq deleted, and when.
     pub rotated_through: Option<(u64, String)>,
+    /// The checkpoints in the chain, oldest first (their signatures are checked by `signed`).
+    pub checkpoints: Vec<Seen>,
+    /// Records after the last checkpoint, and the latest time among them.
+    pub tail: u64,
+    pub tail_time: Option<String>,
+    /// Whether the last chain begun from genesis holds a checkpoint of its own.
+    pub last_start_checkpointed: bool,
+    /// Checkpoints whose `answered` could be checked against the records (those whose
+    /// process's first record is in the files given): all matched.
+    pub accounted: u64,
+}
+
+/// A checkpoint found in a chain, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub file: String,
+    pub line: usize,
+    pub checkpoint: Checkpoint,
 }
 
 impl Verified {
@@ -76,6 +95,10 @@ struct Line<'a> {
     folded: Option<u64>,
     /// A rotation record's last seq deleted, and its time.
     rotated: Option<(u64, String)>,
+    /// A call's record (not folded, rotation, checkpoint or admin).
+    request: bool,
+    checkpoint: Option<Checkpoint>,
+    time: String,
 }
 
 /// Verify one chain in files given oldest first (`audit.jsonl.2 audit.jsonl.1 audit.jsonl`).
@@ -117,8 +140,27 @@ pub fn verify_all(files: &[(String, Vec<u8>)]) -> Result<Vec<Chain>, Break> {
             let rotated = (v["kind"] == "rotation").then(|| {
                 (v["removed_through_seq"].as_u64().unwrap_or(0), v["time"].as_str().unwrap_or("").to_string())
             });
-            let line =
-                Line { file: name, no: i + 1, bytes: raw, seq, prev: prev.to_string(), folded, rotated };
+            let request = v.get("kind").is_none_or(|k| k == "request");
+            let checkpoint = match v["kind"] == "checkpoint" {
+                true => Some(
+                    serde_json::from_value(v.clone())
+                        .map_err(|_| at("a checkpoint record missing its fields"))?,
+                ),
+                false => None,
+            };
+            let time = v["time"].as_str().unwrap_or("").to_string();
+            let line = Line {
+                file: name,
+                no: i + 1,
+                bytes: raw,
+                seq,
+                prev: prev.to_string(),
+                folded,
+                rotated,
+                request,
+                checkpoint,
+                time,
+            };
             match chains.iter_mut().find(|(name, _)| *name == instance) {
                 Some((_, lines)) => lines.push(line),
                 None => chains.push((instance, vec![line])),
@@ -155,6 +197,11 @@ fn verify_instance(lines: &[Line<'_>]) -> Result<Verified, Break> {
                 last_seq: v.last_seq,
                 head: v.head,
                 restarts: t.restarts + 1,
+                tail: if v.last_start_checkpointed { v.tail } else { t.tail + v.tail },
+                checkpoints: [t.checkpoints, v.checkpoints].concat(),
+                tail_time: v.tail_time.or(t.tail_time),
+                last_start_checkpointed: v.last_start_checkpointed,
+                accounted: t.accounted + v.accounted,
                 ..t
             },
         });
@@ -210,8 +257,22 @@ fn verify_chain(lines: &[Line<'_>]) -> Result<Verified, Break> {
             return Err(brk(before, &problem));
         }
     }
+    let accounted = check_accounts(lines)?;
+    let last_cp = lines.iter().rposition(|l| l.checkpoint.is_some());
+    let after = &lines[last_cp.map_or(0, |i| i + 1)..];
     let last = lines.last().expect("not empty");
     Ok(Verified {
+        checkpoints: lines
+            .iter()
+            .filter_map(|l| {
+                let checkpoint = l.checkpoint.clone()?;
+                Some(Seen { file: l.file.to_string(), line: l.no, checkpoint })
+            })
+            .collect(),
+        tail: after.len() as u64,
+        tail_time: after.iter().map(|l| &l.time).max().cloned(),
+        last_start_checkpointed: last_cp.is_some(),
+        accounted,
         records: lines.len() as u64,
         first_seq: first.seq,
         last_seq: last.seq,
@@ -222,6 +283,33 @@ fn verify_chain(lines: &[Line<'_>]) -> Result<Verified, Break> {
         folded_refusals: lines.iter().filter_map(|l| l.folded).sum(),
         rotated_through: lines.iter().rev().find_map(|l| l.rotated.clone()),
     })
+}
+
+/// Each checkpoint's `answered` against the records between its process's first record and
+/// it: one per call's record, `count` per folded one. Checkpoints whose process began before
+/// the lines given cannot be checked, and are not counted.
+fn check_accounts(lines: &[Line<'_>]) -> Result<u64, Break> {
+    let mut checked = 0;
+    for (i, l) in lines.iter().enumerate() {
+        let Some(cp) = &l.checkpoint else { continue };
+        let Some(from) = lines[..i].iter().position(|x| x.seq == cp.since_seq) else {
+            if cp.since_seq == l.seq && cp.answered == 0 {
+                checked += 1;
+            }
+            continue;
+        };
+        let held: u64 = lines[from..i].iter().map(|x| x.folded.unwrap_or(u64::from(x.request))).sum();
+        if held != cp.answered {
+            let problem = format!(
+                "this checkpoint accounts for {} requests answered since seq {}, and the chain holds \
+                 records of {held}: records were removed or added, and the chain re-hashed",
+                cp.answered, cp.since_seq
+            );
+            return Err(brk(l, &problem));
+        }
+        checked += 1;
+    }
+    Ok(checked)
 }
 
 fn brk(l: &Line<'_>, problem: &str) -> Break {

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
+use super::checkpoint::Checkpoint;
 use super::file::{Output, Pending};
 use super::fold::FoldedRefusals;
+use super::publish::Publisher;
 use super::rotation::Rotation;
 use super::{AccessRecord, write_line_hash};
 
@@ -18,6 +20,8 @@ pub(super) enum Msg {
     Record(Box<AccessRecord>, Option<OwnedSemaphorePermit>),
     /// Refusals folded over an interval.
     Folded(Box<FoldedRefusals>),
+    /// Chain a checkpoint now (`checkpoint`): every `checkpoint_interval`, after the folds.
+    Checkpoint,
     /// Write what is queued, then close the file (and its lock): shutting down.
     Close(oneshot::Sender<()>),
 }
@@ -34,6 +38,8 @@ pub struct SinkState {
     pub unrecorded: AtomicU64,
     /// Refusals folded into `kind = "refusals"` records.
     pub folded: AtomicU64,
+    /// Checkpoints that could not be published to `audit.checkpoints` (the chain has them).
+    pub publish_errors: AtomicU64,
     /// The chain's head as written: its last record's seq and line hash (`None` before the
     /// first record), for anchoring elsewhere (`GET /-/audit/head`).
     pub head: std::sync::Mutex<Option<(u64, String)>>,
@@ -72,6 +78,15 @@ impl Linked for FoldedRefusals {
     }
 }
 
+impl Linked for Checkpoint {
+    fn links(&mut self) -> (&mut u64, &mut String, &mut Option<Arc<str>>) {
+        self.links.parts()
+    }
+    fn write_json(&self, out: &mut Vec<u8>) {
+        Checkpoint::write_json(self, out)
+    }
+}
+
 impl super::Links {
     fn parts(&mut self) -> (&mut u64, &mut String, &mut Option<Arc<str>>) {
         (&mut self.seq, &mut self.prev, &mut self.instance)
@@ -91,6 +106,19 @@ pub(super) struct Writer {
     /// When the last write failed: while failing, the sink is tried once per `RETRY`, not
     /// once per record that arrives.
     pub(super) failed_at: Option<std::time::Instant>,
+    pub(super) checkpoints: Checkpoints,
+}
+
+/// What the writer needs for its checkpoints.
+pub(super) struct Checkpoints {
+    pub(super) signer: Option<super::checkpoint::SharedSigner>,
+    pub(super) interval: Duration,
+    /// The first seq this process writes, and the requests its records account for since.
+    pub(super) since_seq: u64,
+    pub(super) answered: u64,
+    pub(super) publisher: Option<Publisher>,
+    /// Checkpoint lines chained but not yet published: published once the log holds them.
+    pub(super) unpublished: Vec<u8>,
 }
 
 /// Lines held in memory while the sink fails, before the writer stops taking more
@@ -179,8 +207,44 @@ impl Writer {
     fn take(&mut self, msg: Msg, closers: &mut Vec<oneshot::Sender<()>>) {
         match msg {
             Msg::Close(done) => closers.push(done),
-            Msg::Record(mut rec, _share) => self.append(&mut *rec),
-            Msg::Folded(mut rec) => self.append(&mut *rec),
+            Msg::Record(mut rec, _share) => {
+                self.checkpoints.answered += u64::from(rec.kind == super::Kind::Request);
+                self.append(&mut *rec)
+            }
+            Msg::Folded(mut rec) => {
+                self.checkpoints.answered += rec.count;
+                self.append(&mut *rec)
+            }
+            Msg::Checkpoint => self.checkpoint(),
+        }
+    }
+
+    /// Chain a checkpoint over the head, signed if there is a key, and keep its line to
+    /// publish.
+    fn checkpoint(&mut self) {
+        let c = &self.checkpoints;
+        let unrecordable =
+            self.state.refused.load(Ordering::Relaxed) + self.state.unrecorded.load(Ordering::Relaxed);
+        let mut cp = Checkpoint {
+            links: super::Links::now(super::Kind::Checkpoint),
+            head: self.prev.clone(),
+            interval_ms: c.interval.as_millis() as u64,
+            since_seq: c.since_seq,
+            answered: c.answered,
+            unrecordable,
+            key_id: None,
+            signature: None,
+        };
+        cp.links.seq = self.seq + 1;
+        cp.links.instance = Some(self.instance.clone());
+        if let Some(signer) = &c.signer {
+            cp.sign(signer);
+        }
+        let start = self.pending.bytes.len();
+        self.append(&mut cp);
+        if self.checkpoints.publisher.is_some() {
+            let line = self.pending.bytes[start..].to_vec();
+            self.checkpoints.unpublished.extend_from_slice(&line);
         }
     }
 
@@ -199,6 +263,20 @@ impl Writer {
         write_line_hash(&p.bytes[start..], &mut self.prev);
         p.bytes.push(b'\n');
         p.ends.push_back(p.bytes.len());
+    }
+
+    /// Publish the checkpoints the log now holds. A failure is counted and said, and the
+    /// lines kept for the next try: the chain has them either way.
+    fn publish(&mut self) {
+        let c = &mut self.checkpoints;
+        let Some(p) = c.publisher.as_mut().filter(|_| !c.unpublished.is_empty()) else { return };
+        match p.publish(&c.unpublished) {
+            Ok(()) => c.unpublished.clear(),
+            Err(e) => {
+                self.state.publish_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot publish audit checkpoints (audit.checkpoints)");
+            }
+        }
     }
 
     /// [`Self::write_pending`], unless the last try failed less than `RETRY` ago.
@@ -234,6 +312,7 @@ impl Writer {
                 self.state.written.fetch_add(n, Ordering::Relaxed);
                 if self.pending.is_empty() {
                     *self.state.head.lock().expect("not poisoned") = Some((self.seq, self.prev.clone()));
+                    self.publish();
                 }
                 if !self.state.healthy.swap(true, Ordering::Relaxed) {
                     tracing::warn!("access log writable again; serving resumes");

@@ -5,9 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
 use keyward::audit::Kind;
+use keyward::audit::checkpoint::PublicKey;
 use keyward::audit::fold::FoldedRefusals;
 use keyward::audit::report;
+use keyward::audit::signed::Published;
 use keyward::text::printable;
+use std::collections::BTreeMap;
 
 use super::fail;
 
@@ -19,6 +22,8 @@ pub enum AuditCommand {
         /// Access-log files, each instance's oldest first: audit.jsonl.2 audit.jsonl.1 audit.jsonl
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        keys: Keys,
     },
     /// Each service's grants against the access it used (and, in report mode, what its
     /// would_deny calls needed): grants never used, writes where only reads were used, and the
@@ -71,6 +76,21 @@ pub enum AuditCommand {
     },
 }
 
+/// What proves the log was not rewritten: the checkpoints' public keys, and the checkpoints
+/// as published.
+#[derive(clap::Args, Default)]
+pub struct Keys {
+    /// A public key (PEM, from `keyward certs audit-key`) checkpoints are signed with; repeat
+    /// it for each key in use over the log's time (rotation). Every instance must then have
+    /// checkpoints signed by one of them.
+    #[arg(long = "key", value_name = "PUB")]
+    pub keys: Vec<PathBuf>,
+    /// The checkpoints as published (`audit.checkpoints`): the log must hold each one in its
+    /// range, and must not end before the last.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoints: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ScopeFormat {
     Table,
@@ -91,8 +111,8 @@ pub enum Format {
 
 pub fn audit(command: AuditCommand) -> ExitCode {
     match command {
-        AuditCommand::Verify { files } => verify(&files, false),
-        AuditCommand::Head { files } => verify(&files, true),
+        AuditCommand::Verify { files, keys } => verify(&files, &keys, false),
+        AuditCommand::Head { files } => verify(&files, &Keys::default(), true),
         AuditCommand::Scope { files, config, since, format, check } => {
             scope(&files, &config, since.as_deref(), format, check)
         }
@@ -115,10 +135,33 @@ fn say(line: String) {
     println!("{}", printable(&line));
 }
 
+/// The public keys and published checkpoints `keys` names, read.
+fn read_keys(keys: &Keys) -> Result<(Vec<PublicKey>, Option<Published>), ExitCode> {
+    let read =
+        |p: &PathBuf| std::fs::read(p).map_err(|e| fail([format!("cannot read {}: {e}", p.display())]));
+    let mut public = Vec::new();
+    for p in &keys.keys {
+        let text = String::from_utf8(read(p)?).unwrap_or_default();
+        public.push(PublicKey::from_pem(&text).map_err(|e| fail([format!("{}: {e}", p.display())]))?);
+    }
+    let published = match &keys.checkpoints {
+        Some(p) => Some(
+            Published::read(&p.display().to_string(), &read(p)?, &public)
+                .map_err(|e| fail([format!("checkpoints forged: {e}")]))?,
+        ),
+        None => None,
+    };
+    Ok((public, published))
+}
+
 /// `verify`, or with `head_only` `head`: one line per instance; exit 1 if any chain is broken.
-fn verify(files: &[PathBuf], head_only: bool) -> ExitCode {
+fn verify(files: &[PathBuf], keys: &Keys, head_only: bool) -> ExitCode {
     let data = match read_all(files) {
         Ok(d) => d,
+        Err(code) => return code,
+    };
+    let (public, published) = match read_keys(keys) {
+        Ok(k) => k,
         Err(code) => return code,
     };
     let chains = match keyward::audit::verify::verify_all(&data) {
@@ -127,10 +170,33 @@ fn verify(files: &[PathBuf], head_only: bool) -> ExitCode {
     };
     let name =
         |c: &keyward::audit::verify::Chain| c.instance.clone().unwrap_or_else(|| "(no instance)".into());
-    let broken: Vec<String> = chains
+    let mut broken: Vec<String> = chains
         .iter()
         .filter_map(|c| c.outcome.as_ref().err().map(|b| format!("chain broken: {}: {b}", name(c))))
         .collect();
+    let mut signed = BTreeMap::new();
+    for c in &chains {
+        let Ok(v) = &c.outcome else { continue };
+        if let Some(p) = &published
+            && let Err(why) = p.check(c.instance.as_deref().unwrap_or(""), v)
+        {
+            broken.push(format!("chain broken: {}: {why}", name(c)));
+        }
+        if !public.is_empty() {
+            match keyward::audit::signed::check(v, &public) {
+                Ok(s) => _ = signed.insert(name(c), s),
+                Err(why) => broken.push(format!("forged: {}: {why}", name(c))),
+            }
+        }
+    }
+    if let Some(p) = &published {
+        let present: Vec<Option<String>> = chains.iter().map(|c| c.instance.clone()).collect();
+        for (instance, seq) in p.missing(&present) {
+            broken.push(format!(
+                "truncated: instance {instance} published checkpoints through seq {seq}, and the files given hold none of its records"
+            ));
+        }
+    }
     if head_only {
         for c in &chains {
             if let Ok(v) = &c.outcome {
@@ -163,7 +229,24 @@ fn verify(files: &[PathBuf], head_only: bool) -> ExitCode {
                 v.last_seq,
                 v.head
             ));
+            if let Some(s) = signed.get(&name(c)) {
+                say(format!(
+                    "    signed: {} checkpoint(s), through seq {}; unsigned tail: {} records",
+                    s.checkpoints, s.signed_through, s.unsigned_tail
+                ));
+            }
+            if v.accounted > 0 {
+                say(format!(
+                    "    accounted: at each of {} checkpoint(s), the requests answered match the records (own and folded)",
+                    v.accounted
+                ));
+            }
         }
+    }
+    if broken.is_empty() && public.is_empty() {
+        say("note: no --key given: a chain verifies, but cannot show that the whole log was not rewritten \
+             (re-hashed after an edit, or cut at its end)"
+            .into());
     }
     if broken.is_empty() { ExitCode::SUCCESS } else { fail(broken) }
 }
@@ -235,8 +318,9 @@ fn records_of(data: &[(String, Vec<u8>)]) -> (Vec<keyward::audit::AccessRecord>,
         let read = match serde_json::from_slice::<KindOf>(line).map(|k| k.kind) {
             Ok(Kind::Request) => serde_json::from_slice(line).map(|r| records.push(r)),
             Ok(Kind::Refusals) => serde_json::from_slice(line).map(|r| folded.push(r)),
-            // Rotation records matter to `verify` (where history begins), not to the counts.
-            Ok(Kind::Rotation) => Ok(()),
+            // Rotation and checkpoint records matter to `verify` (where history begins, what
+            // is signed), not to the counts.
+            Ok(Kind::Rotation | Kind::Checkpoint) => Ok(()),
             Err(e) => Err(e),
         };
         unreadable += read.is_err() as u64;

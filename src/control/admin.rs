@@ -346,6 +346,7 @@ fn metrics(state: &State, snap: &Snapshot) -> Response<Full<Bytes>> {
         refused: sink.state.refused.load(Ordering::Relaxed),
         unrecorded: sink.state.unrecorded.load(Ordering::Relaxed),
         folded: sink.state.folded.load(Ordering::Relaxed),
+        checkpoint_publish_errors: sink.state.publish_errors.load(Ordering::Relaxed),
         healthy: sink.state.healthy.load(Ordering::Relaxed),
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();

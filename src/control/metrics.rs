@@ -275,6 +275,7 @@ pub struct AuditCounts {
     pub refused: u64,
     pub unrecorded: u64,
     pub folded: u64,
+    pub checkpoint_publish_errors: u64,
     pub healthy: bool,
 }
 
@@ -306,6 +307,11 @@ pub fn scrape(snap: &Snapshot, audit: &AuditCounts, suspended: usize, now: i64) 
         "keyward_audit_refusals_folded",
         "Refusals past audit.refusals_per_ip or refusals_per_second, counted in kind=refusals records",
         ConstCounter::new(audit.folded),
+    );
+    r.register(
+        "keyward_audit_checkpoint_publish_errors",
+        "Failed writes of checkpoints to audit.checkpoints (the chain holds them; retried with the next)",
+        ConstCounter::new(audit.checkpoint_publish_errors),
     );
     r.register(
         "keyward_tokens_suspended",

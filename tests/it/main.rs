@@ -11,6 +11,7 @@ mod cli;
 mod config_errors;
 mod connect_expand;
 mod decide;
+mod evidence;
 mod fairness;
 mod flood;
 mod forward;

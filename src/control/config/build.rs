@@ -75,6 +75,7 @@ pub async fn build(
     let tls = if opts.tls { load_tls(&plan.file, client.clone(), &mut errs) } else { None };
     let intercept = if opts.tls { load_intercept(&plan, &secrets, client, &mut errs) } else { None };
     check_livemode(&plan, &secrets, &mut errs);
+    let signer = load_audit_signer(&plan, &secrets, &mut errs);
     let ratelimits = build_ratelimits(&plan, &secrets, opts, previous, &mut errs).await;
     if !errs.list.is_empty() {
         return Err(errs.list);
@@ -89,7 +90,7 @@ pub async fn build(
         tls,
         limits: plan.limits,
         timeouts: plan.timeouts,
-        audit: plan.audit,
+        audit: crate::audit::Settings { signer, ..plan.audit },
         forward_tls,
         ratelimits,
         otlp_endpoint: plan.otlp_endpoint.clone(),
@@ -324,6 +325,23 @@ fn load_intercept(
             None
         }
     }
+}
+
+/// The key checkpoints are signed with, from `audit.signing_key_secret`.
+fn load_audit_signer(
+    plan: &Plan,
+    secrets: &[Arc<SecretCell>],
+    errs: &mut Errors,
+) -> Option<crate::audit::checkpoint::SharedSigner> {
+    let key = "audit.signing_key_secret";
+    let Some(loaded) = secrets.get(plan.audit_key_secret?).and_then(|c| c.serving()) else {
+        errs.at(None, key, "the secret is not available (stale past max_staleness?)");
+        return None;
+    };
+    crate::audit::checkpoint::Signer::from_secret(loaded.value.expose())
+        .map(Arc::new)
+        .map_err(|e| errs.at(None, key, e.to_string()))
+        .ok()
 }
 
 /// Each service's `livemode` against the key its secret holds now.

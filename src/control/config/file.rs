@@ -312,6 +312,12 @@ pub struct AuditFile {
     pub refusals_per_second: u32,
     #[serde(with = "humantime_serde")]
     pub fold_interval: Duration,
+    /// A `[secret.NAME]` holding the Ed25519 key checkpoints are signed with.
+    pub signing_key_secret: Option<Spanned<String>>,
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Where checkpoints are published too: a file out of the log writer's reach, or "stderr".
+    pub checkpoints: Option<String>,
 }
 
 impl Default for AuditFile {
@@ -325,6 +331,9 @@ impl Default for AuditFile {
             refusals_per_ip: 50,
             refusals_per_second: 100,
             fold_interval: Duration::from_secs(1),
+            signing_key_secret: None,
+            checkpoint_interval: Duration::from_secs(10),
+            checkpoints: None,
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct Plan {
     pub service_limits: Vec<(Arc<str>, Option<crate::control::limits::LimitSpec>)>,
     /// The index in `secrets` of `forward.ca_key_secret`.
     pub forward_ca_secret: Option<usize>,
+    /// The index in `secrets` of `audit.signing_key_secret`.
+    pub audit_key_secret: Option<usize>,
     /// `[ratelimit]`: the shared budget and the Redis store.
     pub ratelimit: super::ratelimit::RatelimitPlan,
     /// The index in `secrets` of `ratelimit.password_secret`.
@@ -99,6 +101,8 @@ pub fn validate(
         .as_ref()
         .and_then(|f| f.ca_key_secret.as_ref())
         .and_then(|n| secrets.iter().position(|s| s == n.get_ref()));
+    let audit_key_secret =
+        file.audit.signing_key_secret.as_ref().and_then(|n| secrets.iter().position(|s| s == n.get_ref()));
     let redis_secret =
         file.ratelimit.password_secret.as_ref().and_then(|n| secrets.iter().position(|s| s == n.get_ref()));
     let ratelimit = super::ratelimit::check(&file, &mut errs);
@@ -138,7 +142,11 @@ pub fn validate(
             refusals_per_ip: a.refusals_per_ip,
             refusals_per_second: a.refusals_per_second,
             fold_interval: a.fold_interval,
+            checkpoint_interval: a.checkpoint_interval,
+            checkpoints: a.checkpoints.clone(),
+            signer: None,
         },
+        audit_key_secret,
         forward,
         service_limits,
         forward_ca_secret,
@@ -167,12 +175,14 @@ fn check_upstreams(file: &FileConfig, errs: &mut Errors) {
 fn check_secrets(file: &FileConfig, errs: &mut Errors) -> Vec<String> {
     let forward = file.forward.iter().filter_map(|f| f.ca_key_secret.as_ref());
     let redis = file.ratelimit.password_secret.iter();
+    let audit = file.audit.signing_key_secret.iter();
     let used: HashSet<&str> = file
         .service
         .iter()
         .map(|s| &s.secret)
         .chain(forward)
         .chain(redis)
+        .chain(audit)
         .map(|s| s.get_ref().as_str())
         .collect();
     let mut out = Vec::new();
@@ -257,6 +267,25 @@ fn check_bounds(file: &FileConfig, errs: &mut Errors) {
     }
     if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&file.audit.fold_interval) {
         errs.at(None, "audit.fold_interval", "must be between 100ms and 60s");
+    }
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&file.audit.checkpoint_interval) {
+        errs.at(None, "audit.checkpoint_interval", "must be between 100ms and 1h");
+    }
+    if let Some(s) = &file.audit.signing_key_secret
+        && !file.secret.contains_key(s.get_ref())
+    {
+        errs.at(
+            Some(s.span()),
+            "audit.signing_key_secret",
+            format!("no [secret.{}] is defined", s.get_ref()),
+        );
+    }
+    if file.audit.checkpoints.as_deref().is_some_and(|c| c.is_empty() || c == "-" || c == file.audit.path) {
+        errs.at(
+            None,
+            "audit.checkpoints",
+            "must be \"stderr\" or a file other than the access log (audit.path), kept where the log's writer cannot rewrite it",
+        );
     }
     if file.limits.max_header_bytes < 8192 {
         errs.at(None, "limits.max_header_bytes", "must be at least 8192");

@@ -869,15 +869,29 @@ impl Running {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    /// The access records, waiting (bounded) until at least `n` are written.
+    /// The calls' records (`kind` `request` or `refusals`), waiting (bounded) until at least
+    /// `n` are written.
     pub async fn records(&self, n: usize) -> Vec<serde_json::Value> {
+        self.records_where(n, |r| r["kind"] == "request" || r["kind"] == "refusals").await
+    }
+
+    /// Every record (checkpoints and the rest too), waiting until at least `n` are written.
+    pub async fn all_records(&self, n: usize) -> Vec<serde_json::Value> {
+        self.records_where(n, |_| true).await
+    }
+
+    async fn records_where(
+        &self,
+        n: usize,
+        keep: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
         let path = self.dir.path().join("audit.jsonl");
         for _ in 0..200 {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             // Only whole lines: the writer may be half-way through the last one.
             let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
             let recs: Vec<serde_json::Value> =
-                whole.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+                whole.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|r| keep(r)).collect();
             if recs.len() >= n {
                 return recs;
             }
@@ -1099,4 +1113,12 @@ pub async fn run_sdk(
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The lines of an access log that are calls' records (`kind` `request` or `refusals`), not
+/// checkpoints or other records of keyward's own.
+pub fn call_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("\"kind\":\"request\"") || l.contains("\"kind\":\"refusals\""))
+        .collect()
 }
