@@ -1,6 +1,7 @@
 //! The access log: one JSON line per request, chained so that any edit, drop, reorder or
 //! insert is found. Records have no field that could hold a token or a secret.
 
+pub mod event;
 mod file;
 pub mod fold;
 mod line;
@@ -98,8 +99,10 @@ impl Links {
     }
 }
 
-/// What a record in the log is: one call's (`request`), or refusals folded together
-/// (`refusals`, see `fold`). Every record says.
+/// What a record in the log is: one call's (`request`), refusals folded together
+/// (`refusals`, see `fold`), a file rotated away (`rotation`), or keyward's own: its start and
+/// stop (`lifecycle`), an administrative action (`admin`), the configuration text (`config`),
+/// see `event`. Every record says.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -107,6 +110,9 @@ pub enum Kind {
     Request,
     Refusals,
     Rotation,
+    Lifecycle,
+    Admin,
+    Config,
 }
 
 impl Kind {
@@ -115,6 +121,9 @@ impl Kind {
             Kind::Request => "request",
             Kind::Refusals => "refusals",
             Kind::Rotation => "rotation",
+            Kind::Lifecycle => "lifecycle",
+            Kind::Admin => "admin",
+            Kind::Config => "config",
         }
     }
 }

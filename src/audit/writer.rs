@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
+use super::event::Event;
 use super::file::{Output, Pending};
 use super::fold::FoldedRefusals;
 use super::rotation::Rotation;
@@ -18,6 +19,8 @@ pub(super) enum Msg {
     Record(Box<AccessRecord>, Option<OwnedSemaphorePermit>),
     /// Refusals folded over an interval.
     Folded(Box<FoldedRefusals>),
+    /// keyward's own record: lifecycle, admin action, configuration text.
+    Event(Box<Event>),
     /// Write what is queued, then close the file (and its lock): shutting down.
     Close(oneshot::Sender<()>),
 }
@@ -69,6 +72,15 @@ impl Linked for FoldedRefusals {
     }
     fn write_json(&self, out: &mut Vec<u8>) {
         FoldedRefusals::write_json(self, out)
+    }
+}
+
+impl Linked for Event {
+    fn links(&mut self) -> (&mut u64, &mut String, &mut Option<Arc<str>>) {
+        self.links_mut().parts()
+    }
+    fn write_json(&self, out: &mut Vec<u8>) {
+        Event::write_json(self, out)
     }
 }
 
@@ -181,6 +193,7 @@ impl Writer {
             Msg::Close(done) => closers.push(done),
             Msg::Record(mut rec, _share) => self.append(&mut *rec),
             Msg::Folded(mut rec) => self.append(&mut *rec),
+            Msg::Event(mut rec) => self.append(&mut *rec),
         }
     }
 

@@ -110,7 +110,7 @@ async fn canary(upstream_extra: &str, log_on_stdout: bool) {
     assert!(bodies.contains("keyward_requests_total"), "the metrics were read");
     let audit_path = dir.path().join("audit.jsonl");
     for _ in 0..100 {
-        if log_on_stdout || std::fs::read_to_string(&audit_path).unwrap_or_default().lines().count() >= n {
+        if log_on_stdout || call_lines(&std::fs::read_to_string(&audit_path).unwrap_or_default()).len() >= n {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -125,7 +125,8 @@ async fn canary(upstream_extra: &str, log_on_stdout: bool) {
         true => stdout.lines().filter(|l| l.starts_with("{\"seq\"")).collect::<Vec<_>>().join("\n"),
         false => std::fs::read_to_string(&audit_path).unwrap(),
     };
-    assert_eq!(audit.lines().count(), n, "one record per request");
+    assert_eq!(call_lines(&audit).len(), n, "one record per request");
+    assert!(audit.contains(r#""action":"quarantine""#), "the quarantine is recorded");
     assert!(stderr.contains("TRACE") || stderr.contains("DEBUG"), "logs ran verbose");
     assert!(stderr.contains("token quarantined"), "the quarantine path ran");
 

@@ -524,7 +524,7 @@ async fn canary_no_vault_token_or_key_escapes() {
 
     let audit_path = dir.path().join("audit.jsonl");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::read_to_string(&audit_path).unwrap_or_default().lines().count() < sent
+    while call_lines(&std::fs::read_to_string(&audit_path).unwrap_or_default()).len() < sent
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -535,7 +535,7 @@ async fn canary_no_vault_token_or_key_escapes() {
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
     let stderr = logs.join().unwrap();
     let audit = std::fs::read_to_string(&audit_path).unwrap();
-    assert_eq!(audit.lines().count(), sent);
+    assert_eq!(call_lines(&audit).len(), sent);
     assert!(stderr.contains("TRACE"), "logs ran at trace level");
 
     for (place, text) in

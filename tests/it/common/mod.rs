@@ -591,6 +591,8 @@ impl Harness {
         }
         let text = toml::to_string(&table).unwrap();
         let config_path = place(dir.path(), &text);
+        // As `keyward run` reads it: what `place` wrote, comments and all.
+        let text = std::fs::read_to_string(&config_path).unwrap_or(text);
         let src = keyward::control::config::Source { name: config_path.clone(), text };
         let app = keyward::app::start(&src).await.unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
         Running::new(app, upstream, others, pki, dir, config_path)
@@ -869,15 +871,30 @@ impl Running {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    /// The access records, waiting (bounded) until at least `n` are written.
+    /// The access records (calls', folded refusals', rotations'; not keyward's own, see
+    /// [`Running::all_records`]), waiting (bounded) until at least `n` are written.
     pub async fn records(&self, n: usize) -> Vec<serde_json::Value> {
+        self.records_where(n, |r| !is_own_record(r)).await
+    }
+
+    /// Every record in the log, keyward's own (lifecycle, admin, config) too, waiting (bounded)
+    /// until at least `n` are written.
+    pub async fn all_records(&self, n: usize) -> Vec<serde_json::Value> {
+        self.records_where(n, |_| true).await
+    }
+
+    async fn records_where(
+        &self,
+        n: usize,
+        keep: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
         let path = self.dir.path().join("audit.jsonl");
         for _ in 0..200 {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             // Only whole lines: the writer may be half-way through the last one.
             let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
             let recs: Vec<serde_json::Value> =
-                whole.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+                whole.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|r| keep(r)).collect();
             if recs.len() >= n {
                 return recs;
             }
@@ -911,6 +928,16 @@ impl Conn {
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
     }
+}
+
+/// A record of keyward's own (`lifecycle`, `admin`, `config`), not of a call.
+pub fn is_own_record(r: &serde_json::Value) -> bool {
+    matches!(r["kind"].as_str(), Some("lifecycle" | "admin" | "config"))
+}
+
+/// The lines of an access log that are not keyward's own records (see [`is_own_record`]).
+pub fn call_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !serde_json::from_str(l).is_ok_and(|r| is_own_record(&r))).collect()
 }
 
 /// The version a configuration text compiles to.
