@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditSink;
+use crate::audit::event::{Event, sha256_hex};
 use crate::control::config::{self, ConfigError, Options, Source};
 use crate::control::reload::Reloader;
 use crate::control::state::State;
@@ -89,11 +90,15 @@ pub async fn start(src: &Source) -> Result<Running, StartError> {
             "suspended tokens are kept in memory only: set [admin] state_file (or [ratelimit] redis) to keep them across restarts"
         );
     }
+    // The process's first records, once its ports are bound and before it serves: that it
+    // started, and under what.
+    audit.event(Event::lifecycle("start", &snap.version, sha256_hex(&src.text))).await;
+    audit.event(Event::config(&snap.version, path.as_deref(), &src.text)).await;
     crate::secrets::spawn_refresh(&snap.secrets);
     let state = State::new(Arc::new(snap), audit, suspensions, telemetry);
     tokio::spawn(crate::control::state::share_suspensions_every_second(Arc::downgrade(&state)));
     let proxy = Proxy::new(state.clone());
-    let reloader = Reloader::new(state, path.clone());
+    let reloader = Reloader::new(state, path.clone(), src.text.clone());
     let (tasks, background, accept) =
         (TaskTracker::new(), CancellationToken::new(), CancellationToken::new());
     if path.is_some() {
@@ -134,17 +139,19 @@ async fn until_cancelled(token: CancellationToken, task: impl std::future::Futur
 
 impl Running {
     /// Stop accepting, close connections politely (HTTP/1.1 `Connection: close`, HTTP/2
-    /// `GOAWAY`), give in-flight requests the grace period, record every one of them, then
-    /// close the access log and end the background tasks.
+    /// `GOAWAY`), give in-flight requests the grace period, record every one of them, end the
+    /// background tasks (admin port, reloads), record the stop, then close the access log.
     pub async fn stop(self) {
         self.accept.cancel();
         for l in self.listeners {
             let _ = l.await;
         }
-        self.proxy.state.audit.close().await;
         self.background.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        let (version, sha256) = self.reloader.in_force().await;
+        self.proxy.state.audit.event(Event::lifecycle("stop", &version, sha256)).await;
+        self.proxy.state.audit.close().await;
         if let Some(t) = &self.proxy.state.telemetry {
             t.shutdown();
         }

@@ -2,6 +2,7 @@
 //! insert is found. Records have no field that could hold a token or a secret.
 
 pub mod checkpoint;
+pub mod event;
 mod file;
 pub mod fold;
 mod line;
@@ -102,8 +103,9 @@ impl Links {
 }
 
 /// What a record in the log is: one call's (`request`), refusals folded together
-/// (`refusals`, see `fold`), files rotation removed (`rotation`), a signed head
-/// (`checkpoint`). Every record says.
+/// (`refusals`, see `fold`), a file rotated away (`rotation`), a signed head (`checkpoint`),
+/// or keyward's own: its start and stop (`lifecycle`), an administrative action (`admin`), the
+/// configuration text (`config`), see `event`. Every record says.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -112,6 +114,9 @@ pub enum Kind {
     Refusals,
     Rotation,
     Checkpoint,
+    Lifecycle,
+    Admin,
+    Config,
 }
 
 impl Kind {
@@ -121,6 +126,9 @@ impl Kind {
             Kind::Refusals => "refusals",
             Kind::Rotation => "rotation",
             Kind::Checkpoint => "checkpoint",
+            Kind::Lifecycle => "lifecycle",
+            Kind::Admin => "admin",
+            Kind::Config => "config",
         }
     }
 }

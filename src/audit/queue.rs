@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use crate::policy::identity::address_key;
 
 use super::AccessRecord;
+use super::event::Event;
 use super::file::{Output, Pending};
 use super::fold::Folds;
 use super::publish::Publisher;
@@ -191,6 +192,20 @@ impl AuditSink {
         Some(Slot { place, share: Some(share), _service: None })
     }
 
+    /// Record one of keyward's own events (start, stop, the configuration, an admin action):
+    /// they are rare and never dropped, so this waits for a place in the queue. Lost only if
+    /// the writer is gone (counted in `unrecorded`, and logged).
+    pub async fn event(&self, event: Event) {
+        send_event(&self.tx, &self.state, event).await;
+    }
+
+    /// [`Self::event`] from code that must not wait (the request path tipping a quarantine):
+    /// sent by a task of its own.
+    pub fn event_soon(&self, event: Event) {
+        let (tx, state) = (self.tx.clone(), self.state.clone());
+        tokio::spawn(async move { send_event(&tx, &state, event).await });
+    }
+
     /// Whether requests can be recorded: the writer is running, and the log writable or
     /// failures tolerated (`keep_serving`).
     pub fn admits(&self) -> bool {
@@ -214,6 +229,18 @@ impl AuditSink {
             }
         })
         .await;
+    }
+}
+
+async fn send_event(tx: &mpsc::Sender<Msg>, state: &SinkState, event: Event) {
+    let kind = match &event {
+        Event::Lifecycle(_) => "lifecycle",
+        Event::Config(_) => "config",
+        Event::Admin(_) => "admin",
+    };
+    if tx.send(Msg::Event(Box::new(event))).await.is_err() {
+        state.unrecorded.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(kind, "the access log is closed: a record of keyward's own was not written");
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::checkpoint::Checkpoint;
+use super::event::Event;
 use super::file::{Output, Pending};
 use super::fold::FoldedRefusals;
 use super::publish::Publisher;
@@ -22,6 +23,8 @@ pub(super) enum Msg {
     Folded(Box<FoldedRefusals>),
     /// Chain a checkpoint now (`checkpoint`): every `checkpoint_interval`, after the folds.
     Checkpoint,
+    /// keyward's own record: lifecycle, admin action, configuration text.
+    Event(Box<Event>),
     /// Write what is queued, then close the file (and its lock): shutting down.
     Close(oneshot::Sender<()>),
 }
@@ -84,6 +87,15 @@ impl Linked for Checkpoint {
     }
     fn write_json(&self, out: &mut Vec<u8>) {
         Checkpoint::write_json(self, out)
+    }
+}
+
+impl Linked for Event {
+    fn links(&mut self) -> (&mut u64, &mut String, &mut Option<Arc<str>>) {
+        self.links_mut().parts()
+    }
+    fn write_json(&self, out: &mut Vec<u8>) {
+        Event::write_json(self, out)
     }
 }
 
@@ -215,6 +227,7 @@ impl Writer {
                 self.checkpoints.answered += rec.count;
                 self.append(&mut *rec)
             }
+            Msg::Event(mut rec) => self.append(&mut *rec),
             Msg::Checkpoint => self.checkpoint(),
         }
     }

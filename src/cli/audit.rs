@@ -1,4 +1,4 @@
-//! `keyward audit verify` and `keyward audit report`.
+//! `keyward audit verify`, `report`, `scope`, `head` and `config`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +43,18 @@ pub enum AuditCommand {
         /// (a weekly CI job).
         #[arg(long)]
         check: bool,
+    },
+    /// Print the configuration text recorded for a config version (`kind = "config"`), as the
+    /// log holds it (credentials redacted): the policy that decided the records that name it.
+    Config {
+        /// The `config_version` of the records in question, e.g. 3f9a0c12d4e5.
+        version: String,
+        /// Access-log files, oldest first.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print it even if the log does not verify (it may have been altered).
+        #[arg(long)]
+        unverified: bool,
     },
     /// Print each instance's chain head (seq and hash), once its chain verifies: record it
     /// elsewhere, and later prove that nothing before it changed.
@@ -113,6 +125,7 @@ pub fn audit(command: AuditCommand) -> ExitCode {
     match command {
         AuditCommand::Verify { files, keys } => verify(&files, &keys, false),
         AuditCommand::Head { files } => verify(&files, &Keys::default(), true),
+        AuditCommand::Config { version, files, unverified } => config(&version, &files, unverified),
         AuditCommand::Scope { files, config, since, format, check } => {
             scope(&files, &config, since.as_deref(), format, check)
         }
@@ -251,6 +264,54 @@ fn verify(files: &[PathBuf], keys: &Keys, head_only: bool) -> ExitCode {
     if broken.is_empty() { ExitCode::SUCCESS } else { fail(broken) }
 }
 
+/// `config`: the text recorded for `version` (the latest record of it), exit 1 if none.
+fn config(version: &str, files: &[PathBuf], unverified: bool) -> ExitCode {
+    let data = match read_all(files) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let broken = match keyward::audit::verify::verify_all(&data) {
+        Ok(chains) => chains.into_iter().find_map(|c| c.outcome.err().map(|b| b.to_string())),
+        Err(b) => Some(b.to_string()),
+    };
+    match (broken, unverified) {
+        (Some(b), false) => {
+            return fail([
+                format!("chain broken: {b}"),
+                "the recorded configuration may have been altered: `--unverified` prints it all the same"
+                    .into(),
+            ]);
+        }
+        (Some(_), true) => {
+            eprintln!("warning: the access log does not verify: this text may have been altered")
+        }
+        (None, _) => {}
+    }
+    let lines = data.iter().flat_map(|(_, b)| b.split(|&c| c == b'\n')).filter(|l| !l.is_empty());
+    const KIND: &[u8] = br#""kind":"config""#;
+    let found: Vec<keyward::audit::event::ConfigText> = lines
+        .filter(|l| l.windows(KIND.len()).any(|w| w == KIND))
+        .filter_map(|l| serde_json::from_slice::<keyward::audit::event::ConfigText>(l).ok())
+        .filter(|c| c.links.kind == Kind::Config && &*c.config_version == version)
+        .collect();
+    let Some(last) = found.last() else {
+        let v = keyward::text::escaped(version);
+        return fail([format!(
+            "no configuration text for version {v} in these files (kind = \"config\" records)"
+        )]);
+    };
+    if found.iter().any(|c| c.config_sha256 != last.config_sha256) {
+        let v = keyward::text::escaped(version);
+        eprintln!("warning: version {v} was recorded with different texts; printing the latest");
+    }
+    let text = printable(&last.text);
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
+    ExitCode::SUCCESS
+}
+
 fn scope(
     files: &[PathBuf],
     config: &super::ConfigArg,
@@ -321,6 +382,8 @@ fn records_of(data: &[(String, Vec<u8>)]) -> (Vec<keyward::audit::AccessRecord>,
             // Rotation and checkpoint records matter to `verify` (where history begins, what
             // is signed), not to the counts.
             Ok(Kind::Rotation | Kind::Checkpoint) => Ok(()),
+            // keyward's own records (start, stop, admin actions, configuration texts) are no calls.
+            Ok(Kind::Lifecycle | Kind::Admin | Kind::Config) => Ok(()),
             Err(e) => Err(e),
         };
         unreadable += read.is_err() as u64;

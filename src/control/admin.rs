@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::event::{Admin, Event};
 use crate::control::config::admin::AdminToken;
 use crate::control::metrics::{self, AuditCounts};
 use crate::control::reload::Reloader;
@@ -159,11 +160,17 @@ async fn route(
     if !host.is_some_and(|h| host_allowed(h, &snap.admin_hosts)) {
         return Ok(text(StatusCode::FORBIDDEN, "unknown Host: add it to server.admin_hosts\n".into()));
     }
+    // Who asks for a change, as the access log's admin records name them.
+    let mut actor = String::new();
     if req.method() == Method::POST {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         match may_mutate(&snap.admin.tokens, req.headers(), peer, now) {
             Ok(admin) => {
-                tracing::info!(admin = admin.as_deref(), ip = %peer.ip, path = req.uri().path(), "admin call")
+                tracing::info!(admin = admin.as_deref(), ip = %peer.ip, path = req.uri().path(), "admin call");
+                actor = match admin {
+                    Some(id) => format!("admin:{id}"),
+                    None => format!("peer:{}", peer.ip),
+                };
             }
             Err(why) => {
                 tracing::warn!(ip = %peer.ip, path = req.uri().path(), why, "admin call refused");
@@ -199,13 +206,13 @@ async fn route(
         (&Method::GET, "/-/status") => json(StatusCode::OK, status(state, &snap)),
         (&Method::GET, "/-/audit/head") => json(StatusCode::OK, audit_head(state)),
         (&Method::POST, path) if token_path(path, "suspend").is_some() => {
-            suspend(state, token_path(path, "suspend").unwrap_or_default())
+            suspend(state, token_path(path, "suspend").unwrap_or_default(), &actor, peer.ip).await
         }
         (&Method::POST, path) if token_path(path, "resume").is_some() => {
-            resume(state, token_path(path, "resume").unwrap_or_default())
+            resume(state, token_path(path, "resume").unwrap_or_default(), &actor, peer.ip).await
         }
         (&Method::POST, "/-/reload") => {
-            let outcome = reloader.reload("admin endpoint").await;
+            let outcome = reloader.reload(&actor).await;
             let status = if outcome.ok { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
             json(status, serde_json::to_value(&outcome).unwrap_or_default())
         }
@@ -244,8 +251,9 @@ const UNTIL: &str = "resumed (POST /-/tokens/ID/resume, keyward token resume ID)
 /// The emergency stop for a leaked token: refused (401 `api_key_revoked`, recorded as
 /// `api_key_suspended`) until resumed or removed from the configuration, across reloads and
 /// restarts.
-fn suspend(state: &State, id: &str) -> Response<Full<Bytes>> {
+async fn suspend(state: &State, id: &str, actor: &str, from: IpAddr) -> Response<Full<Bytes>> {
     let (found, saved) = state.suspend(id, "admin");
+    record(state, "suspend", actor, from, id, &found, "no token has this id").await;
     if found.is_empty() {
         return json(
             StatusCode::NOT_FOUND,
@@ -261,8 +269,9 @@ fn suspend(state: &State, id: &str) -> Response<Full<Bytes>> {
     )
 }
 
-fn resume(state: &State, id: &str) -> Response<Full<Bytes>> {
+async fn resume(state: &State, id: &str, actor: &str, from: IpAddr) -> Response<Full<Bytes>> {
     let (found, saved) = state.resume(id);
+    record(state, "resume", actor, from, id, &found, "no suspended token has this id").await;
     if found.is_empty() {
         return json(
             StatusCode::NOT_FOUND,
@@ -273,6 +282,33 @@ fn resume(state: &State, id: &str) -> Response<Full<Bytes>> {
         tracing::warn!(service = &**service, token_id = &**token_id, "token resumed by the admin endpoint");
     }
     json(StatusCode::OK, serde_json::json!({ "resumed": pairs(&found), "saved": saved_json(saved) }))
+}
+
+/// A suspension's or resumption's admin records: one per (service, token) it changed, or one
+/// refused with `why` when it changed none.
+async fn record(
+    state: &State,
+    action: &str,
+    actor: &str,
+    from: IpAddr,
+    id: &str,
+    found: &[(Arc<str>, Arc<str>)],
+    why: &str,
+) {
+    let event = |service: Option<&Arc<str>>, token_id: Arc<str>| {
+        let mut e = Admin::new(action, actor, service.is_some());
+        (e.service, e.token_id, e.client_ip) = (service.cloned(), Some(token_id), Some(from));
+        e.reason = service.is_none().then(|| why.to_string());
+        Event::Admin(e)
+    };
+    if found.is_empty() {
+        // The id is what the caller sent: kept short, as the log keeps what callers choose.
+        let id = crate::audit::capped(id, crate::audit::MAX_ACCOUNT);
+        state.audit.event(event(None, id.into())).await;
+    }
+    for (service, token_id) in found {
+        state.audit.event(event(Some(service), token_id.clone())).await;
+    }
 }
 
 fn pairs(found: &[(Arc<str>, Arc<str>)]) -> Vec<serde_json::Value> {

@@ -1,6 +1,7 @@
 //! What the control plane shares with the request path: the snapshot serving, the access log
 //! and the metrics. Reloads swap the snapshot; requests read it once each.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -85,16 +86,26 @@ impl State {
         (found.iter().map(|(s, t)| (s.name.clone(), t.id.clone())).collect(), saved)
     }
 
-    /// A refusal of `token` of `service` for its source address, under configuration
+    /// A refusal of `token` of `service` for its source address `from`, under configuration
     /// `version`: true when it quarantines the token (suspended until resumed, with a log
-    /// line and a metric).
-    pub fn strike(&self, version: &Arc<str>, service: &Service, token: &Token) -> bool {
+    /// line, an admin record in the access log and a metric).
+    pub fn strike(&self, version: &Arc<str>, service: &Service, token: &Token, from: IpAddr) -> bool {
         let Some(q) = service.quarantine else { return false };
         let key = (service.index, token.id.clone());
         let tipped = self.strikes.lock().is_ok_and(|mut s| s.strike(version, key, q, Instant::now()));
         if tipped {
             let _ = self.suspend_tokens(&[(service, token)], "quarantine");
             self.metrics.quarantined.inc();
+            let mut e = crate::audit::event::Admin::new("quarantine", "keyward", true);
+            (e.service, e.token_id, e.client_ip) =
+                (Some(service.name.clone()), Some(token.id.clone()), Some(from));
+            e.reason = Some(format!(
+                "presented from outside the allowlist {} times within {}",
+                q.refusals,
+                humantime::format_duration(q.within)
+            ));
+            // The request path does not wait for the log: the record is sent by a task.
+            self.audit.event_soon(crate::audit::event::Event::Admin(e));
             tracing::warn!(
                 service = &*service.name,
                 token_id = &*token.id,

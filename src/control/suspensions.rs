@@ -129,20 +129,26 @@ impl Suspensions {
     }
 
     /// Forget suspensions of tokens `policy` no longer has: a token removed from the
-    /// configuration is gone for good, and one added back later is a new decision.
-    pub fn retain(&self, policy: &Policy) {
+    /// configuration is gone for good, and one added back later is a new decision. Returns
+    /// the suspensions forgotten.
+    pub fn retain(&self, policy: &Policy) -> Vec<Entry> {
         let mut entries = self.lock();
-        let before = entries.len();
-        entries.retain(|hex_hash, _| {
+        let mut gone = Vec::new();
+        entries.retain(|hex_hash, e| {
             let mut h = [0u8; 32];
-            hex::decode_to_slice(hex_hash, &mut h).is_ok() && policy.tokens.contains_key(&h)
+            let kept = hex::decode_to_slice(hex_hash, &mut h).is_ok() && policy.tokens.contains_key(&h);
+            if !kept {
+                gone.push(e.clone());
+            }
+            kept
         });
-        if entries.len() != before {
+        if !gone.is_empty() {
             self.publish(&entries);
             if let Err(e) = self.save(&entries) {
                 tracing::error!(error = %e, "suspensions of removed tokens dropped in memory only");
             }
         }
+        gone
     }
 
     /// The suspensions, for `/-/status`: hash prefix, service, token id, since, by.

@@ -39,7 +39,7 @@ pub fn file_watch(reloader: Arc<Reloader>) -> notify::Result<impl std::future::F
             }
             tokio::time::sleep(SETTLE).await;
             while rx.try_recv().is_ok() {}
-            reloader.reload("file change").await;
+            reloader.reload("file_watch").await;
             watch_new_dirs(&mut watcher, &mut watched, &reloader);
         }
     })
@@ -91,7 +91,7 @@ pub fn sighup(reloader: Arc<Reloader>) -> Option<impl std::future::Future<Output
     };
     Some(async move {
         while hup.recv().await.is_some() {
-            reloader.reload("SIGHUP").await;
+            reloader.reload("sighup").await;
         }
     })
 }

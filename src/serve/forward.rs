@@ -150,7 +150,7 @@ fn open(
         Err(refused) => {
             // The policy says what counts toward quarantine; the control plane counts.
             if let Some((service, token)) = refused.from_elsewhere {
-                proxy.state.strike(&snap.version, service, token);
+                proxy.state.strike(&snap.version, service, token, conn.ip);
             }
             return Err(refused.failure);
         }

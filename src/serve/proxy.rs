@@ -94,7 +94,7 @@ impl Proxy {
         let mut ruling = policy::decide(&snap.policy, &facts);
         // The policy says what counts toward quarantine; the control plane counts.
         if let Some((service, token)) = ruling.strike()
-            && self.state.strike(&snap.version, service, token)
+            && self.state.strike(&snap.version, service, token, caller.ip)
         {
             ruling.tipped();
         }

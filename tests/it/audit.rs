@@ -70,8 +70,8 @@ async fn concurrent_requests_give_exactly_one_chained_record_each() {
     assert_eq!(lines, N, "exactly one record per request");
     let (ok, out) = verify(&files);
     assert!(ok, "{out}");
-    // And the checkpoint written at shutdown, which accounts for them all.
-    let all = N + 1;
+    // And keyward's own: its start, the configuration, the checkpoint and its stop.
+    let all = N + 4;
     assert!(out.starts_with(&format!("OK: 1 instance, {all} records\n")), "{out}");
     assert!(
         out.contains(&format!(": {all} records, seq 1..{all} (from the first record ever written)")),
@@ -127,8 +127,12 @@ async fn tampering_with_a_real_log_is_found_where_it_happened() {
         ("delete a line", write("dropped", &dropped, "\n"), "line 7:", "missing"),
         ("swap two lines", write("swapped", &swapped, "\n"), "line 3:", "reordered"),
         ("insert a forged line", write("forged", &forged, "\n"), "line 6:", "inserted"),
-        // The last line is the checkpoint written at shutdown.
-        ("truncate the last line", write("truncated", &owned, ""), "line 11:", "truncated"),
+        (
+            "truncate the last line",
+            write("truncated", &owned, ""),
+            &*format!("line {}:", owned.len()),
+            "truncated",
+        ),
     ];
     for (what, file, at, why) in cases {
         let file = if what.starts_with("truncate") {
@@ -416,6 +420,8 @@ async fn report_tells_an_auditor_what_happened_and_whether_the_log_is_intact() {
     assert_eq!(kw.metric("keyward_tokens_quarantined_total").await, 1.0);
     assert_eq!(kw.metric("keyward_tokens_suspended").await, 1.0);
     let recs = kw.records(23).await;
+    // With keyward's own records: its start, the configuration, the quarantine.
+    kw.all_records(26).await;
     let reasons: Vec<&str> = recs[19..23].iter().map(|r| r["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons, ["ip_not_allowed", "ip_not_allowed", "token_quarantined", "api_key_suspended"]);
     assert_eq!(recs[0]["livemode"], false, "the test secret is a test key");
@@ -432,7 +438,7 @@ async fn report_tells_an_auditor_what_happened_and_whether_the_log_is_intact() {
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["records"], 23);
     assert_eq!(v["integrity"]["verified"], true);
-    assert_eq!(v["integrity"]["chains"][0]["records"], 23);
+    assert_eq!(v["integrity"]["chains"][0]["records"], 26);
     assert_eq!(v["inputs"], serde_json::json!([logs]));
     assert!(v["generated_at"].as_str().unwrap().ends_with('Z'));
     let row = v["decisions"].as_array().unwrap().iter().find(|r| r["permission"] == "charge_read").unwrap();
@@ -692,8 +698,8 @@ async fn restarts_continue_the_chain_and_refuse_what_they_cannot_continue() {
     let Running { app, config_path, pki, dir, .. } = kw;
     app.unwrap().stop().await;
     let (ok, out) = verify(std::slice::from_ref(&path));
-    // 3 calls and a checkpoint, the torn line cut, then a call and a checkpoint.
-    assert!(ok && out.contains("6 records, seq 1..6"), "{out}");
+    // Each run: start, configuration, calls, checkpoint, stop.
+    assert!(ok && out.contains("12 records, seq 1..12"), "{out}");
 
     std::fs::write(&path, "not a record\n").unwrap();
     let out = run_refused(&config_path);

@@ -126,6 +126,7 @@ async fn canary(upstream_extra: &str, log_on_stdout: bool) {
         false => std::fs::read_to_string(&audit_path).unwrap(),
     };
     assert_eq!(call_lines(&audit).len(), n, "one record per request");
+    assert!(audit.contains(r#""action":"quarantine""#), "the quarantine is recorded");
     assert!(stderr.contains("TRACE") || stderr.contains("DEBUG"), "logs ran verbose");
     assert!(stderr.contains("token quarantined"), "the quarantine path ran");
 

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod admin_records;
 mod attack;
 mod audit;
 mod canary;

@@ -591,6 +591,8 @@ impl Harness {
         }
         let text = toml::to_string(&table).unwrap();
         let config_path = place(dir.path(), &text);
+        // As `keyward run` reads it: what `place` wrote, comments and all.
+        let text = std::fs::read_to_string(&config_path).unwrap_or(text);
         let src = keyward::control::config::Source { name: config_path.clone(), text };
         let app = keyward::app::start(&src).await.unwrap_or_else(|e| panic!("keyward did not start:\n{e}"));
         Running::new(app, upstream, others, pki, dir, config_path)
@@ -869,13 +871,14 @@ impl Running {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    /// The calls' records (`kind` `request` or `refusals`), waiting (bounded) until at least
-    /// `n` are written.
+    /// The access records (calls', folded refusals', rotations'; not keyward's own, see
+    /// [`Running::all_records`]), waiting (bounded) until at least `n` are written.
     pub async fn records(&self, n: usize) -> Vec<serde_json::Value> {
-        self.records_where(n, |r| r["kind"] == "request" || r["kind"] == "refusals").await
+        self.records_where(n, |r| !is_own_record(r)).await
     }
 
-    /// Every record (checkpoints and the rest too), waiting until at least `n` are written.
+    /// Every record in the log, keyward's own (lifecycle, admin, config) too, waiting (bounded)
+    /// until at least `n` are written.
     pub async fn all_records(&self, n: usize) -> Vec<serde_json::Value> {
         self.records_where(n, |_| true).await
     }
@@ -925,6 +928,16 @@ impl Conn {
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
     }
+}
+
+/// A record of keyward's own (`lifecycle`, `admin`, `config`, `checkpoint`), not of a call.
+pub fn is_own_record(r: &serde_json::Value) -> bool {
+    matches!(r["kind"].as_str(), Some("lifecycle" | "admin" | "config" | "checkpoint"))
+}
+
+/// The lines of an access log that are not keyward's own records (see [`is_own_record`]).
+pub fn call_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !serde_json::from_str(l).is_ok_and(|r| is_own_record(&r))).collect()
 }
 
 /// The version a configuration text compiles to.
@@ -1113,12 +1126,4 @@ pub async fn run_sdk(
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-/// The lines of an access log that are calls' records (`kind` `request` or `refusals`), not
-/// checkpoints or other records of keyward's own.
-pub fn call_lines(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| l.contains("\"kind\":\"request\"") || l.contains("\"kind\":\"refusals\""))
-        .collect()
 }
