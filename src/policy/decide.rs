@@ -312,7 +312,10 @@ fn check_entry(
     };
     // Every permission missing, the endpoint's first: the record names each.
     let own = (service.level(entry.permission) < needed).then(permission);
-    missing_failure(own.into_iter().chain(expansions_missing(policy, service, &target.expand)).collect(), token)
+    missing_failure(
+        own.into_iter().chain(expansions_missing(policy, service, &target.expand)).collect(),
+        token,
+    )
 }
 
 /// A refusal for the permissions in `missing` (the first is the one its message names), or

@@ -423,8 +423,7 @@ mod tests {
 
     #[test]
     fn permission_error_is_stripe_shaped() {
-        let f =
-            Failure::MissingPermission {
+        let f = Failure::MissingPermission {
             redacted: "kw_***abcd".into(),
             permission: "charge_read".into(),
             also: vec!["invoice_read".into()],
