@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 
+use super::cells::{esc, flag, num, rows_html, section};
 use super::{Report, Timeline};
 
 const STYLE: &str = "body{font:13px system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}\
@@ -348,52 +349,4 @@ fn suspicious(b: &mut String, r: &Report) {
             .map(|h| vec![esc(&h.service), format!("{:02}:00", h.hour), num(h.calls), esc(&h.first_seen)]);
         rows_html(b, &["service", "hour", "calls", "first"], rows);
     }
-}
-
-pub(super) fn section(b: &mut String, id: &str, title: &str, body: impl FnOnce(&mut String)) {
-    let _ = write!(b, "<section id={id}><h2>{}</h2>", esc(title));
-    body(b);
-    b.push_str("</section>");
-}
-
-/// A table; cells are already escaped (numbers right-aligned by `num`).
-pub(super) fn rows_html(b: &mut String, head: &[&str], rows: impl Iterator<Item = Vec<String>>) {
-    b.push_str("<table><tr>");
-    for h in head {
-        let _ = write!(b, "<th>{h}</th>");
-    }
-    b.push_str("</tr>");
-    let mut any = false;
-    for row in rows {
-        any = true;
-        b.push_str("<tr>");
-        for cell in row {
-            match cell.strip_prefix('\u{1}') {
-                Some(n) => {
-                    let _ = write!(b, "<td class=n>{n}</td>");
-                }
-                None => {
-                    let _ = write!(b, "<td>{cell}</td>");
-                }
-            }
-        }
-        b.push_str("</tr>");
-    }
-    if !any {
-        let _ = write!(b, "<tr><td class=none colspan={}>none</td></tr>", head.len());
-    }
-    b.push_str("</table>");
-}
-
-/// A number cell (marked for `rows_html` to right-align).
-pub(super) fn num(n: u64) -> String {
-    format!("\u{1}{n}")
-}
-
-pub(super) fn flag(s: &str) -> String {
-    format!("<span class=flag>{}</span>", esc(s))
-}
-
-pub(super) fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

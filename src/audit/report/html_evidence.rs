@@ -2,7 +2,7 @@
 //! write operations, tokens without expiry.
 
 use super::Report;
-use super::html::{esc, flag, num, rows_html, section};
+use super::cells::{esc, flag, num, rows_html, section};
 
 pub(super) fn sections(b: &mut String, r: &Report) {
     section(b, "policy-versions", "Policy versions in force", |b| {

@@ -3,6 +3,7 @@
 //! state, excess grants and suspicious activity. Pure: the CLI reads files, verifies the
 //! chains and hands in the outcome, the clock and the configuration.
 
+mod cells;
 mod counts;
 mod evidence;
 mod html;

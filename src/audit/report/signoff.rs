@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::{Report, html as page, sha256_hex, text};
+use super::{Report, cells, html as page, sha256_hex, text};
 use crate::text::printable;
 
 /// The line the plain-text sign-off begins with.
@@ -52,7 +52,7 @@ pub fn table(r: &Report) -> String {
     }
     body.push_str(&text::body(r));
     let mut out = printable(&body).into_owned();
-    if !out.ends_with('\n') {
+    while !out.ends_with("\n\n") {
         out.push('\n');
     }
     let hash = sha256_hex(out.as_bytes());
@@ -105,7 +105,7 @@ pub fn html(r: &Report) -> String {
     let mut out = page::page(r);
     out.push('\n');
     let hash = sha256_hex(out.as_bytes());
-    let e = page::esc;
+    let e = cells::esc;
     let _ = write!(out, "{HTML_MARK}<h2>Sign-off</h2><table>");
     let _ = write!(
         out,
