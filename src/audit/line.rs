@@ -54,6 +54,17 @@ impl AccessRecord {
         j.opt_str("access", self.access.as_deref());
         j.str("decision", self.decision.as_str());
         j.str("reason", &self.reason);
+        if !self.missing.is_empty() {
+            j.key("missing");
+            j.0.push(b'[');
+            for (i, m) in self.missing.iter().enumerate() {
+                if i > 0 {
+                    j.0.push(b',');
+                }
+                escaped(j.0, m);
+            }
+            j.0.push(b']');
+        }
         if self.token_exposed {
             j.key("token_exposed");
             j.0.extend_from_slice(b"true");
@@ -228,6 +239,7 @@ mod tests {
             access: Some("write".into()),
             decision: crate::policy::Decision::Allow,
             reason: "ok".into(),
+            missing: vec!["invoice_read".into(), "a \"b\"\n".into()],
             token_exposed: true,
             status: 200,
             upstream: Some(Arc::from("stripe")),
@@ -245,7 +257,12 @@ mod tests {
         same_as_serde(&full);
         for f in [0.0, -0.0, 3.0, 1e21, f64::NAN, f64::INFINITY, f64::MIN_POSITIVE] {
             same_as_serde(&AccessRecord { duration_ms: f, upstream_ms: Some(f), ..full.clone() });
-            same_as_serde(&AccessRecord { livemode: Some(false), token_exposed: false, ..full.clone() });
+            same_as_serde(&AccessRecord {
+                livemode: Some(false),
+                token_exposed: false,
+                missing: vec![],
+                ..full.clone()
+            });
         }
     }
 

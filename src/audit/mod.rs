@@ -63,6 +63,11 @@ pub struct AccessRecord {
     pub access: Option<Cow<'static, str>>,
     pub decision: Decision,
     pub reason: Cow<'static, str>,
+    /// A `more_permissions_required` refusal: every permission the call lacked, the
+    /// endpoint's and each `expand[]` expansion's (`permission` stays the endpoint's own, which
+    /// may have been granted). Written only when there is one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
     /// The request carried a keyward token outside `Authorization` (`token_in_wrong_place`):
     /// the token named is to be rotated.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -11,6 +11,9 @@ use crate::policy::{Decision, Level, Mode, Policy};
 
 #[derive(Debug, Default, Serialize)]
 pub struct ScopeReport {
+    /// Printed with `--unverified` on a log that does not verify: the banner it carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<String>,
     pub services: BTreeMap<String, ServiceScope>,
 }
 
@@ -47,16 +50,21 @@ pub fn scope<'a>(policy: &Policy, records: impl IntoIterator<Item = &'a AccessRe
         let (Some(service), Some(permission), Some(access)) = (&r.service, &r.permission, &r.access) else {
             continue;
         };
-        let level = if access == "write" { Level::Write } else { Level::Read };
-        let base = permission.strip_suffix(&format!("_{access}")).unwrap_or(permission).to_string();
         let into = match r.decision {
             Decision::Allow => &mut used,
             Decision::WouldDeny => &mut needed,
             Decision::Deny => continue,
         };
         let Some(svc) = policy.services.iter().find(|s| *s.name == **service) else { continue };
-        let at = into.entry(&svc.name).or_default().entry(base).or_insert(Level::None);
-        *at = (*at).max(level);
+        let at = into.entry(&svc.name).or_default();
+        // The endpoint's own permission, and what the call lacked besides (an expansion's).
+        let own = (permission.strip_suffix(&format!("_{access}")).unwrap_or(permission), access.as_ref());
+        for (base, access) in std::iter::once(own).chain(r.missing.iter().filter_map(|m| m.rsplit_once('_')))
+        {
+            let level = if access == "write" { Level::Write } else { Level::Read };
+            let l = at.entry(base.to_string()).or_insert(Level::None);
+            *l = (*l).max(level);
+        }
     }
     let mut report = ScopeReport::default();
     for s in &policy.services {

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::{Subcommand, ValueEnum};
 use keyward::audit::Kind;
 use keyward::audit::checkpoint::PublicKey;
-use keyward::audit::fold::FoldedRefusals;
 use keyward::audit::report;
 use keyward::audit::signed::Published;
 use keyward::text::printable;
@@ -43,6 +42,12 @@ pub enum AuditCommand {
         /// (a weekly CI job).
         #[arg(long)]
         check: bool,
+        /// Print it though the log's chain does not verify, marked UNVERIFIED (first and
+        /// last line, or an `unverified` field): without it such a log is refused.
+        #[arg(long)]
+        unverified: bool,
+        #[command(flatten)]
+        keys: Keys,
     },
     /// Print the configuration text recorded for a config version (`kind = "config"`), as the
     /// log holds it (credentials redacted): the policy that decided the records that name it.
@@ -63,9 +68,11 @@ pub enum AuditCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Summarise for an auditor: whether the chains verified (exit 1 if not), decisions,
-    /// requests over time, source addresses, Connect accounts, secret versions, live keys,
-    /// suspicious activity; with `--config` also the configured tokens' state and the scope table.
+    /// Summarise for an auditor to sign: integrity (a log that does not verify is refused),
+    /// the policy versions in force, admin actions, write operations, decisions and what
+    /// refused calls lacked, requests over time, source addresses, Connect accounts, secret
+    /// versions, live keys, suspicious activity; with `--config` also the configured tokens'
+    /// state (those without expiry flagged) and the scope table; last, a sign-off section.
     Report {
         /// Access-log files, oldest first.
         #[arg(required = true)]
@@ -85,6 +92,16 @@ pub enum AuditCommand {
         config: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// List every allowed call that is no read (not GET or HEAD): time, service,
+        /// endpoint, account, request id.
+        #[arg(long)]
+        writes: bool,
+        /// Print it though the log's chain does not verify, each page marked UNVERIFIED:
+        /// without it such a log is refused.
+        #[arg(long)]
+        unverified: bool,
+        #[command(flatten)]
+        keys: Keys,
     },
 }
 
@@ -126,11 +143,12 @@ pub fn audit(command: AuditCommand) -> ExitCode {
         AuditCommand::Verify { files, keys } => verify(&files, &keys, false),
         AuditCommand::Head { files } => verify(&files, &Keys::default(), true),
         AuditCommand::Config { version, files, unverified } => config(&version, &files, unverified),
-        AuditCommand::Scope { files, config, since, format, check } => {
-            scope(&files, &config, since.as_deref(), format, check)
+        AuditCommand::Scope { files, config, since, format, check, unverified, keys } => {
+            scope(&files, &config, since.as_deref(), format, check, unverified, &keys)
         }
-        AuditCommand::Report { files, since, until, service, config, format } => {
-            report(&files, since.as_deref(), until.as_deref(), service, config.as_deref(), format)
+        AuditCommand::Report { files, since, until, service, config, format, writes, unverified, keys } => {
+            let window = Window { since: since.as_deref(), until: until.as_deref(), service };
+            report(&files, window, config.as_deref(), format, writes, unverified, &keys)
         }
     }
 }
@@ -318,6 +336,8 @@ fn scope(
     since: Option<&str>,
     format: ScopeFormat,
     check: bool,
+    unverified: bool,
+    keys: &Keys,
 ) -> ExitCode {
     let since = match time_arg(since) {
         Ok(t) => t,
@@ -327,16 +347,28 @@ fn scope(
         Ok(p) => p,
         Err(code) => return code,
     };
-    let records = match read_records(files) {
-        Ok(r) => r,
+    let data = match read_all(files) {
+        Ok(d) => d,
         Err(code) => return code,
     };
+    let banner = match checked(&data, unverified, keys) {
+        Ok(integrity) => integrity.banner(),
+        Err(code) => return code,
+    };
+    let log = read_log(&data);
     let filter = report::Filter { since, until: None, service: None };
-    let rep = keyward::audit::scope::scope(&policy, records.iter().filter(|r| filter.keeps(r)));
+    let mut rep = keyward::audit::scope::scope(&policy, log.records.iter().filter(|r| filter.keeps(r)));
+    let marked = |text: String, prefix: &str| match &banner {
+        Some(b) => format!("{prefix}{b}\n{text}{prefix}{b}\n"),
+        None => text,
+    };
     match format {
-        ScopeFormat::Table => print!("{}", printable(&keyward::audit::scope::table(&rep))),
-        ScopeFormat::Json => println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default()),
-        ScopeFormat::Toml => print!("{}", keyward::audit::scope::toml(&rep)),
+        ScopeFormat::Table => print!("{}", printable(&marked(keyward::audit::scope::table(&rep), ""))),
+        ScopeFormat::Json => {
+            rep.unverified = banner.clone();
+            println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default())
+        }
+        ScopeFormat::Toml => print!("{}", printable(&marked(keyward::audit::scope::toml(&rep), "# "))),
     }
     let excess: Vec<String> = rep
         .services
@@ -360,51 +392,59 @@ fn time_arg(t: Option<&str>) -> Result<Option<time::OffsetDateTime>, ExitCode> {
         .map_err(|_| fail(["--since and --until take RFC 3339 times such as 2026-11-01T00:00:00Z"]))
 }
 
-/// Every record in `files`. Lines that are not records are left out, and said so on stderr
-/// (json and html output stay clean; `keyward audit verify` tells why).
-fn read_records(files: &[PathBuf]) -> Result<Vec<keyward::audit::AccessRecord>, ExitCode> {
-    Ok(records_of(&read_all(files)?).0)
+/// The chains' verification. A log that does not verify is refused (exit 1, naming the first
+/// bad file and line) unless `unverified`: then what is printed says so on every page.
+fn checked(data: &[(String, Vec<u8>)], unverified: bool, keys: &Keys) -> Result<report::Integrity, ExitCode> {
+    let (public, published) = read_keys(keys)?;
+    let integrity = report::Integrity::proved(data, &public, published.as_ref());
+    match &integrity.first_break {
+        Some(at) if !unverified => Err(fail([
+            format!("the access log does not verify: {at}"),
+            "nothing in it is evidence until it does (see `keyward audit verify`); --unverified prints it \
+             anyway, marked UNVERIFIED"
+                .to_string(),
+        ])),
+        Some(at) => {
+            eprintln!(
+                "warning: the access log does not verify ({}): printed marked UNVERIFIED",
+                printable(at)
+            );
+            Ok(integrity)
+        }
+        None => Ok(integrity),
+    }
 }
 
-/// The calls' records and the folded refusals' in `data`.
-fn records_of(data: &[(String, Vec<u8>)]) -> (Vec<keyward::audit::AccessRecord>, Vec<FoldedRefusals>) {
-    #[derive(serde::Deserialize)]
-    struct KindOf {
-        #[serde(default)]
-        kind: Kind,
-    }
-    let lines = data.iter().flat_map(|(_, b)| b.split(|&c| c == b'\n')).filter(|l| !l.is_empty());
-    let (mut records, mut folded, mut unreadable) = (Vec::new(), Vec::new(), 0u64);
-    for line in lines {
-        let read = match serde_json::from_slice::<KindOf>(line).map(|k| k.kind) {
-            Ok(Kind::Request) => serde_json::from_slice(line).map(|r| records.push(r)),
-            Ok(Kind::Refusals) => serde_json::from_slice(line).map(|r| folded.push(r)),
-            // Rotation and checkpoint records matter to `verify` (where history begins, what
-            // is signed), not to the counts.
-            Ok(Kind::Rotation | Kind::Checkpoint) => Ok(()),
-            // keyward's own records (start, stop, admin actions, configuration texts) are no calls.
-            Ok(Kind::Lifecycle | Kind::Admin | Kind::Config) => Ok(()),
-            Err(e) => Err(e),
-        };
-        unreadable += read.is_err() as u64;
-    }
-    if unreadable > 0 {
+/// Every record in `data`, by kind. Lines that are not records are left out, and said so on
+/// stderr (json and html output stay clean; `keyward audit verify` tells why).
+fn read_log(data: &[(String, Vec<u8>)]) -> report::Log {
+    let log = report::Log::read(data);
+    if log.unreadable > 0 {
         eprintln!(
-            "warning: {unreadable} lines are not access records and were left out (see `keyward audit verify`)"
+            "warning: {} lines are not access records and were left out (see `keyward audit verify`)",
+            log.unreadable
         );
     }
-    (records, folded)
+    log
+}
+
+/// `--since`, `--until`, `--service`.
+struct Window<'a> {
+    since: Option<&'a str>,
+    until: Option<&'a str>,
+    service: Option<String>,
 }
 
 fn report(
     files: &[PathBuf],
-    since: Option<&str>,
-    until: Option<&str>,
-    service: Option<String>,
+    window: Window<'_>,
     config: Option<&std::path::Path>,
     format: Format,
+    list_writes: bool,
+    unverified: bool,
+    keys: &Keys,
 ) -> ExitCode {
-    let (since, until) = match time_arg(since).and_then(|s| Ok((s, time_arg(until)?))) {
+    let (since, until) = match time_arg(window.since).and_then(|s| Ok((s, time_arg(window.until)?))) {
         Ok(both) => both,
         Err(code) => return code,
     };
@@ -416,26 +456,27 @@ fn report(
         Ok(d) => d,
         Err(code) => return code,
     };
-    let (records, folded) = records_of(&data);
-    let integrity = report::Integrity::of(&data);
-    let verified = integrity.verified;
+    let integrity = match checked(&data, unverified, keys) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let log = read_log(&data);
     let cx = report::Context {
-        inputs: files.iter().map(|f| f.display().to_string()).collect(),
-        filter: report::Filter { since, until, service },
+        inputs: report::Input::of(&data),
+        filter: report::Filter { since, until, service: window.service },
         integrity,
         now: time::OffsetDateTime::now_utc(),
         policy: policy.as_ref(),
-        folded: &folded,
+        folded: &log.folded,
+        events: &log.events,
+        list_writes,
+        unverified,
     };
-    let rep = report::build(&records, cx);
+    let rep = report::build(&log.records, cx);
     match format {
-        Format::Table => print!("{}", printable(&report::table(&rep))),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default()),
+        Format::Table => print!("{}", report::table(&rep)),
+        Format::Json => print!("{}", report::json(&rep)),
         Format::Html => print!("{}", report::html(&rep)),
     }
-    if verified {
-        ExitCode::SUCCESS
-    } else {
-        fail(["the access log did not verify: the report says where (see also `keyward audit verify`)"])
-    }
+    ExitCode::SUCCESS
 }

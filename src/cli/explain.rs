@@ -129,11 +129,15 @@ pub async fn explain(args: ExplainArgs) -> ExitCode {
     if refused { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
-/// The scope line that would allow a call refused for a permission: `charge = "write"`.
+/// The scope lines that would allow a call refused for permissions: `charge = "write"`, and
+/// each expansion's after it (`charge = "read", invoice = "read"`).
 fn scope_line(f: &Failure) -> Option<String> {
-    let Failure::MissingPermission { permission, .. } = f else { return None };
-    let (base, level) = permission.rsplit_once('_')?;
-    Some(format!("{base} = \"{level}\""))
+    let lines: Vec<String> = f
+        .missing()
+        .filter_map(|p| p.rsplit_once('_'))
+        .map(|(base, level)| format!("{base} = \"{level}\""))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(", "))
 }
 
 /// The built-in Stripe catalog and expansions, with no services.

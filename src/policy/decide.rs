@@ -310,10 +310,22 @@ fn check_entry(
         Access::Read => Level::Read,
         Access::Write => Level::Write,
     };
-    if service.level(entry.permission) < needed {
-        return Some(Failure::MissingPermission { redacted: redact(token), permission: permission() });
-    }
-    expansion_failure(policy, service, &target.expand, token)
+    // Every permission missing, the endpoint's first: the record names each.
+    let own = (service.level(entry.permission) < needed).then(permission);
+    missing_failure(
+        own.into_iter().chain(expansions_missing(policy, service, &target.expand)).collect(),
+        token,
+    )
+}
+
+/// A refusal for the permissions in `missing` (the first is the one its message names), or
+/// none when nothing is missing.
+fn missing_failure(mut missing: Vec<String>, token: &str) -> Option<Failure> {
+    let mut seen = std::collections::HashSet::new();
+    missing.retain(|p| seen.insert(p.clone()));
+    let mut all = missing.into_iter();
+    let permission = all.next()?;
+    Some(Failure::MissingPermission { redacted: redact(token), permission, also: all.collect() })
 }
 
 /// Whether the secret a call is about to be sent with may be used for its service: of the
@@ -345,17 +357,26 @@ pub fn check_form(
     }
 }
 
-/// The first of the `expand` fields (of a query string or form body) that the service may
-/// not read.
+/// The permissions that the `expand` fields (of a query string or form body) need and the
+/// service lacks, in the order the fields ask for them.
+fn expansions_missing(policy: &Policy, service: &Service, fields: &[String]) -> Vec<String> {
+    policy
+        .expansions
+        .required(fields)
+        .filter(|(_, p)| service.level(*p) < Level::Read)
+        .map(|(_, p)| permission_name(policy.catalog.permission(p), Access::Read))
+        .collect()
+}
+
+/// The refusal for the `expand` fields (of a query string or form body) that the service may
+/// not read: every permission they need and it lacks.
 pub fn expansion_failure(
     policy: &Policy,
     service: &Service,
     fields: &[String],
     token: &str,
 ) -> Option<Failure> {
-    let (_, perm) = policy.expansions.required(fields).find(|(_, p)| service.level(*p) < Level::Read)?;
-    let permission = permission_name(policy.catalog.permission(perm), Access::Read);
-    Some(Failure::MissingPermission { redacted: redact(token), permission })
+    missing_failure(expansions_missing(policy, service, fields), token)
 }
 
 /// The connected account a call acts for: `Stripe-Account`, else `Stripe-Context`.

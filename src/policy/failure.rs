@@ -42,9 +42,12 @@ pub enum Failure {
     UnknownEndpoint {
         endpoint: String,
     },
+    /// The first permission missing (the one the message names), and `also` every other the
+    /// checks found missing (the endpoint's and each expansion's): the record lists them all.
     MissingPermission {
         redacted: String,
         permission: String,
+        also: Vec<String>,
     },
     AccountNotAllowed {
         account: String,
@@ -112,6 +115,16 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Every permission a `more_permissions_required` refusal lacked, first the one its
+    /// message names; none for any other failure.
+    pub fn missing(&self) -> impl Iterator<Item = &str> {
+        let (first, also): (Option<&String>, &[String]) = match self {
+            Failure::MissingPermission { permission, also, .. } => (Some(permission), also),
+            _ => (None, &[]),
+        };
+        first.into_iter().chain(also).map(String::as_str)
+    }
+
     pub fn status(&self) -> StatusCode {
         use Failure::*;
         match self {
@@ -303,7 +316,7 @@ impl Failure {
                  an operation of the API, ask your platform team to add it to keyward's catalog \
                  (scripts/sdk-operations.py lists what the SDKs call)."
             ),
-            MissingPermission { redacted, permission } => format!(
+            MissingPermission { redacted, permission, .. } => format!(
                 "The provided key '{redacted}' does not have the required permissions for this \
                  endpoint. Having the 'rak_{permission}' permission would allow this request to continue."
             ),
@@ -410,8 +423,11 @@ mod tests {
 
     #[test]
     fn permission_error_is_stripe_shaped() {
-        let f =
-            Failure::MissingPermission { redacted: "kw_***abcd".into(), permission: "charge_read".into() };
+        let f = Failure::MissingPermission {
+            redacted: "kw_***abcd".into(),
+            permission: "charge_read".into(),
+            also: vec!["invoice_read".into()],
+        };
         let v: serde_json::Value = serde_json::from_str(&f.body()).unwrap();
         assert_eq!(f.status(), 403);
         assert_eq!(v["error"]["type"], "invalid_request_error");
@@ -421,6 +437,8 @@ mod tests {
             "The provided key 'kw_***abcd' does not have the required permissions for this endpoint. \
              Having the 'rak_charge_read' permission would allow this request to continue."
         );
+        assert_eq!(f.missing().collect::<Vec<_>>(), ["charge_read", "invoice_read"]);
+        assert_eq!(Failure::IpNotAllowed.missing().count(), 0);
     }
 
     #[test]

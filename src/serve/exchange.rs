@@ -118,8 +118,10 @@ impl Exchange {
         }
         r.upstream = ruling.upstream.map(|i| upstream_names[i].clone());
         (r.decision, r.reason) = (ruling.verdict.decision(), ruling.verdict.reason().into());
-        if let policy::Verdict::Deny(f) = &ruling.verdict {
-            self.failure_seen(f);
+        match &ruling.verdict {
+            policy::Verdict::Deny(f) => self.failure_seen(f),
+            policy::Verdict::WouldDeny(_, f) => self.lacked(f),
+            policy::Verdict::Allow(_) => {}
         }
     }
 
@@ -132,6 +134,16 @@ impl Exchange {
 
     pub fn would_deny(&mut self, f: &Failure) {
         (self.record.decision, self.record.reason) = (Decision::WouldDeny, f.reason().into());
+        self.lacked(f);
+    }
+
+    /// The permissions a refusal says the call lacked, added to the record's `missing`.
+    fn lacked(&mut self, f: &Failure) {
+        for p in f.missing() {
+            if !self.record.missing.iter().any(|m| m == p) {
+                self.record.missing.push(p.to_string());
+            }
+        }
     }
 
     /// The call failed after it was allowed: an allowed call's record takes the failure's
@@ -147,6 +159,7 @@ impl Exchange {
     /// token exposed (the record counts it, and names the token's owner when keyward knows).
     fn failure_seen(&mut self, f: &Failure) {
         self.failed = true;
+        self.lacked(f);
         self.upstream_error = self.upstream_error.or(f.upstream_kind());
         if let Failure::TokenInWrongPlace { whose, .. } = f {
             self.record.token_exposed = true;

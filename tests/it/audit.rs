@@ -17,6 +17,13 @@ fn keyward(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// `keyward ARGS`: whether it succeeded, its stdout and its stderr apart.
+fn keyward_apart(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward")).args(args).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
 fn verify(files: &[PathBuf]) -> (bool, String) {
     let mut args = vec!["audit", "verify"];
     args.extend(files.iter().map(|f| f.to_str().unwrap()));
@@ -466,7 +473,23 @@ async fn report_tells_an_auditor_what_happened_and_whether_the_log_is_intact() {
     assert_eq!(v["live_keys"], serde_json::json!([]));
     let status = v["token_status"].as_array().unwrap();
     let spare = status.iter().find(|t| t["token_id"] == "s-spare").unwrap();
-    assert_eq!(spare["flags"], serde_json::json!(["unused"]));
+    assert_eq!(spare["flags"], serde_json::json!(["unused", "no_expiry"]));
+    let never: Vec<&str> =
+        v["no_expiry"].as_array().unwrap().iter().map(|t| t["token_id"].as_str().unwrap()).collect();
+    assert_eq!(never, ["b1", "s1", "s-spare", "l1"], "no token here has an expiry");
+    // The sign-off states the hash of every byte above it, and names the input and the head.
+    let signed = &v["sign_off"];
+    let above = &json[..json.find("\n  \"sign_off\": {\n").unwrap() + 1];
+    assert_eq!(signed["report_sha256"], keyward::audit::report::sha256_hex(above.as_bytes()));
+    let log_bytes = std::fs::read(&log).unwrap();
+    assert_eq!(signed["inputs"][0]["sha256"], keyward::audit::report::sha256_hex(&log_bytes));
+    assert_eq!(signed["heads"][0]["seq"], 23);
+    assert_eq!(signed["heads"][0]["head"], v["integrity"]["chains"][0]["head"]);
+    assert_eq!(
+        signed["checkpoints"].as_str().unwrap().split(':').next(),
+        Some("not signed (no --key given)")
+    );
+    assert_eq!(v["integrity"]["signed"], serde_json::Value::Null);
     assert_eq!(v["scope"]["services"]["billing"]["unused"], serde_json::json!(["customer"]));
     let s = &v["suspicious"];
     assert_eq!(s["denial_bursts"][0]["caller"], "b1");
@@ -487,6 +510,28 @@ async fn report_tells_an_auditor_what_happened_and_whether_the_log_is_intact() {
     );
     let (ok, table) = report(&[&logs]);
     assert!(ok && table.starts_with("LOG VERIFIED: 1 chain(s) intact"), "{table}");
+    let order = [
+        "INTEGRITY",
+        "POLICY VERSIONS IN FORCE",
+        "ADMIN ACTIONS",
+        "WRITE OPERATIONS",
+        "TOKENS WITHOUT EXPIRY",
+        "ACTIVITY",
+        "\nSIGN-OFF\n",
+    ];
+    let at: Vec<usize> =
+        order.iter().map(|p| table.find(p).unwrap_or_else(|| panic!("{p} in\n{table}"))).collect();
+    assert!(at.is_sorted(), "sections in order {order:?}: {at:?}\n{table}");
+    let (above, signoff) = table.split_at(at[6] + 1);
+    assert!(
+        signoff.contains(&format!("report sha256: {}", keyward::audit::report::sha256_hex(above.as_bytes())))
+    );
+    for field in
+        ["\nName:\n", "\nRole:\n", "\nDate:\n", "\nSignature:\n", "checkpoints: not signed (no --key given)"]
+    {
+        assert!(signoff.contains(field), "{field} in\n{signoff}");
+    }
+    assert!(table.contains("rotation gaps: none") && table.contains("NO EXPIRY  locked"), "{table}");
     for part in [
         "TOP DENIED",
         "PER HOUR",
@@ -547,24 +592,49 @@ async fn report_tells_an_auditor_what_happened_and_whether_the_log_is_intact() {
         (Some("billing"), Some("10.9.9.9"))
     );
 
-    // A tampered log is said to be at the top, and the report exits 1.
+    // A tampered log is refused, naming the line; with --unverified every page says so.
     let tampered = kw.dir.path().join("tampered.jsonl");
     let text = std::fs::read_to_string(&log).unwrap();
     std::fs::write(&tampered, text.replacen("\"status\":403", "\"status\":200", 1)).unwrap();
-    let (ok, table) = report(&[tampered.to_str().unwrap()]);
-    assert!(!ok && table.starts_with("WARNING: THE LOG DID NOT VERIFY"), "{table}");
-    assert!(table.contains("tampered.jsonl line"), "{table}");
-    let (ok, json) = report(&["--format", "json", tampered.to_str().unwrap()]);
-    assert!(!ok);
-    let j = &json[..json.rfind('}').unwrap() + 1];
-    assert_eq!(serde_json::from_str::<serde_json::Value>(j).unwrap()["integrity"]["verified"], false);
-    let (_, bad_html) = report(&["--format", "html", tampered.to_str().unwrap()]);
-    assert!(bad_html.contains("<div class=bad>THE LOG DID NOT VERIFY"));
-    // Lines that are not records: the chain is broken, and the rest is still summarised.
+    let (ok, out) = report(&[tampered.to_str().unwrap()]);
+    assert!(!ok && out.starts_with("error: the access log does not verify: "), "{out}");
+    assert!(out.contains("tampered.jsonl:") && !out.contains("TOP DENIED"), "{out}");
+    let t = tampered.to_str().unwrap();
+    let (ok, table, warning) = keyward_apart(&["audit", "report", "--config", &config, "--unverified", t]);
+    assert!(ok && warning.starts_with("warning: the access log does not verify"), "{warning}");
+    let banner = table.lines().next().unwrap();
+    assert!(
+        banner.starts_with("UNVERIFIED: ")
+            && banner.contains("this log's chain does not verify (")
+            && banner.contains("tampered.jsonl:")
+            && banner.ends_with("nothing below is evidence"),
+        "{banner}"
+    );
+    assert_eq!(table.lines().last(), Some(banner), "first and last line");
+    assert!(table.contains("WARNING: THE LOG DID NOT VERIFY"), "{table}");
+    let (_, json, _) = keyward_apart(&["audit", "report", "--format", "json", "--unverified", t]);
+    let u: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(u["unverified"], banner);
+    assert_eq!(u["integrity"]["verified"], false);
+    let (_, bad_html) = report(&["--format", "html", "--unverified", tampered.to_str().unwrap()]);
+    assert!(bad_html.contains("<div class=\"unverified print-banner\">UNVERIFIED: "), "{bad_html}");
+    assert!(bad_html.contains("<div class=unverified id=unverified>UNVERIFIED: "));
+    assert!(bad_html.contains(".print-banner{display:block;position:fixed"), "repeated on each printed page");
+    // Lines that are not records: the chain is broken; with --unverified the rest is summarised.
     let mangled = kw.dir.path().join("mangled.jsonl");
     std::fs::write(&mangled, text.clone() + "not a record\n").unwrap();
     let (ok, out) = report(&[mangled.to_str().unwrap()]);
-    assert!(!ok && out.contains("1 lines are not access records") && out.contains("23 records"), "{out}");
+    assert!(!ok && out.contains("mangled.jsonl:24: not a JSON record"), "{out}");
+    let (ok, out) = report(&["--unverified", mangled.to_str().unwrap()]);
+    assert!(ok && out.contains("1 lines are not access records") && out.contains("23 records"), "{out}");
+    let unverified_page = kw.dir.path().join("unverified.html");
+    std::fs::write(&unverified_page, &bad_html).unwrap();
+    let unverified_pdf = kw.dir.path().join("unverified.pdf");
+    chromium(
+        &unverified_page,
+        &[&format!("--print-to-pdf={}", unverified_pdf.display()), "--no-pdf-header-footer"],
+    );
+    assert!(std::fs::read(&unverified_pdf).expect("a PDF").starts_with(b"%PDF"));
 
     let (ok, html) = report(&["--format", "html", &logs]);
     assert!(ok && html.starts_with("<!doctype html>"));
@@ -576,9 +646,14 @@ async fn report_tells_an_auditor_what_happened_and_whether_the_log_is_intact() {
     std::fs::write(&page, &html).unwrap();
     let dom = chromium(&page, &["--dump-dom"]);
     let dom = String::from_utf8_lossy(&dom.stdout);
-    for id in [
+    let ids = [
         "integrity",
+        "policy-versions",
+        "admin-actions",
+        "writes",
+        "no-expiry",
         "decisions",
+        "missing",
         "timeline",
         "suspicious",
         "scope",
@@ -589,9 +664,25 @@ async fn report_tells_an_auditor_what_happened_and_whether_the_log_is_intact() {
         "accounts",
         "secrets",
         "upstreams",
-    ] {
+        "sign-off",
+    ];
+    for id in ids {
         assert!(dom.contains(&format!("<section id=\"{id}\">")), "section {id} rendered");
     }
+    let first = |id: &str| dom.find(&format!("<section id=\"{id}\">")).unwrap();
+    assert!(ids.iter().all(|id| first("integrity") <= first(id)), "integrity first");
+    assert!(ids.iter().all(|id| first(id) <= first("sign-off")), "sign-off last");
+    let signoff = &dom[first("sign-off")..];
+    for field in
+        ["<th>Name:</th>", "<th>Role:</th>", "<th>Date:</th>", "<th>Signature:</th>", "report sha256"]
+    {
+        assert!(signoff.contains(field), "{field} in {signoff}");
+    }
+    assert!(dom.contains("not signed (no --key given)"));
+    assert!(!dom.contains("UNVERIFIED"), "a verified log carries no banner");
+    // The hash stated is of the page's bytes above the sign-off.
+    let above = &html[..html.find("\n<section id=sign-off>").unwrap() + 1];
+    assert!(html.contains(&keyward::audit::report::sha256_hex(above.as_bytes())));
     assert!(dom.contains("<svg") && dom.contains("<rect"), "the chart");
     assert!(dom.contains("Log verified: 1 chain(s) intact."));
     let shot = kw.dir.path().join("report.png");
@@ -602,7 +693,7 @@ async fn report_tells_an_auditor_what_happened_and_whether_the_log_is_intact() {
     chromium(&page, &[&format!("--print-to-pdf={}", pdf.display()), "--no-pdf-header-footer"]);
     assert!(std::fs::read(&pdf).expect("a PDF").starts_with(b"%PDF"), "prints");
     if let Ok(keep) = std::env::var("KEYWARD_KEEP_REPORT") {
-        for f in [&log, &kw.config_path, &page, &shot, &pdf, &moved_ip] {
+        for f in [&log, &kw.config_path, &page, &shot, &pdf, &moved_ip, &unverified_page, &unverified_pdf] {
             std::fs::copy(f, Path::new(&keep).join(f.file_name().unwrap())).unwrap();
         }
     }
@@ -799,4 +890,173 @@ fn terminal_escapes_in_a_tampered_log_are_printed_escaped() {
     assert!(!out.contains('\u{1b}') && out.contains("\\x1b[2J"), "{out}");
     let (_, report) = keyward(&["audit", "report", path.to_str().unwrap()]);
     assert!(!report.contains('\u{1b}'), "{report}");
+}
+
+/// A denial for missing permissions records each one it lacked (an expansion's too, while the
+/// endpoint's own was granted); the report counts them per service, and `audit scope`
+/// suggests a report-mode expansion's permission. A tampered log (a denied
+/// `POST /v1/customers` edited to `allow`) makes `audit scope` refuse, naming the line,
+/// instead of suggesting `customer = "write"`; `--unverified` prints it under a banner. The
+/// report reads admin, lifecycle and config records (hand-made here) and lists the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_record_what_was_missing_and_scope_refuses_a_tampered_log() {
+    const SHADOW_X: &str = "kw_shadow_expand_0123456789abcdefWX";
+    let kw = Harness::new()
+        .service(Svc::new("billing").token("b1", TOKEN).scope("charge", "write"))
+        .service(Svc::new("shadow").token("s1", SHADOW_X).scope("charge", "read").extra("mode = \"report\""))
+        .start()
+        .await;
+    let deny = kw.get("/v1/charges/ch_1?expand[]=invoice", TOKEN).await;
+    assert_eq!((deny.status, deny.error_code().as_str()), (403, "more_permissions_required"));
+    let message = deny.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.ends_with("Having the 'rak_invoice_read' permission would allow this request to continue.")
+    );
+    let both = kw.get("/v1/charges/ch_1?expand[]=customer&expand[]=latest_invoice", TOKEN).await;
+    assert!(
+        both.json()["error"]["message"].as_str().unwrap().contains("'rak_customer_read'"),
+        "the first named"
+    );
+    assert_eq!(kw.post("/v1/customers", TOKEN, "email=a%40b.c").await.status, 403);
+    assert_eq!(kw.post("/v1/charges", TOKEN, "amount=2000&currency=usd").await.status, 200);
+    assert_eq!(
+        kw.get("/v1/charges/ch_1?expand[]=invoice", SHADOW_X).await.status,
+        200,
+        "report mode forwards"
+    );
+    let recs = kw.records(5).await;
+    assert_eq!(
+        (recs[0]["permission"].as_str(), recs[0]["missing"].clone()),
+        (Some("charge_read"), serde_json::json!(["invoice_read"])),
+        "the endpoint's own permission, and what it lacked: {}",
+        recs[0]
+    );
+    assert_eq!(recs[1]["missing"], serde_json::json!(["customer_read", "invoice_read"]));
+    assert_eq!(recs[2]["missing"], serde_json::json!(["customer_write"]));
+    assert!(recs[3].get("missing").is_none(), "written only when there is one: {}", recs[3]);
+    assert_eq!(
+        (recs[4]["decision"].as_str(), recs[4]["missing"].clone()),
+        (Some("would_deny"), serde_json::json!(["invoice_read"]))
+    );
+
+    let dir = kw.dir.path().to_path_buf();
+    let log = dir.join("audit.jsonl");
+    let config = kw.config_path.display().to_string();
+    let text = std::fs::read_to_string(&log).unwrap();
+    // Admin, lifecycle and config records of the shape keyward writes, chained in.
+    let events = [
+        r#"{"kind":"lifecycle","event":"start","config_version":"cv1"}"#,
+        r#"{"kind":"admin","action":"suspend","actor":"admin:ops","outcome":"ok","service":"billing","token_id":"b1","config_version":"cv1"}"#,
+        r#"{"kind":"config","config_version":"cv2","config_sha256":"5f2b"}"#,
+        r#"{"kind":"admin","action":"reload","actor":"127.0.0.1","outcome":"accepted","config_version":"cv2","changed":["service.billing"]}"#,
+    ];
+    let last_time = recs[4]["time"].as_str().unwrap().to_string();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    for e in events {
+        let mut v: serde_json::Value = serde_json::from_str(e).unwrap();
+        v["time"] = last_time.clone().into();
+        lines.push(v.to_string());
+    }
+    let with_events = dir.join("events.jsonl");
+    std::fs::write(
+        &with_events,
+        rechain(&(lines.join("\n") + "\n"), |i, r| {
+            r["seq"] = (i as u64 + 1).into();
+            if r["instance"].is_null() {
+                r["instance"] = recs[0]["instance"].clone();
+            }
+        }),
+    )
+    .unwrap();
+    let events_log = with_events.to_str().unwrap();
+    let (ok, out) =
+        keyward(&["audit", "report", "--config", &config, "--writes", "--format", "json", events_log]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let missing: Vec<(&str, &str, u64)> = v["missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["service"].as_str().unwrap(),
+                m["permission"].as_str().unwrap(),
+                m["deny"].as_u64().unwrap() + m["would_deny"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            ("billing", "customer_read", 1),
+            ("billing", "customer_write", 1),
+            ("billing", "invoice_read", 2),
+            ("shadow", "invoice_read", 1)
+        ]
+    );
+    let actions: Vec<&str> =
+        v["admin_actions"].as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["start", "suspend", "reload"]);
+    assert_eq!(v["admin_actions"][2]["changed"], serde_json::json!(["service.billing"]));
+    let versions = v["policy_versions"].as_array().unwrap();
+    let cv2 = versions.iter().find(|p| p["config_version"] == "cv2").unwrap();
+    assert_eq!(cv2["config_sha256"], "5f2b");
+    let writes = v["writes"]["rows"].as_array().unwrap();
+    assert_eq!((v["writes"]["count"].as_u64(), writes.len()), (Some(1), 1));
+    assert_eq!(
+        (writes[0]["endpoint"].as_str(), writes[0]["amount"].clone()),
+        (Some("POST /v1/charges"), serde_json::Value::Null)
+    );
+    assert_eq!(writes[0]["request_id"], recs[3]["request_id"]);
+    let (ok, table) = keyward(&["audit", "report", "--config", &config, "--writes", events_log]);
+    assert!(ok, "{table}");
+    for part in [
+        "print it with `keyward audit config cv2 FILES…`",
+        "admin suspend, by admin:ops, outcome ok, service billing, token b1",
+        "amount: not recorded",
+        "billing              invoice_read",
+    ] {
+        assert!(table.contains(part), "{part} in\n{table}");
+    }
+
+    // Scope on the intact log: the report-mode expansion's permission is suggested.
+    let logs = log.to_str().unwrap();
+    let (ok, out) = keyward(&["audit", "scope", "--config", &config, logs, "--format", "json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["services"]["shadow"]["suggested"],
+        serde_json::json!({"charge": "read", "invoice": "read"})
+    );
+    assert_eq!(v["services"]["shadow"]["would_deny_needed"], serde_json::json!({"invoice": "read"}));
+
+    // The denied POST /v1/customers edited to allow.
+    let at = text.lines().position(|l| l.contains("\"path\":\"/v1/customers\"")).unwrap();
+    let tampered: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == at { l.replace("\"decision\":\"deny\"", "\"decision\":\"allow\"") } else { l.to_string() }
+        })
+        .collect();
+    let tampered_log = dir.join("tampered.jsonl");
+    std::fs::write(&tampered_log, tampered.join("\n") + "\n").unwrap();
+    let t = tampered_log.to_str().unwrap();
+    let (ok, out) = keyward(&["audit", "scope", "--config", &config, t, "--format", "toml"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("tampered.jsonl:{}: ", at + 2))
+            || out.contains(&format!("tampered.jsonl:{}: ", at + 1)),
+        "{out}"
+    );
+    assert!(!out.contains("customer = \"write\""), "{out}");
+    let (_, out, _) = keyward_apart(&["audit", "scope", "--config", &config, t, "--unverified"]);
+    let first = out.lines().next().unwrap();
+    assert!(first.starts_with("UNVERIFIED: ") && first.contains("tampered.jsonl:"), "{out}");
+    assert_eq!(out.lines().last(), Some(first), "{out}");
+    let (_, out, _) =
+        keyward_apart(&["audit", "scope", "--config", &config, t, "--unverified", "--format", "json"]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["unverified"], first);
+    kw.stop().await;
 }

@@ -244,6 +244,23 @@ async fn signed_checkpoints_find_every_forgery_of_a_real_log() {
         assert!(!ok, "{what}: verified:\n{out}");
         assert!(out.contains(want), "{what}: wanted {want:?}:\n{out}");
     }
+
+    // The report and scope take the same proof: the signed log is reported with its
+    // checkpoints, a forged one refused (and without --key, the re-hashed one is not).
+    let report = |file: &Path, extra: &[&str]| {
+        let mut args = vec!["audit", "report", file.to_str().unwrap()];
+        args.extend(extra);
+        keyward(&args)
+    };
+    let (ok, out) = report(&log, &keyed);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("checkpoints: {} verified under key(s) {id}", cps.len())), "{out}");
+    assert!(out.contains("unsigned tail: 0 records"), "{out}");
+    let (ok, out) = report(&forged, &keyed);
+    assert!(!ok && out.contains("the log was rewritten"), "{out}");
+    assert!(report(&forged, &[]).0, "unkeyed, the re-hashed log passes for intact");
+    let (ok, out) = keyward(&["audit", "scope", forged.to_str().unwrap(), "--key", pub_s]);
+    assert!(!ok && out.contains("forged"), "{out}");
 }
 
 #[tokio::test]

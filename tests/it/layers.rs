@@ -7,7 +7,7 @@ use std::path::Path;
 const LAYERS: &[(&str, &[&str])] = &[
     ("policy", &[]),
     ("text", &[]),
-    ("audit", &["policy"]),
+    ("audit", &["policy", "text"]),
     ("upstream", &["text"]),
     ("secrets", &["upstream", "text"]),
     ("control", &["policy", "audit", "upstream", "secrets", "text"]),

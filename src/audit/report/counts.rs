@@ -200,7 +200,8 @@ pub(super) fn token_status(policy: &Policy, used: &[TokenRow], now: i64) -> Vec<
             match t.expires {
                 Some(e) if e <= now => flags.push("expired"),
                 Some(e) if e - now <= EXPIRING => flags.push("expiring"),
-                _ => {}
+                Some(_) => {}
+                None => flags.push("no_expiry"),
             }
             if t.revoked.is_some_and(|r| r <= now) {
                 flags.push("revoked");

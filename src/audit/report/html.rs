@@ -1,8 +1,11 @@
 //! The report as one self-contained HTML page (no scripts, no external assets, an inline SVG
-//! chart) that prints well: integrity first, each part a `<section>` with an id.
+//! chart) that prints well: integrity first, each part a `<section>` with an id (`signoff`
+//! closes it with the sign-off). On an unverified log a banner tops the page and, printed,
+//! every page (a fixed element, which print repeats on each page).
 
 use std::fmt::Write;
 
+use super::cells::{esc, flag, num, rows_html, section};
 use super::{Report, Timeline};
 
 const STYLE: &str = "body{font:13px system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}\
@@ -13,14 +16,32 @@ td.bar{width:260px}.bar span{display:inline-block;height:11px}.allow{background:
 .would{background:#e90}.key span{display:inline-block;width:11px;height:11px;margin:0 .3em 0 1em}\
 .ok{border:2px solid #3a7;background:#eef8f1;padding:.6em 1em}.bad{border:3px solid #c33;background:#fdeaea;\
 padding:.6em 1em;font-weight:600}.flag{color:#c33;font-weight:600}.none{color:#777}code{font-size:12px}\
-@media print{body{margin:0;max-width:none}section{break-inside:avoid-page}tr{break-inside:avoid}\
-.bar span,.allow,.deny,.would,.ok,.bad{-webkit-print-color-adjust:exact;print-color-adjust:exact}}";
+.unverified{border:3px solid #c33;background:#fdeaea;color:#900;padding:.6em 1em;font-weight:700}\
+.print-banner{display:none}.sign th{width:8em}.sign td.blank{border-bottom:1px solid #222;width:30em;height:2.2em}\
+@media print{body{margin:0;max-width:none}@page{margin:22mm 12mm 14mm}\
+.print-banner{display:block;position:fixed;top:-18mm;left:0;right:0;font-size:11px;padding:.3em .6em}section{break-inside:avoid-page}tr{break-inside:avoid}\
+.bar span,.allow,.deny,.would,.ok,.bad,.unverified{-webkit-print-color-adjust:exact;print-color-adjust:exact}}";
 
-/// The page.
-pub fn html(r: &Report) -> String {
+/// The page up to its sign-off: the document is left open for it.
+pub(super) fn page(r: &Report) -> String {
     let mut b = String::new();
+    if let Some(banner) = &r.unverified {
+        let _ = write!(
+            b,
+            "<div class=\"unverified print-banner\">{0}</div><div class=unverified id=unverified>{0}</div>",
+            esc(banner)
+        );
+    }
     integrity(&mut b, r);
+    super::html_evidence::sections(&mut b, r);
     section(&mut b, "decisions", "Decisions by service and permission", |b| decisions(b, r));
+    section(&mut b, "missing", "Missing permissions (what refused calls lacked)", |b| {
+        let rows = r
+            .missing
+            .iter()
+            .map(|m| vec![esc(&m.service), esc(&m.permission), num(m.deny), num(m.would_deny)]);
+        rows_html(b, &["service", "permission", "denied", "would deny"], rows);
+    });
     section(&mut b, "timeline", &format!("Requests per {}", r.timeline.bucket), |b| chart(b, &r.timeline));
     section(&mut b, "suspicious", "Suspicious activity", |b| suspicious(b, r));
     if let Some(scope) = &r.scope {
@@ -103,13 +124,13 @@ pub fn html(r: &Report) -> String {
     });
     format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>keyward access report</title>\
-         <style>{STYLE}</style></head><body><h1>keyward access report</h1>{b}</body></html>\n"
+         <style>{STYLE}</style></head><body><h1>keyward access report</h1>{b}"
     )
 }
 
 fn integrity(b: &mut String, r: &Report) {
     let i = &r.integrity;
-    b.push_str("<section id=integrity>");
+    b.push_str("<section id=integrity><h2>Integrity</h2>");
     if i.verified {
         let _ = write!(b, "<div class=ok>Log verified: {} chain(s) intact.</div>", i.chains.len());
     } else {
@@ -134,18 +155,44 @@ fn integrity(b: &mut String, r: &Report) {
         let _ = write!(b, "<tr><th>folded refusals</th><td>{}</td></tr>", esc(&super::text::folded_line(r)));
     }
     for c in &i.chains {
+        let gap = match &c.gap {
+            None => "no rotation gap".to_string(),
+            Some(g) if g.rotated => {
+                format!("records 1..{} rotated away (a rotation record says so)", g.through)
+            }
+            Some(g) => {
+                flag(&format!("records 1..{} not in the files given, no rotation record says why", g.through))
+            }
+        };
         let _ = write!(
             b,
-            "<tr><th>instance {}</th><td>{} records, seq {}..{} ({}){}, head <code>{}</code></td></tr>",
+            "<tr><th>instance {}</th><td>{} records, seq {}..{} ({}), head <code>{}</code><br>{gap}; {} restart(s); \
+             {} folded refusals in {} records</td></tr>",
             esc(&c.instance),
             c.records,
             c.first_seq,
             c.last_seq,
             esc(&c.history),
-            if c.restarts > 0 { format!(", {} restart(s)", c.restarts) } else { String::new() },
-            esc(&c.head)
+            esc(&c.head),
+            c.restarts,
+            c.folded_refusals,
+            c.folded_records,
         );
     }
+    let signed = match &i.signed {
+        None => "not signed (no --key given): a rewrite of a whole chain cannot be detected".to_string(),
+        Some(s) => format!(
+            "{} verified under key(s) {}; unsigned tail: {}",
+            s.checkpoints,
+            s.keys.join(", "),
+            s.instances
+                .iter()
+                .map(|x| format!("{} {} records", x.instance, x.unsigned_tail))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let _ = write!(b, "<tr><th>checkpoints</th><td id=checkpoints>{}</td></tr>", esc(&signed));
     b.push_str("</table></section>");
 }
 
@@ -302,52 +349,4 @@ fn suspicious(b: &mut String, r: &Report) {
             .map(|h| vec![esc(&h.service), format!("{:02}:00", h.hour), num(h.calls), esc(&h.first_seen)]);
         rows_html(b, &["service", "hour", "calls", "first"], rows);
     }
-}
-
-fn section(b: &mut String, id: &str, title: &str, body: impl FnOnce(&mut String)) {
-    let _ = write!(b, "<section id={id}><h2>{}</h2>", esc(title));
-    body(b);
-    b.push_str("</section>");
-}
-
-/// A table; cells are already escaped (numbers right-aligned by `num`).
-fn rows_html(b: &mut String, head: &[&str], rows: impl Iterator<Item = Vec<String>>) {
-    b.push_str("<table><tr>");
-    for h in head {
-        let _ = write!(b, "<th>{h}</th>");
-    }
-    b.push_str("</tr>");
-    let mut any = false;
-    for row in rows {
-        any = true;
-        b.push_str("<tr>");
-        for cell in row {
-            match cell.strip_prefix('\u{1}') {
-                Some(n) => {
-                    let _ = write!(b, "<td class=n>{n}</td>");
-                }
-                None => {
-                    let _ = write!(b, "<td>{cell}</td>");
-                }
-            }
-        }
-        b.push_str("</tr>");
-    }
-    if !any {
-        let _ = write!(b, "<tr><td class=none colspan={}>none</td></tr>", head.len());
-    }
-    b.push_str("</table>");
-}
-
-/// A number cell (marked for `rows_html` to right-align).
-fn num(n: u64) -> String {
-    format!("\u{1}{n}")
-}
-
-fn flag(s: &str) -> String {
-    format!("<span class=flag>{}</span>", esc(s))
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

@@ -3,10 +3,16 @@
 //! state, excess grants and suspicious activity. Pure: the CLI reads files, verifies the
 //! chains and hands in the outcome, the clock and the configuration.
 
+mod cells;
 mod counts;
+mod evidence;
 mod html;
+mod html_evidence;
+mod log;
+mod signoff;
 mod suspicious;
 mod text;
+mod text_evidence;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -15,9 +21,10 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-pub use html::html;
+pub use evidence::{AdminAction, MissingRow, PolicyVersion, SignOff, WriteRow, Writes};
+pub use log::{ChainRow, Gap, Input, Integrity, Log, Signed, SignedInstance, sha256_hex};
+pub use signoff::{html, json, table};
 pub use suspicious::Suspicious;
-pub use text::table;
 
 use super::AccessRecord;
 use super::fold::FoldedRefusals;
@@ -48,8 +55,8 @@ impl Filter {
 
 /// What the report is made from, besides the records.
 pub struct Context<'a> {
-    /// The files, as named on the command line.
-    pub inputs: Vec<String>,
+    /// The files, as named on the command line, with their sizes and hashes.
+    pub inputs: Vec<Input>,
     pub filter: Filter,
     /// The chains' verification (`Integrity::of`), on the whole files (the filter does not apply).
     pub integrity: Integrity,
@@ -58,6 +65,12 @@ pub struct Context<'a> {
     pub policy: Option<&'a Policy>,
     /// The records of refusals folded past the recording budgets (`kind = "refusals"`).
     pub folded: &'a [FoldedRefusals],
+    /// The `admin`, `lifecycle` and `config` records (`Log::events`).
+    pub events: &'a [serde_json::Value],
+    /// `--writes`: list every allowed write call.
+    pub list_writes: bool,
+    /// `--unverified`: the log does not verify and the report says so on every page.
+    pub unverified: bool,
 }
 
 /// Refusals folded past the recording budgets: the log still counts each.
@@ -87,60 +100,10 @@ impl Folded {
 }
 
 #[derive(Debug, Default, Serialize)]
-pub struct Integrity {
-    /// Every chain verified: no record edited, dropped, reordered, inserted or truncated.
-    pub verified: bool,
-    pub chains: Vec<ChainRow>,
-    /// What broke, file and line first; empty when verified.
-    pub problems: Vec<String>,
-}
-
-impl Integrity {
-    /// Every instance's chain in `files` (oldest first), verified.
-    pub fn of(files: &[(String, Vec<u8>)]) -> Integrity {
-        let chains = match super::verify::verify_all(files) {
-            Ok(c) => c,
-            Err(b) => {
-                return Integrity { verified: false, chains: Vec::new(), problems: vec![b.to_string()] };
-            }
-        };
-        let mut out = Integrity { verified: true, ..Default::default() };
-        for c in chains {
-            let instance = c.instance.unwrap_or_else(|| "(no instance)".into());
-            match c.outcome {
-                Ok(v) => out.chains.push(ChainRow {
-                    instance,
-                    records: v.records,
-                    first_seq: v.first_seq,
-                    last_seq: v.last_seq,
-                    history: v.history(),
-                    head: v.head,
-                    restarts: v.restarts,
-                }),
-                Err(b) => {
-                    out.verified = false;
-                    out.problems.push(format!("{instance}: {b}"));
-                }
-            }
-        }
-        out
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct ChainRow {
-    pub instance: String,
-    pub records: u64,
-    pub first_seq: u64,
-    pub last_seq: u64,
-    /// Where the files' history begins (`Verified::history`).
-    pub history: String,
-    pub head: String,
-    pub restarts: u64,
-}
-
-#[derive(Debug, Default, Serialize)]
 pub struct Report {
+    /// Printed with `--unverified` on a log that does not verify: the banner every page carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<String>,
     pub generated_at: String,
     pub inputs: Vec<String>,
     pub filters: Filter,
@@ -168,6 +131,19 @@ pub struct Report {
     pub scope: Option<ScopeReport>,
     pub suspicious: Suspicious,
     pub folded: Folded,
+    /// Each configuration version in force in the window, oldest first.
+    pub policy_versions: Vec<PolicyVersion>,
+    /// Administrators' actions and lifecycle events, in time order.
+    pub admin_actions: Vec<AdminAction>,
+    /// Allowed calls that are no reads (listed with `--writes`).
+    pub writes: Writes,
+    /// Per service, the permissions refused calls lacked (`missing`), counted.
+    pub missing: Vec<MissingRow>,
+    /// With `--config`: configured tokens with no `expires`.
+    pub no_expiry: Option<Vec<TokenStatus>>,
+    /// What the sign-off names; written last, after the report's own hash.
+    #[serde(skip)]
+    pub sign_off: SignOff,
 }
 
 #[derive(Debug, Serialize)]
@@ -253,13 +229,14 @@ pub struct LiveRow {
     pub requests: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TokenStatus {
     pub service: String,
     pub token_id: String,
     pub requests: u64,
     pub expires: Option<String>,
-    /// `unused` (no call in the window), `expired`, `expiring` (within 7 days), `revoked`.
+    /// `unused` (no call in the window), `expired`, `expiring` (within 7 days), `revoked`,
+    /// `no_expiry` (no `expires`: good until revoked).
     pub flags: Vec<&'static str>,
 }
 
@@ -283,17 +260,30 @@ pub fn build<'a>(records: impl IntoIterator<Item = &'a AccessRecord>, cx: Contex
         .filter_map(|r| Some(Seen { r, at: OffsetDateTime::parse(&r.time, &Rfc3339).ok()? }))
         .collect();
     let mut rep = Report {
+        unverified: if cx.unverified { cx.integrity.banner() } else { None },
         generated_at: super::timestamp(cx.now),
-        inputs: cx.inputs,
-        integrity: cx.integrity,
+        inputs: cx.inputs.iter().map(|i| i.file.clone()).collect(),
         ..Report::default()
     };
+    rep.sign_off = SignOff {
+        heads: cx
+            .integrity
+            .chains
+            .iter()
+            .map(|c| evidence::Head { instance: c.instance.clone(), seq: c.last_seq, head: c.head.clone() })
+            .collect(),
+        inputs: cx.inputs,
+        fields: evidence::FIELDS.to_vec(),
+    };
+    rep.integrity = cx.integrity;
     counts::counts(&kept, &mut rep);
     rep.timeline = counts::timeline(&kept);
     rep.sources = counts::sources(&kept);
     rep.suspicious = suspicious::find(&kept);
     if let Some(policy) = cx.policy {
-        rep.token_status = Some(counts::token_status(policy, &rep.tokens, cx.now.unix_timestamp()));
+        let status = counts::token_status(policy, &rep.tokens, cx.now.unix_timestamp());
+        rep.no_expiry = Some(evidence::no_expiry(&status));
+        rep.token_status = Some(status);
         rep.scope = Some(scope::scope(policy, kept.iter().map(|s| s.r)));
     }
     let in_window = |f: &&FoldedRefusals| {
@@ -303,6 +293,10 @@ pub fn build<'a>(records: impl IntoIterator<Item = &'a AccessRecord>, cx: Contex
     // A folded record names services, not one: with a service filter, those naming it.
     let named = |f: &&FoldedRefusals| cx.filter.service.as_ref().is_none_or(|s| f.services.contains(s));
     rep.folded = Folded::of(cx.folded.iter().filter(in_window).filter(named));
+    rep.policy_versions = evidence::policy_versions(&kept, cx.events, &cx.filter);
+    rep.admin_actions = evidence::admin_actions(cx.events, &cx.filter);
+    rep.writes = evidence::writes(&kept, cx.list_writes);
+    rep.missing = evidence::missing(&kept);
     rep.filters = cx.filter;
     rep
 }

@@ -1,10 +1,11 @@
-//! The report as plain text, integrity first.
+//! The report as plain text: integrity first, then the policy versions, the administrators'
+//! actions, the writes, the tokens without expiry, and what the calls did (`signoff` adds the
+//! sign-off).
 
 use std::fmt::Write;
 
 use super::Report;
 
-/// A plain-text report.
 /// The refusals folded past the recording budgets, in one line.
 pub(super) fn folded_line(r: &Report) -> String {
     let f = &r.folded;
@@ -18,15 +19,15 @@ pub(super) fn folded_line(r: &Report) -> String {
     )
 }
 
-pub fn table(r: &Report) -> String {
+/// The plain-text report above its sign-off.
+pub(super) fn body(r: &Report) -> String {
     let mut out = String::new();
     let o = &mut out;
     integrity(o, r);
+    super::text_evidence::sections(o, r);
+    let _ = writeln!(o, "ACTIVITY");
     let span = format!("{} .. {}", r.first.as_deref().unwrap_or("-"), r.last.as_deref().unwrap_or("-"));
     let _ = writeln!(o, "{} records, {span}", r.records);
-    if r.folded.records > 0 {
-        let _ = writeln!(o, "{}", folded_line(r));
-    }
     let per: Vec<String> = r.instances.iter().map(|(i, n)| format!("{i} ({n})")).collect();
     let _ = writeln!(o, "from {} instance(s): {}", r.instances.len(), per.join(", "));
     let _ = writeln!(o, "inputs: {}", r.inputs.join(" "));
@@ -52,6 +53,7 @@ pub fn table(r: &Report) -> String {
             b.start, b.allow, b.deny, b.would_deny
         );
     }
+    super::text_evidence::missing(o, r);
     for (title, rows) in [("TOP DENIED", &r.top_denied), ("WOULD DENY (report mode)", &r.would_deny)] {
         let _ = writeln!(o, "\n{title}");
         for e in rows {
@@ -125,12 +127,51 @@ fn integrity(o: &mut String, r: &Report) {
             let _ = writeln!(o, "  {p}");
         }
     }
+    let _ = writeln!(o, "INTEGRITY");
     for c in &i.chains {
         let _ = writeln!(
             o,
-            "  {}: {} records, seq {}..{} ({}), head {}",
-            c.instance, c.records, c.first_seq, c.last_seq, c.history, c.head
+            "  instance {}: {} records, seq {}..{}, head {}",
+            c.instance, c.records, c.first_seq, c.last_seq, c.head
         );
+        let _ = writeln!(o, "    history: {}", c.history);
+        let gap = match &c.gap {
+            None => "none".to_string(),
+            Some(g) if g.rotated => {
+                format!("records 1..{} rotated away (a rotation record says so)", g.through)
+            }
+            Some(g) => {
+                format!("records 1..{} NOT in the files given, and no rotation record says why", g.through)
+            }
+        };
+        let _ = writeln!(o, "    rotation gaps: {gap}");
+        let _ = writeln!(o, "    restarts (new chains from genesis): {}", c.restarts);
+        let _ = writeln!(o, "    folded refusals: {} in {} records", c.folded_refusals, c.folded_records);
+    }
+    match &i.signed {
+        None => {
+            let _ = writeln!(
+                o,
+                "  checkpoints: not signed (no --key given): a rewrite of a whole chain cannot be detected"
+            );
+        }
+        Some(s) => {
+            let _ =
+                writeln!(o, "  checkpoints: {} verified under key(s) {}", s.checkpoints, s.keys.join(", "));
+            for x in &s.instances {
+                let _ = writeln!(
+                    o,
+                    "    {}: last checkpoint seq {} ({}), unsigned tail: {} records",
+                    x.instance,
+                    x.last_checkpoint_seq.map_or("-".into(), |n| n.to_string()),
+                    x.last_checkpoint_time.as_deref().unwrap_or("-"),
+                    x.unsigned_tail
+                );
+            }
+        }
+    }
+    if r.folded.records > 0 {
+        let _ = writeln!(o, "  {}", folded_line(r));
     }
     o.push('\n');
 }
