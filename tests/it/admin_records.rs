@@ -94,6 +94,8 @@ async fn admin_actions_and_each_configuration_are_in_the_chain_and_recoverable_f
             "admin resume accepted",
             "admin suspend refused",
             "lifecycle stop",
+            // The checkpoint written at close signs everything, the stop included.
+            "checkpoint",
         ]
     );
     let keyward_version = env!("CARGO_PKG_VERSION");
@@ -108,7 +110,9 @@ async fn admin_actions_and_each_configuration_are_in_the_chain_and_recoverable_f
         (Some(&*v2), &sha256_hex(&second).into())
     );
     assert_eq!(recs[0]["kind"], "lifecycle", "the first record of the process");
-    assert_eq!(recs.last().unwrap()["kind"], "lifecycle", "and the last");
+    let last = &recs[recs.len() - 2];
+    assert_eq!(last["kind"], "lifecycle", "and the last, before the checkpoint that signs it");
+    assert_eq!(recs.last().unwrap()["kind"], "checkpoint");
     let call = recs.iter().position(|r| r["kind"] == "request").unwrap();
     assert!(call > 1 && recs[call]["config_version"] == *v1, "the call under the first configuration");
 

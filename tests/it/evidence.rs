@@ -353,4 +353,6 @@ async fn every_request_answered_is_in_the_log_own_or_folded() {
         verify(&[&log], &["--key", public.to_str().unwrap(), "--checkpoints", published.to_str().unwrap()]);
     keep("400 calls, 100 denied, most refusals folded", &out);
     assert!(ok && out.contains("accounted: at each of"), "{out}");
+    let (ok, out) = keyward(&["audit", "report", log.to_str().unwrap()]);
+    assert!(ok && out.contains("accounted: 400 requests answered, each in the log (own or folded)"), "{out}");
 }

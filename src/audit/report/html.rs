@@ -178,6 +178,14 @@ fn integrity(b: &mut String, r: &Report) {
             c.folded_refusals,
             c.folded_records,
         );
+        if let Some(a) = &c.accounted {
+            let _ = write!(
+                b,
+                "<tr><th>accounted</th><td>{} requests answered, each in the log (own or folded), checked at {} \
+                 checkpoint(s); {} answered 503 unrecordable</td></tr>",
+                a.answered, a.checkpoints, a.unrecordable
+            );
+        }
     }
     let signed = match &i.signed {
         None => "not signed (no --key given): a rewrite of a whole chain cannot be detected".to_string(),

@@ -190,6 +190,11 @@ impl Integrity {
                     restarts: v.restarts,
                     folded_records: v.folded_records,
                     folded_refusals: v.folded_refusals,
+                    accounted: v.checkpoints.last().filter(|_| v.accounted > 0).map(|s| Accounted {
+                        checkpoints: v.accounted,
+                        answered: s.checkpoint.answered,
+                        unrecordable: s.checkpoint.unrecordable,
+                    }),
                 }),
                 Err(b) => {
                     out.verified = false;
@@ -239,6 +244,18 @@ pub struct ChainRow {
     /// Records of folded refusals in this chain, and the refusals they count.
     pub folded_records: u64,
     pub folded_refusals: u64,
+    /// What the last checkpoint accounts for, once its count matched the records.
+    pub accounted: Option<Accounted>,
+}
+
+/// Requests answered since the instance's process began, by its last checkpoint: each one
+/// is in the chain, on its own or folded (`audit verify` checked the count at every
+/// checkpoint); `unrecordable` were answered 503 because the log could not take them.
+#[derive(Debug, Serialize)]
+pub struct Accounted {
+    pub checkpoints: u64,
+    pub answered: u64,
+    pub unrecordable: u64,
 }
 
 /// Records `1..=through` are not in the files given.

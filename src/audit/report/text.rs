@@ -147,6 +147,15 @@ fn integrity(o: &mut String, r: &Report) {
         let _ = writeln!(o, "    rotation gaps: {gap}");
         let _ = writeln!(o, "    restarts (new chains from genesis): {}", c.restarts);
         let _ = writeln!(o, "    folded refusals: {} in {} records", c.folded_refusals, c.folded_records);
+        let _ = match &c.accounted {
+            Some(a) => writeln!(
+                o,
+                "    accounted: {} requests answered, each in the log (own or folded), checked at {} checkpoint(s); \
+                 {} answered 503 unrecordable",
+                a.answered, a.checkpoints, a.unrecordable
+            ),
+            None => writeln!(o, "    accounted: no checkpoint whose process began in these files"),
+        };
     }
     match &i.signed {
         None => {
