@@ -49,6 +49,7 @@ async fn attempt(kw: &Running) -> [f64; 3] {
     let mut small = H1::open(kw, "127.0.0.1".parse().unwrap()).await;
     small.p99(30).await;
     let alone = small.p99(300).await;
+    let alone_worst = small.worst;
 
     let bulk_from: IpAddr = "127.0.0.2".parse().unwrap();
     let started = Instant::now();
@@ -102,20 +103,45 @@ async fn attempt(kw: &Running) -> [f64; 3] {
             });
         }
     };
+    // The mechanism, counted where the streams arrive: the bulk service's slow calls that
+    // reached the upstream (they are answered only after the measurements).
+    let before = slow_seen(kw);
+    let bulk_streams = || slow_seen(kw) - before;
     slow(&mut held, 40);
-    // Let them reach the upstream.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        eventually(|| async { bulk_streams() == 40 }).await,
+        "all 40 within the share: {}",
+        bulk_streams()
+    );
     let sharing = small.p99(300).await;
     slow(&mut held, 110);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 150 slow calls, and the uploads and unread answers hold 6 (fewer once the uploads are
+    // answered) of the service's 100 streams: 94 to 96 slow calls reach the upstream, the
+    // rest wait in keyward for the bulk service's own share.
+    assert!(eventually(|| async { bulk_streams() >= 94 }).await, "{} slow calls upstream", bulk_streams());
     let past_limit = small.p99(300).await;
+    let held_upstream = bulk_streams();
+    assert!(
+        (94..=96).contains(&held_upstream),
+        "the bulk service held {held_upstream} streams, past its share"
+    );
     let measured = started.elapsed();
     assert!(measured < Duration::from_millis(SLOW_MS), "measured while the slow calls were held");
-    assert!(small.worst < Duration::from_millis(500), "no small call waited for a stream: {:?}", small.worst);
+    // Every small call went straight through: none waited for a share, whatever bulk held.
+    assert!(
+        small.worst < Duration::from_millis(500).max(alone_worst * 10),
+        "a small call waited: {:?} (alone at worst {alone_worst:?})",
+        small.worst
+    );
     drop(unread);
     held.abort_all();
     while held.join_next().await.is_some() {}
     [alone, sharing, past_limit]
+}
+
+/// The slow calls (`x-test-delay-ms`) the upstream has seen so far.
+fn slow_seen(kw: &Running) -> usize {
+    kw.upstream.requests().iter().filter(|s| s.headers.contains_key("x-test-delay-ms")).count()
 }
 
 /// An HTTP/2 connection to keyward from `from`.
