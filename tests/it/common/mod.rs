@@ -98,6 +98,9 @@ pub struct Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Requests with `x-test-delay-ms` arrived and not yet answered (they are `seen` only
+    /// once answered): the streams keyward holds open on them.
+    pub delayed: Arc<std::sync::atomic::AtomicUsize>,
     close: tokio::sync::watch::Sender<u64>,
 }
 
@@ -113,6 +116,8 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let acceptor = TlsAcceptor::from(pki.server_config(alpn));
         let log = seen.clone();
+        let delayed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let waiting = delayed.clone();
         let (close, closing) = tokio::sync::watch::channel(0);
         tokio::spawn(async move {
             loop {
@@ -124,12 +129,13 @@ impl Upstream {
                 // sharing the connection turned into 10 ms stalls for other calls.
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, log, mut closing) = (acceptor.clone(), log.clone(), closing.clone());
+                let waiting = waiting.clone();
                 closing.mark_unchanged();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let svc = service_fn(move |req| answer(req, peer, log.clone()));
+                    let svc = service_fn(move |req| answer(req, peer, log.clone(), waiting.clone()));
                     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     // Stripe-like: 100 streams at once per connection.
                     builder.http2().max_concurrent_streams(100);
@@ -143,7 +149,7 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen, close }
+        Upstream { addr, seen, delayed, close }
     }
 
     /// Close every open connection gracefully (HTTP/2: GOAWAY), as a server being
@@ -165,6 +171,7 @@ async fn answer(
     req: Request<hyper::body::Incoming>,
     peer: SocketAddr,
     log: Arc<Mutex<Vec<Seen>>>,
+    delayed: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Result<Response<UnsyncBoxBody<Bytes, Infallible>>, Infallible> {
     let (parts, body) = req.into_parts();
     let authority = match parts.uri.authority() {
@@ -177,6 +184,15 @@ async fn answer(
         return Ok(Response::builder().status(400).body(Full::new(Bytes::new()).boxed_unsync()).unwrap());
     };
     if let Some(ms) = parts.headers.get("x-test-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
+        /// Counts a delayed request until it is answered, or dropped (its stream reset).
+        struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Waiting {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        delayed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _waiting = Waiting(delayed);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let stall_ms: Option<u64> =
