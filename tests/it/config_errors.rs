@@ -324,6 +324,27 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             vec!["service[0].name", "be printable"],
         ),
         ("an empty token id", good.replace("id = \"b1\"", "id = \"\""), vec!["token[0].id", "non-empty"]),
+        (
+            "a signing key secret not defined",
+            good.replace("[audit]\n", "[audit]\nsigning_key_secret = \"nope\"\n"),
+            vec!["audit.signing_key_secret", "no [secret.nope] is defined"],
+        ),
+        (
+            // The Stripe key is no Ed25519 key: said so, never shown.
+            "a signing key secret that holds no key",
+            good.replace("[audit]\n", "[audit]\nsigning_key_secret = \"stripe\"\n"),
+            vec!["audit.signing_key_secret", "is not base64"],
+        ),
+        (
+            "checkpoints published into the log itself",
+            good.replace("[audit]\n", "[audit]\ncheckpoints = \"-\"\n"),
+            vec!["audit.checkpoints", "other than the access log"],
+        ),
+        (
+            "a checkpoint interval too short",
+            good.replace("[audit]\n", "[audit]\ncheckpoint_interval = \"10ms\"\n"),
+            vec!["audit.checkpoint_interval", "between 100ms and 1h"],
+        ),
     ];
     for (what, text, wants) in cases {
         let (ok, out) = check(dir.path(), &text);
