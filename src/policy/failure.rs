@@ -65,15 +65,6 @@ pub enum Failure {
     BodyUnreadable,
     /// The caller paused its request body longer than allowed.
     BodyTimeout,
-    UpstreamUnavailable,
-    AuditUnavailable,
-    /// No place in the access-log queue came free in time.
-    AuditBusy,
-    UpstreamTimeout,
-    /// The upstream's answer was compressed (or otherwise encoded) though keyward asked for
-    /// `identity`: it is not passed on, as the scrubber cannot read it.
-    UpstreamEncodingRefused,
-    SecretStale,
     /// The service's `livemode` and its secret's key mode differ (a vault version changed it).
     LivemodeMismatch,
     /// Forward mode: a `CONNECT` (or plain-HTTP request) for a host keyward does not intercept.
@@ -96,8 +87,6 @@ pub enum Failure {
     },
     /// The request's token is of another service than its tunnel's `Proxy-Authorization`.
     TunnelServiceMismatch,
-    /// `forward.max_tunnels` are open.
-    TunnelsFull,
     /// The service's `rate` is spent; a call may go again in this many seconds.
     RateLimited {
         retry_after: u64,
@@ -146,14 +135,8 @@ impl Failure {
             BodyTooLarge { .. } | FormTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyUnreadable => StatusCode::BAD_REQUEST,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            UpstreamNotConfigured(_) | UpstreamUnavailable | UpstreamEncodingRefused => {
-                StatusCode::BAD_GATEWAY
-            }
-            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            SecretStale | LivemodeMismatch => StatusCode::SERVICE_UNAVAILABLE,
-            AuditUnavailable | AuditBusy | TunnelsFull | RateLimitUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            UpstreamNotConfigured(_) => StatusCode::BAD_GATEWAY,
+            LivemodeMismatch | RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RateLimited { .. } | ConcurrencyLimited | BudgetLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             HostNotProxied { .. } | PlainHttp | TunnelServiceMismatch => StatusCode::FORBIDDEN,
             NotProxyRequest => StatusCode::BAD_REQUEST,
@@ -185,20 +168,13 @@ impl Failure {
             FormTooLarge { .. } => "form_body_too_large",
             BodyUnreadable => "request_body_unreadable",
             BodyTimeout => "request_body_timeout",
-            UpstreamUnavailable => "upstream_unavailable",
-            UpstreamTimeout => "upstream_timeout",
-            UpstreamEncodingRefused => "upstream_encoding_refused",
-            SecretStale => "secret_stale",
             LivemodeMismatch => "secret_livemode_mismatch",
-            AuditUnavailable => "audit_log_unavailable",
-            AuditBusy => "audit_queue_full",
             HostNotProxied { .. } => "host_not_proxied",
             PlainHttp => "plain_http_refused",
             NotProxyRequest => "not_a_proxy_request",
             Misdirected { .. } => "misdirected_request",
             ProxyTokenInvalid { .. } => "proxy_token_invalid",
             TunnelServiceMismatch => "tunnel_service_mismatch",
-            TunnelsFull => "tunnels_full",
             // Stripe's own code: the SDKs raise their RateLimitError.
             RateLimited { .. } | ConcurrencyLimited | BudgetLimited { .. } => "rate_limit",
             RateLimitUnavailable => "rate_limit_unavailable",
@@ -240,15 +216,9 @@ impl Failure {
         )
     }
 
-    /// The kind of upstream failure it is, as the metrics count them (`timeout`, …), if it is one.
+    /// The kind of upstream failure it is, as the metrics count them, if it is one.
     pub fn upstream_kind(&self) -> Option<&'static str> {
-        match self {
-            Failure::UpstreamUnavailable => Some("unavailable"),
-            Failure::UpstreamTimeout => Some("timeout"),
-            Failure::UpstreamEncodingRefused => Some("encoding_refused"),
-            Failure::UpstreamNotConfigured(_) => Some("not_configured"),
-            _ => None,
-        }
+        matches!(self, Failure::UpstreamNotConfigured(_)).then_some("not_configured")
     }
 
     /// Whether the request it refuses carried a keyward token where others could read it.
@@ -264,14 +234,6 @@ impl Failure {
             }
             Failure::ConcurrencyLimited | Failure::RateLimitUnavailable => Some(1),
             _ => None,
-        }
-    }
-
-    /// Stripe's error `type`: SDKs pick their exception class from status and type.
-    pub fn kind(&self) -> &'static str {
-        match self.status().as_u16() {
-            500.. => "api_error",
-            _ => "invalid_request_error",
         }
     }
 
@@ -339,24 +301,9 @@ impl Failure {
             ),
             BodyUnreadable => "The request body could not be read.".into(),
             BodyTimeout => "The request body did not arrive in time: keyward stopped waiting for it.".into(),
-            UpstreamUnavailable => "keyward could not reach the upstream API.".into(),
-            UpstreamTimeout => "The upstream API did not answer in time.".into(),
-            UpstreamEncodingRefused => "The upstream API answered with a compressed body, which keyward \
-                                        does not pass on: it checks every answer for its secret key."
-                .into(),
             LivemodeMismatch => "keyward's copy of the upstream API key is not of the mode this service is \
                                  configured for (livemode): keyward does not use it. Tell your platform team."
                 .into(),
-            SecretStale => "keyward's copy of the upstream API key could not be refreshed from the vault \
-                            for longer than allowed (max_staleness)."
-                .into(),
-            AuditBusy => "keyward's access-log queue had no place for this call in time: calls in progress \
-                          hold them all. Retry later."
-                .into(),
-            AuditUnavailable => {
-                "keyward cannot write its access log, so it serves no request until it can. Retry later."
-                    .into()
-            }
             HostNotProxied { allowed } => format!(
                 "keyward only proxies the payments API's hosts ({allowed}); it opens no tunnel to any \
                  other host, address or port. Reach other hosts directly: list them in NO_PROXY."
@@ -377,9 +324,6 @@ impl Failure {
             TunnelServiceMismatch => "The API key is of another service than the keyward token this \
                                       tunnel was opened with (Proxy-Authorization)."
                 .into(),
-            TunnelsFull => {
-                "keyward has as many tunnels open as it allows (forward.max_tunnels). Retry later.".into()
-            }
             RateLimited { retry_after } => format!(
                 "Too many requests for this service's rate limit (keyward `rate`): retry in {retry_after} s."
             ),
@@ -402,19 +346,6 @@ impl Failure {
             Internal => "keyward hit an internal error.".into(),
         }
     }
-
-    /// SDKs retry 5xx and connection errors; tell them not to retry a decision.
-    pub fn should_retry(&self) -> bool {
-        self.status().is_server_error() || self.retry_after().is_some()
-    }
-
-    /// The JSON body, shaped like Stripe's own errors.
-    pub fn body(&self) -> String {
-        serde_json::json!({
-            "error": { "type": self.kind(), "code": self.code(), "message": self.message() }
-        })
-        .to_string()
-    }
 }
 
 #[cfg(test)]
@@ -422,30 +353,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn permission_error_is_stripe_shaped() {
+    fn a_permission_failure_names_the_first_permission_and_lists_them_all() {
         let f = Failure::MissingPermission {
             redacted: "kw_***abcd".into(),
             permission: "charge_read".into(),
             also: vec!["invoice_read".into()],
         };
-        let v: serde_json::Value = serde_json::from_str(&f.body()).unwrap();
-        assert_eq!(f.status(), 403);
-        assert_eq!(v["error"]["type"], "invalid_request_error");
-        assert_eq!(v["error"]["code"], "more_permissions_required");
-        assert_eq!(
-            v["error"]["message"],
-            "The provided key 'kw_***abcd' does not have the required permissions for this endpoint. \
-             Having the 'rak_charge_read' permission would allow this request to continue."
-        );
+        assert_eq!((f.status(), f.code()), (StatusCode::FORBIDDEN, "more_permissions_required"));
+        assert!(f.message().contains("Having the 'rak_charge_read' permission would allow"));
         assert_eq!(f.missing().collect::<Vec<_>>(), ["charge_read", "invoice_read"]);
         assert_eq!(Failure::IpNotAllowed.missing().count(), 0);
-    }
-
-    #[test]
-    fn upstream_failures_are_api_errors() {
-        assert_eq!(Failure::UpstreamUnavailable.status(), 502);
-        assert_eq!(Failure::UpstreamTimeout.status(), 504);
-        assert_eq!(Failure::UpstreamTimeout.kind(), "api_error");
-        assert!(Failure::UpstreamTimeout.should_retry() && !Failure::IpNotAllowed.should_retry());
     }
 }

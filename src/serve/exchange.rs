@@ -19,6 +19,7 @@ use crate::policy::forward::Tunnel;
 use crate::policy::{self, Decision, Failure, Ruling};
 use crate::serve::body::{Count, Metered};
 use crate::serve::outcome::{Signal, Signals};
+use crate::serve::refusal::{Fault, Refusal};
 use crate::serve::stall::{Progress, Pulled};
 use crate::upstream::Body;
 
@@ -58,7 +59,7 @@ pub struct Exchange {
     started: Instant,
     /// What the request's and the answer's parts tell of the way (`outcome`).
     pub signals: Arc<Signals>,
-    /// The kind of upstream failure, for the metrics (`Failure::upstream_kind`).
+    /// The kind of upstream failure, for the metrics (`Fault::upstream_kind`).
     upstream_error: Option<&'static str>,
     /// A refusal or failure was recorded: its reason stands (`settled`).
     failed: bool,
@@ -148,11 +149,30 @@ impl Exchange {
 
     /// The call failed after it was allowed: an allowed call's record takes the failure's
     /// reason; a `would_deny` one keeps its policy reason (the status tells the failure).
-    pub fn failed(&mut self, f: &Failure) {
+    pub fn failed(&mut self, r: &Refusal) {
         if self.record.decision == Decision::Allow {
-            self.record.reason = f.reason().into();
+            self.record.reason = r.reason().into();
         }
-        self.failure_seen(f);
+        match r {
+            Refusal::Denied(f) => self.failure_seen(f),
+            Refusal::Fault(f) => {
+                self.failed = true;
+                self.upstream_error = self.upstream_error.or(f.upstream_kind());
+            }
+        }
+    }
+
+    /// Refused before the call began (the forward port: no tunnel opened): recorded as a denial
+    /// with its reason, the policy's or the fault's.
+    pub fn refused(&mut self, r: Refusal) -> Refusal {
+        match r {
+            Refusal::Denied(f) => self.deny(f).into(),
+            Refusal::Fault(f) => {
+                (self.record.decision, self.record.reason) = (Decision::Deny, f.code().into());
+                self.failed = true;
+                f.into()
+            }
+        }
     }
 
     /// What a failure tells besides its reason: an upstream's kind of failure (metrics), a
@@ -181,7 +201,7 @@ impl Exchange {
         if self.signals.raised(Signal::Scrubbed) {
             Some(SECRET_SCRUBBED)
         } else if self.signals.raised(Signal::AnswerCut) {
-            Some(Failure::UpstreamTimeout.code())
+            Some(Fault::UpstreamTimeout.code())
         } else if cut {
             Some(CLIENT_STALLED)
         } else {
@@ -243,7 +263,7 @@ impl Drop for Exchange {
             );
         }
         if self.signals.raised(Signal::AnswerCut) {
-            self.upstream_error = self.upstream_error.or(Failure::UpstreamTimeout.upstream_kind());
+            self.upstream_error = self.upstream_error.or(Fault::UpstreamTimeout.upstream_kind());
         }
         if let Some(reason) = self.settled() {
             self.record.reason = reason.into();

@@ -25,11 +25,12 @@ use tokio::net::TcpStream;
 
 use crate::audit::ProxyMode;
 use crate::control::snapshot::{ForwardSettings, Snapshot};
+use crate::policy::RequestFacts;
 use crate::policy::forward::{Tunnel, admit_connect};
-use crate::policy::{Failure, RequestFacts};
 use crate::serve::exchange::{Caller, Exchange};
 use crate::serve::listener::{self, Accepted, Ends};
 use crate::serve::proxy::Proxy;
+use crate::serve::refusal::{Fault, Refusal};
 use crate::serve::respond;
 use crate::serve::stall::StallGuard;
 use crate::upstream::Body;
@@ -90,8 +91,8 @@ fn answer(
     let upgrade = hyper::upgrade::on(&mut req);
     let (parts, _) = req.into_parts();
     if !proxy.state.audit.admits() {
-        proxy.state.metrics.connect(Failure::AuditUnavailable.code());
-        return proxy.unrecorded(Failure::AuditUnavailable);
+        proxy.state.metrics.connect(Fault::AuditUnavailable.code());
+        return proxy.unrecorded(Fault::AuditUnavailable);
     }
     let asked = asked_for(&parts);
     conn.counted.active();
@@ -119,7 +120,7 @@ fn answer(
         }
         Err(f) => {
             proxy.state.metrics.connect(f.code());
-            refuse(proxy, conn, &snap, &parts, asked, &f)
+            refuse(proxy, conn, &snap, &parts, asked, f)
         }
     }
 }
@@ -131,8 +132,8 @@ fn open(
     proxy: &Proxy,
     conn: &Accepted,
     parts: &http::request::Parts,
-) -> Result<(Arc<Tunnel>, Arc<rustls::ServerConfig>, TunnelSlot), Failure> {
-    let settings = snap.forward.ok_or(Failure::Internal)?;
+) -> Result<(Arc<Tunnel>, Arc<rustls::ServerConfig>, TunnelSlot), Refusal> {
+    let settings = snap.forward.ok_or(Fault::Internal)?;
     let suspended = |t: &crate::policy::Token| proxy.state.is_suspended(t);
     let facts = RequestFacts {
         parts,
@@ -152,12 +153,12 @@ fn open(
             if let Some((service, token)) = refused.from_elsewhere {
                 proxy.state.strike(&snap.version, service, token, conn.ip);
             }
-            return Err(refused.failure);
+            return Err(refused.failure.into());
         }
     };
     // No leaf: its renewals failed until it expired (logged); fail closed.
-    let tls = snap.intercept.as_ref().and_then(|i| i.tls(tunnel.host())).ok_or(Failure::Internal)?;
-    let slot = TunnelSlot::take(proxy, settings.max_tunnels).ok_or(Failure::TunnelsFull)?;
+    let tls = snap.intercept.as_ref().and_then(|i| i.tls(tunnel.host())).ok_or(Fault::Internal)?;
+    let slot = TunnelSlot::take(proxy, settings.max_tunnels).ok_or(Fault::TunnelsFull)?;
     Ok((Arc::new(tunnel), tls, slot))
 }
 
@@ -180,7 +181,7 @@ fn refuse(
     snap: &Snapshot,
     parts: &http::request::Parts,
     asked: Option<String>,
-    f: &Failure,
+    f: Refusal,
 ) -> Response<Body> {
     let caller = Caller {
         ip: conn.ip,
@@ -192,7 +193,7 @@ fn refuse(
     };
     let mut ex = Exchange::start(proxy.state.clone(), &proxy.ids, &caller, &snap.version, parts);
     (ex.record.mode, ex.record.connect_host) = (ProxyMode::Forward, asked);
-    let f = ex.deny(f.clone());
+    let f = ex.refused(f);
     let mut resp = respond::failure(&f);
     resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     ex.refuse(resp)

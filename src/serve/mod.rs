@@ -1,5 +1,6 @@
 //! Serving callers: the listener and its limits, the request path (`proxy`, over one
-//! `exchange` per request), the one place failures become responses (`respond`), and the
+//! `exchange` per request), what keyward answers with itself (`refusal`: the policy's refusal or a fault of its own), the
+//! one place it becomes a response (`respond`), and the
 //! body wrappers the request path streams through.
 
 pub mod accept;
@@ -11,6 +12,7 @@ pub mod listener;
 pub mod meter;
 pub mod outcome;
 pub mod proxy;
+pub mod refusal;
 pub mod respond;
 pub mod scrub;
 pub mod stall;

@@ -28,6 +28,7 @@ use crate::serve::body::{Count, Deadline, Idle, Metered, NoTokens, PartNames};
 use crate::serve::exchange::{Caller, Exchange, REQUEST_ID, RequestIds, STRIPE_REQUEST_ID, new_record};
 use crate::serve::meter::{self, MeterSessions};
 use crate::serve::outcome::{BodyStop, Signal};
+use crate::serve::refusal::{Fault, Refusal};
 use crate::serve::respond;
 use crate::serve::scrub::{self, Scrub};
 use crate::upstream::{self, Answer, Body, BoxError};
@@ -78,7 +79,7 @@ impl Proxy {
         let unread = parts.version < http::Version::HTTP_2 && has_body;
         // No record, no request: fail closed while the access log cannot be written.
         if !self.state.audit.admits() {
-            return Ok(closing(self.unrecorded(Failure::AuditUnavailable), unread));
+            return Ok(closing(self.unrecorded(Fault::AuditUnavailable), unread));
         }
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let suspended = |t: &policy::Token| self.state.is_suspended(t);
@@ -121,14 +122,14 @@ impl Proxy {
             Err(f) => {
                 let mut ex = exchange();
                 let f = ex.deny(f);
-                return Ok(ex.refuse(closing(respond::failure(&f), unread)));
+                return Ok(ex.refuse(closing(respond::failure(&f.into()), unread)));
             }
             Ok(permit) => permit,
         };
         let slot = match self.state.audit.slot(&route.service.name).await {
             Ok(slot) => slot,
-            Err(Unplaced::Closed) => return Ok(closing(self.unrecorded(Failure::AuditUnavailable), unread)),
-            Err(Unplaced::Busy) => return Ok(closing(self.unrecorded(Failure::AuditBusy), unread)),
+            Err(Unplaced::Closed) => return Ok(closing(self.unrecorded(Fault::AuditUnavailable), unread)),
+            Err(Unplaced::Busy) => return Ok(closing(self.unrecorded(Fault::AuditBusy), unread)),
         };
         let mut ex = exchange();
         ex.slot = Some(slot);
@@ -144,9 +145,9 @@ impl Proxy {
 
     /// 503 for a request that cannot be recorded: the log is failing (fail closed), its
     /// writer is gone, or no place in its queue came free in time.
-    pub fn unrecorded(&self, why: Failure) -> Response<Body> {
+    pub fn unrecorded(&self, why: Fault) -> Response<Body> {
         self.state.audit.state.refused.fetch_add(1, Ordering::Relaxed);
-        let mut resp = respond::failure(&why);
+        let mut resp = respond::failure(&why.into());
         let id = HeaderValue::from_static("kwreq_unrecorded");
         resp.headers_mut().insert(&STRIPE_REQUEST_ID, id.clone());
         resp.headers_mut().insert(&REQUEST_ID, id);
@@ -182,7 +183,7 @@ fn refuse_now(caller: &Caller, f: &Failure, enough: bool, unread: bool, ex: Exch
     {
         close.cancel();
     }
-    ex.refuse(closing(respond::failure(f), unread || enough))
+    ex.refuse(closing(respond::failure(&Refusal::Denied(f.clone())), unread || enough))
 }
 
 /// keyward's own answer to an HTTP/1.1 request whose body it has not read (`unread`): hyper
@@ -204,7 +205,7 @@ async fn forward(
     forms: &Arc<Semaphore>,
     meters: &MeterSessions,
     ex: &mut Exchange,
-) -> Result<Response<Body>, Failure> {
+) -> Result<Response<Body>, Refusal> {
     let body = check_body(snap, route, parts, body, forms, ex).await?;
     let (mut req, up, secret) = rewrite_request(snap, route, parts, body, ex)?;
     let mut credentials = scrub::Credentials::new(secret);
@@ -215,7 +216,7 @@ async fn forward(
         match Box::pin(meter::stream_session(snap, route, parts, meters)).await? {
             Ok(token) => {
                 let mut auth = HeaderValue::try_from(format!("Bearer {}", token.as_str()))
-                    .map_err(|_| Failure::Internal)?;
+                    .map_err(|_| Refusal::from(Fault::Internal))?;
                 auth.set_sensitive(true);
                 req.headers_mut().insert(AUTHORIZATION, auth);
                 credentials.also_token(Arc::new(token));
@@ -299,9 +300,9 @@ fn rewrite_request<'s>(
     parts: &Parts,
     body: Body,
     ex: &mut Exchange,
-) -> Result<(Request<Body>, Outbound<'s>, Arc<crate::secrets::Loaded>), Failure> {
+) -> Result<(Request<Body>, Outbound<'s>, Arc<crate::secrets::Loaded>), Refusal> {
     let up = &snap.upstreams[route.upstream];
-    let secret = snap.secrets[route.service.secret].serving().ok_or(Failure::SecretStale)?;
+    let secret = snap.secrets[route.service.secret].serving().ok_or(Fault::SecretStale)?;
     ex.record.secret_version = secret.version;
     ex.record.livemode = policy::identity::key_livemode(secret.value.expose());
     if let Err(f) = policy::secret_mode(route.service, ex.record.livemode) {
@@ -310,13 +311,12 @@ fn rewrite_request<'s>(
             request_id = ex.record.request_id,
             "the service's secret is not of its configured livemode; refusing (503)"
         );
-        return Err(f);
+        return Err(f.into());
     }
-    let headers =
-        upstream::request_headers(&parts.headers, secret.value.expose()).ok_or(Failure::Internal)?;
+    let headers = upstream::request_headers(&parts.headers, secret.value.expose()).ok_or(Fault::Internal)?;
     let egress = route.service.egress_ip.or(up.egress_ip);
     ex.record.egress_ip = egress;
-    let client = up.client(egress).ok_or(Failure::Internal)?;
+    let client = up.client(egress).ok_or(Fault::Internal)?;
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = up.uri(parts.uri.path_and_query());
@@ -339,7 +339,7 @@ async fn send(
     out: Outbound<'_>,
     req: Request<Body>,
     ex: &mut Exchange,
-) -> Result<(Response<Answer>, tokio::time::Instant), Failure> {
+) -> Result<(Response<Answer>, tokio::time::Instant), Refusal> {
     let started = Instant::now();
     let timeout = snap.timeouts.upstream;
     // One deadline for the whole answer: its head, then the rest of its body.
@@ -350,22 +350,24 @@ async fn send(
     match answer {
         Err(_) => {
             tracing::warn!(request_id, upstream, url, ?timeout, "upstream did not answer in time (504)");
-            Err(Failure::UpstreamTimeout)
+            Err(Fault::UpstreamTimeout.into())
         }
         Ok(Err(_)) if let Some(stop) = ex.signals.body_stop(snap.limits.max_body_bytes) => {
-            Err(body_stopped(snap, stop, ex))
+            Err(body_stopped(snap, stop, ex).into())
         }
         Ok(Err(e)) => {
             let cause = upstream::causes(&*e);
             tracing::warn!(request_id, upstream, url, cause, "upstream request failed (502)");
-            Err(Failure::UpstreamUnavailable)
+            Err(Fault::UpstreamUnavailable.into())
         }
         // An upstream that answered before the body was in: the token never left, but the
         // call is refused all the same.
-        Ok(Ok(_)) if let Some(e) = ex.signals.token() => Err(body_stopped(snap, BodyStop::Token(e), ex)),
+        Ok(Ok(_)) if let Some(e) = ex.signals.token() => {
+            Err(body_stopped(snap, BodyStop::Token(e), ex).into())
+        }
         Ok(Ok(resp)) if upstream::encoded(resp.headers()) => {
             tracing::warn!(request_id, upstream, url, "upstream answer was compressed; not passed on (502)");
-            Err(Failure::UpstreamEncodingRefused)
+            Err(Fault::UpstreamEncodingRefused.into())
         }
         Ok(Ok(resp)) => Ok((resp, deadline)),
     }

@@ -6,10 +6,10 @@ use http::Response;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http_body_util::{BodyExt, Full};
 
-use crate::policy::Failure;
+use super::refusal::Refusal;
 use crate::upstream::Body;
 
-pub fn failure(f: &Failure) -> Response<Body> {
+pub fn failure(f: &Refusal) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(f.body())).map_err(|e| match e {}).boxed());
     *resp.status_mut() = f.status();
     let h = resp.headers_mut();

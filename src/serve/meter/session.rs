@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 use super::{Key, MeterSessions, SESSION, answer_for_caller, parse_session};
 use crate::control::snapshot::Snapshot;
 use crate::policy::{self, Failure, Route};
+use crate::serve::refusal::{Fault, Refusal};
 use crate::serve::scrub;
 use crate::upstream::{self, Body};
 
@@ -23,8 +24,8 @@ pub async fn stream_session(
     route: Route<'_>,
     parts: &Parts,
     meters: &MeterSessions,
-) -> Result<Result<Zeroizing<String>, Response<Body>>, Failure> {
-    let secret = snap.secrets[route.service.secret].serving().ok_or(Failure::SecretStale)?;
+) -> Result<Result<Zeroizing<String>, Response<Body>>, Refusal> {
+    let secret = snap.secrets[route.service.secret].serving().ok_or(Fault::SecretStale)?;
     let key = Key::of(secret.value.expose(), parts);
     let made = meters.token(&key, make_session(snap, route, parts, secret.clone())).await;
     match made {
@@ -37,7 +38,7 @@ pub async fn stream_session(
 enum Made {
     /// Stripe answered, but not with a session: its answer goes to the caller.
     Refused(Response<Body>),
-    Failed(Failure),
+    Failed(Refusal),
 }
 
 /// `POST /v2/billing/meter_event_session` with the secret key, to the upstream the catalog
@@ -48,13 +49,13 @@ async fn make_session(
     parts: &Parts,
     secret: Arc<crate::secrets::Loaded>,
 ) -> Result<(Zeroizing<String>, i64), Made> {
-    let failed = |f| Made::Failed(f);
+    let failed = |f: Refusal| Made::Failed(f);
     let entry =
-        snap.policy.catalog.classify(&http::Method::POST, SESSION).ok_or(failed(Failure::Internal))?;
+        snap.policy.catalog.classify(&http::Method::POST, SESSION).ok_or(failed(Fault::Internal.into()))?;
     let i = snap.policy.routes[entry.index]
-        .ok_or(failed(Failure::UpstreamNotConfigured(entry.upstream.clone())))?;
+        .ok_or(failed(Failure::UpstreamNotConfigured(entry.upstream.clone()).into()))?;
     let up = &snap.upstreams[i];
-    let client = up.client(route.service.egress_ip.or(up.egress_ip)).ok_or(failed(Failure::Internal))?;
+    let client = up.client(route.service.egress_ip.or(up.egress_ip)).ok_or(failed(Fault::Internal.into()))?;
     let mut headers = http::HeaderMap::new();
     for name in ["stripe-version", "stripe-context", "stripe-account"] {
         if let Some(v) = parts.headers.get(name) {
@@ -62,7 +63,7 @@ async fn make_session(
         }
     }
     let mut auth = HeaderValue::try_from(format!("Bearer {}", secret.value.expose()))
-        .map_err(|_| failed(Failure::Internal))?;
+        .map_err(|_| failed(Fault::Internal.into()))?;
     auth.set_sensitive(true);
     headers.insert(AUTHORIZATION, auth);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -75,31 +76,31 @@ async fn make_session(
     let deadline = tokio::time::Instant::now() + snap.timeouts.upstream;
     let answer = tokio::time::timeout_at(deadline, client.request(req, &route.service.name, deadline)).await;
     let answer = match answer {
-        Err(_) => return Err(failed(Failure::UpstreamTimeout)),
+        Err(_) => return Err(failed(Fault::UpstreamTimeout.into())),
         Ok(Err(e)) => {
             tracing::warn!(
                 upstream = &*up.name,
                 cause = upstream::causes(&*e),
                 "meter event session request failed (502)"
             );
-            return Err(failed(Failure::UpstreamUnavailable));
+            return Err(failed(Fault::UpstreamUnavailable.into()));
         }
         Ok(Ok(a)) if upstream::encoded(a.headers()) => {
             tracing::warn!(upstream = &*up.name, "meter event session answer was compressed (502)");
-            return Err(failed(Failure::UpstreamEncodingRefused));
+            return Err(failed(Fault::UpstreamEncodingRefused.into()));
         }
         Ok(Ok(a)) => a,
     };
     let (mut head, body) = answer.into_parts();
     let body = tokio::time::timeout_at(deadline, Limited::new(body, MAX_SESSION_ANSWER).collect())
         .await
-        .map_err(|_| failed(Failure::UpstreamTimeout))?
-        .map_err(|_| failed(Failure::UpstreamUnavailable))?
+        .map_err(|_| failed(Fault::UpstreamTimeout.into()))?
+        .map_err(|_| failed(Fault::UpstreamUnavailable.into()))?
         .to_bytes();
     if head.status.is_success() {
         return parse_session(&body).ok_or_else(|| {
             tracing::warn!(upstream = &*up.name, "a meter event session answer without a token (502)");
-            failed(Failure::UpstreamUnavailable)
+            failed(Fault::UpstreamUnavailable.into())
         });
     }
     // Stripe's answer goes to the caller: like every answer, never with the secret in it.
@@ -132,14 +133,14 @@ pub async fn session_answer(
     route: Route<'_>,
     parts: &Parts,
     meters: &MeterSessions,
-) -> Result<Response<Body>, Failure> {
+) -> Result<Response<Body>, Refusal> {
     let (mut head, mut body) = resp.into_parts();
     let mut read = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| Failure::UpstreamUnavailable)?;
+        let frame = frame.map_err(|_| Fault::UpstreamUnavailable)?;
         read.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]));
         if read.len() > MAX_SESSION_ANSWER {
-            return Err(Failure::UpstreamUnavailable);
+            return Err(Fault::UpstreamUnavailable.into());
         }
     }
     let body = read;
@@ -147,9 +148,9 @@ pub async fn session_answer(
     let (Some((token, expires_at)), Some(answer)) = (parse_session(&body), answer_for_caller(&body, &caller))
     else {
         tracing::warn!("a meter event session answer without a token (502)");
-        return Err(Failure::UpstreamUnavailable);
+        return Err(Fault::UpstreamUnavailable.into());
     };
-    let secret = snap.secrets[route.service.secret].serving().ok_or(Failure::SecretStale)?;
+    let secret = snap.secrets[route.service.secret].serving().ok_or(Fault::SecretStale)?;
     meters.keep(&Key::of(secret.value.expose(), parts), token, expires_at).await;
     head.headers.insert(CONTENT_LENGTH, HeaderValue::from(answer.len()));
     Ok(Response::from_parts(head, Full::new(Bytes::from(answer)).map_err(|e| match e {}).boxed()))
