@@ -76,6 +76,8 @@ pub struct Service {
     pub client_ids: Vec<String>,
     /// Suspend a token presented from outside the allowlist this often (`quarantine`).
     pub quarantine: Option<Quarantine>,
+    /// Its spend caps (`[[service.spend]]`), one per kind and currency.
+    pub spend: Vec<crate::policy::spend::Cap>,
 }
 
 /// `refusals` refusals for the source address within `within` suspend the token.
