@@ -13,4 +13,5 @@ pub mod outcome;
 pub mod proxy;
 pub mod respond;
 pub mod scrub;
+pub mod spend;
 pub mod stall;
