@@ -421,9 +421,17 @@ pub fn table(catalog: &Catalog) -> String {
         let how = match m.price {
             Price::Form => "amount and `currency` from the form",
             Price::Confirm => "amount and `currency` from the form; counted only with `confirm=true`",
+            Price::Refundable if e.template.contains("{charge}") => {
+                "the amount given, else what remains of the charge (`amount` − `amount_refunded`); \
+                 the charge's `currency` (the charge read first)"
+            }
+            Price::Refundable if e.template.contains("{fee}") => {
+                "the amount given, else what remains of the application fee (`amount` − \
+                 `amount_refunded`); its `currency` (the fee read first)"
+            }
             Price::Refundable => {
-                "the amount given, else what remains unrefunded (`amount` − `amount_refunded`) of the \
-                 charge, application fee or PaymentIntent refunded, read first; its `currency`"
+                "the amount given, else what remains of the form's `charge` (`amount` − \
+                 `amount_refunded`) or `payment_intent` (its latest charge's); their `currency` (read first)"
             }
             Price::Intent => "the PaymentIntent's `amount` and `currency`, read first",
             Price::Increment => "the new total less the PaymentIntent's `amount`, read first",
