@@ -4,27 +4,12 @@
 //! rolling day's spend is kept by the control plane (`control::spend`) and handed in as a
 //! number: nothing here reads a clock or keeps state.
 
-use std::sync::Arc;
 
 use crate::policy::catalog::{Catalog, Entry, MoneyKind, Price};
 use crate::policy::failure::Failure;
+pub use crate::policy::model::Cap;
 use crate::policy::model::Service;
 use crate::policy::params;
-
-/// One `[[service.spend]]` cap, for one kind (a table naming several kinds compiles to one
-/// cap each).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cap {
-    pub kind: MoneyKind,
-    /// Lowercase ISO 4217 (`usd`).
-    pub currency: Arc<str>,
-    /// The most one call may move, in minor units.
-    pub per_call: Option<u64>,
-    /// The most all calls may move over any rolling 24 hours, in minor units.
-    pub per_day: Option<u64>,
-    /// Each Connect account its own `per_day`.
-    pub per_account: bool,
-}
 
 /// An amount in minor units of a lowercase currency.
 #[derive(Debug, Clone, PartialEq, Eq)]
