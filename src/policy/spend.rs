@@ -4,7 +4,6 @@
 //! rolling day's spend is kept by the control plane (`control::spend`) and handed in as a
 //! number: nothing here reads a clock or keeps state.
 
-
 use crate::policy::catalog::{Catalog, Entry, MoneyKind, Price};
 use crate::policy::failure::Failure;
 pub use crate::policy::model::Cap;
@@ -432,4 +431,170 @@ pub fn table(catalog: &Catalog) -> String {
         out.push_str(&format!("| `{} {}` | {} | {field} | {how} |\n", e.method, e.template, m.kind.as_str()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::catalog::STRIPE_CATALOG;
+    use crate::policy::{Accounts, Mode};
+
+    fn service(caps: Vec<Cap>) -> Service {
+        Service {
+            index: 0,
+            name: "support-tool".into(),
+            mode: Mode::Enforce,
+            source_ips: vec![],
+            accounts: Accounts::Any,
+            scope: vec![],
+            secret: 0,
+            egress_ip: None,
+            livemode: None,
+            tokens: vec![],
+            client_ids: vec![],
+            quarantine: None,
+            spend: caps,
+        }
+    }
+
+    fn cap(kind: MoneyKind, per_call: u64, per_account: bool) -> Cap {
+        Cap { kind, currency: "usd".into(), per_call: Some(per_call), per_day: None, per_account }
+    }
+
+    /// What `plan` makes of a call: `uncapped`, `lookup PATH`, `priced AMOUNT CURRENCY [ACCOUNT]`,
+    /// or `refused REASON`.
+    fn said(p: &Plan<'_>) -> String {
+        match p {
+            Plan::Uncapped(None) => "uncapped".into(),
+            Plan::Uncapped(Some(a)) => format!("uncapped {} {}", a.value, a.currency),
+            Plan::Lookup(l) => format!("lookup {}", l.path),
+            Plan::Priced(s) => {
+                format!(
+                    "priced {} {} {}",
+                    s.amount.value,
+                    s.amount.currency,
+                    s.account.as_deref().unwrap_or("-")
+                )
+            }
+            Plan::Refused(r) => format!("refused {}", r.reason),
+        }
+    }
+
+    #[test]
+    fn each_money_call_is_priced_from_the_form_or_read_first_or_refused() {
+        let catalog = Catalog::parse(STRIPE_CATALOG).unwrap();
+        let s = service(vec![
+            cap(MoneyKind::Refund, 5000, false),
+            cap(MoneyKind::Payout, 5000, false),
+            cap(MoneyKind::Transfer, 5000, true),
+        ]);
+        let table: &[(&str, &str, Option<&str>, &str)] = &[
+            ("/v1/refunds", "charge=ch_1&amount=100", None, "lookup /v1/charges/ch_1"),
+            (
+                "/v1/refunds",
+                "payment_intent=pi_1",
+                None,
+                "lookup /v1/payment_intents/pi_1?expand[]=latest_charge",
+            ),
+            ("/v1/refunds", "amount=100", None, "refused unpriced"),
+            ("/v1/refunds", "charge=ch_1/refunds", None, "refused unpriced"),
+            ("/v1/refunds", "charge=ch_1&amount=1&amount=2", None, "refused unpriced"),
+            ("/v1/charges/ch_9/refunds", "", None, "lookup /v1/charges/ch_9"),
+            ("/v1/application_fees/fee_1/refunds", "amount=5", None, "lookup /v1/application_fees/fee_1"),
+            ("/v1/payouts", "amount=5000&currency=USD", None, "priced 5000 usd -"),
+            ("/v1/payouts", "amount=5001&currency=usd", None, "refused per_call"),
+            ("/v1/payouts", "amount=5&currency=eur", None, "refused currency"),
+            ("/v1/payouts", "amount=5.5&currency=usd", None, "refused unpriced"),
+            ("/v1/payouts", "amount=5", None, "refused unpriced"),
+            (
+                "/v1/transfers",
+                "amount=5&currency=usd&destination=acct_9",
+                Some("acct_1"),
+                "priced 5 usd acct_9",
+            ),
+            ("/v1/transfers", "amount=5&currency=usd", Some("acct_1"), "priced 5 usd acct_1"),
+            // Payments are not capped here: priced from the form for the record, nothing read.
+            ("/v1/charges", "amount=900&currency=usd", None, "uncapped 900 usd"),
+            ("/v1/payment_intents/pi_1/confirm", "", None, "uncapped"),
+            ("/v2/money_management/outbound_payments", "", None, "refused unread"),
+            ("/v1/customers", "name=x", None, "uncapped"),
+        ];
+        let mut wrong = Vec::new();
+        for (path, form, account, want) in table {
+            let entry = catalog.classify(&http::Method::POST, path).unwrap();
+            let got = said(&plan(&s, entry, path, form.as_bytes(), *account));
+            if got != *want {
+                wrong.push(format!("{path} {form}: got {got}, want {want}"));
+            }
+        }
+        assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn payments_count_when_authorized_and_reads_are_priced_from_their_answers() {
+        let catalog = Catalog::parse(STRIPE_CATALOG).unwrap();
+        let s = service(vec![cap(MoneyKind::Payment, 5000, false), cap(MoneyKind::Refund, 5000, false)]);
+        let p = |path: &str, form: &str| {
+            plan(&s, catalog.classify(&http::Method::POST, path).unwrap(), path, form.as_bytes(), None)
+        };
+        assert_eq!(said(&p("/v1/payment_intents", "amount=900&currency=usd")), "uncapped");
+        assert_eq!(
+            said(&p("/v1/payment_intents", "amount=900&currency=usd&confirm=true")),
+            "priced 900 usd -"
+        );
+        assert_eq!(said(&p("/v1/invoices/in_1/pay", "paid_out_of_band=true")), "uncapped");
+        assert_eq!(said(&p("/v1/credit_notes", "invoice=in_1")), "uncapped");
+        let answered = |path: &str, form: &str, json: &str| match p(path, form) {
+            Plan::Lookup(l) => said(&priced(&l, json.as_bytes())),
+            other => panic!("{path}: {}", said(&other)),
+        };
+        let charge = r#"{"amount": 9000, "amount_refunded": 6000, "currency": "usd"}"#;
+        assert_eq!(answered("/v1/refunds", "charge=ch_1", charge), "priced 3000 usd -");
+        assert_eq!(answered("/v1/refunds", "charge=ch_1&amount=6000", charge), "refused per_call");
+        assert_eq!(
+            answered(
+                "/v1/refunds",
+                "charge=ch_1",
+                r#"{"amount": 1, "amount_refunded": 0, "currency": "eur"}"#
+            ),
+            "refused currency"
+        );
+        assert_eq!(answered("/v1/refunds", "charge=ch_1", r#"{"amount": 1}"#), "refused unpriced");
+        assert_eq!(answered("/v1/refunds", "charge=ch_1", "not json"), "refused unpriced");
+        let pi = r#"{"amount": 4000, "currency": "usd", "latest_charge": {"amount": 4000, "amount_refunded": 1500}}"#;
+        assert_eq!(answered("/v1/refunds", "payment_intent=pi_1", pi), "priced 2500 usd -");
+        assert_eq!(answered("/v1/payment_intents/pi_1/confirm", "", pi), "priced 4000 usd -");
+        assert_eq!(
+            answered("/v1/payment_intents/pi_1/increment_authorization", "amount=7000", pi),
+            "priced 3000 usd -"
+        );
+        let invoice = r#"{"amount_remaining": 1200, "currency": "usd"}"#;
+        assert_eq!(answered("/v1/invoices/in_1/pay", "", invoice), "priced 1200 usd -");
+        assert_eq!(
+            answered("/v1/credit_notes", "invoice=in_1&refund_amount=700", invoice),
+            "priced 700 usd -"
+        );
+    }
+
+    #[test]
+    fn a_day_refusal_names_the_cap_what_is_left_and_when_the_oldest_frees() {
+        let s = service(vec![Cap { per_day: Some(50_000), ..cap(MoneyKind::Refund, 50_000, false) }]);
+        let spend = Spend {
+            service: &s,
+            cap: &s.spend[0],
+            amount: Amount { value: 5000, currency: "usd".into() },
+            account: None,
+        };
+        let r = over_day(&spend, 3000, Some(1_796_738_580));
+        assert_eq!(r.reason, "per_day");
+        assert_eq!(
+            r.failure.message(),
+            "support-tool may refund at most 50000 usd in any 24 hours (keyward spend cap); 3000 usd is left, \
+             and the oldest spend counted frees at 2026-12-08T14:03:00Z. This call would refund 5000 usd."
+        );
+        assert_eq!(
+            (r.failure.status(), r.failure.code(), r.failure.should_retry()),
+            (http::StatusCode::FORBIDDEN, "spend_limit_exceeded", false)
+        );
+    }
 }
