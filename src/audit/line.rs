@@ -90,6 +90,15 @@ impl AccessRecord {
             }
             None => j.null("livemode"),
         }
+        if let Some(a) = self.amount {
+            j.num("amount", a);
+        }
+        if let Some(c) = &self.currency {
+            j.str("currency", c);
+        }
+        if let Some(s) = &self.spend {
+            j.str("spend", s);
+        }
         j.0.push(b'}');
     }
 }
@@ -253,6 +262,9 @@ mod tests {
             config_version: Arc::from("558c468d608e"),
             secret_version: Some(7),
             livemode: Some(true),
+            amount: Some(u64::MAX),
+            currency: Some("us\"d".into()),
+            spend: Some("held".into()),
         };
         same_as_serde(&full);
         for f in [0.0, -0.0, 3.0, 1e21, f64::NAN, f64::INFINITY, f64::MIN_POSITIVE] {
@@ -261,6 +273,9 @@ mod tests {
                 livemode: Some(false),
                 token_exposed: false,
                 missing: vec![],
+                amount: None,
+                currency: None,
+                spend: None,
                 ..full.clone()
             });
         }

@@ -86,6 +86,18 @@ pub struct AccessRecord {
     /// Whether the secret sent was a live key (`sk_live_`, `rk_live_`), a test key, or neither.
     #[serde(default)]
     pub livemode: Option<bool>,
+    /// A call that moves money (the catalog's `money=` column): its amount in minor units and
+    /// its currency, when keyward knows them (from the form, or read first for a capped call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// A call a spend cap counted: what became of its reservation. `committed` (2xx),
+    /// `released` (4xx), `held` (counted, the outcome unknown: 5xx, 502/504, timeout, reset),
+    /// `replayed` (its `Idempotency-Key` was counted already), `refused` (over the cap, or
+    /// not priced), `priced` (keyward's own GET that priced a call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<Cow<'static, str>>,
 }
 
 /// How every record that is not a call's own begins: its place in the chain, when it was

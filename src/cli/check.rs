@@ -40,6 +40,9 @@ pub async fn check(args: CheckArgs) -> ExitCode {
             println!("warning: service {} token {} {when}", s.name, t.id);
         }
     }
+    for w in &snap.warnings {
+        println!("warning: {w}");
+    }
     let tokens: usize = services.iter().map(|s| s.tokens.len()).sum();
     let offline = if args.offline { " (offline: no secrets, certificates or CA files read)" } else { "" };
     println!(

@@ -171,5 +171,6 @@ fn anyone(policy: &Policy) -> Service {
         tokens: vec![],
         client_ids: vec![],
         quarantine: None,
+        spend: Vec::new(),
     }
 }

@@ -71,6 +71,21 @@ struct OutcomeLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SpendLabels {
+    service: Name,
+    kind: &'static str,
+    currency: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SpendRefusedLabels {
+    service: Name,
+    kind: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -95,6 +110,10 @@ pub struct Metrics {
     pub quarantined: Counter,
     /// Forward mode: `CONNECT`s by outcome (`opened`, or the refusal's reason).
     connects: Family<OutcomeLabel, Counter>,
+    /// Money counted by spend caps (minor units), by what became of it.
+    spend_amount: Family<SpendLabels, Counter>,
+    /// Calls a spend cap refused, by why.
+    spend_refused: Family<SpendRefusedLabels, Counter>,
 }
 
 /// What the proxy listeners' admission counts (`serve::admission`).
@@ -184,6 +203,18 @@ impl Default for Metrics {
             connects.clone(),
         );
         r.register("keyward_build_info", "The keyward build serving", build);
+        let (spend_amount, spend_refused) = (Family::default(), Family::default());
+        r.register(
+            "keyward_spend_amount",
+            "Money counted by spend caps, in minor units, by service, kind, currency and outcome \
+             (committed, released, held)",
+            spend_amount.clone(),
+        );
+        r.register(
+            "keyward_spend_refused",
+            "Calls refused by spend caps, by service, kind and reason",
+            spend_refused.clone(),
+        );
         let m = Metrics {
             registry,
             requests,
@@ -197,6 +228,8 @@ impl Default for Metrics {
             tunnels_open,
             quarantined,
             connects,
+            spend_amount,
+            spend_refused,
         };
         m.applied();
         m
@@ -231,6 +264,30 @@ impl Metrics {
                 .get_or_create(&UpstreamLabels { upstream: Name(r.upstream.clone()), kind })
                 .inc();
         }
+    }
+
+    /// `amount` minor units of `kind` in `currency` ended `outcome` (committed, released, held).
+    pub fn spent(
+        &self,
+        service: &Arc<str>,
+        kind: &'static str,
+        currency: &str,
+        outcome: &'static str,
+        amount: u64,
+    ) {
+        let labels = SpendLabels {
+            service: Name(Some(service.clone())),
+            kind,
+            currency: currency.to_string(),
+            outcome,
+        };
+        self.spend_amount.get_or_create(&labels).inc_by(amount);
+    }
+
+    /// A call of `kind` refused by a spend cap, for `reason` (per_call, per_day, …).
+    pub fn spend_refused(&self, service: &Arc<str>, kind: &'static str, reason: &'static str) {
+        let labels = SpendRefusedLabels { service: Name(Some(service.clone())), kind, reason };
+        self.spend_refused.get_or_create(&labels).inc();
     }
 
     /// A `CONNECT` was answered: `opened`, or the code it was refused with.

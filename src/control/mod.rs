@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod quarantine;
 pub mod reload;
 pub mod snapshot;
+pub mod spend;
 pub mod state;
 pub mod suspensions;
 pub mod telemetry;

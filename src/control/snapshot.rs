@@ -40,6 +40,10 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     /// Per-service rates and concurrency, the shared budget, and where they are kept.
     pub ratelimits: crate::control::limits::RateLimits,
+    /// What `keyward check` warns of in this configuration (it still serves).
+    pub warnings: Vec<String>,
+    /// The spend caps' ledger: one per process, handed from snapshot to snapshot on reload.
+    pub spend: Arc<crate::control::spend::Ledger>,
     /// Read once per request (`SecretCell::serving`); vault cells refresh in place.
     pub secrets: Vec<Arc<SecretCell>>,
 }

@@ -52,6 +52,115 @@ pub struct Entry {
     /// The path segment (by `/`-split position) of its `{account}` parameter: a connected
     /// account the call acts on, checked against the service's `accounts`.
     pub account_segment: Option<usize>,
+    /// It moves money (`money=KIND:FIELD:PRICE`): what spend caps count it as.
+    pub money: Option<Money>,
+}
+
+/// What a money-moving entry moves, in which form field, and how keyward learns the amount
+/// and currency (`money=refund:amount:refundable`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Money {
+    pub kind: MoneyKind,
+    /// The form field (or, for v2 JSON bodies, the dotted JSON path) holding the amount in
+    /// minor units; `None` (`-`) where the request carries none.
+    pub field: Option<Arc<str>>,
+    pub price: Price,
+}
+
+/// The kinds of money a spend cap counts (`[[service.spend]] kinds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MoneyKind {
+    Refund,
+    Payout,
+    Transfer,
+    Payment,
+}
+
+impl MoneyKind {
+    pub const ALL: [MoneyKind; 4] =
+        [MoneyKind::Refund, MoneyKind::Payout, MoneyKind::Transfer, MoneyKind::Payment];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoneyKind::Refund => "refund",
+            MoneyKind::Payout => "payout",
+            MoneyKind::Transfer => "transfer",
+            MoneyKind::Payment => "payment",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MoneyKind> {
+        MoneyKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// How a money-moving call's amount and currency are found (see `policy::spend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Price {
+    /// Both in the form: the amount field and `currency`.
+    Form,
+    /// As `Form`, counted only with `confirm=true` (a PaymentIntent created and confirmed).
+    Confirm,
+    /// The amount field if given, else what remains unrefunded of the object refunded (the
+    /// path's `{charge}` or `{fee}`, or the form's `charge` or `payment_intent`); the currency
+    /// always from that object, read first.
+    Refundable,
+    /// The amount and currency of the PaymentIntent `{id}` (confirm), read first.
+    Intent,
+    /// The amount field (the new total) less the PaymentIntent `{id}`'s amount, read first.
+    Increment,
+    /// What remains due on the invoice `{invoice}`, read first; not counted with
+    /// `paid_out_of_band=true`.
+    Invoice,
+    /// The amount field when given (else not counted), in the currency of the form's
+    /// `invoice`, read first.
+    CreditNote,
+    /// A v2 JSON body's `amount.value` and `amount.currency`.
+    Json,
+}
+
+impl Price {
+    const ALL: [(Price, &'static str); 8] = [
+        (Price::Form, "form"),
+        (Price::Confirm, "confirm"),
+        (Price::Refundable, "refundable"),
+        (Price::Intent, "intent"),
+        (Price::Increment, "increment"),
+        (Price::Invoice, "invoice"),
+        (Price::CreditNote, "credit_note"),
+        (Price::Json, "json"),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Price::ALL.iter().find(|(p, _)| *p == self).map_or("", |(_, s)| s)
+    }
+
+    fn parse(s: &str) -> Option<Price> {
+        Price::ALL.iter().find(|(_, n)| *n == s).map(|(p, _)| *p)
+    }
+}
+
+impl Money {
+    /// `KIND:FIELD:PRICE`, as the catalog writes it after `money=`.
+    fn parse(text: &str) -> Result<Money, String> {
+        let bad =
+            || format!("`money={text}` is not money=KIND:FIELD:PRICE (e.g. money=refund:amount:refundable)");
+        let [kind, field, price] = text.split(':').collect::<Vec<_>>()[..] else {
+            return Err(bad());
+        };
+        let kind = MoneyKind::parse(kind)
+            .ok_or_else(|| format!("money kind `{kind}` is not refund, payout, transfer or payment"))?;
+        let price = Price::parse(price).ok_or_else(|| {
+            let names: Vec<&str> = Price::ALL.iter().map(|(_, n)| *n).collect();
+            format!("money price `{price}` is not one of {}", names.join(", "))
+        })?;
+        let field = match field {
+            "-" => None,
+            f if !f.is_empty() && f.split('.').all(is_name) => Some(Arc::from(f)),
+            _ => return Err(bad()),
+        };
+        Ok(Money { kind, field, price })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -118,7 +227,7 @@ impl Catalog {
         let cols: Vec<&str> = content.split_whitespace().collect();
         let [method, template, permission, access, upstream, rest @ ..] = cols.as_slice() else {
             return Err(AddError::Message(
-                "expected: METHOD TEMPLATE PERMISSION ACCESS UPSTREAM [direct] [multipart]".into(),
+                "expected: METHOD TEMPLATE PERMISSION ACCESS UPSTREAM [direct] [multipart] [money=KIND:FIELD:PRICE]".into(),
             ));
         };
         let method: Method =
@@ -135,18 +244,26 @@ impl Catalog {
         if !is_name(permission) {
             return Err(AddError::Message(format!("permission `{permission}` is not a snake_case name")));
         }
-        let (mut direct, mut multipart) = (false, false);
+        let (mut direct, mut multipart, mut money) = (false, false, None);
         for flag in rest {
             let seen = match *flag {
                 "direct" => std::mem::replace(&mut direct, true),
                 "multipart" => std::mem::replace(&mut multipart, true),
+                f if let Some(m) = f.strip_prefix("money=") => {
+                    money.replace(Money::parse(m).map_err(AddError::Message)?).is_some()
+                }
                 other => {
-                    return Err(AddError::Message(format!("unknown flag `{other}` (direct, multipart)")));
+                    return Err(AddError::Message(format!(
+                        "unknown flag `{other}` (direct, multipart, money=KIND:FIELD:PRICE)"
+                    )));
                 }
             };
             if seen {
                 return Err(AddError::Message(format!("flag `{flag}` given twice")));
             }
+        }
+        if money.is_some() && method != Method::POST {
+            return Err(AddError::Message("only a POST moves money (money=…)".into()));
         }
         let segments = template_segments(template).map_err(|e| AddError::Message(e.to_string()))?;
         // The convention the account rule relies on, held here rather than assumed there.
@@ -185,6 +302,7 @@ impl Catalog {
             direct,
             multipart,
             account_segment,
+            money,
         });
         Ok(idx)
     }

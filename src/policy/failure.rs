@@ -100,6 +100,16 @@ pub enum Failure {
     },
     /// Redis, where the shared limits are kept, is out and `on_redis_error = "deny"`.
     RateLimitUnavailable,
+    /// The call would pass one of the service's spend caps (`[[service.spend]]`): the message
+    /// names the cap, what is left and when the oldest spend frees (`policy::spend`).
+    SpendLimitExceeded {
+        message: String,
+    },
+    /// A capped call keyward could not price (the object it acts on could not be read): it is
+    /// refused, never guessed (fail closed).
+    SpendLimitUnavailable {
+        message: String,
+    },
     Internal,
 }
 
@@ -130,13 +140,16 @@ impl Failure {
             | UnknownEndpoint { .. }
             | MissingPermission { .. }
             | AccountNotAllowed { .. }
-            | DirectPermission { .. } => StatusCode::FORBIDDEN,
+            | DirectPermission { .. }
+            | SpendLimitExceeded { .. } => StatusCode::FORBIDDEN,
             NonCanonical(_) | TokenInWrongPlace { .. } => StatusCode::BAD_REQUEST,
             BodyTooLarge { .. } | FormTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyUnreadable => StatusCode::BAD_REQUEST,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             UpstreamNotConfigured(_) => StatusCode::BAD_GATEWAY,
-            LivemodeMismatch | RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            LivemodeMismatch | RateLimitUnavailable | SpendLimitUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             RateLimited { .. } | ConcurrencyLimited | BudgetLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             HostNotProxied { .. } | PlainHttp | TunnelServiceMismatch => StatusCode::FORBIDDEN,
             NotProxyRequest => StatusCode::BAD_REQUEST,
@@ -178,6 +191,8 @@ impl Failure {
             // Stripe's own code: the SDKs raise their RateLimitError.
             RateLimited { .. } | ConcurrencyLimited | BudgetLimited { .. } => "rate_limit",
             RateLimitUnavailable => "rate_limit_unavailable",
+            SpendLimitExceeded { .. } => "spend_limit_exceeded",
+            SpendLimitUnavailable { .. } => "spend_limit_unavailable",
             Internal => "internal_error",
         }
     }
@@ -343,6 +358,7 @@ impl Failure {
                                      (ratelimit.redis), and refuses calls until it can \
                                      (on_redis_error = \"deny\"). Retry later."
                 .into(),
+            SpendLimitExceeded { message } | SpendLimitUnavailable { message } => message.clone(),
             Internal => "keyward hit an internal error.".into(),
         }
     }

@@ -15,6 +15,7 @@ pub mod identity;
 mod model;
 pub mod multipart;
 pub mod params;
+pub mod spend;
 pub mod token_format;
 
 pub use caller::{ProxyRefusal, proxy_identify};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::policy::catalog::{Catalog, PermId};
+use crate::policy::catalog::{Catalog, MoneyKind, PermId};
 use crate::policy::expand::Expansions;
 use crate::policy::identity::TokenHash;
 
@@ -76,6 +76,23 @@ pub struct Service {
     pub client_ids: Vec<String>,
     /// Suspend a token presented from outside the allowlist this often (`quarantine`).
     pub quarantine: Option<Quarantine>,
+    /// Its spend caps (`[[service.spend]]`), one per kind and currency.
+    pub spend: Vec<Cap>,
+}
+
+/// One `[[service.spend]]` cap, for one kind (a table naming several kinds compiles to one
+/// cap each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cap {
+    pub kind: MoneyKind,
+    /// Lowercase ISO 4217 (`usd`).
+    pub currency: Arc<str>,
+    /// The most one call may move, in minor units.
+    pub per_call: Option<u64>,
+    /// The most all calls may move over any rolling 24 hours, in minor units.
+    pub per_day: Option<u64>,
+    /// Each Connect account its own `per_day`.
+    pub per_account: bool,
 }
 
 /// `refusals` refusals for the source address within `within` suspend the token.

@@ -69,6 +69,33 @@ pub fn read(encoded: &[u8]) -> Result<Vec<String>, Reason> {
     Ok(expand)
 }
 
+/// The value of the plain field `name` (no subscripts) of a form already read by [`read`],
+/// percent-decoded; `None` if absent. A field keyward counts money by is read one way or not
+/// at all: given twice (Rack keeps the last), with subscripts, or not UTF-8, it is refused.
+pub fn field(encoded: &[u8], name: &str) -> Result<Option<String>, Reason> {
+    let mut found = None;
+    for pair in encoded.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
+        };
+        let key = decode(k).ok_or("has a malformed percent-encoding in a parameter")?;
+        let Ok(key) = std::str::from_utf8(&key) else { continue };
+        let (base, subscripts) = split_name(key)?;
+        if base != name {
+            continue;
+        }
+        if !subscripts.is_empty() || found.is_some() {
+            return Err(
+                "gives a field that moves money twice, or with subscripts, which keyward does not read",
+            );
+        }
+        let value = decode(v).ok_or("has a malformed percent-encoding in a parameter")?;
+        found = Some(String::from_utf8(value).map_err(|_| "has a money field that is not UTF-8")?);
+    }
+    Ok(found)
+}
+
 /// `expand=x`, `expand[]=x` or `expand[N]=x`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ExpandForm {
@@ -224,6 +251,17 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn a_money_field_is_read_once_or_refused() {
+        assert_eq!(field(b"charge=ch_1&amount=500", "amount"), Ok(Some("500".into())));
+        assert_eq!(field(b"%61mount=7&metadata[amount]=9", "amount"), Ok(Some("7".into())));
+        assert_eq!(field(b"charge=ch_1", "amount"), Ok(None));
+        assert_eq!(field(b"amounts=1&x_amount=2", "amount"), Ok(None));
+        for bad in ["amount=1&amount=2", "amount[]=1", "amount[x]=1", "amount=%ff", "amount=%zz"] {
+            assert!(field(bad.as_bytes(), "amount").is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -106,6 +106,11 @@ impl Exchange {
         }
     }
 
+    /// The state the exchange records into.
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
     /// What the policy learnt and decided.
     pub fn note(&mut self, ruling: &Ruling<'_>, upstream_names: &[Arc<str>]) {
         let r = &mut self.record;

@@ -15,4 +15,5 @@ pub mod proxy;
 pub mod refusal;
 pub mod respond;
 pub mod scrub;
+pub mod spend;
 pub mod stall;

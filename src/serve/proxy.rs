@@ -31,6 +31,7 @@ use crate::serve::outcome::{BodyStop, Signal};
 use crate::serve::refusal::{Fault, Refusal};
 use crate::serve::respond;
 use crate::serve::scrub::{self, Scrub};
+use crate::serve::spend;
 use crate::upstream::{self, Answer, Body, BoxError};
 
 /// Shared by every connection: the state the control plane keeps, the connection counts,
@@ -134,7 +135,7 @@ impl Proxy {
         let mut ex = exchange();
         ex.slot = Some(slot);
         ex.in_flight = in_flight;
-        Ok(match forward(&snap, route, &parts, body, &self.forms, &self.meters, &mut ex).await {
+        Ok(match forward(&snap, route, &parts, body, &self.forms, &self.meters, &self.ids, &mut ex).await {
             Ok(resp) => ex.respond(resp, false),
             Err(f) => {
                 ex.failed(&f);
@@ -197,6 +198,7 @@ fn closing(mut resp: Response<Body>, unread: bool) -> Response<Body> {
 }
 
 /// The phases of a call the policy let go.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     snap: &Arc<Snapshot>,
     route: Route<'_>,
@@ -204,10 +206,21 @@ async fn forward(
     body: Incoming,
     forms: &Arc<Semaphore>,
     meters: &MeterSessions,
+    ids: &RequestIds,
     ex: &mut Exchange,
 ) -> Result<Response<Body>, Refusal> {
-    let body = check_body(snap, route, parts, body, forms, ex).await?;
+    let (body, form) = check_body(snap, route, parts, body, forms, ex).await?;
     let (mut req, up, secret) = rewrite_request(snap, route, parts, body, ex)?;
+    // Spend caps: priced and reserved before anything leaves (boxed: the rare money paths
+    // would otherwise size every call's future).
+    let reservation = match route.entry.is_some_and(|e| e.money.is_some()) {
+        true => {
+            let state = ex.state().clone();
+            let form = form.unwrap_or_default();
+            Box::pin(spend::reserve(&state, ids, snap, route, parts, &form, &secret, ex)).await?
+        }
+        false => None,
+    };
     let mut credentials = scrub::Credentials::new(secret);
     let meter = route.entry.filter(|e| e.method == http::Method::POST).map(|e| &*e.template);
     if meter == Some(meter::STREAM) {
@@ -227,7 +240,11 @@ async fn forward(
             }
         }
     }
-    let (answer, deadline) = send(snap, up, req, ex).await?;
+    let sent = send(snap, up, req, ex).await;
+    if let Some(r) = reservation {
+        r.settle(sent.as_ref().ok().map(|(a, _)| a.status()), ex);
+    }
+    let (answer, deadline) = sent?;
     // A rotation may have swapped the secret while the call was out: its new version too.
     if let Some(now) = snap.secrets[route.service.secret].serving() {
         credentials.also_secret(now);
@@ -240,7 +257,8 @@ async fn forward(
 }
 
 /// Phase 5, the body rules as the policy shaped them (`Route::body`): its size, how long it
-/// takes to arrive, and what a form or multipart body carries. Form bodies are read whole here.
+/// takes to arrive, and what a form or multipart body carries. Form bodies are read whole here,
+/// and handed back too (for the spend caps).
 async fn check_body(
     snap: &Arc<Snapshot>,
     route: Route<'_>,
@@ -248,7 +266,7 @@ async fn check_body(
     body: Incoming,
     forms: &Arc<Semaphore>,
     ex: &mut Exchange,
-) -> Result<Body, Failure> {
+) -> Result<(Body, Option<Bytes>), Failure> {
     let limit = snap.limits.max_body_bytes;
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -283,12 +301,16 @@ async fn check_body(
             {
                 ex.would_deny(&f);
             }
-            Metered::new(Full::new(form).map_err(|e| match e {}), Count::Nothing, budget).boxed()
+            let kept = form.clone();
+            (
+                Metered::new(Full::new(form).map_err(|e| match e {}), Count::Nothing, budget).boxed(),
+                Some(kept),
+            )
         }
         BodyShape::Multipart(boundary) => {
-            streamed(PartNames::new(body, boundary, ex.signals.clone()).boxed())
+            (streamed(PartNames::new(body, boundary, ex.signals.clone()).boxed()), None)
         }
-        BodyShape::Other => streamed(body.boxed()),
+        BodyShape::Other => (streamed(body.boxed()), None),
     })
 }
 

@@ -246,3 +246,13 @@ fn reads_are_gets_and_writes_are_posts_and_deletes_but_for_a_documented_few() {
         );
     }
 }
+
+/// docs/configuration.md lists the money-moving endpoints as the catalog's `money=` column
+/// says, generated from it (`policy::spend::table`): the two cannot drift apart.
+#[test]
+fn the_spend_caps_table_in_the_docs_is_the_catalogs() {
+    let table = keyward::policy::spend::table(&catalog());
+    let doc = include_str!("../../docs/configuration.md");
+    assert!(doc.contains(&table), "docs/configuration.md should hold, under \"Spend caps\":\n{table}");
+    assert!(table.lines().count() >= 2 + 16, "{table}");
+}

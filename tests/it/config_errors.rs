@@ -187,6 +187,34 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             vec!["service \"billing\".client_ids[0]", "neither a URI"],
         ),
         (
+            "a spend cap on a kind keyward does not count",
+            format!("{good}\n[[service.spend]]\nkinds = [\"refund\", \"refunds\"]\ncurrency = \"usd\"\nper_day = 5\n"),
+            vec!["service \"billing\".spend[0].kinds[1]", "`refunds` is not a kind keyward counts"],
+        ),
+        (
+            "a spend cap without a currency",
+            format!("{good}\n[[service.spend]]\nkinds = [\"payout\"]\nper_day = 5\n"),
+            vec!["service \"billing\".spend[0].currency", "is required"],
+        ),
+        (
+            "a spend cap whose per_call is over its per_day",
+            format!("{good}\n[[service.spend]]\nkinds = [\"payout\"]\ncurrency = \"usd\"\nper_call = 9\nper_day = 5\n"),
+            vec!["service \"billing\".spend[0].per_call", "larger than per_day (9 > 5)"],
+        ),
+        (
+            "two spend caps for one kind and currency",
+            format!(
+                "{good}\n[[service.spend]]\nkinds = [\"payout\"]\ncurrency = \"usd\"\nper_day = 5\n\
+                 [[service.spend]]\nkinds = [\"transfer\", \"payout\"]\ncurrency = \"usd\"\nper_day = 7\n"
+            ),
+            vec!["service \"billing\".spend[1].kinds[1]", "payout in usd is capped twice"],
+        ),
+        (
+            "a spend currency in capitals",
+            format!("{good}\n[[service.spend]]\nkinds = [\"payout\"]\ncurrency = \"USD\"\nper_day = 5\n"),
+            vec!["service \"billing\".spend[0].currency", "lowercase three-letter"],
+        ),
+        (
             "a rate that is not one",
             good.replace("source_ips =", "rate = \"20 per second\"\nsource_ips ="),
             vec!["service \"billing\".rate", "not a rate like"],
@@ -594,4 +622,22 @@ fn a_pasted_key_is_shown_as_prefix_and_last_4() {
             }
         }
     }
+}
+
+#[test]
+fn spend_caps_without_redis_are_checked_with_a_warning() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let capped = format!(
+        "{}\n[[service.spend]]\nkinds = [\"refund\"]\ncurrency = \"usd\"\nper_day = 50000\n",
+        base(&pki, dir.path())
+    );
+    let (ok, out) = check(dir.path(), &capped);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: spend caps are set (billing) without [ratelimit] redis: each replica counts"),
+        "{out}"
+    );
+    let (ok, out) = check(dir.path(), &base(&pki, dir.path()));
+    assert!(ok && !out.contains("spend caps"), "{out}");
 }

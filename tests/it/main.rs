@@ -30,6 +30,7 @@ mod replicas;
 mod revoke;
 mod scrub;
 mod shutdown;
+mod spend;
 mod stripe_sdk;
 mod telemetry;
 mod token_scan;

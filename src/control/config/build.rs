@@ -81,7 +81,9 @@ pub async fn build(
         return Err(errs.list);
     }
     let forward_tls = proxy_port_tls(&plan, tls.as_ref());
+    let warnings = spend_warnings(&plan);
     Ok(Snapshot {
+        warnings,
         version: plan.version,
         listen: plan.file.server.listen,
         admin_listen: plan.file.server.admin_listen,
@@ -93,6 +95,8 @@ pub async fn build(
         audit: crate::audit::Settings { signer, ..plan.audit },
         forward_tls,
         ratelimits,
+        // The day's spend outlives any configuration: a changed cap applies to it.
+        spend: previous.map(|p| p.spend.clone()).unwrap_or_default(),
         otlp_endpoint: plan.otlp_endpoint.clone(),
         forward: plan.forward,
         intercept,
@@ -101,6 +105,31 @@ pub async fn build(
         upstreams,
         secrets,
     })
+}
+
+/// Spend caps that do not hold as written: per replica without Redis, none at all on a catalog
+/// without the `money=` column.
+fn spend_warnings(plan: &Plan) -> Vec<String> {
+    let capped: Vec<&str> =
+        plan.policy.services.iter().filter(|s| !s.spend.is_empty()).map(|s| &*s.name).collect();
+    let mut out = Vec::new();
+    if capped.is_empty() {
+        return out;
+    }
+    if plan.file.ratelimit.redis.is_none() {
+        out.push(format!(
+            "spend caps are set ({}) without [ratelimit] redis: each replica counts only its own calls, \
+             so N replicas may together move N times a cap",
+            capped.join(", ")
+        ));
+    }
+    if plan.file.catalog.path.is_some() && plan.policy.catalog.entries.iter().all(|e| e.money.is_none()) {
+        out.push(
+            "spend caps are set, but catalog.path has no money= column: no call is counted against them"
+                .into(),
+        );
+    }
+    out
 }
 
 /// Upstreams and their pooled clients, in the order of `policy.upstreams`. A reload keeps an

@@ -380,6 +380,23 @@ pub struct ServiceFile {
     pub priority: Option<Spanned<crate::control::limits::Priority>>,
     /// Suspend a token presented from outside the allowlist this often.
     pub quarantine: Option<Spanned<QuarantineFile>>,
+    /// Spend caps: how much money of each kind the service may move.
+    #[serde(default)]
+    pub spend: Vec<Spanned<SpendFile>>,
+}
+
+/// `[[service.spend]]`: a cap on the money of `kinds` moved in `currency`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpendFile {
+    pub kinds: Vec<Spanned<String>>,
+    pub currency: Option<Spanned<String>>,
+    /// Minor units.
+    pub per_call: Option<u64>,
+    /// Minor units, over any rolling 24 hours.
+    pub per_day: Option<u64>,
+    #[serde(default)]
+    pub per_account: bool,
 }
 
 /// `quarantine = { ip_refusals = 20, within = "5m" }`

@@ -13,7 +13,8 @@ use toml::Spanned;
 use super::errors::Errors;
 use super::file::{FileConfig, ServiceFile};
 use crate::control::limits::{LimitSpec, Rate};
-use crate::policy::catalog::Catalog;
+use crate::policy::catalog::{Catalog, MoneyKind};
+use crate::policy::spend::Cap;
 use crate::policy::{Accounts, Level, Quarantine, Service, Token, TokenRef};
 
 /// How errors name a service: `service "billing"`, or by position while its name is unusable.
@@ -98,6 +99,7 @@ pub fn build(
             tokens: svc_tokens,
             client_ids: client_ids(s, &key, errs),
             quarantine: quarantine(s, &key, errs),
+            spend: spend(s, &key, errs),
         });
     }
     Compiled { services, tokens, limits: limit_specs }
@@ -114,6 +116,85 @@ fn quarantine(s: &ServiceFile, key: &str, errs: &mut Errors) -> Option<Quarantin
         errs.at(Some(span), format!("{key}.quarantine.within"), "must be between 1s and 24h");
     }
     Some(Quarantine { refusals: f.ip_refusals, within: f.within })
+}
+
+/// A service's `[[service.spend]]` caps, one per kind: each kind known, a lowercase ISO
+/// currency, `per_call` and `per_day` at least 1 and in that order, one cap per kind and
+/// currency.
+fn spend(s: &ServiceFile, key: &str, errs: &mut Errors) -> Vec<Cap> {
+    let mut caps: Vec<Cap> = Vec::new();
+    for (i, t) in s.spend.iter().enumerate() {
+        let (span, f) = (t.span(), t.get_ref());
+        let at = format!("{key}.spend[{i}]");
+        let currency = match &f.currency {
+            None => {
+                errs.at(Some(span.clone()), format!("{at}.currency"), "is required: the lowercase ISO code the cap counts in, e.g. \"usd\" (amounts of different currencies are never added)");
+                continue;
+            }
+            Some(c) if c.get_ref().len() != 3 || !c.get_ref().bytes().all(|b| b.is_ascii_lowercase()) => {
+                errs.at(
+                    Some(c.span()),
+                    format!("{at}.currency"),
+                    "must be a lowercase three-letter ISO currency code, e.g. \"usd\"",
+                );
+                continue;
+            }
+            Some(c) => Arc::<str>::from(c.get_ref().as_str()),
+        };
+        if f.kinds.is_empty() {
+            errs.at(
+                Some(span.clone()),
+                format!("{at}.kinds"),
+                "is empty: name refund, payout, transfer or payment",
+            );
+        }
+        if f.per_call.is_none() && f.per_day.is_none() {
+            errs.at(Some(span.clone()), &at, "sets neither per_call nor per_day");
+        }
+        for (name, v) in [("per_call", f.per_call), ("per_day", f.per_day)] {
+            if v == Some(0) {
+                errs.at(
+                    Some(span.clone()),
+                    format!("{at}.{name}"),
+                    "must be at least 1 (remove the service's write scope to forbid the calls)",
+                );
+            }
+        }
+        if let (Some(call), Some(day)) = (f.per_call, f.per_day)
+            && call > day
+        {
+            errs.at(
+                Some(span.clone()),
+                format!("{at}.per_call"),
+                format!("is larger than per_day ({call} > {day}): no call could spend it"),
+            );
+        }
+        for (j, k) in f.kinds.iter().enumerate() {
+            let Some(kind) = MoneyKind::parse(k.get_ref()) else {
+                errs.at(
+                    Some(k.span()),
+                    format!("{at}.kinds[{j}]"),
+                    format!(
+                        "`{}` is not a kind keyward counts: refund, payout, transfer or payment",
+                        k.get_ref()
+                    ),
+                );
+                continue;
+            };
+            if caps.iter().any(|c| c.kind == kind && c.currency == currency) {
+                errs.at(Some(k.span()), format!("{at}.kinds[{j}]"), format!("{} in {currency} is capped twice in this service: one [[service.spend]] per kind and currency", kind.as_str()));
+                continue;
+            }
+            caps.push(Cap {
+                kind,
+                currency: currency.clone(),
+                per_call: f.per_call,
+                per_day: f.per_day,
+                per_account: f.per_account,
+            });
+        }
+    }
+    caps
 }
 
 /// A service's `rate`, `burst` and `concurrency`, if it has any.

@@ -94,7 +94,9 @@ pub struct Seen {
 /// The stand-in for the payments API: TLS, records every request, answers Stripe-like JSON.
 /// Like Stripe it offers HTTP/2 and HTTP/1.1 by ALPN. A request with `x-test-delay-ms` is
 /// answered that much later; with `x-test-body-stall-ms`, the answer's body stalls that long
-/// after its first bytes; with `x-test-body-bytes: N`, the answer is N bytes of `x`.
+/// after its first bytes; with `x-test-body-bytes: N`, the answer is N bytes of `x`; with
+/// `x-test-status: N`, the status is N (an error body from 400 on). An object id like
+/// `ch_usd_5000_1000` is answered with an amount (5000), `amount_refunded` (1000) and currency.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -200,6 +202,10 @@ async fn answer(
     let size: Option<usize> =
         parts.headers.get("x-test-body-bytes").and_then(|v| v.to_str().ok()?.parse().ok());
     let path = parts.uri.path().to_string();
+    let parts_query = parts.uri.query().unwrap_or("").to_string();
+    // `x-test-status: 402`: answered with that status and a Stripe-shaped error.
+    let forced_status: Option<u16> =
+        parts.headers.get("x-test-status").and_then(|v| v.to_str().ok()?.parse().ok());
     let refuse = parts.headers.get("stripe-version").is_some_and(|v| v == "test-refuse").then(|| {
         parts.headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
     });
@@ -244,7 +250,25 @@ async fn answer(
         })
     } else if last.contains('_') && segs.len() >= 3 {
         let kind = segs[segs.len() - 2].trim_end_matches('s');
-        serde_json::json!({ "id": last, "object": kind, "livemode": false })
+        let mut obj = serde_json::json!({ "id": last, "object": kind, "livemode": false });
+        // `ch_usd_5000_1000`: a charge (or PaymentIntent, fee, invoice) of 5000 usd, 1000 of
+        // it refunded, for the spend caps' pricing reads.
+        let id: Vec<&str> = last.split('_').collect();
+        if let [_, cur, amount, rest @ ..] = &id[..]
+            && cur.len() == 3
+            && cur.bytes().all(|b| b.is_ascii_lowercase())
+            && let Ok(amount) = amount.parse::<u64>()
+        {
+            let refunded: u64 = rest.first().and_then(|r| r.parse().ok()).unwrap_or(0);
+            let money = serde_json::json!({ "amount": amount, "amount_refunded": refunded,
+                "amount_received": amount, "amount_remaining": amount - refunded, "currency": cur });
+            obj.as_object_mut().unwrap().extend(money.as_object().unwrap().clone());
+            if parts_query.contains("latest_charge") {
+                obj["latest_charge"] = serde_json::json!({ "object": "charge", "amount": amount,
+                    "amount_refunded": refunded, "currency": cur });
+            }
+        }
+        obj
     } else {
         serde_json::json!({ "object": "list", "data": [], "has_more": false, "url": path })
     };
@@ -256,13 +280,17 @@ async fn answer(
         // The secret in the middle, so that a stalled answer splits it across two chunks.
         (Some(auth), _, None) => format!("{pad}{auth}{pad}", pad = "x".repeat(64)),
         (None, Some(n), None) => "x".repeat(n),
+        (None, None, None) if forced_status.is_some_and(|s| s >= 400) => serde_json::json!({"error": {
+            "type": if forced_status >= Some(500) { "api_error" } else { "card_error" },
+            "code": "test_status", "message": "answered as the test asked"}})
+        .to_string(),
         (None, None, None) => json.to_string(),
     };
     let (text, coding) = match coding {
         Some(c) => (compressed(&c, text.as_bytes()), Some(c)),
         None => (Bytes::from(text), None),
     };
-    let status = if refused { 400 } else { 200 };
+    let status = if refused { 400 } else { forced_status.unwrap_or(200) };
     let mut resp = Response::builder().status(status);
     if let Some(c) = coding {
         resp = resp.header("content-encoding", c);
