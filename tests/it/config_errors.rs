@@ -249,10 +249,10 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             vec!["ratelimit.upstream_rate", "not a rate like", "ratelimit.redis", "password_secret"],
         ),
         (
-            "TLS to Redis, a timeout too long, a password secret that is not defined",
+            "not a Redis URL, a timeout too long, a password secret that is not defined",
             good.replace(
                 "[audit]",
-                "[ratelimit]\nredis = \"rediss://redis:6379\"\ntimeout = \"30s\"\npassword_secret = \"nope\"\n[audit]",
+                "[ratelimit]\nredis = \"memcached://redis:6379\"\ntimeout = \"30s\"\npassword_secret = \"nope\"\n[audit]",
             ),
             vec!["ratelimit.redis", "rediss://", "ratelimit.timeout", "ratelimit.password_secret", "no [secret.nope]"],
         ),
@@ -367,6 +367,30 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             "checkpoints published into the log itself",
             good.replace("[audit]\n", "[audit]\ncheckpoints = \"-\"\n"),
             vec!["audit.checkpoints", "other than the access log"],
+        ),
+        (
+            "a CA for Redis without TLS",
+            good.replacen("[[service]]", "[ratelimit]\nredis = \"redis://127.0.0.1:6379\"\nca = \"ca.pem\"\n\n[[service]]", 1),
+            vec!["ratelimit.ca", "needs ratelimit.redis = \"rediss://"],
+        ),
+        (
+            "TLS checks turned off in the Redis URL",
+            good.replacen("[[service]]", "[ratelimit]\nredis = \"rediss://127.0.0.1:6379/#insecure\"\n\n[[service]]", 1),
+            vec!["ratelimit.redis", "#fragment"],
+        ),
+        (
+            "a Redis user twice",
+            good.replacen(
+                "[[service]]",
+                "[ratelimit]\nredis = \"rediss://kw@127.0.0.1:6379\"\nusername = \"keyward\"\n\n[[service]]",
+                1,
+            ),
+            vec!["ratelimit.username", "not both"],
+        ),
+        (
+            "a client certificate without its key",
+            good.replacen("[[service]]", "[ratelimit]\nredis = \"rediss://127.0.0.1:6379\"\ntls_cert = \"c.pem\"\n\n[[service]]", 1),
+            vec!["ratelimit.tls_key", "is missing"],
         ),
         (
             "a checkpoint interval too short",

@@ -244,3 +244,52 @@ async fn a_suspension_on_one_replica_holds_on_every_replica() {
     assert!(refused_on(&two, CHECKOUT).await, "shared once Redis answered again");
     assert_eq!(one.get("/v1/charges", CHECKOUT).await.status, 401);
 }
+
+/// Managed Redis is TLS-only with ACL users: `rediss://` with keyward's CA for it, a client
+/// certificate and `username` beside `password_secret`. Two replicas keep one rate through it;
+/// a replica without the client certificate, or with another password, reaches no store.
+#[tokio::test]
+async fn rediss_with_an_acl_user_and_a_client_certificate_keeps_one_rate() {
+    const PASS: &str = "redis-acl-pass-CANARY-7d1e";
+    let pki = Pki::new();
+    // keyward refuses a client key others may read.
+    std::fs::set_permissions(&pki.key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let redis = Redis::start_tls(&pki, "keyward", PASS);
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = |name: &str, value: &str| {
+        let f = secrets.path().join(format!("{name}.toml"));
+        std::fs::write(&f, format!("redis = {value:?}\n")).unwrap();
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        f
+    };
+    let (good, bad) = (secret("good", PASS), secret("bad", "not-the-password"));
+    let top = |secret: &std::path::Path, client_cert: bool| {
+        let cert = match client_cert {
+            true => format!("tls_cert = {:?}\ntls_key = {:?}\n", pki.cert, pki.key),
+            false => String::new(),
+        };
+        format!(
+            "[ratelimit]\nredis = \"rediss://localhost:{}/0\"\nusername = \"keyward\"\npassword_secret = \"redis\"\n\
+             ca = {:?}\n{cert}timeout = \"2s\"\non_redis_error = \"deny\"\n\
+             [secret.redis]\nsource = \"file\"\npath = {secret:?}\nkey = \"redis\"",
+            redis.port, pki.ca
+        )
+    };
+    let start = |top: String| Harness::new().top(&top).service(svc("a", BATCH, "rate = \"4/m\"")).start();
+    let (one, two) = (start(top(&good, true)).await, start(top(&good, true)).await);
+    let mut admitted = 0;
+    for i in 0..8 {
+        let kw = if i % 2 == 0 { &one } else { &two };
+        admitted += usize::from(kw.get("/v1/charges", BATCH).await.status == 200);
+    }
+    assert_eq!(admitted, 4, "one rate for both replicas, kept in Redis over TLS");
+    assert_eq!(one.metric("keyward_ratelimit_store_up").await, 1.0);
+    for (what, top) in [("no client certificate", top(&good, false)), ("another password", top(&bad, true))] {
+        let kw = start(top).await;
+        let r = kw.get("/v1/charges", BATCH).await;
+        assert_eq!((r.status, r.error_code()), (503, "rate_limit_unavailable".to_string()), "{what}");
+        assert_eq!(kw.metric("keyward_ratelimit_store_up").await, 0.0, "{what}");
+        let log = std::fs::read_to_string(kw.dir.path().join("audit.jsonl")).unwrap_or_default();
+        assert!(!log.contains(PASS), "{what}: the password in the log");
+    }
+}

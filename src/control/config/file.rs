@@ -246,10 +246,18 @@ pub struct RatelimitFile {
     pub upstream_rate: Option<Spanned<String>>,
     /// Calls that may go at once after an idle time (default: the rate's count).
     pub upstream_burst: Option<u32>,
-    /// `redis://host:port/db`: keep the rates in Redis, shared by every replica.
+    /// `redis://host:port/db`, or `rediss://` over TLS: keep the rates in Redis, shared by
+    /// every replica.
     pub redis: Option<Spanned<String>>,
     /// A `[secret.NAME]` holding Redis's password (never in the URL).
     pub password_secret: Option<Spanned<String>>,
+    /// The ACL user keyward logs in as (or `redis://user@host`, not both).
+    pub username: Option<String>,
+    /// `rediss://`: the CA that signed Redis's certificate (PEM); default: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// `rediss://`: a client certificate and its key (PEM), for a Redis that asks for one.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Prefix of keyward's keys in Redis.
     pub key_prefix: Option<String>,
     /// Longest a request waits for Redis before `on_redis_error` applies.

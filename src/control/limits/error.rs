@@ -16,4 +16,8 @@ pub enum LimitsError {
     Random(#[from] getrandom::Error),
     #[error("no answer in time (ratelimit.timeout)")]
     Timeout,
+    #[error("{}: {source}", path.display())]
+    TlsFile { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{}: group or others may read this key (mode {mode:o}): chmod 600 it", path.display())]
+    LooseKey { path: std::path::PathBuf, mode: u32 },
 }

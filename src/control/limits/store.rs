@@ -3,6 +3,7 @@
 //! shared budget together (both updated or neither), on Redis's clock. Each replica also
 //! counts the replicas alive (a heartbeat), so that while Redis is out it can keep its share.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,6 +43,11 @@ impl OnRedisError {
 pub struct StoreSpec {
     pub url: String,
     pub password: Option<Zeroizing<String>>,
+    /// The ACL user, when not in the URL.
+    pub username: Option<String>,
+    /// `rediss://`: the CA (else the system's roots) and a client certificate and key.
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     pub key_prefix: String,
     pub timeout: Duration,
     pub on_error: OnRedisError,
@@ -52,11 +58,36 @@ impl std::fmt::Debug for StoreSpec {
         f.debug_struct("StoreSpec")
             .field("url", &self.url)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("username", &self.username)
+            .field("ca", &self.ca)
+            .field("client_cert", &self.client_cert.as_ref().map(|(c, _)| c))
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
             .field("on_error", &self.on_error)
             .finish()
     }
+}
+
+/// `rediss://`'s CA and client certificate, read (PEM).
+fn tls_files(spec: &StoreSpec) -> Result<redis::TlsCertificates, LimitsError> {
+    let read =
+        |p: &PathBuf| std::fs::read(p).map_err(|e| LimitsError::TlsFile { path: p.clone(), source: e });
+    let root_cert = spec.ca.as_ref().map(read).transpose()?;
+    let client_tls = match &spec.client_cert {
+        Some((cert, key)) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(key)
+                .map_err(|e| LimitsError::TlsFile { path: key.clone(), source: e })?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(LimitsError::LooseKey { path: key.clone(), mode: mode & 0o777 });
+            }
+            Some(redis::ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? })
+        }
+        None => None,
+    };
+    Ok(redis::TlsCertificates { client_tls, root_cert })
 }
 
 /// GCRA over each key in turn (ARGV: interval and tolerance in µs, per key); every key is
@@ -129,7 +160,13 @@ impl Store {
         if let Some(pw) = &spec.password {
             info = info.clone().set_redis_settings(info.redis_settings().clone().set_password(pw.as_str()));
         }
-        let client = redis::Client::open(info)?;
+        if let Some(user) = &spec.username {
+            info = info.clone().set_redis_settings(info.redis_settings().clone().set_username(user));
+        }
+        let client = match spec.url.starts_with("rediss://") {
+            true => redis::Client::build_with_tls(info, tls_files(&spec)?)?,
+            false => redis::Client::open(info)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(spec.timeout))
             .set_response_timeout(Some(spec.timeout))
@@ -273,6 +310,9 @@ mod tests {
         let spec = StoreSpec {
             url: "redis://127.0.0.1:6379/0".into(),
             password: Some(Zeroizing::new("CANARY-redis-pw".into())),
+            username: Some("keyward".into()),
+            ca: None,
+            client_cert: None,
             key_prefix: "keyward".into(),
             timeout: Duration::from_millis(50),
             on_error: OnRedisError::Local,
