@@ -62,6 +62,8 @@ pub struct Intercept {
     /// By host (the `CONNECT` target's host).
     leaves: HashMap<String, ArcSwap<Leaf>>,
     renewing: Mutex<()>,
+    /// The CA certificate's notAfter (Unix seconds): rotate it before then.
+    pub ca_expires: i64,
 }
 
 /// The CA key as a `[secret.NAME]` holds it: secrets are one-line values (they are made to go
@@ -110,10 +112,21 @@ impl Intercept {
     ) -> Result<Intercept, InterceptError> {
         let key = KeyPair::from_pem(key_pem).map_err(|_| InterceptError::KeyNotPem)?;
         let issuer = Issuer::from_ca_cert_pem(ca_pem, key).map_err(InterceptError::CaCert)?;
-        let ca = rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes())
-            .map_err(InterceptError::CaPem)?;
-        let mut intercept =
-            Intercept { issuer, ca, lifetime, client, leaves: HashMap::new(), renewing: Mutex::new(()) };
+        let ca: CertificateDer<'static> =
+            rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes())
+                .map_err(InterceptError::CaPem)?;
+        let ca_expires = x509_parser::parse_x509_certificate(&ca)
+            .map(|(_, c)| c.validity().not_after.timestamp())
+            .map_err(|e| InterceptError::CaCert(rcgen::Error::X509(e.to_string())))?;
+        let mut intercept = Intercept {
+            issuer,
+            ca,
+            lifetime,
+            client,
+            leaves: HashMap::new(),
+            renewing: Mutex::new(()),
+            ca_expires,
+        };
         for host in hosts {
             let leaf = intercept.leaf(host)?;
             intercept.leaves.insert(host.to_string(), ArcSwap::from_pointee(leaf));

@@ -22,6 +22,9 @@ use crate::policy::Decision;
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// keyward's own time is in tenths of a millisecond when all is well.
+const ADDED_BUCKETS: [f64; 12] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 const BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// A service, permission or upstream name as a label: shared, so counting allocates nothing.
@@ -54,6 +57,8 @@ impl EncodeLabelValue for Code {
 struct RequestLabels {
     service: Name,
     permission: Name,
+    /// `reverse` or `forward`: how the call came.
+    mode: &'static str,
     decision: Decision,
     status: &'static str,
     reason: Code,
@@ -96,6 +101,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Histogram,
     upstream_duration: Histogram,
+    /// keyward's own share of a forwarded call's time: its duration less the upstream's.
+    added: Histogram,
     upstream_errors: Family<UpstreamLabels, Counter>,
     reloads: Family<ResultLabel, Counter>,
     /// Unix seconds of the last reload that was applied (start counts as one).
@@ -135,6 +142,7 @@ impl Default for Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = Histogram::new(BUCKETS);
         let upstream_duration = Histogram::new(BUCKETS);
+        let added = Histogram::new(ADDED_BUCKETS);
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let (last_reload, in_flight) = (Gauge::default(), Gauge::default());
@@ -158,6 +166,11 @@ impl Default for Metrics {
             "keyward_upstream_duration_seconds",
             "Time the upstream took to answer",
             upstream_duration.clone(),
+        );
+        r.register(
+            "keyward_added_latency_seconds",
+            "keyward's own time in a forwarded call: its duration less the upstream's",
+            added.clone(),
         );
         r.register(
             "keyward_upstream_errors",
@@ -220,6 +233,7 @@ impl Default for Metrics {
             requests,
             duration,
             upstream_duration,
+            added,
             upstream_errors,
             reloads,
             last_reload,
@@ -250,6 +264,7 @@ impl Metrics {
         let labels = RequestLabels {
             service: Name(r.service.clone()),
             permission: Name(r.permission.clone()),
+            mode: r.mode.as_str(),
             decision: r.decision,
             status,
             reason: Code(r.reason.clone()),
@@ -258,6 +273,7 @@ impl Metrics {
         self.duration.observe(r.duration_ms / 1e3);
         if let Some(ms) = r.upstream_ms {
             self.upstream_duration.observe(ms / 1e3);
+            self.added.observe((r.duration_ms - ms).max(0.0) / 1e3);
         }
         if let Some(kind) = upstream_error {
             self.upstream_errors
@@ -376,6 +392,13 @@ pub fn scrape(snap: &Snapshot, audit: &AuditCounts, suspended: usize, now: i64) 
         gauge(suspended as u64),
     );
     r.register("keyward_audit_healthy", "1 while the access log is writable", gauge(audit.healthy.into()));
+    if let Some(i) = &snap.intercept {
+        r.register(
+            "keyward_forward_ca_expiry_timestamp_seconds",
+            "Forward mode: when the CA that signs the tunnels' leaves expires (Unix seconds)",
+            ConstGauge::new(i.ca_expires),
+        );
+    }
     if let Some(store) = &snap.ratelimits.store {
         r.register(
             "keyward_ratelimit_store_up",

@@ -688,3 +688,23 @@ async fn a_token_in_the_wrong_place_in_a_tunnel_is_refused() {
     assert!(kw.upstream.requests().is_empty());
     kw.stop().await;
 }
+
+/// What a platform team alerts on in forward mode: the CA's expiry, calls by mode, and
+/// keyward's own share of a call's time.
+#[tokio::test]
+async fn metrics_tell_the_ca_expiry_the_mode_and_the_added_latency() {
+    let kw = forward_harness("").await;
+    let answer = raw_in_tunnel(&kw, &get("/v1/customers/cus_1", TOKEN)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    kw.records(1).await;
+    let expires = kw.metric("keyward_forward_ca_expiry_timestamp_seconds").await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(expires > now + 86_400.0, "the development CA is good for more than a day: {expires}");
+    let (_, body) = kw.admin_raw("GET", "/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.lines().any(|l| l.starts_with("keyward_requests_total{") && l.contains("mode=\"forward\"")),
+        "{text}"
+    );
+    assert_eq!(kw.metric("keyward_added_latency_seconds_count").await, 1.0);
+}
