@@ -19,7 +19,11 @@ pub enum SecretError {
     #[error("{}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     /// `mode`: the file's permission bits (`& 0o777`).
-    #[error("{}: readable by group or others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display())]
+    #[error(
+        "{}: readable by others or by a group not keyward's own (mode {mode:o}); run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
     Loose { path: PathBuf, mode: u32 },
     /// Only where: TOML's own error could quote a value.
     #[error("{}: not valid TOML (line {line})", path.display())]

@@ -5,7 +5,7 @@
 mod cell;
 mod env;
 mod error;
-mod file;
+pub mod file;
 pub mod vault;
 
 use std::fmt;

@@ -334,9 +334,9 @@ async fn metrics_match_the_traffic_and_parse_as_prometheus_text() {
     kw.stop().await;
 
     let want = [
-        r#"keyward_requests_total{service="billing",permission="charge_read",decision="allow",status="2xx",reason="ok"} 3"#,
-        r#"keyward_requests_total{service="billing",permission="charge_write",decision="deny",status="4xx",reason="more_permissions_required"} 2"#,
-        r#"keyward_requests_total{service="",permission="",decision="deny",status="4xx",reason="api_key_invalid"} 1"#,
+        r#"keyward_requests_total{service="billing",permission="charge_read",mode="reverse",decision="allow",status="2xx",reason="ok"} 3"#,
+        r#"keyward_requests_total{service="billing",permission="charge_write",mode="reverse",decision="deny",status="4xx",reason="more_permissions_required"} 2"#,
+        r#"keyward_requests_total{service="",permission="",mode="reverse",decision="deny",status="4xx",reason="api_key_invalid"} 1"#,
         "keyward_requests_in_flight 0",
         r#"keyward_build_info{version=""#,
         "keyward_last_reload_success_timestamp_seconds ",

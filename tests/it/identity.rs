@@ -155,7 +155,7 @@ async fn tokens_bound_to_client_ids_need_the_right_certificate() {
     assert_eq!(recs[2]["reason"], "client_certificate_required");
     assert_eq!(recs[2]["client_id"], serde_json::Value::Null);
     assert_eq!(recs[3]["client_id"], REPORTS_ID);
-    let refused = "keyward_requests_total{service=\"billing\",permission=\"\",decision=\"deny\",status=\"4xx\",reason=\"client_certificate_not_allowed\"}";
+    let refused = "keyward_requests_total{service=\"billing\",permission=\"\",mode=\"reverse\",decision=\"deny\",status=\"4xx\",reason=\"client_certificate_not_allowed\"}";
     let (_, metrics) = kw.admin_raw("GET", "/metrics", &[]).await;
     let metrics = String::from_utf8_lossy(&metrics).into_owned();
     assert!(metrics.lines().any(|l| l.starts_with(refused)), "{metrics}");

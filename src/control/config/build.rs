@@ -29,7 +29,7 @@ pub enum BuildError {
     #[error("{}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     /// `mode`: the file's permission bits (`& 0o777`).
-    #[error("{} may be read by group or others (mode {mode:o}): chmod 600 it", path.display())]
+    #[error("{} may be read by others or by a group not keyward's own (mode {mode:o}): chmod 600 it", path.display())]
     Loose { path: PathBuf, mode: u32 },
 }
 
@@ -424,13 +424,14 @@ fn proxy_port_tls(plan: &Plan, tls: Option<&Arc<rustls::ServerConfig>>) -> Optio
     Some(Arc::new(cfg))
 }
 
-/// A key file, refused if its group or others may read it.
+/// A key file, refused unless private to keyward (`secrets::file::private_enough`).
 fn read_private(path: &Path) -> Result<Zeroizing<String>, BuildError> {
     use std::os::unix::fs::PermissionsExt;
     let read = |source| BuildError::Read { path: path.to_path_buf(), source };
-    let mode = std::fs::metadata(path).map_err(read)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(BuildError::Loose { path: path.to_path_buf(), mode: mode & 0o777 });
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if !crate::secrets::file::private_enough(&meta) {
+        let mode = meta.permissions().mode() & 0o777;
+        return Err(BuildError::Loose { path: path.to_path_buf(), mode });
     }
     std::fs::read_to_string(path).map(Zeroizing::new).map_err(read)
 }

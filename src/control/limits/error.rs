@@ -18,6 +18,6 @@ pub enum LimitsError {
     Timeout,
     #[error("{}: {source}", path.display())]
     TlsFile { path: std::path::PathBuf, source: std::io::Error },
-    #[error("{}: group or others may read this key (mode {mode:o}): chmod 600 it", path.display())]
+    #[error("{}: others or a group not keyward's own may read this key (mode {mode:o}): chmod 600 it", path.display())]
     LooseKey { path: std::path::PathBuf, mode: u32 },
 }

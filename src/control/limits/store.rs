@@ -76,12 +76,11 @@ fn tls_files(spec: &StoreSpec) -> Result<redis::TlsCertificates, LimitsError> {
     let client_tls = match &spec.client_cert {
         Some((cert, key)) => {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(key)
-                .map_err(|e| LimitsError::TlsFile { path: key.clone(), source: e })?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(LimitsError::LooseKey { path: key.clone(), mode: mode & 0o777 });
+            let meta =
+                std::fs::metadata(key).map_err(|e| LimitsError::TlsFile { path: key.clone(), source: e })?;
+            if !crate::secrets::file::private_enough(&meta) {
+                let mode = meta.permissions().mode() & 0o777;
+                return Err(LimitsError::LooseKey { path: key.clone(), mode });
             }
             Some(redis::ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? })
         }
