@@ -388,6 +388,11 @@ fn every_file_keyward_reads_is_mounted_where_its_checks_pass() {
                 add(s.get(key), false);
             }
         }
+        // Redis over TLS: its CA and client certificate (issue 33's [ratelimit] keys).
+        if let Some(rl) = config.get("ratelimit") {
+            add(rl.get("ca"), false);
+            add(rl.get("tls_cert"), false);
+        }
         if let Some(c) = config.get("catalog") {
             add(c.get("path"), false);
             add(c.get("expansions"), false);
@@ -591,6 +596,41 @@ fn production_pods_have_a_priority_class_of_their_own() {
         assert!((1..1_000_000_000).contains(&value), "{}: {value}", r.dir);
         assert_eq!(pc["globalDefault"], false);
     }
+}
+
+#[test]
+fn readmes_own_overlay_replaces_the_placeholder_key_from_an_untracked_file() {
+    // deploy/kubernetes/README.md's `local/` overlay, as written there, beside a copy of the base.
+    let readme = std::fs::read_to_string(repo().join("deploy/kubernetes/README.md")).unwrap();
+    let start = "cat > deploy/kubernetes/local/kustomization.yaml <<'END'\n";
+    let at = readme.find(start).expect("the local overlay in deploy/kubernetes/README.md") + start.len();
+    let kustomization = &readme[at..at + readme[at..].find("\nEND\n").unwrap()];
+    let gitignore = std::fs::read_to_string(repo().join(".gitignore")).unwrap();
+    assert!(gitignore.lines().any(|l| l == "/deploy/kubernetes/local/"), "local/ is not in .gitignore");
+    // Beside the base, as local/ would be (kustomize takes no absolute path); removed on drop.
+    let dir =
+        tempfile::Builder::new().prefix(".test-local-").tempdir_in(repo().join("deploy/kubernetes")).unwrap();
+    let local = dir.path();
+    std::fs::write(local.join("kustomization.yaml"), kustomization).unwrap();
+    let key = "api_key = \"sk_test_from_an_untracked_file\"\n";
+    std::fs::write(local.join("stripe.toml"), key).unwrap();
+    let (ok, yaml, err) = run(
+        Command::new("kubectl").args(["kustomize", local.to_str().unwrap()]),
+        "",
+        "kubectl (1.32, for `kubectl kustomize`)",
+    );
+    assert!(ok, "the README's overlay does not render:\n{err}");
+    assert!(!yaml.contains("REPLACE_ME"), "the placeholder key is still there");
+    let secret = yaml
+        .split("\n---\n")
+        .find(|d| d.contains("kind: Secret") && d.contains("name: keyward-stripe-"))
+        .expect("the generated keyward-stripe Secret");
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(key);
+    assert!(secret.contains(&encoded), "{secret}");
+    // The Deployment mounts that Secret (its hash-suffixed name).
+    let name = secret.lines().find_map(|l| l.trim().strip_prefix("name: keyward-stripe-")).unwrap();
+    assert!(yaml.contains(&format!("secretName: keyward-stripe-{name}")), "the pods mount another Secret");
 }
 
 #[test]

@@ -15,6 +15,11 @@ fn rules_file() -> (tempfile::TempDir, PathBuf, &'static Value) {
     (dir, path, rules)
 }
 
+/// Input series of a promtool test: (series, values in promtool's notation).
+type Series = Vec<(String, String)>;
+/// (alert, input series, evaluated at, the samples its expression must give)
+type Case = (&'static str, Series, &'static str, Vec<(String, f64)>);
+
 fn promtool(args: &[&str]) -> (bool, String) {
     let (ok, out, err) =
         run(Command::new("promtool").args(args), "", "promtool (Debian: apt-get install prometheus)");
@@ -46,7 +51,7 @@ fn new_alerts_fire_on_trouble_and_not_without_it() {
     let day = 86400;
     let ns = r#"namespace="keyward""#;
     // (alert, input series, evaluated at, the samples its expression must give)
-    let cases: Vec<(&str, Vec<(String, String)>, &str, Vec<(String, f64)>)> = vec![
+    let cases: Vec<Case> = vec![
         // No keyward target at all, then one.
         (
             "KeywardAbsent",
