@@ -7,24 +7,35 @@ echo "== installing test tools (tests/requirements.txt)"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 # stripe-node and https-proxy-agent, at the versions tests/sdk/node/package-lock.json pins.
 npm ci --prefix tests/sdk/node --no-audit --no-fund --loglevel=error
+# Cilium's CRD schemas (@kubernetes-models/cilium), for the Cilium egress overlay's policies,
+# at the versions tests/crd/package-lock.json pins.
+npm ci --prefix tests/crd --no-audit --no-fund --loglevel=error
 # Debian packages: chromium (the HTML audit report is rendered headless in a test),
 # ruby-rack (the differential test reads what reached the upstream with Rack) and
 # redis-server (replicas share their rate limits in it; each test starts its own) and, where
-# the machine image has no kubectl, kubernetes-client (the manifests are rendered with kustomize).
+# the machine image has no kubectl, kubernetes-client (the manifests are rendered with kustomize),
+# and prometheus for its promtool (the alert rules are checked and unit-tested with it).
 debs=()
 command -v kubectl >/dev/null || debs+=(kubernetes-client)
+command -v promtool >/dev/null || debs+=(prometheus)
 command -v chromium >/dev/null || debs+=(chromium)
 command -v redis-server >/dev/null || debs+=(redis-server)
 ruby -e 'require "rack"' 2>/dev/null || debs+=(ruby-rack)
 if [ ${#debs[@]} -gt 0 ]; then
   echo "== installing ${debs[*]} (apt-get)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null
+  # Only promtool is wanted: where systemd started the Prometheus server (on :9090, keyward's
+  # default admin port), stop it.
+  if [[ " ${debs[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
-for tool in python3 hadolint bao kubernetes-validate chromium ruby redis-server kubectl mount curl node; do
+for tool in python3 hadolint bao kubernetes-validate chromium ruby redis-server kubectl promtool mount curl node; do
   command -v "$tool" >/dev/null || { echo "missing $tool after install" >&2; exit 1; }
 done
 ruby -e 'require "rack"' || { echo "ruby-rack did not install" >&2; exit 1; }
 python3 -c "import stripe, prometheus_client" || { echo "python test packages did not install" >&2; exit 1; }
+[ -d tests/crd/node_modules/@kubernetes-models/cilium ] || { echo "tests/crd's npm packages did not install" >&2; exit 1; }
 
 echo "== hadolint Dockerfile"
 hadolint Dockerfile

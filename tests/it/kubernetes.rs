@@ -1,12 +1,19 @@
-//! deploy/kubernetes: the kustomize base and the production example render with
-//! `kubectl kustomize`, pass `kubernetes-validate --strict` against Kubernetes 1.32's schemas
-//! (the Prometheus Operator's resources, which have no built-in schema, are checked by
-//! structure here), agree with the keyward configuration they ship (ports, probes, drain,
-//! the files it reads), and alert only on metrics a running keyward exposes.
+//! deploy/kubernetes: the kustomize base, the production example and the Cilium egress
+//! overlay render with `kubectl kustomize`, pass `kubernetes-validate --strict` against
+//! Kubernetes 1.32's schemas (the Prometheus Operator's resources, which have no built-in
+//! schema, are checked by structure here; Cilium's against its CRD schema in `cilium`), agree
+//! with the keyward configuration they ship (ports, probes, drain, the files it reads), and
+//! alert only on metrics a running keyward exposes (`rules` runs promtool on the alerts;
+//! `grafana` checks the dashboard's queries the same way).
 //!
 //! Needs `kubectl` (1.32, for kustomize) and `kubernetes-validate` (tests/requirements.txt,
-//! which also brings PyYAML, used to turn the rendered YAML into JSON): a test fails, never
-//! skips, without them.
+//! which also brings PyYAML, used to turn the rendered YAML into JSON), `node` with
+//! tests/crd's packages (`npm ci --prefix tests/crd`) and `promtool` (Debian's `prometheus`):
+//! a test fails, never skips, without them. scripts/test.sh installs them all.
+
+mod cilium;
+mod grafana;
+mod rules;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
@@ -22,11 +29,20 @@ use crate::common::*;
 
 const BASE: &str = "deploy/kubernetes/base";
 const PRODUCTION: &str = "deploy/kubernetes/examples/production";
+/// The production example with ../components/cilium-egress: egress by name, on Cilium.
+const CILIUM_EGRESS: &str = "deploy/kubernetes/overlays/cilium-egress";
 const KUBERNETES_VERSION: &str = "1.32.0";
 /// The Dockerfile's user and group.
 const UID: i64 = 10001;
 /// Prometheus Operator's API group: no schema in kubernetes-validate.
 const MONITORING: &str = "monitoring.coreos.com/v1";
+/// Cilium's API group: no schema in kubernetes-validate either (`cilium` validates it).
+const CILIUM: &str = "cilium.io/v2";
+
+/// A custom resource, which kubernetes-validate has no schema for.
+fn is_crd(d: &Value) -> bool {
+    d["apiVersion"] == MONITORING || d["apiVersion"] == CILIUM
+}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -54,12 +70,14 @@ fn run(cmd: &mut Command, stdin: &str, what: &str) -> (bool, String, String) {
 /// One directory rendered: its YAML, and each resource as JSON.
 struct Render {
     dir: &'static str,
+    /// The directory whose keyward.toml the render's ConfigMap holds.
+    config_dir: &'static str,
     yaml: String,
     docs: Vec<Value>,
 }
 
 impl Render {
-    fn new(dir: &'static str) -> Render {
+    fn new(dir: &'static str, config_dir: &'static str) -> Render {
         let (ok, yaml, err) = run(
             Command::new("kubectl").args(["kustomize", dir]),
             "",
@@ -77,7 +95,7 @@ impl Render {
         assert!(ok, "the render of {dir} is not YAML that PyYAML reads:\n{err}");
         let docs: Vec<Value> = serde_json::from_str(&json).unwrap();
         assert!(!docs.is_empty(), "{dir} renders nothing");
-        Render { dir, yaml, docs }
+        Render { dir, config_dir, yaml, docs }
     }
 
     fn all(&self, kind: &str) -> Vec<&Value> {
@@ -133,10 +151,16 @@ impl Render {
     }
 }
 
-/// Both directories, rendered once for all the tests.
+/// The three directories, rendered once for all the tests: base, production, Cilium egress.
 fn renders() -> &'static [Render] {
     static RENDERS: OnceLock<Vec<Render>> = OnceLock::new();
-    RENDERS.get_or_init(|| vec![Render::new(BASE), Render::new(PRODUCTION)])
+    RENDERS.get_or_init(|| {
+        vec![
+            Render::new(BASE, BASE),
+            Render::new(PRODUCTION, PRODUCTION),
+            Render::new(CILIUM_EGRESS, PRODUCTION),
+        ]
+    })
 }
 
 fn arr(v: &Value) -> &Vec<Value> {
@@ -212,10 +236,11 @@ fn manifests_pass_kubernetes_1_32_schemas_strictly() {
         let version = KUBERNETES_VERSION.rsplit_once('.').unwrap().0;
         for d in &r.docs {
             let (kind, name) = (d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap());
-            if d["apiVersion"] == MONITORING {
+            if is_crd(d) {
                 // No schema for CRDs: kubernetes-validate warns and passes them, and
-                // `prometheus_operator_resources_are_well_formed` checks them instead.
-                let warning = format!("Couldn't find schema for kind {kind} with api version {MONITORING}");
+                // `prometheus_operator_resources_are_well_formed` and `cilium` check them instead.
+                let api = d["apiVersion"].as_str().unwrap();
+                let warning = format!("Couldn't find schema for kind {kind} with api version {api}");
                 assert!(out.contains(&warning), "{}: {kind} was not skipped as expected:\n{out}", r.dir);
             } else {
                 let passed =
@@ -224,7 +249,7 @@ fn manifests_pass_kubernetes_1_32_schemas_strictly() {
             }
         }
         let warnings = out.lines().filter(|l| l.starts_with("WARN")).count();
-        let crds = r.docs.iter().filter(|d| d["apiVersion"] == MONITORING).count();
+        let crds = r.docs.iter().filter(|d| is_crd(d)).count();
         assert_eq!(warnings, crds, "{}: only the CRDs may go unvalidated:\n{out}", r.dir);
     }
 }
@@ -363,6 +388,11 @@ fn every_file_keyward_reads_is_mounted_where_its_checks_pass() {
                 add(s.get(key), false);
             }
         }
+        // Redis over TLS: its CA and client certificate (issue 33's [ratelimit] keys).
+        if let Some(rl) = config.get("ratelimit") {
+            add(rl.get("ca"), false);
+            add(rl.get("tls_cert"), false);
+        }
         if let Some(c) = config.get("catalog") {
             add(c.get("path"), false);
             add(c.get("expansions"), false);
@@ -460,7 +490,11 @@ fn network_policy_admits_callers_and_monitoring_and_reaches_only_what_keyward_ne
             &spec["podSelector"]["matchLabels"],
             &r.one("Deployment")["spec"]["template"]["metadata"]["labels"]
         ));
-        assert_eq!(strings(&spec["policyTypes"]), ["Ingress", "Egress"]);
+        // With Cilium's policy, egress is its alone (policies add up: the NetworkPolicy's 443 to
+        // any public address would let through what it leaves out).
+        let cilium = r.all("CiliumNetworkPolicy");
+        let types: &[&str] = if cilium.is_empty() { &["Ingress", "Egress"] } else { &["Ingress"] };
+        assert_eq!(strings(&spec["policyTypes"]), types, "{}", r.dir);
         let admin = port_of(config["server"]["admin_listen"].as_str().unwrap());
         let mut ingress: BTreeMap<i64, Vec<&Value>> = BTreeMap::new();
         for rule in arr(&spec["ingress"]) {
@@ -501,6 +535,13 @@ fn network_policy_admits_callers_and_monitoring_and_reaches_only_what_keyward_ne
                 egress.insert((p["protocol"].as_str().unwrap().to_string(), p["port"].as_i64().unwrap()));
             }
         }
+        assert!(cilium.is_empty() || spec.get("egress").is_none(), "{}: egress in both policies", r.dir);
+        for rule in cilium.iter().flat_map(|p| arr(&p["spec"]["egress"])) {
+            for p in arr(&rule["toPorts"]).iter().flat_map(|t| arr(&t["ports"])) {
+                let port = p["port"].as_str().unwrap().parse().unwrap();
+                egress.insert((p["protocol"].as_str().unwrap().to_string(), port));
+            }
+        }
         let mut want: BTreeSet<(String, i64)> =
             [("TCP", 443), ("UDP", 53), ("TCP", 53), ("TCP", 8200)].map(|(p, n)| (p.to_string(), n)).into();
         if config.get("ratelimit").and_then(|r| r.get("redis")).is_some() {
@@ -522,7 +563,7 @@ fn network_policy_admits_callers_and_monitoring_and_reaches_only_what_keyward_ne
 
 #[test]
 fn images_are_placeholders_in_the_base_and_pinned_in_production() {
-    let [base, production] = renders() else { unreachable!() };
+    let [base, production, ..] = renders() else { unreachable!() };
     for c in arr(&base.pod()["containers"]).iter().chain(arr(&base.pod()["initContainers"])) {
         assert_eq!(c["image"], "keyward:latest");
     }
@@ -543,6 +584,56 @@ fn images_are_placeholders_in_the_base_and_pinned_in_production() {
 }
 
 #[test]
+fn production_pods_have_a_priority_class_of_their_own() {
+    for r in renders().iter().filter(|r| r.dir != BASE) {
+        let class =
+            r.pod()["priorityClassName"].as_str().unwrap_or_else(|| panic!("{}: priorityClassName", r.dir));
+        let pc = r.named("PriorityClass", class);
+        assert!(pc["metadata"].get("namespace").is_none(), "{}: a PriorityClass has no namespace", r.dir);
+        let value = pc["value"].as_i64().unwrap();
+        // Above ordinary pods (0), below the system-* classes (2000000000 and up), and no
+        // default for every pod of the cluster.
+        assert!((1..1_000_000_000).contains(&value), "{}: {value}", r.dir);
+        assert_eq!(pc["globalDefault"], false);
+    }
+}
+
+#[test]
+fn readmes_own_overlay_replaces_the_placeholder_key_from_an_untracked_file() {
+    // deploy/kubernetes/README.md's `local/` overlay, as written there, beside a copy of the base.
+    let readme = std::fs::read_to_string(repo().join("deploy/kubernetes/README.md")).unwrap();
+    let start = "cat > deploy/kubernetes/local/kustomization.yaml <<'END'\n";
+    let at = readme.find(start).expect("the local overlay in deploy/kubernetes/README.md") + start.len();
+    let kustomization = &readme[at..at + readme[at..].find("\nEND\n").unwrap()];
+    let gitignore = std::fs::read_to_string(repo().join(".gitignore")).unwrap();
+    assert!(gitignore.lines().any(|l| l == "/deploy/kubernetes/local/"), "local/ is not in .gitignore");
+    // Beside the base, as local/ would be (kustomize takes no absolute path); removed on drop.
+    let dir =
+        tempfile::Builder::new().prefix(".test-local-").tempdir_in(repo().join("deploy/kubernetes")).unwrap();
+    let local = dir.path();
+    std::fs::write(local.join("kustomization.yaml"), kustomization).unwrap();
+    let key = "api_key = \"sk_test_from_an_untracked_file\"\n";
+    std::fs::write(local.join("stripe.toml"), key).unwrap();
+    let (ok, yaml, err) = run(
+        Command::new("kubectl").args(["kustomize", local.to_str().unwrap()]),
+        "",
+        "kubectl (1.32, for `kubectl kustomize`)",
+    );
+    assert!(ok, "the README's overlay does not render:\n{err}");
+    assert!(!yaml.contains("REPLACE_ME"), "the placeholder key is still there");
+    let secret = yaml
+        .split("\n---\n")
+        .find(|d| d.contains("kind: Secret") && d.contains("name: keyward-stripe-"))
+        .expect("the generated keyward-stripe Secret");
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(key);
+    assert!(secret.contains(&encoded), "{secret}");
+    // The Deployment mounts that Secret (its hash-suffixed name).
+    let name = secret.lines().find_map(|l| l.trim().strip_prefix("name: keyward-stripe-")).unwrap();
+    assert!(yaml.contains(&format!("secretName: keyward-stripe-{name}")), "the pods mount another Secret");
+}
+
+#[test]
 fn shipped_configurations_pass_keyward_check_offline() {
     for r in renders() {
         let (text, _) = r.config();
@@ -560,7 +651,7 @@ fn shipped_configurations_pass_keyward_check_offline() {
             r.dir
         );
         // The ConfigMap holds the directory's keyward.toml as it is.
-        assert_eq!(text, std::fs::read_to_string(repo().join(r.dir).join("keyward.toml")).unwrap());
+        assert_eq!(text, std::fs::read_to_string(repo().join(r.config_dir).join("keyward.toml")).unwrap());
     }
 }
 
@@ -818,12 +909,29 @@ const LIMITED: &str = "kw_k8s_limited_0123456789abcdefWXYZabcd";
 const BATCH: &str = "kw_k8s_batch_0123456789abcdefWXYZabcdef";
 const BUSY: &str = "kw_k8s_busy_0123456789abcdefWXYZabcdefg";
 
-#[tokio::test]
-async fn every_alert_names_only_metrics_and_labels_keyward_exposes() {
+/// Metrics the kit's alerts and dashboard read that src is adding in issue 33 (with the labels
+/// the queries expect of them), not exposed on this branch yet: added in issue 33 by src;
+/// remove once exposed. `check_expr` fails once keyward exposes one, to say so (if it is
+/// exposed only from its first sample, make `exposed_metrics` provoke one).
+const NOT_YET_EXPOSED: [(&str, &[&str]); 3] = [
+    ("keyward_added_latency_seconds_bucket", &["le"]),
+    ("keyward_forward_ca_expiry_timestamp_seconds", &[]),
+    ("keyward_spend_refused_total", &["service"]),
+];
+
+/// Labels Prometheus adds to every series it scrapes through the ServiceMonitor (the
+/// ServiceMonitor drops its `service`, which is keyward's own).
+const TARGET_LABELS: [&str; 6] = ["namespace", "pod", "instance", "job", "container", "endpoint"];
+
+/// What a keyward's /metrics holds: metric name → the label sets seen.
+type Exposed = HashMap<String, Vec<BTreeMap<String, String>>>;
+
+/// keyward with the base's [ratelimit] (its Redis replaced by one of the test's, its budget
+/// made small enough to spend), forward mode, and services whose calls make every series the
+/// alerts and the dashboard read appear (each labelled series exists only from its first
+/// sample): its /metrics.
+async fn exposed_metrics() -> Exposed {
     let [base, ..] = renders() else { unreachable!() };
-    // keyward with the shipped [ratelimit] (its Redis replaced by one of the test's, its
-    // budget made small enough to spend), and services whose calls make every series the
-    // alerts read appear: each labelled series exists only from its first sample.
     let (_, config) = base.config();
     let redis = Redis::start();
     let mut ratelimit = config["ratelimit"].as_table().expect("[ratelimit]").clone();
@@ -840,6 +948,7 @@ async fn every_alert_names_only_metrics_and_labels_keyward_exposes() {
         .unwrap();
     let kw = Harness::new()
         .top(&top)
+        .forward("")
         .service(
             Svc::new("limited")
                 .token_with("limited-1", LIMITED, &format!("expires = {expires:?}"))
@@ -886,54 +995,88 @@ async fn every_alert_names_only_metrics_and_labels_keyward_exposes() {
     std::fs::write(&kw.config_path, "[server\n").unwrap();
     assert_eq!(kw.admin_reload().await.0, 422, "a refused reload");
     std::fs::write(&kw.config_path, good).unwrap();
+    // A CONNECT keyward refuses: keyward_connects_total gets its `outcome`.
+    let mut tcp = tokio::net::TcpStream::connect(kw.forward_addr()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut tcp,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![];
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut answer);
+    tokio::time::timeout(Duration::from_secs(10), read).await.unwrap().unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 403"), "{}", String::from_utf8_lossy(&answer));
 
     let (status, body) = kw.admin_raw("GET", "/metrics", &[]).await;
     assert_eq!(status, 200);
-    let exposed = samples(std::str::from_utf8(&body).unwrap());
-    // Labels Prometheus adds to every series it scrapes through the ServiceMonitor (the
-    // ServiceMonitor drops its `service`, which is keyward's own).
-    let target_labels = ["namespace", "pod", "instance", "job", "container", "endpoint"];
-    let rules = base.one("PrometheusRule");
-    let mut checked = BTreeSet::new();
-    for rule in arr(&rules["spec"]["groups"]).iter().flat_map(|g| arr(&g["rules"])) {
-        let (alert, expr) = (rule["alert"].as_str().unwrap(), rule["expr"].as_str().unwrap());
-        let (selectors, grouping) = promql(expr).unwrap();
-        let mut labels: BTreeSet<&str> = target_labels.into();
-        for sel in &selectors {
-            if !sel.name.starts_with("keyward_") {
-                // Prometheus' own series of each target.
-                assert_eq!(sel.name, "up", "{alert}: {} is not keyward's", sel.name);
-                continue;
-            }
-            let series = exposed.get(&sel.name).unwrap_or_else(|| {
+    drop(redis);
+    samples(std::str::from_utf8(&body).unwrap())
+}
+
+/// Check that each metric and label `expr` names is one keyward exposes (or one of
+/// NOT_YET_EXPOSED), with each label value an equality names among those keyward has sent;
+/// add the keyward metrics it reads to `checked`.
+fn check_expr(what: &str, expr: &str, exposed: &Exposed, checked: &mut BTreeSet<String>) {
+    let (selectors, grouping) = promql(expr).unwrap_or_else(|e| panic!("{what}: {e}: {expr}"));
+    let mut labels: BTreeSet<&str> = TARGET_LABELS.into();
+    for sel in &selectors {
+        if !sel.name.starts_with("keyward_") {
+            // Prometheus' own series of each target.
+            assert_eq!(sel.name, "up", "{what}: {} is not keyward's", sel.name);
+            continue;
+        }
+        checked.insert(sel.name.clone());
+        let coming = NOT_YET_EXPOSED.iter().find(|(name, _)| *name == sel.name);
+        let Some(series) = exposed.get(&sel.name) else {
+            let (_, coming) = coming.unwrap_or_else(|| {
                 let mut names: Vec<_> = exposed.keys().collect();
                 names.sort();
-                panic!("{alert}: keyward exposes no {} (it has {names:?})", sel.name)
+                panic!("{what}: keyward exposes no {} (it has {names:?})", sel.name)
             });
-            checked.insert(sel.name.clone());
-            labels.extend(series.iter().flat_map(|l| l.keys().map(String::as_str)));
-            for (label, op, value) in &sel.matchers {
-                let values: BTreeSet<&str> =
-                    series.iter().filter_map(|l| l.get(label).map(String::as_str)).collect();
-                assert!(!values.is_empty(), "{alert}: {} has no label {label}", sel.name);
-                // Each value an equality or a plain alternation names, keyward has sent.
-                let plain = value
-                    .split('|')
-                    .all(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
-                if (op == "=" || op == "=~") && plain {
-                    for v in value.split('|') {
-                        assert!(
-                            values.contains(v),
-                            "{alert}: {}{{{label}}} is never {v:?} (seen {values:?})",
-                            sel.name
-                        );
-                    }
+            labels.extend(coming.iter());
+            for (label, ..) in sel.matchers.iter().filter(|m| !TARGET_LABELS.contains(&m.0.as_str())) {
+                assert!(coming.contains(&label.as_str()), "{what}: {} has no label {label}", sel.name);
+            }
+            continue;
+        };
+        assert!(coming.is_none(), "{what}: keyward exposes {} now: remove it from NOT_YET_EXPOSED", sel.name);
+        labels.extend(series.iter().flat_map(|l| l.keys().map(String::as_str)));
+        for (label, op, value) in &sel.matchers {
+            if TARGET_LABELS.contains(&label.as_str()) {
+                continue;
+            }
+            let values: BTreeSet<&str> =
+                series.iter().filter_map(|l| l.get(label).map(String::as_str)).collect();
+            assert!(!values.is_empty(), "{what}: {} has no label {label}", sel.name);
+            // Each value an equality or a plain alternation names, keyward has sent.
+            let plain = value
+                .split('|')
+                .all(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            if (op == "=" || op == "=~") && plain {
+                for v in value.split('|') {
+                    assert!(
+                        values.contains(v),
+                        "{what}: {}{{{label}}} is never {v:?} (seen {values:?})",
+                        sel.name
+                    );
                 }
             }
         }
-        for g in &grouping {
-            assert!(labels.contains(g.as_str()), "{alert}: grouping by {g}, which no series of it has");
-        }
+    }
+    for g in &grouping {
+        assert!(labels.contains(g.as_str()), "{what}: grouping by {g}, which no series of it has");
+    }
+}
+
+#[tokio::test]
+async fn every_alert_names_only_metrics_and_labels_keyward_exposes() {
+    let exposed = exposed_metrics().await;
+    let rules = renders()[0].one("PrometheusRule");
+    let mut checked = BTreeSet::new();
+    for rule in arr(&rules["spec"]["groups"]).iter().flat_map(|g| arr(&g["rules"])) {
+        let (alert, expr) = (rule["alert"].as_str().unwrap(), rule["expr"].as_str().unwrap());
+        check_expr(alert, expr, &exposed, &mut checked);
     }
     for name in [
         "keyward_audit_healthy",
@@ -943,8 +1086,27 @@ async fn every_alert_names_only_metrics_and_labels_keyward_exposes() {
         "keyward_requests_total",
         "keyward_upstream_errors_total",
         "keyward_ratelimit_store_up",
+        "keyward_audit_unrecorded_total",
+        "keyward_audit_checkpoint_publish_errors_total",
+        "keyward_tokens_quarantined_total",
+        "keyward_tokens_suspended",
+        "keyward_added_latency_seconds_bucket",
+        "keyward_forward_ca_expiry_timestamp_seconds",
     ] {
         assert!(checked.contains(name), "no alert reads {name}");
     }
-    drop(redis);
+    let absent = arr(&rules["spec"]["groups"])
+        .iter()
+        .flat_map(|g| arr(&g["rules"]))
+        .any(|r| r["expr"].as_str().unwrap().replace(' ', "") == "absent(up{job=\"keyward\"})");
+    assert!(absent, "an alert for keyward's targets all gone");
+    // The ServiceMonitor sets no jobLabel: Prometheus' job is the name of the Service it selects.
+    let sm = renders()[0].one("ServiceMonitor");
+    assert!(sm["spec"].get("jobLabel").is_none());
+    let services: Vec<&Value> = renders()[0]
+        .all("Service")
+        .into_iter()
+        .filter(|s| selects(&sm["spec"]["selector"]["matchLabels"], &s["metadata"]["labels"]))
+        .collect();
+    assert!(services.len() == 1 && services[0]["metadata"]["name"] == "keyward", "job=\"keyward\"");
 }
