@@ -6,7 +6,10 @@
 //! and kept on anything else (held: a 5xx, keyward's 502/504, a timeout, a reset: the money
 //! may have moved). The ledger lives as long as the process: a reload keeps it whole, so a
 //! changed cap applies to the day's spend already counted (keyed by service, kind, currency,
-//! never by the cap's numbers). One replica's: with several, each counts its own calls.
+//! never by the cap's numbers). One replica's: with `[ratelimit] redis`, the books are kept
+//! in Redis instead (`shared`), so that every replica spends one budget.
+
+pub mod shared;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -17,7 +20,7 @@ use crate::policy::catalog::MoneyKind;
 use crate::policy::spend::Spend;
 
 /// 24 hours, in milliseconds.
-const DAY_MS: i64 = 86_400_000;
+pub const DAY_MS: i64 = 86_400_000;
 /// The most reservations one book keeps within 24 hours; past it the book's calls are refused
 /// until the oldest frees (fail closed: memory stays bounded and no call goes uncounted).
 pub const MAX_PER_BOOK: usize = 10_000;
