@@ -18,8 +18,8 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
 
 use crate::audit::{self, AccessRecord};
-use crate::control::snapshot::Snapshot;
 use crate::control::limits::Store;
+use crate::control::snapshot::Snapshot;
 use crate::control::spend::{self, Ledger, Over, Reserved};
 use crate::control::state::State;
 use crate::policy::catalog::MoneyKind;
