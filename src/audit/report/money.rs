@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn money_moved_per_service_kind_currency_and_day_and_refused_spend_listed() {
-        let mut records = vec![
+        let mut records = [
             rec("2026-12-08T10:00:00Z", "POST", "/v1/refunds", Some(5000), Some("committed")),
             rec("2026-12-08T11:00:00Z", "POST", "/v1/refunds", Some(1000), Some("held")),
             rec("2026-12-08T11:30:00Z", "POST", "/v1/refunds", Some(1000), Some("replayed")),
