@@ -349,11 +349,12 @@ async fn the_same_idempotency_key_retried_through_the_other_replica_adds_nothing
     let declined = one.send(refund("charge=ch_usd_5000&amount=500", &[("x-test-status", "402")])).await;
     assert_eq!(declined.status, 402);
     assert_eq!(two.send(refund("charge=ch_usd_5000&amount=500", &[])).await.status, 200);
-    let recs = two.records(4).await;
+    // Each refund is priced first (its own GET record): two records a refund.
+    let recs = two.records(6).await;
     let spend: Vec<_> =
         refund_calls_of(&recs).iter().map(|r| r["spend"].as_str().unwrap().to_string()).collect();
     assert_eq!(spend, ["replayed", "refused", "committed"]);
-    let recs = one.records(3).await;
+    let recs = one.records(4).await;
     let spend: Vec<_> =
         refund_calls_of(&recs).iter().map(|r| r["spend"].as_str().unwrap().to_string()).collect();
     assert_eq!(spend, ["committed", "released"]);
