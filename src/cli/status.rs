@@ -31,7 +31,8 @@ pub struct HealthArgs {
     ready: bool,
 }
 
-/// Version, instance, secrets' ages, tokens expiring within 7 days, the access log's head.
+/// Version, instance, secrets' ages, tokens expiring within 7 days, the access log's head,
+/// each spend cap's spend and what is left.
 pub async fn status(args: StatusArgs) -> ExitCode {
     let addr = match admin_addr(args.admin, &args.config) {
         Ok(a) => a,
@@ -72,6 +73,45 @@ fn render(v: &serde_json::Value) -> String {
         let up = if store["up"] == true { "up" } else { "OUT" };
         let _ = writeln!(out, "redis     {up}; {} replicas", s(&store["replicas"]));
     }
+    for cap in v["spend"].as_array().into_iter().flatten() {
+        let what = format!("{} {} {}", s(&cap["service"]), s(&cap["kind"]), s(&cap["currency"]));
+        let limit = match cap["per_day"].as_u64() {
+            Some(d) => format!("per_day {d}"),
+            None => "no per_day".into(),
+        };
+        let where_ = if cap["shared"] == true { "all replicas" } else { "this replica" };
+        let line = |st: &serde_json::Value| {
+            let left = st["left"].as_u64().map_or(String::new(), |l| format!(", {l} left"));
+            let frees = match st["oldest_frees_at"].as_i64() {
+                Some(t) => format!("; oldest frees in {} min", ((t - now()).max(0) + 59) / 60),
+                None => String::new(),
+            };
+            format!("{} spent in 24 h{left}{frees}", s(&st["spent"]))
+        };
+        if let Some(why) = cap.get("error") {
+            let _ = writeln!(out, "spend     {what} ({limit}, {where_}): UNAVAILABLE: {}", s(why));
+        } else if cap["per_account"] == true {
+            let accounts = cap["accounts"].as_array();
+            if accounts.is_none() {
+                let _ =
+                    writeln!(out, "spend     {what} ({limit} per account, {where_}): accounts not listed");
+            }
+            for a in accounts.into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "spend     {what} ({limit}, {where_}) account {}: {}",
+                    s(&a["account"]),
+                    line(a)
+                );
+            }
+            if accounts.is_some_and(|a| a.is_empty()) {
+                let _ =
+                    writeln!(out, "spend     {what} ({limit} per account, {where_}): nothing spent in 24 h");
+            }
+        } else {
+            let _ = writeln!(out, "spend     {what} ({limit}, {where_}): {}", line(cap));
+        }
+    }
     for sec in v["secrets"].as_array().into_iter().flatten() {
         let stale = if sec["stale"] == true { " STALE" } else { "" };
         let _ =
@@ -91,6 +131,10 @@ fn render(v: &serde_json::Value) -> String {
         let _ = writeln!(out, "token     {}/{}: {when}", s(&t["service"]), s(&t["token_id"]));
     }
     out
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// Exit 0 if the admin port answers 200 to `/healthz` (or `/readyz`), else 1.
@@ -124,5 +168,32 @@ mod tests {
         assert!(out.contains("billing\\u{202e}/t\\nforged OK: expires in 2 h"), "{out}");
         assert!(out.contains("sk_live_…cdef") && !out.contains("0123456789abcdef"), "{out}");
         assert_eq!(out.lines().count(), 5, "{out}");
+    }
+
+    #[test]
+    fn each_cap_shows_its_spend_and_what_is_left() {
+        let v = serde_json::json!({
+            "spend": [
+                { "service": "support-tool", "kind": "refund", "currency": "usd", "per_day": 10000,
+                  "per_account": false, "shared": true, "spent": 6000, "left": 4000 },
+                { "service": "payouts", "kind": "payout", "currency": "eur", "per_day": 500,
+                  "per_account": false, "shared": true, "error": "the spend store (ratelimit.redis) is out" },
+                { "service": "platform", "kind": "transfer", "currency": "usd", "per_day": 100,
+                  "per_account": true, "shared": false,
+                  "accounts": [{ "account": "acct_1", "spent": 30, "left": 70 }] },
+            ],
+        });
+        let out = super::render(&v);
+        assert!(out.contains("spend     support-tool refund usd (per_day 10000, all replicas): 6000 spent in 24 h, 4000 left"), "{out}");
+        assert!(
+            out.contains("payouts payout eur (per_day 500, all replicas): UNAVAILABLE: the spend store"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "platform transfer usd (per_day 100, this replica) account acct_1: 30 spent in 24 h, 70 left"
+            ),
+            "{out}"
+        );
     }
 }

@@ -203,7 +203,7 @@ async fn route(
             None => json(StatusCode::OK, serde_json::json!({ "ready": true, "version": snap.version })),
         },
         (&Method::GET, "/metrics") => metrics(state, &snap),
-        (&Method::GET, "/-/status") => json(StatusCode::OK, status(state, &snap)),
+        (&Method::GET, "/-/status") => json(StatusCode::OK, status(state, &snap).await),
         (&Method::GET, "/-/audit/head") => json(StatusCode::OK, audit_head(state)),
         (&Method::POST, path) if token_path(path, "suspend").is_some() => {
             suspend(state, token_path(path, "suspend").unwrap_or_default(), &actor, peer.ip).await
@@ -333,8 +333,9 @@ fn audit_head(state: &State) -> serde_json::Value {
     })
 }
 
-/// What `keyward status` prints: version, secrets' ages, tokens near expiry, the log's head.
-fn status(state: &State, snap: &Snapshot) -> serde_json::Value {
+/// What `keyward status` prints: version, secrets' ages, tokens near expiry, the log's head,
+/// each spend cap's spend and what is left.
+async fn status(state: &State, snap: &Snapshot) -> serde_json::Value {
     const SOON: i64 = 7 * 24 * 3600;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let secrets: Vec<_> = snap
@@ -370,6 +371,7 @@ fn status(state: &State, snap: &Snapshot) -> serde_json::Value {
             "sha256_prefix": hash, "service": e.service, "token_id": e.token_id, "since": e.since, "by": e.by,
         })).collect::<Vec<_>>(),
         "ratelimit_store": store,
+        "spend": crate::control::spend::status(&snap.policy, &snap.spend, snap.ratelimits.store.as_deref()).await,
     })
 }
 

@@ -242,7 +242,7 @@ async fn forward(
     }
     let sent = send(snap, up, req, ex).await;
     if let Some(r) = reservation {
-        r.settle(sent.as_ref().ok().map(|(a, _)| a.status()), ex);
+        Box::pin(r.settle(sent.as_ref().ok().map(|(a, _)| a.status()), ex)).await;
     }
     let (answer, deadline) = sent?;
     // A rotation may have swapped the secret while the call was out: its new version too.

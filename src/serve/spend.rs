@@ -3,7 +3,10 @@
 //! carries no currency, and without `amount` refunds what remains), keyward reads the object
 //! first with the real key, under the call's account context: that GET has an access record
 //! of its own (`spend = "priced"`). Then the ledger (`control::spend`) reserves the amount, and
-//! the answer settles it: 2xx committed, 4xx released, anything else held.
+//! the answer settles it: 2xx committed, 4xx released, anything else held. With
+//! `[ratelimit] redis` the ledger is Redis's (`control::spend::shared`), one budget for every
+//! replica; while it cannot be reached, capped calls are refused (503
+//! `spend_limit_unavailable`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +18,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
 
 use crate::audit::{self, AccessRecord};
+use crate::control::limits::Store;
 use crate::control::snapshot::Snapshot;
 use crate::control::spend::{self, Ledger, Over, Reserved};
 use crate::control::state::State;
@@ -31,7 +35,7 @@ const MAX_ANSWER: usize = 1 << 20;
 /// call was abandoned on the way) it stays counted, as `held`.
 pub struct Reservation {
     state: Arc<State>,
-    ledger: Arc<Ledger>,
+    ledger: Books,
     reserved: Reserved,
     service: Arc<str>,
     kind: MoneyKind,
@@ -40,20 +44,33 @@ pub struct Reservation {
     settled: bool,
 }
 
+/// Where a reservation was made: this replica's ledger, or Redis's.
+enum Books {
+    Local(Arc<Ledger>),
+    Shared(Arc<Store>),
+}
+
 impl Reservation {
     /// The API answered with `status`, or (`None`) keyward got no answer (502/504, timeout,
     /// reset): committed on 2xx, released on 4xx, held otherwise.
-    pub fn settle(mut self, status: Option<StatusCode>, ex: &mut Exchange) {
+    pub async fn settle(mut self, status: Option<StatusCode>, ex: &mut Exchange) {
         self.settled = true;
         if self.reserved.replay {
             return;
         }
         let outcome = match status {
             Some(s) if s.is_success() => "committed",
-            Some(s) if s.is_client_error() => {
-                self.ledger.release(&self.reserved);
-                "released"
-            }
+            Some(s) if s.is_client_error() => match &self.ledger {
+                Books::Local(ledger) => {
+                    ledger.release(&self.reserved);
+                    "released"
+                }
+                // Not given back while the store is out: it stays counted (fail safe).
+                Books::Shared(store) => match spend::shared::release(store, &self.reserved).await {
+                    Ok(()) => "released",
+                    Err(_) => "held",
+                },
+            },
             _ => "held",
         };
         ex.record.spend = Some(outcome.into());
@@ -119,12 +136,30 @@ pub async fn reserve(
     let key = parts.headers.get("idempotency-key").map(|k| {
         spend::idempotency_hash(&route.service.name, account, &String::from_utf8_lossy(k.as_bytes()))
     });
-    match snap.spend.reserve(&spend, key, spend::now_ms()) {
+    let (reserved, ledger) = match &snap.ratelimits.store {
+        None => (snap.spend.reserve(&spend, key, spend::now_ms()), Books::Local(snap.spend.clone())),
+        Some(store) => match spend::shared::reserve(store, &spend, key).await {
+            Ok(r) => (r, Books::Shared(store.clone())),
+            Err(spend::shared::Unavailable(why)) => {
+                let failure = Failure::SpendLimitUnavailable {
+                    message: format!(
+                        "{} has a keyward spend cap on {} and {why}, so keyward refuses capped calls \
+                         until it answers (money caps fail closed). Retry later.",
+                        route.service.name,
+                        spend.cap.kind.as_str()
+                    ),
+                };
+                let r = Refusal { failure, kind: spend.cap.kind, reason: "unavailable" };
+                return refused(state, route, r, ex);
+            }
+        },
+    };
+    match reserved {
         Ok(reserved) => {
             ex.record.spend = Some(if reserved.replay { "replayed" } else { "held" }.into());
             Ok(Some(Reservation {
                 state: state.clone(),
-                ledger: snap.spend.clone(),
+                ledger,
                 reserved,
                 service: route.service.name.clone(),
                 kind: spend.cap.kind,

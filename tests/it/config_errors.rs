@@ -649,7 +649,7 @@ fn a_pasted_key_is_shown_as_prefix_and_last_4() {
 }
 
 #[test]
-fn spend_caps_without_redis_are_checked_with_a_warning() {
+fn spend_caps_without_redis_are_checked_with_a_warning_and_with_redis_without() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let capped = format!(
@@ -663,5 +663,9 @@ fn spend_caps_without_redis_are_checked_with_a_warning() {
         "{out}"
     );
     let (ok, out) = check(dir.path(), &base(&pki, dir.path()));
+    assert!(ok && !out.contains("spend caps"), "{out}");
+    // With Redis every replica spends one budget: nothing to warn of.
+    let shared = format!("{capped}\n[ratelimit]\nredis = \"redis://127.0.0.1:1/0\"\ntimeout = \"50ms\"\n");
+    let (ok, out) = check(dir.path(), &shared);
     assert!(ok && !out.contains("spend caps"), "{out}");
 }

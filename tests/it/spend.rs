@@ -284,3 +284,114 @@ async fn stripe_python_and_stripe_node_see_the_permission_error_with_the_message
         assert_eq!(within["ok"], true, "{sdk}: {within}");
     }
 }
+
+/// A replica of `support` on one Redis: its own listener, snapshot and stand-in upstream.
+async fn replica(redis: &crate::common::redis::Redis, caps: &str, extra: &str) -> Running {
+    support(caps)
+        .top(&format!("[ratelimit]\nredis = {:?}\ntimeout = \"2s\"\n{extra}", redis.url()))
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_redis_spend_one_budget_exactly_the_cap_in_all() {
+    let redis = crate::common::redis::Redis::start();
+    let caps = r#"{ kinds = ["refund"], currency = "usd", per_day = 10000 }"#;
+    let one = Arc::new(replica(&redis, caps, "").await);
+    let two = Arc::new(replica(&redis, caps, "").await);
+    let calls = (0..20).map(|i| {
+        let kw = if i % 2 == 0 { one.clone() } else { two.clone() };
+        tokio::spawn(async move {
+            let key = format!("shared-{i}");
+            kw.send(refund(
+                "charge=ch_usd_100000&amount=1000",
+                &[("idempotency-key", &key), ("x-test-delay-ms", "50")],
+            ))
+            .await
+            .status
+        })
+    });
+    let statuses: Vec<u16> =
+        futures_util::future::join_all(calls).await.into_iter().map(|s| s.unwrap()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 10, "{statuses:?}");
+    assert_eq!(money_calls(&one) + money_calls(&two), 10, "exactly the cap left, through both");
+    // Each replica's status shows the one budget, spent.
+    for kw in [&one, &two] {
+        let (code, body) = admin_request(kw.admin(), "GET", "/-/status").await;
+        assert_eq!(code, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let cap = &v["spend"][0];
+        assert_eq!((cap["service"].as_str(), cap["kind"].as_str()), (Some("support-tool"), Some("refund")));
+        assert_eq!((cap["spent"].as_u64(), cap["left"].as_u64()), (Some(10000), Some(0)), "{v}");
+        assert_eq!(cap["shared"], true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_retried_through_the_other_replica_adds_nothing() {
+    let redis = crate::common::redis::Redis::start();
+    let caps = r#"{ kinds = ["refund"], currency = "usd", per_day = 1500 }"#;
+    let one = replica(&redis, caps, "").await;
+    let two = replica(&redis, caps, "").await;
+    let body = "charge=ch_usd_5000&amount=1000";
+    assert_eq!(one.send(refund(body, &[("idempotency-key", "retry-me")])).await.status, 200);
+    assert_eq!(two.send(refund(body, &[("idempotency-key", "retry-me")])).await.status, 200);
+    // Another key is a new refund: 1000 + 1000 > 1500, whichever replica takes it.
+    let over = two.send(refund(body, &[("idempotency-key", "other")])).await;
+    assert_eq!(over.status, 403);
+    assert!(
+        over.json()["error"]["message"].as_str().unwrap().contains("500 usd is left"),
+        "{:?}",
+        over.json()
+    );
+    // A declined refund (4xx) gives its reservation back to every replica.
+    let declined = one.send(refund("charge=ch_usd_5000&amount=500", &[("x-test-status", "402")])).await;
+    assert_eq!(declined.status, 402);
+    assert_eq!(two.send(refund("charge=ch_usd_5000&amount=500", &[])).await.status, 200);
+    // Each refund is priced first (its own GET record): two records a refund.
+    let recs = two.records(6).await;
+    let spend: Vec<_> =
+        refund_calls_of(&recs).iter().map(|r| r["spend"].as_str().unwrap().to_string()).collect();
+    assert_eq!(spend, ["replayed", "refused", "committed"]);
+    let recs = one.records(4).await;
+    let spend: Vec<_> =
+        refund_calls_of(&recs).iter().map(|r| r["spend"].as_str().unwrap().to_string()).collect();
+    assert_eq!(spend, ["committed", "released"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_stopped_capped_calls_are_refused_503_and_uncapped_calls_served() {
+    let mut redis = crate::common::redis::Redis::start();
+    // Rates fail open while Redis is out; money caps never do.
+    let kw = replica(
+        &redis,
+        r#"{ kinds = ["refund"], currency = "usd", per_day = 10000 }"#,
+        "on_redis_error = \"allow\"",
+    )
+    .await;
+    assert_eq!(kw.send(refund("charge=ch_usd_9000&amount=1000", &[])).await.status, 200);
+    redis.stop();
+    for _ in 0..2 {
+        let r = kw.send(refund("charge=ch_usd_9000&amount=1000", &[])).await;
+        assert_eq!(r.status, 503, "{:?}", r.json());
+        assert_eq!(r.error_code(), "spend_limit_unavailable");
+        let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains("support-tool has a keyward spend cap on refund and the spend store"), "{msg}");
+    }
+    // Payouts are not capped here: served, as every uncapped call.
+    assert_eq!(kw.post("/v1/payouts", TOKEN, "amount=999&currency=usd").await.status, 200);
+    assert_eq!(kw.get("/v1/charges", TOKEN).await.status, 200);
+    assert_eq!(money_calls(&kw), 2, "no capped call left while Redis was out");
+    let refused = kw
+        .metric(
+            "keyward_spend_refused_total{service=\"support-tool\",kind=\"refund\",reason=\"unavailable\"}",
+        )
+        .await;
+    assert_eq!(refused, 2.0);
+    // Back (this Redis keeps nothing across a restart): capped calls are served again.
+    redis.resume();
+    assert!(eventually(|| async { kw.metric("keyward_ratelimit_store_up").await == 1.0 }).await);
+    let r = kw.send(refund("charge=ch_usd_9000&amount=1000", &[])).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+}

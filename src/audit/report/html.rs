@@ -79,6 +79,52 @@ pub(super) fn page(r: &Report) -> String {
             rows_html(b, &["count", "service", "endpoint", "reason"], rows);
         });
     }
+    section(&mut b, "money", "Money moved (minor units)", |b| {
+        let rows = r.money.moved.iter().map(|m| {
+            vec![
+                esc(&m.day),
+                esc(&m.service),
+                esc(&m.kind),
+                esc(&m.currency),
+                num(m.committed),
+                num(m.committed_calls),
+                num(m.held),
+                num(m.held_calls),
+                num(m.uncapped),
+                num(m.uncapped_calls),
+            ]
+        });
+        let head = [
+            "day",
+            "service",
+            "kind",
+            "currency",
+            "committed",
+            "calls",
+            "held (outcome unknown)",
+            "calls",
+            "uncapped",
+            "calls",
+        ];
+        rows_html(b, &head, rows);
+        let _ = write!(b, "<h3>Refused spend ({})</h3>", r.money.refused_total);
+        let rows = r.money.refused.iter().map(|f| {
+            let amount = match (f.amount, &f.currency) {
+                (Some(a), Some(c)) => format!("{a} {}", esc(c)),
+                _ => "(not priced)".into(),
+            };
+            vec![
+                esc(&f.time),
+                esc(&f.service),
+                esc(&f.kind),
+                esc(&f.endpoint),
+                amount,
+                esc(&f.reason),
+                esc(&f.decision),
+            ]
+        });
+        rows_html(b, &["time", "service", "kind", "endpoint", "amount", "reason", "decision"], rows);
+    });
     section(&mut b, "tokens", "Tokens", |b| tokens(b, r));
     section(&mut b, "sources", "Source addresses", |b| {
         let rows = r.sources.iter().map(|s| {

@@ -9,6 +9,7 @@ mod evidence;
 mod html;
 mod html_evidence;
 mod log;
+mod money;
 mod signoff;
 mod suspicious;
 mod text;
@@ -23,6 +24,7 @@ use time::format_description::well_known::Rfc3339;
 
 pub use evidence::{AdminAction, MissingRow, PolicyVersion, SignOff, WriteRow, Writes};
 pub use log::{ChainRow, Gap, Input, Integrity, Log, Signed, SignedInstance, sha256_hex};
+pub use money::{Money, MovedRow, RefusedRow};
 pub use signoff::{html, json, table};
 pub use suspicious::Suspicious;
 
@@ -141,6 +143,8 @@ pub struct Report {
     pub missing: Vec<MissingRow>,
     /// With `--config`: configured tokens with no `expires`.
     pub no_expiry: Option<Vec<TokenStatus>>,
+    /// Money moved per service, kind, currency and day, and the refused spends.
+    pub money: Money,
     /// What the sign-off names; written last, after the report's own hash.
     #[serde(skip)]
     pub sign_off: SignOff,
@@ -297,6 +301,7 @@ pub fn build<'a>(records: impl IntoIterator<Item = &'a AccessRecord>, cx: Contex
     rep.admin_actions = evidence::admin_actions(cx.events, &cx.filter);
     rep.writes = evidence::writes(&kept, cx.list_writes);
     rep.missing = evidence::missing(&kept);
+    rep.money = money::money(&kept, cx.policy.map(|p| &p.catalog));
     rep.filters = cx.filter;
     rep
 }

@@ -60,6 +60,7 @@ pub(super) fn body(r: &Report) -> String {
             let _ = writeln!(o, "{:>8}  {:<20} {:<50} {}", e.count, e.service, e.endpoint, e.reason);
         }
     }
+    money(o, r);
     let _ = writeln!(o, "\nTOKENS IN USE");
     for t in &r.tokens {
         let _ = writeln!(o, "{:>8}  {:<20} {:<30} last {}", t.requests, t.service, t.token_id, t.last_seen);
@@ -115,6 +116,45 @@ pub(super) fn body(r: &Report) -> String {
         o.push_str(&crate::audit::scope::table(scope));
     }
     out
+}
+
+/// Money moved per service, kind, currency and day (minor units), and the refused spends.
+fn money(o: &mut String, r: &Report) {
+    let m = &r.money;
+    let _ = writeln!(o, "\nMONEY MOVED (minor units; held: outcome unknown, counted as moved)");
+    let _ = writeln!(
+        o,
+        "{:<10}  {:<20} {:<8} {:<4} {:>14} {:>14} {:>14}",
+        "DAY", "SERVICE", "KIND", "CUR", "COMMITTED", "HELD", "UNCAPPED"
+    );
+    for row in &m.moved {
+        let _ = writeln!(
+            o,
+            "{:<10}  {:<20} {:<8} {:<4} {:>14} {:>14} {:>14}",
+            row.day,
+            row.service,
+            row.kind,
+            row.currency,
+            format!("{} ({})", row.committed, row.committed_calls),
+            format!("{} ({})", row.held, row.held_calls),
+            format!("{} ({})", row.uncapped, row.uncapped_calls),
+        );
+    }
+    let _ = writeln!(o, "\nREFUSED SPEND ({})", m.refused_total);
+    for f in &m.refused {
+        let amount = match (f.amount, &f.currency) {
+            (Some(a), Some(c)) => format!("{a} {c}"),
+            _ => "(not priced)".into(),
+        };
+        let _ = writeln!(
+            o,
+            "{}  {:<20} {:<8} {:<36} {:>16}  {} ({})",
+            f.time, f.service, f.kind, f.endpoint, amount, f.reason, f.decision
+        );
+    }
+    if (m.refused.len() as u64) < m.refused_total {
+        let _ = writeln!(o, "  … and {} more", m.refused_total - m.refused.len() as u64);
+    }
 }
 
 fn integrity(o: &mut String, r: &Report) {

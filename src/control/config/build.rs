@@ -107,8 +107,8 @@ pub async fn build(
     })
 }
 
-/// Spend caps that do not hold as written: per replica without Redis, none at all on a catalog
-/// without the `money=` column.
+/// Spend caps that do not hold as written: per replica without Redis (with it, every replica
+/// spends one budget), none at all on a catalog without the `money=` column.
 fn spend_warnings(plan: &Plan) -> Vec<String> {
     let capped: Vec<&str> =
         plan.policy.services.iter().filter(|s| !s.spend.is_empty()).map(|s| &*s.name).collect();

@@ -212,6 +212,11 @@ impl Store {
         self.errors.load(Ordering::Relaxed)
     }
 
+    /// The connection, for other scripts on the same store (the shared spend ledger).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     pub fn key(&self, what: &str) -> String {
         format!("{}:{what}", self.spec.key_prefix)
     }

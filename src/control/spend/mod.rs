@@ -6,7 +6,10 @@
 //! and kept on anything else (held: a 5xx, keyward's 502/504, a timeout, a reset: the money
 //! may have moved). The ledger lives as long as the process: a reload keeps it whole, so a
 //! changed cap applies to the day's spend already counted (keyed by service, kind, currency,
-//! never by the cap's numbers). One replica's: with several, each counts its own calls.
+//! never by the cap's numbers). One replica's: with `[ratelimit] redis`, the books are kept
+//! in Redis instead (`shared`), so that every replica spends one budget.
+
+pub mod shared;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -17,7 +20,7 @@ use crate::policy::catalog::MoneyKind;
 use crate::policy::spend::Spend;
 
 /// 24 hours, in milliseconds.
-const DAY_MS: i64 = 86_400_000;
+pub const DAY_MS: i64 = 86_400_000;
 /// The most reservations one book keeps within 24 hours; past it the book's calls are refused
 /// until the oldest frees (fail closed: memory stays bounded and no call goes uncounted).
 pub const MAX_PER_BOOK: usize = 10_000;
@@ -188,6 +191,32 @@ impl Ledger {
         }
     }
 
+    /// The `per_account` books of (service, kind, currency) with spend within 24 hours of
+    /// `now_ms`, by account.
+    pub fn accounts(
+        &self,
+        service: &str,
+        kind: MoneyKind,
+        currency: &str,
+        now_ms: i64,
+    ) -> Vec<(String, Standing)> {
+        let inner = self.inner.lock().expect("never poisoned");
+        let mut out: Vec<(String, Standing)> = inner
+            .books
+            .iter()
+            .filter(|(k, _)| &*k.service == service && k.kind == kind && k.currency == currency)
+            .filter_map(|(k, b)| {
+                let live = b.entries.iter().filter(|e| e.at_ms > now_ms - DAY_MS);
+                let (spent, oldest_ms) =
+                    live.fold((0u64, None), |(s, o), e| (s + e.amount, o.or(Some(e.at_ms))));
+                Some((k.account.clone()?, Standing { spent, oldest_ms }))
+                    .filter(|(_, st)| st.oldest_ms.is_some())
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// A book's spend within 24 hours of `now_ms`.
     pub fn standing(&self, key: &BookKey, now_ms: i64) -> Standing {
         let inner = self.inner.lock().expect("never poisoned");
@@ -196,6 +225,69 @@ impl Ledger {
         let (spent, oldest_ms) = live.fold((0u64, None), |(s, o), e| (s + e.amount, o.or(Some(e.at_ms))));
         Standing { spent, oldest_ms }
     }
+}
+
+/// What `keyward status` shows of the caps: each one's spend within 24 hours and what is
+/// left of its `per_day`, from Redis when the books are there. A `per_account` cap lists the
+/// accounts this replica's ledger has books for (with Redis, they are not listed).
+pub async fn status(
+    policy: &crate::policy::Policy,
+    ledger: &Ledger,
+    store: Option<&crate::control::limits::Store>,
+) -> serde_json::Value {
+    let now = now_ms();
+    let mut out = Vec::new();
+    for s in &policy.services {
+        for cap in &s.spend {
+            let book = |account: Option<String>| BookKey {
+                service: s.name.clone(),
+                account,
+                kind: cap.kind,
+                currency: cap.currency.to_string(),
+            };
+            let shown = |st: &Standing| {
+                serde_json::json!({
+                    "spent": st.spent,
+                    "left": cap.per_day.map(|d| d.saturating_sub(st.spent)),
+                    "oldest_frees_at": st.oldest_ms.map(|t| (t + DAY_MS).div_euclid(1000)),
+                })
+            };
+            let mut v = serde_json::json!({
+                "service": s.name,
+                "kind": cap.kind.as_str(),
+                "currency": cap.currency,
+                "per_call": cap.per_call,
+                "per_day": cap.per_day,
+                "per_account": cap.per_account,
+                "shared": store.is_some(),
+            });
+            let more = match (cap.per_account, store) {
+                (false, None) => shown(&ledger.standing(&book(None), now)),
+                (false, Some(store)) => match shared::standing(store, &book(None)).await {
+                    Ok(st) => shown(&st),
+                    Err(shared::Unavailable(why)) => serde_json::json!({ "error": why }),
+                },
+                (true, None) => {
+                    let accounts: Vec<_> = ledger
+                        .accounts(&s.name, cap.kind, &cap.currency, now)
+                        .into_iter()
+                        .map(|(a, st)| {
+                            let mut v = shown(&st);
+                            v["account"] = a.into();
+                            v
+                        })
+                        .collect();
+                    serde_json::json!({ "accounts": accounts })
+                }
+                (true, Some(_)) => serde_json::json!({}),
+            };
+            if let (Some(v), serde_json::Value::Object(more)) = (v.as_object_mut(), more) {
+                v.extend(more);
+            }
+            out.push(v);
+        }
+    }
+    serde_json::Value::Array(out)
 }
 
 /// Drop every reservation older than 24 hours, and the books left empty.
