@@ -48,7 +48,14 @@ pub async fn explain(args: ExplainArgs) -> ExitCode {
         None => &anyone,
         Some(name) => match policy.services.iter().find(|s| &*s.name == name) {
             Some(s) => s,
-            None => return fail([format!("no service named `{name}`")]),
+            None => {
+                let known: Vec<&str> = policy.services.iter().map(|s| &*s.name).collect();
+                let known = match known.is_empty() {
+                    true => "the configuration has none".to_string(),
+                    false => format!("the configuration has: {}", known.join(", ")),
+                };
+                return fail([format!("no service named `{name}`; {known}")]);
+            }
         },
     };
     let mut req = http::Request::builder().method(args.method.to_ascii_uppercase().as_str()).uri(&args.path);

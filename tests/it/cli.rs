@@ -53,7 +53,8 @@ fn explain_json_answers_for_scripts() {
     assert_eq!(v["expansions"][0]["granted"], false);
 
     let (ok, out) = keyward(dir.path(), &["explain", "--service", "nobody", "GET", "/v1/charges"]);
-    assert!(!ok && out.contains("no service named `nobody`"));
+    assert!(!ok && out.contains("no service named `nobody`"), "{out}");
+    assert!(out.contains("the configuration has: "), "the services it has are named: {out}");
 }
 
 #[test]

@@ -369,6 +369,11 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             vec!["audit.checkpoints", "other than the access log"],
         ),
         (
+            "a network with host bits set",
+            good.replace("127.0.0.0/8", "127.20.1.5/8"),
+            vec!["source_ips[0]", "host bits set", "`127.0.0.0/8`"],
+        ),
+        (
             "a CA for Redis without TLS",
             good.replacen("[[service]]", "[ratelimit]\nredis = \"redis://127.0.0.1:6379\"\nca = \"ca.pem\"\n\n[[service]]", 1),
             vec!["ratelimit.ca", "needs ratelimit.redis = \"rediss://"],
@@ -506,7 +511,7 @@ fn forward_mistakes_are_refused_by_key() {
     assert!(ok, "{out}");
     let loose = dir.path().join("loose.key");
     std::fs::write(&loose, &ca_key).unwrap();
-    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
     let key_line = format!("ca_key = {key:?}");
     let other_key = dir.path().join("other.key");
     std::fs::copy(&pki.key, &other_key).unwrap();

@@ -84,6 +84,7 @@ pub fn build(
                 "is empty: list the networks allowed to call, e.g. [\"10.0.0.0/8\"]",
             );
         }
+        host_bits(&s.source_ips, &format!("{key}.source_ips"), errs);
         let svc_tokens = build_tokens(s, &key, services.len() as u32, &mut tokens, errs);
         limit_specs.push((Arc::from(s.name.get_ref().as_str()), limits(file, s, &key, errs)));
         services.push(Service {
@@ -291,6 +292,9 @@ fn build_tokens(
                 "the same token hash is configured twice",
             );
         }
+        if let Some(nets) = &t.source_ips {
+            host_bits(nets, &format!("{tkey}.source_ips"), errs);
+        }
         out.push(Token {
             id: t.id.get_ref().as_str().into(),
             hash: digest,
@@ -370,4 +374,22 @@ pub fn did_you_mean(given: &str, known: &[&str]) -> String {
         .min()
         .map(|(_, k)| format!("; did you mean `{k}`?"))
         .unwrap_or_default()
+}
+/// A network written with host bits set (`10.20.1.5/16`) could mean the network or a typo
+/// for the address: refused, naming the network it would be.
+pub fn host_bits(nets: &[ipnet::IpNet], key: &str, errs: &mut Errors) {
+    for (i, net) in nets.iter().enumerate() {
+        if net.trunc() != *net {
+            errs.at(
+                None,
+                format!("{key}[{i}]"),
+                format!(
+                    "`{net}` has host bits set: write the network `{}`, or the address alone `{}/{}`",
+                    net.trunc(),
+                    net.addr(),
+                    net.max_prefix_len()
+                ),
+            );
+        }
+    }
 }
