@@ -348,7 +348,7 @@ fn pods_run_locked_down_without_a_service_account_token() {
         let res = &r.container()["resources"];
         assert_eq!(res["requests"]["memory"], res["limits"]["memory"], "memory is not overcommitted");
         // Secret volumes: nothing readable by others (keyward refuses vault credential files
-        // that others may read; the keys it wants 0600 are every_file_keyward_reads_…'s).
+        // that others may read; the keys it reads are every_file_keyward_reads_…'s).
         for v in arr(&pod["volumes"]) {
             if let Some(mode) = v["secret"].get("defaultMode") {
                 assert_eq!(mode.as_i64().unwrap() & 0o007, 0, "{v}");
@@ -362,7 +362,7 @@ fn every_file_keyward_reads_is_mounted_where_its_checks_pass() {
     for r in renders() {
         let (_, config) = r.config();
         let pod = r.pod();
-        // (file, whether keyward refuses it unless only its owner may read it)
+        // (file, whether keyward refuses it unless `secrets::file::private_enough`)
         let mut files: Vec<(String, bool)> = vec![];
         let mut add = |v: Option<&toml::Value>, private: bool| {
             if let Some(p) = v.and_then(|v| v.as_str()) {
@@ -376,6 +376,16 @@ fn every_file_keyward_reads_is_mounted_where_its_checks_pass() {
         if let Some(f) = config.get("forward") {
             add(f.get("ca_cert"), false);
             add(f.get("ca_key"), true);
+            // Or the key from the vault, never a file.
+            if let Some(name) = f.get("ca_key_secret").and_then(|n| n.as_str()) {
+                let source = config.get("secret").and_then(|s| s.get(name)).and_then(|s| s.get("source"));
+                assert_eq!(
+                    source.and_then(|s| s.as_str()),
+                    Some("vault"),
+                    "{}: forward.ca_key_secret = {name:?} must name a vault secret",
+                    r.dir
+                );
+            }
         }
         for up in config.get("upstream").and_then(|u| u.as_table()).into_iter().flat_map(|t| t.values()) {
             add(up.get("ca"), false);
@@ -412,19 +422,55 @@ fn every_file_keyward_reads_is_mounted_where_its_checks_pass() {
                 .unwrap_or_else(|| panic!("{}: nothing is mounted where keyward reads {file}", r.dir));
             let name = mount["name"].as_str().unwrap();
             let v = volume(pod, name);
-            if let Some(items) = v["secret"].get("items").or(v["configMap"].get("items")) {
-                let rel = path.strip_prefix(mount["mountPath"].as_str().unwrap()).unwrap();
-                assert!(arr(items).iter().any(|i| Path::new(i["path"].as_str().unwrap()) == rel), "{file}");
-            }
+            let rel = path.strip_prefix(mount["mountPath"].as_str().unwrap()).unwrap();
+            let items = v["secret"].get("items").or(v["configMap"].get("items"));
+            let item = items.map(|items| {
+                arr(items)
+                    .iter()
+                    .find(|i| Path::new(i["path"].as_str().unwrap()) == rel)
+                    .unwrap_or_else(|| panic!("{}: {file} is not among the items of volume {name}", r.dir))
+            });
             if private {
-                // Secret and ConfigMap files are root's (unreadable to keyward at 0400) or, with
-                // fsGroup, group-readable (refused): such a key must be copied, with mode 0600,
-                // into a volume of the pod's own by an init container.
-                assert!(v.get("emptyDir").is_some(), "{}: {file} must be 0600 and keyward's: {v}", r.dir);
-                let written = arr(&pod["initContainers"]).iter().any(|c| {
-                    arr(&c["volumeMounts"]).iter().any(|m| m["name"] == name && m["readOnly"] != true)
+                // A key keyward reads straight from its Secret volume (as a directory, so that
+                // a changed Secret reaches the pod and its file watch), in a mode
+                // `private_enough` accepts: with fsGroup the kubelet makes the files
+                // root:fsGroup, with the mode asked for plus group read (0440 for a read-only
+                // volume), and keyward, not root, reads them through that group.
+                assert!(v.get("secret").is_some(), "{}: {file} must come from a Secret volume: {v}", r.dir);
+                assert!(mount.get("subPath").is_none(), "{}: {file}: a subPath mount never changes", r.dir);
+                assert_eq!(mount["readOnly"], true, "{}: {file}", r.dir);
+                let sc = &pod["securityContext"];
+                let fs_group = sc["fsGroup"].as_i64().unwrap_or_else(|| {
+                    panic!(
+                        "{}: {file}: without fsGroup a Secret file is root's alone, unreadable to keyward",
+                        r.dir
+                    )
                 });
-                assert!(written, "{}: no init container fills volume {name} for {file}", r.dir);
+                // keyward's groups: its own, the supplementary ones, and fsGroup (the kubelet
+                // adds it to every container's).
+                let groups: Vec<i64> = [&sc["runAsGroup"], &sc["fsGroup"]]
+                    .into_iter()
+                    .chain(arr(&sc["supplementalGroups"]))
+                    .filter_map(|g| g.as_i64())
+                    .collect();
+                let asked = item
+                    .and_then(|i| i.get("mode"))
+                    .or(v["secret"].get("defaultMode"))
+                    .map_or(0o644, |m| m.as_i64().unwrap());
+                let mode = asked | 0o440;
+                // `secrets::file::private_enough` for that file: nothing for others, no group
+                // write, group read only for a group of keyward's own.
+                let private_enough = mode & 0o027 == 0 && (mode & 0o040 == 0 || groups.contains(&fs_group));
+                assert!(
+                    private_enough,
+                    "{}: {file} would be {mode:o} root:{fs_group} (volume {name} asks {asked:o}): keyward refuses it",
+                    r.dir
+                );
+                assert!(
+                    matches!(asked, 0o440 | 0o400 | 0o600),
+                    "{}: {file}: ask 0440 (what the kubelet makes it), 0400 or 0600, not {asked:o}",
+                    r.dir
+                );
             }
         }
     }
