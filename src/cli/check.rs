@@ -35,7 +35,7 @@ pub async fn check(args: CheckArgs) -> ExitCode {
             let left = t.expires.unwrap_or(now) - now;
             let when = match left {
                 ..=0 => "has expired".to_string(),
-                _ => format!("expires in {}", humantime::format_duration(Duration::from_secs(left as u64))),
+                _ => format!("expires in {}", short_duration(left as u64)),
             };
             println!("warning: service {} token {} {when}", s.name, t.id);
         }
@@ -53,4 +53,40 @@ pub async fn check(args: CheckArgs) -> ExitCode {
         snap.version
     );
     ExitCode::SUCCESS
+}
+
+/// A time left as people write it: its two largest units, `4d 8h`, `3h 20m`, `45s`.
+fn short_duration(secs: u64) -> String {
+    let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let mut parts = Vec::new();
+    let mut left = secs;
+    for (size, unit) in units {
+        if left >= size || (parts.is_empty() && size == 1) {
+            parts.push(format!("{}{unit}", left / size));
+            left %= size;
+        } else if !parts.is_empty() {
+            break;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn time_left_is_written_in_its_two_largest_units() {
+        let cases = [
+            (4 * 86_400 + 8 * 3_600 + 125, "4d 8h"),
+            (3 * 3_600 + 20 * 60 + 5, "3h 20m"),
+            (45, "45s"),
+            (0, "0s"),
+            (86_400 + 30, "1d"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(super::short_duration(secs), want, "{secs}");
+        }
+    }
 }

@@ -674,3 +674,26 @@ fn spend_caps_without_redis_are_checked_with_a_warning_and_with_redis_without() 
     let (ok, out) = check(dir.path(), &shared);
     assert!(ok && !out.contains("spend caps"), "{out}");
 }
+
+/// What the examples ship with, left in place, passes `check` with a warning naming where:
+/// the all-zero token hash, a secret that says it is to be replaced (its value never shown).
+#[test]
+fn placeholders_left_in_place_are_warned_of() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let good = base(&pki, dir.path());
+    let (ok, out) = check(dir.path(), &good);
+    assert!(ok && !out.contains("placeholder"), "{out}");
+    let zero = "0".repeat(64);
+    let hash = sha256_hex("kw_tok_aaaaaaaaaaaaaaaaaaaaaaaa");
+    let placeholder = good.replace(&hash, &zero);
+    std::fs::write(dir.path().join("secrets.toml"), "stripe = \"sk_test_REPLACE_ME\"\n").unwrap();
+    let (ok, out) = check(dir.path(), &placeholder);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: service billing token b1: its sha256 is the all-zero placeholder"),
+        "{out}"
+    );
+    assert!(out.contains("warning: secret stripe holds a placeholder value"), "{out}");
+    assert!(!out.contains("REPLACE_ME"), "the value is never shown: {out}");
+}

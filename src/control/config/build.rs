@@ -81,7 +81,8 @@ pub async fn build(
         return Err(errs.list);
     }
     let forward_tls = proxy_port_tls(&plan, tls.as_ref());
-    let warnings = spend_warnings(&plan);
+    let mut warnings = spend_warnings(&plan);
+    warnings.extend(placeholder_warnings(&plan, &secrets));
     Ok(Snapshot {
         warnings,
         version: plan.version,
@@ -128,6 +129,34 @@ fn spend_warnings(plan: &Plan) -> Vec<String> {
             "spend caps are set, but catalog.path has no money= column: no call is counted against them"
                 .into(),
         );
+    }
+    out
+}
+
+/// Values left as the examples ship them: a token hash of all zeros, a secret whose value says
+/// it is to be replaced. Named by where they are, never shown.
+fn placeholder_warnings(plan: &Plan, secrets: &[Arc<SecretCell>]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &plan.file.service {
+        for t in &s.token {
+            if t.sha256.get_ref().bytes().all(|b| b == b'0') {
+                out.push(format!(
+                    "service {} token {}: its sha256 is the all-zero placeholder, which no token hashes to: \
+                     put the hash of a real token there (`keyward token new`)",
+                    s.name.get_ref(),
+                    t.id.get_ref()
+                ));
+            }
+        }
+    }
+    for (name, cell) in plan.secrets.iter().zip(secrets) {
+        let Some(loaded) = cell.serving() else { continue };
+        let v = loaded.value.expose().to_ascii_lowercase();
+        if ["replace_me", "replace-me", "changeme", "placeholder"].iter().any(|p| v.contains(p)) {
+            out.push(format!(
+                "secret {name} holds a placeholder value, not a key: the payments API will refuse every call"
+            ));
+        }
     }
     out
 }
