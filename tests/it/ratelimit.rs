@@ -293,3 +293,24 @@ async fn rediss_with_an_acl_user_and_a_client_certificate_keeps_one_rate() {
         assert!(!log.contains(PASS), "{what}: the password in the log");
     }
 }
+
+/// Redis added by a reload: the replica counts itself once, however many snapshots built a
+/// store for it (`keyward status` once said 2 replicas with one running).
+#[tokio::test]
+async fn redis_added_by_reload_counts_one_replica() {
+    let redis = Redis::start();
+    let kw = Harness::new().service(svc("a", BATCH, "")).start().await;
+    let text = kw.edited_config(|t| {
+        merge(t, fragment(&format!("[ratelimit]\nredis = {:?}\ntimeout = \"2s\"", redis.url())));
+    });
+    std::fs::write(&kw.config_path, text).unwrap();
+    let (status, out) = kw.admin_reload().await;
+    assert_eq!(status, 200, "{out}");
+    assert!(eventually(|| async { kw.metric("keyward_ratelimit_store_up").await == 1.0 }).await);
+    // Past two heartbeats, the count is what Redis holds.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while tokio::time::Instant::now() < deadline {
+        assert_eq!(kw.metric("keyward_ratelimit_replicas").await, 1.0, "one process, one replica");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
