@@ -147,20 +147,7 @@ async fn currencies_are_kept_apart() {
 #[tokio::test]
 async fn twenty_concurrent_refunds_of_1000_against_a_10000_day_exactly_10_pass() {
     let kw = Arc::new(support(r#"{ kinds = ["refund"], currency = "usd", per_day = 10000 }"#).start().await);
-    let calls = (0..20).map(|i| {
-        let kw = kw.clone();
-        tokio::spawn(async move {
-            let key = format!("idem-{i}");
-            kw.send(refund(
-                "charge=ch_usd_100000&amount=1000",
-                &[("idempotency-key", &key), ("x-test-delay-ms", "50")],
-            ))
-            .await
-            .status
-        })
-    });
-    let statuses: Vec<u16> =
-        futures_util::future::join_all(calls).await.into_iter().map(|s| s.unwrap()).collect();
+    let statuses = twenty_refunds_of_1000(&[kw.clone()]).await;
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 10, "{statuses:?}");
     assert_eq!(money_calls(&kw), 10);
@@ -299,20 +286,7 @@ async fn two_replicas_on_one_redis_spend_one_budget_exactly_the_cap_in_all() {
     let caps = r#"{ kinds = ["refund"], currency = "usd", per_day = 10000 }"#;
     let one = Arc::new(replica(&redis, caps, "").await);
     let two = Arc::new(replica(&redis, caps, "").await);
-    let calls = (0..20).map(|i| {
-        let kw = if i % 2 == 0 { one.clone() } else { two.clone() };
-        tokio::spawn(async move {
-            let key = format!("shared-{i}");
-            kw.send(refund(
-                "charge=ch_usd_100000&amount=1000",
-                &[("idempotency-key", &key), ("x-test-delay-ms", "50")],
-            ))
-            .await
-            .status
-        })
-    });
-    let statuses: Vec<u16> =
-        futures_util::future::join_all(calls).await.into_iter().map(|s| s.unwrap()).collect();
+    let statuses = twenty_refunds_of_1000(&[one.clone(), two.clone()]).await;
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 10, "{statuses:?}");
     assert_eq!(money_calls(&one) + money_calls(&two), 10, "exactly the cap left, through both");
@@ -394,4 +368,22 @@ async fn with_redis_stopped_capped_calls_are_refused_503_and_uncapped_calls_serv
     assert!(eventually(|| async { kw.metric("keyward_ratelimit_store_up").await == 1.0 }).await);
     let r = kw.send(refund("charge=ch_usd_9000&amount=1000", &[])).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
+}
+
+/// Twenty refunds of 1,000 at once, each with its own `Idempotency-Key`, spread over `replicas`
+/// in turn: their statuses.
+async fn twenty_refunds_of_1000(replicas: &[Arc<Running>]) -> Vec<u16> {
+    let calls = (0..20).map(|i| {
+        let kw = replicas[i % replicas.len()].clone();
+        tokio::spawn(async move {
+            let key = format!("idem-{i}");
+            kw.send(refund(
+                "charge=ch_usd_100000&amount=1000",
+                &[("idempotency-key", &key), ("x-test-delay-ms", "50")],
+            ))
+            .await
+            .status
+        })
+    });
+    futures_util::future::join_all(calls).await.into_iter().map(|s| s.unwrap()).collect()
 }
