@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::checkpoint::{Checkpoint, PublicKey};
-use super::verify::Verified;
+use super::verify::{Chain, Verified};
 
 /// What one instance's signed checkpoints prove.
 #[derive(Debug, PartialEq, Eq)]
@@ -144,4 +144,55 @@ impl Published {
             .map(|(i, cps)| (i.as_str(), cps.iter().map(|c| c.links.seq).max().unwrap_or(0)))
             .collect()
     }
+}
+
+/// What the keys and the published checkpoints prove of verified chains (`audit verify`,
+/// and the report's and scope's integrity): each instance's signed checkpoints, and every
+/// problem found, in the order of the chains.
+#[derive(Debug, Default)]
+pub struct Proof {
+    /// By instance name (`(no instance)` for records without one).
+    pub signed: BTreeMap<String, Signed>,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug)]
+pub struct Problem {
+    pub instance: String,
+    /// `chain broken` (against the published checkpoints) or `forged` (against the keys).
+    pub kind: &'static str,
+    pub why: String,
+}
+
+/// The name a chain's instance is shown by.
+pub fn instance_name(c: &Chain) -> String {
+    c.instance.clone().unwrap_or_else(|| "(no instance)".into())
+}
+
+/// Check each verified chain against `published` and, when keys are given, `keys`; and that
+/// every instance published has records in the files.
+pub fn prove(chains: &[Chain], keys: &[PublicKey], published: Option<&Published>) -> Proof {
+    let mut proof = Proof::default();
+    for c in chains {
+        let Ok(v) = &c.outcome else { continue };
+        let instance = instance_name(c);
+        let mut problem = |kind, why| proof.problems.push(Problem { instance: instance.clone(), kind, why });
+        if let Some(Err(why)) = published.map(|p| p.check(c.instance.as_deref().unwrap_or(""), v)) {
+            problem("chain broken", why);
+        }
+        if !keys.is_empty() {
+            match check(v, keys) {
+                Ok(s) => _ = proof.signed.insert(instance.clone(), s),
+                Err(why) => problem("forged", why),
+            }
+        }
+    }
+    let present: Vec<Option<String>> = chains.iter().map(|c| c.instance.clone()).collect();
+    for (instance, seq) in published.map(|p| p.missing(&present)).unwrap_or_default() {
+        let why = format!(
+            "truncated: checkpoints were published through seq {seq}, and the files given hold none of its records"
+        );
+        proof.problems.push(Problem { instance: instance.to_string(), kind: "chain broken", why });
+    }
+    proof
 }

@@ -147,7 +147,7 @@ async fn currencies_are_kept_apart() {
 #[tokio::test]
 async fn twenty_concurrent_refunds_of_1000_against_a_10000_day_exactly_10_pass() {
     let kw = Arc::new(support(r#"{ kinds = ["refund"], currency = "usd", per_day = 10000 }"#).start().await);
-    let statuses = twenty_refunds_of_1000(&[kw.clone()]).await;
+    let statuses = twenty_refunds_of_1000(std::slice::from_ref(&kw)).await;
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 10, "{statuses:?}");
     assert_eq!(money_calls(&kw), 10);

@@ -140,41 +140,35 @@ impl Integrity {
             }
         };
         let mut out = Integrity { verified: true, ..Default::default() };
-        let mut signed = (!keys.is_empty())
-            .then(|| Signed { keys: keys.iter().map(|k| k.id.clone()).collect(), ..Default::default() });
-        let present: Vec<Option<String>> = chains.iter().map(|c| c.instance.clone()).collect();
+        let proof = crate::audit::signed::prove(&chains, keys, published);
+        for p in &proof.problems {
+            let problem = match p.kind {
+                "forged" => format!("{}: forged: {}", p.instance, p.why),
+                _ => format!("{}: {}", p.instance, p.why),
+            };
+            out.verified = false;
+            out.first_break.get_or_insert_with(|| problem.clone());
+            out.problems.push(problem);
+        }
+        out.signed = (!keys.is_empty()).then(|| Signed {
+            keys: keys.iter().map(|k| k.id.clone()).collect(),
+            checkpoints: proof.signed.values().map(|s| s.checkpoints).sum(),
+            instances: chains
+                .iter()
+                .filter_map(|c| {
+                    let s = proof.signed.get(&crate::audit::signed::instance_name(c))?;
+                    let last = c.outcome.as_ref().ok()?.checkpoints.last();
+                    Some(SignedInstance {
+                        instance: crate::audit::signed::instance_name(c),
+                        last_checkpoint_seq: Some(s.signed_through),
+                        last_checkpoint_time: last.map(|l| l.checkpoint.links.time.clone()),
+                        unsigned_tail: s.unsigned_tail,
+                    })
+                })
+                .collect(),
+        });
         for c in chains {
-            let named = c.instance.clone();
             let instance = c.instance.unwrap_or_else(|| "(no instance)".into());
-            let proof = c.outcome.as_ref().ok().map(|v| {
-                let published = published.map_or(Ok(()), |p| p.check(named.as_deref().unwrap_or(""), v));
-                let keyed = (!keys.is_empty()).then(|| crate::audit::signed::check(v, keys));
-                (published, keyed, v.checkpoints.last().map(|s| s.checkpoint.links.time.clone()))
-            });
-            if let Some((published, keyed, last_time)) = proof {
-                let mut fail = |why: String| {
-                    out.verified = false;
-                    let problem = format!("{instance}: {why}");
-                    out.first_break.get_or_insert_with(|| problem.clone());
-                    out.problems.push(problem);
-                };
-                if let Err(why) = published {
-                    fail(why);
-                }
-                match (keyed, signed.as_mut()) {
-                    (Some(Ok(s)), Some(all)) => {
-                        all.checkpoints += s.checkpoints;
-                        all.instances.push(SignedInstance {
-                            instance: instance.clone(),
-                            last_checkpoint_seq: Some(s.signed_through),
-                            last_checkpoint_time: last_time,
-                            unsigned_tail: s.unsigned_tail,
-                        });
-                    }
-                    (Some(Err(why)), _) => fail(format!("forged: {why}")),
-                    _ => {}
-                }
-            }
             match c.outcome {
                 Ok(v) => out.chains.push(ChainRow {
                     gap: (!v.from_genesis).then(|| Gap {
@@ -203,15 +197,6 @@ impl Integrity {
                 }
             }
         }
-        for (instance, seq) in published.map(|p| p.missing(&present)).unwrap_or_default() {
-            out.verified = false;
-            let problem = format!(
-                "{instance}: truncated: checkpoints were published through seq {seq}, and the files hold none of its records"
-            );
-            out.first_break.get_or_insert_with(|| problem.clone());
-            out.problems.push(problem);
-        }
-        out.signed = signed;
         out
     }
 

@@ -1,7 +1,6 @@
 //! `keyward audit verify` and `head`: each instance's chain, and with `--key` and
 //! `--checkpoints` what its signed checkpoints prove.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,35 +42,14 @@ pub(super) fn verify(files: &[PathBuf], keys: &Keys, head_only: bool) -> ExitCod
         Ok(c) => c,
         Err(b) => return fail([format!("chain broken: {b}")]),
     };
-    let name =
-        |c: &keyward::audit::verify::Chain| c.instance.clone().unwrap_or_else(|| "(no instance)".into());
+    let name = keyward::audit::signed::instance_name;
     let mut broken: Vec<String> = chains
         .iter()
         .filter_map(|c| c.outcome.as_ref().err().map(|b| format!("chain broken: {}: {b}", name(c))))
         .collect();
-    let mut signed = BTreeMap::new();
-    for c in &chains {
-        let Ok(v) = &c.outcome else { continue };
-        if let Some(p) = &published
-            && let Err(why) = p.check(c.instance.as_deref().unwrap_or(""), v)
-        {
-            broken.push(format!("chain broken: {}: {why}", name(c)));
-        }
-        if !public.is_empty() {
-            match keyward::audit::signed::check(v, &public) {
-                Ok(s) => _ = signed.insert(name(c), s),
-                Err(why) => broken.push(format!("forged: {}: {why}", name(c))),
-            }
-        }
-    }
-    if let Some(p) = &published {
-        let present: Vec<Option<String>> = chains.iter().map(|c| c.instance.clone()).collect();
-        for (instance, seq) in p.missing(&present) {
-            broken.push(format!(
-                "truncated: instance {instance} published checkpoints through seq {seq}, and the files given hold none of its records"
-            ));
-        }
-    }
+    let proof = keyward::audit::signed::prove(&chains, &public, published.as_ref());
+    broken.extend(proof.problems.iter().map(|p| format!("{}: {}: {}", p.kind, p.instance, p.why)));
+    let signed = proof.signed;
     if head_only {
         for c in &chains {
             if let Ok(v) = &c.outcome {
